@@ -1,0 +1,276 @@
+"""The run directory: append-only record files, an atomic usage.json and manifest, and a lock.
+
+Each record is written with one os.write as soon as its row is final, so a killed process loses at most
+the rows in flight. Records start with `{"row":N,` so resuming a million-row run reads row numbers
+without parsing whole lines; a torn last line (crash mid-write) is cut off before appending again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import fcntl
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .errors import CheckpointWriteError, RunDirError
+from .usage import Usage
+
+RESULTS = "results.jsonl"
+FAILURES = "failures.jsonl"
+USAGE = "usage.json"
+MANIFEST = "manifest.json"
+LOCK = "run.lock"
+PREVIOUS = "previous"
+ROW_PREFIX = b'{"row":'
+REDACTED = b"[redacted]"
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def record_row(line: bytes) -> int | None:
+    """The row number of one complete record line, or None when the line is not a record."""
+    if line.startswith(ROW_PREFIX):
+        end = line.find(b",", len(ROW_PREFIX))
+        if end > 0:
+            with contextlib.suppress(ValueError):
+                return int(line[len(ROW_PREFIX):end])
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    row = obj.get("row") if isinstance(obj, dict) else None
+    return row if isinstance(row, int) and not isinstance(row, bool) else None
+
+
+class DoneRows:
+    """Which rows hold a final record: one byte per row, so a million rows cost a megabyte."""
+
+    def __init__(self) -> None:
+        self._flags = bytearray()
+        self.count = 0
+
+    def add(self, row: int) -> None:
+        if row < 0:
+            return
+        if row >= len(self._flags):
+            self._flags.extend(bytes(row + 1 - len(self._flags) + 4096))
+        if not self._flags[row]:
+            self._flags[row] = 1
+            self.count += 1
+
+    def __contains__(self, row: int) -> bool:
+        return 0 <= row < len(self._flags) and self._flags[row] == 1
+
+
+@dataclass
+class ResumeState:
+    done: DoneRows = field(default_factory=DoneRows)
+    usage: Usage = field(default_factory=Usage)
+    previous: dict[str, Any] = field(default_factory=dict)  # the last usage.json, if any
+    repaired_lines: int = 0  # torn tails cut off
+    unreadable_lines: int = 0  # complete lines that are not records (ignored: their rows are sent again)
+    archived_to: Path | None = None  # where --fresh moved an earlier run's files
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _scan(path: Path, covered: int, state: ResumeState, fold: bool) -> int:
+    """Mark the rows recorded in one record file; fold lines past `covered` into usage. Returns its size."""
+    try:
+        f = open(path, "r+b")
+    except FileNotFoundError:
+        return 0
+    with f:
+        offset = 0
+        for line in f:
+            if not line.endswith(b"\n"):  # torn tail: the process died mid-write
+                f.truncate(offset)
+                state.repaired_lines += 1
+                break
+            row = record_row(line)
+            if row is None:
+                state.unreadable_lines += 1
+            else:
+                state.done.add(row)
+                if fold or offset >= covered:
+                    with contextlib.suppress(orjson.JSONDecodeError):
+                        state.usage.add(orjson.loads(line))
+            offset += len(line)
+        return offset
+
+
+class Checkpoint:
+    """Owns one run directory for the length of a run."""
+
+    def __init__(self, path: Path, secrets: Sequence[str] = ()) -> None:
+        self.path = path
+        self.secrets = [s.encode() for s in secrets if s]
+        self._lock_fd: int | None = None
+        self._fds: dict[str, int] = {}
+        self.sizes: dict[str, int] = {RESULTS: 0, FAILURES: 0}
+        self._dirty = False
+        self.manifest: dict[str, Any] = {}
+
+    # --- opening -------------------------------------------------------------------------------------
+
+    def open(self, fingerprint: Mapping[str, str], job: Mapping[str, Any], *, fresh: bool) -> ResumeState:
+        """Lock the directory, check it holds this job, repair torn tails and read what is done."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"cannot create the run directory {self.path}: {exc.strerror}") from None
+        self._lock()
+        manifest = read_json(self.path / MANIFEST)
+        archived = None
+        if manifest is not None and fresh:
+            archived = self._archive()
+            manifest = None
+        if manifest is not None:
+            self._check_fingerprint(manifest.get("fingerprint") or {}, fingerprint)
+        state = self._read_state()
+        state.archived_to = archived
+        self.write_manifest({
+            "batchrun": "run",
+            "job": dict(job),
+            "fingerprint": dict(fingerprint),
+            "created_at": (manifest or {}).get("created_at") or now_iso(),
+            "state": "running",
+            "pid": os.getpid(),
+            "updated_at": now_iso(),
+        })
+        for name in (RESULTS, FAILURES):
+            self._fds[name] = os.open(self.path / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        return state
+
+    def _lock(self) -> None:
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunDirError(f"{self.path} is in use by another batchrun (pid {holder}): wait for it to finish "
+                              "or stop it; two runs on one directory would send rows twice") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def _check_fingerprint(self, old: Mapping[str, Any], new: Mapping[str, str]) -> None:
+        changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        if changed:
+            raise RunDirError(
+                f"{self.path} holds a run of a different job ({', '.join(changed)} changed since it started): "
+                "rerun with --fresh to start over (the earlier records are moved aside, not deleted), or set "
+                "output_dir to a new folder")
+
+    def _archive(self) -> Path | None:
+        names = [n for n in (RESULTS, FAILURES, USAGE, MANIFEST) if (self.path / n).exists()]
+        if not names:
+            return None
+        dest = self.path / PREVIOUS / now_iso().replace(":", "-")
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.move(str(self.path / name), str(dest / name))
+        return dest
+
+    def _read_state(self) -> ResumeState:
+        state = ResumeState()
+        previous = read_json(self.path / USAGE)
+        covers = (previous or {}).get("checkpoint") or {}
+        sizes = {n: (self.path / n).stat().st_size if (self.path / n).exists() else 0 for n in (RESULTS, FAILURES)}
+        # Trust usage.json's totals only if it covers no more than what is on disk (it is written after
+        # an fsync of the records); otherwise recount everything from the records.
+        trusted = previous is not None and all(
+            isinstance(covers.get(n), int) and covers[n] <= sizes[n] for n in (RESULTS, FAILURES))
+        if trusted and previous is not None:
+            state.previous = previous
+            state.usage = Usage.from_totals(previous.get("totals") or {})
+        elif previous is not None:
+            state.previous = {k: previous[k] for k in ("started_at", "active_s") if k in previous}
+        for name in (RESULTS, FAILURES):
+            self.sizes[name] = _scan(self.path / name, int(covers.get(name, 0)) if trusted else 0, state,
+                                     fold=not trusted)
+        return state
+
+    # --- writing -------------------------------------------------------------------------------------
+
+    def append(self, record: Mapping[str, Any], *, failed: bool) -> None:
+        """Write one final record for a row; it is on disk (page cache) when this returns."""
+        line = orjson.dumps(record) + b"\n"
+        for secret in self.secrets:
+            if secret in line:
+                line = line.replace(secret, REDACTED)
+        name = FAILURES if failed else RESULTS
+        fd = self._fds[name]
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as exc:
+            raise CheckpointWriteError(_write_error(self.path / name, exc)) from None
+        self.sizes[name] += len(line)
+        self._dirty = True
+
+    def write_usage(self, data: dict[str, Any]) -> None:
+        """Make the records durable, then write usage.json saying how much of them it covers."""
+        try:
+            if self._dirty:
+                for fd in self._fds.values():
+                    os.fsync(fd)
+                self._dirty = False
+            data["checkpoint"] = dict(self.sizes)
+            atomic_write(self.path / USAGE, orjson.dumps(data, option=orjson.OPT_INDENT_2))
+        except OSError as exc:
+            raise CheckpointWriteError(_write_error(self.path / USAGE, exc)) from None
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        try:
+            atomic_write(self.path / MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        except OSError as exc:
+            raise CheckpointWriteError(_write_error(self.path / MANIFEST, exc)) from None
+        self.manifest = manifest
+
+    def set_state(self, state: str, **extra: Any) -> None:
+        self.write_manifest({**self.manifest, "state": state, "updated_at": now_iso(), **extra})
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.fsync(fd)
+            os.close(fd)
+        self._fds.clear()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _write_error(path: Path, exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return (f"the disk is full writing {path}: free some space, then run the same command again to "
+                "resume (rows already recorded are kept)")
+    return f"cannot write {path}: {exc.strerror}; fix that, then run the same command again to resume"

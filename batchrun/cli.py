@@ -1,0 +1,113 @@
+"""The command line: parses options and calls the library; errors become one line and an exit status."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .errors import BatchrunError, SpecError
+from .runner import EXIT_INTERRUPTED, prepare, run_job, summary_lines
+from .simulate import run_forever
+from .spec import SimulateSpec, load_spec
+from .validate import validate, validation_lines
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _log(message: str) -> None:
+    click.echo(f"batchrun: {message}", err=True)
+
+
+def _friendly(fn: F) -> F:
+    """Turn every BatchrunError into `batchrun: error: ...` and its exit status, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BatchrunError as exc:
+            click.echo(f"batchrun: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("batchrun: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="batchrun")
+def main() -> None:
+    """Run large batches of prompts through LLM APIs: every row done, once, at the provider's rate."""
+
+
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("--fresh", is_flag=True, help="Start over even if the run directory holds this or another job.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (the closing summary is still printed).")
+@_friendly
+def submit(job: str, fresh: bool, no_progress: bool) -> None:
+    """Run JOB (a job spec YAML), or resume it where it stopped.
+
+    Exit status: 0 all rows succeeded, 3 some rows failed, 1 stopped by an error that dooms every row,
+    2 spec or usage error, 130 interrupted.
+    """
+    spec = load_spec(job)
+    outcome = asyncio.run(run_job(spec, fresh=fresh, progress=not no_progress, log=_log))
+    for line in summary_lines(outcome):
+        click.echo(line)
+    sys.exit(outcome.exit_code)
+
+
+@main.command(name="validate")
+@click.argument("job", type=click.Path(dir_okay=False))
+@_friendly
+def validate_cmd(job: str) -> None:
+    """Check JOB's spec and read its whole input, without calling any API."""
+    prepared = prepare(load_spec(job))
+    report = validate(prepared)
+    for line in validation_lines(prepared, report):
+        click.echo(line)
+    sys.exit(0 if report.ok else SpecError.exit_code)
+
+
+@main.command()
+@click.option("--port", default=8765, show_default=True, help="Port on 127.0.0.1 (0: any free port).")
+@click.option("--rpm", type=float, help="Requests per minute to allow; beyond it, 429.")
+@click.option("--tpm", type=float, help="Tokens per minute to allow (prompt + max_tokens); beyond it, 429.")
+@click.option("--latency", default=0.3, show_default=True, help="Mean seconds to answer.")
+@click.option("--error-rate", default=0.0, show_default=True, help="Share of requests answered HTTP 500.")
+@click.option("--seed", default=0, show_default=True, help="Seed for injected errors and latency.")
+@click.option("--bare-429", is_flag=True, help="Send 429s without Retry-After, as Zhipu does.")
+@click.option("--require-key", is_flag=True, help="Answer 401 unless requests carry $BATCHRUN_SIM_API_KEY.")
+@_friendly
+def simulate(port: int, rpm: float | None, tpm: float | None, latency: float, error_rate: float, seed: int,
+             bare_429: bool, require_key: bool) -> None:
+    """Serve a simulated OpenAI-compatible provider on 127.0.0.1 until Ctrl-C."""
+    key = os.environ.get("BATCHRUN_SIM_API_KEY") if require_key else None
+    if require_key and not key:
+        raise SpecError("--require-key needs the key in $BATCHRUN_SIM_API_KEY")
+    if not 0 <= error_rate <= 1:
+        raise SpecError(f"--error-rate must be between 0 and 1, got {error_rate}")
+    cfg = SimulateSpec(rpm=rpm, tpm=tpm, latency=latency, error_rate=error_rate, seed=seed, api_key=key,
+                       retry_after=not bare_429)
+
+    def announce(url: str) -> None:
+        click.echo(f"simulated provider at {url}  (spec: provider: {{name: simulated, base_url: {url}}})")
+        click.echo(f"counters at {url.rsplit('/v1', 1)[0]}/_sim/stats; Ctrl-C to stop")
+
+    try:
+        asyncio.run(run_forever(cfg, port, announce))
+    except OSError as exc:
+        raise SpecError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}; choose another --port") from None
+
+
+if __name__ == "__main__":
+    main()

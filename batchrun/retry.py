@@ -1,0 +1,121 @@
+"""Pure retry logic: which answers are worth another attempt, and how long to wait before it.
+
+No I/O here, so every rule is tested directly; the transport feeds it what came back.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+RETRY_STATUSES = frozenset({408, 409, 429})
+MAX_SERVER_WAIT_S = 900.0  # a Retry-After longer than this is treated as "later", not obeyed literally
+
+# Error codes, whatever the HTTP status, that doom every row of the run: arrears, exhausted quota.
+STOP_CODES = frozenset({
+    "1113", "1304", "1308", "1310",  # Zhipu: arrears, daily / quota limits
+    "account_overdue",  # Baidu
+    "PrepaidBillOverdue", "PostpaidBillOverdue", "CommodityNotPurchased",  # DashScope
+    "ModelArts.81005",  # ModelArts: free quota used up
+})
+
+
+class Verdict(enum.Enum):
+    OK = "ok"
+    RETRY = "retry"  # transient: try this row again after a backoff
+    FAIL_ROW = "fail_row"  # this row's request is wrong: a failure record, no retry
+    STOP_RUN = "stop_run"  # every row would fail the same way: stop the run
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    code: str
+    message: str
+    retry_after: float | None = None  # seconds the server asked us to wait
+
+
+def classify(status: int | None, body: Any, headers: Mapping[str, str], transport_error: str | None = None
+             ) -> Decision:
+    """Sort one attempt's outcome into OK / RETRY / FAIL_ROW / STOP_RUN."""
+    if status is None:
+        return Decision(Verdict.RETRY, transport_error or "connection_error",
+                        "no answer: " + (transport_error or "the connection failed"))
+    code, message = error_details(body)
+    if status == 200:
+        if not isinstance(body, Mapping):
+            return Decision(Verdict.RETRY, "invalid_response", "HTTP 200 with a body that is not a JSON object")
+        if code is not None:  # some providers put errors inside a 200
+            if code in STOP_CODES:
+                return Decision(Verdict.STOP_RUN, code, message)
+            return Decision(Verdict.RETRY, code, message)
+        if not body.get("choices"):
+            return Decision(Verdict.RETRY, "empty_response", "HTTP 200 with no choices")
+        return Decision(Verdict.OK, "ok", "")
+    code = code or f"http_{status}"
+    if code in STOP_CODES:
+        return Decision(Verdict.STOP_RUN, code, f"HTTP {status}: {message}")
+    if status in RETRY_STATUSES or status >= 500:
+        return Decision(Verdict.RETRY, code, f"HTTP {status}: {message}", retry_after_seconds(headers))
+    if status in (401, 403):
+        return Decision(Verdict.STOP_RUN, code, f"HTTP {status}: {message}")
+    return Decision(Verdict.FAIL_ROW, code, f"HTTP {status}: {message}")
+
+
+def error_details(body: Any) -> tuple[str | None, str]:
+    """(code, message) from the error shapes providers use; code is None when the body holds no error."""
+    if isinstance(body, Mapping):
+        err = body.get("error")
+        if isinstance(err, Mapping):
+            code = err.get("code") or err.get("type")
+            return (str(code) if code is not None else "error"), str(err.get("message") or "")[:500]
+        if isinstance(err, str):
+            return "error", err[:500]
+        if body.get("error_code") not in (None, 0, "0", ""):
+            return str(body["error_code"]), str(body.get("error_msg") or body.get("message") or "")[:500]
+        return None, str(body.get("message") or "")[:500]
+    if isinstance(body, (bytes, str)):
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        text = re.sub(r"<[^>]*>", " ", text)
+        return None, " ".join(text.split())[:200]
+    return None, ""
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """The wait a server asked for: `retry-after-ms`, then `retry-after` (seconds or an HTTP date)."""
+    ms = headers.get("retry-after-ms") or headers.get("Retry-After-Ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after") or headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def backoff_delay(attempt: int, *, base: float, cap: float, retry_after: float | None = None,
+                  jitter: float = 0.5) -> float:
+    """Seconds to wait before attempt `attempt + 1`.
+
+    The server's Retry-After wins when given; otherwise exponential from `base`, capped at `cap`, with
+    `jitter` in [0, 1) spreading retries so a burst of failures does not come back as a burst.
+    """
+    if retry_after is not None:
+        return min(retry_after, MAX_SERVER_WAIT_S)
+    delay = min(cap, base * (2 ** max(0, attempt - 1)))
+    return delay * (0.5 + jitter / 2)

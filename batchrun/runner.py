@@ -1,0 +1,437 @@
+"""Runs one job: streams rows through the limiter and call path into the checkpoint, resumably.
+
+One dispatcher task takes rows (retries first, then the input), waits for a concurrency slot and the rate
+limits, and starts one task per attempt. Final records are written the moment a row is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import random
+import signal
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .checkpoint import Checkpoint, ResumeState, now_iso
+from .errors import BatchrunError, FatalProviderError, SpecError
+from .limiter import ConcurrencyGate, RateLimiter
+from .progress import Progress
+from .providers import PRESETS, CallPath, call_path
+from .request import BadRow, Request, RequestBuilder
+from .retry import Decision, Verdict, backoff_delay, classify
+from .sources import InputScan, first_row, iter_rows, scan_input
+from .spec import JobSpec
+from .transport import Reply, new_session
+from .usage import Usage
+
+STOP_GRACE_S = 5.0
+FLUSH_EVERY_S = 1.0
+DEFAULT_CONCURRENCY = 64
+EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_FAILED_ROWS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A job checked against its input, before any request: what validate and submit share."""
+
+    spec: JobSpec
+    scan: InputScan
+    builder: RequestBuilder
+    fingerprint: dict[str, str]
+
+
+def prepare(spec: JobSpec) -> Prepared:
+    scan = scan_input(spec.input)
+    builder = RequestBuilder(spec, first_row(spec.input))
+    return Prepared(spec, scan, builder, fingerprint(spec, scan))
+
+
+def fingerprint(spec: JobSpec, scan: InputScan) -> dict[str, str]:
+    """What decides the requests; a resumed run must match it (limits and retry settings may change)."""
+    inp = spec.input
+    mapping = {"format": inp.format, "id_field": inp.id_field, "messages_field": inp.messages_field,
+               "prompt_field": inp.prompt_field, "template": inp.template, "system": inp.system}
+    return {
+        "input": scan.digest,
+        "input_mapping": _digest(mapping),
+        "model": spec.model,
+        "params": _digest(dict(spec.params)),
+    }
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def api_key(spec: JobSpec) -> str | None:
+    """The key from the environment only; a missing required key is a usage error naming the variable."""
+    env = spec.provider.api_key_env
+    key = os.environ.get(env, "").strip() or None
+    if key is None and spec.provider.key_required:
+        title = PRESETS[spec.provider.name].title
+        raise SpecError(f"the environment variable {env} is not set: export {env}=<your {title} key> "
+                        "(keys never go in the job spec)")
+    return key
+
+
+@dataclass
+class RunOutcome:
+    spec: JobSpec
+    state: str  # finished | finished_with_failures | interrupted | stopped
+    exit_code: int
+    rows_total: int
+    rows_pending: int
+    usage: Usage
+    elapsed_s: float
+    reason: str | None = None  # why the run stopped early
+    notes: list[str] = field(default_factory=list)
+
+
+class _Item:
+    """A row on its way: the request plus what its attempts so far have seen."""
+
+    __slots__ = ("attempts", "rate_limited", "request")
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.attempts = 0
+        self.rate_limited = 0
+
+
+class Runner:
+    def __init__(self, prepared: Prepared, checkpoint: Checkpoint, state: ResumeState, path: CallPath,
+                 progress: Progress, log: Callable[[str], None]) -> None:
+        spec = prepared.spec
+        self.started_at, self.t0 = now_iso(), time.monotonic()
+        self.spec, self.prepared, self.checkpoint, self.state = spec, prepared, checkpoint, state
+        self.call_path, self.progress, self.log = path, progress, log
+        self.usage = state.usage
+        self.limiter = RateLimiter(spec.limits.rpm, spec.limits.tpm)
+        self.gate = ConcurrencyGate(spec.limits.concurrency or DEFAULT_CONCURRENCY)
+        self.ready: deque[_Item] = deque()  # retries whose backoff is over
+        self.backoffs: set[asyncio.TimerHandle] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.wake = asyncio.Event()
+        self.stopping: str | None = None  # "interrupted" | "stopped"
+        self.reason: str | None = None
+        self.error: BatchrunError | None = None
+        self.interrupts = 0
+        self.dispatcher: asyncio.Task[None] | None = None
+        self.http: aiohttp.ClientSession | None = None
+
+    # --- the run -------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.http = new_session(self.gate.limit)
+        self.dispatcher = asyncio.create_task(self._dispatch())
+        flusher = asyncio.create_task(self._flush_loop())
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.dispatcher
+            if self.tasks:
+                _, pending = await asyncio.wait(self.tasks, timeout=STOP_GRACE_S if self.interrupts < 2 else 0)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        finally:
+            for handle in self.backoffs:
+                handle.cancel()
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await self.http.close()
+
+    async def _dispatch(self) -> None:
+        rows = self._rows()
+        exhausted = False
+        while not self.stopping:
+            if self.ready:
+                item = self.ready.popleft()
+            elif not exhausted:
+                nxt = next(rows, None)
+                if nxt is None:
+                    exhausted = True
+                    continue
+                if isinstance(nxt, BadRow):
+                    self._record_bad(nxt)
+                    if self.progress.failed % 256 == 0:
+                        await asyncio.sleep(0)
+                    continue
+                item = _Item(nxt)
+            else:
+                self.wake.clear()
+                if self.gate.inflight == 0 and not self.backoffs:
+                    return
+                await self.wake.wait()
+                continue
+            await self.gate.enter()
+            await self.limiter.acquire(item.request.tokens)
+            task = asyncio.create_task(self._attempt(item))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    def _rows(self) -> Iterator[Request | BadRow]:
+        build = self.prepared.builder.build
+        for raw in iter_rows(self.spec.input, skip=self.state.done.__contains__):
+            yield build(raw)
+
+    async def _attempt(self, item: _Item) -> None:
+        item.attempts += 1
+        assert self.http is not None
+        try:
+            reply = await self.call_path.call(self.http, item.request, self.spec.retry.timeout_s)
+            decision = classify(reply.status, reply.body, reply.headers, reply.error)
+            if reply.status == 429:
+                item.rate_limited += 1
+            self.progress.attempt(retried=item.attempts > 1, rate_limited=reply.status == 429)
+            if decision.verdict is Verdict.OK:
+                self._record(item, reply, None)
+            elif decision.verdict is Verdict.STOP_RUN:
+                self._fatal(decision, reply.status)
+            elif decision.verdict is Verdict.RETRY and item.attempts < self.spec.retry.max_attempts:
+                self._retry_later(item, decision)
+            else:
+                self._record(item, reply, decision)
+        except BatchrunError as exc:  # the checkpoint could not be written: stop cleanly, resumable
+            if self.error is None:
+                self.error = exc
+            self.stop("stopped", str(exc))
+        finally:
+            self.gate.leave()
+            self.wake.set()
+
+    def _retry_later(self, item: _Item, decision: Decision) -> None:
+        retry = self.spec.retry
+        delay = backoff_delay(item.attempts, base=retry.backoff_s, cap=retry.max_backoff_s,
+                              retry_after=decision.retry_after, jitter=random.random())
+        loop = asyncio.get_running_loop()
+
+        def ready() -> None:
+            self.backoffs.discard(handle)
+            self.ready.append(item)
+            self.wake.set()
+
+        handle = loop.call_later(delay, ready)
+        self.backoffs.add(handle)
+
+    # --- records -------------------------------------------------------------------------------------
+
+    def _record(self, item: _Item, reply: Reply, decision: Decision | None) -> None:
+        req = item.request
+        response = None if reply.status is None else {
+            "status_code": reply.status,
+            "request_id": reply.request_id,
+            "body": reply.body if not isinstance(reply.body, bytes) else reply.body.decode("utf-8", "replace"),
+        }
+        error = None if decision is None else {
+            "code": decision.code, "message": decision.message, "status": reply.status, "attempts": item.attempts}
+        record = {
+            "row": req.row,
+            "id": f"batch_req_{req.row}",
+            "custom_id": req.custom_id,
+            "model": req.model,
+            "response": response,
+            "error": error,
+            "attempts": item.attempts,
+            "rate_limited": item.rate_limited,
+            "latency_s": round(reply.elapsed, 4),
+            "completed_at": now_iso(),
+        }
+        self._commit(record, failed=decision is not None)
+
+    def _record_bad(self, bad: BadRow) -> None:
+        record = {
+            "row": bad.row,
+            "id": f"batch_req_{bad.row}",
+            "custom_id": bad.custom_id,
+            "model": self.spec.model,
+            "response": None,
+            "error": {"code": bad.code, "message": bad.message, "status": None, "attempts": 0},
+            "attempts": 0,
+            "rate_limited": 0,
+            "completed_at": now_iso(),
+        }
+        try:
+            self._commit(record, failed=True)
+        except BatchrunError as exc:
+            self.error = self.error or exc
+            self.stop("stopped", str(exc))
+
+    def _commit(self, record: dict[str, Any], *, failed: bool) -> None:
+        self.checkpoint.append(record, failed=failed)
+        self.state.done.add(record["row"])
+        before = self.usage.total_tokens
+        self.usage.add(record)
+        self.progress.row_done(failed=failed, tokens=self.usage.total_tokens - before)
+
+    # --- stopping ------------------------------------------------------------------------------------
+
+    def _fatal(self, decision: Decision, status: int | None) -> None:
+        if self.stopping == "stopped":
+            return
+        env = self.spec.provider.api_key_env
+        if status in (401, 403):
+            why = f"the provider refused the key ({decision.message}); check ${env}"
+        else:
+            why = (f"the provider refused the account ({decision.code}: {decision.message}); top up or wait "
+                   "for the quota to reset")
+        self.error = FatalProviderError(why)
+        self.stop("stopped", why)
+
+    def stop(self, how: str, reason: str) -> None:
+        if self.stopping == "stopped" or (self.stopping and how == "interrupted"):
+            return
+        self.stopping, self.reason = how, reason
+        self.wake.set()
+        if self.dispatcher is not None:
+            self.dispatcher.cancel()
+
+    def interrupt(self) -> None:
+        """Ctrl-C / SIGTERM: stop taking rows and let in-flight requests finish; a second one cancels them."""
+        self.interrupts += 1
+        if self.interrupts == 1:
+            self.log(f"stopping: waiting up to {STOP_GRACE_S:.0f} s for {self.gate.inflight} requests in flight "
+                     "(Ctrl-C again to stop at once)")
+            self.stop("interrupted", "interrupted")
+        else:
+            for task in self.tasks:
+                task.cancel()
+
+    # --- usage.json ----------------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY_S)
+            self.progress.refresh()
+            try:
+                self.flush("running")
+            except BatchrunError as exc:
+                self.error = self.error or exc
+                self.stop("stopped", str(exc))
+                return
+
+    def flush(self, state: str, *, final: bool = False) -> None:
+        prev = self.state.previous
+        total = self.prepared.scan.rows
+        data: dict[str, Any] = {
+            "job": self.spec.name,
+            "state": state,
+            "rows_total": total,
+            "rows_pending": max(0, total - self.state.done.count),
+            **self.usage.totals(),
+            "started_at": prev.get("started_at") or self.started_at,
+            "updated_at": now_iso(),
+            "finished_at": now_iso() if final and state.startswith("finished") else None,
+            "active_s": round(float(prev.get("active_s") or 0.0) + time.monotonic() - self.t0, 3),
+            "sessions": int(prev.get("sessions") or 0) + 1,
+        }
+        self.checkpoint.write_usage(data)
+
+
+async def run_job(spec: JobSpec, *, fresh: bool = False, progress: bool = True,
+                  log: Callable[[str], None] = print) -> RunOutcome:
+    """Run (or resume) a job to the end, an interrupt, or an error that dooms every row."""
+    key = api_key(spec)
+    prepared = prepare(spec)
+    checkpoint = Checkpoint(spec.output_dir, secrets=[key] if key else [])
+    state = checkpoint.open(prepared.fingerprint, spec.describe(), fresh=fresh)
+    try:
+        return await _run_opened(prepared, checkpoint, state, key, progress, log)
+    finally:
+        checkpoint.close()
+
+
+async def _run_opened(prepared: Prepared, checkpoint: Checkpoint, state: ResumeState, key: str | None,
+                      show_progress: bool, log: Callable[[str], None]) -> RunOutcome:
+    spec = prepared.spec
+    total = prepared.scan.rows
+    if state.archived_to is not None:
+        log(f"--fresh: the earlier run's files were moved to {state.archived_to}")
+    if state.repaired_lines:
+        log(f"repaired {state.repaired_lines} torn line(s) left by an interrupted write")
+    if state.unreadable_lines:
+        log(f"warning: {state.unreadable_lines} unreadable line(s) in the record files were ignored")
+    if state.done.count:
+        log(f"resuming {spec.name}: {state.done.count} of {total} rows already done")
+    t0 = time.monotonic()
+    progress = Progress(total, min(state.done.count, total), enabled=show_progress, desc=spec.name)
+    async with _provider_url(spec) as base_url:
+        runner = Runner(prepared, checkpoint, state, call_path(base_url, key), progress, log)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, runner.interrupt)
+        try:
+            await runner.run()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            progress.close()
+    pending = max(0, total - state.done.count)
+    if runner.error is not None:
+        final_state, code = "stopped", runner.error.exit_code
+    elif runner.stopping == "interrupted":
+        final_state, code = "interrupted", EXIT_INTERRUPTED
+    elif pending:  # cannot happen unless the input changed under us; never claim success
+        final_state, code = "stopped", EXIT_FATAL
+        runner.reason = f"{pending} rows were not reached"
+    elif runner.usage.rows_failed:
+        final_state, code = "finished_with_failures", EXIT_FAILED_ROWS
+    else:
+        final_state, code = "finished", EXIT_OK
+    with contextlib.suppress(BatchrunError):
+        runner.flush(final_state, final=True)
+        checkpoint.set_state(final_state, reason=runner.reason)
+    return RunOutcome(spec, final_state, code, total, pending, runner.usage, time.monotonic() - t0,
+                      runner.reason)
+
+
+@contextlib.asynccontextmanager
+async def _provider_url(spec: JobSpec) -> AsyncIterator[str]:
+    """The base URL to call: the spec's, or an in-process simulated provider's on a free loopback port."""
+    if spec.provider.simulate is None:
+        yield spec.provider.base_url
+        return
+    from .simulate import serve
+
+    async with serve(spec.provider.simulate) as base_url:
+        yield base_url
+
+
+def summary_lines(outcome: RunOutcome) -> list[str]:
+    """The closing lines of `batchrun submit`: what happened, where the files are, how to resume."""
+    u, spec = outcome.usage, outcome.spec
+    out = spec.output_dir
+    rel = _rel(out)
+    rate = u.rows_done / outcome.elapsed_s if outcome.elapsed_s > 0 else 0.0
+    lines = [
+        f"{spec.name}: {outcome.state.replace('_', ' ')}: {u.rows_succeeded} succeeded, {u.rows_failed} failed, "
+        f"{outcome.rows_pending} pending of {outcome.rows_total} rows",
+        f"  requests {u.requests}, retries {u.retries} (429s {u.rate_limited}), tokens {u.prompt_tokens} prompt + "
+        f"{u.completion_tokens} completion; this session {outcome.elapsed_s:.1f} s, {rate:.1f} rows/s",
+        f"  results: {rel}/results.jsonl" + (f"   failures: {rel}/failures.jsonl" if u.rows_failed else ""),
+    ]
+    if u.failures_by_code:
+        codes = ", ".join(f"{c} ×{n}" for c, n in sorted(u.failures_by_code.items(), key=lambda kv: -kv[1])[:5])
+        lines.append(f"  failures by code: {codes}")
+    if outcome.reason and outcome.state == "stopped":
+        lines.append(f"  stopped: {outcome.reason}")
+    if outcome.rows_pending:
+        lines.append(f"  resume with: batchrun submit {_rel(spec.spec_path)}")
+    return lines
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,262 @@
+"""The simulated provider: OpenAI-compatible chat completions on 127.0.0.1, with a provider's manners.
+
+It enforces RPM/TPM with continuous token buckets holding about one second of the per-minute limit (429
+beyond, with or without Retry-After), injects HTTP 500s, and answers deterministically from the prompt.
+Directives in a prompt reproduce a quirk for that one row, so tests and users can stage any failure:
+
+    #sim:status=400     always answer that HTTP status with an error body
+    #sim:fail=2         answer 500 to the first 2 attempts of this prompt
+    #sim:429=1          answer 429 to the first attempt (Retry-After from #sim:retry-after=SECONDS, default 1)
+    #sim:drop=1         drop the connection on the first attempt
+    #sim:sleep=3        take 3 seconds to answer
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import random
+import re
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .request import estimate_messages, estimate_tokens, max_output_tokens
+from .spec import SimulateSpec
+
+DIRECTIVE = re.compile(r"#sim:([a-z0-9-]+)(?:=([0-9.]+))?")
+MODELS = ("sim-small", "sim-large", "glm-4-flash", "qwen-plus", "ernie-3.5-8k", "gpt-4o-mini")
+
+
+class Bucket:
+    """A continuous token bucket holding one second of a per-minute limit; the clock is passed in."""
+
+    def __init__(self, per_minute: float, now: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate)
+        self.level = self.capacity
+        self.stamp = now
+
+    def wait_for(self, amount: float, now: float) -> float:
+        """Seconds until `amount` is available (0 when it is now); takes nothing."""
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+        need = min(amount, self.capacity) - self.level
+        return 0.0 if need <= 0 else need / self.rate
+
+    def take(self, amount: float) -> None:
+        self.level -= min(amount, self.capacity)
+
+
+class SimProvider:
+    def __init__(self, cfg: SimulateSpec, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg, self.clock = cfg, clock
+        now = clock()
+        self.rpm = Bucket(cfg.rpm, now) if cfg.rpm else None
+        self.tpm = Bucket(cfg.tpm, now) if cfg.tpm else None
+        self.rng = random.Random(cfg.seed)
+        self.attempts: Counter[bytes] = Counter()
+        self.billed: Counter[bytes] = Counter()
+        self.responses: Counter[int] = Counter()
+        self.requests = self.dropped = 0
+        self.billed_prompt_tokens = self.billed_completion_tokens = 0
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/_sim/stats", self.stats_view)
+        return app
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "responses": {str(k): v for k, v in sorted(self.responses.items())},
+            "dropped": self.dropped,
+            "billed_requests": sum(self.billed.values()),
+            "billed_prompts": len(self.billed),
+            "billed_twice": sum(1 for n in self.billed.values() if n > 1),
+            "billed_prompt_tokens": self.billed_prompt_tokens,
+            "billed_completion_tokens": self.billed_completion_tokens,
+        }
+
+    async def stats_view(self, request: web.Request) -> web.Response:
+        return _json(200, self.stats())
+
+    async def models(self, request: web.Request) -> web.Response:
+        if (denied := self._auth(request)) is not None:
+            return denied
+        return _json(200, {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "batchrun"}
+                                                       for m in MODELS]})
+
+    def _auth(self, request: web.Request) -> web.Response | None:
+        if self.cfg.api_key and request.headers.get("Authorization") != f"Bearer {self.cfg.api_key}":
+            return self._answer(401, _error("invalid_api_key", "Incorrect API key provided", "authentication_error"))
+        return None
+
+    def _answer(self, status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+        self.responses[status] += 1
+        return _json(status, body, headers)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        if (denied := self._auth(request)) is not None:
+            return denied
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return self._answer(400, _error("invalid_request_error", "request body is not valid JSON"))
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(messages, list) or not messages:
+            return self._answer(400, _error("invalid_request_error", "messages must be a non-empty list"))
+        text = "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
+        key = hashlib.blake2b(text.encode(), digest_size=8).digest()
+        self.attempts[key] += 1
+        attempt = self.attempts[key]
+        directives = {name: value for name, value in DIRECTIVE.findall(text)}
+
+        if "status" in directives:
+            status = int(float(directives["status"] or 400))
+            return self._answer(status, _error(f"sim_{status}", f"simulated HTTP {status}"))
+        if attempt <= int(float(directives.get("drop") or 0)):
+            self.dropped += 1
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response(status=500)
+        if attempt <= int(float(directives.get("fail") or 0)):
+            return self._answer(500, _error("internal_error", "simulated server error", "server_error"))
+        if attempt <= int(float(directives.get("429") or 0)):
+            wait = directives.get("retry-after") or "1"
+            return self._answer(429, _error("rate_limit_exceeded", "simulated rate limit"), {"Retry-After": wait})
+
+        prompt_tokens = estimate_messages(messages)
+        limited = self._rate_limit(prompt_tokens + max_output_tokens(body))
+        if limited is not None:
+            return limited
+        if self.cfg.error_rate and self.rng.random() < self.cfg.error_rate:
+            return self._answer(500, _error("internal_error", "simulated server error", "server_error"))
+        delay = float(directives["sleep"]) if directives.get("sleep") else self.cfg.latency * (
+            0.5 + self.rng.random())
+        if delay > 0:
+            await asyncio.sleep(delay)
+        answer = self._completion(body, messages, key, prompt_tokens)
+        self.billed[key] += 1
+        self.billed_prompt_tokens += answer["usage"]["prompt_tokens"]
+        self.billed_completion_tokens += answer["usage"]["completion_tokens"]
+        return self._answer(200, answer, {"x-request-id": f"sim-{self.requests}"})
+
+    def _rate_limit(self, tokens: int) -> web.Response | None:
+        now = self.clock()
+        waits = [b.wait_for(n, now) for b, n in ((self.rpm, 1), (self.tpm, tokens)) if b is not None]
+        wait = max(waits, default=0.0)
+        if wait > 0:
+            headers = {"Retry-After": str(max(1, math.ceil(wait)))} if self.cfg.retry_after else None
+            return self._answer(429, _error("rate_limit_exceeded", "Rate limit reached, please retry later"),
+                                headers)
+        if self.rpm is not None:
+            self.rpm.take(1)
+        if self.tpm is not None:
+            self.tpm.take(tokens)
+        return None
+
+    @staticmethod
+    def _completion(body: dict[str, Any], messages: list[Any], key: bytes, prompt_tokens: int) -> dict[str, Any]:
+        last = next((str(m.get("content", "")) for m in reversed(messages)
+                     if isinstance(m, dict) and m.get("role") == "user"), "")
+        snippet = " ".join(DIRECTIVE.sub("", last).split())[:60]
+        content = f"[simulated {body.get('model', 'model')}] {snippet} #{key.hex()[:8]}"
+        limit = max_output_tokens(body)
+        finish = "stop"
+        while estimate_tokens(content) > limit and content:
+            content, finish = content[: max(0, len(content) * limit // estimate_tokens(content) - 1)], "length"
+        completion_tokens = estimate_tokens(content)
+        return {
+            "id": f"chatcmpl-sim-{key.hex()}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "sim-small"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": finish}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }
+
+
+def _error(code: str, message: str, kind: str = "invalid_request_error") -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "type": kind}}
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
+                        headers=headers)
+
+
+@contextlib.asynccontextmanager
+async def serve(cfg: SimulateSpec, host: str = "127.0.0.1", port: int = 0,
+                sim: SimProvider | None = None) -> AsyncIterator[str]:
+    """Serve a simulated provider in the running loop; yields its base URL."""
+    runner = web.AppRunner((sim or SimProvider(cfg)).app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=2048)
+    await site.start()
+    try:
+        bound = runner.addresses[0][1]
+        yield f"http://{host}:{bound}/v1"
+    finally:
+        await runner.cleanup()
+
+
+class SimServer:
+    """A simulated provider on its own thread and loop, for tests and benchmarks: `with SimServer(cfg) as s:`."""
+
+    def __init__(self, cfg: SimulateSpec | None = None, port: int = 0) -> None:
+        self.cfg = cfg or SimulateSpec(latency=0.0)
+        self.sim = SimProvider(self.cfg)
+        self.port = port
+        self.base_url = ""
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._main, name="batchrun-simulate", daemon=True)
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        async with serve(self.cfg, port=self.port, sim=self.sim) as url:
+            self.base_url = url
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> SimServer:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the simulated provider did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def stats(self) -> dict[str, Any]:
+        """Read the counters over HTTP, as any client would."""
+        root = self.base_url.rsplit("/v1", 1)[0]
+        with urllib.request.urlopen(f"{root}/_sim/stats", timeout=10) as resp:
+            data: dict[str, Any] = orjson.loads(resp.read())
+        return data
+
+
+async def run_forever(cfg: SimulateSpec, port: int, announce: Callable[[str], None]) -> None:
+    async with serve(cfg, port=port) as url:
+        announce(url)
+        await asyncio.Event().wait()

@@ -1,0 +1,350 @@
+"""The job spec: a public contract, parsed strictly so a typo fails before anything is sent."""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import InputError, SpecError
+from .providers import PRESETS
+
+INPUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+RESERVED_PARAMS = {"model": "model", "messages": "input.messages_field / input.prompt_field / input.template"}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    path: Path
+    format: str  # "jsonl" | "parquet"
+    id_field: str | None = None
+    messages_field: str | None = None
+    prompt_field: str | None = None
+    template: str | None = None
+    system: str | None = None
+
+    @property
+    def template_fields(self) -> tuple[str, ...]:
+        return template_fields(self.template) if self.template else ()
+
+
+@dataclass(frozen=True)
+class SimulateSpec:
+    """How the simulated provider behaves: shared by `batchrun simulate` and `provider: {name: simulated}`."""
+
+    rpm: float | None = None
+    tpm: float | None = None
+    latency: float = 0.05
+    error_rate: float = 0.0
+    seed: int = 0
+    api_key: str | None = None  # when set, requests must carry it (to try auth failures)
+    retry_after: bool = True  # send Retry-After with 429s (False: bare 429s, as Zhipu does)
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    name: str
+    base_url: str  # empty for an in-process simulated provider, filled in when it starts
+    api_key_env: str
+    key_required: bool
+    simulate: SimulateSpec | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    rpm: float | None = None
+    tpm: float | None = None
+    concurrency: int | None = None
+
+
+@dataclass(frozen=True)
+class RetrySpec:
+    max_attempts: int = 8
+    timeout_s: float = 120.0
+    backoff_s: float = 1.0  # first backoff; doubles per attempt, with jitter
+    max_backoff_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    spec_path: Path
+    input: InputSpec
+    model: str
+    params: Mapping[str, Any]
+    provider: ProviderSpec
+    output_dir: Path
+    limits: Limits = field(default_factory=Limits)
+    retry: RetrySpec = field(default_factory=RetrySpec)
+
+    def describe(self) -> dict[str, Any]:
+        """The job as recorded in the manifest: paths as strings, never a key."""
+        return {
+            "name": self.name,
+            "spec": str(self.spec_path),
+            "input": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.input).items()},
+            "model": self.model,
+            "params": dict(self.params),
+            "provider": {"name": self.provider.name, "base_url": self.provider.base_url,
+                         "api_key_env": self.provider.api_key_env},
+            "limits": vars(self.limits),
+            "retry": vars(self.retry),
+            "output_dir": str(self.output_dir),
+        }
+
+
+def template_fields(template: str) -> tuple[str, ...]:
+    """Top-level row fields a str.format template names, in order, without repeats."""
+    names: list[str] = []
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name is None:
+            continue
+        top = name.split(".", 1)[0].split("[", 1)[0]
+        if not top:
+            raise ValueError("positional fields such as {} are not allowed: name a field, e.g. {title}")
+        if top not in names:
+            names.append(top)
+    return tuple(names)
+
+
+class _Section:
+    """Reads one mapping of the spec, naming the full key in every error, and rejects unknown keys."""
+
+    def __init__(self, where: str, data: Any, allowed: set[str], source: str) -> None:
+        if not isinstance(data, Mapping):
+            raise SpecError(f"{source}: {where or 'the spec'} must be a mapping, got {_kind(data)}")
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            key = f"{where}.{unknown[0]}" if where else str(unknown[0])
+            raise SpecError(f"{source}: unknown key '{key}' (allowed here: {', '.join(sorted(allowed))})")
+        self.where, self.data, self.source = where, data, source
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def fail(self, name: str, what: str) -> SpecError:
+        return SpecError(f"{self.source}: {self.key(name)} {what}")
+
+    def text(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                raise self.fail(name, "is required")
+            return default
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(name, f"must be a non-empty string, got {_kind(value)}")
+        return value
+
+    def number(self, name: str, default: float | None = None, *, minimum: float = 0.0,
+               inclusive: bool = False) -> float | None:
+        value = self.data.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(name, f"must be a number, got {_kind(value)}")
+        if value < minimum or (value == minimum and not inclusive):
+            bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+            raise self.fail(name, f"must be {bound}, got {value}")
+        return float(value)
+
+    def integer(self, name: str, default: int | None = None, *, minimum: int = 1) -> int | None:
+        value = self.data.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(name, f"must be a whole number, got {_kind(value)}")
+        if value < minimum:
+            raise self.fail(name, f"must be >= {minimum}, got {value}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.data.get(name, default)
+        if not isinstance(value, bool):
+            raise self.fail(name, f"must be true or false, got {_kind(value)}")
+        return value
+
+    def mapping(self, name: str) -> Mapping[str, Any] | None:
+        value = self.data.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise self.fail(name, f"must be a mapping, got {_kind(value)}")
+        return value
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def load_spec(path: str | Path, *, cwd: Path | None = None) -> JobSpec:
+    """Read and check a job spec file; relative paths resolve against the spec's folder."""
+    spec_path = Path(path)
+    source = str(spec_path)
+    try:
+        text = spec_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{source}: no such job spec file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{source}: cannot read the job spec ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_spec(data, spec_path=spec_path.resolve(), source=source, cwd=cwd or Path.cwd())
+
+
+def parse_spec(data: Any, *, spec_path: Path, source: str, cwd: Path) -> JobSpec:
+    top = _Section("", data, {"name", "input", "model", "params", "provider", "limits", "retry", "output_dir"},
+                   source)
+    base = spec_path.parent
+    name = top.text("name", spec_path.stem)
+    assert name is not None
+    if "/" in name or "\\" in name or name in {".", ".."}:
+        raise top.fail("name", f"must not contain a path separator, got {name!r}")
+    model = top.text("model", required=True)
+    assert model is not None
+
+    params = top.mapping("params") or {}
+    for key, use in RESERVED_PARAMS.items():
+        if key in params:
+            raise SpecError(f"{source}: params.{key} is not allowed here: set it with {use}")
+
+    output = top.text("output_dir")
+    output_dir = (base / output) if output else (cwd / "runs" / name)
+
+    return JobSpec(
+        name=name,
+        spec_path=spec_path,
+        input=_parse_input(top, base, source),
+        model=model,
+        params=dict(params),
+        provider=_parse_provider(top.data.get("provider"), source),
+        output_dir=output_dir.resolve(),
+        limits=_parse_limits(top.data.get("limits"), source),
+        retry=_parse_retry(top.data.get("retry"), source),
+    )
+
+
+def _parse_input(top: _Section, base: Path, source: str) -> InputSpec:
+    raw = top.data.get("input")
+    if raw is None:
+        raise top.fail("input", "is required: a path to a .jsonl or .parquet file, or a mapping with 'path'")
+    if isinstance(raw, str):
+        raw = {"path": raw}
+    sec = _Section("input", raw, {"path", "format", "id_field", "messages_field", "prompt_field", "template",
+                                  "system"}, source)
+    rel = sec.text("path", required=True)
+    assert rel is not None
+    path = (base / rel).resolve()
+    fmt = sec.text("format")
+    if fmt is None:
+        fmt = INPUT_FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise sec.fail("path", f"must end in .jsonl or .parquet (or set input.format), got {rel!r}")
+    elif fmt not in {"jsonl", "parquet"}:
+        raise sec.fail("format", f"must be 'jsonl' or 'parquet', got {fmt!r}")
+    if not path.is_file():
+        raise InputError(f"{source}: input.path: no such file {rel!r} (looked for {path})")
+
+    chosen = [k for k in ("messages_field", "prompt_field", "template") if sec.data.get(k) is not None]
+    if len(chosen) > 1:
+        raise SpecError(f"{source}: input.{chosen[0]} and input.{chosen[1]} both given: choose one way to "
+                        "build the messages")
+    template = sec.text("template")
+    if template is not None:
+        try:
+            template_fields(template)
+        except ValueError as exc:
+            raise sec.fail("template", f"is not a valid template: {exc}") from None
+    return InputSpec(
+        path=path,
+        format=fmt,
+        id_field=sec.text("id_field"),
+        messages_field=sec.text("messages_field"),
+        prompt_field=sec.text("prompt_field"),
+        template=template,
+        system=sec.text("system"),
+    )
+
+
+def _parse_provider(raw: Any, source: str) -> ProviderSpec:
+    if raw is None:
+        raise SpecError(f"{source}: provider is required, e.g. provider: {{name: simulated}}")
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    sec = _Section("provider", raw, {"name", "base_url", "api_key_env", "simulate"}, source)
+    name = sec.text("name", required=True)
+    assert name is not None
+    preset = PRESETS.get(name)
+    if preset is None:
+        raise sec.fail("name", f"must be one of {', '.join(PRESETS)}, got {name!r}")
+    base_url = (sec.text("base_url") or preset.base_url).rstrip("/")
+    if base_url and not base_url.startswith(("http://", "https://")):
+        raise sec.fail("base_url", f"must start with http:// or https://, got {base_url!r}")
+    api_key_env = sec.text("api_key_env", preset.api_key_env)
+    assert api_key_env is not None
+    if not api_key_env.replace("_", "").isalnum():
+        raise sec.fail("api_key_env", "must name an environment variable (the key itself never goes in the spec)")
+    simulate = None
+    sim_raw = sec.mapping("simulate")
+    if sim_raw is not None:
+        if name != "simulated":
+            raise sec.fail("simulate", "only applies to provider.name: simulated")
+        simulate = parse_simulate(sim_raw, "provider.simulate", source)
+    elif name == "simulated" and not base_url:
+        simulate = SimulateSpec()
+    return ProviderSpec(name=name, base_url=base_url, api_key_env=api_key_env,
+                        key_required=preset.key_required, simulate=simulate)
+
+
+def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
+    sec = _Section(where, raw, {"rpm", "tpm", "latency", "error_rate", "seed", "retry_after"}, source)
+    error_rate = sec.number("error_rate", 0.0, inclusive=True)
+    if error_rate is not None and error_rate > 1:
+        raise sec.fail("error_rate", f"must be between 0 and 1, got {error_rate}")
+    return SimulateSpec(
+        rpm=sec.number("rpm"),
+        tpm=sec.number("tpm"),
+        latency=sec.number("latency", 0.05, inclusive=True) or 0.0,
+        error_rate=error_rate or 0.0,
+        seed=sec.integer("seed", 0, minimum=0) or 0,
+        retry_after=sec.boolean("retry_after", True),
+    )
+
+
+def _parse_limits(raw: Any, source: str) -> Limits:
+    if raw is None:
+        return Limits()
+    sec = _Section("limits", raw, {"rpm", "tpm", "concurrency"}, source)
+    return Limits(rpm=sec.number("rpm"), tpm=sec.number("tpm"), concurrency=sec.integer("concurrency"))
+
+
+def _parse_retry(raw: Any, source: str) -> RetrySpec:
+    if raw is None:
+        return RetrySpec()
+    sec = _Section("retry", raw, {"max_attempts", "timeout_s", "backoff_s", "max_backoff_s"}, source)
+    d = RetrySpec()
+    return RetrySpec(
+        max_attempts=sec.integer("max_attempts", d.max_attempts) or d.max_attempts,
+        timeout_s=sec.number("timeout_s", d.timeout_s) or d.timeout_s,
+        backoff_s=sec.number("backoff_s", d.backoff_s, inclusive=True) or 0.0,
+        max_backoff_s=sec.number("max_backoff_s", d.max_backoff_s, inclusive=True) or 0.0,
+    )

@@ -1,0 +1,58 @@
+"""One HTTP attempt, with every way it can go wrong turned into a `Reply` rather than an exception."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+NO_HEADERS: Mapping[str, str] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int | None  # None: no HTTP answer (timeout, dropped connection)
+    headers: Mapping[str, str]  # case-insensitive when it came from aiohttp
+    body: Any  # parsed JSON, or the raw bytes when the body was not JSON
+    elapsed: float
+    error: str | None = None  # what went wrong on the wire, when status is None
+
+    @property
+    def request_id(self) -> str | None:
+        rid = self.headers.get("x-request-id") or self.headers.get("request-id")
+        if rid is None and isinstance(self.body, dict):
+            value = self.body.get("request_id") or self.body.get("id")
+            rid = str(value) if value is not None else None
+        return rid
+
+
+def new_session(concurrency: int) -> aiohttp.ClientSession:
+    """One pooled session per run; the connection cap follows the run's concurrency."""
+    connector = aiohttp.TCPConnector(limit=max(1, concurrency), limit_per_host=0, ttl_dns_cache=300,
+                                     enable_cleanup_closed=True)
+    return aiohttp.ClientSession(connector=connector, json_serialize=lambda o: orjson.dumps(o).decode(),
+                                 auto_decompress=True, raise_for_status=False)
+
+
+async def post_json(http: aiohttp.ClientSession, url: str, payload: bytes, headers: Mapping[str, str],
+                    timeout: float) -> Reply:
+    start = time.monotonic()
+    try:
+        async with http.post(url, data=payload, headers=headers,
+                             timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            raw = await resp.read()
+            status, resp_headers = resp.status, resp.headers
+    except asyncio.TimeoutError:
+        return Reply(None, NO_HEADERS, None, time.monotonic() - start, "timeout")
+    except aiohttp.ClientError as exc:
+        return Reply(None, NO_HEADERS, None, time.monotonic() - start, f"connection_error ({type(exc).__name__})")
+    try:
+        body: Any = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        body = raw
+    return Reply(status, resp_headers, body, time.monotonic() - start)

@@ -1,0 +1,94 @@
+"""Usage totals as a fold over the run's records, so usage.json always agrees with results and failures."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ModelUsage:
+    rows_succeeded: int = 0
+    rows_failed: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+@dataclass
+class Usage:
+    rows_succeeded: int = 0
+    rows_failed: int = 0
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0  # attempts answered 429
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    models: dict[str, ModelUsage] = field(default_factory=dict)
+    failures_by_code: dict[str, int] = field(default_factory=dict)
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        """Count one result or failure record (the shape checkpoint writes)."""
+        attempts = int(record.get("attempts") or 0)
+        model = self.models.setdefault(str(record.get("model") or "unknown"), ModelUsage())
+        self.requests += attempts
+        model.requests += attempts
+        self.retries += max(0, attempts - 1)
+        self.rate_limited += int(record.get("rate_limited") or 0)
+        error = record.get("error")
+        if error:
+            self.rows_failed += 1
+            model.rows_failed += 1
+            code = str(error.get("code") if isinstance(error, Mapping) else error)
+            self.failures_by_code[code] = self.failures_by_code.get(code, 0) + 1
+        else:
+            self.rows_succeeded += 1
+            model.rows_succeeded += 1
+        response = record.get("response")
+        body = response.get("body") if isinstance(response, Mapping) else None
+        usage = body.get("usage") if isinstance(body, Mapping) else None
+        if isinstance(usage, Mapping):
+            prompt = _int(usage.get("prompt_tokens"))
+            completion = _int(usage.get("completion_tokens"))
+            total = _int(usage.get("total_tokens")) or prompt + completion
+            self.prompt_tokens += prompt
+            self.completion_tokens += completion
+            self.total_tokens += total
+            model.prompt_tokens += prompt
+            model.completion_tokens += completion
+            model.total_tokens += total
+
+    @property
+    def rows_done(self) -> int:
+        return self.rows_succeeded + self.rows_failed
+
+    def totals(self) -> dict[str, Any]:
+        return {
+            "rows_succeeded": self.rows_succeeded,
+            "rows_failed": self.rows_failed,
+            "requests": self.requests,
+            "retries": self.retries,
+            "rate_limited": self.rate_limited,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "models": {name: vars(m).copy() for name, m in sorted(self.models.items())},
+            "failures_by_code": dict(sorted(self.failures_by_code.items())),
+        }
+
+    @classmethod
+    def from_totals(cls, data: Mapping[str, Any]) -> Usage:
+        usage = cls(**{k: _int(data.get(k)) for k in (
+            "rows_succeeded", "rows_failed", "requests", "retries", "rate_limited", "prompt_tokens",
+            "completion_tokens", "total_tokens")})
+        for name, m in (data.get("models") or {}).items():
+            usage.models[name] = ModelUsage(**{k: _int(m.get(k)) for k in vars(ModelUsage())})
+        usage.failures_by_code = {str(k): _int(v) for k, v in (data.get("failures_by_code") or {}).items()}
+        return usage
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
