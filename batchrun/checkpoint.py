@@ -101,11 +101,9 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def _scan(path: Path, covered: int, state: ResumeState, fold: bool) -> int:
     """Mark the rows recorded in one record file; fold lines past `covered` into usage. Returns its size."""
-    try:
-        f = open(path, "r+b")
-    except FileNotFoundError:
+    if not path.exists():
         return 0
-    with f:
+    with open(path, "r+b") as f:
         offset = 0
         for line in f:
             if not line.endswith(b"\n"):  # torn tail: the process died mid-write
@@ -145,6 +143,13 @@ class Checkpoint:
         except OSError as exc:
             raise RunDirError(f"cannot create the run directory {self.path}: {exc.strerror}") from None
         self._lock()
+        try:
+            return self._open_locked(fingerprint, job, fresh)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_locked(self, fingerprint: Mapping[str, str], job: Mapping[str, Any], fresh: bool) -> ResumeState:
         manifest = read_json(self.path / MANIFEST)
         archived = None
         if manifest is not None and fresh:
@@ -209,7 +214,7 @@ class Checkpoint:
             isinstance(covers.get(n), int) and covers[n] <= sizes[n] for n in (RESULTS, FAILURES))
         if trusted and previous is not None:
             state.previous = previous
-            state.usage = Usage.from_totals(previous.get("totals") or {})
+            state.usage = Usage.from_totals(previous)
         elif previous is not None:
             state.previous = {k: previous[k] for k in ("started_at", "active_s") if k in previous}
         for name in (RESULTS, FAILURES):

@@ -105,7 +105,7 @@ def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) ->
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return max(0.0, float(when.timestamp()) - (time.time() if now is None else now))
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float, retry_after: float | None = None,
@@ -117,5 +117,5 @@ def backoff_delay(attempt: int, *, base: float, cap: float, retry_after: float |
     """
     if retry_after is not None:
         return min(retry_after, MAX_SERVER_WAIT_S)
-    delay = min(cap, base * (2 ** max(0, attempt - 1)))
+    delay = min(cap, base * 2.0 ** max(0, attempt - 1))
     return delay * (0.5 + jitter / 2)

@@ -17,6 +17,10 @@ class ModelUsage:
     total_tokens: int = 0
 
 
+COUNTERS = ("rows_succeeded", "rows_failed", "requests", "retries", "rate_limited", "prompt_tokens",
+            "completion_tokens", "total_tokens")
+
+
 @dataclass
 class Usage:
     rows_succeeded: int = 0
@@ -67,23 +71,16 @@ class Usage:
 
     def totals(self) -> dict[str, Any]:
         return {
-            "rows_succeeded": self.rows_succeeded,
-            "rows_failed": self.rows_failed,
-            "requests": self.requests,
-            "retries": self.retries,
-            "rate_limited": self.rate_limited,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
+            **{name: getattr(self, name) for name in COUNTERS},
             "models": {name: vars(m).copy() for name, m in sorted(self.models.items())},
             "failures_by_code": dict(sorted(self.failures_by_code.items())),
         }
 
     @classmethod
     def from_totals(cls, data: Mapping[str, Any]) -> Usage:
-        usage = cls(**{k: _int(data.get(k)) for k in (
-            "rows_succeeded", "rows_failed", "requests", "retries", "rate_limited", "prompt_tokens",
-            "completion_tokens", "total_tokens")})
+        usage = cls()
+        for name in COUNTERS:
+            setattr(usage, name, _int(data.get(name)))
         for name, m in (data.get("models") or {}).items():
             usage.models[name] = ModelUsage(**{k: _int(m.get(k)) for k in vars(ModelUsage())})
         usage.failures_by_code = {str(k): _int(v) for k, v in (data.get("failures_by_code") or {}).items()}

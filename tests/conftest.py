@@ -1,0 +1,42 @@
+"""Hermetic fixtures: a real simulated provider on 127.0.0.1 and job specs written into tmp_path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchrun.simulate import SimServer
+from batchrun.spec import SimulateSpec
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No real key leaks into a test, and relative run directories land in tmp_path."""
+    for name in list(os.environ):
+        if name.endswith(("_API_KEY", "_ACCESS_TOKEN")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def sim() -> Iterator[SimServer]:
+    with SimServer(SimulateSpec(latency=0.0)) as server:
+        yield server
+
+
+@pytest.fixture
+def start_sim() -> Iterator[Callable[..., SimServer]]:
+    servers: list[SimServer] = []
+
+    def start(**cfg: Any) -> SimServer:
+        server = SimServer(SimulateSpec(**{"latency": 0.0, **cfg}))
+        servers.append(server.__enter__())
+        return server
+
+    yield start
+    for server in servers:
+        server.__exit__(None, None, None)

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from batchrun.errors import SpecError
+from batchrun.request import DEFAULT_MAX_OUTPUT_TOKENS, BadRow, Request, RequestBuilder, estimate_tokens
+from batchrun.sources import RawRow
+from batchrun.spec import InputSpec, JobSpec, ProviderSpec
+
+
+def job(tmp_path: Path, **inp: Any) -> JobSpec:
+    return JobSpec(
+        name="t", spec_path=tmp_path / "t.yaml", model="m", params={"temperature": 0.1, "max_tokens": 64},
+        input=InputSpec(path=tmp_path / "in.jsonl", format="jsonl", **inp),
+        provider=ProviderSpec("simulated", "http://127.0.0.1:1/v1", "BATCHRUN_SIM_API_KEY", False),
+        output_dir=tmp_path / "runs",
+    )
+
+
+def body(built: Request | BadRow) -> dict[str, Any]:
+    assert isinstance(built, Request), built
+    decoded: dict[str, Any] = orjson.loads(built.payload)
+    return decoded
+
+
+def test_estimate_tokens_counts_cjk_per_character_and_ascii_per_four() -> None:
+    assert estimate_tokens("") == 0
+    assert estimate_tokens("abcd" * 10) == 10
+    assert estimate_tokens("你好世界") == 4
+    assert estimate_tokens("你好 abcd") == 2 + 2
+
+
+def test_template_and_system(tmp_path: Path) -> None:
+    b = RequestBuilder(job(tmp_path, template="总结:{title}\n{body}", system="你是编辑"),
+                       {"id": "a", "title": "T", "body": "B"})
+    built = b.build(RawRow(1, {"id": "a", "title": "标题", "body": "正文"}))
+    assert body(built) == {"model": "m", "temperature": 0.1, "max_tokens": 64, "messages": [
+        {"role": "system", "content": "你是编辑"}, {"role": "user", "content": "总结:标题\n正文"}]}
+    assert isinstance(built, Request) and built.custom_id == "a"
+    assert built.tokens > 64
+
+
+def test_template_field_missing_in_first_row_is_a_spec_error(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"input.template names \{title\}"):
+        RequestBuilder(job(tmp_path, template="{title}"), {"id": 1, "text": "x"})
+
+
+def test_template_field_missing_in_a_later_row_is_a_bad_row(tmp_path: Path) -> None:
+    b = RequestBuilder(job(tmp_path, template="{title}"), {"title": "x"})
+    bad = b.build(RawRow(7, {"other": 1}))
+    assert isinstance(bad, BadRow) and bad.code == "invalid_input" and "row 7" in bad.message
+
+
+def test_id_defaults(tmp_path: Path) -> None:
+    assert RequestBuilder(job(tmp_path), {"custom_id": "c", "id": "i", "prompt": "p"}).id_field == "custom_id"
+    assert RequestBuilder(job(tmp_path), {"id": "i", "prompt": "p"}).id_field == "id"
+    numbered = RequestBuilder(job(tmp_path), {"prompt": "p"})
+    built = numbered.build(RawRow(12, {"prompt": "p"}))
+    assert numbered.id_field is None and isinstance(built, Request) and built.custom_id == 12
+
+
+def test_messages_and_prompt_fields(tmp_path: Path) -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    assert body(RequestBuilder(job(tmp_path), {"messages": messages}).build(RawRow(1, {"messages": messages})))[
+        "messages"] == messages
+    b = RequestBuilder(job(tmp_path, prompt_field="text"), {"text": "x"})
+    assert body(b.build(RawRow(1, {"text": "hello"})))["messages"] == [{"role": "user", "content": "hello"}]
+
+
+def test_openai_batch_rows_are_taken_as_they_are(tmp_path: Path) -> None:
+    row = {"custom_id": "req-1", "method": "POST", "url": "/v1/chat/completions",
+           "body": {"model": "other", "messages": [{"role": "user", "content": "x"}], "max_tokens": 5}}
+    built = RequestBuilder(job(tmp_path), row).build(RawRow(1, row))
+    assert body(built) == {"model": "other", "temperature": 0.1, "max_tokens": 5,
+                           "messages": [{"role": "user", "content": "x"}]}
+    assert isinstance(built, Request) and built.model == "other" and built.custom_id == "req-1"
+
+
+@pytest.mark.parametrize(("row", "code", "text"), [
+    ({"id": "a", "prompt": ""}, "invalid_input", "non-empty string"),
+    ({"id": "a", "messages": []}, "invalid_input", "non-empty list"),
+    ({"id": "a", "messages": [{"content": "x"}]}, "invalid_input", "'role' and 'content'"),
+    ({"prompt": "x"}, "missing_id", "no 'id' field"),
+    ({"id": ["x"], "prompt": "x"}, "invalid_id", "string or a whole number"),
+])
+def test_bad_rows(tmp_path: Path, row: dict[str, Any], code: str, text: str) -> None:
+    built = RequestBuilder(job(tmp_path), {"id": "first", "prompt": "p"}).build(RawRow(3, row))
+    assert isinstance(built, BadRow) and built.code == code and text in built.message and "row 3" in built.message
+
+
+def test_default_output_tokens_charged_without_max_tokens(tmp_path: Path) -> None:
+    spec = job(tmp_path)
+    spec = JobSpec(**{**vars(spec), "params": {}})
+    built = RequestBuilder(spec, {"prompt": "p"}).build(RawRow(1, {"prompt": "p"}))
+    assert isinstance(built, Request) and built.tokens > DEFAULT_MAX_OUTPUT_TOKENS
