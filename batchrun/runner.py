@@ -125,6 +125,7 @@ class Runner:
         self.stopping: str | None = None  # "interrupted" | "stopped"
         self.reason: str | None = None
         self.error: BatchrunError | None = None
+        self.crash: Exception | None = None  # an unexpected exception, re-raised once the run is flushed
         self.interrupts = 0
         self.dispatcher: asyncio.Task[None] | None = None
         self.http: aiohttp.ClientSession | None = None
@@ -206,6 +207,9 @@ class Runner:
             if self.error is None:
                 self.error = exc
             self.stop("stopped", str(exc))
+        except Exception as exc:  # a bug: stop rather than leave this row silently unrecorded
+            self.crash = self.crash or exc
+            self.stop("stopped", f"internal error: {exc!r}")
         finally:
             self.gate.leave()
             self.wake.set()
@@ -377,7 +381,9 @@ async def _run_opened(prepared: Prepared, checkpoint: Checkpoint, state: ResumeS
                 loop.remove_signal_handler(sig)
             progress.close()
     pending = max(0, total - state.done.count)
-    if runner.error is not None:
+    if runner.crash is not None:
+        final_state, code = "stopped", EXIT_FATAL
+    elif runner.error is not None:
         final_state, code = "stopped", runner.error.exit_code
     elif runner.stopping == "interrupted":
         final_state, code = "interrupted", EXIT_INTERRUPTED
@@ -391,6 +397,8 @@ async def _run_opened(prepared: Prepared, checkpoint: Checkpoint, state: ResumeS
     with contextlib.suppress(BatchrunError):
         runner.flush(final_state, final=True)
         checkpoint.set_state(final_state, reason=runner.reason)
+    if runner.crash is not None:
+        raise runner.crash
     return RunOutcome(spec, final_state, code, total, pending, runner.usage, time.monotonic() - t0,
                       runner.reason)
 

@@ -7,8 +7,11 @@ import pytest
 import yaml
 
 from batchrun.errors import InputError, SpecError
+from batchrun.providers import PRESETS
+from batchrun.runner import prepare
 from batchrun.simulate import SimServer
 from batchrun.spec import load_spec
+from batchrun.validate import validate
 
 from .helpers import make_job, submit, write_jsonl
 
@@ -94,3 +97,17 @@ def test_missing_key_for_a_real_provider_is_a_usage_error(tmp_path: Path) -> Non
     result = submit(job)
     assert result.exit_code == 2
     assert "ZHIPUAI_API_KEY is not set" in result.stderr
+
+
+JOBS = sorted((Path(__file__).parent.parent / "jobs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", JOBS, ids=[p.stem for p in JOBS])
+def test_example_jobs_are_valid(path: Path) -> None:
+    prepared = prepare(load_spec(path))
+    assert prepared.scan.rows == 300
+    assert validate(prepared).ok
+
+
+def test_there_is_an_example_job_per_preset() -> None:
+    assert {p.stem for p in JOBS} == {*PRESETS, "demo"} - {"simulated"}
