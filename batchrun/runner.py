@@ -15,7 +15,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +93,8 @@ class RunOutcome:
     rows_pending: int
     usage: Usage
     elapsed_s: float
+    rows_this_session: int
     reason: str | None = None  # why the run stopped early
-    notes: list[str] = field(default_factory=list)
 
 
 class _Item:
@@ -365,8 +365,9 @@ async def _run_opened(prepared: Prepared, checkpoint: Checkpoint, state: ResumeS
         log(f"repaired {state.repaired_lines} torn line(s) left by an interrupted write")
     if state.unreadable_lines:
         log(f"warning: {state.unreadable_lines} unreadable line(s) in the record files were ignored")
-    if state.done.count:
-        log(f"resuming {spec.name}: {state.done.count} of {total} rows already done")
+    done_before = state.done.count
+    if done_before:
+        log(f"resuming {spec.name}: {done_before} of {total} rows already done")
     t0 = time.monotonic()
     progress = Progress(total, min(state.done.count, total), enabled=show_progress, desc=spec.name)
     async with _provider_url(spec) as base_url:
@@ -400,7 +401,7 @@ async def _run_opened(prepared: Prepared, checkpoint: Checkpoint, state: ResumeS
     if runner.crash is not None:
         raise runner.crash
     return RunOutcome(spec, final_state, code, total, pending, runner.usage, time.monotonic() - t0,
-                      runner.reason)
+                      state.done.count - done_before, runner.reason)
 
 
 @contextlib.asynccontextmanager
@@ -420,12 +421,13 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
     u, spec = outcome.usage, outcome.spec
     out = spec.output_dir
     rel = _rel(out)
-    rate = u.rows_done / outcome.elapsed_s if outcome.elapsed_s > 0 else 0.0
+    rate = outcome.rows_this_session / outcome.elapsed_s if outcome.elapsed_s > 0 else 0.0
     lines = [
         f"{spec.name}: {outcome.state.replace('_', ' ')}: {u.rows_succeeded} succeeded, {u.rows_failed} failed, "
         f"{outcome.rows_pending} pending of {outcome.rows_total} rows",
         f"  requests {u.requests}, retries {u.retries} (429s {u.rate_limited}), tokens {u.prompt_tokens} prompt + "
-        f"{u.completion_tokens} completion; this session {outcome.elapsed_s:.1f} s, {rate:.1f} rows/s",
+        f"{u.completion_tokens} completion",
+        f"  this session: {outcome.rows_this_session} rows in {outcome.elapsed_s:.1f} s ({rate:.1f} rows/s)",
         f"  results: {rel}/results.jsonl" + (f"   failures: {rel}/failures.jsonl" if u.rows_failed else ""),
     ]
     if u.failures_by_code:

@@ -171,7 +171,8 @@ class SimProvider:
     def _completion(body: dict[str, Any], messages: list[Any], key: bytes, prompt_tokens: int) -> dict[str, Any]:
         last = next((str(m.get("content", "")) for m in reversed(messages)
                      if isinstance(m, dict) and m.get("role") == "user"), "")
-        snippet = " ".join(DIRECTIVE.sub("", last).split())[:60]
+        lines = [line for line in DIRECTIVE.sub("", last).splitlines() if line.strip()] or [""]
+        snippet = " ".join(lines[-1].split())[:60]
         content = f"[simulated {body.get('model', 'model')}] {snippet} #{key.hex()[:8]}"
         limit = max_output_tokens(body)
         finish = "stop"

@@ -1,0 +1,78 @@
+"""The simulated provider is a product feature: its limits and quirks must behave as documented."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+
+from batchrun.simulate import Bucket, SimServer
+from batchrun.spec import SimulateSpec
+
+from .helpers import make_job, read_jsonl, submit
+
+
+def test_bucket_holds_one_second_and_refills_continuously() -> None:
+    bucket = Bucket(600, now=0.0)  # 10 per second, holds 10
+    for _ in range(10):
+        assert bucket.wait_for(1, 0.0) == 0
+        bucket.take(1)
+    assert bucket.wait_for(1, 0.0) == pytest.approx(0.1)
+    assert bucket.wait_for(1, 0.05) == pytest.approx(0.05)
+    assert bucket.wait_for(1, 0.1) == 0
+    assert Bucket(30, now=0.0).capacity == 1  # slow limits still admit one request
+
+
+def post(url: str, prompt: str, key: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": prompt}]})
+    request = urllib.request.Request(url + "/chat/completions", data=body, method="POST",
+                                     headers={"Content-Type": "application/json",
+                                              **({"Authorization": f"Bearer {key}"} if key else {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+@pytest.mark.parametrize("retry_after", [True, False])
+def test_rpm_limit_answers_429_with_or_without_retry_after(retry_after: bool) -> None:
+    with SimServer(SimulateSpec(rpm=60, latency=0, retry_after=retry_after)) as server:
+        assert post(server.base_url, "a")[0] == 200
+        status, headers, body = post(server.base_url, "b")
+        assert status == 429
+        assert ("Retry-After" in headers) is retry_after
+        assert orjson.loads(body)["error"]["code"] == "rate_limit_exceeded"
+        assert server.stats()["responses"] == {"200": 1, "429": 1}
+
+
+def test_answers_are_deterministic_and_carry_usage() -> None:
+    with SimServer() as server:
+        first, second = post(server.base_url, "标题\n正文内容"), post(server.base_url, "标题\n正文内容")
+    a, b = orjson.loads(first[2]), orjson.loads(second[2])
+    assert a["choices"] == b["choices"] and "正文内容" in a["choices"][0]["message"]["content"]
+    assert a["usage"]["total_tokens"] == a["usage"]["prompt_tokens"] + a["usage"]["completion_tokens"]
+
+
+def test_simulate_command_serves_until_stopped(tmp_path: Path) -> None:
+    env = {**os.environ, "BATCHRUN_SIM_API_KEY": "sim-key-1"}
+    proc = subprocess.Popen([sys.executable, "-m", "batchrun.cli", "simulate", "--port", "0", "--latency", "0",
+                             "--require-key"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        url = line.split("simulated provider at ", 1)[1].split()[0]
+        assert post(url, "x")[0] == 401
+        assert post(url, "x", key="sim-key-1")[0] == 200
+        job = make_job(tmp_path, url, n=10)
+        assert submit(job, env={"BATCHRUN_SIM_API_KEY": "sim-key-1"}).exit_code == 0
+        assert len(read_jsonl(tmp_path / "runs" / "job" / "results.jsonl")) == 10
+    finally:
+        proc.terminate()
+        proc.wait(10)
