@@ -161,14 +161,14 @@ def test_parquet_input_with_template(tmp_path: Path, sim: SimServer) -> None:
                       "body": [f"body {i}" for i in range(1, 31)]})
     pq.write_table(table, tmp_path / "docs.parquet", row_group_size=7)
     job = make_job(tmp_path, sim.base_url, input={
-        "path": "docs.parquet", "id_field": "doc_id", "template": "总结:{title}\n{body}", "system": "你是编辑"})
+        "path": "docs.parquet", "id_field": "doc_id", "template": "总结:{title} {body}", "system": "你是编辑"})
     assert cli("validate", str(job)).exit_code == 0
     result = submit(job)
     assert result.exit_code == 0, result.output
     results = records(tmp_path)[0]
     assert sorted(r["row"] for r in results) == list(range(1, 31))
     by_id = {r["custom_id"]: r for r in results}
-    assert "总结:标题7" in by_id["d7"]["response"]["body"]["choices"][0]["message"]["content"]
+    assert "总结:标题7 body 7" in by_id["d7"]["response"]["body"]["choices"][0]["message"]["content"]
 
 
 def test_openai_batch_input_rows(tmp_path: Path, sim: SimServer) -> None:
