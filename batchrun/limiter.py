@@ -1,46 +1,65 @@
-"""Rate limits as token buckets (aiolimiter) plus a concurrency gate.
+"""Admission control: RPM and TPM token buckets (aiolimiter) and a concurrency gate, steered by the
+pure controllers in `control` from what each answer says.
 
-Buckets hold about one second of the per-minute limit, as hosted providers' own buckets do: a bucket
-holding a full minute would let the first second burst to the whole RPM and collect 429s.
+Buckets hold about one second of their rate, as hosted providers' own buckets do: a bucket holding a
+full minute would let the first second burst to the whole RPM and collect 429s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from aiolimiter import AsyncLimiter
 
+from .control import HEADROOM, Charge, ConcurrencyController, RateController, TokenAccounting, rate_hints
+from .request import Request
+from .spec import Limits
+from .transport import Reply
 
-def _bucket(per_minute: float) -> AsyncLimiter:
-    """A bucket refilling at per_minute/60 per second, holding one second of it (at least one unit)."""
-    per_second = per_minute / 60.0
-    capacity = max(1.0, per_second)
-    return AsyncLimiter(capacity, capacity / per_second)
+INITIAL_CONCURRENCY = 32
+MAX_CONCURRENCY = 1024
+BURST_S = 1.0
 
 
-class RateLimiter:
-    """RPM and TPM buckets; either may be absent (no limit)."""
+class Bucket(AsyncLimiter):
+    """aiolimiter's leaky bucket, retunable while running, with settlement of over- or under-charges."""
 
-    def __init__(self, rpm: float | None, tpm: float | None) -> None:
-        self.rpm = _bucket(rpm) if rpm else None
-        self.tpm = _bucket(tpm) if tpm else None
+    def __init__(self, per_second: float, *, burst: bool = True) -> None:
+        capacity = max(1.0, per_second * BURST_S)
+        super().__init__(capacity, capacity / per_second)
+        self.per_second = per_second
+        if not burst:  # start empty-handed: a rate learned from 429s must not open with a burst
+            self._leak()
+            self._level = capacity
 
-    async def acquire(self, tokens: int) -> None:
-        if self.rpm is not None:
-            await self.rpm.acquire(1)
-        if self.tpm is not None:
-            # A request larger than the bucket is charged in bucket-sized parts, never under-charged.
-            cap = self.tpm.max_rate
-            remaining = float(tokens)
-            while remaining > cap:
-                await self.tpm.acquire(cap)
-                remaining -= cap
-            if remaining > 0:
-                await self.tpm.acquire(remaining)
+    def retune(self, per_second: float) -> None:
+        self._leak()
+        capacity = max(1.0, per_second * BURST_S)
+        self.max_rate, self.time_period = capacity, capacity / per_second
+        self._rate_per_sec = self.per_second = per_second
+        self._wake_next()
+
+    async def take(self, amount: float) -> None:
+        """Acquire any amount: more than the bucket holds is taken in bucket-sized parts, never under-charged."""
+        while amount > self.max_rate:
+            await self.acquire(self.max_rate)
+            amount -= self.max_rate
+        if amount > 0:
+            await self.acquire(amount)
+
+    def settle(self, amount: float) -> None:
+        """Give back `amount` (or charge -amount on top) once the provider's real charge is known."""
+        self._leak()
+        self._level = max(0.0, self._level - amount)
+        self._wake_next()
 
 
 class ConcurrencyGate:
-    """Caps requests in flight; the limit can change while running (for adaptive concurrency)."""
+    """Caps requests in flight; the limit may change while running."""
 
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
@@ -56,3 +75,137 @@ class ConcurrencyGate:
     def leave(self) -> None:
         self.inflight -= 1
         self._changed.set()
+
+    def resize(self, limit: int) -> None:
+        if limit != self.limit:
+            self.limit = max(1, limit)
+            self._changed.set()
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One admitted request: when it went out and what it was charged."""
+
+    sent_at: float
+    charge: Charge | None
+
+
+class Throttle:
+    """Admits requests at the rate, token and concurrency limits in force, and learns from each answer."""
+
+    def __init__(self, limits: Limits, tpm_accounting: str, log: Callable[[str], None] = print,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.configured = limits
+        self.log, self.clock = log, clock
+        self.rates = RateController(limits.rpm / 60 if limits.rpm else None)
+        self.tokens = TokenAccounting(tpm_accounting)
+        self.concurrency = ConcurrencyController(limits.concurrency or INITIAL_CONCURRENCY,
+                                                 limits.concurrency or MAX_CONCURRENCY)
+        self.gate = ConcurrencyGate(self.concurrency.value)
+        self.rpm: Bucket | None = None
+        self.tpm: Bucket | None = Bucket(limits.tpm / 60 * HEADROOM) if limits.tpm else None
+        self.paused_until = 0.0
+        self._latency = 0.3  # smoothed, for the controllers' notion of a round trip
+
+    async def admit(self, request: Request) -> Ticket:
+        await self.gate.enter()
+        wait = self.paused_until - self.clock()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._apply_rate()
+        if self.rpm is not None:
+            await self.rpm.acquire(1)
+        charge = None
+        if self.tpm is not None:
+            charge = self.tokens.charge(request.prompt_tokens, request.max_output)
+            await self.tpm.take(charge.amount)
+        now = self.clock()
+        self.rates.on_sent(now)
+        return Ticket(now, charge)
+
+    def done(self, ticket: Ticket, reply: Reply | None) -> None:
+        """Release the ticket's slot and learn from the answer (None: the attempt was cancelled)."""
+        self.gate.leave()
+        if reply is None:
+            return
+        now = self.clock()
+        status = reply.status
+        if status == 429:
+            self.rates.on_rate_limited(ticket.sent_at, now)
+            self.concurrency.on_congestion(now, self._latency)
+            if self.tpm is not None and self.tokens.on_rate_limited(now):
+                self.log("429s while under the TPM limit: counting max_tokens against TPM from now on "
+                         "(set limits.tpm_accounting: reserve to start that way)")
+        elif status is None and reply.error == "timeout":
+            self.concurrency.on_congestion(now, self._latency)
+        else:
+            self._latency = 0.9 * self._latency + 0.1 * reply.elapsed
+            self.rates.on_admitted(ticket.sent_at, now)
+            if status is not None and status < 500:
+                self.concurrency.on_success(reply.elapsed, self.gate.inflight + 1, now)
+        if ticket.charge is not None and self.tpm is not None:
+            self._settle(ticket.charge, reply, admitted=status is not None and status != 429)
+        hints = rate_hints(reply.headers) if status is not None else None
+        if hints is not None:
+            self._apply_hints(hints, now)
+        self.gate.resize(self.concurrency.value)
+
+    async def tick_forever(self) -> None:
+        """Let time alone move the rate (an episode ends even when no answers come back to end it)."""
+        while True:
+            await asyncio.sleep(RateController.TICK_S)
+            self.rates.tick(self.clock())
+            self._apply_rate()
+
+    def _settle(self, charge: Charge, reply: Reply, *, admitted: bool) -> None:
+        assert self.tpm is not None
+        usage = reply.body.get("usage") if isinstance(reply.body, dict) and reply.status == 200 else None
+        if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+            self.tpm.settle(self.tokens.settle(charge, usage["prompt_tokens"], _int_or_none(
+                usage.get("completion_tokens"))))
+        else:
+            self.tpm.settle(self.tokens.release(charge, admitted=admitted))
+
+    def _apply_hints(self, hints: Any, now: float) -> None:
+        if hints.limit_requests:
+            ceiling = hints.limit_requests / 60
+            if self.configured.rpm:
+                ceiling = min(ceiling, self.configured.rpm / 60)
+            self.rates.set_ceiling(ceiling)
+        if hints.limit_tokens:
+            per_second = hints.limit_tokens / 60 * HEADROOM
+            if self.configured.tpm:
+                per_second = min(per_second, self.configured.tpm / 60 * HEADROOM)
+            if self.tpm is None:
+                self.tpm = Bucket(per_second)
+            elif abs(self.tpm.per_second - per_second) > 1e-6:
+                self.tpm.retune(per_second)
+        if hints.remaining_requests == 0 and hints.limit_requests:
+            # Out of requests: wait for the next one to come back, not for the whole window to reset.
+            wait = min(hints.reset_requests_s or 0.0, 60 / hints.limit_requests)
+            self.paused_until = max(self.paused_until, now + wait)
+
+    def _apply_rate(self) -> None:
+        rate = self.rates.rate
+        if rate is None:
+            if self.rpm is not None:  # release anyone waiting on the old bucket before dropping it
+                self.rpm.retune(1e9)
+            self.rpm = None
+        elif self.rpm is None:
+            self.rpm = Bucket(rate, burst=self.rates.ceiling is not None and not self.rates.learned)
+        elif abs(self.rpm.per_second - rate) > 1e-9:
+            self.rpm.retune(rate)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the throttle has learned, for usage.json and the benchmark."""
+        return {
+            "rpm": round(self.rates.rate * 60, 1) if self.rates.rate else None,
+            "rpm_learned": self.rates.learned,
+            "tpm": round(self.tpm.per_second * 60) if self.tpm else None,
+            "tpm_accounting": self.tokens.effective,
+            "concurrency": self.concurrency.value,
+        }
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) else None

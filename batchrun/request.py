@@ -24,7 +24,13 @@ class Request:
     custom_id: str | int
     model: str
     payload: bytes  # the JSON body, serialised once and reused by every attempt
-    tokens: int  # prompt estimate + max output tokens: what the TPM limiter reserves
+    prompt_tokens: int  # estimated
+    max_output: int
+
+    @property
+    def tokens(self) -> int:
+        """Prompt estimate + max output tokens: what a provider that reserves max_tokens charges."""
+        return self.prompt_tokens + self.max_output
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +122,8 @@ class RequestBuilder:
             body = self._body(data)
         except _RowProblem as exc:
             return BadRow(row, custom_id, "invalid_input", f"row {row}: {exc}")
-        messages = body["messages"]
-        tokens = estimate_messages(messages) + max_output_tokens(body)
-        return Request(row, custom_id, str(body.get("model") or self.spec.model), orjson.dumps(body), tokens)
+        return Request(row, custom_id, str(body.get("model") or self.spec.model), orjson.dumps(body),
+                       estimate_messages(body["messages"]), max_output_tokens(body))
 
     def _body(self, data: Mapping[str, Any]) -> dict[str, Any]:
         inp = self.spec.input

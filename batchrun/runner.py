@@ -24,7 +24,7 @@ import orjson
 
 from .checkpoint import Checkpoint, ResumeState, now_iso
 from .errors import BatchrunError, FatalProviderError, SpecError
-from .limiter import ConcurrencyGate, RateLimiter
+from .limiter import Throttle, Ticket
 from .progress import Progress
 from .providers import PRESETS, CallPath, call_path
 from .request import BadRow, Request, RequestBuilder
@@ -36,7 +36,6 @@ from .usage import Usage
 
 STOP_GRACE_S = 5.0
 FLUSH_EVERY_S = 1.0
-DEFAULT_CONCURRENCY = 64
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_FAILED_ROWS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -116,8 +115,9 @@ class Runner:
         self.spec, self.prepared, self.checkpoint, self.state = spec, prepared, checkpoint, state
         self.call_path, self.progress, self.log = path, progress, log
         self.usage = state.usage
-        self.limiter = RateLimiter(spec.limits.rpm, spec.limits.tpm)
-        self.gate = ConcurrencyGate(spec.limits.concurrency or DEFAULT_CONCURRENCY)
+        accounting = spec.limits.tpm_accounting or PRESETS[spec.provider.name].tpm_accounting
+        self.throttle = Throttle(spec.limits, accounting, log)
+        self.gate = self.throttle.gate
         self.ready: deque[_Item] = deque()  # retries whose backoff is over
         self.backoffs: set[asyncio.TimerHandle] = set()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -133,9 +133,10 @@ class Runner:
     # --- the run -------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        self.http = new_session(self.gate.limit)
+        self.http = new_session(self.throttle.concurrency.maximum)
         self.dispatcher = asyncio.create_task(self._dispatch())
         flusher = asyncio.create_task(self._flush_loop())
+        ticker = asyncio.create_task(self.throttle.tick_forever())
         try:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.dispatcher
@@ -147,9 +148,10 @@ class Runner:
         finally:
             for handle in self.backoffs:
                 handle.cancel()
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            for task in (flusher, ticker):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self.http.close()
 
     async def _dispatch(self) -> None:
@@ -175,9 +177,8 @@ class Runner:
                     return
                 await self.wake.wait()
                 continue
-            await self.gate.enter()
-            await self.limiter.acquire(item.request.tokens)
-            task = asyncio.create_task(self._attempt(item))
+            ticket = await self.throttle.admit(item.request)
+            task = asyncio.create_task(self._attempt(item, ticket))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
@@ -186,9 +187,10 @@ class Runner:
         for raw in iter_rows(self.spec.input, skip=self.state.done.__contains__):
             yield build(raw)
 
-    async def _attempt(self, item: _Item) -> None:
+    async def _attempt(self, item: _Item, ticket: Ticket) -> None:
         item.attempts += 1
         assert self.http is not None
+        reply: Reply | None = None
         try:
             reply = await self.call_path.call(self.http, item.request, self.spec.retry.timeout_s)
             decision = classify(reply.status, reply.body, reply.headers, reply.error)
@@ -211,7 +213,7 @@ class Runner:
             self.crash = self.crash or exc
             self.stop("stopped", f"internal error: {exc!r}")
         finally:
-            self.gate.leave()
+            self.throttle.done(ticket, reply)
             self.wake.set()
 
     def _retry_later(self, item: _Item, decision: Decision) -> None:
@@ -338,6 +340,7 @@ class Runner:
             "finished_at": now_iso() if final and state.startswith("finished") else None,
             "active_s": round(float(prev.get("active_s") or 0.0) + time.monotonic() - self.t0, 3),
             "sessions": int(prev.get("sessions") or 0) + 1,
+            "throttle": self.throttle.snapshot(),
         }
         self.checkpoint.write_usage(data)
 

@@ -54,11 +54,15 @@ class ProviderSpec:
     simulate: SimulateSpec | None = None
 
 
+TPM_ACCOUNTING = ("auto", "reserve", "actual")
+
+
 @dataclass(frozen=True)
 class Limits:
     rpm: float | None = None
     tpm: float | None = None
     concurrency: int | None = None
+    tpm_accounting: str | None = None  # None: the preset's default
 
 
 @dataclass(frozen=True)
@@ -333,8 +337,12 @@ def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
 def _parse_limits(raw: Any, source: str) -> Limits:
     if raw is None:
         return Limits()
-    sec = _Section("limits", raw, {"rpm", "tpm", "concurrency"}, source)
-    return Limits(rpm=sec.number("rpm"), tpm=sec.number("tpm"), concurrency=sec.integer("concurrency"))
+    sec = _Section("limits", raw, {"rpm", "tpm", "concurrency", "tpm_accounting"}, source)
+    accounting = sec.text("tpm_accounting")
+    if accounting is not None and accounting not in TPM_ACCOUNTING:
+        raise sec.fail("tpm_accounting", f"must be one of {', '.join(TPM_ACCOUNTING)}, got {accounting!r}")
+    return Limits(rpm=sec.number("rpm"), tpm=sec.number("tpm"), concurrency=sec.integer("concurrency"),
+                  tpm_accounting=accounting)
 
 
 def _parse_retry(raw: Any, source: str) -> RetrySpec:

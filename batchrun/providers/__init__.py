@@ -22,12 +22,15 @@ class Preset:
     api_key_env: str
     title: str
     key_required: bool = True  # False: send the key only when the variable is set (vLLM, the simulator)
+    # How the provider counts TPM: "reserve" charges prompt + max_tokens on admission (OpenAI's way),
+    # "actual" the tokens used once answered; "auto" assumes actual until 429s show otherwise.
+    tpm_accounting: str = "auto"
 
 
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("openai", "https://api.openai.com/v1", "OPENAI_API_KEY", "OpenAI"),
+        Preset("openai", "https://api.openai.com/v1", "OPENAI_API_KEY", "OpenAI", tpm_accounting="reserve"),
         Preset("zhipu", "https://open.bigmodel.cn/api/paas/v4", "ZHIPUAI_API_KEY", "Zhipu GLM"),
         Preset(
             "dashscope",

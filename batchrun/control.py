@@ -1,0 +1,304 @@
+"""Pure controllers that keep a provider's limit full without tripping it; every clock reading is passed in.
+
+- `RateController`: the request rate, AIMD-style. Unlimited until the provider pushes back; a 429 sets the
+  rate from what the provider actually admitted and cuts it multiplicatively, then it creeps up again.
+  Configured limits and `x-ratelimit-limit-*` headers set a ceiling it never exceeds.
+- `ConcurrencyController`: requests in flight, in the manner of Netflix's concurrency-limits (gradient):
+  grows while latency stays near its floor, shrinks when latency climbs, on 429s and on timeouts.
+- `TokenAccounting`: what a request costs against TPM, and the correction once the answer says what the
+  provider charged (the estimate + max_tokens at admission, or the actual tokens after the answer).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+# The rate runs this far below a known limit: arrivals at the provider bunch a little, and a provider's
+# bucket that is never quite emptied absorbs that instead of answering 429.
+HEADROOM = 0.985
+
+
+class SlotCounter:
+    """Event counts in fixed time slots over a few seconds: O(1) to add, cheap to sum a range."""
+
+    def __init__(self, slot_s: float = 0.01, history_s: float = 5.0) -> None:
+        self.slot_s = slot_s
+        self.size = int(history_s / slot_s) + 1
+        self.counts = [0] * self.size
+        self.stamps = [-1] * self.size  # which absolute slot each entry holds
+
+    def add(self, t: float, n: int = 1) -> None:
+        k = int(t / self.slot_s)
+        i = k % self.size
+        if self.stamps[i] != k:
+            self.stamps[i], self.counts[i] = k, 0
+        self.counts[i] += n
+
+    def count(self, start: float, end: float) -> int:
+        """Events from start to end, to slot precision (whole slots at both ends); older than the history
+        counts as nothing."""
+        first, last = int(start / self.slot_s), int(end / self.slot_s)
+        first = max(first, last - self.size + 1)
+        total = 0
+        for k in range(first, last + 1):
+            i = k % self.size
+            if self.stamps[i] == k:
+                total += self.counts[i]
+        return total
+
+
+class RateController:
+    """Requests per second to allow; `rate is None` means no limit is known or needed yet.
+
+    A 429 opens an episode: the rate brakes at once (hard while the limit is unknown, gently once learned).
+    After MEASURE_S the episode closes. If the provider kept turning requests away, what it admitted
+    meanwhile (requests sent minus those answered 429, by send time) is its limit, and the rate is set
+    just below it. A stray 429 or two (one row's bad luck, not a full bucket) restores the rate from before.
+    Between episodes the rate grows while it is the bottleneck: fast while the limit is unknown, slowly
+    once measured.
+    """
+
+    MEASURE_S = 0.5
+    LAG_S = 0.25  # a 429 for a request sent at t has arrived by t + LAG_S
+    MIN_429S = 3  # fewer 429s than this in an episode is bad luck, not a limit
+    BRAKE_UNKNOWN = 0.5
+    BRAKE_LEARNED = 0.9
+    GROW_PER_S: ClassVar[dict[str, float]] = {"unknown": 1.0, "bounded": 0.25, "learned": 0.02}
+    QUIET_S: ClassVar[dict[str, float]] = {"unknown": 0.5, "bounded": 0.5, "learned": 2.0}  # after a 429
+    TICK_S = 0.05
+    MIN_RATE = 0.1
+
+    def __init__(self, ceiling: float | None = None) -> None:
+        self.ceiling = ceiling
+        self.rate: float | None = ceiling * HEADROOM if ceiling else None
+        # unknown: no 429 yet; bounded: 429s, but no measurement (the brake went below the limit);
+        # learned: an episode measured the limit
+        self.state = "unknown"
+        self.sent = SlotCounter()
+        self.limited = SlotCounter()  # by send time, requests answered 429
+        self._episode: float | None = None  # when the current 429 episode began
+        self._episode_429s = 0
+        self._before: float | None = None  # the rate before the episode's brake
+        self._episode_floor = -math.inf  # 429s for requests sent before this belong to a closed episode
+        self._last_429 = -math.inf
+        self._last_tick: float | None = None
+
+    @property
+    def learned(self) -> bool:
+        return self.state == "learned"
+
+    def set_ceiling(self, ceiling: float) -> None:
+        """A limit the provider announced (headers) or the user configured: never exceed it."""
+        if self.ceiling is not None and abs(ceiling - self.ceiling) < 1e-9:
+            return
+        self.ceiling = ceiling
+        target = ceiling * HEADROOM
+        self.rate = target if self.rate is None or self.state == "unknown" else min(self.rate, target)
+
+    def on_sent(self, now: float) -> None:
+        self.sent.add(now)
+
+    def on_admitted(self, sent_at: float, now: float) -> None:
+        """The provider accepted a request (any answer but a 429)."""
+        self.tick(now)
+
+    def on_rate_limited(self, sent_at: float, now: float) -> None:
+        self.limited.add(sent_at)
+        self._last_429 = now
+        if self._episode is not None:
+            self._episode_429s += 1
+        elif sent_at >= self._episode_floor:
+            self._episode, self._episode_429s, self._before = now, 1, self.rate
+            brake = self.BRAKE_LEARNED if self.learned else self.BRAKE_UNKNOWN
+            sending = self.send_rate(now, self.MEASURE_S)
+            current = sending if self.rate is None else min(self.rate, max(sending, self.MIN_RATE))
+            self._set(max(self.MIN_RATE, current * brake))
+        self.tick(now, force=True)
+
+    def send_rate(self, now: float, span: float) -> float:
+        return self.sent.count(now - span, now) / span
+
+    def tick(self, now: float, *, force: bool = False) -> None:
+        """Advance episodes and growth; called on answers and on a timer, at most every TICK_S."""
+        last = self._last_tick
+        if not force and last is not None and now - last < self.TICK_S:
+            return
+        self._last_tick = now
+        if self._episode is not None:
+            if now - self._episode >= self.MEASURE_S + self.LAG_S:
+                self._close_episode(now)
+            return
+        if last is None or self.rate is None:
+            return
+        if self.send_rate(now, 1.0) < 0.9 * self.rate:
+            return  # the rate is not the bottleneck: no evidence that more would be admitted
+        if now - self._last_429 > self.QUIET_S[self.state]:
+            self._set(self.rate * (1 + self.GROW_PER_S[self.state] * (now - last)))
+
+    def _close_episode(self, now: float) -> None:
+        end = now - self.LAG_S
+        start = self._episode
+        assert start is not None
+        self._episode, self._episode_floor = None, end
+        if self._episode_429s < self.MIN_429S:  # bad luck, not a limit: undo the brake
+            self.rate = self._before
+            return
+        sent = self.sent.count(start, end)
+        limited = self.limited.count(start, end)
+        if limited >= self.MIN_429S and sent > limited:  # turned away all along: what got through is the limit
+            self._set((sent - limited) / (end - start) * HEADROOM)
+            self.state = "learned"
+        elif self.state == "unknown":
+            self.state = "bounded"
+
+    def _set(self, rate: float) -> None:
+        self.rate = rate if self.ceiling is None else min(rate, self.ceiling * HEADROOM)
+
+
+class ConcurrencyController:
+    """How many requests may be in flight (gradient-style, with slow start)."""
+
+    SMOOTHING = 0.2
+    TOLERANCE = 2.0  # latency may double over its floor before it counts as queueing
+
+    def __init__(self, initial: int, maximum: int, minimum: int = 1) -> None:
+        self.maximum, self.minimum = maximum, minimum
+        self.limit = float(max(minimum, min(initial, maximum)))
+        self.slow_start = True
+        self._floor: float | None = None  # lowest recent latency: the no-queue baseline
+        self._recent: float | None = None  # smoothed recent latency
+        self._last_cut = -math.inf
+        self._samples = 0
+
+    @property
+    def value(self) -> int:
+        return int(self.limit)
+
+    def on_success(self, latency: float, inflight: int, now: float) -> None:
+        self._samples += 1
+        self._recent = latency if self._recent is None else self._recent * 0.9 + latency * 0.1
+        # The floor decays upwards slowly so a provider that got slower for good is not taken for queueing.
+        self._floor = latency if self._floor is None else min(latency, self._floor * 1.001)
+        if inflight < self.limit * 0.8:  # not using what we have: no evidence to grow
+            return
+        if self.slow_start:
+            self.limit = min(self.maximum, self.limit + 1)  # doubles every round trip
+            return
+        gradient = max(0.5, min(1.0, self.TOLERANCE * self._floor / max(self._recent, 1e-6)))
+        target = self.limit * gradient + math.sqrt(self.limit)
+        self.limit = max(self.minimum, min(self.maximum, (1 - self.SMOOTHING) * self.limit
+                                           + self.SMOOTHING * target))
+
+    def on_congestion(self, now: float, round_trip: float) -> None:
+        """A 429 or a timeout: back off, once per round trip."""
+        if now - self._last_cut < max(round_trip, 0.05):
+            return
+        self._last_cut = now
+        self.slow_start = False
+        self.limit = max(self.minimum, self.limit * 0.9)
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What one request was charged against TPM at admission, to settle when its answer says more."""
+
+    prompt_estimate: int
+    max_output: int
+    amount: float
+
+
+class TokenAccounting:
+    """How TPM is counted: 'reserve' (prompt + max_tokens at admission, OpenAI's way), 'actual' (the tokens
+    used, after the answer), or 'auto' (actual until 429s show the provider reserves max_tokens)."""
+
+    AUTO_429S = 3  # 429s within AUTO_WINDOW_S that make 'auto' switch to 'reserve'
+    AUTO_WINDOW_S = 5.0
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.effective = "reserve" if mode == "reserve" else "actual"
+        self.scale = 1.0  # provider's prompt tokens / our estimate, learned from answers
+        self._recent_429s: deque[float] = deque()
+
+    def charge(self, prompt_estimate: int, max_output: int) -> Charge:
+        """Both modes reserve prompt + max_tokens up front: nothing in flight can overshoot the limit."""
+        return Charge(prompt_estimate, max_output, prompt_estimate * self.scale + max_output)
+
+    def settle(self, charge: Charge, prompt_tokens: int | None, completion_tokens: int | None) -> float:
+        """Tokens to give back (positive) or to charge on top (negative) once the usage is known."""
+        if prompt_tokens is None:
+            return 0.0
+        if charge.prompt_estimate > 0:
+            self.scale = 0.95 * self.scale + 0.05 * (prompt_tokens / charge.prompt_estimate)
+        charged = prompt_tokens + (charge.max_output if self.effective == "reserve" else (completion_tokens or 0))
+        return charge.amount - charged
+
+    def release(self, charge: Charge, *, admitted: bool) -> float:
+        """Tokens to give back for an answer without usage: all if the provider turned the request away,
+        or if it charges actual tokens; none if it charged prompt + max_tokens on admission."""
+        return charge.amount if not admitted or self.effective == "actual" else 0.0
+
+    def on_rate_limited(self, now: float) -> bool:
+        """Returns True when 'auto' has just switched to 'reserve'."""
+        if self.mode != "auto" or self.effective == "reserve":
+            return False
+        self._recent_429s.append(now)
+        while self._recent_429s and self._recent_429s[0] < now - self.AUTO_WINDOW_S:
+            self._recent_429s.popleft()
+        if len(self._recent_429s) >= self.AUTO_429S:
+            self.effective = "reserve"
+            return True
+        return False
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)")
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds in a Go-style duration (`6m0s`, `1m30.5s`, `20ms`) or a bare number of seconds."""
+    text = text.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+@dataclass(frozen=True, slots=True)
+class RateHints:
+    """What `x-ratelimit-*` headers say: limits per minute, what remains, and seconds until reset."""
+
+    limit_requests: float | None = None
+    remaining_requests: float | None = None
+    reset_requests_s: float | None = None
+    limit_tokens: float | None = None
+    remaining_tokens: float | None = None
+    reset_tokens_s: float | None = None
+
+
+def rate_hints(headers: Mapping[str, str]) -> RateHints | None:
+    if "x-ratelimit-limit-requests" not in headers and "x-ratelimit-limit-tokens" not in headers:
+        return None
+
+    def number(name: str) -> float | None:
+        try:
+            return float(headers[name])
+        except (KeyError, ValueError):
+            return None
+
+    def duration(name: str) -> float | None:
+        value = headers.get(name)
+        return parse_duration(value) if value else None
+
+    return RateHints(number("x-ratelimit-limit-requests"), number("x-ratelimit-remaining-requests"),
+                     duration("x-ratelimit-reset-requests"), number("x-ratelimit-limit-tokens"),
+                     number("x-ratelimit-remaining-tokens"), duration("x-ratelimit-reset-tokens"))
