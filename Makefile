@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean bench bench-quick
 
 setup: $(STAMP)
 
@@ -26,3 +26,9 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+bench: setup
+	$(BIN)/python -m batchrun.bench
+
+bench-quick: setup
+	$(BIN)/python -m batchrun.bench --quick

@@ -15,7 +15,7 @@ from . import __version__
 from .errors import BatchrunError, SpecError
 from .runner import EXIT_INTERRUPTED, prepare, run_job, summary_lines
 from .simulate import run_forever
-from .spec import SimulateSpec, load_spec
+from .spec import LATENCY_DISTS, SimulateSpec, load_spec
 from .validate import validate, validation_lines
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -82,22 +82,28 @@ def validate_cmd(job: str) -> None:
 @click.option("--port", default=8765, show_default=True, help="Port on 127.0.0.1 (0: any free port).")
 @click.option("--rpm", type=float, help="Requests per minute to allow; beyond it, 429.")
 @click.option("--tpm", type=float, help="Tokens per minute to allow (prompt + max_tokens); beyond it, 429.")
-@click.option("--latency", default=0.3, show_default=True, help="Mean seconds to answer.")
+@click.option("--latency", default=0.3, show_default=True, help="Median seconds to answer.")
+@click.option("--latency-dist", type=click.Choice(LATENCY_DISTS), default="lognormal", show_default=True,
+              help="How answer times spread around the median.")
 @click.option("--error-rate", default=0.0, show_default=True, help="Share of requests answered HTTP 500.")
 @click.option("--seed", default=0, show_default=True, help="Seed for injected errors and latency.")
 @click.option("--bare-429", is_flag=True, help="Send 429s without Retry-After, as Zhipu does.")
+@click.option("--rate-headers", is_flag=True, help="Send x-ratelimit-* headers on every answer, as OpenAI does.")
+@click.option("--tpm-accounting", type=click.Choice(["reserve", "actual"]), default="reserve", show_default=True,
+              help="Charge TPM prompt + max_tokens on admission (reserve) or the tokens used, after (actual).")
 @click.option("--require-key", is_flag=True, help="Answer 401 unless requests carry $BATCHRUN_SIM_API_KEY.")
 @_friendly
-def simulate(port: int, rpm: float | None, tpm: float | None, latency: float, error_rate: float, seed: int,
-             bare_429: bool, require_key: bool) -> None:
+def simulate(port: int, rpm: float | None, tpm: float | None, latency: float, latency_dist: str, error_rate: float,
+             seed: int, bare_429: bool, rate_headers: bool, tpm_accounting: str, require_key: bool) -> None:
     """Serve a simulated OpenAI-compatible provider on 127.0.0.1 until Ctrl-C."""
     key = os.environ.get("BATCHRUN_SIM_API_KEY") if require_key else None
     if require_key and not key:
         raise SpecError("--require-key needs the key in $BATCHRUN_SIM_API_KEY")
     if not 0 <= error_rate <= 1:
         raise SpecError(f"--error-rate must be between 0 and 1, got {error_rate}")
-    cfg = SimulateSpec(rpm=rpm, tpm=tpm, latency=latency, error_rate=error_rate, seed=seed, api_key=key,
-                       retry_after=not bare_429)
+    cfg = SimulateSpec(rpm=rpm, tpm=tpm, latency=latency, latency_dist=latency_dist, error_rate=error_rate,
+                       seed=seed, api_key=key, retry_after=not bare_429, rate_headers=rate_headers,
+                       tpm_accounting=tpm_accounting)
 
     def announce(url: str) -> None:
         click.echo(f"simulated provider at {url}  (spec: provider: {{name: simulated, base_url: {url}}})")

@@ -20,7 +20,8 @@ from typing import ClassVar
 
 # The rate runs this far below a known limit: arrivals at the provider bunch a little, and a provider's
 # bucket that is never quite emptied absorbs that instead of answering 429.
-HEADROOM = 0.985
+HEADROOM = 0.995
+MEASURED_HEADROOM = 0.97  # a limit measured from 429s is known to within a few per cent
 
 
 class SlotCounter:
@@ -58,15 +59,16 @@ class RateController:
     A 429 opens an episode: the rate brakes at once (hard while the limit is unknown, gently once learned).
     After MEASURE_S the episode closes. If the provider kept turning requests away, what it admitted
     meanwhile (requests sent minus those answered 429, by send time) is its limit, and the rate is set
-    just below it. A stray 429 or two (one row's bad luck, not a full bucket) restores the rate from before.
+    just below it. Before any limit is known, a stray 429 or two (one row's bad luck, not a full bucket)
+    restores the rate from before; once one is known, the brake stands and the rate creeps back (AIMD).
     Between episodes the rate grows while it is the bottleneck: fast while the limit is unknown, slowly
     once measured.
     """
 
-    MEASURE_S = 0.5
+    MEASURE_S = 0.4
     LAG_S = 0.25  # a 429 for a request sent at t has arrived by t + LAG_S
     MIN_429S = 3  # fewer 429s than this in an episode is bad luck, not a limit
-    BRAKE_UNKNOWN = 0.5
+    BRAKE_UNKNOWN = 0.35
     BRAKE_LEARNED = 0.9
     GROW_PER_S: ClassVar[dict[str, float]] = {"unknown": 1.0, "bounded": 0.25, "learned": 0.02}
     QUIET_S: ClassVar[dict[str, float]] = {"unknown": 0.5, "bounded": 0.5, "learned": 2.0}  # after a 429
@@ -75,6 +77,12 @@ class RateController:
 
     def __init__(self, ceiling: float | None = None) -> None:
         self.ceiling = ceiling
+        self.reset(-math.inf)
+
+    def reset(self, now: float) -> None:
+        """Forget what 429s taught, and ignore those still arriving for requests sent before `now`:
+        they had another explanation (the TPM accounting was wrong)."""
+        ceiling = self.ceiling
         self.rate: float | None = ceiling * HEADROOM if ceiling else None
         # unknown: no 429 yet; bounded: 429s, but no measurement (the brake went below the limit);
         # learned: an episode measured the limit
@@ -84,7 +92,7 @@ class RateController:
         self._episode: float | None = None  # when the current 429 episode began
         self._episode_429s = 0
         self._before: float | None = None  # the rate before the episode's brake
-        self._episode_floor = -math.inf  # 429s for requests sent before this belong to a closed episode
+        self._episode_floor = now  # 429s for requests sent before this belong to a closed episode
         self._last_429 = -math.inf
         self._last_tick: float | None = None
 
@@ -114,7 +122,8 @@ class RateController:
             self._episode_429s += 1
         elif sent_at >= self._episode_floor:
             self._episode, self._episode_429s, self._before = now, 1, self.rate
-            brake = self.BRAKE_LEARNED if self.learned else self.BRAKE_UNKNOWN
+            trusted = self.learned or self.ceiling is not None  # a known limit needs only a touch
+            brake = self.BRAKE_LEARNED if trusted else self.BRAKE_UNKNOWN
             sending = self.send_rate(now, self.MEASURE_S)
             current = sending if self.rate is None else min(self.rate, max(sending, self.MIN_RATE))
             self._set(max(self.MIN_RATE, current * brake))
@@ -145,13 +154,13 @@ class RateController:
         start = self._episode
         assert start is not None
         self._episode, self._episode_floor = None, end
-        if self._episode_429s < self.MIN_429S:  # bad luck, not a limit: undo the brake
+        if self._episode_429s < self.MIN_429S and self.state == "unknown":  # bad luck, not a limit
             self.rate = self._before
             return
         sent = self.sent.count(start, end)
         limited = self.limited.count(start, end)
         if limited >= self.MIN_429S and sent > limited:  # turned away all along: what got through is the limit
-            self._set((sent - limited) / (end - start) * HEADROOM)
+            self._set((sent - limited) / (end - start) * MEASURED_HEADROOM)
             self.state = "learned"
         elif self.state == "unknown":
             self.state = "bounded"
@@ -161,38 +170,57 @@ class RateController:
 
 
 class ConcurrencyController:
-    """How many requests may be in flight (gradient-style, with slow start)."""
+    """How many requests may be in flight, in the manner of Netflix's concurrency-limits gradient.
 
-    SMOOTHING = 0.2
-    TOLERANCE = 2.0  # latency may double over its floor before it counts as queueing
+    Latency is averaged over short intervals; the lowest interval average seen lately is the no-queue
+    baseline (an average, not a single sample, so a provider whose answer times spread widely is not
+    mistaken for a queue). While recent latency stays within TOLERANCE of the baseline the limit grows:
+    doubling per interval in slow start, then by about its square root. When latency climbs, the limit
+    shrinks in proportion; 429s and timeouts cut it by a tenth, once per round trip. It grows only while
+    it is used: a limit nobody reaches proves nothing.
+    """
+
+    INTERVAL_S = 0.25
+    TOLERANCE = 1.5
+    FLOOR_DRIFT = 1.002  # per interval: a baseline that got slower for good is accepted within ~30 s
 
     def __init__(self, initial: int, maximum: int, minimum: int = 1) -> None:
         self.maximum, self.minimum = maximum, minimum
         self.limit = float(max(minimum, min(initial, maximum)))
         self.slow_start = True
-        self._floor: float | None = None  # lowest recent latency: the no-queue baseline
-        self._recent: float | None = None  # smoothed recent latency
+        self.floor: float | None = None
+        self._sum = 0.0
+        self._count = 0
+        self._peak_inflight = 0
+        self._interval_start: float | None = None
+        self._interval = self.INTERVAL_S
         self._last_cut = -math.inf
-        self._samples = 0
 
     @property
     def value(self) -> int:
         return int(self.limit)
 
     def on_success(self, latency: float, inflight: int, now: float) -> None:
-        self._samples += 1
-        self._recent = latency if self._recent is None else self._recent * 0.9 + latency * 0.1
-        # The floor decays upwards slowly so a provider that got slower for good is not taken for queueing.
-        self._floor = latency if self._floor is None else min(latency, self._floor * 1.001)
-        if inflight < self.limit * 0.8:  # not using what we have: no evidence to grow
-            return
-        if self.slow_start:
-            self.limit = min(self.maximum, self.limit + 1)  # doubles every round trip
-            return
-        gradient = max(0.5, min(1.0, self.TOLERANCE * self._floor / max(self._recent, 1e-6)))
-        target = self.limit * gradient + math.sqrt(self.limit)
-        self.limit = max(self.minimum, min(self.maximum, (1 - self.SMOOTHING) * self.limit
-                                           + self.SMOOTHING * target))
+        self._sum += latency
+        self._count += 1
+        self._peak_inflight = max(self._peak_inflight, inflight)
+        if self._interval_start is None:
+            self._interval_start = now
+        elif now - self._interval_start >= self._interval and self._count >= 5:
+            average = self._sum / self._count
+            self._adjust(average)
+            self._interval = max(self.INTERVAL_S, 2 * average)  # at least two round trips, as TCP grows per RTT
+            self._sum, self._count, self._peak_inflight, self._interval_start = 0.0, 0, 0, now
+
+    def _adjust(self, average: float) -> None:
+        self.floor = average if self.floor is None else min(average, self.floor * self.FLOOR_DRIFT)
+        gradient = max(0.5, min(1.0, self.TOLERANCE * self.floor / max(average, 1e-9)))
+        if gradient < 1.0:
+            self.slow_start = False
+            self.limit = max(self.minimum, self.limit * gradient + math.sqrt(self.limit))
+        elif self._peak_inflight >= 0.8 * self.limit:
+            grown = self.limit * 2 if self.slow_start else self.limit + math.sqrt(self.limit)
+            self.limit = min(self.maximum, grown)
 
     def on_congestion(self, now: float, round_trip: float) -> None:
         """A 429 or a timeout: back off, once per round trip."""

@@ -33,8 +33,12 @@ class Bucket(AsyncLimiter):
         super().__init__(capacity, capacity / per_second)
         self.per_second = per_second
         if not burst:  # start empty-handed: a rate learned from 429s must not open with a burst
-            self._leak()
-            self._level = capacity
+            self.drain()
+
+    def drain(self) -> None:
+        """Leave nothing to spend until the bucket refills."""
+        self._leak()
+        self._level = max(self._level, self.max_rate)
 
     def retune(self, per_second: float) -> None:
         self._leak()
@@ -134,6 +138,8 @@ class Throttle:
             self.rates.on_rate_limited(ticket.sent_at, now)
             self.concurrency.on_congestion(now, self._latency)
             if self.tpm is not None and self.tokens.on_rate_limited(now):
+                self.rates.reset(now)
+                self.tpm.drain()  # the provider's bucket is empty: so is ours now
                 self.log("429s while under the TPM limit: counting max_tokens against TPM from now on "
                          "(set limits.tpm_accounting: reserve to start that way)")
         elif status is None and reply.error == "timeout":

@@ -1,7 +1,9 @@
 """The simulated provider: OpenAI-compatible chat completions on 127.0.0.1, with a provider's manners.
 
 It enforces RPM/TPM with continuous token buckets holding about one second of the per-minute limit (429
-beyond, with or without Retry-After), injects HTTP 500s, and answers deterministically from the prompt.
+beyond, with or without Retry-After and x-ratelimit-* headers), counts TPM either way providers do
+(prompt + max_tokens on admission, or the tokens used once answered), injects HTTP 500s, draws latency
+from a distribution, and answers deterministically from the prompt.
 Directives in a prompt reproduce a quirk for that one row, so tests and users can stage any failure:
 
     #sim:status=400     always answer that HTTP status with an error body
@@ -47,13 +49,21 @@ class Bucket:
 
     def wait_for(self, amount: float, now: float) -> float:
         """Seconds until `amount` is available (0 when it is now); takes nothing."""
-        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
-        self.stamp = now
+        self.refill(now)
         need = min(amount, self.capacity) - self.level
         return 0.0 if need <= 0 else need / self.rate
 
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
     def take(self, amount: float) -> None:
-        self.level -= min(amount, self.capacity)
+        """Charge in full: a charge larger than what is left leaves a debt the refill pays off first."""
+        self.level -= amount
+
+    def reset_s(self) -> float:
+        """Seconds until the bucket is full again (what x-ratelimit-reset-* report)."""
+        return max(0.0, (self.capacity - self.level) / self.rate)
 
 
 class SimProvider:
@@ -68,6 +78,8 @@ class SimProvider:
         self.responses: Counter[int] = Counter()
         self.requests = self.dropped = 0
         self.billed_prompt_tokens = self.billed_completion_tokens = 0
+        self.tpm_charged = 0.0  # what the TPM bucket was charged, in the configured accounting
+        self.first_request_at: float | None = None  # wall-clock time, for start-up measurements
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -86,6 +98,8 @@ class SimProvider:
             "billed_twice": sum(1 for n in self.billed.values() if n > 1),
             "billed_prompt_tokens": self.billed_prompt_tokens,
             "billed_completion_tokens": self.billed_completion_tokens,
+            "tpm_charged": round(self.tpm_charged),
+            "first_request_at": self.first_request_at,
         }
 
     async def stats_view(self, request: web.Request) -> web.Response:
@@ -104,10 +118,32 @@ class SimProvider:
 
     def _answer(self, status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
         self.responses[status] += 1
+        if self.cfg.rate_headers:
+            headers = {**self._rate_headers(), **(headers or {})}
         return _json(status, body, headers)
+
+    def _rate_headers(self) -> dict[str, str]:
+        now, headers = self.clock(), {}
+        for kind, bucket, per_minute in (("requests", self.rpm, self.cfg.rpm), ("tokens", self.tpm, self.cfg.tpm)):
+            if bucket is not None and per_minute:
+                bucket.refill(now)
+                headers[f"x-ratelimit-limit-{kind}"] = str(int(per_minute))
+                headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, int(bucket.level)))
+                headers[f"x-ratelimit-reset-{kind}"] = go_duration(bucket.reset_s())
+        return headers
+
+    def _latency(self) -> float:
+        median, dist = self.cfg.latency, self.cfg.latency_dist
+        if median <= 0 or dist == "fixed":
+            return max(0.0, median)
+        if dist == "uniform":
+            return median * (0.5 + self.rng.random())
+        return median * math.exp(0.5 * self.rng.gauss(0.0, 1.0))
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        if self.first_request_at is None:
+            self.first_request_at = time.time()
         if (denied := self._auth(request)) is not None:
             return denied
         try:
@@ -143,19 +179,26 @@ class SimProvider:
             return limited
         if self.cfg.error_rate and self.rng.random() < self.cfg.error_rate:
             return self._answer(500, _error("internal_error", "simulated server error", "server_error"))
-        delay = float(directives["sleep"]) if directives.get("sleep") else self.cfg.latency * (
-            0.5 + self.rng.random())
+        delay = float(directives["sleep"]) if directives.get("sleep") else self._latency()
         if delay > 0:
             await asyncio.sleep(delay)
         answer = self._completion(body, messages, key, prompt_tokens)
+        if self.tpm is not None and self.cfg.tpm_accounting == "actual":
+            self.tpm.refill(self.clock())
+            self.tpm.take(answer["usage"]["total_tokens"])
+            self.tpm_charged += answer["usage"]["total_tokens"]
         self.billed[key] += 1
         self.billed_prompt_tokens += answer["usage"]["prompt_tokens"]
         self.billed_completion_tokens += answer["usage"]["completion_tokens"]
         return self._answer(200, answer, {"x-request-id": f"sim-{self.requests}"})
 
     def _rate_limit(self, tokens: int) -> web.Response | None:
+        """Admit or answer 429. TPM counted on admission charges prompt + max_tokens now; counted on
+        usage, it only needs the bucket out of debt now and is charged when the answer is ready."""
         now = self.clock()
-        waits = [b.wait_for(n, now) for b, n in ((self.rpm, 1), (self.tpm, tokens)) if b is not None]
+        reserve = self.cfg.tpm_accounting == "reserve"
+        need = tokens if reserve else 1
+        waits = [b.wait_for(n, now) for b, n in ((self.rpm, 1), (self.tpm, need)) if b is not None]
         wait = max(waits, default=0.0)
         if wait > 0:
             headers = {"Retry-After": str(max(1, math.ceil(wait)))} if self.cfg.retry_after else None
@@ -163,8 +206,9 @@ class SimProvider:
                                 headers)
         if self.rpm is not None:
             self.rpm.take(1)
-        if self.tpm is not None:
+        if self.tpm is not None and reserve:
             self.tpm.take(tokens)
+            self.tpm_charged += tokens
         return None
 
     @staticmethod
@@ -189,6 +233,15 @@ class SimProvider:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as Go prints it, the way OpenAI's x-ratelimit-reset-* headers spell it: 20ms, 1.5s, 6m0s."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    minutes, rest = divmod(seconds, 60)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{int(minutes)}m{text}" if minutes else text
 
 
 def _error(code: str, message: str, kind: str = "invalid_request_error") -> dict[str, Any]:

@@ -38,11 +38,14 @@ class SimulateSpec:
 
     rpm: float | None = None
     tpm: float | None = None
-    latency: float = 0.05
+    latency: float = 0.05  # median seconds to answer
+    latency_dist: str = "lognormal"  # lognormal (sigma 0.5) | uniform (0.5x to 1.5x) | fixed
     error_rate: float = 0.0
     seed: int = 0
     api_key: str | None = None  # when set, requests must carry it (to try auth failures)
     retry_after: bool = True  # send Retry-After with 429s (False: bare 429s, as Zhipu does)
+    rate_headers: bool = False  # send x-ratelimit-* headers on every answer, as OpenAI does
+    tpm_accounting: str = "reserve"  # reserve: prompt + max_tokens on admission; actual: tokens used, after
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class ProviderSpec:
 
 
 TPM_ACCOUNTING = ("auto", "reserve", "actual")
+LATENCY_DISTS = ("lognormal", "uniform", "fixed")
 
 
 @dataclass(frozen=True)
@@ -320,7 +324,8 @@ def _parse_provider(raw: Any, source: str) -> ProviderSpec:
 
 
 def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
-    sec = _Section(where, raw, {"rpm", "tpm", "latency", "error_rate", "seed", "retry_after"}, source)
+    sec = _Section(where, raw, {"rpm", "tpm", "latency", "latency_dist", "error_rate", "seed", "retry_after",
+                                "rate_headers", "tpm_accounting"}, source)
     error_rate = sec.number("error_rate", 0.0, inclusive=True)
     if error_rate is not None and error_rate > 1:
         raise sec.fail("error_rate", f"must be between 0 and 1, got {error_rate}")
@@ -331,7 +336,17 @@ def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
         error_rate=error_rate or 0.0,
         seed=sec.integer("seed", 0, minimum=0) or 0,
         retry_after=sec.boolean("retry_after", True),
+        rate_headers=sec.boolean("rate_headers", False),
+        latency_dist=_choice(sec, "latency_dist", LATENCY_DISTS, "lognormal"),
+        tpm_accounting=_choice(sec, "tpm_accounting", ("reserve", "actual"), "reserve"),
     )
+
+
+def _choice(sec: _Section, name: str, choices: tuple[str, ...], default: str) -> str:
+    value = sec.text(name, default)
+    if value not in choices:
+        raise sec.fail(name, f"must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def _parse_limits(raw: Any, source: str) -> Limits:

@@ -1,0 +1,321 @@
+"""`make bench`: throughput, rate-limit, overhead, memory and resume figures against the simulated provider.
+
+Each scenario starts `batchrun simulate` in its own process, runs `batchrun submit` in another, and reads
+the figures from the run directory, the provider's counters and the client's rusage. `--quick` runs
+smaller versions of the same scenarios in under a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from .request import estimate_messages
+
+PY = [sys.executable, "-m", "batchrun.cli"]
+PROVIDER_LIKE = ["--latency", "0.3", "--error-rate", "0.02"]  # median latency and 2 % HTTP 500, as hosted APIs
+
+
+@dataclass
+class Figure:
+    name: str
+    target: str
+    value: str
+    ok: bool | None  # None: a figure with no target
+
+
+@dataclass
+class ClientRun:
+    usage: dict[str, Any]
+    stats: dict[str, Any]
+    maxrss_mb: float
+    cpu_s: float
+    wall_s: float
+    started_at: float  # wall-clock time the client process was spawned
+    output: str
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.usage["rows_succeeded"] / max(self.usage["active_s"], 1e-9)
+
+    @property
+    def share_429(self) -> float:
+        return self.stats["responses"].get("429", 0) / max(self.stats["requests"], 1)
+
+
+class Simulator:
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([*PY, "simulate", "--port", "0", *args], stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if "simulated provider at " not in line:
+            self.proc.kill()
+            raise RuntimeError(f"the simulated provider did not start: {line!r}")
+        self.url = line.split("simulated provider at ", 1)[1].split()[0]
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url.rsplit("/v1", 1)[0] + "/_sim/stats", timeout=10) as resp:
+            data: dict[str, Any] = orjson.loads(resp.read())
+        return data
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def write_prompts(path: Path, n: int, make: Callable[[int], str]) -> Path:
+    with open(path, "wb") as f:
+        for i in range(n):
+            f.write(orjson.dumps({"id": f"r{i}", "prompt": make(i)}) + b"\n")
+    return path
+
+
+def write_parquet(path: Path, n: int) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with pq.ParquetWriter(path, pa.schema([("id", pa.string()), ("prompt", pa.string())])) as writer:
+        for start in range(0, n, 100_000):
+            ids = [f"r{i}" for i in range(start, min(n, start + 100_000))]
+            writer.write_table(pa.table({"id": ids, "prompt": [f"Summarise item {i[1:]} in five words." for i in ids]}))
+    return path
+
+
+def short_prompt(i: int) -> str:
+    return f"Summarise item {i} in five words: the quick brown fox, 快速的棕色狐狸 {i}."
+
+
+def long_prompt(i: int) -> str:  # about 1000 tokens
+    return f"Document {i}. " + ("The committee reviewed the quarterly figures and noted steady growth. " * 57)
+
+
+def run_client(workdir: Path, sim: Simulator, input_path: Path, *, limits: dict[str, Any] | None = None,
+               max_tokens: int = 16, name: str = "bench") -> ClientRun:
+    spec = {"name": name, "input": str(input_path), "model": "sim-small", "params": {"max_tokens": max_tokens},
+            "provider": {"name": "simulated", "base_url": sim.url}, "output_dir": str(workdir / "runs" / name),
+            "retry": {"max_attempts": 10, "timeout_s": 30, "backoff_s": 0.25, "max_backoff_s": 5}}
+    if limits:
+        spec["limits"] = limits
+    job = workdir / f"{name}.yaml"
+    job.write_text(yaml.safe_dump(spec))
+    started = time.time()
+    t0 = time.monotonic()
+    proc = subprocess.Popen([*PY, "submit", str(job), "--no-progress"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    output = proc.stdout.read().decode()
+    _, status, rusage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.monotonic() - t0
+    if proc.returncode not in (0, 3):
+        raise RuntimeError(f"batchrun submit exited {proc.returncode}:\n{output}")
+    usage = orjson.loads((workdir / "runs" / name / "usage.json").read_bytes())
+    return ClientRun(usage, sim.stats(), rusage.ru_maxrss / 1024, rusage.ru_utime + rusage.ru_stime, wall,
+                     started, output)
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def bench_configured_rpm(work: Path, rows: int) -> list[Figure]:
+    rpm = 6000
+    sim = Simulator("--rpm", str(rpm), *PROVIDER_LIKE)
+    try:
+        run = run_client(work, sim, write_prompts(work / "rpm.jsonl", rows, short_prompt), limits={"rpm": rpm},
+                         name="rpm")
+    finally:
+        sim.close()
+    share = run.rows_per_s / (rpm / 60)
+    return [Figure(f"1 RPM {rpm} given: rows/s vs RPM/60 ({rows} rows)", ">= 97 %",
+                   f"{run.rows_per_s:.1f}/s = {pct(share)}", share >= 0.97),
+            Figure("1 RPM given: requests answered 429", "<= 1 %", pct(run.share_429), run.share_429 <= 0.01)]
+
+
+def bench_configured_tpm(work: Path, rows: int, accounting: str) -> list[Figure]:
+    tpm = 6_000_000
+    sim = Simulator("--tpm", str(tpm), "--tpm-accounting", accounting, *PROVIDER_LIKE)
+    try:
+        path = write_prompts(work / f"tpm-{accounting}.jsonl", rows, long_prompt)
+        run = run_client(work, sim, path, limits={"tpm": tpm}, max_tokens=512, name=f"tpm-{accounting}")
+    finally:
+        sim.close()
+    stats = run.stats
+    if accounting == "reserve":  # what each request costs the provider's bucket
+        per_row = estimate_messages([{"role": "user", "content": long_prompt(rows // 2)}]) + 512
+    else:
+        per_row = (stats["billed_prompt_tokens"] + stats["billed_completion_tokens"]) / stats["billed_requests"]
+    ideal = tpm / 60 / per_row
+    share = run.rows_per_s / ideal
+    label = {"reserve": "(a) prompt + max_tokens on admission", "actual": "(b) actual tokens after the answer"}
+    return [Figure(f"1 TPM given, {label[accounting]}: rows/s vs TPM allows", ">= 97 %",
+                   f"{run.rows_per_s:.1f}/s of {ideal:.1f}/s = {pct(share)}", share >= 0.97),
+            Figure(f"1 TPM given, ({accounting}): requests answered 429", "<= 1 %", pct(run.share_429),
+                   run.share_429 <= 0.01)]
+
+
+def bench_unknown_limits(work: Path, rows: int, *, headers: bool) -> list[Figure]:
+    rpm = 6000
+    extra = ["--rate-headers"] if headers else ["--bare-429"]
+    sim = Simulator("--rpm", str(rpm), *extra, *PROVIDER_LIKE)
+    try:
+        run = run_client(work, sim, write_prompts(work / "unknown.jsonl", rows, short_prompt),
+                         name="unknown-headers" if headers else "unknown")
+    finally:
+        sim.close()
+    share = run.rows_per_s / (rpm / 60)
+    learned = run.usage.get("throttle", {})
+    how = "x-ratelimit headers" if headers else "bare 429s"
+    figures = [Figure(f"2 no limits given, {how}: rows/s vs true {rpm} RPM ({rows} rows)", ">= 85 %",
+                      f"{run.rows_per_s:.1f}/s = {pct(share)}", share >= 0.85),
+               Figure(f"2 no limits given, {how}: requests answered 429", "<= 3 %", pct(run.share_429),
+                      run.share_429 <= 0.03)]
+    figures.append(Figure(f"2 {how}: rate and concurrency at the end", "", f"{learned.get('rpm')} RPM, "
+                          f"concurrency {learned.get('concurrency')}", None))
+    return figures
+
+
+def bench_overhead(work: Path, rows: int) -> list[Figure]:
+    sim = Simulator("--latency", "0")
+    try:
+        run = run_client(work, sim, write_prompts(work / "overhead.jsonl", rows, short_prompt), name="overhead")
+    finally:
+        sim.close()
+    return [Figure(f"3 client overhead, zero-latency provider ({rows} rows): rows/s", ">= 4000",
+                   f"{run.rows_per_s:.0f}", run.rows_per_s >= 4000),
+            Figure("3 client CPU per row (user + system)", "", f"{1000 * run.cpu_s / rows:.3f} ms", None)]
+
+
+def bench_memory(work: Path, big: int, small: int) -> list[Figure]:
+    figures = []
+    for kind in ("jsonl", "parquet"):
+        rss = {}
+        for n in (small, big):
+            sim = Simulator("--latency", "0")
+            try:
+                path = work / f"mem-{n}.{kind}"
+                if kind == "jsonl":
+                    write_prompts(path, n, short_prompt)
+                else:
+                    write_parquet(path, n)
+                rss[n] = run_client(work, sim, path, name=f"mem-{kind}-{n}").maxrss_mb
+            finally:
+                sim.close()
+            path.unlink()
+        growth = rss[big] / rss[small] - 1
+        figures.append(Figure(f"4 peak RSS, {big:,} {kind} rows", "<= 100 MB", f"{rss[big]:.1f} MB",
+                              rss[big] <= 100))
+        figures.append(Figure(f"4 peak RSS growth, {kind} {small:,} -> {big:,} rows", "<= 20 %",
+                              f"{rss[small]:.1f} -> {rss[big]:.1f} MB ({100 * growth:+.1f} %)", growth <= 0.20))
+    return figures
+
+
+def bench_resume(work: Path, done: int) -> list[Figure]:
+    """A run directory with `done` rows recorded: how long until the resumed run sends its first request."""
+    from .checkpoint import MANIFEST, RESULTS, USAGE, atomic_write
+    from .runner import prepare
+    from .spec import load_spec
+
+    extra = 1000
+    path = write_prompts(work / "resume.jsonl", done + extra, short_prompt)
+    sim = Simulator("--latency", "0")
+    try:
+        spec_path = work / "resume.yaml"
+        run_dir = work / "runs" / "resume"
+        spec_path.write_text(yaml.safe_dump({
+            "name": "resume", "input": str(path), "model": "sim-small", "params": {"max_tokens": 16},
+            "provider": {"name": "simulated", "base_url": sim.url}, "output_dir": str(run_dir)}))
+        prepared = prepare(load_spec(spec_path))
+        run_dir.mkdir(parents=True)
+        body = {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {
+            "role": "assistant", "content": "done before"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25}}
+        with open(run_dir / RESULTS, "wb") as f:
+            for row in range(1, done + 1):
+                f.write(orjson.dumps({"row": row, "id": f"batch_req_{row}", "custom_id": f"r{row - 1}",
+                                      "model": "sim-small", "response": {"status_code": 200, "request_id": "x",
+                                                                         "body": body},
+                                      "error": None, "attempts": 1, "rate_limited": 0}) + b"\n")
+        size = (run_dir / RESULTS).stat().st_size
+        atomic_write(run_dir / MANIFEST, orjson.dumps({"fingerprint": prepared.fingerprint, "state": "interrupted"}))
+        atomic_write(run_dir / USAGE, orjson.dumps({
+            "rows_succeeded": done, "requests": done, "prompt_tokens": 20 * done, "completion_tokens": 5 * done,
+            "total_tokens": 25 * done, "checkpoint": {RESULTS: size, "failures.jsonl": 0}}))
+        started = time.time()
+        proc = subprocess.Popen([*PY, "submit", str(spec_path), "--no-progress"], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        first = None
+        while proc.poll() is None and first is None:
+            first = sim.stats()["first_request_at"]
+            time.sleep(0.02)
+        out = proc.communicate()[0].decode()
+        first = first or sim.stats()["first_request_at"]
+        if first is None:
+            raise RuntimeError(f"the resumed run sent nothing:\n{out}")
+        results = (run_dir / RESULTS).read_bytes().count(b"\n")
+    finally:
+        sim.close()
+    startup = first - started
+    return [Figure(f"5 resume with {done:,} rows done: time to first request", "< 5 s", f"{startup:.2f} s",
+                   startup < 5),
+            Figure("5 resumed run: rows recorded at the end (done + new)", f"{done + extra:,}", f"{results:,}",
+                   results == done + extra)]
+
+
+def print_table(figures: list[Figure]) -> None:
+    width = max(len(f.name) for f in figures)
+    tw = max(len(f.target) for f in figures)
+    print(f"{'figure':<{width}}  {'target':<{tw}}  value")
+    print("-" * (width + tw + 40))
+    for f in figures:
+        mark = "" if f.ok is None else ("  ok" if f.ok else "  MISSED")
+        print(f"{f.name:<{width}}  {f.target:<{tw}}  {f.value}{mark}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m batchrun.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller runs, under a minute in all")
+    parser.add_argument("--only", help="run only scenarios whose number is listed, e.g. 1,3")
+    args = parser.parse_args(argv)
+    q = args.quick
+    scenarios: list[tuple[str, Callable[[Path], list[Figure]]]] = [
+        ("1", lambda w: bench_configured_rpm(w, 600 if q else 3000)),
+        ("1", lambda w: bench_configured_tpm(w, 300 if q else 2000, "reserve")),
+        ("1", lambda w: bench_configured_tpm(w, 300 if q else 2000, "actual")),
+        ("2", lambda w: bench_unknown_limits(w, 1000 if q else 3000, headers=False)),
+        ("2", lambda w: bench_unknown_limits(w, 600 if q else 3000, headers=True)),
+        ("3", lambda w: bench_overhead(w, 10_000 if q else 50_000)),
+        ("4", lambda w: bench_memory(w, 50_000 if q else 1_000_000, 5_000 if q else 100_000)),
+        ("5", lambda w: bench_resume(w, 100_000 if q else 1_000_000)),
+    ]
+    only = set(args.only.split(",")) if args.only else None
+    figures: list[Figure] = []
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="batchrun-bench-") as tmp:
+        for number, scenario in scenarios:
+            if only and number not in only:
+                continue
+            work = Path(tmp) / f"s{len(figures)}"
+            work.mkdir()
+            figures += scenario(work)
+            print(f"... {figures[-1].name.split(':')[0]} done ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
+    print(f"\nbatchrun bench{' --quick' if q else ''}: {os.cpu_count()} cores, simulated provider in its own "
+          f"process, {time.monotonic() - t0:.0f} s\n")
+    print_table(figures)
+    return 0 if all(f.ok is not False for f in figures) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
