@@ -48,11 +48,11 @@ class ClientRun:
 
     @property
     def rows_per_s(self) -> float:
-        return self.usage["rows_succeeded"] / max(self.usage["active_s"], 1e-9)
+        return float(self.usage["rows_succeeded"]) / max(float(self.usage["active_s"]), 1e-9)
 
     @property
     def share_429(self) -> float:
-        return self.stats["responses"].get("429", 0) / max(self.stats["requests"], 1)
+        return float(self.stats["responses"].get("429", 0)) / max(float(self.stats["requests"]), 1.0)
 
 
 class Simulator:
