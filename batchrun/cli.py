@@ -14,7 +14,6 @@ import click
 from . import __version__
 from .errors import BatchrunError, SpecError
 from .runner import EXIT_INTERRUPTED, prepare, run_job, summary_lines
-from .simulate import run_forever
 from .spec import LATENCY_DISTS, SimulateSpec, load_spec
 from .validate import validate, validation_lines
 
@@ -108,6 +107,8 @@ def simulate(port: int, rpm: float | None, tpm: float | None, latency: float, la
     def announce(url: str) -> None:
         click.echo(f"simulated provider at {url}  (spec: provider: {{name: simulated, base_url: {url}}})")
         click.echo(f"counters at {url.rsplit('/v1', 1)[0]}/_sim/stats; Ctrl-C to stop")
+
+    from .simulate import run_forever  # the server side of aiohttp: only this command needs it
 
     try:
         asyncio.run(run_forever(cfg, port, announce))

@@ -59,8 +59,8 @@ class RateController:
     A 429 opens an episode: the rate brakes at once (hard while the limit is unknown, gently once learned).
     After MEASURE_S the episode closes. If the provider kept turning requests away, what it admitted
     meanwhile (requests sent minus those answered 429, by send time) is its limit, and the rate is set
-    just below it. Before any limit is known, a stray 429 or two (one row's bad luck, not a full bucket)
-    restores the rate from before; once one is known, the brake stands and the rate creeps back (AIMD).
+    just below it. Under a configured or announced limit, a stray 429 or two (one row's bad luck, not a
+    full bucket) restores the rate from before; otherwise the brake stands and the rate creeps back (AIMD).
     Between episodes the rate grows while it is the bottleneck: fast while the limit is unknown, slowly
     once measured.
     """
@@ -154,8 +154,8 @@ class RateController:
         start = self._episode
         assert start is not None
         self._episode, self._episode_floor = None, end
-        if self._episode_429s < self.MIN_429S and self.state == "unknown":  # bad luck, not a limit
-            self.rate = self._before
+        if self._episode_429s < self.MIN_429S and self.ceiling is not None and self.state == "unknown":
+            self.rate = self._before  # under a known limit, a lone 429 is bad luck: undo the brake
             return
         sent = self.sent.count(start, end)
         limited = self.limited.count(start, end)

@@ -6,8 +6,6 @@ import sys
 import time
 from typing import Any
 
-from tqdm import tqdm
-
 
 class Progress:
     """A tqdm bar fed by the runner; with enabled=False it keeps the counters and draws nothing."""
@@ -21,6 +19,8 @@ class Progress:
         self._start = time.monotonic()
         self._bar: Any = None
         if enabled:
+            from tqdm import tqdm  # imported only when drawn: --no-progress runs are lighter
+
             self._bar = tqdm(total=total, initial=done, desc=desc, unit="row", dynamic_ncols=True,
                              mininterval=0.25, smoothing=0.1, file=sys.stderr)
 

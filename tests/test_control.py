@@ -1,0 +1,200 @@
+"""The throughput controllers are pure: driven here by a fake clock, never by real time."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from batchrun.control import (
+    HEADROOM,
+    ConcurrencyController,
+    RateController,
+    SlotCounter,
+    TokenAccounting,
+    parse_duration,
+    rate_hints,
+)
+from batchrun.limiter import Throttle
+from batchrun.request import Request
+from batchrun.simulate import Bucket as ProviderBucket
+from batchrun.spec import Limits
+from batchrun.transport import Reply
+
+
+def test_slot_counter_counts_ranges_and_forgets_old_slots() -> None:
+    c = SlotCounter(slot_s=0.1, history_s=1.0)
+    for t in (0.05, 0.15, 0.15, 0.95):
+        c.add(t)
+    assert c.count(0.0, 0.2) == 3
+    assert c.count(0.0, 1.0) == 4
+    c.add(1.15)  # eleven slots later: reuses the slot that held 0.05
+    assert c.count(0.0, 0.2) == 2
+    assert c.count(1.1, 1.2) == 1
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("6m0s", 360.0), ("1m30.5s", 90.5), ("20ms", 0.02), ("1s", 1.0), ("2", 2.0), ("1h2m", 3720.0)])
+def test_go_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_bad_durations() -> None:
+    assert parse_duration("soon") is None
+    assert parse_duration("5x") is None
+
+
+def test_rate_hints() -> None:
+    hints = rate_hints({"x-ratelimit-limit-requests": "6000", "x-ratelimit-remaining-requests": "0",
+                        "x-ratelimit-reset-requests": "120ms", "x-ratelimit-limit-tokens": "150000"})
+    assert hints is not None
+    assert (hints.limit_requests, hints.remaining_requests, hints.limit_tokens) == (6000, 0, 150000)
+    assert hints.reset_requests_s == pytest.approx(0.12)
+    assert rate_hints({"content-type": "application/json"}) is None
+
+
+def test_configured_ceiling_and_stray_429() -> None:
+    rc = RateController(ceiling=100.0)
+    assert rc.rate == pytest.approx(100 * HEADROOM)
+    rc.on_sent(0.0)
+    rc.on_rate_limited(0.0, 0.01)
+    assert rc.rate is not None and rc.rate < 100 * HEADROOM  # braked at once
+    rc.tick(2.0)
+    assert rc.rate == pytest.approx(100 * HEADROOM)  # a lone 429 is bad luck: the brake is undone
+
+
+def run_against_bucket(limit: float, seconds: float, offered: float = 400.0, seed: int = 1) -> tuple[
+        RateController, int, int]:
+    """Closed loop with a fake clock: a client offering `offered` requests/s, paced by the controller,
+    against a provider bucket holding one second of `limit`. 429s answer at once, the rest later."""
+    rng = random.Random(seed)
+    rc = RateController()
+    provider = ProviderBucket(limit * 60, now=0.0)
+    t, dt, sent, limited = 0.0, 0.001, 0, 0
+    credit = 0.0
+    pending: list[tuple[float, float]] = []  # (answer time, send time) of admitted requests
+    while t < seconds:
+        t += dt
+        rate = rc.rate if rc.rate is not None else offered
+        credit = min(credit + min(rate, offered) * dt, 1.0)
+        while credit >= 1.0:
+            credit -= 1.0
+            rc.on_sent(t)
+            sent += 1
+            if provider.wait_for(1, t) > 0:
+                limited += 1
+                rc.on_rate_limited(t, t + 0.002)
+            else:
+                provider.take(1)
+                pending.append((t + rng.uniform(0.15, 0.45), t))
+        due = [p for p in pending if p[0] <= t]
+        pending = [p for p in pending if p[0] > t]
+        for answered, sent_at in due:
+            rc.on_admitted(sent_at, answered)
+        rc.tick(t)
+    return rc, sent, limited
+
+
+def test_unknown_limit_is_learned_from_bare_429s() -> None:
+    rc, sent, limited = run_against_bucket(limit=100.0, seconds=30.0)
+    assert rc.learned
+    assert rc.rate is not None and 85 <= rc.rate <= 110
+    assert limited / sent <= 0.03
+    assert (sent - limited) / 30.0 >= 85  # admitted throughput
+
+
+def test_reset_forgets_and_ignores_older_429s() -> None:
+    rc, _, _ = run_against_bucket(limit=50.0, seconds=5.0)
+    assert rc.state != "unknown" and rc.rate is not None and rc.rate < 50
+    rc.reset(now=10.0)
+    assert rc.rate is None and not rc.learned
+    rc.on_rate_limited(sent_at=9.0, now=10.1)  # sent before the reset: no new episode
+    assert rc.rate is None
+
+
+def test_concurrency_slow_start_doubles_while_used_and_flat() -> None:
+    cc = ConcurrencyController(initial=8, maximum=1000)
+    t = 0.0
+    for _ in range(3):
+        for _ in range(20):
+            t += 0.02
+            cc.on_success(0.1, inflight=cc.value, now=t)
+    assert cc.value >= 32 and cc.slow_start
+
+
+def test_concurrency_does_not_grow_unused() -> None:
+    cc = ConcurrencyController(initial=8, maximum=1000)
+    for i in range(200):
+        cc.on_success(0.1, inflight=2, now=i * 0.02)
+    assert cc.value == 8
+
+
+def test_concurrency_shrinks_when_latency_climbs() -> None:
+    cc = ConcurrencyController(initial=64, maximum=1000)
+    t = 0.0
+    for latency in [0.1] * 40 + [0.5] * 200:  # queueing: latency five times the baseline
+        t += 0.02
+        cc.on_success(latency, inflight=cc.value, now=t)
+    assert not cc.slow_start and cc.value < 64
+
+
+def test_concurrency_backs_off_once_per_round_trip() -> None:
+    cc = ConcurrencyController(initial=100, maximum=1000)
+    cc.on_congestion(1.0, round_trip=0.3)
+    cc.on_congestion(1.1, round_trip=0.3)  # same round trip: no second cut
+    assert cc.value == 90
+    cc.on_congestion(1.5, round_trip=0.3)
+    assert cc.value == 81
+
+
+def test_token_accounting_settles_what_the_provider_charged() -> None:
+    reserve, actual = TokenAccounting("reserve"), TokenAccounting("actual")
+    for acc in (reserve, actual):
+        charge = acc.charge(prompt_estimate=1000, max_output=512)
+        assert charge.amount == 1512
+    c = reserve.charge(1000, 512)
+    assert reserve.settle(c, prompt_tokens=1000, completion_tokens=40) == 0  # max_tokens stays charged
+    c = actual.charge(1000, 512)
+    assert actual.settle(c, prompt_tokens=1000, completion_tokens=40) == 472  # the unused part comes back
+    assert actual.release(c, admitted=True) == 1512  # failed answers cost nothing when billed on usage
+    assert reserve.release(c, admitted=True) == 0
+    assert reserve.release(c, admitted=False) == 1512  # a 429 was never admitted
+
+
+def test_token_accounting_learns_the_providers_prompt_count() -> None:
+    acc = TokenAccounting("reserve")
+    for _ in range(200):
+        acc.settle(acc.charge(100, 10), prompt_tokens=130, completion_tokens=5)
+    assert acc.scale == pytest.approx(1.3, rel=0.01)
+    assert acc.charge(100, 10).amount == pytest.approx(140, rel=0.01)
+
+
+def test_auto_accounting_switches_to_reserve_on_a_cluster_of_429s() -> None:
+    acc = TokenAccounting("auto")
+    assert acc.effective == "actual"
+    assert not acc.on_rate_limited(0.0)
+    assert not acc.on_rate_limited(10.0)  # far apart: not a cluster
+    assert not acc.on_rate_limited(10.5)
+    assert acc.on_rate_limited(11.0)
+    assert acc.effective == "reserve"
+
+
+def reply(status: int, headers: dict[str, str] | None = None, body: object = None) -> Reply:
+    return Reply(status, headers or {}, body, 0.3)
+
+
+def test_throttle_takes_limits_from_headers_and_settles_tpm() -> None:
+    async def scenario() -> None:
+        throttle = Throttle(Limits(tpm=60_000), "actual", log=lambda m: None)
+        request = Request(1, "a", "m", b"{}", prompt_tokens=100, max_output=400)
+        ticket = await throttle.admit(request)
+        assert ticket.charge is not None and ticket.charge.amount == 500
+        assert throttle.tpm is not None and throttle.tpm._level == pytest.approx(500, abs=1)
+        throttle.done(ticket, reply(200, {"x-ratelimit-limit-requests": "600"},
+                                    {"choices": [{}], "usage": {"prompt_tokens": 100, "completion_tokens": 20}}))
+        assert throttle.tpm._level == pytest.approx(120, abs=1)  # 380 unused tokens came back
+        assert throttle.rates.ceiling == pytest.approx(10.0)
+        assert throttle.gate.inflight == 0
+
+    asyncio.run(scenario())
