@@ -122,7 +122,7 @@ class RateController:
             self._episode_429s += 1
         elif sent_at >= self._episode_floor:
             self._episode, self._episode_429s, self._before = now, 1, self.rate
-            trusted = self.learned or self.ceiling is not None  # a known limit needs only a touch
+            trusted = self.state != "unknown" or self.ceiling is not None  # a known level needs only a touch
             brake = self.BRAKE_LEARNED if trusted else self.BRAKE_UNKNOWN
             sending = self.send_rate(now, self.MEASURE_S)
             current = sending if self.rate is None else min(self.rate, max(sending, self.MIN_RATE))
