@@ -201,7 +201,7 @@ def bench_overhead(work: Path, rows: int) -> list[Figure]:
 def bench_memory(work: Path, big: int, small: int) -> list[Figure]:
     figures = []
     for kind in ("jsonl", "parquet"):
-        rss = {}
+        rss, concurrency = {}, {}
         for n in (small, big):
             sim = Simulator("--latency", "0")
             try:
@@ -210,13 +210,14 @@ def bench_memory(work: Path, big: int, small: int) -> list[Figure]:
                     write_prompts(path, n, short_prompt)
                 else:
                     write_parquet(path, n)
-                rss[n] = run_client(work, sim, path, name=f"mem-{kind}-{n}").maxrss_mb
+                run = run_client(work, sim, path, name=f"mem-{kind}-{n}")
+                rss[n], concurrency[n] = run.maxrss_mb, run.usage.get("throttle", {}).get("concurrency")
             finally:
                 sim.close()
             path.unlink()
         growth = rss[big] / rss[small] - 1
-        figures.append(Figure(f"4 peak RSS, {big:,} {kind} rows", "<= 100 MB", f"{rss[big]:.1f} MB",
-                              rss[big] <= 100))
+        figures.append(Figure(f"4 peak RSS, {big:,} {kind} rows", "<= 100 MB",
+                              f"{rss[big]:.1f} MB (concurrency at the end {concurrency[big]})", rss[big] <= 100))
         figures.append(Figure(f"4 peak RSS growth, {kind} {small:,} -> {big:,} rows", "<= 20 %",
                               f"{rss[small]:.1f} -> {rss[big]:.1f} MB ({100 * growth:+.1f} %)", growth <= 0.20))
     return figures
@@ -313,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"... {figures[-1].name.split(':')[0]} done ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
     print(f"\nbatchrun bench{' --quick' if q else ''}: {os.cpu_count()} cores, simulated provider in its own "
           f"process, {time.monotonic() - t0:.0f} s\n")
+    if q:  # short runs carry a fixed start-up cost the targets (set for the full sizes) do not allow for
+        figures = [Figure(f.name, f"({f.target})" if f.target else "", f.value, None) for f in figures]
+        print("--quick: smaller runs than the targets are set for; figures are indicative, targets in brackets\n")
     print_table(figures)
     return 0 if all(f.ok is not False for f in figures) else 1
 

@@ -79,9 +79,9 @@ class RateController:
         self.ceiling = ceiling
         self.reset(-math.inf)
 
-    def reset(self, now: float) -> None:
-        """Forget what 429s taught, and ignore those still arriving for requests sent before `now`:
-        they had another explanation (the TPM accounting was wrong)."""
+    def reset(self, now: float, grace: float = 0.0) -> None:
+        """Forget what 429s taught, and ignore those for requests sent before `now + grace`: they had
+        another explanation (the TPM accounting was wrong, and the provider's bucket is refilling)."""
         ceiling = self.ceiling
         self.rate: float | None = ceiling * HEADROOM if ceiling else None
         # unknown: no 429 yet; bounded: 429s, but no measurement (the brake went below the limit);
@@ -92,7 +92,7 @@ class RateController:
         self._episode: float | None = None  # when the current 429 episode began
         self._episode_429s = 0
         self._before: float | None = None  # the rate before the episode's brake
-        self._episode_floor = now  # 429s for requests sent before this belong to a closed episode
+        self._episode_floor = now + grace  # 429s for requests sent before this belong to a closed episode
         self._last_429 = -math.inf
         self._last_tick: float | None = None
 
@@ -266,10 +266,12 @@ class TokenAccounting:
         charged = prompt_tokens + (charge.max_output if self.effective == "reserve" else (completion_tokens or 0))
         return charge.amount - charged
 
-    def release(self, charge: Charge, *, admitted: bool) -> float:
-        """Tokens to give back for an answer without usage: all if the provider turned the request away,
-        or if it charges actual tokens; none if it charged prompt + max_tokens on admission."""
-        return charge.amount if not admitted or self.effective == "actual" else 0.0
+    def release(self, charge: Charge, *, rate_limited: bool) -> float:
+        """Tokens to give back for an answer without usage: all if the provider charges the tokens used
+        (a failed answer used none); none if it charged prompt + max_tokens on admission. A 429 gives
+        nothing back either way: the provider had no room, and refunding would only send the next
+        request into the same full bucket."""
+        return charge.amount if self.effective == "actual" and not rate_limited else 0.0
 
     def on_rate_limited(self, now: float) -> bool:
         """Returns True when 'auto' has just switched to 'reserve'."""

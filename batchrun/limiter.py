@@ -21,7 +21,7 @@ from .spec import Limits
 from .transport import Reply
 
 INITIAL_CONCURRENCY = 32
-MAX_CONCURRENCY = 1024
+MAX_CONCURRENCY = 256  # in flight by default: ~850 requests/s at 0.3 s latency; limits.concurrency raises it
 BURST_S = 1.0
 
 
@@ -138,7 +138,7 @@ class Throttle:
             self.rates.on_rate_limited(ticket.sent_at, now)
             self.concurrency.on_congestion(now, self._latency)
             if self.tpm is not None and self.tokens.on_rate_limited(now):
-                self.rates.reset(now)
+                self.rates.reset(now, grace=BURST_S)
                 self.tpm.drain()  # the provider's bucket is empty: so is ours now
                 self.log("429s while under the TPM limit: counting max_tokens against TPM from now on "
                          "(set limits.tpm_accounting: reserve to start that way)")
@@ -150,7 +150,7 @@ class Throttle:
             if status is not None and status < 500:
                 self.concurrency.on_success(reply.elapsed, self.gate.inflight + 1, now)
         if ticket.charge is not None and self.tpm is not None:
-            self._settle(ticket.charge, reply, admitted=status is not None and status != 429)
+            self._settle(ticket.charge, reply, rate_limited=status == 429)
         hints = rate_hints(reply.headers) if status is not None else None
         if hints is not None:
             self._apply_hints(hints, now)
@@ -163,14 +163,14 @@ class Throttle:
             self.rates.tick(self.clock())
             self._apply_rate()
 
-    def _settle(self, charge: Charge, reply: Reply, *, admitted: bool) -> None:
+    def _settle(self, charge: Charge, reply: Reply, *, rate_limited: bool) -> None:
         assert self.tpm is not None
         usage = reply.body.get("usage") if isinstance(reply.body, dict) and reply.status == 200 else None
         if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
             self.tpm.settle(self.tokens.settle(charge, usage["prompt_tokens"], _int_or_none(
                 usage.get("completion_tokens"))))
         else:
-            self.tpm.settle(self.tokens.release(charge, admitted=admitted))
+            self.tpm.settle(self.tokens.release(charge, rate_limited=rate_limited))
 
     def _apply_hints(self, hints: Any, now: float) -> None:
         if hints.limit_requests:

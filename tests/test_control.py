@@ -157,9 +157,9 @@ def test_token_accounting_settles_what_the_provider_charged() -> None:
     assert reserve.settle(c, prompt_tokens=1000, completion_tokens=40) == 0  # max_tokens stays charged
     c = actual.charge(1000, 512)
     assert actual.settle(c, prompt_tokens=1000, completion_tokens=40) == 472  # the unused part comes back
-    assert actual.release(c, admitted=True) == 1512  # failed answers cost nothing when billed on usage
-    assert reserve.release(c, admitted=True) == 0
-    assert reserve.release(c, admitted=False) == 1512  # a 429 was never admitted
+    assert actual.release(c, rate_limited=False) == 1512  # failed answers cost nothing when billed on usage
+    assert reserve.release(c, rate_limited=False) == 0
+    assert actual.release(c, rate_limited=True) == 0  # a 429 keeps its charge: the bucket was full
 
 
 def test_token_accounting_learns_the_providers_prompt_count() -> None:

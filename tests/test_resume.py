@@ -42,12 +42,19 @@ def assert_exactly_once(tmp_path: Path, n: int) -> None:
     assert usage["rows_succeeded"] == n and usage["rows_pending"] == 0 and usage["state"] == "finished"
 
 
-def test_resume_after_sigkill(tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:
-    server = start_sim(latency=0.02)
+def start_run(tmp_path: Path, start_sim: Callable[..., SimServer], at_least: int, latency: float = 0.02
+              ) -> tuple[SimServer, Path, Path, subprocess.Popen[bytes]]:
+    """A 300-row `submit` in its own process, once it has recorded `at_least` results."""
+    server = start_sim(latency=latency)
     job = slow_job(tmp_path, server.base_url)
     results = tmp_path / "runs" / "job" / "results.jsonl"
     proc = spawn_submit(job)
-    wait_for_results(results, 80, proc)
+    wait_for_results(results, at_least, proc)
+    return server, job, results, proc
+
+
+def test_resume_after_sigkill(tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:
+    server, job, results, proc = start_run(tmp_path, start_sim, 80)
     proc.kill()
     proc.wait(10)
     assert 80 <= results.read_bytes().count(b"\n") < 300
@@ -61,11 +68,7 @@ def test_resume_after_sigkill(tmp_path: Path, start_sim: Callable[..., SimServer
 
 
 def test_ctrl_c_stops_cleanly_and_resumes(tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:
-    server = start_sim(latency=0.02)
-    job = slow_job(tmp_path, server.base_url)
-    results = tmp_path / "runs" / "job" / "results.jsonl"
-    proc = spawn_submit(job)
-    wait_for_results(results, 50, proc)
+    server, job, _, proc = start_run(tmp_path, start_sim, 50)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
     text = out.decode()
@@ -81,21 +84,15 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path: Path, start_sim: Callable[..
 
 
 def test_sigterm_is_a_clean_stop_too(tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:
-    server = start_sim(latency=0.02)
-    job = slow_job(tmp_path, server.base_url)
-    proc = spawn_submit(job)
-    wait_for_results(tmp_path / "runs" / "job" / "results.jsonl", 30, proc)
+    _, _, _, proc = start_run(tmp_path, start_sim, 30)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 130
 
 
 def test_second_submit_on_a_busy_run_directory_is_refused(tmp_path: Path,
                                                           start_sim: Callable[..., SimServer]) -> None:
-    server = start_sim(latency=0.05)
-    job = slow_job(tmp_path, server.base_url)
-    proc = spawn_submit(job)
+    _, job, _, proc = start_run(tmp_path, start_sim, 5, latency=0.05)
     try:
-        wait_for_results(tmp_path / "runs" / "job" / "results.jsonl", 5, proc)
         second = submit(job)
         assert second.exit_code == 2
         assert "is in use by another batchrun" in second.stderr
