@@ -122,7 +122,8 @@ def run_client(workdir: Path, sim: Simulator, input_path: Path, *, limits: dict[
     if proc.returncode not in (0, 3):
         raise RuntimeError(f"batchrun submit exited {proc.returncode}:\n{output}")
     usage = orjson.loads((workdir / "runs" / name / "usage.json").read_bytes())
-    return ClientRun(usage, sim.stats(), rusage.ru_maxrss / 1024, rusage.ru_utime + rusage.ru_stime, wall,
+    # The client's own VmHWM: rusage's maxrss would carry over this process's peak from before the fork.
+    return ClientRun(usage, sim.stats(), float(usage["peak_rss_mb"]), rusage.ru_utime + rusage.ru_stime, wall,
                      started, output)
 
 

@@ -15,7 +15,15 @@ from typing import Any
 
 from aiolimiter import AsyncLimiter
 
-from .control import HEADROOM, Charge, ConcurrencyController, RateController, TokenAccounting, rate_hints
+from .control import (
+    HEADROOM,
+    Charge,
+    ConcurrencyController,
+    RateController,
+    RateHints,
+    TokenAccounting,
+    rate_hints,
+)
 from .request import Request
 from .spec import Limits
 from .transport import Reply
@@ -172,7 +180,7 @@ class Throttle:
         else:
             self.tpm.settle(self.tokens.release(charge, rate_limited=rate_limited))
 
-    def _apply_hints(self, hints: Any, now: float) -> None:
+    def _apply_hints(self, hints: RateHints, now: float) -> None:
         if hints.limit_requests:
             ceiling = hints.limit_requests / 60
             if self.configured.rpm:

@@ -32,7 +32,7 @@ from .retry import Decision, Verdict, backoff_delay, classify
 from .sources import InputScan, first_row, iter_rows, scan_input
 from .spec import JobSpec
 from .transport import Reply, new_session
-from .usage import Usage
+from .usage import Usage, peak_rss_mb
 
 STOP_GRACE_S = 5.0
 FLUSH_EVERY_S = 1.0
@@ -341,6 +341,7 @@ class Runner:
             "active_s": round(float(prev.get("active_s") or 0.0) + time.monotonic() - self.t0, 3),
             "sessions": int(prev.get("sessions") or 0) + 1,
             "throttle": self.throttle.snapshot(),
+            "peak_rss_mb": peak_rss_mb(),
         }
         self.checkpoint.write_usage(data)
 

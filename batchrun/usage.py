@@ -87,5 +87,18 @@ class Usage:
         return usage
 
 
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory. VmHWM, not getrusage: the latter carries over the high-water
+    mark of whatever process forked us (a benchmark that has just built a million-row file, say)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0

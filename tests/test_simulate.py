@@ -12,7 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchrun.simulate import Bucket, SimServer
+from batchrun.control import parse_duration
+from batchrun.request import DEFAULT_MAX_OUTPUT_TOKENS
+from batchrun.simulate import Bucket, SimServer, go_duration
 from batchrun.spec import SimulateSpec
 
 from .helpers import make_job, read_jsonl, submit
@@ -76,3 +78,31 @@ def test_simulate_command_serves_until_stopped(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_rate_headers_mode_reports_limits_like_openai() -> None:
+    with SimServer(SimulateSpec(rpm=600, tpm=60_000, latency=0, rate_headers=True)) as server:
+        status, headers, _ = post(server.base_url, "a")
+    assert status == 200
+    assert headers["x-ratelimit-limit-requests"] == "600"
+    assert headers["x-ratelimit-limit-tokens"] == "60000"
+    assert int(headers["x-ratelimit-remaining-requests"]) == 9  # one second's bucket of 10, one taken
+    assert parse_duration(headers["x-ratelimit-reset-requests"]) == pytest.approx(0.1, abs=0.02)
+
+
+@pytest.mark.parametrize(("accounting", "expected"), [("reserve", "prompt+max"), ("actual", "used")])
+def test_tpm_accounting_styles(accounting: str, expected: str) -> None:
+    with SimServer(SimulateSpec(tpm=600_000, latency=0, tpm_accounting=accounting)) as server:
+        _, _, body = post(server.base_url, "count my tokens")
+        charged = server.stats()["tpm_charged"]
+    usage = orjson.loads(body)["usage"]
+    if expected == "used":
+        assert charged == usage["total_tokens"]
+    else:  # no max_tokens in the request: the default output allowance is reserved
+        assert charged == usage["prompt_tokens"] + DEFAULT_MAX_OUTPUT_TOKENS
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0.02, "20ms"), (1.5, "1.5s"), (360, "6m0s"), (90.5, "1m30.5s")])
+def test_go_durations_round_trip(seconds: float, text: str) -> None:
+    assert go_duration(seconds) == text
+    assert parse_duration(text) == pytest.approx(seconds)
