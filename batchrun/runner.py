@@ -424,7 +424,7 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
     """The closing lines of `batchrun submit`: what happened, where the files are, how to resume."""
     u, spec = outcome.usage, outcome.spec
     out = spec.output_dir
-    rel = _rel(out)
+    rel = display_path(out)
     rate = outcome.rows_this_session / outcome.elapsed_s if outcome.elapsed_s > 0 else 0.0
     lines = [
         f"{spec.name}: {outcome.state.replace('_', ' ')}: {u.rows_succeeded} succeeded, {u.rows_failed} failed, "
@@ -440,11 +440,12 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
     if outcome.reason and outcome.state == "stopped":
         lines.append(f"  stopped: {outcome.reason}")
     if outcome.rows_pending:
-        lines.append(f"  resume with: batchrun submit {_rel(spec.spec_path)}")
+        lines.append(f"  resume with: batchrun submit {display_path(spec.spec_path)}")
     return lines
 
 
-def _rel(path: Path) -> str:
+def display_path(path: Path) -> str:
+    """A path as the user would type it: relative to the current directory when it is below it."""
     try:
         return str(path.relative_to(Path.cwd()))
     except ValueError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .request import BadRow, Request
-from .runner import Prepared, _rel
+from .runner import Prepared, display_path
 from .sources import iter_rows
 
 MAX_LISTED = 20
@@ -57,12 +57,12 @@ def validation_lines(prepared: Prepared, report: Validation) -> list[str]:
     spec, builder = prepared.spec, prepared.builder
     ids = f"from field {builder.id_field!r}" if builder.id_field else "the row numbers (no id field)"
     lines = [
-        f"{_rel(spec.spec_path)}: {'ok' if report.ok else 'problems found'}",
-        f"  input: {_rel(spec.input.path)} ({spec.input.format}), {report.rows} rows",
+        f"{display_path(spec.spec_path)}: {'ok' if report.ok else 'problems found'}",
+        f"  input: {display_path(spec.input.path)} ({spec.input.format}), {report.rows} rows",
         f"  requests: {report.requests} to {spec.provider.name} model {spec.model}, about {report.tokens} tokens "
         "charged to TPM (prompt estimate + max_tokens)",
         f"  ids: {ids}" + (f", {report.duplicate_ids} duplicated" if report.duplicate_ids else ", all unique"),
-        f"  run directory: {_rel(spec.output_dir)}",
+        f"  run directory: {display_path(spec.output_dir)}",
     ]
     if report.problem_count:
         lines.append(f"  {report.problem_count} problem(s)"
