@@ -15,14 +15,8 @@ from typing import Any
 
 RETRY_STATUSES = frozenset({408, 409, 429})
 MAX_SERVER_WAIT_S = 900.0  # a Retry-After longer than this is treated as "later", not obeyed literally
-
-# Error codes, whatever the HTTP status, that doom every row of the run: arrears, exhausted quota.
-STOP_CODES = frozenset({
-    "1113", "1304", "1308", "1310",  # Zhipu: arrears, daily / quota limits
-    "account_overdue",  # Baidu
-    "PrepaidBillOverdue", "PostpaidBillOverdue", "CommodityNotPurchased",  # DashScope
-    "ModelArts.81005",  # ModelArts: free quota used up
-})
+FILTERED_FINISH = frozenset({"content_filter", "sensitive"})  # the answer was cut by moderation
+ERNIE_HIDDEN_FLAG = 3  # ERNIE's flag: 0 safe, 1 low risk, 2 stop the chat (shown), 3 do not show, 4 retract
 
 
 class Verdict(enum.Enum):
@@ -30,6 +24,27 @@ class Verdict(enum.Enum):
     RETRY = "retry"  # transient: try this row again after a backoff
     FAIL_ROW = "fail_row"  # this row's request is wrong: a failure record, no retry
     STOP_RUN = "stop_run"  # every row would fail the same way: stop the run
+
+
+@dataclass(frozen=True)
+class ErrorTable:
+    """A provider's own error codes, sorted by what to do; codes not listed fall back to the HTTP status."""
+
+    retry: frozenset[str] = frozenset()
+    fail_row: frozenset[str] = frozenset()
+    stop: frozenset[str] = frozenset()
+
+    def verdict(self, code: str) -> Verdict | None:
+        if code in self.retry:
+            return Verdict.RETRY
+        if code in self.fail_row:
+            return Verdict.FAIL_ROW
+        if code in self.stop:
+            return Verdict.STOP_RUN
+        return None
+
+
+GENERIC = ErrorTable()
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +55,9 @@ class Decision:
     retry_after: float | None = None  # seconds the server asked us to wait
 
 
-def classify(status: int | None, body: Any, headers: Mapping[str, str], transport_error: str | None = None
-             ) -> Decision:
-    """Sort one attempt's outcome into OK / RETRY / FAIL_ROW / STOP_RUN."""
+def classify(status: int | None, body: Any, headers: Mapping[str, str], transport_error: str | None = None,
+             table: ErrorTable = GENERIC) -> Decision:
+    """Sort one attempt's outcome into OK / RETRY / FAIL_ROW / STOP_RUN, by the provider's table first."""
     if status is None:
         return Decision(Verdict.RETRY, transport_error or "connection_error",
                         "no answer: " + (transport_error or "the connection failed"))
@@ -50,21 +65,42 @@ def classify(status: int | None, body: Any, headers: Mapping[str, str], transpor
     if status == 200:
         if not isinstance(body, Mapping):
             return Decision(Verdict.RETRY, "invalid_response", "HTTP 200 with a body that is not a JSON object")
-        if code is not None:  # some providers put errors inside a 200
-            if code in STOP_CODES:
-                return Decision(Verdict.STOP_RUN, code, message)
-            return Decision(Verdict.RETRY, code, message)
+        if code is not None:  # some providers put errors inside a 200 (Baidu's legacy rate limits)
+            return Decision(table.verdict(code) or Verdict.RETRY, code, message)
         if not body.get("choices"):
             return Decision(Verdict.RETRY, "empty_response", "HTTP 200 with no choices")
+        filtered = answer_problem(body)
+        if filtered is not None:
+            return Decision(Verdict.FAIL_ROW, *filtered)
         return Decision(Verdict.OK, "ok", "")
     code = code or f"http_{status}"
-    if code in STOP_CODES:
-        return Decision(Verdict.STOP_RUN, code, f"HTTP {status}: {message}")
+    known = table.verdict(code)
+    if known is not None:
+        after = retry_after_seconds(headers) if known is Verdict.RETRY else None
+        return Decision(known, code, f"HTTP {status}: {message}", after)
     if status in RETRY_STATUSES or status >= 500:
         return Decision(Verdict.RETRY, code, f"HTTP {status}: {message}", retry_after_seconds(headers))
     if status in (401, 403):
         return Decision(Verdict.STOP_RUN, code, f"HTTP {status}: {message}")
     return Decision(Verdict.FAIL_ROW, code, f"HTTP {status}: {message}")
+
+
+def answer_problem(body: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(code, message) when a 200 answer was blocked or filtered by moderation: never a silent success."""
+    if body.get("blocked") is True:  # GenStudio
+        return "blocked", "the provider's moderation blocked this answer (blocked: true)"
+    flag = body.get("flag")  # ERNIE
+    if isinstance(flag, int) and not isinstance(flag, bool) and flag >= ERNIE_HIDDEN_FLAG:
+        return f"ernie_flag_{flag}", f"ERNIE marked this answer flag={flag} (not to be shown)"
+    choices = body.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], Mapping) else {}
+    finish = first.get("finish_reason")
+    filters = body.get("content_filter")  # Zhipu: [{role, level}]
+    assistant_filtered = isinstance(filters, list) and any(
+        isinstance(f, Mapping) and f.get("role") == "assistant" for f in filters)
+    if finish in FILTERED_FINISH or assistant_filtered:
+        return "content_filter", f"the answer was cut by content moderation (finish_reason: {finish})"
+    return None
 
 
 def error_details(body: Any) -> tuple[str | None, str]:

@@ -115,7 +115,9 @@ class Runner:
         self.spec, self.prepared, self.checkpoint, self.state = spec, prepared, checkpoint, state
         self.call_path, self.progress, self.log = path, progress, log
         self.usage = state.usage
-        accounting = spec.limits.tpm_accounting or PRESETS[spec.provider.name].tpm_accounting
+        preset = PRESETS[spec.provider.name]
+        self.errors = preset.errors
+        accounting = spec.limits.tpm_accounting or preset.tpm_accounting
         self.throttle = Throttle(spec.limits, accounting, log)
         self.gate = self.throttle.gate
         self.ready: deque[_Item] = deque()  # retries whose backoff is over
@@ -193,7 +195,7 @@ class Runner:
         reply: Reply | None = None
         try:
             reply = await self.call_path.call(self.http, item.request, self.spec.retry.timeout_s)
-            decision = classify(reply.status, reply.body, reply.headers, reply.error)
+            decision = classify(reply.status, reply.body, reply.headers, reply.error, self.errors)
             if reply.status == 429:
                 item.rate_limited += 1
             self.progress.attempt(retried=item.attempts > 1, rate_limited=reply.status == 429)
