@@ -11,6 +11,16 @@ Directives in a prompt reproduce a quirk for that one row, so tests and users ca
     #sim:429=1          answer 429 to the first attempt (Retry-After from #sim:retry-after=SECONDS, default 1)
     #sim:drop=1         drop the connection on the first attempt
     #sim:sleep=3        take 3 seconds to answer
+    #sim:error=403:system_unsafe        answer that status with that provider error code ({"error": {...}})
+    #sim:ma-error=403:ModelArts.81011  the same in ModelArts' {"error_code", "error_msg"} shape
+    #sim:legacy=1       Baidu's legacy rate limit: HTTP 200 with error_code 336501, first attempt only
+    #sim:blocked        GenStudio moderation: blocked: true
+    #sim:flag=3         ERNIE safety flag on the answer
+    #sim:filter         Zhipu moderation: content_filter [{role: assistant}], finish_reason "sensitive"
+    #sim:finish=length  the answer's finish_reason
+    #sim:think          a thinking model: reasoning_content beside content
+
+It serves any base path (`/v1`, `/api/paas/v4`, ...), so a preset's own error table can be tried on it.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from aiohttp import web
 from .request import estimate_messages, estimate_tokens, max_output_tokens
 from .spec import SimulateSpec
 
-DIRECTIVE = re.compile(r"#sim:([a-z0-9-]+)(?:=([0-9.]+))?")
+DIRECTIVE = re.compile(r"#sim:([a-z0-9-]+)(?:=([\w.:-]+))?")
 MODELS = ("sim-small", "sim-large", "glm-4-flash", "qwen-plus", "ernie-3.5-8k", "gpt-4o-mini")
 
 
@@ -83,9 +93,9 @@ class SimProvider:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/v1/chat/completions", self.chat)
-        app.router.add_get("/v1/models", self.models)
         app.router.add_get("/_sim/stats", self.stats_view)
+        app.router.add_post("/{base:.*}/chat/completions", self.chat)
+        app.router.add_get("/{base:.*}/models", self.models)
         return app
 
     def stats(self) -> dict[str, Any]:
@@ -162,6 +172,14 @@ class SimProvider:
         if "status" in directives:
             status = int(float(directives["status"] or 400))
             return self._answer(status, _error(f"sim_{status}", f"simulated HTTP {status}"))
+        for name in ("error", "ma-error"):
+            if directives.get(name):
+                status_text, _, code = directives[name].partition(":")
+                body = ({"error_code": code, "error_msg": f"simulated {code}"} if name == "ma-error"
+                        else _error(code, f"simulated {code}"))
+                return self._answer(int(status_text), body)
+        if attempt <= int(float(directives.get("legacy") or 0)):
+            return self._answer(200, {"error_code": 336501, "error_msg": "Rate limit reached for RPM"})
         if attempt <= int(float(directives.get("drop") or 0)):
             self.dropped += 1
             if request.transport is not None:
@@ -183,6 +201,7 @@ class SimProvider:
         if delay > 0:
             await asyncio.sleep(delay)
         answer = self._completion(body, messages, key, prompt_tokens)
+        _apply_answer_quirks(answer, directives)
         if self.tpm is not None and self.cfg.tpm_accounting == "actual":
             self.tpm.refill(self.clock())
             self.tpm.take(answer["usage"]["total_tokens"])
@@ -233,6 +252,22 @@ class SimProvider:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }
+
+
+def _apply_answer_quirks(answer: dict[str, Any], directives: dict[str, str]) -> None:
+    """Dress a good answer in a provider's moderation or thinking-model fields, as the prompt asked."""
+    choice = answer["choices"][0]
+    if "blocked" in directives:
+        answer["blocked"] = True
+    if directives.get("flag"):
+        answer["flag"], answer["ban_round"] = int(directives["flag"]), -1
+    if "filter" in directives:
+        answer["content_filter"] = [{"role": "assistant", "level": 1}]
+        choice["finish_reason"] = "sensitive"
+    if directives.get("finish"):
+        choice["finish_reason"] = directives["finish"]
+    if "think" in directives:
+        choice["message"]["reasoning_content"] = "Let me think step by step. " + choice["message"]["content"]
 
 
 def go_duration(seconds: float) -> str:
