@@ -13,7 +13,8 @@ import click
 
 from . import __version__
 from .errors import BatchrunError, SpecError
-from .runner import EXIT_INTERRUPTED, prepare, run_job, summary_lines
+from .providers import PRESETS
+from .runner import EXIT_INTERRUPTED, list_provider_models, prepare, run_job, summary_lines
 from .spec import LATENCY_DISTS, SimulateSpec, load_spec
 from .validate import validate, validation_lines
 
@@ -75,6 +76,17 @@ def validate_cmd(job: str) -> None:
     for line in validation_lines(prepared, report):
         click.echo(line)
     sys.exit(0 if report.ok else SpecError.exit_code)
+
+
+@main.command()
+@click.option("--provider", "name", required=True, type=click.Choice(sorted(PRESETS)), help="A provider preset.")
+@click.option("--base-url", help="Override the preset's base URL.")
+@click.option("--api-key-env", help="Read the key from this variable instead of the preset's.")
+@_friendly
+def models(name: str, base_url: str | None, api_key_env: str | None) -> None:
+    """List the provider's models (GET /models): a quick check that the key works."""
+    for model in asyncio.run(list_provider_models(name, base_url, api_key_env)):
+        click.echo(model)
 
 
 @main.command()

@@ -30,7 +30,7 @@ from .providers import PRESETS, CallPath, call_path
 from .request import BadRow, Request, RequestBuilder
 from .retry import Decision, Verdict, backoff_delay, classify
 from .sources import InputScan, first_row, iter_rows, scan_input
-from .spec import JobSpec
+from .spec import JobSpec, SimulateSpec
 from .transport import Reply, new_session
 from .usage import Usage, peak_rss_mb
 
@@ -408,6 +408,25 @@ async def _run_opened(prepared: Prepared, checkpoint: Checkpoint, state: ResumeS
         raise runner.crash
     return RunOutcome(spec, final_state, code, total, pending, runner.usage, time.monotonic() - t0,
                       state.done.count - done_before, runner.reason)
+
+
+async def list_provider_models(name: str, base_url: str | None = None, api_key_env: str | None = None
+                               ) -> list[str]:
+    """The preset's models, with the key from its environment variable (a simulated one when needed)."""
+    from .providers.openai import list_models
+
+    preset = PRESETS[name]
+    env = api_key_env or preset.api_key_env
+    key = os.environ.get(env, "").strip() or None
+    if key is None and preset.key_required:
+        raise SpecError(f"the environment variable {env} is not set: export {env}=<your {preset.title} key>")
+    url = (base_url or preset.base_url).rstrip("/")
+    if url:
+        return await list_models(url, key)
+    from .simulate import serve  # the simulated preset with no base URL: one in-process
+
+    async with serve(SimulateSpec()) as sim_url:
+        return await list_models(sim_url, key)
 
 
 @contextlib.asynccontextmanager

@@ -17,7 +17,7 @@ from batchrun.request import DEFAULT_MAX_OUTPUT_TOKENS
 from batchrun.simulate import Bucket, SimServer, go_duration
 from batchrun.spec import SimulateSpec
 
-from .helpers import make_job, read_jsonl, submit
+from .helpers import cli, make_job, read_jsonl, submit
 
 
 def test_bucket_holds_one_second_and_refills_continuously() -> None:
@@ -106,3 +106,18 @@ def test_tpm_accounting_styles(accounting: str, expected: str) -> None:
 def test_go_durations_round_trip(seconds: float, text: str) -> None:
     assert go_duration(seconds) == text
     assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_models_command_lists_models_and_checks_the_key() -> None:
+    with SimServer(SimulateSpec(latency=0, api_key="right")) as server:
+        ok = cli("models", "--provider", "simulated", "--base-url", server.base_url,
+                 env={"BATCHRUN_SIM_API_KEY": "right"})
+        assert ok.exit_code == 0 and "glm-4-flash" in ok.stdout.split()
+        bad = cli("models", "--provider", "zhipu", "--base-url", server.base_url.rsplit("/v1", 1)[0] + "/api/paas/v4",
+                  env={"ZHIPUAI_API_KEY": "wrong-key-55"})
+        assert bad.exit_code == 1 and "HTTP 401" in bad.stderr and "check the key" in bad.stderr
+        assert "wrong-key-55" not in bad.output
+    missing = cli("models", "--provider", "zhipu")
+    assert missing.exit_code == 2 and "ZHIPUAI_API_KEY is not set" in missing.stderr
+    local = cli("models", "--provider", "simulated")  # no base URL: an in-process simulated provider
+    assert local.exit_code == 0 and "sim-small" in local.stdout
