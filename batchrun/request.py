@@ -133,7 +133,7 @@ class RequestBuilder:
                 raise _RowProblem(f"url {url!r} is not supported yet: only /chat/completions")
             body = {"model": self.spec.model, **self.params, **data["body"]}
             _check_messages(body.get("messages"), "body.messages")
-            return body
+            return self._mode(body)
         if inp.template is not None:
             try:
                 text = inp.template.format_map(data)
@@ -154,7 +154,14 @@ class RequestBuilder:
             _check_messages(messages, name)
         if inp.system is not None and not (messages and messages[0].get("role") == "system"):
             messages = [{"role": "system", "content": inp.system}, *messages]
-        return {"model": self.spec.model, **self.params, "messages": messages}
+        return self._mode({"model": self.spec.model, **self.params, "messages": messages})
+
+    def _mode(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Streaming asks for usage in the last chunk (ModelArts sends none without it)."""
+        if self.spec.provider.mode == "stream":
+            body["stream"] = True
+            body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
+        return body
 
 
 class _RowProblem(Exception):

@@ -377,7 +377,7 @@ async def _run_opened(prepared: Prepared, checkpoint: Checkpoint, state: ResumeS
     t0 = time.monotonic()
     progress = Progress(total, min(state.done.count, total), enabled=show_progress, desc=spec.name)
     async with _provider_url(spec) as base_url:
-        runner = Runner(prepared, checkpoint, state, call_path(base_url, key), progress, log)
+        runner = Runner(prepared, checkpoint, state, call_path(base_url, key, spec.provider.mode), progress, log)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, runner.interrupt)

@@ -19,6 +19,7 @@ Directives in a prompt reproduce a quirk for that one row, so tests and users ca
     #sim:filter         Zhipu moderation: content_filter [{role: assistant}], finish_reason "sensitive"
     #sim:finish=length  the answer's finish_reason
     #sim:think          a thinking model: reasoning_content beside content
+    #sim:cut=1          with stream: true, cut the first attempt's stream midway (no [DONE])
 
 It serves any base path (`/v1`, `/api/paas/v4`, ...), so a preset's own error table can be tried on it.
 """
@@ -209,7 +210,44 @@ class SimProvider:
         self.billed[key] += 1
         self.billed_prompt_tokens += answer["usage"]["prompt_tokens"]
         self.billed_completion_tokens += answer["usage"]["completion_tokens"]
+        if body.get("stream"):
+            options = body.get("stream_options") or {}
+            cut = attempt <= int(float(directives.get("cut") or 0))
+            return await self._stream(request, answer, bool(options.get("include_usage")), cut)
         return self._answer(200, answer, {"x-request-id": f"sim-{self.requests}"})
+
+    async def _stream(self, request: web.Request, answer: dict[str, Any], include_usage: bool, cut: bool
+                      ) -> web.StreamResponse:
+        """The answer as server-sent chat.completion.chunk events: role, reasoning, content in pieces,
+        finish_reason, then usage (when asked) and [DONE]."""
+        self.responses[200] += 1
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream",
+                                                       "x-request-id": f"sim-{self.requests}"})
+        await resp.prepare(request)
+        head = {"id": answer["id"], "object": "chat.completion.chunk", "created": answer["created"],
+                "model": answer["model"]}
+        choice = answer["choices"][0]
+        message = choice["message"]
+        deltas: list[dict[str, Any]] = [{"role": "assistant"}]
+        for field in ("reasoning_content", "content"):
+            text = message.get(field) or ""
+            step = max(1, len(text) // 3)
+            deltas += [{field: text[i:i + step]} for i in range(0, len(text), step)]
+        extra = {k: v for k, v in answer.items() if k not in (*head, "choices", "usage")}
+        events = [{**head, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+        last = {"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}
+        events.append({**head, **extra, "choices": [last]})
+        if include_usage:
+            events.append({**head, "choices": [], "usage": answer["usage"]})
+        for i, event in enumerate(events):
+            if cut and i == len(events) // 2:
+                if request.transport is not None:
+                    request.transport.close()
+                return resp
+            await resp.write(b"data: " + orjson.dumps(event) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
 
     def _rate_limit(self, tokens: int) -> web.Response | None:
         """Admit or answer 429. TPM counted on admission charges prompt + max_tokens now; counted on

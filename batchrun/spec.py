@@ -55,10 +55,12 @@ class ProviderSpec:
     api_key_env: str
     key_required: bool
     simulate: SimulateSpec | None = None
+    mode: str = "sync"  # sync: one answer per request; stream: server-sent events, assembled
 
 
 TPM_ACCOUNTING = ("auto", "reserve", "actual")
 LATENCY_DISTS = ("lognormal", "uniform", "fixed")
+MODES = ("sync", "stream")
 
 
 @dataclass(frozen=True)
@@ -298,7 +300,7 @@ def _parse_provider(raw: Any, source: str) -> ProviderSpec:
         raise SpecError(f"{source}: provider is required, e.g. provider: {{name: simulated}}")
     if isinstance(raw, str):
         raw = {"name": raw}
-    sec = _Section("provider", raw, {"name", "base_url", "api_key_env", "simulate"}, source)
+    sec = _Section("provider", raw, {"name", "base_url", "api_key_env", "simulate", "mode"}, source)
     name = sec.text("name", required=True)
     assert name is not None
     preset = PRESETS.get(name)
@@ -320,7 +322,8 @@ def _parse_provider(raw: Any, source: str) -> ProviderSpec:
     elif name == "simulated" and not base_url:
         simulate = SimulateSpec()
     return ProviderSpec(name=name, base_url=base_url, api_key_env=api_key_env,
-                        key_required=preset.key_required, simulate=simulate)
+                        key_required=preset.key_required, simulate=simulate,
+                        mode=_choice(sec, "mode", MODES, "sync"))
 
 
 def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:

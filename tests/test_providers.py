@@ -72,3 +72,25 @@ def test_reasoning_content_is_kept(tmp_path: Path, sim: SimServer) -> None:
     assert result.exit_code == 0, result.output
     message = results["t"]["response"]["body"]["choices"][0]["message"]
     assert message["reasoning_content"].startswith("Let me think") and message["content"]
+
+
+def test_stream_mode_assembles_the_ordinary_shape(tmp_path: Path, sim: SimServer) -> None:
+    rows = [{"id": "s", "prompt": "explain #sim:think"}, {"id": "cut", "prompt": "again #sim:cut=1"},
+            {"id": "f", "prompt": "bad #sim:filter"}]
+    job = make_job(tmp_path, sim.base_url, rows, provider={"name": "simulated", "base_url": sim.base_url,
+                                                           "mode": "stream"})
+    result = submit(job)
+    assert result.exit_code == 3, result.output
+    out = tmp_path / "runs" / "job"
+    results = {r["custom_id"]: r for r in read_jsonl(out / "results.jsonl")}
+    failures = {f["custom_id"]: f for f in read_jsonl(out / "failures.jsonl")}
+    body = results["s"]["response"]["body"]
+    assert body["object"] == "chat.completion" and body["choices"][0]["finish_reason"] == "stop"
+    message = body["choices"][0]["message"]
+    assert message["content"].startswith("[simulated sim-small] explain")
+    assert message["reasoning_content"].startswith("Let me think")
+    assert body["usage"]["completion_tokens"] > 0  # from the last chunk: include_usage was sent
+    assert results["cut"]["attempts"] == 2  # a cut stream is retried, never recorded short
+    assert results["cut"]["response"]["body"]["choices"][0]["message"]["content"].endswith(
+        results["cut"]["response"]["body"]["id"].removeprefix("chatcmpl-sim-")[:8])
+    assert failures["f"]["error"]["code"] == "content_filter"  # moderation fields survive streaming

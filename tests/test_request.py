@@ -97,3 +97,24 @@ def test_default_output_tokens_charged_without_max_tokens(tmp_path: Path) -> Non
     spec = JobSpec(**{**vars(spec), "params": {}})
     built = RequestBuilder(spec, {"prompt": "p"}).build(RawRow(1, {"prompt": "p"}))
     assert isinstance(built, Request) and built.tokens > DEFAULT_MAX_OUTPUT_TOKENS
+
+
+def test_stream_assembler_joins_chunks_and_spots_a_cut_stream() -> None:
+    from batchrun.providers.openai import StreamAssembler
+
+    lines = [b": keep-alive\n",
+             b'data: {"id":"c1","model":"m","choices":[{"index":0,"delta":{"role":"assistant"}}]}\n',
+             b'data: {"id":"c1","choices":[{"index":0,"delta":{"reasoning_content":"hmm "}}]}\n',
+             b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"\xe4\xbd\xa0\xe5\xa5\xbd"}}]}\n',
+             b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"!"},"finish_reason":"stop"}]}\n',
+             b'data: {"id":"c1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n']
+    cut = StreamAssembler()
+    for line in lines:
+        cut.feed(line)
+    assert not cut.complete  # no [DONE]: retried, not recorded short
+    whole = StreamAssembler()
+    assert not any(whole.feed(line) for line in lines)
+    assert whole.feed(b"data: [DONE]\n") and whole.complete
+    body = whole.body()
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "你好!", "reasoning_content": "hmm "}
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2} and body["id"] == "c1"

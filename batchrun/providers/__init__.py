@@ -87,7 +87,7 @@ class CallPath(Protocol):
     async def call(self, http: aiohttp.ClientSession, request: Request, timeout: float) -> Reply: ...
 
 
-def call_path(base_url: str, api_key: str | None) -> CallPath:
-    from .openai import ChatCompletions
+def call_path(base_url: str, api_key: str | None, mode: str = "sync") -> CallPath:
+    from .openai import ChatCompletions, ChatCompletionsStream
 
-    return ChatCompletions(base_url, api_key)
+    return (ChatCompletionsStream if mode == "stream" else ChatCompletions)(base_url, api_key)

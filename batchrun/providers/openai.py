@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 import aiohttp
 import orjson
@@ -10,7 +12,7 @@ import orjson
 from ..errors import FatalProviderError
 from ..request import Request
 from ..retry import error_details
-from ..transport import Reply, post_json
+from ..transport import NO_HEADERS, Reply, post_json
 
 
 class ChatCompletions:
@@ -24,6 +26,105 @@ class ChatCompletions:
 
     async def call(self, http: aiohttp.ClientSession, request: Request, timeout: float) -> Reply:
         return await post_json(http, self.url, request.payload, self.headers, timeout)
+
+
+class ChatCompletionsStream(ChatCompletions):
+    """Streaming call path: server-sent events, assembled into the ordinary chat.completion shape.
+
+    A stream that ends without `[DONE]` or a finish_reason was cut off: it comes back as a transport error
+    (retried), never as a short answer."""
+
+    async def call(self, http: aiohttp.ClientSession, request: Request, timeout: float) -> Reply:
+        start = time.monotonic()
+        try:
+            async with http.post(self.url, data=request.payload, headers=self.headers,
+                                 timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
+                    raw = await resp.read()
+                    return Reply(resp.status, resp.headers, _json_or_bytes(raw), time.monotonic() - start)
+                stream = StreamAssembler()
+                async for line in resp.content:
+                    if stream.feed(line):
+                        break
+                headers = resp.headers
+        except asyncio.TimeoutError:
+            return Reply(None, NO_HEADERS, None, time.monotonic() - start, "timeout")
+        except aiohttp.ClientError as exc:
+            return Reply(None, NO_HEADERS, None, time.monotonic() - start, f"connection_error ({type(exc).__name__})")
+        elapsed = time.monotonic() - start
+        if not stream.complete:
+            return Reply(None, NO_HEADERS, None, elapsed, "stream_cut (the stream ended before [DONE])")
+        return Reply(200, headers, stream.body(), elapsed)
+
+
+class StreamAssembler:
+    """Joins chat.completion.chunk events (`data: {...}` lines, `data: [DONE]`) into one chat.completion."""
+
+    def __init__(self) -> None:
+        self.meta: dict[str, Any] = {}
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.role = "assistant"
+        self.finish_reason: str | None = None
+        self.usage: Any = None
+        self.extra: dict[str, Any] = {}  # provider fields outside choices (blocked, flag, content_filter)
+        self.done = False
+
+    @property
+    def complete(self) -> bool:
+        return self.done and self.finish_reason is not None
+
+    def feed(self, line: bytes) -> bool:
+        """Take one line; True once `[DONE]` arrived."""
+        line = line.strip()
+        if not line.startswith(b"data:"):
+            return False
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            self.done = True
+            return True
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(chunk, dict):
+            return False
+        for key in ("id", "model", "created"):
+            if key in chunk:
+                self.meta.setdefault(key, chunk[key])
+        for key, value in chunk.items():
+            if key not in ("id", "model", "created", "object", "choices", "usage"):
+                self.extra[key] = value
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            self.role = delta.get("role") or self.role
+            if isinstance(delta.get("content"), str):
+                self.content.append(delta["content"])
+            if isinstance(delta.get("reasoning_content"), str):
+                self.reasoning.append(delta["reasoning_content"])
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return False
+
+    def body(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": self.role, "content": "".join(self.content)}
+        if self.reasoning:
+            message["reasoning_content"] = "".join(self.reasoning)
+        body: dict[str, Any] = {**self.meta, "object": "chat.completion",
+                                "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}],
+                                **self.extra}
+        if self.usage is not None:
+            body["usage"] = self.usage
+        return body
+
+
+def _json_or_bytes(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        return raw
 
 
 async def list_models(base_url: str, api_key: str | None, timeout: float = 30.0) -> list[str]:
