@@ -51,8 +51,12 @@ async def post_json(http: aiohttp.ClientSession, url: str, payload: bytes, heade
         return Reply(None, NO_HEADERS, None, time.monotonic() - start, "timeout")
     except aiohttp.ClientError as exc:
         return Reply(None, NO_HEADERS, None, time.monotonic() - start, f"connection_error ({type(exc).__name__})")
+    return Reply(status, resp_headers, parse_body(raw), time.monotonic() - start)
+
+
+def parse_body(raw: bytes) -> Any:
+    """JSON when it is JSON; otherwise the bytes, for the error message (HTML error pages, say)."""
     try:
-        body: Any = orjson.loads(raw) if raw else None
+        return orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
-        body = raw
-    return Reply(status, resp_headers, body, time.monotonic() - start)
+        return raw

@@ -12,7 +12,7 @@ import orjson
 from ..errors import FatalProviderError
 from ..request import Request
 from ..retry import error_details
-from ..transport import NO_HEADERS, Reply, post_json
+from ..transport import NO_HEADERS, Reply, parse_body, post_json
 
 
 class ChatCompletions:
@@ -41,7 +41,7 @@ class ChatCompletionsStream(ChatCompletions):
                                  timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
                     raw = await resp.read()
-                    return Reply(resp.status, resp.headers, _json_or_bytes(raw), time.monotonic() - start)
+                    return Reply(resp.status, resp.headers, parse_body(raw), time.monotonic() - start)
                 stream = StreamAssembler()
                 async for line in resp.content:
                     if stream.feed(line):
@@ -120,13 +120,6 @@ class StreamAssembler:
         return body
 
 
-def _json_or_bytes(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        return raw
-
-
 async def list_models(base_url: str, api_key: str | None, timeout: float = 30.0) -> list[str]:
     """`GET {base_url}/models`: the model ids a key may use; doubles as a check that the key works."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -138,10 +131,7 @@ async def list_models(base_url: str, api_key: str | None, timeout: float = 30.0)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise FatalProviderError(f"cannot reach {url}: {type(exc).__name__}; check provider.base_url and the "
                                  "network") from None
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        body = raw
+    body = parse_body(raw)
     if status != 200:
         code, message = error_details(body)
         hint = "; check the key" if status in (401, 403) else ""
