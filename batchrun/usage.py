@@ -65,10 +65,6 @@ class Usage:
             model.completion_tokens += completion
             model.total_tokens += total
 
-    @property
-    def rows_done(self) -> int:
-        return self.rows_succeeded + self.rows_failed
-
     def totals(self) -> dict[str, Any]:
         return {
             **{name: getattr(self, name) for name in COUNTERS},
