@@ -72,12 +72,12 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
-def api_key(spec: JobSpec) -> str | None:
+def api_key(preset_name: str, env: str) -> str | None:
     """The key from the environment only; a missing required key is a usage error naming the variable."""
-    env = spec.provider.api_key_env
+    preset = PRESETS[preset_name]
     key = os.environ.get(env, "").strip() or None
-    if key is None and spec.provider.key_required:
-        title = PRESETS[spec.provider.name].title
+    if key is None and preset.key_required:
+        title = preset.title
         raise SpecError(f"the environment variable {env} is not set: export {env}=<your {title} key> "
                         "(keys never go in the job spec)")
     return key
@@ -351,7 +351,7 @@ class Runner:
 async def run_job(spec: JobSpec, *, fresh: bool = False, progress: bool = True,
                   log: Callable[[str], None] = print) -> RunOutcome:
     """Run (or resume) a job to the end, an interrupt, or an error that dooms every row."""
-    key = api_key(spec)
+    key = api_key(spec.provider.name, spec.provider.api_key_env)
     prepared = prepare(spec)
     checkpoint = Checkpoint(spec.output_dir, secrets=[key] if key else [])
     state = checkpoint.open(prepared.fingerprint, spec.describe(), fresh=fresh)
@@ -376,7 +376,7 @@ async def _run_opened(prepared: Prepared, checkpoint: Checkpoint, state: ResumeS
         log(f"resuming {spec.name}: {done_before} of {total} rows already done")
     t0 = time.monotonic()
     progress = Progress(total, min(state.done.count, total), enabled=show_progress, desc=spec.name)
-    async with _provider_url(spec) as base_url:
+    async with _provider_url(spec.provider.base_url, spec.provider.simulate) as base_url:
         runner = Runner(prepared, checkpoint, state, call_path(base_url, key, spec.provider.mode), progress, log)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -416,29 +416,22 @@ async def list_provider_models(name: str, base_url: str | None = None, api_key_e
     from .providers.openai import list_models
 
     preset = PRESETS[name]
-    env = api_key_env or preset.api_key_env
-    key = os.environ.get(env, "").strip() or None
-    if key is None and preset.key_required:
-        raise SpecError(f"the environment variable {env} is not set: export {env}=<your {preset.title} key>")
+    key = api_key(name, api_key_env or preset.api_key_env)
     url = (base_url or preset.base_url).rstrip("/")
-    if url:
-        return await list_models(url, key)
-    from .simulate import serve  # the simulated preset with no base URL: one in-process
-
-    async with serve(SimulateSpec()) as sim_url:
-        return await list_models(sim_url, key)
+    async with _provider_url(url, None if url else SimulateSpec()) as reachable:
+        return await list_models(reachable, key)
 
 
 @contextlib.asynccontextmanager
-async def _provider_url(spec: JobSpec) -> AsyncIterator[str]:
-    """The base URL to call: the spec's, or an in-process simulated provider's on a free loopback port."""
-    if spec.provider.simulate is None:
-        yield spec.provider.base_url
+async def _provider_url(base_url: str, simulate: SimulateSpec | None) -> AsyncIterator[str]:
+    """The base URL to call: the given one, or an in-process simulated provider's on a free loopback port."""
+    if simulate is None:
+        yield base_url
         return
     from .simulate import serve
 
-    async with serve(spec.provider.simulate) as base_url:
-        yield base_url
+    async with serve(simulate) as sim_url:
+        yield sim_url
 
 
 def summary_lines(outcome: RunOutcome) -> list[str]:

@@ -47,11 +47,18 @@ async def post_json(http: aiohttp.ClientSession, url: str, payload: bytes, heade
                              timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             raw = await resp.read()
             status, resp_headers = resp.status, resp.headers
-    except asyncio.TimeoutError:
-        return Reply(None, NO_HEADERS, None, time.monotonic() - start, "timeout")
-    except aiohttp.ClientError as exc:
-        return Reply(None, NO_HEADERS, None, time.monotonic() - start, f"connection_error ({type(exc).__name__})")
+    except NO_ANSWER as exc:
+        return no_answer(exc, start)
     return Reply(status, resp_headers, parse_body(raw), time.monotonic() - start)
+
+
+NO_ANSWER = (asyncio.TimeoutError, aiohttp.ClientError)
+
+
+def no_answer(exc: BaseException, start: float) -> Reply:
+    """A timeout or a dropped connection, as the Reply that retry.classify retries."""
+    error = "timeout" if isinstance(exc, asyncio.TimeoutError) else f"connection_error ({type(exc).__name__})"
+    return Reply(None, NO_HEADERS, None, time.monotonic() - start, error)
 
 
 def parse_body(raw: bytes) -> Any:

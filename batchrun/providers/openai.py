@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -12,7 +11,7 @@ import orjson
 from ..errors import FatalProviderError
 from ..request import Request
 from ..retry import error_details
-from ..transport import NO_HEADERS, Reply, parse_body, post_json
+from ..transport import NO_ANSWER, NO_HEADERS, Reply, no_answer, parse_body, post_json
 
 
 class ChatCompletions:
@@ -47,10 +46,8 @@ class ChatCompletionsStream(ChatCompletions):
                     if stream.feed(line):
                         break
                 headers = resp.headers
-        except asyncio.TimeoutError:
-            return Reply(None, NO_HEADERS, None, time.monotonic() - start, "timeout")
-        except aiohttp.ClientError as exc:
-            return Reply(None, NO_HEADERS, None, time.monotonic() - start, f"connection_error ({type(exc).__name__})")
+        except NO_ANSWER as exc:
+            return no_answer(exc, start)
         elapsed = time.monotonic() - start
         if not stream.complete:
             return Reply(None, NO_HEADERS, None, elapsed, "stream_cut (the stream ended before [DONE])")
@@ -128,7 +125,7 @@ async def list_models(base_url: str, api_key: str | None, timeout: float = 30.0)
         async with aiohttp.ClientSession() as http, http.get(
                 url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             raw, status = await resp.read(), resp.status
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except NO_ANSWER as exc:
         raise FatalProviderError(f"cannot reach {url}: {type(exc).__name__}; check provider.base_url and the "
                                  "network") from None
     body = parse_body(raw)
