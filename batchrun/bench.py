@@ -40,11 +40,8 @@ class Figure:
 class ClientRun:
     usage: dict[str, Any]
     stats: dict[str, Any]
-    maxrss_mb: float
+    peak_rss_mb: float  # the run's own VmHWM, from usage.json
     cpu_s: float
-    wall_s: float
-    started_at: float  # wall-clock time the client process was spawned
-    output: str
 
     @property
     def rows_per_s(self) -> float:
@@ -110,21 +107,17 @@ def run_client(workdir: Path, sim: Simulator, input_path: Path, *, limits: dict[
         spec["limits"] = limits
     job = workdir / f"{name}.yaml"
     job.write_text(yaml.safe_dump(spec))
-    started = time.time()
-    t0 = time.monotonic()
     proc = subprocess.Popen([*PY, "submit", str(job), "--no-progress"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     assert proc.stdout is not None
     output = proc.stdout.read().decode()
     _, status, rusage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.monotonic() - t0
     if proc.returncode not in (0, 3):
         raise RuntimeError(f"batchrun submit exited {proc.returncode}:\n{output}")
     usage = orjson.loads((workdir / "runs" / name / "usage.json").read_bytes())
     # The client's own VmHWM: rusage's maxrss would carry over this process's peak from before the fork.
-    return ClientRun(usage, sim.stats(), float(usage["peak_rss_mb"]), rusage.ru_utime + rusage.ru_stime, wall,
-                     started, output)
+    return ClientRun(usage, sim.stats(), float(usage["peak_rss_mb"]), rusage.ru_utime + rusage.ru_stime)
 
 
 def pct(x: float) -> str:
@@ -212,7 +205,7 @@ def bench_memory(work: Path, big: int, small: int) -> list[Figure]:
                 else:
                     write_parquet(path, n)
                 run = run_client(work, sim, path, name=f"mem-{kind}-{n}")
-                rss[n], concurrency[n] = run.maxrss_mb, run.usage.get("throttle", {}).get("concurrency")
+                rss[n], concurrency[n] = run.peak_rss_mb, run.usage.get("throttle", {}).get("concurrency")
             finally:
                 sim.close()
             path.unlink()
