@@ -356,9 +356,8 @@ def _parse_limits(raw: Any, source: str) -> Limits:
     if raw is None:
         return Limits()
     sec = _Section("limits", raw, {"rpm", "tpm", "concurrency", "tpm_accounting"}, source)
-    accounting = sec.text("tpm_accounting")
-    if accounting is not None and accounting not in TPM_ACCOUNTING:
-        raise sec.fail("tpm_accounting", f"must be one of {', '.join(TPM_ACCOUNTING)}, got {accounting!r}")
+    # Absent means "the preset's default", which only the runner knows.
+    accounting = _choice(sec, "tpm_accounting", TPM_ACCOUNTING, "auto") if "tpm_accounting" in sec.data else None
     return Limits(rpm=sec.number("rpm"), tpm=sec.number("tpm"), concurrency=sec.integer("concurrency"),
                   tpm_accounting=accounting)
 
