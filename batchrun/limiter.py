@@ -135,8 +135,10 @@ class Throttle:
         self.rates.on_sent(now)
         return Ticket(now, charge)
 
-    def done(self, ticket: Ticket, reply: Reply | None) -> None:
-        """Release the ticket's slot and learn from the answer (None: the attempt was cancelled)."""
+    def done(self, ticket: Ticket, reply: Reply | None, *, settle: bool = True) -> None:
+        """Release the ticket's slot and learn from the answer (None: the attempt was cancelled).
+
+        `settle=False` leaves the TPM charge standing: an async task's tokens are known only from its result."""
         self.gate.leave()
         if reply is None:
             return
@@ -157,8 +159,8 @@ class Throttle:
             self.rates.on_admitted(ticket.sent_at, now)
             if status is not None and status < 500:
                 self.concurrency.on_success(reply.elapsed, self.gate.inflight + 1, now)
-        if ticket.charge is not None and self.tpm is not None:
-            self._settle(ticket.charge, reply, rate_limited=status == 429)
+        if ticket.charge is not None and settle:
+            self.settle(ticket.charge, reply, rate_limited=status == 429)
         hints = rate_hints(reply.headers) if status is not None else None
         if hints is not None:
             self._apply_hints(hints, now)
@@ -171,8 +173,10 @@ class Throttle:
             self.rates.tick(self.clock())
             self._apply_rate()
 
-    def _settle(self, charge: Charge, reply: Reply, *, rate_limited: bool) -> None:
-        assert self.tpm is not None
+    def settle(self, charge: Charge, reply: Reply, *, rate_limited: bool = False) -> None:
+        """Square a TPM charge with the usage the answer reports (or give back what was not used)."""
+        if self.tpm is None:
+            return
         usage = reply.body.get("usage") if isinstance(reply.body, dict) and reply.status == 200 else None
         if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
             self.tpm.settle(self.tokens.settle(charge, usage["prompt_tokens"], _int_or_none(

@@ -23,17 +23,22 @@ import aiohttp
 import orjson
 
 from .checkpoint import Checkpoint, ResumeState, now_iso
+from .control import Charge
 from .errors import BatchrunError, FatalProviderError, SpecError
 from .limiter import Throttle, Ticket
 from .progress import Progress
-from .providers import PRESETS, CallPath, call_path
+from .providers import PRESETS, CallPath, call_path, make_auth
+from .providers.zhipu import AsyncCompletions, TaskState, task_id, task_state
 from .request import BadRow, Request, RequestBuilder
-from .retry import Decision, Verdict, backoff_delay, classify
+from .retry import Decision, Verdict, backoff_delay, classify, error_details, retry_after_seconds
 from .sources import InputScan, first_row, iter_rows, scan_input
 from .spec import JobSpec, SimulateSpec
+from .tasks import Poller
 from .transport import Reply, new_session
 from .usage import Usage, peak_rss_mb
 
+UNCONFIRMED_LIMIT = 5  # unknown task ids, with no task ever found, that mean a wrong poll URL
+EXPIRED = Decision(Verdict.RETRY, "task_expired", "the provider no longer knows this task id; submitted again")
 STOP_GRACE_S = 5.0
 FLUSH_EVERY_S = 1.0
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_FAILED_ROWS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -60,12 +65,18 @@ def fingerprint(spec: JobSpec, scan: InputScan) -> dict[str, str]:
     inp = spec.input
     mapping = {"format": inp.format, "id_field": inp.id_field, "messages_field": inp.messages_field,
                "prompt_field": inp.prompt_field, "template": inp.template, "system": inp.system}
-    return {
+    found = {
         "input": scan.digest,
         "input_mapping": _digest(mapping),
         "model": spec.model,
         "params": _digest(dict(spec.params)),
     }
+    # Only when not the default, so run directories from before these keys existed still resume.
+    if spec.endpoint != "chat":
+        found["endpoint"] = spec.endpoint
+    if spec.provider.mode == "async":  # held task ids mean nothing to the sync path, and vice versa
+        found["tasks"] = "async"
+    return found
 
 
 def _digest(obj: Any) -> str:
@@ -97,21 +108,27 @@ class RunOutcome:
 
 
 class _Item:
-    """A row on its way: the request plus what its attempts so far have seen."""
+    """A row on its way: the request plus what its attempts so far have seen (and, in async mode, its task)."""
 
-    __slots__ = ("attempts", "rate_limited", "request")
+    __slots__ = ("attempts", "charge", "polls", "rate_limited", "request", "resubmitted", "submitted_at",
+                 "task_id")
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, attempts: int = 0) -> None:
         self.request = request
-        self.attempts = 0
+        self.attempts = attempts
         self.rate_limited = 0
+        self.task_id: str | None = None
+        self.submitted_at = 0.0  # wall-clock time of the task's submission
+        self.polls = 0
+        self.charge: Charge | None = None  # the TPM charge, settled when the task's usage is known
+        self.resubmitted: list[dict[str, Any]] = []  # tasks given up on (expired, failed) and why
 
 
 class Runner:
     def __init__(self, prepared: Prepared, checkpoint: Checkpoint, state: ResumeState, path: CallPath,
                  progress: Progress, log: Callable[[str], None]) -> None:
         spec = prepared.spec
-        self.started_at, self.t0 = now_iso(), time.monotonic()
+        self.started_at, self.t0, self.t_wall0 = now_iso(), time.monotonic(), time.time()
         self.spec, self.prepared, self.checkpoint, self.state = spec, prepared, checkpoint, state
         self.call_path, self.progress, self.log = path, progress, log
         self.usage = state.usage
@@ -131,14 +148,21 @@ class Runner:
         self.interrupts = 0
         self.dispatcher: asyncio.Task[None] | None = None
         self.http: aiohttp.ClientSession | None = None
+        self.poller: Poller[_Item] | None = None
+        self.polls_answered = 0  # polls that found their task: proof the poll URL is right
+        self.unconfirmed: list[tuple[_Item, Reply]] = []  # unknown task ids seen before that proof
+        if isinstance(path, AsyncCompletions):
+            self.poller = Poller(self._poll, self._on_poll, spec.limits.poll_rps)
 
     # --- the run -------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        self.http = new_session(self.throttle.concurrency.maximum)
+        self.http = new_session(self.throttle.concurrency.maximum + (64 if self.poller else 0))
+        background = [asyncio.create_task(self._flush_loop()), asyncio.create_task(self.throttle.tick_forever())]
+        if self.poller is not None:
+            background.append(asyncio.create_task(self.poller.run()))
+            self._resume_tasks()
         self.dispatcher = asyncio.create_task(self._dispatch())
-        flusher = asyncio.create_task(self._flush_loop())
-        ticker = asyncio.create_task(self.throttle.tick_forever())
         try:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.dispatcher
@@ -150,7 +174,7 @@ class Runner:
         finally:
             for handle in self.backoffs:
                 handle.cancel()
-            for task in (flusher, ticker):
+            for task in background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -159,7 +183,12 @@ class Runner:
     async def _dispatch(self) -> None:
         rows = self._rows()
         exhausted = False
+        max_pending = self.spec.limits.max_pending
         while not self.stopping:
+            if self.poller is not None and self.poller.pending + self.gate.inflight >= max_pending:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
             if self.ready:
                 item = self.ready.popleft()
             elif not exhausted:
@@ -175,7 +204,7 @@ class Runner:
                 item = _Item(nxt)
             else:
                 self.wake.clear()
-                if self.gate.inflight == 0 and not self.backoffs:
+                if self.gate.inflight == 0 and not self.backoffs and not (self.poller and self.poller.pending):
                     return
                 await self.wake.wait()
                 continue
@@ -185,43 +214,187 @@ class Runner:
             task.add_done_callback(self.tasks.discard)
 
     def _rows(self) -> Iterator[Request | BadRow]:
-        build = self.prepared.builder.build
-        for raw in iter_rows(self.spec.input, skip=self.state.done.__contains__):
+        build, done, held = self.prepared.builder.build, self.state.done, self.state.tasks
+        skip = (lambda row: row in done or row in held) if held else done.__contains__
+        for raw in iter_rows(self.spec.input, skip=skip):
             yield build(raw)
 
     async def _attempt(self, item: _Item, ticket: Ticket) -> None:
         item.attempts += 1
         assert self.http is not None
         reply: Reply | None = None
+        submitted = False
         try:
             reply = await self.call_path.call(self.http, item.request, self.spec.retry.timeout_s)
-            decision = classify(reply.status, reply.body, reply.headers, reply.error, self.errors)
+            decision = self._classify_submission(reply) if self.poller else classify(
+                reply.status, reply.body, reply.headers, reply.error, self.errors)
             if reply.status == 429:
                 item.rate_limited += 1
             self.progress.attempt(retried=item.attempts > 1, rate_limited=reply.status == 429)
-            if decision.verdict is Verdict.OK:
-                self._record(item, reply, None)
-            elif decision.verdict is Verdict.STOP_RUN:
-                self._fatal(decision, reply.status)
-            elif decision.verdict is Verdict.RETRY and item.attempts < self.spec.retry.max_attempts:
-                self._retry_later(item, decision)
+            if decision.verdict is Verdict.OK and self.poller is not None:
+                submitted = True
+                item.charge = ticket.charge
+                await self._hold_task(item, reply)
             else:
-                self._record(item, reply, decision)
+                self._decide(item, reply, decision)
         except BatchrunError as exc:  # the checkpoint could not be written: stop cleanly, resumable
-            if self.error is None:
-                self.error = exc
-            self.stop("stopped", str(exc))
+            self._failed(exc)
         except Exception as exc:  # a bug: stop rather than leave this row silently unrecorded
-            self.crash = self.crash or exc
-            self.stop("stopped", f"internal error: {exc!r}")
+            self._crashed(exc)
         finally:
-            self.throttle.done(ticket, reply)
+            self.throttle.done(ticket, reply, settle=not submitted)
             self.wake.set()
 
-    def _retry_later(self, item: _Item, decision: Decision) -> None:
+    def _decide(self, item: _Item, reply: Reply, decision: Decision) -> None:
+        """Act on a classified answer: record it, retry the row, or stop the run."""
+        if decision.verdict is Verdict.OK:
+            self._record(item, reply, None)
+        elif decision.verdict is Verdict.STOP_RUN:
+            self._fatal(decision, reply.status)
+        elif decision.verdict is Verdict.RETRY and item.attempts < self.spec.retry.max_attempts:
+            self._retry_later(item, decision)
+        else:
+            self._record(item, reply, decision)
+
+    def _failed(self, exc: BatchrunError) -> None:
+        self.error = self.error or exc
+        self.stop("stopped", str(exc))
+
+    def _crashed(self, exc: Exception) -> None:
+        self.crash = self.crash or exc
+        self.stop("stopped", f"internal error: {exc!r}")
+
+    # --- async mode: submitted tasks and their polls ------------------------------------------------
+
+    def _classify_submission(self, reply: Reply) -> Decision:
+        if reply.status == 200 and isinstance(reply.body, dict) and error_details(reply.body)[0] is None:
+            if task_id(reply.body) is None:
+                return Decision(Verdict.RETRY, "no_task_id", "the submission was accepted without a task id")
+            return Decision(Verdict.OK, "ok", "")
+        return classify(reply.status, reply.body, reply.headers, reply.error, self.errors)
+
+    async def _hold_task(self, item: _Item, reply: Reply) -> None:
+        """Write the task id down durably before waiting on it: a resumed run polls it instead of paying again."""
+        assert self.poller is not None
+        item.task_id, item.submitted_at = task_id(reply.body), time.time()
+        self.checkpoint.append_task({"row": item.request.row, "task_id": item.task_id,
+                                     "custom_id": item.request.custom_id, "attempt": item.attempts,
+                                     "submitted_at": now_iso(), "t": round(item.submitted_at, 3)})
+        await self.checkpoint.tasks_durable()
+        self.poller.add(item)
+
+    def _resume_tasks(self) -> None:
+        """Poll the tasks an earlier session submitted; their rows are never submitted again unless the
+        provider no longer knows the task."""
+        assert self.poller is not None
+        held = self.state.tasks
+        if not held:
+            return
+        self.log(f"polling {len(held)} task(s) submitted by an earlier session")
+        build = self.prepared.builder.build
+        for raw in iter_rows(self.spec.input, skip=lambda row: row not in held):
+            request = build(raw)
+            if isinstance(request, BadRow):  # cannot happen with an unchanged input; never lose the row
+                self._record_bad(request)
+                continue
+            entry = held[raw.row]
+            item = _Item(request, attempts=int(entry.get("attempt") or 1))
+            item.task_id, item.submitted_at = entry["task_id"], float(entry.get("t") or time.time())
+            self.poller.add(item, delay=0.0)
+
+    async def _poll(self, task: str) -> Reply:
+        assert self.http is not None and isinstance(self.call_path, AsyncCompletions)
+        return await self.call_path.poll(self.http, task, self.spec.retry.timeout_s)
+
+    def _on_poll(self, item: _Item, reply: Reply) -> None:
+        try:
+            self._task_answer(item, reply)
+        except BatchrunError as exc:
+            self._failed(exc)
+        except Exception as exc:
+            self._crashed(exc)
+        finally:
+            self.wake.set()
+
+    def _task_answer(self, item: _Item, reply: Reply) -> None:
+        assert self.poller is not None
+        state = task_state(reply.status, reply.body)
+        if state is TaskState.NO_ANSWER:
+            if reply.status == 429:
+                self.poller.pause(retry_after_seconds(reply.headers) or 1.0)
+            self.poller.add(item)
+            return
+        if state is TaskState.PENDING:
+            self._task_found()
+            self.poller.add(item)
+            return
+        if state is TaskState.EXPIRED:
+            self._expired(item, reply)
+            return
+        self._task_found()
+        if state is TaskState.SUCCESS:
+            self._settle_task(item, reply)
+            decision = classify(reply.status, reply.body, reply.headers, reply.error, self.errors)
+            if decision.verdict is Verdict.RETRY:  # a SUCCESS with no answer in it: the task is no use
+                self._give_up_task(item, reply, decision)
+            else:
+                self._decide(item, reply, decision)
+            return
+        if state is TaskState.FAILED:
+            self._settle_task(item, reply)
+            code, message = error_details(reply.body)
+            verdict = self.errors.verdict(code) if code else None
+            status = str(reply.body.get("task_status")) if isinstance(reply.body, dict) else "FAIL"
+            decision = Decision(verdict or Verdict.RETRY, code or "task_failed",
+                                message or f"the task ended with task_status {status}")
+            if decision.verdict is Verdict.RETRY:
+                self._give_up_task(item, reply, decision)
+            else:
+                self._decide(item, reply, decision)
+            return
+        decision = classify(reply.status, reply.body, reply.headers, reply.error, self.errors)  # REFUSED
+        self._decide(item, reply, decision if decision.verdict is not Verdict.RETRY else Decision(
+            Verdict.FAIL_ROW, decision.code, decision.message))
+
+    def _expired(self, item: _Item, reply: Reply) -> None:
+        """An unknown task id: submit the row again. Until some poll has found a task, though, unknown ids
+        may mean a wrong poll URL rather than expiry: hold them, and stop the run if several pile up."""
+        if self.polls_answered:
+            self._give_up_task(item, reply, EXPIRED)
+            return
+        self.unconfirmed.append((item, reply))
+        if len(self.unconfirmed) >= UNCONFIRMED_LIMIT:
+            assert isinstance(self.call_path, AsyncCompletions)
+            self._failed(FatalProviderError(
+                f"{len(self.unconfirmed)} tasks polled at {self.call_path.result_url}<id> were unknown to the "
+                f"provider (HTTP {reply.status}) and none was found: check provider.base_url"))
+
+    def _task_found(self) -> None:
+        self.polls_answered += 1
+        if self.polls_answered == 1:
+            for item, reply in self.unconfirmed:
+                self._give_up_task(item, reply, EXPIRED)
+            self.unconfirmed.clear()
+
+    def _give_up_task(self, item: _Item, reply: Reply, decision: Decision) -> None:
+        """Submit the row again (noted in its record), within retry.max_attempts."""
+        if item.attempts >= self.spec.retry.max_attempts:
+            self._record(item, reply, decision)
+            return
+        item.resubmitted.append({"task_id": item.task_id, "reason": decision.code, "message": decision.message,
+                                 "polls": item.polls})
+        item.task_id, item.polls = None, 0
+        self._retry_later(item, decision, immediately=decision.code == "task_expired")
+
+    def _settle_task(self, item: _Item, reply: Reply) -> None:
+        if item.charge is not None:
+            self.throttle.settle(item.charge, reply)
+            item.charge = None
+
+    def _retry_later(self, item: _Item, decision: Decision, *, immediately: bool = False) -> None:
         retry = self.spec.retry
-        delay = backoff_delay(item.attempts, base=retry.backoff_s, cap=retry.max_backoff_s,
-                              retry_after=decision.retry_after, jitter=random.random())
+        delay = 0.0 if immediately else backoff_delay(item.attempts, base=retry.backoff_s, cap=retry.max_backoff_s,
+                                                      retry_after=decision.retry_after, jitter=random.random())
         loop = asyncio.get_running_loop()
 
         def ready() -> None:
@@ -255,6 +428,11 @@ class Runner:
             "latency_s": round(reply.elapsed, 4),
             "completed_at": now_iso(),
         }
+        if self.poller is not None:  # async: the wait is submission to result, not the last poll
+            record.update(task_id=item.task_id, polls=item.polls + sum(r["polls"] for r in item.resubmitted),
+                          latency_s=round(max(0.0, time.time() - item.submitted_at), 3) if item.task_id else 0.0)
+            if item.resubmitted:
+                record["resubmitted"] = item.resubmitted
         self._commit(record, failed=decision is not None)
 
     def _record_bad(self, bad: BadRow) -> None:
@@ -272,8 +450,7 @@ class Runner:
         try:
             self._commit(record, failed=True)
         except BatchrunError as exc:
-            self.error = self.error or exc
-            self.stop("stopped", str(exc))
+            self._failed(exc)
 
     def _commit(self, record: dict[str, Any], *, failed: bool) -> None:
         self.checkpoint.append(record, failed=failed)
@@ -324,8 +501,7 @@ class Runner:
             try:
                 self.flush("running")
             except BatchrunError as exc:
-                self.error = self.error or exc
-                self.stop("stopped", str(exc))
+                self._failed(exc)
                 return
 
     def flush(self, state: str, *, final: bool = False) -> None:
@@ -343,6 +519,7 @@ class Runner:
             "active_s": round(float(prev.get("active_s") or 0.0) + time.monotonic() - self.t0, 3),
             "sessions": int(prev.get("sessions") or 0) + 1,
             "throttle": self.throttle.snapshot(),
+            **({"tasks_pending": self.poller.pending} if self.poller is not None else {}),
             "peak_rss_mb": peak_rss_mb(),
         }
         self.checkpoint.write_usage(data)
@@ -377,7 +554,8 @@ async def _run_opened(prepared: Prepared, checkpoint: Checkpoint, state: ResumeS
     t0 = time.monotonic()
     progress = Progress(total, min(state.done.count, total), enabled=show_progress, desc=spec.name)
     async with _provider_url(spec.provider.base_url, spec.provider.simulate) as base_url:
-        runner = Runner(prepared, checkpoint, state, call_path(base_url, key, spec.provider.mode), progress, log)
+        path = call_path(base_url, make_auth(key, spec.provider.auth), spec.provider.mode, spec.endpoint)
+        runner = Runner(prepared, checkpoint, state, path, progress, log)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, runner.interrupt)

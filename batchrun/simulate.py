@@ -20,8 +20,12 @@ Directives in a prompt reproduce a quirk for that one row, so tests and users ca
     #sim:finish=length  the answer's finish_reason
     #sim:think          a thinking model: reasoning_content beside content
     #sim:cut=1          with stream: true, cut the first attempt's stream midway (no [DONE])
+    #sim:task=5         async: this task takes 5 s (otherwise uniform within simulate.task_s, 2-20 s)
+    #sim:task-fail=1    async: the first submission's task ends with task_status FAIL
+    #sim:expire=1       async: the first submission's task id is forgotten (polls answer 404)
 
-It serves any base path (`/v1`, `/api/paas/v4`, ...), so a preset's own error table can be tried on it.
+It serves any base path (`/v1`, `/api/paas/v4`, ...), so a preset's own error table can be tried on it, and
+Zhipu's asyncCompletions: `POST .../async/chat/completions` and `GET .../async-result/{id}`.
 """
 
 from __future__ import annotations
@@ -37,11 +41,13 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from .providers.zhipu import verify_jwt
 from .request import estimate_messages, estimate_tokens, max_output_tokens
 from .spec import SimulateSpec
 
@@ -77,6 +83,25 @@ class Bucket:
         return max(0.0, (self.capacity - self.level) / self.rate)
 
 
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A request the simulator accepted: what answering it needs."""
+
+    body: dict[str, Any]
+    messages: list[Any]
+    key: bytes  # the prompt's digest: which attempts and bills belong together
+    attempt: int
+    directives: dict[str, str]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Task:
+    due: float  # when the task finishes (simulator clock)
+    answer: dict[str, Any]
+    failed: bool
+
+
 class SimProvider:
     def __init__(self, cfg: SimulateSpec, clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg, self.clock = cfg, clock
@@ -91,10 +116,14 @@ class SimProvider:
         self.billed_prompt_tokens = self.billed_completion_tokens = 0
         self.tpm_charged = 0.0  # what the TPM bucket was charged, in the configured accounting
         self.first_request_at: float | None = None  # wall-clock time, for start-up measurements
+        self.tasks: dict[str, _Task] = {}  # async tasks by id
+        self.tasks_submitted = self.polls = self.max_tasks_running = 0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/_sim/stats", self.stats_view)
+        app.router.add_post("/{base:.*}/async/chat/completions", self.submit_task)
+        app.router.add_get("/{base:.*}/async-result/{task}", self.task_result)
         app.router.add_post("/{base:.*}/chat/completions", self.chat)
         app.router.add_get("/{base:.*}/models", self.models)
         return app
@@ -111,6 +140,10 @@ class SimProvider:
             "billed_completion_tokens": self.billed_completion_tokens,
             "tpm_charged": round(self.tpm_charged),
             "first_request_at": self.first_request_at,
+            "tasks_submitted": self.tasks_submitted,
+            "tasks_running": sum(1 for t in self.tasks.values() if t.due > self.clock()),
+            "max_tasks_running": self.max_tasks_running,
+            "polls": self.polls,
         }
 
     async def stats_view(self, request: web.Request) -> web.Response:
@@ -123,9 +156,20 @@ class SimProvider:
                                                        for m in MODELS]})
 
     def _auth(self, request: web.Request) -> web.Response | None:
-        if self.cfg.api_key and request.headers.get("Authorization") != f"Bearer {self.cfg.api_key}":
-            return self._answer(401, _error("invalid_api_key", "Incorrect API key provided", "authentication_error"))
-        return None
+        """With a key configured, accept it as a bearer token, or (an `id.secret` key) a Zhipu JWT signed with it."""
+        key = self.cfg.api_key
+        if not key:
+            return None
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if token == key:
+            return None
+        why = ""
+        if "." in key and token.count(".") == 2:
+            reason = verify_jwt(token, key, int(time.time() * 1000))
+            if reason is None:
+                return None
+            why = f" ({reason})"
+        return self._answer(401, _error("invalid_api_key", f"Incorrect API key provided{why}", "authentication_error"))
 
     def _answer(self, status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
         self.responses[status] += 1
@@ -151,7 +195,8 @@ class SimProvider:
             return median * (0.5 + self.rng.random())
         return median * math.exp(0.5 * self.rng.gauss(0.0, 1.0))
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
+    async def _accept(self, request: web.Request) -> _Call | web.StreamResponse:
+        """Everything before the answer: auth, the body, the prompt's directives, rate limits, injected errors."""
         self.requests += 1
         if self.first_request_at is None:
             self.first_request_at = time.time()
@@ -198,23 +243,68 @@ class SimProvider:
             return limited
         if self.cfg.error_rate and self.rng.random() < self.cfg.error_rate:
             return self._answer(500, _error("internal_error", "simulated server error", "server_error"))
-        delay = float(directives["sleep"]) if directives.get("sleep") else self._latency()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        answer = self._completion(body, messages, key, prompt_tokens)
-        _apply_answer_quirks(answer, directives)
+        return _Call(body, messages, key, attempt, directives, prompt_tokens)
+
+    def _bill(self, call: _Call) -> dict[str, Any]:
+        """The answer the prompt gets, charged to TPM (when counted on usage) and to the bill."""
+        answer = self._completion(call.body, call.messages, call.key, call.prompt_tokens)
+        _apply_answer_quirks(answer, call.directives)
         if self.tpm is not None and self.cfg.tpm_accounting == "actual":
             self.tpm.refill(self.clock())
             self.tpm.take(answer["usage"]["total_tokens"])
             self.tpm_charged += answer["usage"]["total_tokens"]
-        self.billed[key] += 1
+        self.billed[call.key] += 1
         self.billed_prompt_tokens += answer["usage"]["prompt_tokens"]
         self.billed_completion_tokens += answer["usage"]["completion_tokens"]
-        if body.get("stream"):
-            options = body.get("stream_options") or {}
-            cut = attempt <= int(float(directives.get("cut") or 0))
+        return answer
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        call = await self._accept(request)
+        if not isinstance(call, _Call):
+            return call
+        directives = call.directives
+        delay = float(directives["sleep"]) if directives.get("sleep") else self._latency()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        answer = self._bill(call)
+        if call.body.get("stream"):
+            options = call.body.get("stream_options") or {}
+            cut = call.attempt <= int(float(directives.get("cut") or 0))
             return await self._stream(request, answer, bool(options.get("include_usage")), cut)
         return self._answer(200, answer, {"x-request-id": f"sim-{self.requests}"})
+
+    async def submit_task(self, request: web.Request) -> web.StreamResponse:
+        """Zhipu's asyncCompletions: billed now, answered by polls once the task's time is up."""
+        call = await self._accept(request)
+        if not isinstance(call, _Call):
+            return call
+        answer, directives = self._bill(call), call.directives
+        self.tasks_submitted += 1
+        task = f"{int(time.time() * 1000)}{self.tasks_submitted:09d}"
+        low, high = self.cfg.task_s
+        duration = float(directives["task"]) if directives.get("task") else self.rng.uniform(low, high)
+        failed = call.attempt <= int(float(directives.get("task-fail") or 0))
+        now = self.clock()
+        if call.attempt > int(float(directives.get("expire") or 0)):  # an expired task is forgotten at once
+            self.tasks[task] = _Task(now + duration, answer, failed)
+        self.max_tasks_running = max(self.max_tasks_running, sum(1 for t in self.tasks.values() if t.due > now))
+        return self._answer(200, {"id": task, "request_id": f"sim-{self.requests}", "model": answer["model"],
+                                  "task_status": "PROCESSING"})
+
+    async def task_result(self, request: web.Request) -> web.Response:
+        self.polls += 1
+        if (denied := self._auth(request)) is not None:
+            return denied
+        task_id = request.match_info["task"]
+        task = self.tasks.get(task_id)
+        if task is None:
+            return self._answer(404, _error("task_not_found", f"no task {task_id} (expired or never submitted)"))
+        head = {"id": task_id, "request_id": f"sim-poll-{self.polls}", "model": task.answer["model"]}
+        if self.clock() < task.due:
+            return self._answer(200, {**head, "task_status": "PROCESSING"})
+        if task.failed:
+            return self._answer(200, {**head, "task_status": "FAIL"})
+        return self._answer(200, {**task.answer, **head, "task_status": "SUCCESS"})
 
     async def _stream(self, request: web.Request, answer: dict[str, Any], include_usage: bool, cut: bool
                       ) -> web.StreamResponse:

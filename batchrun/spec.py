@@ -46,6 +46,7 @@ class SimulateSpec:
     retry_after: bool = True  # send Retry-After with 429s (False: bare 429s, as Zhipu does)
     rate_headers: bool = False  # send x-ratelimit-* headers on every answer, as OpenAI does
     tpm_accounting: str = "reserve"  # reserve: prompt + max_tokens on admission; actual: tokens used, after
+    task_s: tuple[float, float] = (2.0, 20.0)  # how long an async task runs: uniform between the two
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,15 @@ class ProviderSpec:
     api_key_env: str
     key_required: bool
     simulate: SimulateSpec | None = None
-    mode: str = "sync"  # sync: one answer per request; stream: server-sent events, assembled
+    mode: str = "sync"  # sync: one answer per request; stream: server-sent events; async: submit, then poll
+    auth: str = "bearer"  # bearer: the key as is; jwt: Zhipu's id.secret key signed into a short-lived token
 
 
 TPM_ACCOUNTING = ("auto", "reserve", "actual")
 LATENCY_DISTS = ("lognormal", "uniform", "fixed")
-MODES = ("sync", "stream")
+MODES = ("sync", "stream", "async")
+ENDPOINTS = ("chat", "completions", "embeddings")
+AUTHS = ("bearer", "jwt")
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,9 @@ class Limits:
     tpm: float | None = None
     concurrency: int | None = None
     tpm_accounting: str | None = None  # None: the preset's default
+    poll_rps: float = 20.0  # async mode: result polls per second, across all pending tasks
+    max_pending: int = 1000  # async mode: tasks submitted and not yet finished
+    batch_size: int | None = None  # embeddings: inputs per request (None: the preset's)
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ class JobSpec:
     output_dir: Path
     limits: Limits = field(default_factory=Limits)
     retry: RetrySpec = field(default_factory=RetrySpec)
+    endpoint: str = "chat"  # chat (/chat/completions), completions (/completions) or embeddings (/embeddings)
 
     def describe(self) -> dict[str, Any]:
         """The job as recorded in the manifest: paths as strings, never a key."""
@@ -98,9 +106,11 @@ class JobSpec:
             "spec": str(self.spec_path),
             "input": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.input).items()},
             "model": self.model,
+            "endpoint": self.endpoint,
             "params": dict(self.params),
             "provider": {"name": self.provider.name, "base_url": self.provider.base_url,
-                         "api_key_env": self.provider.api_key_env},
+                         "api_key_env": self.provider.api_key_env, "mode": self.provider.mode,
+                         "auth": self.provider.auth},
             "limits": vars(self.limits),
             "retry": vars(self.retry),
             "output_dir": str(self.output_dir),
@@ -222,8 +232,8 @@ def load_spec(path: str | Path, *, cwd: Path | None = None) -> JobSpec:
 
 
 def parse_spec(data: Any, *, spec_path: Path, source: str, cwd: Path) -> JobSpec:
-    top = _Section("", data, {"name", "input", "model", "params", "provider", "limits", "retry", "output_dir"},
-                   source)
+    top = _Section("", data, {"name", "input", "model", "endpoint", "params", "provider", "limits", "retry",
+                              "output_dir"}, source)
     base = spec_path.parent
     name = top.text("name", spec_path.stem)
     assert name is not None
@@ -239,6 +249,16 @@ def parse_spec(data: Any, *, spec_path: Path, source: str, cwd: Path) -> JobSpec
 
     output = top.text("output_dir")
     output_dir = (base / output) if output else (cwd / "runs" / name)
+    endpoint = _choice(top, "endpoint", ENDPOINTS, "chat")
+    provider = _parse_provider(top.data.get("provider"), source)
+    preset = PRESETS[provider.name]
+    if endpoint not in preset.endpoints:
+        raise top.fail("endpoint", f"{endpoint!r} is not offered by {preset.title} (it offers: "
+                                   f"{', '.join(preset.endpoints)})")
+    if provider.mode != "sync" and endpoint == "embeddings":
+        raise SpecError(f"{source}: provider.mode {provider.mode!r} does not apply to embeddings: leave it as sync")
+    if provider.mode == "async" and endpoint != "chat":
+        raise SpecError(f"{source}: provider.mode async submits chat completions only: use endpoint: chat")
 
     return JobSpec(
         name=name,
@@ -246,10 +266,11 @@ def parse_spec(data: Any, *, spec_path: Path, source: str, cwd: Path) -> JobSpec
         input=_parse_input(top, base, source),
         model=model,
         params=dict(params),
-        provider=_parse_provider(top.data.get("provider"), source),
+        provider=provider,
         output_dir=output_dir.resolve(),
         limits=_parse_limits(top.data.get("limits"), source),
         retry=_parse_retry(top.data.get("retry"), source),
+        endpoint=endpoint,
     )
 
 
@@ -300,7 +321,7 @@ def _parse_provider(raw: Any, source: str) -> ProviderSpec:
         raise SpecError(f"{source}: provider is required, e.g. provider: {{name: simulated}}")
     if isinstance(raw, str):
         raw = {"name": raw}
-    sec = _Section("provider", raw, {"name", "base_url", "api_key_env", "simulate", "mode"}, source)
+    sec = _Section("provider", raw, {"name", "base_url", "api_key_env", "simulate", "mode", "auth"}, source)
     name = sec.text("name", required=True)
     assert name is not None
     preset = PRESETS.get(name)
@@ -321,14 +342,19 @@ def _parse_provider(raw: Any, source: str) -> ProviderSpec:
         simulate = parse_simulate(sim_raw, "provider.simulate", source)
     elif name == "simulated" and not base_url:
         simulate = SimulateSpec()
+    mode = _choice(sec, "mode", MODES, "sync")
+    if mode not in preset.modes:
+        raise sec.fail("mode", f"{mode!r} is not offered by {preset.title} (it offers: {', '.join(preset.modes)})")
+    auth = _choice(sec, "auth", AUTHS, "bearer")
+    if auth not in preset.auths:
+        raise sec.fail("auth", f"{auth!r} is not offered by {preset.title} (it offers: {', '.join(preset.auths)})")
     return ProviderSpec(name=name, base_url=base_url, api_key_env=api_key_env,
-                        key_required=preset.key_required, simulate=simulate,
-                        mode=_choice(sec, "mode", MODES, "sync"))
+                        key_required=preset.key_required, simulate=simulate, mode=mode, auth=auth)
 
 
 def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
     sec = _Section(where, raw, {"rpm", "tpm", "latency", "latency_dist", "error_rate", "seed", "retry_after",
-                                "rate_headers", "tpm_accounting"}, source)
+                                "rate_headers", "tpm_accounting", "task_s"}, source)
     error_rate = sec.number("error_rate", 0.0, inclusive=True)
     if error_rate is not None and error_rate > 1:
         raise sec.fail("error_rate", f"must be between 0 and 1, got {error_rate}")
@@ -342,7 +368,20 @@ def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
         rate_headers=sec.boolean("rate_headers", False),
         latency_dist=_choice(sec, "latency_dist", LATENCY_DISTS, "lognormal"),
         tpm_accounting=_choice(sec, "tpm_accounting", ("reserve", "actual"), "reserve"),
+        task_s=_range(sec, "task_s", SimulateSpec.task_s),
     )
+
+
+def _range(sec: _Section, name: str, default: tuple[float, float]) -> tuple[float, float]:
+    """A number of seconds, or [low, high] for a uniform draw between them."""
+    value = sec.data.get(name)
+    if value is None:
+        return default
+    pair = value if isinstance(value, list) else [value, value]
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in pair) \
+            or pair[0] > pair[1]:
+        raise sec.fail(name, f"must be seconds (a number >= 0) or [low, high], got {_kind(value)}")
+    return float(pair[0]), float(pair[1])
 
 
 def _choice(sec: _Section, name: str, choices: tuple[str, ...], default: str) -> str:
@@ -355,11 +394,15 @@ def _choice(sec: _Section, name: str, choices: tuple[str, ...], default: str) ->
 def _parse_limits(raw: Any, source: str) -> Limits:
     if raw is None:
         return Limits()
-    sec = _Section("limits", raw, {"rpm", "tpm", "concurrency", "tpm_accounting"}, source)
+    sec = _Section("limits", raw, {"rpm", "tpm", "concurrency", "tpm_accounting", "poll_rps", "max_pending",
+                                   "batch_size"}, source)
     # Absent means "the preset's default", which only the runner knows.
     accounting = _choice(sec, "tpm_accounting", TPM_ACCOUNTING, "auto") if "tpm_accounting" in sec.data else None
+    d = Limits()
     return Limits(rpm=sec.number("rpm"), tpm=sec.number("tpm"), concurrency=sec.integer("concurrency"),
-                  tpm_accounting=accounting)
+                  tpm_accounting=accounting, poll_rps=sec.number("poll_rps", d.poll_rps) or d.poll_rps,
+                  max_pending=sec.integer("max_pending", d.max_pending) or d.max_pending,
+                  batch_size=sec.integer("batch_size"))
 
 
 def _parse_retry(raw: Any, source: str) -> RetrySpec:

@@ -17,7 +17,7 @@ class ModelUsage:
     total_tokens: int = 0
 
 
-COUNTERS = ("rows_succeeded", "rows_failed", "requests", "retries", "rate_limited", "prompt_tokens",
+COUNTERS = ("rows_succeeded", "rows_failed", "requests", "retries", "rate_limited", "polls", "prompt_tokens",
             "completion_tokens", "total_tokens")
 
 
@@ -28,6 +28,7 @@ class Usage:
     requests: int = 0
     retries: int = 0
     rate_limited: int = 0  # attempts answered 429
+    polls: int = 0  # async mode: result polls of the rows' tasks
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
@@ -42,6 +43,7 @@ class Usage:
         model.requests += attempts
         self.retries += max(0, attempts - 1)
         self.rate_limited += int(record.get("rate_limited") or 0)
+        self.polls += _int(record.get("polls"))
         error = record.get("error")
         if error:
             self.rows_failed += 1

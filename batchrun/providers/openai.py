@@ -1,8 +1,9 @@
-"""The OpenAI-compatible chat-completions call path, shared by every preset that speaks it."""
+"""The OpenAI-compatible call paths (chat completions, completions, embeddings), shared by every preset."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -13,18 +14,25 @@ from ..request import Request
 from ..retry import error_details
 from ..transport import NO_ANSWER, NO_HEADERS, Reply, no_answer, parse_body, post_json
 
+ENDPOINT_PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+
 
 class ChatCompletions:
-    """Synchronous call path: one POST per row to `{base_url}/chat/completions`."""
+    """Synchronous call path: one POST per request to `{base_url}/chat/completions` (or the endpoint's path).
 
-    def __init__(self, base_url: str, api_key: str | None) -> None:
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if api_key:
-            self.headers["Authorization"] = f"Bearer {api_key}"
+    `auth` gives the Authorization header's value at each call (a JWT is re-signed now and then)."""
+
+    def __init__(self, base_url: str, auth: Callable[[], str | None], endpoint: str = "chat") -> None:
+        self.url = base_url.rstrip("/") + ENDPOINT_PATHS[endpoint]
+        self.auth = auth
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+
+    def headers(self) -> dict[str, str]:
+        value = self.auth()
+        return {**self._headers, "Authorization": value} if value else self._headers
 
     async def call(self, http: aiohttp.ClientSession, request: Request, timeout: float) -> Reply:
-        return await post_json(http, self.url, request.payload, self.headers, timeout)
+        return await post_json(http, self.url, request.payload, self.headers(), timeout)
 
 
 class ChatCompletionsStream(ChatCompletions):
@@ -36,7 +44,7 @@ class ChatCompletionsStream(ChatCompletions):
     async def call(self, http: aiohttp.ClientSession, request: Request, timeout: float) -> Reply:
         start = time.monotonic()
         try:
-            async with http.post(self.url, data=request.payload, headers=self.headers,
+            async with http.post(self.url, data=request.payload, headers=self.headers(),
                                  timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
                     raw = await resp.read()
@@ -66,6 +74,7 @@ class StreamAssembler:
         self.usage: Any = None
         self.extra: dict[str, Any] = {}  # provider fields outside choices (blocked, flag, content_filter)
         self.done = False
+        self.text = False  # a /completions stream: the answer is choices[0].text
 
     @property
     def complete(self) -> bool:
@@ -99,6 +108,9 @@ class StreamAssembler:
             self.role = delta.get("role") or self.role
             if isinstance(delta.get("content"), str):
                 self.content.append(delta["content"])
+            if isinstance(choice.get("text"), str):  # /completions streams text, not a delta
+                self.text = True
+                self.content.append(choice["text"])
             if isinstance(delta.get("reasoning_content"), str):
                 self.reasoning.append(delta["reasoning_content"])
             if choice.get("finish_reason"):
@@ -106,12 +118,15 @@ class StreamAssembler:
         return False
 
     def body(self) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": self.role, "content": "".join(self.content)}
-        if self.reasoning:
-            message["reasoning_content"] = "".join(self.reasoning)
-        body: dict[str, Any] = {**self.meta, "object": "chat.completion",
-                                "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}],
-                                **self.extra}
+        if self.text:
+            choice: dict[str, Any] = {"index": 0, "text": "".join(self.content)}
+        else:
+            message: dict[str, Any] = {"role": self.role, "content": "".join(self.content)}
+            if self.reasoning:
+                message["reasoning_content"] = "".join(self.reasoning)
+            choice = {"index": 0, "message": message}
+        body: dict[str, Any] = {**self.meta, "object": "text_completion" if self.text else "chat.completion",
+                                "choices": [{**choice, "finish_reason": self.finish_reason}], **self.extra}
         if self.usage is not None:
             body["usage"] = self.usage
         return body
