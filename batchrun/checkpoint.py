@@ -33,6 +33,7 @@ LOCK = "run.lock"
 PREVIOUS = "previous"
 ROW_PREFIX = b'{"row":'
 REDACTED = b"[redacted]"
+MIN_SECRET_LEN = 8
 
 
 def now_iso() -> str:
@@ -130,7 +131,8 @@ class Checkpoint:
 
     def __init__(self, path: Path, secrets: Sequence[str] = ()) -> None:
         self.path = path
-        self.secrets = [s.encode() for s in secrets if s]
+        # A key shorter than this is a placeholder (vLLM's "x"): replacing it would corrupt the records.
+        self.secrets = [s.encode() for s in secrets if len(s) >= MIN_SECRET_LEN]
         self._lock_fd: int | None = None
         self._fds: dict[str, int] = {}
         self.sizes: dict[str, int] = {RESULTS: 0, FAILURES: 0}

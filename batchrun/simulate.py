@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import math
 import random
 import re
@@ -118,6 +119,7 @@ class SimProvider:
         self.first_request_at: float | None = None  # wall-clock time, for start-up measurements
         self.tasks: dict[str, _Task] = {}  # async tasks by id
         self.tasks_submitted = self.polls = self.max_tasks_running = 0
+        self.running: list[float] = []  # due times of tasks still running (a heap)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -141,10 +143,15 @@ class SimProvider:
             "tpm_charged": round(self.tpm_charged),
             "first_request_at": self.first_request_at,
             "tasks_submitted": self.tasks_submitted,
-            "tasks_running": sum(1 for t in self.tasks.values() if t.due > self.clock()),
+            "tasks_running": self._tasks_running(self.clock()),
             "max_tasks_running": self.max_tasks_running,
             "polls": self.polls,
         }
+
+    def _tasks_running(self, now: float) -> int:
+        while self.running and self.running[0] <= now:
+            heapq.heappop(self.running)
+        return len(self.running)
 
     async def stats_view(self, request: web.Request) -> web.Response:
         return _json(200, self.stats())
@@ -287,7 +294,8 @@ class SimProvider:
         now = self.clock()
         if call.attempt > int(float(directives.get("expire") or 0)):  # an expired task is forgotten at once
             self.tasks[task] = _Task(now + duration, answer, failed)
-        self.max_tasks_running = max(self.max_tasks_running, sum(1 for t in self.tasks.values() if t.due > now))
+            heapq.heappush(self.running, now + duration)
+        self.max_tasks_running = max(self.max_tasks_running, self._tasks_running(now))
         return self._answer(200, {"id": task, "request_id": f"sim-{self.requests}", "model": answer["model"],
                                   "task_status": "PROCESSING"})
 
