@@ -18,6 +18,9 @@ MESSAGE_OVERHEAD_TOKENS = 4
 ID_FIELDS = ("custom_id", "id")
 
 
+ENDPOINT_URLS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     row: int
@@ -26,6 +29,11 @@ class Request:
     payload: bytes  # the JSON body, serialised once and reused by every attempt
     prompt_tokens: int  # estimated
     max_output: int
+    # Embeddings only: the row's text and the rest of its body, so that rows alike can share one request;
+    # a shared request lists the rows' own requests in `parts`.
+    text: str | None = None
+    group: bytes | None = None
+    parts: tuple[Request, ...] = ()
 
     @property
     def tokens(self) -> int:
@@ -74,11 +82,23 @@ def max_output_tokens(body: Mapping[str, Any]) -> int:
     return DEFAULT_MAX_OUTPUT_TOKENS
 
 
+def batch(parts: list[Request]) -> Request:
+    """One /embeddings request for several rows alike (same model and parameters): `input` is their texts."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    assert first.group is not None
+    body = {**orjson.loads(first.group), "input": [p.text for p in parts]}
+    return Request(first.row, first.custom_id, first.model, orjson.dumps(body),
+                   sum(p.prompt_tokens for p in parts), 0, parts=tuple(parts))
+
+
 class RequestBuilder:
     """Builds request bodies for one job; defaults are settled once from the first row."""
 
     def __init__(self, spec: JobSpec, first: Mapping[str, Any] | None) -> None:
         self.spec = spec
+        self.endpoint = spec.endpoint
         inp = spec.input
         self.id_field = inp.id_field
         if self.id_field is None and first is not None:
@@ -101,11 +121,17 @@ class RequestBuilder:
             if name not in first:
                 raise SpecError(f"{source}: input.template names {{{name}}}, but the first row has no field "
                                 f"{name!r} (it has: {_fields(first)})")
-        if not (inp.messages_field or inp.prompt_field or inp.template) and not any(
-            k in first for k in ("body", "messages", "prompt")
-        ):
-            raise SpecError(f"{source}: input: rows have no 'messages', 'prompt' or 'body' field (they have: "
-                            f"{_fields(first)}); set input.template, input.prompt_field or input.messages_field")
+        for key, value in (("messages_field", inp.messages_field), ("system", inp.system)):
+            if self.endpoint != "chat" and value is not None:
+                raise SpecError(f"{source}: input.{key}: endpoint {self.endpoint} takes text, not messages; "
+                                "use input.prompt_field or input.template")
+        fields = {"chat": ("body", "messages", "prompt"), "completions": ("body", "prompt"),
+                  "embeddings": ("body", "input", "prompt", "text")}[self.endpoint]
+        if not (inp.messages_field or inp.prompt_field or inp.template) and not any(k in first for k in fields):
+            names = " or ".join(repr(f) for f in fields)
+            raise SpecError(f"{source}: input: rows have no {names} field (they have: {_fields(first)}); set "
+                            "input.template or input.prompt_field" + (" or input.messages_field"
+                                                                      if self.endpoint == "chat" else ""))
 
     def build(self, raw: RawRow) -> Request | BadRow:
         if raw.data is None:
@@ -122,18 +148,24 @@ class RequestBuilder:
             body = self._body(data)
         except _RowProblem as exc:
             return BadRow(row, custom_id, "invalid_input", f"row {row}: {exc}")
-        return Request(row, custom_id, str(body.get("model") or self.spec.model), orjson.dumps(body),
-                       estimate_messages(body["messages"]), max_output_tokens(body))
+        model = str(body.get("model") or self.spec.model)
+        if self.endpoint == "chat":
+            return Request(row, custom_id, model, orjson.dumps(body), estimate_messages(body["messages"]),
+                           max_output_tokens(body))
+        if self.endpoint == "completions":
+            return Request(row, custom_id, model, orjson.dumps(body), estimate_tokens(body["prompt"]),
+                           max_output_tokens(body))
+        text = body.pop("input")
+        alike = orjson.dumps(body, option=orjson.OPT_SORT_KEYS) if isinstance(text, str) else None
+        body["input"] = text
+        tokens = sum(estimate_tokens(t) for t in ([text] if isinstance(text, str) else text))
+        return Request(row, custom_id, model, orjson.dumps(body), tokens, 0,
+                       text if isinstance(text, str) else None, alike)
 
     def _body(self, data: Mapping[str, Any]) -> dict[str, Any]:
         inp = self.spec.input
         if not (inp.messages_field or inp.prompt_field or inp.template) and isinstance(data.get("body"), Mapping):
-            url = data.get("url")
-            if isinstance(url, str) and not url.rstrip("/").endswith("/chat/completions"):
-                raise _RowProblem(f"url {url!r} is not supported yet: only /chat/completions")
-            body = {"model": self.spec.model, **self.params, **data["body"]}
-            _check_messages(body.get("messages"), "body.messages")
-            return self._mode(body)
+            return self._batch_row_body(data)
         if inp.template is not None:
             try:
                 text = inp.template.format_map(data)
@@ -141,20 +173,45 @@ class RequestBuilder:
                 raise _RowProblem(f"input.template names {{{exc.args[0]}}}, which this row lacks") from None
             except (IndexError, AttributeError, ValueError, TypeError) as exc:
                 raise _RowProblem(f"input.template cannot be filled from this row ({exc})") from None
-            messages: list[Any] = [{"role": "user", "content": text}]
-        elif inp.prompt_field is not None or (inp.messages_field is None and "messages" not in data):
+            return self._text_body(text)
+        if self.endpoint != "chat":
+            fields = ("prompt",) if self.endpoint == "completions" else ("input", "prompt", "text")
+            name = inp.prompt_field or next((f for f in fields if f in data), fields[0])
+            return self._text_body(_text(data.get(name), name))
+        if inp.prompt_field is not None or (inp.messages_field is None and "messages" not in data):
             name = inp.prompt_field or "prompt"
-            prompt = data.get(name)
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise _RowProblem(f"{name!r} must be a non-empty string, got {_kind(prompt)}")
-            messages = [{"role": "user", "content": prompt}]
-        else:
-            name = inp.messages_field or "messages"
-            messages = data.get(name)  # type: ignore[assignment]
-            _check_messages(messages, name)
-        if inp.system is not None and not (messages and messages[0].get("role") == "system"):
-            messages = [{"role": "system", "content": inp.system}, *messages]
+            return self._text_body(_text(data.get(name), name))
+        name = inp.messages_field or "messages"
+        return self._chat_body(_check_messages(data.get(name), name))
+
+    def _text_body(self, text: str) -> dict[str, Any]:
+        if self.endpoint == "chat":
+            return self._chat_body([{"role": "user", "content": text}])
+        key = "prompt" if self.endpoint == "completions" else "input"
+        return self._mode({"model": self.spec.model, **self.params, key: text})
+
+    def _chat_body(self, messages: list[Any]) -> dict[str, Any]:
+        system = self.spec.input.system
+        if system is not None and not (messages and messages[0].get("role") == "system"):
+            messages = [{"role": "system", "content": system}, *messages]
         return self._mode({"model": self.spec.model, **self.params, "messages": messages})
+
+    def _batch_row_body(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """An OpenAI Batch API line: `{"custom_id", "url", "body"}`; its url must be this job's endpoint."""
+        url = data.get("url")
+        if isinstance(url, str) and not url.rstrip("/").endswith(ENDPOINT_URLS[self.endpoint]):
+            raise _RowProblem(f"url {url!r} is not this job's endpoint ({ENDPOINT_URLS[self.endpoint]}); set "
+                              "endpoint: in the job spec, or split the input by url")
+        body = {"model": self.spec.model, **self.params, **data["body"]}
+        if self.endpoint == "chat":
+            _check_messages(body.get("messages"), "body.messages")
+        elif self.endpoint == "completions":
+            _text(body.get("prompt"), "body.prompt")
+        else:
+            texts = body.get("input")
+            if not (isinstance(texts, list) and texts and all(isinstance(t, str) and t.strip() for t in texts)):
+                _text(texts, "body.input")
+        return self._mode(body)
 
     def _mode(self, body: dict[str, Any]) -> dict[str, Any]:
         """Streaming asks for usage in the last chunk (ModelArts sends none without it)."""
@@ -168,12 +225,19 @@ class _RowProblem(Exception):
     pass
 
 
-def _check_messages(messages: Any, name: str) -> None:
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _RowProblem(f"{name!r} must be a non-empty string, got {_kind(value)}")
+    return value
+
+
+def _check_messages(messages: Any, name: str) -> list[Any]:
     if not isinstance(messages, list) or not messages:
         raise _RowProblem(f"{name!r} must be a non-empty list of messages, got {_kind(messages)}")
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or "content" not in m:
             raise _RowProblem(f"{name}[{i}] must be an object with 'role' and 'content'")
+    return messages
 
 
 def _kind(value: Any) -> str:

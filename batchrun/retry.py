@@ -67,7 +67,7 @@ def classify(status: int | None, body: Any, headers: Mapping[str, str], transpor
             return Decision(Verdict.RETRY, "invalid_response", "HTTP 200 with a body that is not a JSON object")
         if code is not None:  # some providers put errors inside a 200 (Baidu's legacy rate limits)
             return Decision(table.verdict(code) or Verdict.RETRY, code, message)
-        if not body.get("choices"):
+        if not body.get("choices") and not body.get("data"):  # data: an embeddings answer
             return Decision(Verdict.RETRY, "empty_response", "HTTP 200 with no choices")
         filtered = answer_problem(body)
         if filtered is not None:

@@ -15,7 +15,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,9 @@ from .errors import BatchrunError, FatalProviderError, SpecError
 from .limiter import Throttle, Ticket
 from .progress import Progress
 from .providers import PRESETS, CallPath, call_path, make_auth
+from .providers.openai import split_embeddings
 from .providers.zhipu import AsyncCompletions, TaskState, task_id, task_state
-from .request import BadRow, Request, RequestBuilder
+from .request import BadRow, Request, RequestBuilder, batch
 from .retry import Decision, Verdict, backoff_delay, classify, error_details, retry_after_seconds
 from .sources import InputScan, first_row, iter_rows, scan_input
 from .spec import JobSpec, SimulateSpec
@@ -134,6 +135,7 @@ class Runner:
         self.usage = state.usage
         preset = PRESETS[spec.provider.name]
         self.errors = preset.errors
+        self.batch_size = (spec.limits.batch_size or preset.embedding_batch) if spec.endpoint == "embeddings" else 1
         accounting = spec.limits.tpm_accounting or preset.tpm_accounting
         self.throttle = Throttle(spec.limits, accounting, log)
         self.gate = self.throttle.gate
@@ -216,8 +218,23 @@ class Runner:
     def _rows(self) -> Iterator[Request | BadRow]:
         build, done, held = self.prepared.builder.build, self.state.done, self.state.tasks
         skip = (lambda row: row in done or row in held) if held else done.__contains__
-        for raw in iter_rows(self.spec.input, skip=skip):
-            yield build(raw)
+        requests = (build(raw) for raw in iter_rows(self.spec.input, skip=skip))
+        size = self.batch_size
+        if size <= 1:
+            yield from requests
+            return
+        alike: list[Request] = []  # consecutive embedding rows with the same model and parameters
+        for request in requests:
+            if alike and (not isinstance(request, Request) or request.group != alike[0].group
+                          or len(alike) >= size):
+                yield batch(alike)
+                alike = []
+            if isinstance(request, Request) and request.group is not None:
+                alike.append(request)
+            else:
+                yield request
+        if alike:
+            yield batch(alike)
 
     async def _attempt(self, item: _Item, ticket: Ticket) -> None:
         item.attempts += 1
@@ -247,6 +264,21 @@ class Runner:
 
     def _decide(self, item: _Item, reply: Reply, decision: Decision) -> None:
         """Act on a classified answer: record it, retry the row, or stop the run."""
+        parts = item.request.parts
+        if parts and decision.verdict is Verdict.FAIL_ROW:
+            # One bad input fails the whole request: send the rows one by one to find it.
+            self.ready.extend(_Item(part) for part in parts)
+            return
+        if parts and decision.verdict is Verdict.OK:
+            answers = split_embeddings(reply.body, [p.prompt_tokens for p in parts])
+            if answers is None:
+                decision = Decision(Verdict.RETRY, "embedding_count_mismatch",
+                                    f"the answer does not hold one embedding for each of the {len(parts)} inputs")
+            else:
+                for i, (part, body) in enumerate(zip(parts, answers, strict=True)):
+                    self._record(item, replace(reply, body=body), None, part=part, batch={"index": i,
+                                                                                        "size": len(parts)})
+                return
         if decision.verdict is Verdict.OK:
             self._record(item, reply, None)
         elif decision.verdict is Verdict.STOP_RUN:
@@ -254,7 +286,10 @@ class Runner:
         elif decision.verdict is Verdict.RETRY and item.attempts < self.spec.retry.max_attempts:
             self._retry_later(item, decision)
         else:
-            self._record(item, reply, decision)
+            for i, part in enumerate(parts):
+                self._record(item, reply, decision, part=part, batch={"index": i, "size": len(parts)})
+            if not parts:
+                self._record(item, reply, decision)
 
     def _failed(self, exc: BatchrunError) -> None:
         self.error = self.error or exc
@@ -407,8 +442,9 @@ class Runner:
 
     # --- records -------------------------------------------------------------------------------------
 
-    def _record(self, item: _Item, reply: Reply, decision: Decision | None) -> None:
-        req = item.request
+    def _record(self, item: _Item, reply: Reply, decision: Decision | None, *, part: Request | None = None,
+                batch: dict[str, int] | None = None) -> None:
+        req = part or item.request
         response = None if reply.status is None else {
             "status_code": reply.status,
             "request_id": reply.request_id,
@@ -428,6 +464,8 @@ class Runner:
             "latency_s": round(reply.elapsed, 4),
             "completed_at": now_iso(),
         }
+        if batch is not None:
+            record["batch"] = batch
         if self.poller is not None:  # async: the wait is submission to result, not the last poll
             record.update(task_id=item.task_id, polls=item.polls + sum(r["polls"] for r in item.resubmitted),
                           latency_s=round(max(0.0, time.time() - item.submitted_at), 3) if item.task_id else 0.0)

@@ -88,8 +88,9 @@ class Bucket:
 class _Call:
     """A request the simulator accepted: what answering it needs."""
 
+    kind: str  # chat | completions | embeddings
     body: dict[str, Any]
-    messages: list[Any]
+    texts: list[str]  # the prompt's texts: message contents (the last user message last), prompt, or inputs
     key: bytes  # the prompt's digest: which attempts and bills belong together
     attempt: int
     directives: dict[str, str]
@@ -127,6 +128,7 @@ class SimProvider:
         app.router.add_post("/{base:.*}/async/chat/completions", self.submit_task)
         app.router.add_get("/{base:.*}/async-result/{task}", self.task_result)
         app.router.add_post("/{base:.*}/chat/completions", self.chat)
+        app.router.add_post("/{base:.*}/{kind:completions|embeddings}", self.chat)
         app.router.add_get("/{base:.*}/models", self.models)
         return app
 
@@ -213,10 +215,13 @@ class SimProvider:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
             return self._answer(400, _error("invalid_request_error", "request body is not valid JSON"))
-        messages = body.get("messages") if isinstance(body, dict) else None
-        if not isinstance(messages, list) or not messages:
-            return self._answer(400, _error("invalid_request_error", "messages must be a non-empty list"))
-        text = "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
+        kind = request.match_info.get("kind", "chat")
+        texts = _texts(kind, body)
+        if texts is None:
+            need = {"chat": "messages must be a non-empty list", "completions": "prompt must be a non-empty string",
+                    "embeddings": "input must be a non-empty string or list of strings"}[kind]
+            return self._answer(400, _error("invalid_request_error", need))
+        text = "\n".join(texts)
         key = hashlib.blake2b(text.encode(), digest_size=8).digest()
         self.attempts[key] += 1
         attempt = self.attempts[key]
@@ -244,25 +249,36 @@ class SimProvider:
             wait = directives.get("retry-after") or "1"
             return self._answer(429, _error("rate_limit_exceeded", "simulated rate limit"), {"Retry-After": wait})
 
-        prompt_tokens = estimate_messages(messages)
-        limited = self._rate_limit(prompt_tokens + max_output_tokens(body))
+        if kind == "chat":
+            prompt_tokens, max_output = estimate_messages(body["messages"]), max_output_tokens(body)
+        else:
+            prompt_tokens = sum(estimate_tokens(t) for t in texts)
+            max_output = max_output_tokens(body) if kind == "completions" else 0
+        limited = self._rate_limit(prompt_tokens + max_output)
         if limited is not None:
             return limited
         if self.cfg.error_rate and self.rng.random() < self.cfg.error_rate:
             return self._answer(500, _error("internal_error", "simulated server error", "server_error"))
-        return _Call(body, messages, key, attempt, directives, prompt_tokens)
+        return _Call(kind, body, texts, key, attempt, directives, prompt_tokens)
 
     def _bill(self, call: _Call) -> dict[str, Any]:
         """The answer the prompt gets, charged to TPM (when counted on usage) and to the bill."""
-        answer = self._completion(call.body, call.messages, call.key, call.prompt_tokens)
-        _apply_answer_quirks(answer, call.directives)
+        if call.kind == "embeddings":
+            answer = _embeddings(call.body, call.texts, call.prompt_tokens)
+        else:
+            answer = self._completion(call.body, call.texts[-1], call.key, call.prompt_tokens)
+            if call.kind == "completions":
+                choice = answer["choices"][0]
+                choice["text"] = choice.pop("message")["content"]
+                answer["object"] = "text_completion"
+            _apply_answer_quirks(answer, call.directives)
         if self.tpm is not None and self.cfg.tpm_accounting == "actual":
             self.tpm.refill(self.clock())
             self.tpm.take(answer["usage"]["total_tokens"])
             self.tpm_charged += answer["usage"]["total_tokens"]
         self.billed[call.key] += 1
         self.billed_prompt_tokens += answer["usage"]["prompt_tokens"]
-        self.billed_completion_tokens += answer["usage"]["completion_tokens"]
+        self.billed_completion_tokens += answer["usage"].get("completion_tokens", 0)
         return answer
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
@@ -322,17 +338,20 @@ class SimProvider:
         resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream",
                                                        "x-request-id": f"sim-{self.requests}"})
         await resp.prepare(request)
-        head = {"id": answer["id"], "object": "chat.completion.chunk", "created": answer["created"],
+        kind = "text_completion" if "text" in answer["choices"][0] else "chat.completion.chunk"
+        head = {"id": answer["id"], "object": kind, "created": answer["created"],
                 "model": answer["model"]}
         choice = answer["choices"][0]
-        message = choice["message"]
-        deltas: list[dict[str, Any]] = [{"role": "assistant"}]
-        for field in ("reasoning_content", "content"):
-            text = message.get(field) or ""
-            step = max(1, len(text) // 3)
-            deltas += [{field: text[i:i + step]} for i in range(0, len(text), step)]
+        if "text" in choice:  # /completions: pieces of text, no deltas
+            pieces = _pieces(choice["text"])
+            events = [{**head, "choices": [{"index": 0, "text": t, "finish_reason": None}]} for t in pieces]
+        else:
+            message = choice["message"]
+            deltas: list[dict[str, Any]] = [{"role": "assistant"}]
+            for field in ("reasoning_content", "content"):
+                deltas += [{field: t} for t in _pieces(message.get(field) or "")]
+            events = [{**head, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
         extra = {k: v for k, v in answer.items() if k not in (*head, "choices", "usage")}
-        events = [{**head, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
         last = {"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}
         events.append({**head, **extra, "choices": [last]})
         if include_usage:
@@ -367,9 +386,7 @@ class SimProvider:
         return None
 
     @staticmethod
-    def _completion(body: dict[str, Any], messages: list[Any], key: bytes, prompt_tokens: int) -> dict[str, Any]:
-        last = next((str(m.get("content", "")) for m in reversed(messages)
-                     if isinstance(m, dict) and m.get("role") == "user"), "")
+    def _completion(body: dict[str, Any], last: str, key: bytes, prompt_tokens: int) -> dict[str, Any]:
         lines = [line for line in DIRECTIVE.sub("", last).splitlines() if line.strip()] or [""]
         snippet = " ".join(lines[-1].split())[:60]
         content = f"[simulated {body.get('model', 'model')}] {snippet} #{key.hex()[:8]}"
@@ -388,6 +405,45 @@ class SimProvider:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }
+
+
+def _pieces(text: str) -> list[str]:
+    step = max(1, len(text) // 3)
+    return [text[i:i + step] for i in range(0, len(text), step)]
+
+
+def _texts(kind: str, body: Any) -> list[str] | None:
+    """The texts a request carries, or None when its body lacks what the endpoint needs."""
+    if not isinstance(body, dict):
+        return None
+    if kind == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return None
+        contents = [m for m in messages if isinstance(m, dict)]
+        user = [str(m.get("content", "")) for m in contents if m.get("role") == "user"]
+        others = [str(m.get("content", "")) for m in contents if m.get("role") != "user"]
+        return others + (user or [""])
+    value = body.get("prompt" if kind == "completions" else "input")
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(t, str) and t for t in items):
+        return None
+    return items
+
+
+EMBEDDING_DIMS = 8
+
+
+def _embeddings(body: dict[str, Any], texts: list[str], prompt_tokens: int) -> dict[str, Any]:
+    """Deterministic unit vectors drawn from each text's digest."""
+    data = []
+    for i, text in enumerate(texts):
+        digest = hashlib.blake2b(text.encode(), digest_size=EMBEDDING_DIMS).digest()
+        raw = [b / 127.5 - 1.0 for b in digest]
+        norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+        data.append({"object": "embedding", "index": i, "embedding": [round(v / norm, 6) for v in raw]})
+    return {"object": "list", "data": data, "model": body.get("model", "sim-embedding"),
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
 
 
 def _apply_answer_quirks(answer: dict[str, Any], directives: dict[str, str]) -> None:

@@ -37,12 +37,14 @@ class Usage:
 
     def add(self, record: Mapping[str, Any]) -> None:
         """Count one result or failure record (the shape checkpoint writes)."""
-        attempts = int(record.get("attempts") or 0)
+        batch = record.get("batch")  # rows that shared one request: its attempts are counted once
+        shared = isinstance(batch, Mapping) and bool(batch.get("index"))
+        attempts = 0 if shared else _int(record.get("attempts"))
         model = self.models.setdefault(str(record.get("model") or "unknown"), ModelUsage())
         self.requests += attempts
         model.requests += attempts
         self.retries += max(0, attempts - 1)
-        self.rate_limited += int(record.get("rate_limited") or 0)
+        self.rate_limited += 0 if shared else _int(record.get("rate_limited"))
         self.polls += _int(record.get("polls"))
         error = record.get("error")
         if error:

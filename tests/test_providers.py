@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
+from batchrun.providers.openai import split_embeddings
 from batchrun.simulate import SimServer
 
 from .helpers import make_job, read_jsonl, submit
@@ -94,3 +96,91 @@ def test_stream_mode_assembles_the_ordinary_shape(tmp_path: Path, sim: SimServer
     assert results["cut"]["response"]["body"]["choices"][0]["message"]["content"].endswith(
         results["cut"]["response"]["body"]["id"].removeprefix("chatcmpl-sim-")[:8])
     assert failures["f"]["error"]["code"] == "content_filter"  # moderation fields survive streaming
+
+
+def test_embeddings_share_requests_up_to_the_presets_batch_size(tmp_path: Path, sim: SimServer) -> None:
+    root = sim.base_url.rsplit("/v1", 1)[0]
+    rows = [{"id": f"e{i}", "text": f"短文本 {i}"} for i in range(40)]
+    job = make_job(tmp_path, "", rows, model="embedding-v1", endpoint="embeddings", params={},
+                   provider={"name": "aistudio", "base_url": root + "/llm/lmapi/v3"})
+    result = submit(job, env={"AISTUDIO_ACCESS_TOKEN": "test-key-not-secret"})
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "runs" / "job"
+    results = read_jsonl(out / "results.jsonl")
+    assert sorted(r["custom_id"] for r in results) == sorted(r["id"] for r in rows)
+    stats = sim.stats()
+    assert stats["requests"] == 3  # 16 + 16 + 8: ERNIE embedding-v1 takes at most 16 texts
+    assert sorted(r["batch"]["size"] for r in results if r["batch"]["index"] == 0) == [8, 16, 16]
+    for r in results:
+        data = r["response"]["body"]["data"]
+        assert len(data) == 1 and len(data[0]["embedding"]) == 8 and data[0]["index"] == 0
+    usage = orjson.loads((out / "usage.json").read_bytes())
+    assert usage["requests"] == 3 and usage["prompt_tokens"] == stats["billed_prompt_tokens"]
+    # The same text always gets the same vector, whichever request carried it.
+    alone = make_job(tmp_path, "", [rows[5]], name="alone", model="embedding-v1", endpoint="embeddings",
+                     params={}, provider={"name": "aistudio", "base_url": root + "/llm/lmapi/v3"})
+    assert submit(alone, env={"AISTUDIO_ACCESS_TOKEN": "test-key-not-secret"}).exit_code == 0
+    vector = read_jsonl(tmp_path / "runs" / "alone" / "results.jsonl")[0]["response"]["body"]["data"][0]
+    assert vector == next(r for r in results if r["custom_id"] == "e5")["response"]["body"]["data"][0]
+
+
+def test_a_bad_input_in_a_shared_request_fails_only_its_row(tmp_path: Path, sim: SimServer) -> None:
+    rows = [{"id": f"e{i}", "input": f"text {i}" + (" #sim:status=400" if i == 3 else "")} for i in range(10)]
+    job = make_job(tmp_path, sim.base_url, rows, endpoint="embeddings", params={}, limits={"batch_size": 5})
+    result = submit(job)
+    assert result.exit_code == 3, result.output
+    out = tmp_path / "runs" / "job"
+    assert [f["custom_id"] for f in read_jsonl(out / "failures.jsonl")] == ["e3"]
+    assert len(read_jsonl(out / "results.jsonl")) == 9
+    assert sim.stats()["requests"] == 1 + 5 + 1  # the failed request, its rows one by one, the other five
+
+
+def test_split_embeddings_shares_usage_exactly() -> None:
+    body = {"object": "list", "model": "m", "usage": {"prompt_tokens": 10, "total_tokens": 10},
+            "data": [{"index": 1, "embedding": [0.0, 1.0]}, {"index": 0, "embedding": [1.0, 0.0]},
+                     {"index": 2, "embedding": [0.5, 0.5]}]}
+    parts = split_embeddings(body, [1, 1, 1])
+    assert parts is not None
+    assert [p["data"][0]["embedding"] for p in parts] == [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]
+    assert [p["usage"]["prompt_tokens"] for p in parts] == [3, 3, 4] and parts[0]["model"] == "m"
+    assert split_embeddings(body, [1, 1]) is None and split_embeddings({"data": "x"}, [1]) is None
+
+
+@pytest.mark.parametrize("mode", ["sync", "stream"])
+def test_completions_endpoint(tmp_path: Path, sim: SimServer, mode: str) -> None:
+    root = sim.base_url.rsplit("/v1", 1)[0]
+    rows = [{"id": "c1", "prompt": "Once upon a time"}, {"id": "c2", "messages": [{"role": "user", "content": "x"}]}]
+    job = make_job(tmp_path, "", rows, endpoint="completions", provider={"name": "vllm", "base_url": root + "/v1",
+                                                                        "mode": mode})
+    result = submit(job)
+    assert result.exit_code == 3, result.output
+    out = tmp_path / "runs" / "job"
+    body = read_jsonl(out / "results.jsonl")[0]["response"]["body"]
+    assert body["object"] == "text_completion" and body["choices"][0]["text"].endswith(
+        body["id"].removeprefix("chatcmpl-sim-")[:8]) and body["usage"]["completion_tokens"] > 0
+    failure = read_jsonl(out / "failures.jsonl")[0]
+    assert failure["custom_id"] == "c2" and "'prompt' must be a non-empty string" in failure["error"]["message"]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"endpoint": "embeddings", "provider": {"name": "modelarts"}},
+     "endpoint 'embeddings' is not offered by Huawei ModelArts MaaS"),
+    ({"endpoint": "embeddings", "provider": {"name": "simulated", "mode": "stream"}},
+     "provider.mode 'stream' does not apply to embeddings"),
+    ({"endpoint": "completions", "provider": {"name": "zhipu", "mode": "async"}},
+     "'completions' is not offered by Zhipu GLM"),
+    ({"endpoint": "chats"}, "endpoint must be one of chat, completions, embeddings"),
+])
+def test_endpoint_checks(tmp_path: Path, extra: dict[str, Any], message: str) -> None:
+    result = submit(make_job(tmp_path, "http://127.0.0.1:9/v1", n=1, **extra))
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_batch_rows_must_match_the_endpoint(tmp_path: Path, sim: SimServer) -> None:
+    rows = [{"custom_id": "a", "url": "/v1/embeddings", "body": {"input": ["one", "two"]}},
+            {"custom_id": "b", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "x"}]}}]
+    result = submit(make_job(tmp_path, sim.base_url, rows, endpoint="embeddings", params={}))
+    assert result.exit_code == 3
+    out = tmp_path / "runs" / "job"
+    assert len(read_jsonl(out / "results.jsonl")[0]["response"]["body"]["data"]) == 2  # a list input: its own request
+    assert "is not this job's endpoint (/embeddings)" in read_jsonl(out / "failures.jsonl")[0]["error"]["message"]

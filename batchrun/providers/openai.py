@@ -10,11 +10,9 @@ import aiohttp
 import orjson
 
 from ..errors import FatalProviderError
-from ..request import Request
+from ..request import ENDPOINT_URLS, Request
 from ..retry import error_details
 from ..transport import NO_ANSWER, NO_HEADERS, Reply, no_answer, parse_body, post_json
-
-ENDPOINT_PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
 
 class ChatCompletions:
@@ -23,7 +21,7 @@ class ChatCompletions:
     `auth` gives the Authorization header's value at each call (a JWT is re-signed now and then)."""
 
     def __init__(self, base_url: str, auth: Callable[[], str | None], endpoint: str = "chat") -> None:
-        self.url = base_url.rstrip("/") + ENDPOINT_PATHS[endpoint]
+        self.url = base_url.rstrip("/") + ENDPOINT_URLS[endpoint]
         self.auth = auth
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
 
@@ -130,6 +128,35 @@ class StreamAssembler:
         if self.usage is not None:
             body["usage"] = self.usage
         return body
+
+
+def split_embeddings(body: Any, parts: list[int]) -> list[dict[str, Any]] | None:
+    """One /embeddings answer for several rows, as one answer per row: its vector, and a share of the usage
+    in proportion to `parts` (each row's estimated tokens) that adds up to the whole. None when the answer
+    does not hold one vector per row."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list) or len(data) != len(parts) or not all(isinstance(d, dict) for d in data):
+        return None
+    ordered = sorted(data, key=lambda d: d.get("index") if isinstance(d.get("index"), int) else 0)
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    shares = {k: _shares(v, parts) for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+    head = {k: v for k, v in body.items() if k not in ("data", "usage")}
+    return [{**head, "data": [{**d, "index": 0}], **({"usage": {k: s[i] for k, s in shares.items()}} if shares else {})}
+            for i, d in enumerate(ordered)]
+
+
+def _shares(total: int, weights: list[int]) -> list[int]:
+    """`total` split in proportion to `weights`, in whole numbers that add up to it exactly."""
+    whole = sum(weights)
+    if whole <= 0:
+        weights, whole = [1] * len(weights), len(weights)
+    out, given, acc = [], 0, 0
+    for w in weights:
+        acc += w
+        upto = total * acc // whole
+        out.append(upto - given)
+        given = upto
+    return out
 
 
 async def list_models(base_url: str, api_key: str | None, timeout: float = 30.0) -> list[str]:
