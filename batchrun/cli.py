@@ -102,19 +102,25 @@ def models(name: str, base_url: str | None, api_key_env: str | None) -> None:
 @click.option("--rate-headers", is_flag=True, help="Send x-ratelimit-* headers on every answer, as OpenAI does.")
 @click.option("--tpm-accounting", type=click.Choice(["reserve", "actual"]), default="reserve", show_default=True,
               help="Charge TPM prompt + max_tokens on admission (reserve) or the tokens used, after (actual).")
-@click.option("--require-key", is_flag=True, help="Answer 401 unless requests carry $BATCHRUN_SIM_API_KEY.")
+@click.option("--task-s", type=float, nargs=2, default=(2.0, 20.0), show_default=True, metavar="LOW HIGH",
+              help="Async tasks (Zhipu's asyncCompletions) take between LOW and HIGH seconds.")
+@click.option("--require-key", is_flag=True, help="Answer 401 unless requests carry $BATCHRUN_SIM_API_KEY "
+              "(as a bearer token or, for an id.secret key, a Zhipu JWT signed with it).")
 @_friendly
 def simulate(port: int, rpm: float | None, tpm: float | None, latency: float, latency_dist: str, error_rate: float,
-             seed: int, bare_429: bool, rate_headers: bool, tpm_accounting: str, require_key: bool) -> None:
+             seed: int, bare_429: bool, rate_headers: bool, tpm_accounting: str, task_s: tuple[float, float],
+             require_key: bool) -> None:
     """Serve a simulated OpenAI-compatible provider on 127.0.0.1 until Ctrl-C."""
     key = os.environ.get("BATCHRUN_SIM_API_KEY") if require_key else None
     if require_key and not key:
         raise SpecError("--require-key needs the key in $BATCHRUN_SIM_API_KEY")
     if not 0 <= error_rate <= 1:
         raise SpecError(f"--error-rate must be between 0 and 1, got {error_rate}")
+    if not 0 <= task_s[0] <= task_s[1]:
+        raise SpecError(f"--task-s must be two seconds LOW <= HIGH, got {task_s[0]} {task_s[1]}")
     cfg = SimulateSpec(rpm=rpm, tpm=tpm, latency=latency, latency_dist=latency_dist, error_rate=error_rate,
                        seed=seed, api_key=key, retry_after=not bare_429, rate_headers=rate_headers,
-                       tpm_accounting=tpm_accounting)
+                       tpm_accounting=tpm_accounting, task_s=task_s)
 
     def announce(url: str) -> None:
         click.echo(f"simulated provider at {url}  (spec: provider: {{name: simulated, base_url: {url}}})")
