@@ -110,4 +110,5 @@ def test_example_jobs_are_valid(path: Path) -> None:
 
 
 def test_there_is_an_example_job_per_preset() -> None:
-    assert {p.stem for p in JOBS} == {*PRESETS, "demo"} - {"simulated"}
+    assert {p.stem for p in JOBS} >= {*PRESETS, "demo", "async-demo"} - {"simulated"}
+
