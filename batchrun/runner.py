@@ -106,6 +106,7 @@ class RunOutcome:
     elapsed_s: float
     rows_this_session: int
     reason: str | None = None  # why the run stopped early
+    tasks_pending: int = 0  # async: tasks submitted and still to be collected by a resumed run
 
 
 class _Item:
@@ -312,9 +313,12 @@ class Runner:
         """Write the task id down durably before waiting on it: a resumed run polls it instead of paying again."""
         assert self.poller is not None
         item.task_id, item.submitted_at = task_id(reply.body), time.time()
-        self.checkpoint.append_task({"row": item.request.row, "task_id": item.task_id,
-                                     "custom_id": item.request.custom_id, "attempt": item.attempts,
-                                     "submitted_at": now_iso(), "t": round(item.submitted_at, 3)})
+        req = item.request
+        entry: dict[str, Any] = {"row": req.row, "task_id": item.task_id, "custom_id": req.custom_id,
+                                 "attempt": item.attempts, "submitted_at": now_iso(), "t": round(item.submitted_at, 3)}
+        if item.resubmitted:  # so that a resumed run's record still says why the row was submitted again
+            entry["resubmitted"] = item.resubmitted
+        self.checkpoint.append_task(entry)
         await self.checkpoint.tasks_durable()
         self.poller.add(item)
 
@@ -335,6 +339,7 @@ class Runner:
             entry = held[raw.row]
             item = _Item(request, attempts=int(entry.get("attempt") or 1))
             item.task_id, item.submitted_at = entry["task_id"], float(entry.get("t") or time.time())
+            item.resubmitted = list(entry.get("resubmitted") or [])
             self.poller.add(item, delay=0.0)
 
     async def _poll(self, task: str) -> Reply:
@@ -377,24 +382,26 @@ class Runner:
             return
         if state is TaskState.FAILED:
             self._settle_task(item, reply)
+            # A failed task is this row's fault only when its code says so (moderation, a bad parameter).
+            # Anything else is tried again: even arrears, which the new submission reports, and which would
+            # otherwise stop every resumed run that polls this old task again.
             code, message = error_details(reply.body)
-            verdict = self.errors.verdict(code) if code else None
             status = str(reply.body.get("task_status")) if isinstance(reply.body, dict) else "FAIL"
-            decision = Decision(verdict or Verdict.RETRY, code or "task_failed",
-                                message or f"the task ended with task_status {status}")
-            if decision.verdict is Verdict.RETRY:
-                self._give_up_task(item, reply, decision)
+            decision = Decision(Verdict.RETRY, code or "task_failed", message or f"the task ended {status}")
+            if code and self.errors.verdict(code) is Verdict.FAIL_ROW:
+                self._record(item, reply, replace(decision, verdict=Verdict.FAIL_ROW))
             else:
-                self._decide(item, reply, decision)
+                self._give_up_task(item, reply, decision)
             return
         decision = classify(reply.status, reply.body, reply.headers, reply.error, self.errors)  # REFUSED
         self._decide(item, reply, decision if decision.verdict is not Verdict.RETRY else Decision(
             Verdict.FAIL_ROW, decision.code, decision.message))
 
     def _expired(self, item: _Item, reply: Reply) -> None:
-        """An unknown task id: submit the row again. Until some poll has found a task, though, unknown ids
-        may mean a wrong poll URL rather than expiry: hold them, and stop the run if several pile up."""
-        if self.polls_answered:
+        """An unknown task id: submit the row again. Until some poll has found a task, though, unknown ids of
+        tasks just submitted may mean a wrong poll URL rather than expiry: hold them, and stop the run if several
+        pile up. (Tasks from an earlier session may simply be gone, as an in-process simulator's are.)"""
+        if self.polls_answered or item.submitted_at < self.t_wall0:
             self._give_up_task(item, reply, EXPIRED)
             return
         self.unconfirmed.append((item, reply))
@@ -623,7 +630,8 @@ async def _run_opened(prepared: Prepared, checkpoint: Checkpoint, state: ResumeS
     if runner.crash is not None:
         raise runner.crash
     return RunOutcome(spec, final_state, code, total, pending, runner.usage, time.monotonic() - t0,
-                      state.done.count - done_before, runner.reason)
+                      state.done.count - done_before, runner.reason,
+                      runner.poller.pending if runner.poller is not None else 0)
 
 
 async def list_provider_models(name: str, base_url: str | None = None, api_key_env: str | None = None
@@ -669,6 +677,9 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
         lines.append(f"  failures by code: {codes}")
     if outcome.reason and outcome.state == "stopped":
         lines.append(f"  stopped: {outcome.reason}")
+    if outcome.tasks_pending:
+        lines.append(f"  {outcome.tasks_pending} submitted tasks are still at the provider: resuming polls them "
+                     "(tasks.jsonl holds their ids), it does not submit them again")
     if outcome.rows_pending:
         lines.append(f"  resume with: batchrun submit {display_path(spec.spec_path)}")
     return lines

@@ -24,6 +24,8 @@ Directives in a prompt reproduce a quirk for that one row, so tests and users ca
     #sim:task-fail=1    async: the first submission's task ends with task_status FAIL
     #sim:expire=1       async: the first submission's task id is forgotten (polls answer 404)
 
+Task ids carry their task, so polls are answered correctly even by a restarted simulator.
+
 It serves any base path (`/v1`, `/api/paas/v4`, ...), so a preset's own error table can be tried on it, and
 Zhipu's asyncCompletions: `POST .../async/chat/completions` and `GET .../async-result/{id}`.
 """
@@ -31,6 +33,7 @@ Zhipu's asyncCompletions: `POST .../async/chat/completions` and `GET .../async-r
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import heapq
@@ -40,6 +43,7 @@ import re
 import threading
 import time
 import urllib.request
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -97,13 +101,6 @@ class _Call:
     prompt_tokens: int
 
 
-@dataclass(frozen=True, slots=True)
-class _Task:
-    due: float  # when the task finishes (simulator clock)
-    answer: dict[str, Any]
-    failed: bool
-
-
 class SimProvider:
     def __init__(self, cfg: SimulateSpec, clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg, self.clock = cfg, clock
@@ -118,7 +115,6 @@ class SimProvider:
         self.billed_prompt_tokens = self.billed_completion_tokens = 0
         self.tpm_charged = 0.0  # what the TPM bucket was charged, in the configured accounting
         self.first_request_at: float | None = None  # wall-clock time, for start-up measurements
-        self.tasks: dict[str, _Task] = {}  # async tasks by id
         self.tasks_submitted = self.polls = self.max_tasks_running = 0
         self.running: list[float] = []  # due times of tasks still running (a heap)
 
@@ -303,13 +299,13 @@ class SimProvider:
             return call
         answer, directives = self._bill(call), call.directives
         self.tasks_submitted += 1
-        task = f"{int(time.time() * 1000)}{self.tasks_submitted:09d}"
         low, high = self.cfg.task_s
         duration = float(directives["task"]) if directives.get("task") else self.rng.uniform(low, high)
         failed = call.attempt <= int(float(directives.get("task-fail") or 0))
+        gone = call.attempt <= int(float(directives.get("expire") or 0))  # forgotten at once
+        task = _task_id({"due": time.time() + duration, "failed": failed, "gone": gone, "answer": answer})
         now = self.clock()
-        if call.attempt > int(float(directives.get("expire") or 0)):  # an expired task is forgotten at once
-            self.tasks[task] = _Task(now + duration, answer, failed)
+        if not gone:
             heapq.heappush(self.running, now + duration)
         self.max_tasks_running = max(self.max_tasks_running, self._tasks_running(now))
         return self._answer(200, {"id": task, "request_id": f"sim-{self.requests}", "model": answer["model"],
@@ -320,15 +316,15 @@ class SimProvider:
         if (denied := self._auth(request)) is not None:
             return denied
         task_id = request.match_info["task"]
-        task = self.tasks.get(task_id)
-        if task is None:
-            return self._answer(404, _error("task_not_found", f"no task {task_id} (expired or never submitted)"))
-        head = {"id": task_id, "request_id": f"sim-poll-{self.polls}", "model": task.answer["model"]}
-        if self.clock() < task.due:
+        task = _read_task_id(task_id)
+        if task is None or task["gone"]:
+            return self._answer(404, _error("task_not_found", "no such task (expired or never submitted)"))
+        head = {"id": task_id, "request_id": f"sim-poll-{self.polls}", "model": task["answer"]["model"]}
+        if time.time() < task["due"]:
             return self._answer(200, {**head, "task_status": "PROCESSING"})
-        if task.failed:
+        if task["failed"]:
             return self._answer(200, {**head, "task_status": "FAIL"})
-        return self._answer(200, {**task.answer, **head, "task_status": "SUCCESS"})
+        return self._answer(200, {**task["answer"], **head, "task_status": "SUCCESS"})
 
     async def _stream(self, request: web.Request, answer: dict[str, Any], include_usage: bool, cut: bool
                       ) -> web.StreamResponse:
@@ -405,6 +401,23 @@ class SimProvider:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }
+
+
+def _task_id(task: dict[str, Any]) -> str:
+    """A task id that carries the task itself (when it is due, how it ends, its answer), so any simulator,
+    even a fresh in-process one after a restart, answers its polls as a real provider that kept it would."""
+    return "sim" + base64.urlsafe_b64encode(zlib.compress(orjson.dumps(task))).decode().rstrip("=")
+
+
+def _read_task_id(text: str) -> dict[str, Any] | None:
+    if not text.startswith("sim"):
+        return None
+    try:
+        raw = zlib.decompress(base64.urlsafe_b64decode(text[3:] + "=" * (-len(text[3:]) % 4)))
+        task = orjson.loads(raw)
+    except (ValueError, zlib.error, orjson.JSONDecodeError):
+        return None
+    return task if isinstance(task, dict) and {"due", "failed", "gone", "answer"} <= set(task) else None
 
 
 def _pieces(text: str) -> list[str]:

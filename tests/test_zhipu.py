@@ -190,3 +190,28 @@ def test_jwt_needs_an_id_dot_secret_key(tmp_path: Path, sim: SimServer) -> None:
     result = submit(job, env={"ZHIPUAI_API_KEY": "plainkey"})
     assert result.exit_code == 2 and "needs a Zhipu key of the form id.secret" in result.output
     assert "plainkey" not in result.output
+
+
+def test_the_in_process_simulator_keeps_tasks_across_a_restart(tmp_path: Path) -> None:
+    """Its task ids carry the task, so a resumed run's polls are answered as a provider that kept them would;
+    a row submitted again before the kill still says why in its final record."""
+    rows = [{"id": f"r{i}", "prompt": f"question {i}" + (" #sim:expire=1" if i == 3 else "")} for i in range(10)]
+    job = make_job(tmp_path, "", rows, provider={"name": "simulated", "mode": "async",
+                                                 "simulate": {"task_s": [2.5, 3.0], "latency": 0}},
+                   limits={"poll_rps": 100})
+    tasks = tmp_path / "runs" / "job" / "tasks.jsonl"
+    proc = spawn_submit(job)
+    deadline = time.monotonic() + 30
+    while not (tasks.exists() and tasks.read_bytes().count(b"\n") == 11):  # ten, and row 3 once more
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait(10)
+
+    result = submit(job)
+    assert result.exit_code == 0, result.output
+    results = {r["custom_id"]: r for r in out(tmp_path, "results.jsonl")}
+    assert sorted(results) == sorted(r["id"] for r in rows)
+    assert len(out(tmp_path, "tasks.jsonl")) == 11  # nothing submitted after the restart
+    assert [r["reason"] for r in results["r3"]["resubmitted"]] == ["task_expired"]
+    assert all("resubmitted" not in r for cid, r in results.items() if cid != "r3")
