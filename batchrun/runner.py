@@ -29,9 +29,9 @@ from .limiter import Throttle, Ticket
 from .progress import Progress
 from .providers import PRESETS, CallPath, call_path, make_auth
 from .providers.openai import split_embeddings
-from .providers.zhipu import AsyncCompletions, TaskState, task_id, task_state
+from .providers.zhipu import EXPIRED, AsyncCompletions, TaskAction, judge_task, task_id
 from .request import BadRow, Request, RequestBuilder, batch
-from .retry import Decision, Verdict, backoff_delay, classify, error_details, retry_after_seconds
+from .retry import Decision, Verdict, backoff_delay, classify, error_details
 from .sources import InputScan, first_row, iter_rows, scan_input
 from .spec import JobSpec, SimulateSpec
 from .tasks import Poller
@@ -39,7 +39,6 @@ from .transport import Reply, new_session
 from .usage import Usage, peak_rss_mb
 
 UNCONFIRMED_LIMIT = 5  # unknown task ids, with no task ever found, that mean a wrong poll URL
-EXPIRED = Decision(Verdict.RETRY, "task_expired", "the provider no longer knows this task id; submitted again")
 STOP_GRACE_S = 5.0
 FLUSH_EVERY_S = 1.0
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_FAILED_ROWS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -358,44 +357,23 @@ class Runner:
 
     def _task_answer(self, item: _Item, reply: Reply) -> None:
         assert self.poller is not None
-        state = task_state(reply.status, reply.body)
-        if state is TaskState.NO_ANSWER:
-            if reply.status == 429:
-                self.poller.pause(retry_after_seconds(reply.headers) or 1.0)
-            self.poller.add(item)
-            return
-        if state is TaskState.PENDING:
+        verdict = judge_task(reply, self.errors)
+        if verdict.found:
             self._task_found()
+        if verdict.action is TaskAction.POLL:
+            if verdict.pause:
+                self.poller.pause(verdict.pause)
             self.poller.add(item)
             return
-        if state is TaskState.EXPIRED:
+        assert verdict.decision is not None
+        if verdict.action is TaskAction.EXPIRED:
             self._expired(item, reply)
             return
-        self._task_found()
-        if state is TaskState.SUCCESS:
-            self._settle_task(item, reply)
-            decision = classify(reply.status, reply.body, reply.headers, reply.error, self.errors)
-            if decision.verdict is Verdict.RETRY:  # a SUCCESS with no answer in it: the task is no use
-                self._give_up_task(item, reply, decision)
-            else:
-                self._decide(item, reply, decision)
-            return
-        if state is TaskState.FAILED:
-            self._settle_task(item, reply)
-            # A failed task is this row's fault only when its code says so (moderation, a bad parameter).
-            # Anything else is tried again: even arrears, which the new submission reports, and which would
-            # otherwise stop every resumed run that polls this old task again.
-            code, message = error_details(reply.body)
-            status = str(reply.body.get("task_status")) if isinstance(reply.body, dict) else "FAIL"
-            decision = Decision(Verdict.RETRY, code or "task_failed", message or f"the task ended {status}")
-            if code and self.errors.verdict(code) is Verdict.FAIL_ROW:
-                self._record(item, reply, replace(decision, verdict=Verdict.FAIL_ROW))
-            else:
-                self._give_up_task(item, reply, decision)
-            return
-        decision = classify(reply.status, reply.body, reply.headers, reply.error, self.errors)  # REFUSED
-        self._decide(item, reply, decision if decision.verdict is not Verdict.RETRY else Decision(
-            Verdict.FAIL_ROW, decision.code, decision.message))
+        self._settle_task(item, reply)
+        if verdict.action is TaskAction.RESUBMIT:
+            self._give_up_task(item, reply, verdict.decision)
+        else:
+            self._decide(item, reply, verdict.decision)
 
     def _expired(self, item: _Item, reply: Reply) -> None:
         """An unknown task id: submit the row again. Until some poll has found a task, though, unknown ids of

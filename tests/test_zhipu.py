@@ -12,8 +12,20 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun.providers.zhipu import TaskState, ZhipuJWT, poll_delay, task_id, task_state, verify_jwt
+from batchrun.providers import PRESETS
+from batchrun.providers.zhipu import (
+    TaskAction,
+    TaskState,
+    ZhipuJWT,
+    judge_task,
+    poll_delay,
+    task_id,
+    task_state,
+    verify_jwt,
+)
+from batchrun.retry import Verdict
 from batchrun.simulate import SimServer
+from batchrun.transport import Reply
 
 from .helpers import make_job, read_jsonl, spawn_submit, submit
 
@@ -140,6 +152,34 @@ def test_async_mode_is_zhipus(tmp_path: Path, sim: SimServer) -> None:
 ])
 def test_task_state(status: int | None, body: Any, state: TaskState) -> None:
     assert task_state(status, body) is state
+
+
+@pytest.mark.parametrize(("status", "body", "headers", "action", "verdict", "code"), [
+    (200, {"task_status": "PROCESSING"}, {}, TaskAction.POLL, None, None),
+    (429, None, {"Retry-After": "3"}, TaskAction.POLL, None, None),
+    (404, None, {}, TaskAction.EXPIRED, Verdict.RETRY, "task_expired"),
+    (200, {"task_status": "SUCCESS", "choices": [{"message": {"content": "x"}, "finish_reason": "stop"}]}, {},
+     TaskAction.DECIDE, Verdict.OK, "ok"),
+    (200, {"task_status": "SUCCESS", "choices": [{"message": {"content": ""}, "finish_reason": "sensitive"}],
+           "content_filter": [{"role": "assistant", "level": 1}]}, {}, TaskAction.DECIDE, Verdict.FAIL_ROW,
+     "content_filter"),
+    (200, {"task_status": "SUCCESS"}, {}, TaskAction.RESUBMIT, Verdict.RETRY, "empty_response"),
+    (200, {"task_status": "FAIL"}, {}, TaskAction.RESUBMIT, Verdict.RETRY, "task_failed"),
+    (200, {"task_status": "FAIL", "error": {"code": "1301", "message": "sensitive"}}, {}, TaskAction.DECIDE,
+     Verdict.FAIL_ROW, "1301"),
+    (200, {"task_status": "FAIL", "error": {"code": "1113", "message": "arrears"}}, {}, TaskAction.RESUBMIT,
+     Verdict.RETRY, "1113"),
+    (401, {"error": {"code": "1000", "message": "bad key"}}, {}, TaskAction.DECIDE, Verdict.STOP_RUN, "1000"),
+    (400, {"error": {"code": "1214", "message": "bad id"}}, {}, TaskAction.DECIDE, Verdict.FAIL_ROW, "1214"),
+])
+def test_judge_task(status: int | None, body: Any, headers: dict[str, str], action: TaskAction,
+                    verdict: Verdict | None, code: str | None) -> None:
+    judged = judge_task(Reply(status, headers, body, 0.1), PRESETS["zhipu"].errors)
+    assert judged.action is action
+    assert (judged.decision.verdict if judged.decision else None) is verdict
+    assert (judged.decision.code if judged.decision else None) == code
+    assert judged.found == (status == 200)
+    assert judged.pause == (3.0 if status == 429 else None)
 
 
 def test_task_id() -> None:

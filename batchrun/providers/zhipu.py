@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -19,6 +20,7 @@ import orjson
 
 from ..errors import SpecError
 from ..request import Request
+from ..retry import Decision, ErrorTable, Verdict, classify, error_details, retry_after_seconds
 from ..transport import NO_ANSWER, Reply, no_answer, parse_body, post_json
 from .openai import ChatCompletions
 
@@ -27,6 +29,7 @@ JWT_REUSE_S = 180.0  # and how long it reuses one token
 PENDING_STATUSES = frozenset({"PROCESSING", "SUBMITTED"})
 SUCCESS_STATUS = "SUCCESS"
 EXPIRED_STATUSES = frozenset({404, 410})  # the provider no longer knows the task id
+EXPIRED = Decision(Verdict.RETRY, "task_expired", "the provider no longer knows this task id; submitted again")
 
 
 class TaskState(enum.Enum):
@@ -54,6 +57,50 @@ def task_state(status: int | None, body: Any) -> TaskState:
     if not value:
         return TaskState.REFUSED if body.get("error") or body.get("error_code") else TaskState.NO_ANSWER
     return TaskState.FAILED
+
+
+class TaskAction(enum.Enum):
+    POLL = "poll"  # still running, or the poll went unanswered: poll again on the task's backoff
+    EXPIRED = "expired"  # the provider does not know the id: submit the row again
+    RESUBMIT = "resubmit"  # the task failed, or succeeded with nothing in it: submit the row again
+    DECIDE = "decide"  # final: record the answer, fail the row, or stop the run, as `decision` says
+
+
+@dataclass(frozen=True, slots=True)
+class TaskVerdict:
+    action: TaskAction
+    decision: Decision | None = None
+    found: bool = False  # the provider knew the task: proof that the poll URL is right
+    pause: float | None = None  # seconds to hold every poll (the provider answered a poll with 429)
+
+
+def judge_task(reply: Reply, table: ErrorTable) -> TaskVerdict:
+    """What to do with one poll's answer. A failed task fails its row only when its code says the row is at
+    fault (moderation, a bad parameter); otherwise the row is submitted again, even on arrears: the new
+    submission reports those, where an old task would stop every resumed run that polls it."""
+    state = task_state(reply.status, reply.body)
+    if state is TaskState.NO_ANSWER:
+        pause = (retry_after_seconds(reply.headers) or 1.0) if reply.status == 429 else None
+        return TaskVerdict(TaskAction.POLL, pause=pause)
+    if state is TaskState.PENDING:
+        return TaskVerdict(TaskAction.POLL, found=True)
+    if state is TaskState.EXPIRED:
+        return TaskVerdict(TaskAction.EXPIRED, EXPIRED)
+    decision = classify(reply.status, reply.body, reply.headers, reply.error, table)
+    if state is TaskState.SUCCESS:  # RETRY here means a SUCCESS with no answer in it: the task is no use
+        return TaskVerdict(TaskAction.RESUBMIT if decision.verdict is Verdict.RETRY else TaskAction.DECIDE,
+                           decision, found=True)
+    if state is TaskState.FAILED:
+        code, message = error_details(reply.body)
+        status = str(reply.body.get("task_status")) if isinstance(reply.body, dict) else "FAIL"
+        failed = Decision(Verdict.RETRY, code or "task_failed", message or f"the task ended {status}")
+        if code and table.verdict(code) is Verdict.FAIL_ROW:
+            return TaskVerdict(TaskAction.DECIDE, replace(failed, verdict=Verdict.FAIL_ROW), found=True)
+        return TaskVerdict(TaskAction.RESUBMIT, failed, found=True)
+    # REFUSED: an error answer to the poll itself (a bad key stops the run; nothing else is worth repeating)
+    if decision.verdict is Verdict.RETRY:
+        decision = replace(decision, verdict=Verdict.FAIL_ROW)
+    return TaskVerdict(TaskAction.DECIDE, decision)
 
 
 def task_id(body: Any) -> str | None:
