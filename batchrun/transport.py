@@ -39,12 +39,12 @@ def new_session(concurrency: int) -> aiohttp.ClientSession:
                                  auto_decompress=True, raise_for_status=False)
 
 
-async def post_json(http: aiohttp.ClientSession, url: str, payload: bytes, headers: Mapping[str, str],
-                    timeout: float) -> Reply:
+async def fetch_json(http: aiohttp.ClientSession, method: str, url: str, headers: Mapping[str, str],
+                     timeout: float, payload: bytes | None = None) -> Reply:
     start = time.monotonic()
     try:
-        async with http.post(url, data=payload, headers=headers,
-                             timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+        async with http.request(method, url, data=payload, headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             raw = await resp.read()
             status, resp_headers = resp.status, resp.headers
     except NO_ANSWER as exc:

@@ -12,7 +12,7 @@ import orjson
 from ..errors import FatalProviderError
 from ..request import ENDPOINT_URLS, Request
 from ..retry import error_details
-from ..transport import NO_ANSWER, NO_HEADERS, Reply, no_answer, parse_body, post_json
+from ..transport import NO_ANSWER, NO_HEADERS, Reply, fetch_json, no_answer, parse_body
 
 
 class ChatCompletions:
@@ -30,7 +30,7 @@ class ChatCompletions:
         return {**self._headers, "Authorization": value} if value else self._headers
 
     async def call(self, http: aiohttp.ClientSession, request: Request, timeout: float) -> Reply:
-        return await post_json(http, self.url, request.payload, self.headers(), timeout)
+        return await fetch_json(http, "POST", self.url, self.headers(), timeout, request.payload)
 
 
 class ChatCompletionsStream(ChatCompletions):

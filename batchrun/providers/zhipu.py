@@ -19,9 +19,8 @@ import aiohttp
 import orjson
 
 from ..errors import SpecError
-from ..request import Request
 from ..retry import Decision, ErrorTable, Verdict, classify, error_details, retry_after_seconds
-from ..transport import NO_ANSWER, Reply, no_answer, parse_body, post_json
+from ..transport import Reply, fetch_json
 from .openai import ChatCompletions
 
 JWT_LIFETIME_MS = 210_000  # what the official SDK signs: exp = now + 210 s
@@ -129,19 +128,8 @@ class AsyncCompletions(ChatCompletions):
         self.url = root + "/async/chat/completions"
         self.result_url = root + "/async-result/"
 
-    async def call(self, http: aiohttp.ClientSession, request: Request, timeout: float) -> Reply:
-        return await post_json(http, self.url, request.payload, self.headers(), timeout)
-
     async def poll(self, http: aiohttp.ClientSession, task: str, timeout: float) -> Reply:
-        start = time.monotonic()
-        try:
-            async with http.get(self.result_url + task, headers=self.headers(),
-                                timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                raw = await resp.read()
-                status, headers = resp.status, resp.headers
-        except NO_ANSWER as exc:
-            return no_answer(exc, start)
-        return Reply(status, headers, parse_body(raw), time.monotonic() - start)
+        return await fetch_json(http, "GET", self.result_url + task, self.headers(), timeout)
 
 
 class ZhipuJWT:
