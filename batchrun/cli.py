@@ -7,12 +7,15 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import orjson
 
 from . import __version__
 from .errors import BatchrunError, SpecError
+from .pricing import load_prices
 from .providers import PRESETS
 from .runner import EXIT_INTERRUPTED, list_provider_models, prepare, run_job, summary_lines
 from .spec import LATENCY_DISTS, SimulateSpec, load_spec
@@ -76,6 +79,60 @@ def validate_cmd(job: str) -> None:
     for line in validation_lines(prepared, report):
         click.echo(line)
     sys.exit(0 if report.ok else SpecError.exit_code)
+
+
+@main.command(name="estimate")
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("--output-share", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+              help="Share of max_tokens a typical answer uses.")
+@click.option("--prices", type=click.Path(dir_okay=False), help="YAML: model -> {input, output, currency} per 1M.")
+@_friendly
+def estimate_cmd(job: str, output_share: float, prices: str | None) -> None:
+    """Rows, tokens, cost range and time the limits allow for JOB, without calling any API."""
+    from .estimate import estimate, estimate_lines
+    from .pricing import Prices
+
+    prepared = prepare(load_spec(job))
+    table = Prices({**prepared.spec.pricing, **(load_prices(prices) if prices else {})})
+    click.echo("\n".join(estimate_lines(prepared, estimate(prepared), table, output_share)))
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--prices", type=click.Path(dir_okay=False), help="YAML: model -> {input, output, currency} per 1M.")
+@click.option("--html", type=click.Path(dir_okay=False, path_type=Path), help="Also write a self-contained page.")
+@_friendly
+def report(run_dirs: tuple[Path, ...], fmt: str, prices: str | None, html: Path | None) -> None:
+    """What RUN_DIRS did and cost (several are summed); reads the run directories only, calls no API."""
+    from .report import build_report, report_csv, report_json, report_table
+
+    built = build_report(run_dirs, load_prices(prices) if prices else None)
+    if fmt == "json":
+        click.echo(orjson.dumps(report_json(built), option=orjson.OPT_INDENT_2).decode())
+    elif fmt == "csv":
+        click.echo(report_csv(built), nl=False)
+    else:
+        click.echo("\n".join(report_table(built)))
+    if html is not None:
+        from .report_html import render_html
+
+        try:
+            html.write_text(render_html(built), encoding="utf-8")
+        except OSError as exc:
+            raise SpecError(f"--html: cannot write {html}: {exc.strerror}") from None
+        _log(f"wrote {html}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--prices", type=click.Path(dir_okay=False), help="YAML: model -> {input, output, currency} per 1M.")
+@_friendly
+def status(run_dir: Path, prices: str | None) -> None:
+    """State, progress, rate, ETA and cost so far of RUN_DIR, live or not."""
+    from .report import status_lines
+
+    click.echo("\n".join(status_lines(run_dir, load_prices(prices) if prices else None)))
 
 
 @main.command()

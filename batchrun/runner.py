@@ -39,6 +39,7 @@ from .transport import Reply, new_session
 from .usage import Usage, peak_rss_mb
 
 UNCONFIRMED_LIMIT = 5  # unknown task ids, with no task ever found, that mean a wrong poll URL
+RATE_WINDOW_S = 30.0
 STOP_GRACE_S = 5.0
 FLUSH_EVERY_S = 1.0
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_FAILED_ROWS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -153,6 +154,7 @@ class Runner:
         self.poller: Poller[_Item] | None = None
         self.polls_answered = 0  # polls that found their task: proof the poll URL is right
         self.unconfirmed: list[tuple[_Item, Reply]] = []  # unknown task ids seen before that proof
+        self.rate_samples: deque[tuple[float, int]] = deque([(self.t0, state.done.count)])
         if isinstance(path, AsyncCompletions):
             self.poller = Poller(self._poll, self._on_poll, spec.limits.poll_rps)
 
@@ -527,6 +529,16 @@ class Runner:
                 self._failed(exc)
                 return
 
+    def _recent_rate(self) -> float | None:
+        """Rows finished per second over the last RATE_WINDOW_S, for `batchrun status` and its ETA."""
+        now, done = time.monotonic(), self.state.done.count
+        samples = self.rate_samples
+        samples.append((now, done))
+        while len(samples) > 2 and samples[0][0] < now - RATE_WINDOW_S:
+            samples.popleft()
+        (t0, d0), (t1, d1) = samples[0], samples[-1]
+        return round((d1 - d0) / (t1 - t0), 3) if t1 - t0 >= 1.0 else None
+
     def flush(self, state: str, *, final: bool = False) -> None:
         prev = self.state.previous
         total = self.prepared.scan.rows
@@ -541,6 +553,7 @@ class Runner:
             "finished_at": now_iso() if final and state.startswith("finished") else None,
             "active_s": round(float(prev.get("active_s") or 0.0) + time.monotonic() - self.t0, 3),
             "sessions": int(prev.get("sessions") or 0) + 1,
+            "rate_rows_per_s": self._recent_rate(),
             "throttle": self.throttle.snapshot(),
             **({"tasks_pending": self.poller.pending} if self.poller is not None else {}),
             "peak_rss_mb": peak_rss_mb(),

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from .errors import InputError, SpecError
+from .pricing import Price, parse_prices
 from .providers import PRESETS
 
 INPUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -98,6 +99,7 @@ class JobSpec:
     limits: Limits = field(default_factory=Limits)
     retry: RetrySpec = field(default_factory=RetrySpec)
     endpoint: str = "chat"  # chat (/chat/completions), completions (/completions) or embeddings (/embeddings)
+    pricing: Mapping[str, Price] = field(default_factory=dict)  # overrides of the built-in prices
 
     def describe(self) -> dict[str, Any]:
         """The job as recorded in the manifest: paths as strings, never a key."""
@@ -114,6 +116,7 @@ class JobSpec:
             "limits": vars(self.limits),
             "retry": vars(self.retry),
             "output_dir": str(self.output_dir),
+            "pricing": {model: vars(price) for model, price in self.pricing.items()},
         }
 
 
@@ -233,7 +236,7 @@ def load_spec(path: str | Path, *, cwd: Path | None = None) -> JobSpec:
 
 def parse_spec(data: Any, *, spec_path: Path, source: str, cwd: Path) -> JobSpec:
     top = _Section("", data, {"name", "input", "model", "endpoint", "params", "provider", "limits", "retry",
-                              "output_dir"}, source)
+                              "output_dir", "pricing"}, source)
     base = spec_path.parent
     name = top.text("name", spec_path.stem)
     assert name is not None
@@ -271,6 +274,7 @@ def parse_spec(data: Any, *, spec_path: Path, source: str, cwd: Path) -> JobSpec
         limits=_parse_limits(top.data.get("limits"), source),
         retry=_parse_retry(top.data.get("retry"), source),
         endpoint=endpoint,
+        pricing=parse_prices(top.data["pricing"], f"{source}: pricing") if top.data.get("pricing") else {},
     )
 
 

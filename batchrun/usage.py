@@ -69,6 +69,17 @@ class Usage:
             model.completion_tokens += completion
             model.total_tokens += total
 
+    def merge(self, other: Usage) -> None:
+        """Add another run's totals to these (a report over several run directories)."""
+        for name in COUNTERS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name, m in other.models.items():
+            mine = self.models.setdefault(name, ModelUsage())
+            for key, value in vars(m).items():
+                setattr(mine, key, getattr(mine, key) + value)
+        for code, n in other.failures_by_code.items():
+            self.failures_by_code[code] = self.failures_by_code.get(code, 0) + n
+
     def totals(self) -> dict[str, Any]:
         return {
             **{name: getattr(self, name) for name in COUNTERS},

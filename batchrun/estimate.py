@@ -1,0 +1,103 @@
+"""`batchrun estimate`: what a job will cost and how long its limits make it take, before sending anything."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .pricing import Price, Prices
+from .providers import PRESETS
+from .request import BadRow
+from .runner import Prepared, display_path
+from .sources import iter_rows
+
+TYPICAL_OUTPUT_SHARE = 0.3  # answers use about this share of max_tokens, unless told otherwise
+
+
+@dataclass
+class Estimate:
+    rows: int = 0
+    bad_rows: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    max_output_tokens: int = 0  # every answer as long as max_tokens allows
+
+    def output_tokens(self, share: float) -> int:
+        return round(self.max_output_tokens * share)
+
+
+def estimate(prepared: Prepared) -> Estimate:
+    """Read the whole input as submit would and add up the requests' token estimates."""
+    est = Estimate()
+    build = prepared.builder.build
+    for raw in iter_rows(prepared.spec.input):
+        est.rows += 1
+        built = build(raw)
+        if isinstance(built, BadRow):
+            est.bad_rows += 1
+            continue
+        est.prompt_tokens += built.prompt_tokens
+        est.max_output_tokens += built.max_output
+    spec = prepared.spec
+    sendable = est.rows - est.bad_rows
+    if spec.endpoint == "embeddings":
+        batch = spec.limits.batch_size or PRESETS[spec.provider.name].embedding_batch
+        est.requests = math.ceil(sendable / batch)
+    else:
+        est.requests = sendable
+    return est
+
+
+def cost_range(price: Price, prompt_tokens: int, low_output: int, high_output: int) -> tuple[float, float]:
+    return price.cost(prompt_tokens, low_output), price.cost(prompt_tokens, high_output)
+
+
+def limit_seconds(requests: int, tokens: int, rpm: float | None, tpm: float | None) -> dict[str, float]:
+    """The least time each configured limit allows for the job: requests / RPM, tokens / TPM."""
+    out = {}
+    if rpm:
+        out["rpm"] = requests / rpm * 60
+    if tpm:
+        out["tpm"] = tokens / tpm * 60
+    return out
+
+
+def estimate_lines(prepared: Prepared, est: Estimate, prices: Prices, share: float) -> list[str]:
+    spec = prepared.spec
+    typical, most = est.output_tokens(share), est.max_output_tokens
+    lines = [f"estimate for {spec.name} ({display_path(spec.spec_path)}): {est.rows:,} rows"
+             + (f", {est.bad_rows:,} that cannot be sent (see batchrun validate)" if est.bad_rows else "")
+             + f", {est.requests:,} requests to {spec.provider.name}",
+             f"  prompt tokens  ~{est.prompt_tokens:,} (estimated without a tokenizer: about 1 per CJK character, "
+             "1 per 4 other characters)"]
+    if spec.endpoint != "embeddings":
+        lines.append(f"  output tokens  up to {most:,} (max_tokens on every row); ~{typical:,} at a typical "
+                     f"{share:.0%} of it")
+    price = prices.get(spec.model)
+    if price is None:
+        lines.append(f"  cost           unknown: no price for {spec.model} (not free: add it with --prices FILE or a "
+                     "pricing: block in the job spec)")
+    else:
+        low, high = cost_range(price, est.prompt_tokens, typical, most)
+        lines.append(f"  cost           {low:,.4f} to {high:,.4f} {price.currency} (typical to max_tokens) at "
+                     f"{price.describe()}")
+    accounting = spec.limits.tpm_accounting or PRESETS[spec.provider.name].tpm_accounting
+    tokens = est.prompt_tokens + (most if accounting == "reserve" else typical)
+    times = limit_seconds(est.requests, tokens, spec.limits.rpm, spec.limits.tpm)
+    if times:
+        binding = max(times, key=lambda k: times[k])
+        detail = ", ".join(f"{k.upper()} {v / 60:,.1f} min" for k, v in sorted(times.items()))
+        lines.append(f"  time           at least {_minutes(times[binding])}: the {binding.upper()} limit binds "
+                     f"({detail})")
+    else:
+        lines.append("  time           no limits.rpm or limits.tpm given: the provider's limits decide (batchrun "
+                     "learns them from its 429s)")
+    return lines
+
+
+def _minutes(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:,.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:,.1f} min"
+    return f"{seconds / 3600:,.1f} h"

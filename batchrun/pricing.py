@@ -1,0 +1,103 @@
+"""Prices per million tokens, and what a run's tokens cost at them.
+
+Every built-in price carries its source and date (prices change often); a spec's `pricing:` block or
+`--prices FILE` overrides them. A model without a price is reported as unpriced, never as free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import SpecError
+
+
+@dataclass(frozen=True)
+class Price:
+    input: float  # per million prompt tokens
+    output: float  # per million completion tokens
+    currency: str
+    source: str
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
+
+    def describe(self) -> str:
+        return f"{self.input:g} / {self.output:g} {self.currency} per 1M tokens ({self.source})"
+
+
+def _cny(inp: float, out: float, source: str) -> Price:
+    return Price(inp, out, "CNY", source)
+
+
+def _usd(inp: float, out: float, source: str) -> Price:
+    return Price(inp, out, "USD", source)
+
+
+BUILT_IN: dict[str, Price] = {
+    # From ../shared/reference/providers.md; check before relying on them.
+    "glm-4-flash": _cny(0, 0, "bigmodel.cn pricing, 2025"),
+    "glm-4-plus": _cny(5, 5, "bigmodel.cn pricing, 2025"),
+    "qwen-plus": _cny(0.8, 2, "Aliyun Model Studio pricing, 2025"),
+    "qwen-turbo": _cny(0.3, 0.6, "Aliyun Model Studio pricing, 2025 (unverified)"),
+    "ernie-3.5-8k": _cny(0.8, 2, "Qianfan pricing, 2024 (unverified)"),
+    "ernie-speed-8k": _cny(0, 0, "Qianfan pricing, 2024 (unverified)"),
+    "ernie-lite-8k": _cny(0, 0, "Qianfan pricing, 2024 (unverified)"),
+    "deepseek-chat": _cny(2, 8, "DeepSeek pricing, 2025"),
+    "gpt-4o-mini": _usd(0.15, 0.6, "OpenAI pricing page, 2024-07"),
+    "gpt-4o": _usd(2.5, 10, "OpenAI pricing page, 2024-08"),
+    # The simulated provider's models, so that a demo shows the arithmetic; not anyone's real price.
+    "sim-small": _cny(1, 2, "simulated provider: a made-up price"),
+    "sim-large": _cny(4, 8, "simulated provider: a made-up price"),
+}
+
+
+class Prices:
+    """Looks a model's price up: overrides first, then the built-in table; names compare case-insensitively."""
+
+    def __init__(self, overrides: Mapping[str, Price] | None = None) -> None:
+        self.table = {k.lower(): v for k, v in BUILT_IN.items()}
+        self.table.update({k.lower(): v for k, v in (overrides or {}).items()})
+
+    def get(self, model: str) -> Price | None:
+        return self.table.get(model.lower())
+
+
+def parse_prices(data: Any, where: str) -> dict[str, Price]:
+    """`{model: {input: 0.8, output: 2, currency: CNY, source: "..."}}`, prices per million tokens."""
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{where}: must map model names to {{input, output, currency}}, got {type(data).__name__}")
+    prices: dict[str, Price] = {}
+    for model, entry in data.items():
+        at = f"{where}.{model}"
+        if not isinstance(entry, Mapping):
+            raise SpecError(f"{at}: must be a mapping with input, output and currency")
+        unknown = sorted(set(entry) - {"input", "output", "currency", "source"})
+        if unknown:
+            raise SpecError(f"{at}: unknown key {unknown[0]!r} (allowed: input, output, currency, source)")
+        values = []
+        for key in ("input", "output"):
+            value = entry.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise SpecError(f"{at}.{key}: must be a price per million tokens (a number >= 0), got {value!r}")
+            values.append(float(value))
+        currency = entry.get("currency")
+        if not isinstance(currency, str) or not currency.strip():
+            raise SpecError(f"{at}.currency: must be a currency code such as CNY or USD")
+        prices[str(model)] = Price(values[0], values[1], currency.strip().upper(),
+                                   str(entry.get("source") or f"set in {where}"))
+    return prices
+
+
+def load_prices(path: str | Path) -> dict[str, Price]:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such prices file") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise SpecError(f"{path}: cannot read the prices file ({exc})") from None
+    return parse_prices(data, str(path))

@@ -1,0 +1,379 @@
+"""`batchrun report` and `batchrun status`: what a run did and cost, from its run directory alone.
+
+Nothing here writes to a run directory or calls an API, so both work on a finished, interrupted or still
+running run. Totals come from usage.json (a fold over the records, trusted up to the byte offsets it covers)
+plus the records written since; latencies and completion times come from one pass over the record lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as dt
+import fcntl
+import io
+import itertools
+import os
+import time
+from array import array
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .checkpoint import FAILURES, LOCK, MANIFEST, RESULTS, USAGE, read_json
+from .errors import RunDirError
+from .pricing import Price, Prices, parse_prices
+from .usage import Usage
+
+LATENCY_KEY = b'"latency_s":'
+COMPLETED_KEY = b'"completed_at":"'
+
+
+@dataclass
+class RunData:
+    """One run directory, read."""
+
+    path: Path
+    state: str
+    live: bool  # a batchrun process holds the directory now
+    job: dict[str, Any]
+    usage: Usage
+    rows_total: int
+    active_s: float
+    updated_at: str | None
+    rate: float | None  # rows/s over the last half minute, as the running process saw it
+    prices: dict[str, Price]  # the job's own pricing block
+    latencies: array[float] = field(default_factory=lambda: array("d"))
+    completed: array[float] = field(default_factory=lambda: array("d"))  # epoch seconds
+
+    @property
+    def rows_done(self) -> int:
+        return self.usage.rows_succeeded + self.usage.rows_failed
+
+    @property
+    def rows_pending(self) -> int:
+        return max(0, self.rows_total - self.rows_done)
+
+
+def is_live(path: Path) -> bool:
+    """Whether a batchrun process holds the run directory's lock (checked without taking it for long)."""
+    try:
+        fd = os.open(path / LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock we got
+    return False
+
+
+def read_run(path: Path, *, records: bool = True) -> RunData:
+    path = Path(path)
+    manifest = read_json(path / MANIFEST)
+    if manifest is None:
+        raise RunDirError(f"{path} is not a batchrun run directory (no {MANIFEST}): pass the folder that "
+                          f"holds results.jsonl, e.g. runs/<job name>")
+    saved = read_json(path / USAGE) or {}
+    covers = saved.get("checkpoint") or {}
+    sizes = {n: (path / n).stat().st_size if (path / n).exists() else 0 for n in (RESULTS, FAILURES)}
+    trusted = bool(saved) and all(isinstance(covers.get(n), int) and covers[n] <= sizes[n] for n in sizes)
+    usage = Usage.from_totals(saved) if trusted else Usage()
+    job = manifest.get("job") or {}
+    data = RunData(path, str(manifest.get("state") or "unknown"), is_live(path), job, usage,
+                   int(saved.get("rows_total") or 0), float(saved.get("active_s") or 0.0), saved.get("updated_at"),
+                   saved.get("rate_rows_per_s"), parse_prices(job.get("pricing") or {}, f"{path}/{MANIFEST}"))
+    for name in (RESULTS, FAILURES):
+        covered = int(covers.get(name, 0)) if trusted else 0
+        for offset, line in _lines(path / name, 0 if records else covered):
+            if records:
+                _timing(line, data)
+            if offset >= covered:
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    usage.add(orjson.loads(line))
+    if data.state == "running" and not data.live:
+        data.state = "died"  # a process that was killed never wrote its end state
+    return data
+
+
+def _lines(path: Path, start: int = 0) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) for every complete line from `start`; a line still being written is left for next time."""
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        f.seek(start)
+        offset = start
+        for line in f:
+            if not line.endswith(b"\n"):
+                return
+            yield offset, line
+            offset += len(line)
+
+
+def _timing(line: bytes, data: RunData) -> None:
+    """The record's latency and completion time, found by key near the line's end (no full parse)."""
+    at = line.rfind(LATENCY_KEY)
+    if at >= 0:
+        end = at + len(LATENCY_KEY)
+        stop = line.find(b",", end)
+        with contextlib.suppress(ValueError):
+            data.latencies.append(float(line[end:stop if stop > 0 else -2]))
+    at = line.rfind(COMPLETED_KEY)
+    if at >= 0:
+        start = at + len(COMPLETED_KEY)
+        with contextlib.suppress(ValueError):
+            text = line[start:line.find(b'"', start)].decode()
+            data.completed.append(dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+
+
+# --- the report ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelCost:
+    model: str
+    rows_succeeded: int
+    rows_failed: int
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    price: Price | None
+
+    @property
+    def cost(self) -> float | None:
+        return None if self.price is None else self.price.cost(self.prompt_tokens, self.completion_tokens)
+
+
+@dataclass
+class Report:
+    runs: list[RunData]
+    usage: Usage
+    models: list[ModelCost]
+    rows_total: int
+    active_s: float
+    latency: dict[str, float | None]  # p50, p90, p99 in seconds
+    series: list[tuple[float, float]]  # (seconds since the first completion, rows/s in that bucket)
+    latencies: list[float]  # every row's, ordered (the histogram)
+
+    @property
+    def rows_pending(self) -> int:
+        return max(0, self.rows_total - self.usage.rows_succeeded - self.usage.rows_failed)
+
+    @property
+    def rows_per_s(self) -> float | None:
+        done = self.usage.rows_succeeded + self.usage.rows_failed
+        return done / self.active_s if self.active_s > 0 else None
+
+    def totals(self) -> dict[str, float]:
+        """Cost per currency: CNY and USD are never added together."""
+        out: dict[str, float] = {}
+        for m in self.models:
+            if m.price is not None and m.cost is not None:
+                out[m.price.currency] = out.get(m.price.currency, 0.0) + m.cost
+        return out
+
+    @property
+    def unpriced(self) -> list[str]:
+        return [m.model for m in self.models if m.price is None and (m.prompt_tokens or m.completion_tokens)]
+
+
+def build_report(paths: Iterable[Path], prices: Mapping[str, Price] | None = None) -> Report:
+    """Read and sum run directories; `prices` (from --prices) win over each job's pricing block."""
+    runs = [read_run(p) for p in paths]
+    usage = Usage()
+    for run in runs:
+        usage.merge(run.usage)
+    table = Prices({k: v for run in runs for k, v in run.prices.items()} | dict(prices or {}))
+    models = [ModelCost(name, m.rows_succeeded, m.rows_failed, m.requests, m.prompt_tokens, m.completion_tokens,
+                        table.get(name)) for name, m in sorted(usage.models.items())]
+    latencies = sorted(x for run in runs for x in run.latencies)
+    completed = sorted(t for run in runs for t in run.completed)
+    return Report(runs, usage, models, sum(r.rows_total for r in runs), sum(r.active_s for r in runs),
+                  {f"p{q}": percentile(latencies, q / 100) for q in (50, 90, 99)}, rate_series(completed), latencies)
+
+
+def percentile(ordered: list[float], q: float) -> float | None:
+    """The nearest-rank percentile of an ordered list (None when empty)."""
+    if not ordered:
+        return None
+    rank = max(1, min(len(ordered), round(q * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def rate_series(ordered_times: list[float], buckets: int = 60, max_gap: float = 10.0) -> list[tuple[float, float]]:
+    """Rows per second over active time, in at most `buckets` equal slices. Idle stretches longer than
+    `max_gap` (between sessions, or between run directories) are cut short, so the chart shows work."""
+    if len(ordered_times) < 2:
+        return []
+    active = [0.0]
+    for prev, t in itertools.pairwise(ordered_times):
+        active.append(active[-1] + min(t - prev, max_gap))
+    span = max(active[-1], 1e-6)
+    width = max(span / buckets, 1.0)
+    n = int(span // width) + 1
+    counts = [0] * n
+    for t in active:
+        counts[min(n - 1, int(t // width))] += 1
+    return [(i * width, c / width) for i, c in enumerate(counts)]
+
+
+def _money(value: float | None, currency: str = "") -> str:
+    if value is None:
+        return "no price"
+    return f"{value:,.4f} {currency}".strip() if value < 1 else f"{value:,.2f} {currency}".strip()
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
+
+
+def report_table(report: Report) -> list[str]:
+    u = report.usage
+    names = ", ".join(f"{r.path} ({r.state})" for r in report.runs)
+    rate = report.rows_per_s
+    lat = report.latency
+    lines = [
+        f"report: {names}",
+        f"  rows        {u.rows_succeeded:,} succeeded, {u.rows_failed:,} failed, {report.rows_pending:,} pending "
+        f"of {report.rows_total:,}",
+        f"  requests    {u.requests:,} (retries {u.retries:,}, 429s {u.rate_limited:,}"
+        + (f", polls {u.polls:,}" if u.polls else "") + ")",
+        f"  tokens      {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion = {u.total_tokens:,}",
+        "  throughput  " + (f"{rate:,.1f} rows/s over {report.active_s:,.1f} s active" if rate else "-"),
+        f"  latency     p50 {_seconds(lat['p50'])}   p90 {_seconds(lat['p90'])}   p99 {_seconds(lat['p99'])}",
+        "",
+    ]
+    header = ("model", "rows ok", "failed", "requests", "prompt tok", "compl. tok", "price (in / out per 1M)",
+              "cost")
+    body = [(m.model, f"{m.rows_succeeded:,}", f"{m.rows_failed:,}", f"{m.requests:,}", f"{m.prompt_tokens:,}",
+             f"{m.completion_tokens:,}",
+             f"{m.price.input:g} / {m.price.output:g} {m.price.currency}" if m.price else "no price",
+             _money(m.cost, m.price.currency if m.price else "")) for m in report.models]
+    totals = report.totals()
+    for currency, amount in sorted(totals.items()):
+        body.append(("total", "", "", "", "", "", "", _money(amount, currency)))
+    widths = [max(len(row[i]) for row in (header, *body)) for i in range(len(header))]
+    for row in (header, *body):
+        lines.append("  " + "  ".join(c.ljust(w) if i in (0, 6) else c.rjust(w)
+                                      for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip())
+    for m in report.models:
+        if m.price is not None:
+            lines.append(f"  price of {m.model}: {m.price.source}")
+    if report.unpriced:
+        lines.append(f"  no price for {', '.join(report.unpriced)}: their cost is unknown, not zero; add them "
+                     "with --prices FILE or a pricing: block in the job spec")
+    if u.failures_by_code:
+        lines.append("")
+        lines.append("  failures by code")
+        for code, n in sorted(u.failures_by_code.items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"    {code:<32} {n:,}")
+    return lines
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    u = report.usage
+    return {
+        "runs": [{"path": str(r.path), "state": r.state, "rows_total": r.rows_total} for r in report.runs],
+        "rows_total": report.rows_total,
+        "rows_succeeded": u.rows_succeeded,
+        "rows_failed": u.rows_failed,
+        "rows_pending": report.rows_pending,
+        "requests": u.requests,
+        "retries": u.retries,
+        "rate_limited": u.rate_limited,
+        "polls": u.polls,
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total_tokens,
+        "active_s": round(report.active_s, 3),
+        "rows_per_s": None if report.rows_per_s is None else round(report.rows_per_s, 3),
+        "latency_s": report.latency,
+        "models": [{"model": m.model, "rows_succeeded": m.rows_succeeded, "rows_failed": m.rows_failed,
+                    "requests": m.requests, "prompt_tokens": m.prompt_tokens,
+                    "completion_tokens": m.completion_tokens,
+                    "price": None if m.price is None else vars(m.price),
+                    "cost": m.cost, "currency": m.price.currency if m.price else None} for m in report.models],
+        "cost": report.totals(),
+        "unpriced_models": report.unpriced,
+        "failures_by_code": dict(sorted(u.failures_by_code.items())),
+    }
+
+
+def report_csv(report: Report) -> str:
+    """One line per model, then one total line per currency."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["model", "rows_succeeded", "rows_failed", "requests", "prompt_tokens", "completion_tokens",
+                     "input_price_per_1m", "output_price_per_1m", "currency", "cost", "price_source"])
+    for m in report.models:
+        p = m.price
+        writer.writerow([m.model, m.rows_succeeded, m.rows_failed, m.requests, m.prompt_tokens, m.completion_tokens,
+                         "" if p is None else p.input, "" if p is None else p.output, "" if p is None else p.currency,
+                         "" if m.cost is None else round(m.cost, 6), "no price" if p is None else p.source])
+    for currency, amount in sorted(report.totals().items()):
+        writer.writerow(["TOTAL", "", "", "", "", "", "", "", currency, round(amount, 6), ""])
+    return out.getvalue()
+
+
+# --- status ------------------------------------------------------------------------------------------------
+
+
+def status_lines(path: Path, prices: Mapping[str, Price] | None = None) -> list[str]:
+    """A live or stopped run at a glance, cheap enough to run in a loop (`watch batchrun status DIR`)."""
+    run = read_run(path, records=False)
+    table = Prices(run.prices | dict(prices or {}))
+    u = run.usage
+    age = _age(run.updated_at)
+    state = run.state + (" (a batchrun process is running it)" if run.live else "")
+    lines = [f"{path}: {state}",
+             f"  rows     {run.rows_done:,} of {run.rows_total:,} done: {u.rows_succeeded:,} succeeded, "
+             f"{u.rows_failed:,} failed, {run.rows_pending:,} pending"]
+    if run.live and run.rate:
+        eta = run.rows_pending / run.rate if run.rate > 0 else None
+        lines.append(f"  rate     {run.rate:,.1f} rows/s" + (f", about {_duration(eta)} to go" if eta else ""))
+    elif run.active_s:
+        lines.append(f"  rate     {run.rows_done / run.active_s:,.1f} rows/s on average over {_duration(run.active_s)}"
+                     " active")
+    costs: dict[str, float] = {}
+    missing = []
+    for name, m in u.models.items():
+        price = table.get(name)
+        if price is None:
+            if m.prompt_tokens or m.completion_tokens:
+                missing.append(name)
+        else:
+            costs[price.currency] = costs.get(price.currency, 0.0) + price.cost(m.prompt_tokens, m.completion_tokens)
+    spent = ", ".join(_money(v, c) for c, v in sorted(costs.items())) or "nothing priced yet"
+    lines.append(f"  tokens   {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion; cost so far {spent}"
+                 + (f" (no price for {', '.join(missing)})" if missing else ""))
+    if u.failures_by_code:
+        top = sorted(u.failures_by_code.items(), key=lambda kv: -kv[1])[:5]
+        lines.append("  failures " + ", ".join(f"{c} ×{n}" for c, n in top))
+    if age is not None:
+        lines.append(f"  updated  {_duration(age)} ago")
+    if run.state in ("died", "interrupted", "stopped") and run.rows_pending:
+        lines.append(f"  resume with: batchrun submit {run.job.get('spec', 'JOB.yaml')}")
+    return lines
+
+
+def _age(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    with contextlib.suppress(ValueError):
+        return max(0.0, time.time() - dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
+    return None
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, s = divmod(int(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours} h {m:02d} min" if hours else f"{m} min {s:02d} s"
