@@ -14,7 +14,7 @@ import errno
 import fcntl
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,7 @@ class ResumeState:
     unreadable_lines: int = 0  # complete lines that are not records (ignored: their rows are sent again)
     archived_to: Path | None = None  # where --fresh moved an earlier run's files
     tasks: dict[int, dict[str, Any]] = field(default_factory=dict)  # async: row → its last task, if not final
+    released: int = 0  # failure records dropped by retry-failed: their rows are pending again
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -143,20 +144,24 @@ class Checkpoint:
 
     # --- opening -------------------------------------------------------------------------------------
 
-    def open(self, fingerprint: Mapping[str, str], job: Mapping[str, Any], *, fresh: bool) -> ResumeState:
-        """Lock the directory, check it holds this job, repair torn tails and read what is done."""
+    def open(self, fingerprint: Mapping[str, str], job: Mapping[str, Any], *, fresh: bool,
+             retry: Callable[[Mapping[str, Any]], bool] | None = None) -> ResumeState:
+        """Lock the directory, check it holds this job, repair torn tails and read what is done.
+
+        `retry` picks failure records to drop first, so that their rows are sent again (retry-failed)."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RunDirError(f"cannot create the run directory {self.path}: {exc.strerror}") from None
         self._lock()
         try:
-            return self._open_locked(fingerprint, job, fresh)
+            return self._open_locked(fingerprint, job, fresh, retry)
         except BaseException:
             self.close()
             raise
 
-    def _open_locked(self, fingerprint: Mapping[str, str], job: Mapping[str, Any], fresh: bool) -> ResumeState:
+    def _open_locked(self, fingerprint: Mapping[str, str], job: Mapping[str, Any], fresh: bool,
+                     retry: Callable[[Mapping[str, Any]], bool] | None) -> ResumeState:
         manifest = read_json(self.path / MANIFEST)
         archived = None
         if manifest is not None and fresh:
@@ -164,8 +169,9 @@ class Checkpoint:
             manifest = None
         if manifest is not None:
             self._check_fingerprint(manifest.get("fingerprint") or {}, fingerprint)
+        released = self._release_failures(retry) if retry is not None else 0
         state = self._read_state()
-        state.archived_to = archived
+        state.archived_to, state.released = archived, released
         self.write_manifest({
             "batchrun": "run",
             "job": dict(job),
@@ -210,6 +216,49 @@ class Checkpoint:
             shutil.move(str(self.path / name), str(dest / name))
         return dest
 
+    def _release_failures(self, pick: Callable[[Mapping[str, Any]], bool]) -> int:
+        """Drop the picked failure records so their rows count as pending, keeping a copy in previous/.
+
+        Each step leaves a consistent directory: the copy first, then failures.jsonl replaced atomically, then
+        usage.json told to recount, then any async task of those rows marked as not to be polled again."""
+        path = self.path / FAILURES
+        if not path.exists():
+            return 0
+        keep, released, rows = [], [], []
+        with open(path, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    keep.append(line)
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("row"), int) and pick(record):
+                    released.append(line)
+                    rows.append(record["row"])
+                else:
+                    keep.append(line)
+        if not released:
+            return 0
+        try:
+            dest = self.path / PREVIOUS / f"retried-{now_iso().replace(':', '-')}"
+            dest.mkdir(parents=True, exist_ok=True)
+            atomic_write(dest / FAILURES, b"".join(released))
+            atomic_write(path, b"".join(keep))
+            usage = read_json(self.path / USAGE)
+            if usage is not None:
+                usage.pop("checkpoint", None)  # totals no longer match the records: recount them
+                atomic_write(self.path / USAGE, orjson.dumps(usage, option=orjson.OPT_INDENT_2))
+            if (self.path / TASKS).exists():
+                with open(self.path / TASKS, "ab") as f:
+                    f.write(b"".join(orjson.dumps({"row": r, "task_id": None, "cleared": "retry-failed"}) + b"\n"
+                                     for r in rows))
+                    os.fsync(f.fileno())
+        except OSError as exc:
+            raise CheckpointWriteError(_write_error(path, exc)) from None
+        return len(released)
+
     def _read_state(self) -> ResumeState:
         state = ResumeState()
         previous = read_json(self.path / USAGE)
@@ -250,6 +299,8 @@ class Checkpoint:
                     entry = orjson.loads(line)
                     if isinstance(entry.get("task_id"), str):
                         state.tasks[row] = entry
+                    else:  # cleared (retry-failed): submit the row afresh
+                        state.tasks.pop(row, None)
 
     # --- writing -------------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from . import __version__
 from .errors import BatchrunError, SpecError
 from .pricing import load_prices
 from .providers import PRESETS
-from .runner import EXIT_INTERRUPTED, list_provider_models, prepare, run_job, summary_lines
+from .runner import EXIT_INTERRUPTED, job_of_run, list_provider_models, prepare, run_job, summary_lines
 from .spec import LATENCY_DISTS, SimulateSpec, load_spec
 from .validate import validate, validation_lines
 
@@ -67,6 +67,35 @@ def submit(job: str, fresh: bool, no_progress: bool) -> None:
     for line in summary_lines(outcome):
         click.echo(line)
     sys.exit(outcome.exit_code)
+
+
+@main.command(name="retry-failed")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--code", "codes", multiple=True, help="Only failures with this error code (repeatable).")
+@click.option("--job", type=click.Path(dir_okay=False), help="The job spec, if not where the run recorded it.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_friendly
+def retry_failed(run_dir: Path, codes: tuple[str, ...], job: str | None, no_progress: bool) -> None:
+    """Send RUN_DIR's failed rows (or those with --code) again; each row keeps exactly one final record."""
+    spec = job_of_run(run_dir, job)
+    outcome = asyncio.run(run_job(spec, progress=not no_progress, log=_log, retry_codes=codes))
+    for line in summary_lines(outcome):
+        click.echo(line)
+    sys.exit(outcome.exit_code)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--to", "to", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="FILE.parquet or FILE.jsonl")
+@click.option("--with-input", is_flag=True, help="Add the input row's columns (prefixed input_).")
+@_friendly
+def export(run_dir: Path, to: Path, with_input: bool) -> None:
+    """One row per input row of RUN_DIR, in input order: id, answer, reasoning, finish_reason, usage, error."""
+    from .export import export_run
+
+    rows = export_run(run_dir, to, with_input=with_input)
+    _log(f"wrote {rows:,} rows to {to}")
 
 
 @main.command(name="validate")

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import random
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import orjson
 
 from .checkpoint import Checkpoint, ResumeState, now_iso
 from .control import Charge
-from .errors import BatchrunError, FatalProviderError, SpecError
+from .errors import BatchrunError, FatalProviderError, RunDirError, SpecError
 from .limiter import Throttle, Ticket
 from .progress import Progress
 from .providers import PRESETS, CallPath, call_path, make_auth
@@ -562,16 +563,26 @@ class Runner:
 
 
 async def run_job(spec: JobSpec, *, fresh: bool = False, progress: bool = True,
-                  log: Callable[[str], None] = print) -> RunOutcome:
-    """Run (or resume) a job to the end, an interrupt, or an error that dooms every row."""
+                  log: Callable[[str], None] = print, retry_codes: Collection[str] | None = None) -> RunOutcome:
+    """Run (or resume) a job to the end, an interrupt, or an error that dooms every row.
+
+    `retry_codes` (retry-failed): first drop the failure records with these error codes (empty: all of them),
+    so that their rows are sent again."""
     key = api_key(spec.provider.name, spec.provider.api_key_env)
     prepared = prepare(spec)
     checkpoint = Checkpoint(spec.output_dir, secrets=[key] if key else [])
-    state = checkpoint.open(prepared.fingerprint, spec.describe(), fresh=fresh)
+    pick = None if retry_codes is None else functools.partial(_failure_with_code, frozenset(retry_codes))
+    state = checkpoint.open(prepared.fingerprint, spec.describe(), fresh=fresh, retry=pick)
     try:
         return await _run_opened(prepared, checkpoint, state, key, progress, log)
     finally:
         checkpoint.close()
+
+
+def _failure_with_code(codes: frozenset[str], record: Mapping[str, Any]) -> bool:
+    error = record.get("error")
+    code = str(error.get("code")) if isinstance(error, Mapping) else None
+    return not codes or code in codes
 
 
 async def _run_opened(prepared: Prepared, checkpoint: Checkpoint, state: ResumeState, key: str | None,
@@ -580,6 +591,9 @@ async def _run_opened(prepared: Prepared, checkpoint: Checkpoint, state: ResumeS
     total = prepared.scan.rows
     if state.archived_to is not None:
         log(f"--fresh: the earlier run's files were moved to {state.archived_to}")
+    if state.released:
+        log(f"sending {state.released} failed row(s) again (their old failure records are kept in "
+            f"{display_path(spec.output_dir / 'previous')})")
     if state.repaired_lines:
         log(f"repaired {state.repaired_lines} torn line(s) left by an interrupted write")
     if state.unreadable_lines:
@@ -647,6 +661,21 @@ async def _provider_url(base_url: str, simulate: SimulateSpec | None) -> AsyncIt
 
     async with serve(simulate) as sim_url:
         yield sim_url
+
+
+def job_of_run(run_dir: Path, job: str | None = None) -> JobSpec:
+    """The job a run directory holds, from the spec file its manifest names (or `job`), writing into it."""
+    from .checkpoint import MANIFEST, read_json
+    from .spec import load_spec
+
+    run_dir = Path(run_dir)
+    manifest = read_json(run_dir / MANIFEST)
+    if manifest is None:
+        raise RunDirError(f"{run_dir} is not a batchrun run directory (no {MANIFEST})")
+    path = job or (manifest.get("job") or {}).get("spec")
+    if not path or not Path(path).is_file():
+        raise SpecError(f"the job spec {path or '(none recorded)'} of {run_dir} is not there: pass it with --job")
+    return replace(load_spec(path), output_dir=run_dir.resolve())
 
 
 def summary_lines(outcome: RunOutcome) -> list[str]:

@@ -1,0 +1,266 @@
+"""`batchrun export`: one row per input row, in input order, with its answer or error beside it.
+
+Records sit in the run directory in completion order. An index of where each row's record starts (8 bytes
+a row) lets the export walk the input in order and read each record with one pread, so memory stays
+bounded however large the run: output is written in batches of EXPORT_BATCH rows.
+"""
+
+from __future__ import annotations
+
+import os
+from array import array
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .checkpoint import FAILURES, MANIFEST, RESULTS, read_json, record_row
+from .errors import InputError, RunDirError, SpecError
+from .spec import InputSpec
+
+EXPORT_BATCH = 10_000
+NONE = -1
+OUTPUT_COLUMNS = ("row", "custom_id", "status", "model", "answer", "reasoning", "finish_reason", "prompt_tokens",
+                  "completion_tokens", "total_tokens", "error_code", "error_message", "attempts", "latency_s")
+INPUT_PREFIX = "input_"
+
+
+class RecordIndex:
+    """Where each row's final record starts: offset * 2 + (1 for failures.jsonl), or NONE."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.index = array("q")
+        self.fds: list[int] = []
+        for bit, name in enumerate((RESULTS, FAILURES)):
+            path = run_dir / name
+            self.fds.append(os.open(path, os.O_RDONLY) if path.exists() else -1)
+            if not path.exists():
+                continue
+            with open(path, "rb") as f:
+                offset = 0
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        break  # a line still being written
+                    row = record_row(line)
+                    if row is not None and row >= 0:
+                        if row >= len(self.index):
+                            self.index.extend([NONE] * (row + 1 - len(self.index) + 4096))
+                        self.index[row] = offset * 2 + bit
+                    offset += len(line)
+
+    def get(self, row: int) -> dict[str, Any] | None:
+        where = self.index[row] if 0 <= row < len(self.index) else NONE
+        if where == NONE:
+            return None
+        fd, offset = self.fds[where & 1], where >> 1
+        chunk, parts = b"", []
+        while True:  # read until the end of the line
+            chunk = os.pread(fd, 1 << 16, offset)
+            end = chunk.find(b"\n")
+            parts.append(chunk if end < 0 else chunk[:end])
+            if end >= 0 or not chunk:
+                break
+            offset += len(chunk)
+        record: dict[str, Any] = orjson.loads(b"".join(parts))
+        return record
+
+    def close(self) -> None:
+        for fd in self.fds:
+            if fd >= 0:
+                os.close(fd)
+
+
+def flatten(row: int, record: Mapping[str, Any] | None, embeddings: bool) -> dict[str, Any]:
+    """The export's columns for one row: its answer text, reasoning, finish_reason, usage and error."""
+    out: dict[str, Any] = dict.fromkeys(OUTPUT_COLUMNS)
+    out["row"] = row
+    if embeddings:
+        out["embedding"] = None
+    if record is None:
+        out["status"] = "pending"
+        return out
+    error = record.get("error")
+    out.update(custom_id=None if record.get("custom_id") is None else str(record["custom_id"]),
+               status="failed" if error else "succeeded", model=record.get("model"),
+               attempts=record.get("attempts"), latency_s=record.get("latency_s"))
+    if isinstance(error, Mapping):
+        out["error_code"], out["error_message"] = error.get("code"), error.get("message")
+    response = record.get("response")
+    body = response.get("body") if isinstance(response, Mapping) else None
+    if not isinstance(body, Mapping):
+        return out
+    usage = body.get("usage")
+    if isinstance(usage, Mapping):
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            value = usage.get(key)
+            out[key] = value if isinstance(value, int) and not isinstance(value, bool) else None
+    choices = body.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], Mapping) else None
+    if choice is not None:
+        message = choice.get("message") if isinstance(choice.get("message"), Mapping) else {}
+        text = message.get("content") if message else choice.get("text")
+        out["answer"] = text if isinstance(text, str) else None
+        reasoning = message.get("reasoning_content") if message else None
+        out["reasoning"] = reasoning if isinstance(reasoning, str) else None
+        out["finish_reason"] = choice.get("finish_reason")
+    data = body.get("data")
+    if embeddings and isinstance(data, list) and data and isinstance(data[0], Mapping):
+        out["embedding"] = data[0].get("embedding")
+    return out
+
+
+def export_run(run_dir: Path, to: Path, *, with_input: bool = False) -> int:
+    """Write `to` (.parquet or .jsonl): one row per input row, in input order. Returns the rows written."""
+    run_dir = Path(run_dir)
+    manifest = read_json(run_dir / MANIFEST)
+    if manifest is None:
+        raise RunDirError(f"{run_dir} is not a batchrun run directory (no {MANIFEST})")
+    job = manifest.get("job") or {}
+    inp = job.get("input") or {}
+    spec = InputSpec(path=Path(str(inp.get("path"))), format=str(inp.get("format") or "jsonl"))
+    if not spec.path.is_file():
+        raise InputError(f"the input {spec.path} of {run_dir} is not there: export pairs records with input rows")
+    kind = to.suffix.lower()
+    if kind not in (".parquet", ".jsonl"):
+        raise SpecError(f"--to must end in .parquet or .jsonl, got {to.name!r}")
+    embeddings = job.get("endpoint") == "embeddings"
+    index = RecordIndex(run_dir)
+    try:
+        batches = _batches(spec, index, embeddings, with_input)
+        return _write_parquet(to, batches) if kind == ".parquet" else _write_jsonl(to, batches)
+    finally:
+        index.close()
+
+
+Batch = tuple[list[dict[str, Any]], Any]  # export rows, and the input's own columns (an arrow batch) or None
+
+
+def _batches(spec: InputSpec, index: RecordIndex, embeddings: bool, with_input: bool) -> Iterator[Batch]:
+    if spec.format == "parquet":
+        from .sources import _open_parquet
+
+        pf = _open_parquet(spec.path)
+        row = 0
+        for batch in pf.iter_batches(batch_size=EXPORT_BATCH, columns=None if with_input else [],
+                                     use_threads=False):
+            yield [flatten(r, index.get(r), embeddings) for r in range(row + 1, row + 1 + batch.num_rows)], \
+                batch if with_input else None
+            row += batch.num_rows
+        return
+    rows: list[dict[str, Any]] = []
+    with open(spec.path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            out = flatten(lineno, index.get(lineno), embeddings)
+            if with_input:
+                try:
+                    data = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    data = None
+                out["input"] = data if isinstance(data, dict) else {}
+            rows.append(out)
+            if len(rows) >= EXPORT_BATCH:
+                yield rows, None
+                rows = []
+    if rows:
+        yield rows, None
+
+
+def _write_jsonl(to: Path, batches: Iterator[Batch]) -> int:
+    written = 0
+    with _atomic(to) as f:
+        for rows, table in batches:
+            inputs = table.to_pylist() if table is not None else None
+            for i, row in enumerate(rows):
+                extra = row.pop("input", None) if inputs is None else inputs[i]
+                if extra:
+                    row.update({INPUT_PREFIX + k: v for k, v in extra.items()})
+                f.write(orjson.dumps(row, default=str) + b"\n")
+            written += len(rows)
+    return written
+
+
+def _write_parquet(to: Path, batches: Iterator[Batch]) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = None
+    written = 0
+    input_fields: list[str] | None = None
+    with _atomic(to) as f:
+        try:
+            for rows, table in batches:
+                columns: dict[str, Any] = {name: [r[name] for r in rows] for name in rows[0] if name != "input"}
+                arrays = {name: pa.array(values, type=_TYPES.get(name)) for name, values in columns.items()}
+                if table is not None:  # Parquet input: its own columns, types kept
+                    for name, column in zip(table.schema.names, table.columns, strict=True):
+                        arrays[INPUT_PREFIX + name] = column
+                elif "input" in rows[0]:  # JSONL input: the first row's fields, as text unless already text
+                    if input_fields is None:
+                        input_fields = list(rows[0]["input"])
+                    for name in input_fields:
+                        arrays[INPUT_PREFIX + name] = pa.array([_text(r["input"].get(name)) for r in rows],
+                                                               type=pa.string())
+                batch = pa.RecordBatch.from_pydict(arrays)
+                if writer is None:
+                    writer = pq.ParquetWriter(f, batch.schema)
+                writer.write_batch(batch)
+                written += len(rows)
+            if writer is None:  # an empty input: still a valid file with the output columns
+                empty = {name: pa.array([], type=_TYPES.get(name) or pa.string()) for name in OUTPUT_COLUMNS}
+                writer = pq.ParquetWriter(f, pa.RecordBatch.from_pydict(empty).schema)
+        finally:
+            if writer is not None:
+                writer.close()
+    return written
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def _types() -> dict[str, Any]:
+    import pyarrow as pa
+
+    return {"row": pa.int64(), "custom_id": pa.string(), "status": pa.string(), "model": pa.string(),
+            "answer": pa.string(), "reasoning": pa.string(), "finish_reason": pa.string(),
+            "prompt_tokens": pa.int64(), "completion_tokens": pa.int64(), "total_tokens": pa.int64(),
+            "error_code": pa.string(), "error_message": pa.string(), "attempts": pa.int64(),
+            "latency_s": pa.float64(), "embedding": pa.list_(pa.float32())}
+
+
+class _LazyTypes(dict[str, Any]):
+    """Arrow types, made on first use: pyarrow is loaded only for Parquet exports."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if not self:
+            self.update(_types())
+        return super().get(key, default)
+
+
+_TYPES = _LazyTypes()
+
+
+class _atomic:
+    """Write to a temporary file beside `path`, then rename: a failed export leaves no half-written file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.tmp = path, path.with_name(f".{path.name}.tmp")
+
+    def __enter__(self) -> Any:
+        try:
+            self.f = open(self.tmp, "wb")
+        except OSError as exc:
+            raise SpecError(f"--to: cannot write {self.path}: {exc.strerror}") from None
+        return self.f
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.f.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
