@@ -13,6 +13,7 @@ import datetime as dt
 import fcntl
 import io
 import itertools
+import math
 import os
 import time
 from array import array
@@ -201,7 +202,7 @@ def percentile(ordered: list[float], q: float) -> float | None:
     """The nearest-rank percentile of an ordered list (None when empty)."""
     if not ordered:
         return None
-    rank = max(1, min(len(ordered), round(q * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(q * len(ordered) - 1e-9)))
     return ordered[rank - 1]
 
 
@@ -213,9 +214,9 @@ def rate_series(ordered_times: list[float], buckets: int = 60, max_gap: float = 
     active = [0.0]
     for prev, t in itertools.pairwise(ordered_times):
         active.append(active[-1] + min(t - prev, max_gap))
-    span = max(active[-1], 1e-6)
-    width = max(span / buckets, 1.0)
-    n = int(span // width) + 1
+    span = max(active[-1], 1e-3)
+    width = span / buckets if span < buckets else max(1.0, span / buckets)  # whole seconds once there are enough
+    n = min(buckets, int(span // width)) + 1
     counts = [0] * n
     for t in active:
         counts[min(n - 1, int(t // width))] += 1
