@@ -248,37 +248,50 @@ def bench_memory(work: Path, big: int, small: int) -> list[Figure]:
     return figures
 
 
-def bench_resume(work: Path, done: int) -> list[Figure]:
-    """A run directory with `done` rows recorded: how long until the resumed run sends its first request."""
+def write_done_run(work: Path, done: int, extra: int, sim_url: str) -> tuple[Path, Path]:
+    """A job over `done + extra` prompts whose run directory already holds `done` results, written directly."""
     from .checkpoint import MANIFEST, RESULTS, USAGE, atomic_write
     from .runner import prepare
     from .spec import load_spec
 
+    path = write_prompts(work / "done.jsonl", done + extra, short_prompt)
+    spec_path = work / "done.yaml"
+    run_dir = work / "runs" / "done"
+    spec_path.write_text(yaml.safe_dump({
+        "name": "done", "input": str(path), "model": "sim-small", "params": {"max_tokens": 16},
+        "provider": {"name": "simulated", "base_url": sim_url}, "output_dir": str(run_dir)}))
+    prepared = prepare(load_spec(spec_path))
+    run_dir.mkdir(parents=True)
+    body = {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {
+        "role": "assistant", "content": "done before"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25}}
+    with open(run_dir / RESULTS, "wb") as f:
+        for row in range(1, done + 1):
+            f.write(orjson.dumps({"row": row, "id": f"batch_req_{row}", "custom_id": f"r{row - 1}",
+                                  "model": "sim-small", "response": {"status_code": 200, "request_id": "x",
+                                                                     "body": body},
+                                  "error": None, "attempts": 1, "rate_limited": 0, "latency_s": 0.2 + row % 7 / 10,
+                                  "completed_at": f"2026-11-23T10:{row // 60000 % 60:02d}:{row // 1000 % 60:02d}.000Z"})
+                    + b"\n")
+    size = (run_dir / RESULTS).stat().st_size
+    atomic_write(run_dir / MANIFEST, orjson.dumps({"job": prepared.spec.describe(),
+                                                   "fingerprint": prepared.fingerprint, "state": "interrupted"}))
+    atomic_write(run_dir / USAGE, orjson.dumps({
+        "rows_total": done + extra, "rows_succeeded": done, "requests": done, "prompt_tokens": 20 * done,
+        "completion_tokens": 5 * done, "total_tokens": 25 * done, "models": {"sim-small": {
+            "rows_succeeded": done, "requests": done, "prompt_tokens": 20 * done, "completion_tokens": 5 * done,
+            "total_tokens": 25 * done}}, "active_s": 100.0, "checkpoint": {RESULTS: size, "failures.jsonl": 0}}))
+    return spec_path, run_dir
+
+
+def bench_resume(work: Path, done: int) -> list[Figure]:
+    """A run directory with `done` rows recorded: how long until the resumed run sends its first request."""
+    from .checkpoint import RESULTS
+
     extra = 1000
-    path = write_prompts(work / "resume.jsonl", done + extra, short_prompt)
     sim = Simulator("--latency", "0")
     try:
-        spec_path = work / "resume.yaml"
-        run_dir = work / "runs" / "resume"
-        spec_path.write_text(yaml.safe_dump({
-            "name": "resume", "input": str(path), "model": "sim-small", "params": {"max_tokens": 16},
-            "provider": {"name": "simulated", "base_url": sim.url}, "output_dir": str(run_dir)}))
-        prepared = prepare(load_spec(spec_path))
-        run_dir.mkdir(parents=True)
-        body = {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {
-            "role": "assistant", "content": "done before"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25}}
-        with open(run_dir / RESULTS, "wb") as f:
-            for row in range(1, done + 1):
-                f.write(orjson.dumps({"row": row, "id": f"batch_req_{row}", "custom_id": f"r{row - 1}",
-                                      "model": "sim-small", "response": {"status_code": 200, "request_id": "x",
-                                                                         "body": body},
-                                      "error": None, "attempts": 1, "rate_limited": 0}) + b"\n")
-        size = (run_dir / RESULTS).stat().st_size
-        atomic_write(run_dir / MANIFEST, orjson.dumps({"fingerprint": prepared.fingerprint, "state": "interrupted"}))
-        atomic_write(run_dir / USAGE, orjson.dumps({
-            "rows_succeeded": done, "requests": done, "prompt_tokens": 20 * done, "completion_tokens": 5 * done,
-            "total_tokens": 25 * done, "checkpoint": {RESULTS: size, "failures.jsonl": 0}}))
+        spec_path, run_dir = write_done_run(work, done, extra, sim.url)
         started = time.time()
         proc = subprocess.Popen([*PY, "submit", str(spec_path), "--no-progress"], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
@@ -298,6 +311,27 @@ def bench_resume(work: Path, done: int) -> list[Figure]:
                    startup < 5),
             Figure("5 resumed run: rows recorded at the end (done + new)", f"{done + extra:,}", f"{results:,}",
                    results == done + extra)]
+
+
+def bench_operations(work: Path, done: int) -> list[Figure]:
+    """report, status and export on a run directory holding `done` rows: time and peak memory of each."""
+    _, run_dir = write_done_run(work, done, 1000, "http://127.0.0.1:9/v1")
+    figures = []
+    for name, args in (("report", ["report", str(run_dir), "--html", str(work / "r.html")]),
+                       ("status", ["status", str(run_dir)]),
+                       ("export to Parquet", ["export", str(run_dir), "--to", str(work / "x.parquet")])):
+        started = time.monotonic()
+        proc = subprocess.Popen([*PY, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, rusage = os.wait4(proc.pid, 0)
+        elapsed = time.monotonic() - started
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"batchrun {name} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
+        # ru_maxrss can carry over this process's peak from before the fork: only an upper bound.
+        figures.append(Figure(f"7 {name} on {done:,} rows: seconds, peak RSS (upper bound)",
+                              "< 10 s" if name != "status" else "< 1 s",
+                              f"{elapsed:.2f} s, {rusage.ru_maxrss / 1024:.0f} MB",
+                              elapsed < (10 if name != "status" else 1)))
+    return figures
 
 
 def print_table(figures: list[Figure]) -> None:
@@ -326,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         ("4", lambda w: bench_memory(w, 50_000 if q else 1_000_000, 5_000 if q else 100_000)),
         ("5", lambda w: bench_resume(w, 100_000 if q else 1_000_000)),
         ("6", lambda w: bench_async(w, 300 if q else 1200)),
+        ("7", lambda w: bench_operations(w, 100_000 if q else 1_000_000)),
     ]
     only = set(args.only.split(",")) if args.only else None
     figures: list[Figure] = []
