@@ -14,7 +14,7 @@ import errno
 import fcntl
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,21 @@ def record_row(line: bytes) -> int | None:
         return None
     row = obj.get("row") if isinstance(obj, dict) else None
     return row if isinstance(row, int) and not isinstance(row, bool) else None
+
+
+def complete_lines(path: Path, start: int = 0) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) for every complete line from `start`, read-only: a line still being written (no newline
+    yet) is left for next time. For readers beside a live run (report, status, export)."""
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        f.seek(start)
+        offset = start
+        for line in f:
+            if not line.endswith(b"\n"):
+                return
+            yield offset, line
+            offset += len(line)
 
 
 class DoneRows:

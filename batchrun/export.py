@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from .checkpoint import FAILURES, MANIFEST, RESULTS, read_json, record_row
+from .checkpoint import FAILURES, MANIFEST, RESULTS, complete_lines, read_json, record_row
 from .errors import InputError, RunDirError, SpecError
 from .spec import InputSpec
 
@@ -37,19 +37,12 @@ class RecordIndex:
         for bit, name in enumerate((RESULTS, FAILURES)):
             path = run_dir / name
             self.fds.append(os.open(path, os.O_RDONLY) if path.exists() else -1)
-            if not path.exists():
-                continue
-            with open(path, "rb") as f:
-                offset = 0
-                for line in f:
-                    if not line.endswith(b"\n"):
-                        break  # a line still being written
-                    row = record_row(line)
-                    if row is not None and row >= 0:
-                        if row >= len(self.index):
-                            self.index.extend([NONE] * (row + 1 - len(self.index) + 4096))
-                        self.index[row] = offset * 2 + bit
-                    offset += len(line)
+            for offset, line in complete_lines(path):
+                row = record_row(line)
+                if row is not None and row >= 0:
+                    if row >= len(self.index):
+                        self.index.extend([NONE] * (row + 1 - len(self.index) + 4096))
+                    self.index[row] = offset * 2 + bit
 
     def get(self, row: int) -> dict[str, Any] | None:
         where = self.index[row] if 0 <= row < len(self.index) else NONE

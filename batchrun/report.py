@@ -17,14 +17,14 @@ import math
 import os
 import time
 from array import array
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from .checkpoint import FAILURES, LOCK, MANIFEST, RESULTS, USAGE, read_json
+from .checkpoint import FAILURES, LOCK, MANIFEST, RESULTS, USAGE, complete_lines, read_json
 from .errors import RunDirError
 from .pricing import Price, Prices, parse_prices
 from .usage import Usage
@@ -91,7 +91,7 @@ def read_run(path: Path, *, records: bool = True) -> RunData:
                    saved.get("rate_rows_per_s"), parse_prices(job.get("pricing") or {}, f"{path}/{MANIFEST}"))
     for name in (RESULTS, FAILURES):
         covered = int(covers.get(name, 0)) if trusted else 0
-        for offset, line in _lines(path / name, 0 if records else covered):
+        for offset, line in complete_lines(path / name, 0 if records else covered):
             if records:
                 _timing(line, data)
             if offset >= covered:
@@ -100,20 +100,6 @@ def read_run(path: Path, *, records: bool = True) -> RunData:
     if data.state == "running" and not data.live:
         data.state = "died"  # a process that was killed never wrote its end state
     return data
-
-
-def _lines(path: Path, start: int = 0) -> Iterator[tuple[int, bytes]]:
-    """(offset, line) for every complete line from `start`; a line still being written is left for next time."""
-    if not path.exists():
-        return
-    with open(path, "rb") as f:
-        f.seek(start)
-        offset = start
-        for line in f:
-            if not line.endswith(b"\n"):
-                return
-            yield offset, line
-            offset += len(line)
 
 
 def _timing(line: bytes, data: RunData) -> None:
