@@ -183,6 +183,9 @@ def models(name: str, base_url: str | None, api_key_env: str | None) -> None:
 @click.option("--latency-dist", type=click.Choice(LATENCY_DISTS), default="lognormal", show_default=True,
               help="How answer times spread around the median.")
 @click.option("--error-rate", default=0.0, show_default=True, help="Share of requests answered HTTP 500.")
+@click.option("--drop-rate", default=0.0, show_default=True, help="Share of requests whose connection is dropped.")
+@click.option("--slow-rate", default=0.0, show_default=True, help="Share of requests answered only after --slow-s.")
+@click.option("--slow-s", default=30.0, show_default=True, help="How long the slow answers take.")
 @click.option("--seed", default=0, show_default=True, help="Seed for injected errors and latency.")
 @click.option("--bare-429", is_flag=True, help="Send 429s without Retry-After, as Zhipu does.")
 @click.option("--rate-headers", is_flag=True, help="Send x-ratelimit-* headers on every answer, as OpenAI does.")
@@ -194,19 +197,21 @@ def models(name: str, base_url: str | None, api_key_env: str | None) -> None:
               "(as a bearer token or, for an id.secret key, a Zhipu JWT signed with it).")
 @_friendly
 def simulate(port: int, rpm: float | None, tpm: float | None, latency: float, latency_dist: str, error_rate: float,
-             seed: int, bare_429: bool, rate_headers: bool, tpm_accounting: str, task_s: tuple[float, float],
-             require_key: bool) -> None:
+             drop_rate: float, slow_rate: float, slow_s: float, seed: int, bare_429: bool, rate_headers: bool,
+             tpm_accounting: str, task_s: tuple[float, float], require_key: bool) -> None:
     """Serve a simulated OpenAI-compatible provider on 127.0.0.1 until Ctrl-C."""
     key = os.environ.get("BATCHRUN_SIM_API_KEY") if require_key else None
     if require_key and not key:
         raise SpecError("--require-key needs the key in $BATCHRUN_SIM_API_KEY")
-    if not 0 <= error_rate <= 1:
-        raise SpecError(f"--error-rate must be between 0 and 1, got {error_rate}")
+    for flag, share in (("--error-rate", error_rate), ("--drop-rate", drop_rate), ("--slow-rate", slow_rate)):
+        if not 0 <= share <= 1:
+            raise SpecError(f"{flag} must be between 0 and 1, got {share}")
     if not 0 <= task_s[0] <= task_s[1]:
         raise SpecError(f"--task-s must be two seconds LOW <= HIGH, got {task_s[0]} {task_s[1]}")
     cfg = SimulateSpec(rpm=rpm, tpm=tpm, latency=latency, latency_dist=latency_dist, error_rate=error_rate,
                        seed=seed, api_key=key, retry_after=not bare_429, rate_headers=rate_headers,
-                       tpm_accounting=tpm_accounting, task_s=task_s)
+                       tpm_accounting=tpm_accounting, task_s=task_s, drop_rate=drop_rate, slow_rate=slow_rate,
+                       slow_s=slow_s)
 
     def announce(url: str) -> None:
         click.echo(f"simulated provider at {url}  (spec: provider: {{name: simulated, base_url: {url}}})")

@@ -20,6 +20,9 @@ Directives in a prompt reproduce a quirk for that one row, so tests and users ca
     #sim:finish=length  the answer's finish_reason
     #sim:think          a thinking model: reasoning_content beside content
     #sim:cut=1          with stream: true, cut the first attempt's stream midway (no [DONE])
+    #sim:garbage=1      HTTP 200 whose body is cut-off JSON, first attempt only
+    #sim:nochoices=1    HTTP 200 with an empty choices list, first attempt only
+    #sim:html=1         HTTP 500 with an HTML error page (as a gateway sends), first attempt only
     #sim:task=5         async: this task takes 5 s (otherwise uniform within simulate.task_s, 2-20 s)
     #sim:task-fail=1    async: the first submission's task ends with task_status FAIL
     #sim:expire=1       async: the first submission's task id is forgotten (polls answer 404)
@@ -116,6 +119,8 @@ class SimProvider:
         self.tpm_charged = 0.0  # what the TPM bucket was charged, in the configured accounting
         self.first_request_at: float | None = None  # wall-clock time, for start-up measurements
         self.tasks_submitted = self.polls = self.max_tasks_running = 0
+        self.inflight = 0  # requests accepted and not yet answered (billed when answered)
+        self.injected: Counter[str] = Counter()  # random faults: 500, drop, slow
         self.running: list[float] = []  # due times of tasks still running (a heap)
 
     def app(self) -> web.Application:
@@ -140,6 +145,8 @@ class SimProvider:
             "billed_completion_tokens": self.billed_completion_tokens,
             "tpm_charged": round(self.tpm_charged),
             "first_request_at": self.first_request_at,
+            "inflight": self.inflight,
+            "injected": dict(self.injected),
             "tasks_submitted": self.tasks_submitted,
             "tasks_running": self._tasks_running(self.clock()),
             "max_tasks_running": self.max_tasks_running,
@@ -235,10 +242,7 @@ class SimProvider:
         if attempt <= int(float(directives.get("legacy") or 0)):
             return self._answer(200, {"error_code": 336501, "error_msg": "Rate limit reached for RPM"})
         if attempt <= int(float(directives.get("drop") or 0)):
-            self.dropped += 1
-            if request.transport is not None:
-                request.transport.close()
-            return web.Response(status=500)
+            return self._drop(request)
         if attempt <= int(float(directives.get("fail") or 0)):
             return self._answer(500, _error("internal_error", "simulated server error", "server_error"))
         if attempt <= int(float(directives.get("429") or 0)):
@@ -254,8 +258,39 @@ class SimProvider:
         if limited is not None:
             return limited
         if self.cfg.error_rate and self.rng.random() < self.cfg.error_rate:
+            self.injected["500"] += 1
             return self._answer(500, _error("internal_error", "simulated server error", "server_error"))
+        if self.cfg.drop_rate and self.rng.random() < self.cfg.drop_rate:
+            self.injected["drop"] += 1
+            return self._drop(request)
+        if attempt <= int(float(directives.get("garbage") or 0)):
+            return web.Response(status=200, body=b'{"id": "x", "choices": [{"mess', content_type="application/json")
+        if attempt <= int(float(directives.get("nochoices") or 0)):
+            return self._answer(200, {"id": "x", "object": "chat.completion", "choices": []})
+        if attempt <= int(float(directives.get("html") or 0)):
+            self.responses[500] += 1
+            return web.Response(status=500, content_type="text/html",
+                                text="<html><body><h1>500 Internal Server Error</h1><p>nginx</p></body></html>")
         return _Call(kind, body, texts, key, attempt, directives, prompt_tokens)
+
+    async def _work(self, delay: float) -> None:
+        """Take `delay` seconds to answer (or slow_s, for the share of requests that are slow)."""
+        if self.cfg.slow_rate and self.rng.random() < self.cfg.slow_rate:
+            self.injected["slow"] += 1
+            delay = self.cfg.slow_s
+        self.inflight += 1
+        try:
+            if delay > 0:
+                await asyncio.sleep(delay)
+        finally:
+            self.inflight -= 1
+
+    def _drop(self, request: web.Request) -> web.Response:
+        """Close the connection without an answer (the client sees a reset, not a status)."""
+        self.dropped += 1
+        if request.transport is not None:
+            request.transport.close()
+        return web.Response(status=500)
 
     def _bill(self, call: _Call) -> dict[str, Any]:
         """The answer the prompt gets, charged to TPM (when counted on usage) and to the bill."""
@@ -283,8 +318,7 @@ class SimProvider:
             return call
         directives = call.directives
         delay = float(directives["sleep"]) if directives.get("sleep") else self._latency()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        await self._work(delay)
         answer = self._bill(call)
         if call.body.get("stream"):
             options = call.body.get("stream_options") or {}
@@ -297,6 +331,7 @@ class SimProvider:
         call = await self._accept(request)
         if not isinstance(call, _Call):
             return call
+        await self._work(self._latency())
         answer, directives = self._bill(call), call.directives
         self.tasks_submitted += 1
         low, high = self.cfg.task_s

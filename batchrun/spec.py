@@ -48,6 +48,9 @@ class SimulateSpec:
     rate_headers: bool = False  # send x-ratelimit-* headers on every answer, as OpenAI does
     tpm_accounting: str = "reserve"  # reserve: prompt + max_tokens on admission; actual: tokens used, after
     task_s: tuple[float, float] = (2.0, 20.0)  # how long an async task runs: uniform between the two
+    drop_rate: float = 0.0  # share of requests whose connection is dropped without an answer
+    slow_rate: float = 0.0  # share of requests answered only after slow_s (past a client's timeout)
+    slow_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -358,15 +361,22 @@ def _parse_provider(raw: Any, source: str) -> ProviderSpec:
 
 def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
     sec = _Section(where, raw, {"rpm", "tpm", "latency", "latency_dist", "error_rate", "seed", "retry_after",
-                                "rate_headers", "tpm_accounting", "task_s"}, source)
-    error_rate = sec.number("error_rate", 0.0, inclusive=True)
-    if error_rate is not None and error_rate > 1:
-        raise sec.fail("error_rate", f"must be between 0 and 1, got {error_rate}")
+                                "rate_headers", "tpm_accounting", "task_s", "drop_rate", "slow_rate", "slow_s"},
+                   source)
+    shares = {}
+    for name in ("error_rate", "drop_rate", "slow_rate"):
+        share = sec.number(name, 0.0, inclusive=True) or 0.0
+        if share > 1:
+            raise sec.fail(name, f"must be between 0 and 1, got {share}")
+        shares[name] = share
     return SimulateSpec(
         rpm=sec.number("rpm"),
         tpm=sec.number("tpm"),
         latency=sec.number("latency", 0.05, inclusive=True) or 0.0,
-        error_rate=error_rate or 0.0,
+        error_rate=shares["error_rate"],
+        drop_rate=shares["drop_rate"],
+        slow_rate=shares["slow_rate"],
+        slow_s=sec.number("slow_s", SimulateSpec.slow_s) or 0.0,
         seed=sec.integer("seed", 0, minimum=0) or 0,
         retry_after=sec.boolean("retry_after", True),
         rate_headers=sec.boolean("rate_headers", False),
