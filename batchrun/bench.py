@@ -53,8 +53,9 @@ class ClientRun:
 
 
 class Simulator:
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([*PY, "simulate", "--port", "0", *args], stdout=subprocess.PIPE, text=True)
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen([*PY, "simulate", "--port", "0", *args], stdout=subprocess.PIPE, text=True,
+                                     env=env)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if "simulated provider at " not in line:

@@ -68,6 +68,8 @@ class RateController:
     MEASURE_S = 0.4
     LAG_S = 0.25  # a 429 for a request sent at t has arrived by t + LAG_S
     MIN_429S = 3  # fewer 429s than this in an episode is bad luck, not a limit
+    MIN_ADMITTED = 3  # fewer admitted than this in an episode measures nothing
+    STALE_S = 10.0  # a learned limit not met for this long while it holds the rate back: probe faster again
     BRAKE_UNKNOWN = 0.35
     BRAKE_LEARNED = 0.9
     GROW_PER_S: ClassVar[dict[str, float]] = {"unknown": 1.0, "bounded": 0.25, "learned": 0.02}
@@ -124,8 +126,10 @@ class RateController:
             self._episode, self._episode_429s, self._before = now, 1, self.rate
             trusted = self.state != "unknown" or self.ceiling is not None  # a known level needs only a touch
             brake = self.BRAKE_LEARNED if trusted else self.BRAKE_UNKNOWN
-            sending = self.send_rate(now, self.MEASURE_S)
-            current = sending if self.rate is None else min(self.rate, max(sending, self.MIN_RATE))
+            # Brake from the rate in force; only with none yet, from what was being sent. (Braking from the
+            # send rate when it is low for other reasons, rows waiting out their backoff, say, would ratchet
+            # the rate down episode after episode in a storm of 429s.)
+            current = self.send_rate(now, self.MEASURE_S) if self.rate is None else self.rate
             self._set(max(self.MIN_RATE, current * brake))
         self.tick(now, force=True)
 
@@ -146,6 +150,8 @@ class RateController:
             return
         if self.send_rate(now, 1.0) < 0.9 * self.rate:
             return  # the rate is not the bottleneck: no evidence that more would be admitted
+        if self.state == "learned" and now - self._last_429 > self.STALE_S:
+            self.state = "bounded"  # learned in a storm, or the provider raised the limit since
         if now - self._last_429 > self.QUIET_S[self.state]:
             self._set(self.rate * (1 + self.GROW_PER_S[self.state] * (now - last)))
 
@@ -159,7 +165,9 @@ class RateController:
             return
         sent = self.sent.count(start, end)
         limited = self.limited.count(start, end)
-        if limited >= self.MIN_429S and sent > limited:  # turned away all along: what got through is the limit
+        if limited >= self.MIN_429S and sent - limited >= self.MIN_ADMITTED:
+            # Turned away all along: what got through is the limit. Too few got through to tell (rows the
+            # provider refuses whatever the rate, a storm): the brake stands, and the rate probes back up.
             self._set((sent - limited) / (end - start) * MEASURED_HEADROOM)
             self.state = "learned"
         elif self.state == "unknown":

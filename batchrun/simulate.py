@@ -119,7 +119,7 @@ class SimProvider:
         self.tpm_charged = 0.0  # what the TPM bucket was charged, in the configured accounting
         self.first_request_at: float | None = None  # wall-clock time, for start-up measurements
         self.tasks_submitted = self.polls = self.max_tasks_running = 0
-        self.inflight = 0  # requests accepted and not yet answered (billed when answered)
+        self.inflight = 0  # requests being handled: read, waited on, not yet answered (billed when answered)
         self.injected: Counter[str] = Counter()  # random faults: 500, drop, slow
         self.running: list[float] = []  # due times of tasks still running (a heap)
 
@@ -278,12 +278,8 @@ class SimProvider:
         if self.cfg.slow_rate and self.rng.random() < self.cfg.slow_rate:
             self.injected["slow"] += 1
             delay = self.cfg.slow_s
-        self.inflight += 1
-        try:
-            if delay > 0:
-                await asyncio.sleep(delay)
-        finally:
-            self.inflight -= 1
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     def _drop(self, request: web.Request) -> web.Response:
         """Close the connection without an answer (the client sees a reset, not a status)."""
@@ -293,7 +289,8 @@ class SimProvider:
         return web.Response(status=500)
 
     def _bill(self, call: _Call) -> dict[str, Any]:
-        """The answer the prompt gets, charged to TPM (when counted on usage) and to the bill."""
+        """The answer the prompt gets, charged to TPM (when counted on usage) and to the bill; a client that
+        has gone (killed, or timed out) is billed all the same, as providers do."""
         if call.kind == "embeddings":
             answer = _embeddings(call.body, call.texts, call.prompt_tokens)
         else:
@@ -313,6 +310,13 @@ class SimProvider:
         return answer
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.inflight += 1
+        try:
+            return await self._chat(request)
+        finally:
+            self.inflight -= 1
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
         call = await self._accept(request)
         if not isinstance(call, _Call):
             return call
@@ -328,6 +332,13 @@ class SimProvider:
 
     async def submit_task(self, request: web.Request) -> web.StreamResponse:
         """Zhipu's asyncCompletions: billed now, answered by polls once the task's time is up."""
+        self.inflight += 1
+        try:
+            return await self._submit_task(request)
+        finally:
+            self.inflight -= 1
+
+    async def _submit_task(self, request: web.Request) -> web.StreamResponse:
         call = await self._accept(request)
         if not isinstance(call, _Call):
             return call
@@ -368,6 +379,13 @@ class SimProvider:
         self.responses[200] += 1
         resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream",
                                                        "x-request-id": f"sim-{self.requests}"})
+        try:
+            return await self._send_events(request, resp, answer, include_usage, cut)
+        except ConnectionError:  # the client went away (timed out, killed): nothing to tell it
+            return resp
+
+    async def _send_events(self, request: web.Request, resp: web.StreamResponse, answer: dict[str, Any],
+                           include_usage: bool, cut: bool) -> web.StreamResponse:
         await resp.prepare(request)
         kind = "text_completion" if "text" in answer["choices"][0] else "chat.completion.chunk"
         head = {"id": answer["id"], "object": kind, "created": answer["created"],

@@ -198,3 +198,29 @@ def test_throttle_takes_limits_from_headers_and_settles_tpm() -> None:
         assert throttle.gate.inflight == 0
 
     asyncio.run(scenario())
+
+
+def test_a_storm_of_429s_does_not_ratchet_the_rate_down() -> None:
+    """Rows the provider turns away whatever the rate (retried at once, so few are sent meanwhile) brake the
+    rate a tenth per episode, never down to nothing; a learned limit not met for a while is probed again."""
+    rc, _, _ = run_against_bucket(limit=100.0, seconds=10.0)
+    assert rc.learned and rc.rate is not None
+    before = rc.rate
+    t = 100.0
+    for _ in range(5):  # five episodes, each of a few sends that all come back 429
+        for _ in range(4):
+            t += 0.01
+            rc.on_sent(t)
+            rc.on_rate_limited(t, t + 0.002)
+        t += 1.0
+        rc.tick(t)
+    assert rc.rate >= before * 0.9 ** 5 * 0.99
+    credit = 0.0
+    for _ in range(int(20 / 0.01)):  # then 20 s of sending as fast as the rate allows, and no 429
+        t += 0.01
+        credit += rc.rate * 0.01
+        while credit >= 1:
+            credit -= 1
+            rc.on_sent(t)
+        rc.tick(t)
+    assert rc.state == "bounded" and rc.rate > 2 * before  # probing fast again, not at 2 %/s

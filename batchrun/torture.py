@@ -1,0 +1,335 @@
+"""`make torture`: try hard to lose a row or pay for one twice, and print what was tried and what survived.
+
+Crash torture: a run against a simulated provider that fails 5 % of requests with HTTP 500, drops 1 % of
+connections and answers some requests only after the client's timeout, killed with SIGKILL at random
+moments and resumed each time; then every input row must have exactly one final record, no line may be
+torn, usage.json must agree with the records, and the provider may have billed a row twice only for
+requests that were in flight at a kill or answered after the timeout. The same in async mode, where a
+task whose id was written down must never be submitted again. Then staged faults, a full disk and SIGTERM
+storms. `tests/test_torture.py` runs short versions of the same functions in `make test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from .bench import PY, Simulator, write_prompts
+from .checkpoint import FAILURES, RESULTS, TASKS, USAGE
+from .usage import COUNTERS, Usage
+
+KEY_ENV = "BATCHRUN_SIM_API_KEY"
+CONCURRENCY = 32
+
+
+@dataclass
+class Outcome:
+    """What one suite tried and what survived."""
+
+    name: str
+    rows: int = 0
+    kills: int = 0
+    lost: int = 0  # input rows without a final record
+    duplicated: int = 0  # rows with more than one final record
+    torn: int = 0  # record lines that are not whole JSON lines
+    usage_disagrees: list[str] = field(default_factory=list)  # usage.json counters that differ from the records
+    extra_bills: int = 0  # answers the provider billed beyond one per row
+    bill_bound: int = 0  # requests that can be in flight at the kills + answers slower than the client's timeout
+    inflight_at_kills: int = 0  # requests the provider was handling when the client was killed
+    resubmitted_tasks: int = 0  # async: rows submitted again while their recorded task was still good
+    faults: Counter[str] = field(default_factory=Counter)
+    secret_hits: int = 0  # places the API key was found in the run directory or the logs
+    notes: list[str] = field(default_factory=list)  # what the table cannot say
+    problems: list[str] = field(default_factory=list)  # what went wrong besides the counted failures
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.duplicated or self.torn or self.usage_disagrees or self.secret_hits
+                    or self.resubmitted_tasks or self.extra_bills > self.bill_bound or self.problems)
+
+
+def new_key() -> str:
+    return "sk-torture-" + secrets.token_hex(12)
+
+
+def job_spec(work: Path, name: str, sim_url: str, input_path: Path, *, mode: str = "sync",
+             timeout_s: float = 1.5, **extra: Any) -> Path:
+    spec: dict[str, Any] = {
+        "name": name, "input": str(input_path), "model": "sim-small", "params": {"max_tokens": 16},
+        "provider": {"name": "simulated", "base_url": sim_url, "mode": mode},
+        "limits": {"concurrency": CONCURRENCY, "poll_rps": 1000, "max_pending": 2000},
+        "retry": {"max_attempts": 30, "timeout_s": timeout_s, "backoff_s": 0.05, "max_backoff_s": 1},
+        "output_dir": str(work / "runs" / name),
+    }
+    spec.update(extra)
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def start_submit(job: Path, key: str, log: Path, **popen: Any) -> subprocess.Popen[bytes]:
+    out = open(log, "ab")  # noqa: SIM115 (the child keeps it; closed when the process is reaped)
+    return subprocess.Popen([*PY, "submit", str(job), "--no-progress"], stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ, KEY_ENV: key}, **popen)
+
+
+def crash_torture(work: Path, rows: int, kills: int, *, mode: str = "sync", seed: int = 1) -> Outcome:
+    """Kill a run with SIGKILL at `kills` random moments, resume it each time, then check everything."""
+    rng = random.Random(seed)
+    key = new_key()
+    name = f"crash-{mode}"
+    out = Outcome(f"crash torture, {mode}", rows=rows)
+    args = ["--latency", "0.05", "--error-rate", "0.05", "--drop-rate", "0.01", "--slow-rate", "0.002",
+            "--slow-s", "3", "--seed", str(seed), "--require-key", "--task-s", "0.2", "1.0"]
+    sim = Simulator(*args, env={**os.environ, KEY_ENV: key})
+    log = work / f"{name}.log"
+    try:
+        job = job_spec(work, name, sim.url, write_prompts(work / f"{name}.jsonl", rows, _prompt), mode=mode)
+        run_dir = work / "runs" / name
+        while out.kills < kills:
+            proc = start_submit(job, key, log)
+            time.sleep(rng.uniform(0.3, 2.5))
+            if proc.poll() is not None:  # finished before the kill came
+                break
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+            out.kills += 1
+            out.inflight_at_kills += int(sim.stats()["inflight"])
+        final = start_submit(job, key, log)
+        if final.wait(600) not in (0, 3):
+            out.problems.append(f"the final resume exited {final.returncode}; see {log}")
+        time.sleep(0.5)  # let answers to killed clients finish, so the bill is complete
+        stats = sim.stats()
+    finally:
+        sim.close()
+    check_records(run_dir, rows, out)
+    out.extra_bills = int(stats["billed_requests"]) - int(stats["billed_prompts"])
+    out.faults.update({k: int(v) for k, v in stats["injected"].items()})
+    # A row may be paid for again only if its request was in flight at a kill (the client can have at most
+    # CONCURRENCY out, and some answers were on their way back, unseen by the provider's count) or was
+    # answered after the client's timeout.
+    slow = int(stats["injected"].get("slow", 0))
+    out.bill_bound = out.kills * CONCURRENCY + slow
+    out.notes.append(f"{out.extra_bills} rows billed again: the provider was handling {out.inflight_at_kills} "
+                     f"requests at the {out.kills} kills, and answered {slow} after the client's timeout")
+    if mode == "async":
+        out.resubmitted_tasks = resubmitted_tasks(run_dir)
+        out.notes.append(f"{stats['tasks_submitted']} tasks submitted for {rows} rows; "
+                         f"{out.resubmitted_tasks} rows submitted again while their recorded task was good")
+    out.secret_hits = secret_hits(key, [run_dir, log])
+    return out
+
+
+def _prompt(i: int) -> str:
+    return f"torture question {i}: summarise this row in a few words"
+
+
+def check_records(run_dir: Path, rows: int, out: Outcome) -> None:
+    """Every input row exactly once, no torn lines, and usage.json equal to a fold over the records."""
+    seen: Counter[int] = Counter()
+    usage = Usage()
+    ids: Counter[str] = Counter()
+    for name in (RESULTS, FAILURES):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            out.torn += 1
+        for line in data.splitlines():
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                out.torn += 1
+                continue
+            seen[record["row"]] += 1
+            usage.add(record)
+            if name == RESULTS:
+                ids[str(record.get("custom_id"))] += 1
+    out.lost = sum(1 for row in range(1, rows + 1) if row not in seen)
+    out.duplicated = sum(1 for n in seen.values() if n > 1) + sum(1 for n in ids.values() if n > 1)
+    saved = orjson.loads((run_dir / USAGE).read_bytes())
+    out.usage_disagrees = [c for c in COUNTERS if saved.get(c, 0) != getattr(usage, c)]
+
+
+def resubmitted_tasks(run_dir: Path) -> int:
+    """Rows submitted again although their recorded task was never reported expired or failed."""
+    entries: dict[int, list[dict[str, Any]]] = {}
+    for line in (run_dir / TASKS).read_bytes().splitlines():
+        entry = orjson.loads(line)
+        entries.setdefault(entry["row"], []).append(entry)
+    bad = 0
+    for tasks in entries.values():
+        for later in tasks[1:]:
+            reasons = [r["task_id"] for r in later.get("resubmitted") or []]
+            if not set(t["task_id"] for t in tasks[:tasks.index(later)]) <= set(reasons):
+                bad += 1
+    return bad
+
+
+def secret_hits(key: str, places: list[Path]) -> int:
+    needle, hits = key.encode(), 0
+    for place in places:
+        files = [place] if place.is_file() else [p for p in place.rglob("*") if p.is_file()]
+        hits += sum(1 for f in files if needle in f.read_bytes())
+    return hits
+
+
+# --- staged faults -------------------------------------------------------------------------------------------
+
+FAULT_DIRECTIVES = {
+    "429 storm": "#sim:429=3 #sim:retry-after=0.1",
+    "provider hangs past the timeout": "#sim:sleep=2.5",  # longer than the 1.5 s timeout, every attempt
+    "malformed JSON in a 200": "#sim:garbage=1",
+    "200 with no choices": "#sim:nochoices=1",
+    "HTML body on a 500": "#sim:html=1",
+    "connection reset mid-stream": "#sim:cut=1",
+}
+
+
+def fault_suite(work: Path, per_kind: int = 20) -> Outcome:
+    """Rows that each meet one staged fault on their first attempts: all must end as one good record.
+    The hanging rows can never be answered within the timeout: they must end as timeout failures."""
+    key = new_key()
+    out = Outcome("staged faults")
+    sim = Simulator("--latency", "0.02", "--require-key", env={**os.environ, KEY_ENV: key})
+    log = work / "faults.log"
+    prompts = [f"{kind} row {i} {directive}" for kind, directive in FAULT_DIRECTIVES.items() for i in range(per_kind)]
+    out.rows = len(prompts)
+    try:
+        path = write_prompts(work / "faults.jsonl", len(prompts), lambda i: prompts[i])
+        job = job_spec(work, "faults", sim.url, path, mode="stream",
+                       retry={"max_attempts": 4, "timeout_s": 1.5, "backoff_s": 0.05, "max_backoff_s": 0.2})
+        proc = start_submit(job, key, log)
+        proc.wait(300)
+    finally:
+        sim.close()
+    run_dir = work / "runs" / "faults"
+    check_records(run_dir, len(prompts), out)
+    for f in (orjson.loads(x) for x in (run_dir / FAILURES).read_bytes().splitlines()):
+        kind = prompts[int(str(f["custom_id"])[1:])].split(" row ")[0]  # ids are r<index>
+        if kind != "provider hangs past the timeout" or f["error"]["code"] != "timeout":
+            out.problems.append(f"unexpected failure for {kind}: {f['error']}")
+    for kind in FAULT_DIRECTIVES:
+        out.faults[kind] = per_kind
+    out.secret_hits = secret_hits(key, [run_dir, log])
+    return out
+
+
+def disk_full(work: Path, rows: int = 400, limit_bytes: int = 60_000) -> Outcome:
+    """The run directory's disk fills up (a file-size limit stands in for it): a clean stop, then a resume
+    on a roomier disk finishes with every row once and no torn line."""
+    key = new_key()
+    out = Outcome("disk fills up", rows=rows)
+    sim = Simulator("--latency", "0.01", env={**os.environ, KEY_ENV: key})
+    log = work / "disk.log"
+    try:
+        job = job_spec(work, "disk", sim.url, write_prompts(work / "disk.jsonl", rows, _prompt))
+
+        def small_disk() -> None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes fail with EFBIG instead of killing us
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+        first = start_submit(job, key, log, preexec_fn=small_disk)
+        code = first.wait(120)
+        text = log.read_text(errors="replace")
+        if code != 1 or "then run the same command again to resume" not in text:
+            out.problems.append(f"the full disk ended the run with exit {code}, not a clean stop")
+        out.faults["write errors"] = 1
+        if start_submit(job, key, log).wait(120) != 0:
+            out.problems.append("the resume after the full disk did not finish")
+    finally:
+        sim.close()
+    check_records(work / "runs" / "disk", rows, out)
+    out.secret_hits = secret_hits(key, [work / "runs" / "disk", log])
+    return out
+
+
+def sigterm_storm(work: Path, rows: int = 3000, terms: int = 6, seed: int = 2) -> Outcome:
+    """SIGTERM at random moments, some of them as usage.json is being flushed (every second): every stop
+    must be clean (exit 130), and the run must resume to one record per row."""
+    rng = random.Random(seed)
+    key = new_key()
+    out = Outcome("SIGTERM storm", rows=rows)
+    sim = Simulator("--latency", "0.05", env={**os.environ, KEY_ENV: key})
+    log = work / "term.log"
+    try:
+        job = job_spec(work, "term", sim.url, write_prompts(work / "term.jsonl", rows, _prompt))
+        for _ in range(terms):
+            proc = start_submit(job, key, log)
+            time.sleep(rng.uniform(0.9, 1.6))  # straddles the first flush at 1 s
+            if proc.poll() is not None:
+                break
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(60)
+            out.kills += 1
+            if code != 130:
+                out.problems.append(f"SIGTERM ended the run with exit {code}, not 130")
+        if start_submit(job, key, log).wait(300) != 0:
+            out.problems.append("the final resume did not finish")
+    finally:
+        sim.close()
+    out.faults["SIGTERM"] = out.kills
+    check_records(work / "runs" / "term", rows, out)
+    out.secret_hits = secret_hits(key, [work / "runs" / "term", log])
+    return out
+
+
+def print_table(outcomes: list[Outcome]) -> None:
+    cols = ("suite", "rows", "kills", "lost", "dup", "torn", "usage ok", "extra bills / bound", "faults injected",
+            "key found", "")
+    table = [cols]
+    for o in outcomes:
+        faults = ", ".join(f"{k} {v}" for k, v in sorted(o.faults.items()) if v) or "-"
+        table.append((o.name, f"{o.rows:,}", str(o.kills), str(o.lost), str(o.duplicated), str(o.torn),
+                      "yes" if not o.usage_disagrees else "NO: " + ",".join(o.usage_disagrees),
+                      f"{o.extra_bills} / {o.bill_bound}", faults, str(o.secret_hits), "ok" if o.ok else "FAILED"))
+    widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
+    for i, row in enumerate(table):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if i == 0:
+            print("-" * (sum(widths) + 2 * len(widths)))
+    for o in outcomes:
+        for note in o.notes + o.problems:
+            print(f"{o.name}: {note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog="python -m batchrun.torture", description=__doc__)
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=int(time.time()) % 10_000)
+    args = parser.parse_args(argv)
+    t0 = time.monotonic()
+    outcomes: list[Outcome] = []
+    with tempfile.TemporaryDirectory(prefix="batchrun-torture-") as tmp:
+        for suite in (lambda w: crash_torture(w, args.rows, args.kills, seed=args.seed),
+                      lambda w: crash_torture(w, args.rows, args.kills, mode="async", seed=args.seed + 1),
+                      fault_suite, disk_full, sigterm_storm):
+            work = Path(tmp) / f"s{len(outcomes)}"
+            work.mkdir()
+            outcomes.append(suite(work))
+            print(f"... {outcomes[-1].name} done ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
+    print(f"\nbatchrun torture (seed {args.seed}): {time.monotonic() - t0:.0f} s\n")
+    print_table(outcomes)
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
