@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean bench bench-quick
+.PHONY: setup demo test lint clean bench bench-quick torture
 
 setup: $(STAMP)
 
@@ -32,3 +32,6 @@ bench: setup
 
 bench-quick: setup
 	$(BIN)/python -m batchrun.bench --quick
+
+torture: setup
+	$(BIN)/python -m batchrun.torture

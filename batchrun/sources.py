@@ -66,12 +66,20 @@ def _iter_jsonl(path: Path, skip: Callable[[int], bool] | None) -> Iterator[RawR
             try:
                 data = loads(line)
             except orjson.JSONDecodeError as exc:
-                yield RawRow(lineno, None, f"line {lineno}: not valid JSON ({exc.msg})")
+                yield RawRow(lineno, None, f"line {lineno}: {_why_not_json(line, exc)}")
                 continue
             if not isinstance(data, dict):
                 yield RawRow(lineno, None, f"line {lineno}: expected a JSON object, got {type(data).__name__}")
                 continue
             yield RawRow(lineno, data)
+
+
+def _why_not_json(line: bytes, exc: orjson.JSONDecodeError) -> str:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"not valid UTF-8 (byte 0x{line[bad.start]:02x} at column {bad.start + 1}); save the file as UTF-8"
+    return f"not valid JSON ({exc.msg})"
 
 
 def parquet_columns(spec: InputSpec, available: list[str]) -> list[str]:

@@ -138,8 +138,9 @@ def _prompt(i: int) -> str:
     return f"torture question {i}: summarise this row in a few words"
 
 
-def check_records(run_dir: Path, rows: int, out: Outcome) -> None:
-    """Every input row exactly once, no torn lines, and usage.json equal to a fold over the records."""
+def check_records(run_dir: Path, rows: int, out: Outcome, *, unique_ids: bool = True) -> None:
+    """Every input row exactly once, no torn lines, and usage.json equal to a fold over the records
+    (and, when the input's ids are unique, no id twice in results.jsonl)."""
     seen: Counter[int] = Counter()
     usage = Usage()
     ids: Counter[str] = Counter()
@@ -161,7 +162,9 @@ def check_records(run_dir: Path, rows: int, out: Outcome) -> None:
             if name == RESULTS:
                 ids[str(record.get("custom_id"))] += 1
     out.lost = sum(1 for row in range(1, rows + 1) if row not in seen)
-    out.duplicated = sum(1 for n in seen.values() if n > 1) + sum(1 for n in ids.values() if n > 1)
+    out.duplicated = sum(1 for n in seen.values() if n > 1)
+    if unique_ids:
+        out.duplicated += sum(1 for n in ids.values() if n > 1)
     saved = orjson.loads((run_dir / USAGE).read_bytes())
     out.usage_disagrees = [c for c in COUNTERS if saved.get(c, 0) != getattr(usage, c)]
 
@@ -289,6 +292,74 @@ def sigterm_storm(work: Path, rows: int = 3000, terms: int = 6, seed: int = 2) -
     return out
 
 
+# --- bad input -----------------------------------------------------------------------------------------------
+
+BIG_LINE_BYTES = 10 * 1024 * 1024
+BAD_LINES: list[tuple[bytes, str]] = [  # (line, what validate must say about it; "" for a good row)
+    (b'{"id": "ok1", "prompt": "a fine row"}', ""),
+    (b'{"id": "broken", "prompt": ', "line 2: not valid JSON"),
+    (b'{"prompt": "no id at all"}', "row 3: no 'id' field"),
+    (b'{"id": "ok1", "prompt": "the same id again"}', "row 4: duplicate id 'ok1' (first at row 1)"),
+    (b'{"id": "empty", "messages": []}', "row 5: 'messages' must be a non-empty list of messages, got an empty list"),
+    (b'{"id": "wrongtype", "messages": "hello"}', "row 6: 'messages' must be a non-empty list of messages"),
+    (b'{"id": ["a", "list"], "prompt": "x"}', "row 7: 'id' must be a string or a whole number"),
+    (b'{"id": "number", "prompt": 42}', "row 8: 'prompt' must be a non-empty string, got int"),
+    (b'{"id": "latin1", "prompt": "caf\xe9"}', "line 9: not valid UTF-8 (byte 0xe9"),
+    (b'{"id": "big", "prompt": "' + b"x" * BIG_LINE_BYTES + b'"}', ""),
+    (b'{"id": "ok2", "prompt": "another fine row"}', ""),
+]
+
+
+def bad_input_suite(work: Path) -> Outcome:
+    """Every kind of bad row gets a message with its line or row number from validate and a failure record
+    from submit, while the good rows (a 10 MB one among them) are answered; an empty file and a Parquet
+    file without the column the template names stop cleanly before anything is sent."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    key = new_key()
+    out = Outcome("bad input", rows=len(BAD_LINES))
+    sim = Simulator("--latency", "0", "--require-key", env={**os.environ, KEY_ENV: key})
+    log = work / "bad.log"
+    env = {**os.environ, KEY_ENV: key}
+    try:
+        path = work / "bad.jsonl"
+        path.write_bytes(b"".join(line + b"\n" for line, _ in BAD_LINES))
+        job = job_spec(work, "bad", sim.url, path)
+        checked = subprocess.run([*PY, "validate", str(job)], capture_output=True, text=True, env=env)
+        for _, expected in BAD_LINES:
+            if expected and expected not in checked.stdout:
+                out.problems.append(f"validate did not say {expected!r}")
+        if start_submit(job, key, log).wait(120) != 3:
+            out.problems.append("submit of the bad input did not finish with failure records")
+        (work / "empty.jsonl").write_bytes(b"")
+        empty = subprocess.run([*PY, "submit", str(job_spec(work, "empty", sim.url, work / "empty.jsonl")),
+                                "--no-progress"], capture_output=True, text=True, env=env)
+        if empty.returncode != 0 or "0 succeeded, 0 failed, 0 pending of 0 rows" not in empty.stdout:
+            out.problems.append(f"an empty input: exit {empty.returncode}: {empty.stdout}{empty.stderr}")
+        pq.write_table(pa.table({"id": ["a"], "text": ["x"]}), work / "cols.parquet")
+        spec = job_spec(work, "cols", sim.url, work / "cols.parquet")
+        data = yaml.safe_load(spec.read_text())
+        data["input"] = {"path": str(work / "cols.parquet"), "template": "Summarise: {body}"}
+        spec.write_text(yaml.safe_dump(data))
+        missing = subprocess.run([*PY, "submit", str(spec), "--no-progress"], capture_output=True, text=True, env=env)
+        if missing.returncode != 2 or "names {body}, but the first row has no field 'body'" not in missing.stderr:
+            out.problems.append(f"a Parquet file without the template's column: exit {missing.returncode}: "
+                                f"{missing.stderr}")
+        billed = int(sim.stats()["billed_prompts"])
+    finally:
+        sim.close()
+    run_dir = work / "runs" / "bad"
+    check_records(run_dir, len(BAD_LINES), out, unique_ids=False)  # the input repeats an id on purpose
+    results = [orjson.loads(x) for x in (run_dir / RESULTS).read_bytes().splitlines()]
+    # Rows are keyed by position, so the row that repeats an id is answered too (validate warns about it).
+    if sorted(str(r["custom_id"]) for r in results) != ["big", "ok1", "ok1", "ok2"] or billed != 4:
+        out.problems.append(f"expected the three good rows answered, got {[r['custom_id'] for r in results]}")
+    out.faults["bad rows"] = sum(1 for _, expected in BAD_LINES if expected)
+    out.secret_hits = secret_hits(key, [run_dir, log])
+    return out
+
+
 def print_table(outcomes: list[Outcome]) -> None:
     cols = ("suite", "rows", "kills", "lost", "dup", "torn", "usage ok", "extra bills / bound", "faults injected",
             "key found", "")
@@ -321,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="batchrun-torture-") as tmp:
         for suite in (lambda w: crash_torture(w, args.rows, args.kills, seed=args.seed),
                       lambda w: crash_torture(w, args.rows, args.kills, mode="async", seed=args.seed + 1),
-                      fault_suite, disk_full, sigterm_storm):
+                      fault_suite, disk_full, sigterm_storm, bad_input_suite):
             work = Path(tmp) / f"s{len(outcomes)}"
             work.mkdir()
             outcomes.append(suite(work))

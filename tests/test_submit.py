@@ -137,7 +137,8 @@ def test_bad_input_lines_become_failure_records(tmp_path: Path, sim: SimServer) 
     checked = cli("validate", str(job))
     assert checked.exit_code == 2
     for expected in ("line 2: not valid JSON", "line 4: expected a JSON object", "row 5: no 'id' field",
-                     "row 6: 'prompt' must be a non-empty string", "line 7: not valid JSON", "5 problem(s)"):
+                     "row 6: 'prompt' must be a non-empty string", "line 7: not valid UTF-8 (byte 0xe9 at column 27)",
+                     "5 problem(s)"):
         assert expected in checked.stdout
     assert sim.stats()["requests"] == 0
     result = submit(job)

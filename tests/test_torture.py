@@ -1,0 +1,110 @@
+"""Short versions of `make torture` (crash, faults, full disk, SIGTERM, bad input), and a property test of
+resume planning. Each suite checks its own invariants and greps its run directory and logs for the key."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batchrun.checkpoint import FAILURES, RESULTS, Checkpoint
+from batchrun.sources import iter_rows
+from batchrun.spec import InputSpec
+from batchrun.torture import (
+    Outcome,
+    bad_input_suite,
+    crash_torture,
+    disk_full,
+    fault_suite,
+    sigterm_storm,
+)
+
+
+def assert_survived(out: Outcome) -> None:
+    assert out.ok, (out.name, out.lost, out.duplicated, out.torn, out.usage_disagrees, out.extra_bills,
+                    out.bill_bound, out.resubmitted_tasks, out.secret_hits, out.problems)
+
+
+def test_crash_torture_sync(tmp_path: Path) -> None:
+    out = crash_torture(tmp_path, rows=1500, kills=3, seed=11)
+    assert_survived(out)
+    assert out.kills >= 1 and out.faults["500"] > 0
+
+
+def test_crash_torture_async(tmp_path: Path) -> None:
+    out = crash_torture(tmp_path, rows=400, kills=2, mode="async", seed=12)
+    assert_survived(out)
+    assert out.kills >= 1 and out.resubmitted_tasks == 0
+
+
+def test_staged_faults(tmp_path: Path) -> None:
+    out = fault_suite(tmp_path, per_kind=2)
+    assert_survived(out)
+
+
+def test_a_full_disk_stops_cleanly_and_resumes(tmp_path: Path) -> None:
+    assert_survived(disk_full(tmp_path, rows=300, limit_bytes=40_000))
+
+
+def test_sigterm_storm(tmp_path: Path) -> None:
+    out = sigterm_storm(tmp_path, rows=1200, terms=3)
+    assert_survived(out)
+    assert out.kills >= 1
+
+
+def test_bad_input(tmp_path: Path) -> None:
+    assert_survived(bad_input_suite(tmp_path))
+
+
+# --- resume planning, for any interleaving of result, failure and torn lines ----------------------------------
+
+ROWS = 40
+record = st.tuples(st.sampled_from([RESULTS, FAILURES]), st.integers(min_value=1, max_value=ROWS))
+
+
+def line_for(row: int, failed: bool) -> bytes:
+    rec = {"row": row, "id": f"batch_req_{row}", "custom_id": f"r{row}", "model": "m",
+           "response": None if failed else {"status_code": 200, "body": {"choices": [{"message": {"content": "x"}}],
+                                                                          "usage": {"prompt_tokens": 3}}},
+           "error": {"code": "x"} if failed else None, "attempts": 1}
+    return orjson.dumps(rec) + b"\n"
+
+
+@settings(max_examples=150, deadline=None)
+@given(records=st.lists(record, max_size=60), torn=st.dictionaries(st.sampled_from([RESULTS, FAILURES]),
+                                                                    st.integers(min_value=1, max_value=ROWS)),
+       cut=st.integers(min_value=1, max_value=30), garbage=st.booleans())
+def test_resume_sends_exactly_the_rows_without_a_final_record(records: list[tuple[str, int]], torn: dict[str, int],
+                                                               cut: int, garbage: bool) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        (base / "in.jsonl").write_bytes(b"".join(orjson.dumps({"id": f"r{i}", "prompt": "x"}) + b"\n"
+                                                 for i in range(1, ROWS + 1)))
+        run = base / "run"
+        run.mkdir()
+        final: set[int] = set()
+        files = {RESULTS: bytearray(), FAILURES: bytearray()}
+        for name, row in records:  # whole lines, in any order, rows possibly repeated across files
+            files[name] += line_for(row, failed=name == FAILURES)
+            final.add(row)
+        if garbage:  # a whole line that is not a record: ignored, its row is not done by it
+            files[RESULTS] += b"not a record\n"
+        for name, row in torn.items():  # a crash mid-write: part of one more record, no newline
+            partial = line_for(row, failed=name == FAILURES)
+            files[name] += partial[:min(cut, len(partial) - 1)]
+        for name, data in files.items():
+            (run / name).write_bytes(bytes(data))
+
+        checkpoint = Checkpoint(run)
+        state = checkpoint.open({"k": "v"}, {}, fresh=False)
+        checkpoint.close()
+        spec = InputSpec(path=base / "in.jsonl", format="jsonl")
+        to_send = {raw.row for raw in iter_rows(spec, skip=state.done.__contains__)}
+        assert to_send == set(range(1, ROWS + 1)) - final
+        assert state.done.count == len(final)
+        for name in (RESULTS, FAILURES):  # torn tails are cut off, so the next append starts a whole line
+            data = (run / name).read_bytes()
+            assert not data or data.endswith(b"\n")
