@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import heapq
 import math
@@ -48,7 +49,7 @@ import time
 import urllib.request
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +103,23 @@ class _Call:
     attempt: int
     directives: dict[str, str]
     prompt_tokens: int
+
+
+Handler = Callable[["SimProvider", web.Request], Awaitable[web.StreamResponse]]
+
+
+def _counted(handler: Handler) -> Handler:
+    """Count the requests a handler is working on (the stats' `inflight`: what a killed client leaves)."""
+
+    @functools.wraps(handler)
+    async def counted(self: SimProvider, request: web.Request) -> web.StreamResponse:
+        self.inflight += 1
+        try:
+            return await handler(self, request)
+        finally:
+            self.inflight -= 1
+
+    return counted
 
 
 class SimProvider:
@@ -309,14 +327,8 @@ class SimProvider:
         self.billed_completion_tokens += answer["usage"].get("completion_tokens", 0)
         return answer
 
+    @_counted
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        self.inflight += 1
-        try:
-            return await self._chat(request)
-        finally:
-            self.inflight -= 1
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
         call = await self._accept(request)
         if not isinstance(call, _Call):
             return call
@@ -330,15 +342,9 @@ class SimProvider:
             return await self._stream(request, answer, bool(options.get("include_usage")), cut)
         return self._answer(200, answer, {"x-request-id": f"sim-{self.requests}"})
 
+    @_counted
     async def submit_task(self, request: web.Request) -> web.StreamResponse:
         """Zhipu's asyncCompletions: billed now, answered by polls once the task's time is up."""
-        self.inflight += 1
-        try:
-            return await self._submit_task(request)
-        finally:
-            self.inflight -= 1
-
-    async def _submit_task(self, request: web.Request) -> web.StreamResponse:
         call = await self._accept(request)
         if not isinstance(call, _Call):
             return call

@@ -12,6 +12,7 @@ storms. `tests/test_torture.py` runs short versions of the same functions in `ma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import resource
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,24 @@ def new_key() -> str:
     return "sk-torture-" + secrets.token_hex(12)
 
 
+@contextlib.contextmanager
+def provider(*args: str) -> Iterator[tuple[str, Simulator]]:
+    """A simulated provider in its own process that requires a fresh key: (the key, the provider)."""
+    key = new_key()
+    sim = Simulator(*args, "--require-key", env={**os.environ, KEY_ENV: key})
+    try:
+        yield key, sim
+    finally:
+        sim.close()
+
+
+def finish(out: Outcome, run_dir: Path, rows: int, key: str, log: Path, *, unique_ids: bool = True) -> Outcome:
+    """The checks every suite ends with: its records, and the key nowhere in the run directory or the log."""
+    check_records(run_dir, rows, out, unique_ids=unique_ids)
+    out.secret_hits = secret_hits(key, [run_dir, log])
+    return out
+
+
 def job_spec(work: Path, name: str, sim_url: str, input_path: Path, *, mode: str = "sync",
              timeout_s: float = 1.5, **extra: Any) -> Path:
     spec: dict[str, Any] = {
@@ -90,16 +110,13 @@ def start_submit(job: Path, key: str, log: Path, **popen: Any) -> subprocess.Pop
 def crash_torture(work: Path, rows: int, kills: int, *, mode: str = "sync", seed: int = 1) -> Outcome:
     """Kill a run with SIGKILL at `kills` random moments, resume it each time, then check everything."""
     rng = random.Random(seed)
-    key = new_key()
     name = f"crash-{mode}"
     out = Outcome(f"crash torture, {mode}", rows=rows)
-    args = ["--latency", "0.05", "--error-rate", "0.05", "--drop-rate", "0.01", "--slow-rate", "0.002",
-            "--slow-s", "3", "--seed", str(seed), "--require-key", "--task-s", "0.2", "1.0"]
-    sim = Simulator(*args, env={**os.environ, KEY_ENV: key})
     log = work / f"{name}.log"
-    try:
+    run_dir = work / "runs" / name
+    with provider("--latency", "0.05", "--error-rate", "0.05", "--drop-rate", "0.01", "--slow-rate", "0.002",
+                  "--slow-s", "3", "--seed", str(seed), "--task-s", "0.2", "1.0") as (key, sim):
         job = job_spec(work, name, sim.url, write_prompts(work / f"{name}.jsonl", rows, _prompt), mode=mode)
-        run_dir = work / "runs" / name
         while out.kills < kills:
             proc = start_submit(job, key, log)
             time.sleep(rng.uniform(0.3, 2.5))
@@ -114,9 +131,6 @@ def crash_torture(work: Path, rows: int, kills: int, *, mode: str = "sync", seed
             out.problems.append(f"the final resume exited {final.returncode}; see {log}")
         time.sleep(0.5)  # let answers to killed clients finish, so the bill is complete
         stats = sim.stats()
-    finally:
-        sim.close()
-    check_records(run_dir, rows, out)
     out.extra_bills = int(stats["billed_requests"]) - int(stats["billed_prompts"])
     out.faults.update({k: int(v) for k, v in stats["injected"].items()})
     # A row may be paid for again only if its request was in flight at a kill (the client can have at most
@@ -130,8 +144,7 @@ def crash_torture(work: Path, rows: int, kills: int, *, mode: str = "sync", seed
         out.resubmitted_tasks = resubmitted_tasks(run_dir)
         out.notes.append(f"{stats['tasks_submitted']} tasks submitted for {rows} rows; "
                          f"{out.resubmitted_tasks} rows submitted again while their recorded task was good")
-    out.secret_hits = secret_hits(key, [run_dir, log])
-    return out
+    return finish(out, run_dir, rows, key, log)
 
 
 def _prompt(i: int) -> str:
@@ -207,70 +220,53 @@ FAULT_DIRECTIVES = {
 def fault_suite(work: Path, per_kind: int = 20) -> Outcome:
     """Rows that each meet one staged fault on their first attempts: all must end as one good record.
     The hanging rows can never be answered within the timeout: they must end as timeout failures."""
-    key = new_key()
     out = Outcome("staged faults")
-    sim = Simulator("--latency", "0.02", "--require-key", env={**os.environ, KEY_ENV: key})
     log = work / "faults.log"
+    run_dir = work / "runs" / "faults"
     prompts = [f"{kind} row {i} {directive}" for kind, directive in FAULT_DIRECTIVES.items() for i in range(per_kind)]
     out.rows = len(prompts)
-    try:
+    with provider("--latency", "0.02") as (key, sim):
         path = write_prompts(work / "faults.jsonl", len(prompts), lambda i: prompts[i])
         job = job_spec(work, "faults", sim.url, path, mode="stream",
                        retry={"max_attempts": 4, "timeout_s": 1.5, "backoff_s": 0.05, "max_backoff_s": 0.2})
-        proc = start_submit(job, key, log)
-        proc.wait(300)
-    finally:
-        sim.close()
-    run_dir = work / "runs" / "faults"
-    check_records(run_dir, len(prompts), out)
+        start_submit(job, key, log).wait(300)
     for f in (orjson.loads(x) for x in (run_dir / FAILURES).read_bytes().splitlines()):
         kind = prompts[int(str(f["custom_id"])[1:])].split(" row ")[0]  # ids are r<index>
         if kind != "provider hangs past the timeout" or f["error"]["code"] != "timeout":
             out.problems.append(f"unexpected failure for {kind}: {f['error']}")
     for kind in FAULT_DIRECTIVES:
         out.faults[kind] = per_kind
-    out.secret_hits = secret_hits(key, [run_dir, log])
-    return out
+    return finish(out, run_dir, len(prompts), key, log)
 
 
 def disk_full(work: Path, rows: int = 400, limit_bytes: int = 60_000) -> Outcome:
     """The run directory's disk fills up (a file-size limit stands in for it): a clean stop, then a resume
     on a roomier disk finishes with every row once and no torn line."""
-    key = new_key()
     out = Outcome("disk fills up", rows=rows)
-    sim = Simulator("--latency", "0.01", env={**os.environ, KEY_ENV: key})
     log = work / "disk.log"
-    try:
+    with provider("--latency", "0.01") as (key, sim):
         job = job_spec(work, "disk", sim.url, write_prompts(work / "disk.jsonl", rows, _prompt))
 
         def small_disk() -> None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes fail with EFBIG instead of killing us
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
-        first = start_submit(job, key, log, preexec_fn=small_disk)
-        code = first.wait(120)
-        text = log.read_text(errors="replace")
-        if code != 1 or "then run the same command again to resume" not in text:
+        code = start_submit(job, key, log, preexec_fn=small_disk).wait(120)
+        if code != 1 or "then run the same command again to resume" not in log.read_text(errors="replace"):
             out.problems.append(f"the full disk ended the run with exit {code}, not a clean stop")
         out.faults["write errors"] = 1
         if start_submit(job, key, log).wait(120) != 0:
             out.problems.append("the resume after the full disk did not finish")
-    finally:
-        sim.close()
-    check_records(work / "runs" / "disk", rows, out)
-    out.secret_hits = secret_hits(key, [work / "runs" / "disk", log])
-    return out
+    return finish(out, work / "runs" / "disk", rows, key, log)
 
 
 def sigterm_storm(work: Path, rows: int = 3000, terms: int = 6, seed: int = 2) -> Outcome:
     """SIGTERM at random moments, some of them as usage.json is being flushed (every second): every stop
     must be clean (exit 130), and the run must resume to one record per row."""
     rng = random.Random(seed)
-    key = new_key()
     out = Outcome("SIGTERM storm", rows=rows)
-    sim = Simulator("--latency", "0.05", env={**os.environ, KEY_ENV: key})
     log = work / "term.log"
-    try:
+    with provider("--latency", "0.05") as (key, sim):
         job = job_spec(work, "term", sim.url, write_prompts(work / "term.jsonl", rows, _prompt))
         for _ in range(terms):
             proc = start_submit(job, key, log)
@@ -284,12 +280,8 @@ def sigterm_storm(work: Path, rows: int = 3000, terms: int = 6, seed: int = 2) -
                 out.problems.append(f"SIGTERM ended the run with exit {code}, not 130")
         if start_submit(job, key, log).wait(300) != 0:
             out.problems.append("the final resume did not finish")
-    finally:
-        sim.close()
     out.faults["SIGTERM"] = out.kills
-    check_records(work / "runs" / "term", rows, out)
-    out.secret_hits = secret_hits(key, [work / "runs" / "term", log])
-    return out
+    return finish(out, work / "runs" / "term", rows, key, log)
 
 
 # --- bad input -----------------------------------------------------------------------------------------------
@@ -317,12 +309,11 @@ def bad_input_suite(work: Path) -> Outcome:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    key = new_key()
     out = Outcome("bad input", rows=len(BAD_LINES))
-    sim = Simulator("--latency", "0", "--require-key", env={**os.environ, KEY_ENV: key})
     log = work / "bad.log"
-    env = {**os.environ, KEY_ENV: key}
-    try:
+    run_dir = work / "runs" / "bad"
+    with provider("--latency", "0") as (key, sim):
+        env = {**os.environ, KEY_ENV: key}
         path = work / "bad.jsonl"
         path.write_bytes(b"".join(line + b"\n" for line, _ in BAD_LINES))
         job = job_spec(work, "bad", sim.url, path)
@@ -347,17 +338,12 @@ def bad_input_suite(work: Path) -> Outcome:
             out.problems.append(f"a Parquet file without the template's column: exit {missing.returncode}: "
                                 f"{missing.stderr}")
         billed = int(sim.stats()["billed_prompts"])
-    finally:
-        sim.close()
-    run_dir = work / "runs" / "bad"
-    check_records(run_dir, len(BAD_LINES), out, unique_ids=False)  # the input repeats an id on purpose
     results = [orjson.loads(x) for x in (run_dir / RESULTS).read_bytes().splitlines()]
     # Rows are keyed by position, so the row that repeats an id is answered too (validate warns about it).
     if sorted(str(r["custom_id"]) for r in results) != ["big", "ok1", "ok1", "ok2"] or billed != 4:
-        out.problems.append(f"expected the three good rows answered, got {[r['custom_id'] for r in results]}")
+        out.problems.append(f"expected the four good rows answered, got {[r['custom_id'] for r in results]}")
     out.faults["bad rows"] = sum(1 for _, expected in BAD_LINES if expected)
-    out.secret_hits = secret_hits(key, [run_dir, log])
-    return out
+    return finish(out, run_dir, len(BAD_LINES), key, log, unique_ids=False)  # the input repeats an id on purpose
 
 
 def print_table(outcomes: list[Outcome]) -> None:
