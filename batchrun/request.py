@@ -82,6 +82,12 @@ def max_output_tokens(body: Mapping[str, Any]) -> int:
     return DEFAULT_MAX_OUTPUT_TOKENS
 
 
+def url_endpoint(url: str) -> str | None:
+    """Which endpoint a Batch API line's url names (`/v1/chat/completions` is chat, not completions)."""
+    path = url.split("?", 1)[0].rstrip("/")
+    return next((name for name, tail in ENDPOINT_URLS.items() if path.endswith(tail)), None)
+
+
 def batch(parts: list[Request]) -> Request:
     """One /embeddings request for several rows alike (same model and parameters): `input` is their texts."""
     if len(parts) == 1:
@@ -199,7 +205,7 @@ class RequestBuilder:
     def _batch_row_body(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """An OpenAI Batch API line: `{"custom_id", "url", "body"}`; its url must be this job's endpoint."""
         url = data.get("url")
-        if isinstance(url, str) and not url.rstrip("/").endswith(ENDPOINT_URLS[self.endpoint]):
+        if isinstance(url, str) and url_endpoint(url) != self.endpoint:
             raise _RowProblem(f"url {url!r} is not this job's endpoint ({ENDPOINT_URLS[self.endpoint]}); set "
                               "endpoint: in the job spec, or split the input by url")
         body = {"model": self.spec.model, **self.params, **data["body"]}

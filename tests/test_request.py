@@ -118,3 +118,13 @@ def test_stream_assembler_joins_chunks_and_spots_a_cut_stream() -> None:
     body = whole.body()
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "你好!", "reasoning_content": "hmm "}
     assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2} and body["id"] == "c1"
+
+
+def test_url_endpoint_tells_chat_from_completions() -> None:
+    from batchrun.request import url_endpoint
+
+    assert url_endpoint("/v1/chat/completions") == "chat"
+    assert url_endpoint("/v4/chat/completions/") == "chat"
+    assert url_endpoint("/v1/completions") == "completions"
+    assert url_endpoint("/v1/embeddings") == "embeddings"
+    assert url_endpoint("/v1/images/generations") is None
