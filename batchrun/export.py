@@ -218,10 +218,10 @@ def _write_parquet(to: Path, batches: Iterator[Batch]) -> int:
                 if table is not None:  # Parquet input: its own columns, types kept
                     for name, column in zip(table.schema.names, table.columns, strict=True):
                         arrays[INPUT_PREFIX + name] = column
-                elif "input" in rows[0]:  # JSONL input: the first row's fields, as text unless already text
+                elif "input" in rows[0]:  # JSONL input: the first readable row's fields, as text unless text
                     if input_fields is None:
-                        input_fields = list(rows[0]["input"])
-                    for name in input_fields:
+                        input_fields = next((list(r["input"]) for r in rows if r["input"]), None)
+                    for name in input_fields or ():
                         arrays[INPUT_PREFIX + name] = pa.array([_text(r["input"].get(name)) for r in rows],
                                                                type=pa.string())
                 batch = pa.RecordBatch.from_pydict(arrays)

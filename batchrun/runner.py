@@ -35,7 +35,7 @@ from .request import BadRow, Request, RequestBuilder, batch
 from .retry import Decision, Verdict, backoff_delay, classify, error_details
 from .sources import InputScan, first_row, iter_rows, scan_input
 from .spec import JobSpec, SimulateSpec
-from .tasks import Poller
+from .tasks import MAX_POLLS_IN_FLIGHT, Poller
 from .transport import Reply, new_session
 from .usage import Usage, peak_rss_mb
 
@@ -162,7 +162,7 @@ class Runner:
     # --- the run -------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        self.http = new_session(self.throttle.concurrency.maximum + (64 if self.poller else 0))
+        self.http = new_session(self.throttle.concurrency.maximum + (MAX_POLLS_IN_FLIGHT if self.poller else 0))
         background = [asyncio.create_task(self._flush_loop()), asyncio.create_task(self.throttle.tick_forever())]
         if self.poller is not None:
             background.append(asyncio.create_task(self.poller.run()))
