@@ -70,6 +70,22 @@ def complete_lines(path: Path, start: int = 0) -> Iterator[tuple[int, bytes]]:
             offset += len(line)
 
 
+def covered_offsets(run_dir: Path, saved: Mapping[str, Any] | None) -> dict[str, int] | None:
+    """How far into each record file usage.json's totals reach, or None when they cannot be trusted.
+
+    usage.json is written after an fsync of the records, so it must cover no more than what is on disk;
+    if it claims more (or says nothing), its totals are recounted from the records."""
+    covers = (saved or {}).get("checkpoint") or {}
+    out = {}
+    for name in (RESULTS, FAILURES):
+        path = run_dir / name
+        size = path.stat().st_size if path.exists() else 0
+        if not isinstance(covers.get(name), int) or covers[name] > size:
+            return None
+        out[name] = int(covers[name])
+    return out if saved is not None else None
+
+
 class DoneRows:
     """Which rows hold a final record: one byte per row, so a million rows cost a megabyte."""
 
@@ -277,20 +293,14 @@ class Checkpoint:
     def _read_state(self) -> ResumeState:
         state = ResumeState()
         previous = read_json(self.path / USAGE)
-        covers = (previous or {}).get("checkpoint") or {}
-        sizes = {n: (self.path / n).stat().st_size if (self.path / n).exists() else 0 for n in (RESULTS, FAILURES)}
-        # Trust usage.json's totals only if it covers no more than what is on disk (it is written after
-        # an fsync of the records); otherwise recount everything from the records.
-        trusted = previous is not None and all(
-            isinstance(covers.get(n), int) and covers[n] <= sizes[n] for n in (RESULTS, FAILURES))
-        if trusted and previous is not None:
+        covers = covered_offsets(self.path, previous)
+        if covers is not None and previous is not None:
             state.previous = previous
             state.usage = Usage.from_totals(previous)
         elif previous is not None:
             state.previous = {k: previous[k] for k in ("started_at", "active_s") if k in previous}
         for name in (RESULTS, FAILURES):
-            self.sizes[name] = _scan(self.path / name, int(covers.get(name, 0)) if trusted else 0, state,
-                                     fold=not trusted)
+            self.sizes[name] = _scan(self.path / name, covers[name] if covers else 0, state, fold=covers is None)
         self._read_tasks(state)
         return state
 

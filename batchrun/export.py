@@ -7,6 +7,7 @@ bounded however large the run: output is written in batches of EXPORT_BATCH rows
 
 from __future__ import annotations
 
+import functools
 import os
 from array import array
 from collections.abc import Iterator, Mapping
@@ -214,7 +215,7 @@ def _write_parquet(to: Path, batches: Iterator[Batch]) -> int:
         try:
             for rows, table in batches:
                 columns: dict[str, Any] = {name: [r[name] for r in rows] for name in rows[0] if name != "input"}
-                arrays = {name: pa.array(values, type=_TYPES.get(name)) for name, values in columns.items()}
+                arrays = {name: pa.array(values, type=_types().get(name)) for name, values in columns.items()}
                 if table is not None:  # Parquet input: its own columns, types kept
                     for name, column in zip(table.schema.names, table.columns, strict=True):
                         arrays[INPUT_PREFIX + name] = column
@@ -230,7 +231,7 @@ def _write_parquet(to: Path, batches: Iterator[Batch]) -> int:
                 writer.write_batch(batch)
                 written += len(rows)
             if writer is None:  # an empty input: still a valid file with the output columns
-                empty = {name: pa.array([], type=_TYPES.get(name) or pa.string()) for name in OUTPUT_COLUMNS}
+                empty = {name: pa.array([], type=_types().get(name) or pa.string()) for name in OUTPUT_COLUMNS}
                 writer = pq.ParquetWriter(f, pa.RecordBatch.from_pydict(empty).schema)
         finally:
             if writer is not None:
@@ -244,7 +245,9 @@ def _text(value: Any) -> str | None:
     return orjson.dumps(value).decode()
 
 
+@functools.cache
 def _types() -> dict[str, Any]:
+    """Arrow types of the output columns, made on first use: pyarrow is loaded only for Parquet exports."""
     import pyarrow as pa
 
     return {"row": pa.int64(), "custom_id": pa.string(), "status": pa.string(), "model": pa.string(),
@@ -252,18 +255,6 @@ def _types() -> dict[str, Any]:
             "prompt_tokens": pa.int64(), "completion_tokens": pa.int64(), "total_tokens": pa.int64(),
             "error_code": pa.string(), "error_message": pa.string(), "attempts": pa.int64(),
             "latency_s": pa.float64(), "embedding": pa.list_(pa.float32())}
-
-
-class _LazyTypes(dict[str, Any]):
-    """Arrow types, made on first use: pyarrow is loaded only for Parquet exports."""
-
-    def get(self, key: str, default: Any = None) -> Any:
-        if not self:
-            self.update(_types())
-        return super().get(key, default)
-
-
-_TYPES = _LazyTypes()
 
 
 class _atomic:

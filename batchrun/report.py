@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from .checkpoint import FAILURES, LOCK, MANIFEST, RESULTS, USAGE, complete_lines, read_json
+from .checkpoint import FAILURES, LOCK, MANIFEST, RESULTS, USAGE, complete_lines, covered_offsets, read_json
 from .errors import RunDirError
 from .pricing import Price, Prices, parse_prices
 from .usage import Usage
@@ -81,16 +81,14 @@ def read_run(path: Path, *, records: bool = True) -> RunData:
         raise RunDirError(f"{path} is not a batchrun run directory (no {MANIFEST}): pass the folder that "
                           f"holds results.jsonl, e.g. runs/<job name>")
     saved = read_json(path / USAGE) or {}
-    covers = saved.get("checkpoint") or {}
-    sizes = {n: (path / n).stat().st_size if (path / n).exists() else 0 for n in (RESULTS, FAILURES)}
-    trusted = bool(saved) and all(isinstance(covers.get(n), int) and covers[n] <= sizes[n] for n in sizes)
-    usage = Usage.from_totals(saved) if trusted else Usage()
+    covers = covered_offsets(path, saved or None)
+    usage = Usage.from_totals(saved) if covers else Usage()
     job = manifest.get("job") or {}
     data = RunData(path, str(manifest.get("state") or "unknown"), is_live(path), job, usage,
                    int(saved.get("rows_total") or 0), float(saved.get("active_s") or 0.0), saved.get("updated_at"),
                    saved.get("rate_rows_per_s"), parse_prices(job.get("pricing") or {}, f"{path}/{MANIFEST}"))
     for name in (RESULTS, FAILURES):
-        covered = int(covers.get(name, 0)) if trusted else 0
+        covered = covers[name] if covers else 0
         for offset, line in complete_lines(path / name, 0 if records else covered):
             if records:
                 _timing(line, data)
