@@ -7,45 +7,33 @@ from dataclasses import dataclass
 
 from .pricing import Price, Prices
 from .providers import PRESETS
-from .request import BadRow
 from .runner import Prepared, display_path
-from .sources import iter_rows
+from .validate import validate
 
 TYPICAL_OUTPUT_SHARE = 0.3  # answers use about this share of max_tokens, unless told otherwise
 
 
 @dataclass
 class Estimate:
-    rows: int = 0
-    bad_rows: int = 0
-    requests: int = 0
-    prompt_tokens: int = 0
-    max_output_tokens: int = 0  # every answer as long as max_tokens allows
+    rows: int
+    bad_rows: int
+    requests: int  # what will be sent: embedding rows alike share requests
+    prompt_tokens: int
+    max_output_tokens: int  # every answer as long as max_tokens allows
 
     def output_tokens(self, share: float) -> int:
         return round(self.max_output_tokens * share)
 
 
 def estimate(prepared: Prepared) -> Estimate:
-    """Read the whole input as submit would and add up the requests' token estimates."""
-    est = Estimate()
-    build = prepared.builder.build
-    for raw in iter_rows(prepared.spec.input):
-        est.rows += 1
-        built = build(raw)
-        if isinstance(built, BadRow):
-            est.bad_rows += 1
-            continue
-        est.prompt_tokens += built.prompt_tokens
-        est.max_output_tokens += built.max_output
+    """Read the whole input as submit would (validate's pass) and add up the requests' token estimates."""
+    checked = validate(prepared)
     spec = prepared.spec
-    sendable = est.rows - est.bad_rows
+    sendable = checked.requests
     if spec.endpoint == "embeddings":
-        batch = spec.limits.batch_size or PRESETS[spec.provider.name].embedding_batch
-        est.requests = math.ceil(sendable / batch)
-    else:
-        est.requests = sendable
-    return est
+        sendable = math.ceil(sendable / (spec.limits.batch_size or PRESETS[spec.provider.name].embedding_batch))
+    return Estimate(checked.rows, checked.rows - checked.requests, sendable, checked.prompt_tokens,
+                    checked.max_output_tokens)
 
 
 def cost_range(price: Price, prompt_tokens: int, low_output: int, high_output: int) -> tuple[float, float]:

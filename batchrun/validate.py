@@ -14,11 +14,17 @@ MAX_LISTED = 20
 @dataclass
 class Validation:
     rows: int = 0
-    requests: int = 0
-    tokens: int = 0  # prompt estimate + max output, as the TPM limiter charges
+    requests: int = 0  # rows that become a request (shared embedding requests are not counted as one)
+    prompt_tokens: int = 0  # estimated
+    max_output_tokens: int = 0  # max_tokens (or the default) of every row
     problems: list[str] = field(default_factory=list)  # the first MAX_LISTED, each naming its row
     problem_count: int = 0
     duplicate_ids: int = 0
+
+    @property
+    def tokens(self) -> int:
+        """Prompt estimate + max output, as the TPM limiter charges them."""
+        return self.prompt_tokens + self.max_output_tokens
 
     @property
     def ok(self) -> bool:
@@ -42,7 +48,8 @@ def validate(prepared: Prepared) -> Validation:
             continue
         assert isinstance(built, Request)
         report.requests += 1
-        report.tokens += built.tokens
+        report.prompt_tokens += built.prompt_tokens
+        report.max_output_tokens += built.max_output
         if prepared.builder.id_field is None:
             continue
         key = hash((type(built.custom_id), built.custom_id))
