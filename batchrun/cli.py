@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,12 @@ def _friendly(fn: F) -> F:
 @click.version_option(__version__, prog_name="batchrun")
 def main() -> None:
     """Run large batches of prompts through LLM APIs: every row done, once, at the provider's rate."""
+    # Until a run installs its own graceful handler, SIGTERM stops us like Ctrl-C: one line and exit 130.
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @main.command()

@@ -269,8 +269,11 @@ def sigterm_storm(work: Path, rows: int = 3000, terms: int = 6, seed: int = 2) -
     with provider("--latency", "0.05") as (key, sim):
         job = job_spec(work, "term", sim.url, write_prompts(work / "term.jsonl", rows, _prompt))
         for _ in range(terms):
+            sent = int(sim.stats()["requests"])
             proc = start_submit(job, key, log)
-            time.sleep(rng.uniform(0.9, 1.6))  # straddles the first flush at 1 s
+            while int(sim.stats()["requests"]) == sent and proc.poll() is None:  # wait for the run to start
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.5, 1.5))  # straddles the first flush, 1 s after the run starts
             if proc.poll() is not None:
                 break
             proc.send_signal(signal.SIGTERM)
