@@ -230,6 +230,8 @@ def simulate(port: int, rpm: float | None, tpm: float | None, latency: float, la
         asyncio.run(run_forever(cfg, port, announce))
     except OSError as exc:
         raise SpecError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}; choose another --port") from None
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM is how a server is meant to stop
+        click.echo("simulated provider stopped")
 
 
 if __name__ == "__main__":

@@ -184,7 +184,7 @@ class ConcurrencyController:
     baseline (an average, not a single sample, so a provider whose answer times spread widely is not
     mistaken for a queue). While recent latency stays within TOLERANCE of the baseline the limit grows:
     doubling per interval in slow start, then by about its square root. When latency climbs, the limit
-    shrinks in proportion; 429s and timeouts cut it by a tenth, once per round trip. It grows only while
+    shrinks in proportion; 429s and timeouts cut it by a tenth, once per window of requests. It grows only while
     it is used: a limit nobody reaches proves nothing.
     """
 
@@ -230,9 +230,12 @@ class ConcurrencyController:
             grown = self.limit * 2 if self.slow_start else self.limit + math.sqrt(self.limit)
             self.limit = min(self.maximum, grown)
 
-    def on_congestion(self, now: float, round_trip: float) -> None:
-        """A 429 or a timeout: back off, once per round trip."""
-        if now - self._last_cut < max(round_trip, 0.05):
+    def on_congestion(self, sent_at: float, now: float) -> None:
+        """A 429 or a timeout: back off, once per window, as TCP does.
+
+        Only a request sent after the last cut can cut again: the rest of a wave that was in flight together
+        (a block of rows that all time out 30 s later, say) tells nothing the first one did not."""
+        if sent_at <= self._last_cut:
             return
         self._last_cut = now
         self.slow_start = False

@@ -8,6 +8,7 @@ full minute would let the first second burst to the whole RPM and collect 429s.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +54,9 @@ class Bucket(AsyncLimiter):
         capacity = max(1.0, per_second * BURST_S)
         self.max_rate, self.time_period = capacity, capacity / per_second
         self._rate_per_sec = self.per_second = per_second
+        # A smaller bucket holds at most its own capacity: a level carried over from a faster rate would
+        # otherwise stall every request for seconds (28 in the bucket leaking at 6.7/s).
+        self._level = min(self._level, capacity)
         self._wake_next()
 
     async def take(self, amount: float) -> None:
@@ -117,7 +121,7 @@ class Throttle:
         self.rpm: Bucket | None = None
         self.tpm: Bucket | None = Bucket(limits.tpm / 60 * HEADROOM) if limits.tpm else None
         self.paused_until = 0.0
-        self._latency = 0.3  # smoothed, for the controllers' notion of a round trip
+        self._answered_sent_at = -math.inf  # the latest send time of a request the provider answered (not 429)
 
     async def admit(self, request: Request) -> Ticket:
         await self.gate.enter()
@@ -145,17 +149,23 @@ class Throttle:
         now = self.clock()
         status = reply.status
         if status == 429:
+            # The rate controller's alone: it learns what the provider admits, which also holds a provider that
+            # limits concurrency to its limit (admitted rate = limit / latency). Cutting concurrency as well
+            # would collapse it in a storm of 429s that no rate avoids.
             self.rates.on_rate_limited(ticket.sent_at, now)
-            self.concurrency.on_congestion(now, self._latency)
             if self.tpm is not None and self.tokens.on_rate_limited(now):
                 self.rates.reset(now, grace=BURST_S)
                 self.tpm.drain()  # the provider's bucket is empty: so is ours now
                 self.log("429s while under the TPM limit: counting max_tokens against TPM from now on "
                          "(set limits.tpm_accounting: reserve to start that way)")
         elif status is None and reply.error == "timeout":
-            self.concurrency.on_congestion(now, self._latency)
+            # A request sent later has been answered: the provider is serving, and this row is slow on its
+            # own (a long generation, a stuck connection). Only a timeout with nothing answered since is load.
+            if self._answered_sent_at < ticket.sent_at:
+                self.concurrency.on_congestion(ticket.sent_at, now)
         else:
-            self._latency = 0.9 * self._latency + 0.1 * reply.elapsed
+            if status is not None:
+                self._answered_sent_at = max(self._answered_sent_at, ticket.sent_at)
             self.rates.on_admitted(ticket.sent_at, now)
             if status is not None and status < 500:
                 self.concurrency.on_success(reply.elapsed, self.gate.inflight + 1, now)

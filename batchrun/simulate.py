@@ -9,6 +9,8 @@ Directives in a prompt reproduce a quirk for that one row, so tests and users ca
     #sim:status=400     always answer that HTTP status with an error body
     #sim:fail=2         answer 500 to the first 2 attempts of this prompt
     #sim:429=1          answer 429 to the first attempt (Retry-After from #sim:retry-after=SECONDS, default 1)
+    #sim:storm=2        a 429 storm: from this prompt's first arrival, every request of any row is answered
+                        429 for 2 s, whatever the rate (Zhipu's 1305 "system busy")
     #sim:drop=1         drop the connection on the first attempt
     #sim:sleep=3        take 3 seconds to answer
     #sim:error=403:system_unsafe        answer that status with that provider error code ({"error": {...}})
@@ -140,6 +142,7 @@ class SimProvider:
         self.inflight = 0  # requests being handled: read, waited on, not yet answered (billed when answered)
         self.injected: Counter[str] = Counter()  # random faults: 500, drop, slow
         self.running: list[float] = []  # due times of tasks still running (a heap)
+        self.storm_until = -math.inf  # a 429 storm (#sim:storm) turns every request away until then
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -263,6 +266,14 @@ class SimProvider:
             return self._drop(request)
         if attempt <= int(float(directives.get("fail") or 0)):
             return self._answer(500, _error("internal_error", "simulated server error", "server_error"))
+        now = self.clock()
+        if attempt == 1 and directives.get("storm"):
+            self.storm_until = max(self.storm_until, now + float(directives["storm"]))
+        if now < self.storm_until:
+            self.injected["storm 429"] += 1
+            headers = {"Retry-After": str(math.ceil(self.storm_until - now))} if self.cfg.retry_after else None
+            return self._answer(429, _error("1305", "The service may be temporarily overloaded, please try again "
+                                            "later"), headers)
         if attempt <= int(float(directives.get("429") or 0)):
             wait = directives.get("retry-after") or "1"
             return self._answer(429, _error("rate_limit_exceeded", "simulated rate limit"), {"Retry-After": wait})

@@ -208,7 +208,7 @@ def secret_hits(key: str, places: list[Path]) -> int:
 # --- staged faults -------------------------------------------------------------------------------------------
 
 FAULT_DIRECTIVES = {
-    "429 storm": "#sim:429=3 #sim:retry-after=0.1",
+    "429 storm": "#sim:storm=2",  # every request of every row refused for 2 s from this row's arrival
     "provider hangs past the timeout": "#sim:sleep=2.5",  # longer than the 1.5 s timeout, every attempt
     "malformed JSON in a 200": "#sim:garbage=1",
     "200 with no choices": "#sim:nochoices=1",

@@ -139,12 +139,13 @@ def test_concurrency_shrinks_when_latency_climbs() -> None:
     assert not cc.slow_start and cc.value < 64
 
 
-def test_concurrency_backs_off_once_per_round_trip() -> None:
+def test_concurrency_backs_off_once_per_window() -> None:
     cc = ConcurrencyController(initial=100, maximum=1000)
-    cc.on_congestion(1.0, round_trip=0.3)
-    cc.on_congestion(1.1, round_trip=0.3)  # same round trip: no second cut
+    cc.on_congestion(sent_at=0.5, now=2.0)
+    for i in range(50):  # the rest of the wave sent before the cut, timing out one by one: no more cuts
+        cc.on_congestion(sent_at=0.5 + i * 0.02, now=2.0 + i * 0.1)
     assert cc.value == 90
-    cc.on_congestion(1.5, round_trip=0.3)
+    cc.on_congestion(sent_at=2.1, now=3.6)  # sent after the cut: a new window
     assert cc.value == 81
 
 
@@ -196,6 +197,32 @@ def test_throttle_takes_limits_from_headers_and_settles_tpm() -> None:
         assert throttle.tpm._level == pytest.approx(120, abs=1)  # 380 unused tokens came back
         assert throttle.rates.ceiling == pytest.approx(10.0)
         assert throttle.gate.inflight == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_timeout_cuts_concurrency_only_when_nothing_sent_later_was_answered() -> None:
+    """Rows that hang on their own (later requests come back fine) leave concurrency alone, and so do 429s
+    (the rate's business); a timeout with nothing answered since is load."""
+    clock = [0.0]
+
+    async def scenario() -> None:
+        throttle = Throttle(Limits(concurrency=32), "actual", log=lambda m: None, clock=lambda: clock[0])
+        request = Request(1, "a", "m", b"{}", prompt_tokens=10, max_output=10)
+        hanging = [await throttle.admit(request) for _ in range(10)]
+        clock[0] = 0.5
+        quick = await throttle.admit(request)
+        clock[0] = 0.6
+        throttle.done(quick, reply(200, body={"choices": [{}]}))
+        throttle.done(await throttle.admit(request), reply(429))
+        clock[0] = 30.0
+        for ticket in hanging:
+            throttle.done(ticket, Reply(None, {}, None, 30.0, "timeout"))
+        assert throttle.concurrency.value == 32
+        lone = await throttle.admit(request)  # sent after the last answer, and nothing answered since
+        clock[0] = 60.0
+        throttle.done(lone, Reply(None, {}, None, 30.0, "timeout"))
+        assert throttle.concurrency.value == 28
 
     asyncio.run(scenario())
 

@@ -54,6 +54,22 @@ def test_rpm_limit_answers_429_with_or_without_retry_after(retry_after: bool) ->
         assert server.stats()["responses"] == {"200": 1, "429": 1}
 
 
+def test_a_storm_turns_every_row_away_for_its_length() -> None:
+    now = [100.0]
+    with SimServer(SimulateSpec(latency=0)) as server:
+        server.sim.clock = lambda: now[0]
+        status, headers, _ = post(server.base_url, "first #sim:storm=2")
+        assert status == 429 and headers["Retry-After"] == "2"
+        now[0] = 101.5
+        status, headers, body = post(server.base_url, "another row")
+        assert status == 429 and headers["Retry-After"] == "1"
+        assert orjson.loads(body)["error"]["code"] == "1305"
+        now[0] = 102.0
+        assert post(server.base_url, "another row")[0] == 200
+        assert post(server.base_url, "first #sim:storm=2")[0] == 200  # only a prompt's first arrival starts one
+        assert server.stats()["injected"] == {"storm 429": 2}
+
+
 def test_answers_are_deterministic_and_carry_usage() -> None:
     with SimServer() as server:
         first, second = post(server.base_url, "标题\n正文内容"), post(server.base_url, "标题\n正文内容")
@@ -77,7 +93,7 @@ def test_simulate_command_serves_until_stopped(tmp_path: Path) -> None:
         assert len(read_jsonl(tmp_path / "runs" / "job" / "results.jsonl")) == 10
     finally:
         proc.terminate()
-        proc.wait(10)
+        assert proc.wait(10) == 0  # SIGTERM is how a server is meant to stop: no error, no traceback
 
 
 def test_rate_headers_mode_reports_limits_like_openai() -> None:
