@@ -114,6 +114,7 @@ class ResumeState:
     repaired_lines: int = 0  # torn tails cut off
     unreadable_lines: int = 0  # complete lines that are not records (ignored: their rows are sent again)
     archived_to: Path | None = None  # where --fresh moved an earlier run's files
+    abandoned_tasks: int = 0  # async tasks --fresh gave up on: submitted (paid for), never answered
     tasks: dict[int, dict[str, Any]] = field(default_factory=dict)  # async: row → its last task, if not final
     released: int = 0  # failure records dropped by retry-failed: their rows are pending again
 
@@ -194,15 +195,16 @@ class Checkpoint:
     def _open_locked(self, fingerprint: Mapping[str, str], job: Mapping[str, Any], fresh: bool,
                      retry: Callable[[Mapping[str, Any]], bool] | None) -> ResumeState:
         manifest = read_json(self.path / MANIFEST)
-        archived = None
+        archived, abandoned = None, 0
         if manifest is not None and fresh:
+            abandoned = len(self._read_state().tasks) if (self.path / TASKS).exists() else 0
             archived = self._archive()
             manifest = None
         if manifest is not None:
             self._check_fingerprint(manifest.get("fingerprint") or {}, fingerprint)
         released = self._release_failures(retry) if retry is not None else 0
         state = self._read_state()
-        state.archived_to, state.released = archived, released
+        state.archived_to, state.released, state.abandoned_tasks = archived, released, abandoned
         self.write_manifest({
             "batchrun": "run",
             "job": dict(job),

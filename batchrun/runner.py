@@ -113,7 +113,7 @@ class RunOutcome:
 class _Item:
     """A row on its way: the request plus what its attempts so far have seen (and, in async mode, its task)."""
 
-    __slots__ = ("attempts", "charge", "polls", "rate_limited", "request", "resubmitted", "submitted_at",
+    __slots__ = ("attempts", "charge", "polls", "rate_limited", "request", "resubmitted", "shared", "submitted_at",
                  "task_id")
 
     def __init__(self, request: Request, attempts: int = 0) -> None:
@@ -125,6 +125,7 @@ class _Item:
         self.polls = 0
         self.charge: Charge | None = None  # the TPM charge, settled when the task's usage is known
         self.resubmitted: list[dict[str, Any]] = []  # tasks given up on (expired, failed) and why
+        self.shared: dict[str, int] | None = None  # the shared request this row was split from, if it failed
 
 
 class Runner:
@@ -269,8 +270,11 @@ class Runner:
         """Act on a classified answer: record it, retry the row, or stop the run."""
         parts = item.request.parts
         if parts and decision.verdict is Verdict.FAIL_ROW:
-            # One bad input fails the whole request: send the rows one by one to find it.
-            self.ready.extend(_Item(part) for part in parts)
+            # One bad input fails the whole request: send the rows one by one to find it. The first row's
+            # record carries the shared request's attempts, so that the request counts stay true.
+            singles = [_Item(part) for part in parts]
+            singles[0].shared = {"attempts": item.attempts, "rate_limited": item.rate_limited}
+            self.ready.extend(singles)
             return
         if parts and decision.verdict is Verdict.OK:
             answers = split_embeddings(reply.body, [p.prompt_tokens for p in parts])
@@ -454,6 +458,8 @@ class Runner:
         }
         if batch is not None:
             record["batch"] = batch
+        if item.shared is not None:
+            record["shared_request"] = item.shared
         if self.poller is not None:  # async: the wait is submission to result, not the last poll
             record.update(task_id=item.task_id, polls=item.polls + sum(r["polls"] for r in item.resubmitted),
                           latency_s=round(max(0.0, time.time() - item.submitted_at), 3) if item.task_id else 0.0)
@@ -591,6 +597,9 @@ async def _run_opened(prepared: Prepared, checkpoint: Checkpoint, state: ResumeS
     total = prepared.scan.rows
     if state.archived_to is not None:
         log(f"--fresh: the earlier run's files were moved to {state.archived_to}")
+        if state.abandoned_tasks:
+            log(f"warning: --fresh gave up {state.abandoned_tasks} async task(s) of the earlier run that were "
+                f"still pending (already paid for); their ids are in {state.archived_to / 'tasks.jsonl'}")
     if state.released:
         log(f"sending {state.released} failed row(s) again (their old failure records are kept in "
             f"{display_path(spec.output_dir / 'previous')})")

@@ -40,11 +40,18 @@ class Usage:
         batch = record.get("batch")  # rows that shared one request: its attempts are counted once
         shared = isinstance(batch, Mapping) and bool(batch.get("index"))
         attempts = 0 if shared else _int(record.get("attempts"))
+        rate_limited = 0 if shared else _int(record.get("rate_limited"))
+        retries = max(0, attempts - 1)
+        split = record.get("shared_request")  # the failed request this row shared before it was sent alone
+        if isinstance(split, Mapping):
+            attempts += _int(split.get("attempts"))
+            retries += _int(split.get("attempts"))
+            rate_limited += _int(split.get("rate_limited"))
         model = self.models.setdefault(str(record.get("model") or "unknown"), ModelUsage())
         self.requests += attempts
         model.requests += attempts
-        self.retries += max(0, attempts - 1)
-        self.rate_limited += 0 if shared else _int(record.get("rate_limited"))
+        self.retries += retries
+        self.rate_limited += rate_limited
         self.polls += _int(record.get("polls"))
         error = record.get("error")
         if error:

@@ -133,6 +133,8 @@ def test_a_bad_input_in_a_shared_request_fails_only_its_row(tmp_path: Path, sim:
     assert [f["custom_id"] for f in read_jsonl(out / "failures.jsonl")] == ["e3"]
     assert len(read_jsonl(out / "results.jsonl")) == 9
     assert sim.stats()["requests"] == 1 + 5 + 1  # the failed request, its rows one by one, the other five
+    usage = orjson.loads((out / "usage.json").read_bytes())
+    assert usage["requests"] == 7 and usage["retries"] == 1  # the failed shared request is counted too
 
 
 def test_split_embeddings_shares_usage_exactly() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 
 from batchrun.providers import PRESETS
 from batchrun.providers.zhipu import (
@@ -87,6 +89,8 @@ def test_a_killed_async_run_polls_its_tasks_and_never_submits_them_again(
     proc.kill()
     proc.wait(10)
     assert out(tmp_path, "results.jsonl") == []
+    abandoned = tmp_path / "abandoned"  # the same killed run, started over with --fresh elsewhere
+    shutil.copytree(tmp_path / "runs", abandoned / "runs")
 
     result = submit(job, env=KEY)
     assert result.exit_code == 0, result.output
@@ -96,6 +100,12 @@ def test_a_killed_async_run_polls_its_tasks_and_never_submits_them_again(
     assert stats["tasks_submitted"] == 20 and stats["billed_twice"] == 0
     assert {r["task_id"] for r in out(tmp_path, "results.jsonl")} == {t["task_id"] for t in out(tmp_path,
                                                                                                 "tasks.jsonl")}
+
+    fresh = tmp_path / "fresh.yaml"
+    fresh.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "output_dir": str(abandoned / "runs" / "job")}))
+    result = submit(fresh, "--fresh", env=KEY)
+    assert result.exit_code == 0, result.output
+    assert "warning: --fresh gave up 20 async task(s) of the earlier run that were still pending" in result.output
 
 
 def test_max_pending_caps_tasks_in_flight(tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:
