@@ -4,7 +4,7 @@
   rate from what the provider actually admitted and cuts it multiplicatively, then it creeps up again.
   Configured limits and `x-ratelimit-limit-*` headers set a ceiling it never exceeds.
 - `ConcurrencyController`: requests in flight, in the manner of Netflix's concurrency-limits (gradient):
-  grows while latency stays near its floor, shrinks when latency climbs, on 429s and on timeouts.
+  grows while latency stays near its floor, shrinks when latency climbs and on timeouts that signal load.
 - `TokenAccounting`: what a request costs against TPM, and the correction once the answer says what the
   provider charged (the estimate + max_tokens at admission, or the actual tokens after the answer).
 """
@@ -184,8 +184,9 @@ class ConcurrencyController:
     baseline (an average, not a single sample, so a provider whose answer times spread widely is not
     mistaken for a queue). While recent latency stays within TOLERANCE of the baseline the limit grows:
     doubling per interval in slow start, then by about its square root. When latency climbs, the limit
-    shrinks in proportion; 429s and timeouts cut it by a tenth, once per window of requests. It grows only while
-    it is used: a limit nobody reaches proves nothing.
+    shrinks in proportion; a timeout the Throttle judges to be load cuts it by a tenth, once per window of
+    requests (429s are the rate's business). It grows only while it is used: a limit nobody reaches proves
+    nothing.
     """
 
     INTERVAL_S = 0.25
