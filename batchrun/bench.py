@@ -183,6 +183,26 @@ def bench_unknown_limits(work: Path, rows: int, *, headers: bool) -> list[Figure
     return figures
 
 
+def bench_concurrency_limit(work: Path, rows: int) -> list[Figure]:
+    """A provider that limits requests in flight, not their rate (Zhipu's 429 code 1302), no limits given:
+    the most it can answer is its limit over the mean answer time."""
+    limit = 20
+    sim = Simulator("--max-inflight", str(limit), "--bare-429", "--latency", "0.3")
+    try:
+        run = run_client(work, sim, write_prompts(work / "inflight.jsonl", rows, short_prompt), name="inflight")
+    finally:
+        sim.close()
+    with open(work / "runs" / "inflight" / "results.jsonl", "rb") as f:
+        latencies = [float(orjson.loads(line)["latency_s"]) for line in f]
+    ideal = limit / (sum(latencies) / len(latencies))
+    share = run.rows_per_s / ideal
+    return [Figure(f"2 no limits given, {limit} in flight at most (Zhipu 1302): rows/s vs limit / mean latency",
+                   ">= 90 %", f"{run.rows_per_s:.1f}/s of {ideal:.1f}/s = {pct(share)}", share >= 0.90),
+            Figure("2 in-flight limit: requests answered 429", "<= 3 %", pct(run.share_429), run.share_429 <= 0.03),
+            Figure("2 in-flight limit: concurrency at the end", "",
+                   f"{run.usage.get('throttle', {}).get('concurrency')}", None)]
+
+
 def bench_overhead(work: Path, rows: int) -> list[Figure]:
     sim = Simulator("--latency", "0")
     try:
@@ -360,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         ("1", lambda w: bench_configured_tpm(w, 300 if q else 2000, "actual")),
         ("2", lambda w: bench_unknown_limits(w, 1000 if q else 3000, headers=False)),
         ("2", lambda w: bench_unknown_limits(w, 600 if q else 3000, headers=True)),
+        ("2", lambda w: bench_concurrency_limit(w, 600 if q else 3000)),
         ("3", lambda w: bench_overhead(w, 10_000 if q else 50_000)),
         ("4", lambda w: bench_memory(w, 50_000 if q else 1_000_000, 5_000 if q else 100_000)),
         ("5", lambda w: bench_resume(w, 100_000 if q else 1_000_000)),

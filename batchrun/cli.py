@@ -194,6 +194,8 @@ def models(name: str, base_url: str | None, api_key_env: str | None) -> None:
 @click.option("--slow-rate", default=0.0, show_default=True, help="Share of requests answered only after --slow-s.")
 @click.option("--slow-s", default=30.0, show_default=True, help="How long the slow answers take.")
 @click.option("--seed", default=0, show_default=True, help="Seed for injected errors and latency.")
+@click.option("--max-inflight", type=click.IntRange(min=1),
+              help="Requests handled at once; beyond it, 429 with Zhipu's code 1302 (a concurrency limit).")
 @click.option("--bare-429", is_flag=True, help="Send 429s without Retry-After, as Zhipu does.")
 @click.option("--rate-headers", is_flag=True, help="Send x-ratelimit-* headers on every answer, as OpenAI does.")
 @click.option("--tpm-accounting", type=click.Choice(["reserve", "actual"]), default="reserve", show_default=True,
@@ -204,8 +206,8 @@ def models(name: str, base_url: str | None, api_key_env: str | None) -> None:
               "(as a bearer token or, for an id.secret key, a Zhipu JWT signed with it).")
 @_friendly
 def simulate(port: int, rpm: float | None, tpm: float | None, latency: float, latency_dist: str, error_rate: float,
-             drop_rate: float, slow_rate: float, slow_s: float, seed: int, bare_429: bool, rate_headers: bool,
-             tpm_accounting: str, task_s: tuple[float, float], require_key: bool) -> None:
+             drop_rate: float, slow_rate: float, slow_s: float, seed: int, max_inflight: int | None, bare_429: bool,
+             rate_headers: bool, tpm_accounting: str, task_s: tuple[float, float], require_key: bool) -> None:
     """Serve a simulated OpenAI-compatible provider on 127.0.0.1 until Ctrl-C."""
     key = os.environ.get("BATCHRUN_SIM_API_KEY") if require_key else None
     if require_key and not key:
@@ -218,7 +220,7 @@ def simulate(port: int, rpm: float | None, tpm: float | None, latency: float, la
     cfg = SimulateSpec(rpm=rpm, tpm=tpm, latency=latency, latency_dist=latency_dist, error_rate=error_rate,
                        seed=seed, api_key=key, retry_after=not bare_429, rate_headers=rate_headers,
                        tpm_accounting=tpm_accounting, task_s=task_s, drop_rate=drop_rate, slow_rate=slow_rate,
-                       slow_s=slow_s)
+                       slow_s=slow_s, max_inflight=max_inflight)
 
     def announce(url: str) -> None:
         click.echo(f"simulated provider at {url}  (spec: provider: {{name: simulated, base_url: {url}}})")

@@ -191,6 +191,7 @@ class ConcurrencyController:
 
     INTERVAL_S = 0.25
     TOLERANCE = 1.5
+    PROBE_S = 10.0  # a concurrency ceiling the provider set is probed one higher after this long without a hit
     FLOOR_DRIFT = 1.002  # per interval: a baseline that got slower for good is accepted within ~30 s
 
     def __init__(self, initial: int, maximum: int, minimum: int = 1) -> None:
@@ -204,6 +205,8 @@ class ConcurrencyController:
         self._interval_start: float | None = None
         self._interval = self.INTERVAL_S
         self._last_cut = -math.inf
+        self.ceiling: int | None = None  # the provider's own limit on requests in flight, once it has said so
+        self._last_limit = -math.inf
 
     @property
     def value(self) -> int:
@@ -217,11 +220,11 @@ class ConcurrencyController:
             self._interval_start = now
         elif now - self._interval_start >= self._interval and self._count >= 5:
             average = self._sum / self._count
-            self._adjust(average)
+            self._adjust(average, now)
             self._interval = max(self.INTERVAL_S, 2 * average)  # at least two round trips, as TCP grows per RTT
             self._sum, self._count, self._peak_inflight, self._interval_start = 0.0, 0, 0, now
 
-    def _adjust(self, average: float) -> None:
+    def _adjust(self, average: float, now: float) -> None:
         self.floor = average if self.floor is None else min(average, self.floor * self.FLOOR_DRIFT)
         gradient = max(0.5, min(1.0, self.TOLERANCE * self.floor / max(average, 1e-9)))
         if gradient < 1.0:
@@ -229,7 +232,20 @@ class ConcurrencyController:
             self.limit = max(self.minimum, self.limit * gradient + math.sqrt(self.limit))
         elif self._peak_inflight >= 0.8 * self.limit:
             grown = self.limit * 2 if self.slow_start else self.limit + math.sqrt(self.limit)
+            if self.ceiling is not None and self.limit >= self.ceiling and now - self._last_limit >= self.PROBE_S:
+                self.ceiling, self._last_limit = min(self.maximum, self.ceiling + 1), now  # raised since?
             self.limit = min(self.maximum, grown)
+        if self.ceiling is not None:
+            self.limit = min(self.limit, float(self.ceiling))
+
+    def on_limit(self, inflight: int, now: float) -> None:
+        """The provider refused a request sent with `inflight` out for having too many in flight (Zhipu's
+        1302): its limit is below that. Hold under it; probe one higher only after PROBE_S without a refusal."""
+        ceiling = max(self.minimum, inflight - 1)
+        self.ceiling = ceiling if self.ceiling is None else min(self.ceiling, ceiling)
+        self._last_limit = now
+        self.slow_start = False
+        self.limit = min(self.limit, float(self.ceiling))
 
     def on_congestion(self, sent_at: float, now: float) -> None:
         """A 429 or a timeout: back off, once per window, as TCP does.

@@ -26,6 +26,7 @@ from .control import (
     rate_hints,
 )
 from .request import Request
+from .retry import error_details
 from .spec import Limits
 from .transport import Reply
 
@@ -104,14 +105,16 @@ class Ticket:
 
     sent_at: float
     charge: Charge | None
+    inflight: int  # requests out, this one included, when it was sent
 
 
 class Throttle:
     """Admits requests at the rate, token and concurrency limits in force, and learns from each answer."""
 
     def __init__(self, limits: Limits, tpm_accounting: str, log: Callable[[str], None] = print,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, concurrency_codes: frozenset[str] = frozenset()) -> None:
         self.configured = limits
+        self.concurrency_codes = concurrency_codes
         self.log, self.clock = log, clock
         self.rates = RateController(limits.rpm / 60 if limits.rpm else None)
         self.tokens = TokenAccounting(tpm_accounting)
@@ -137,7 +140,7 @@ class Throttle:
             await self.tpm.take(charge.amount)
         now = self.clock()
         self.rates.on_sent(now)
-        return Ticket(now, charge)
+        return Ticket(now, charge, self.gate.inflight)
 
     def done(self, ticket: Ticket, reply: Reply | None, *, settle: bool = True) -> None:
         """Release the ticket's slot and learn from the answer (None: the attempt was cancelled).
@@ -148,7 +151,13 @@ class Throttle:
             return
         now = self.clock()
         status = reply.status
-        if status == 429:
+        if status == 429 and self.concurrency_codes and error_details(reply.body)[0] in self.concurrency_codes:
+            first = self.concurrency.ceiling is None
+            self.concurrency.on_limit(ticket.inflight, now)
+            if first:
+                self.log(f"the provider limits requests in flight (429 {error_details(reply.body)[0]}): holding "
+                         f"at most {self.concurrency.value}; set limits.concurrency to start there next time")
+        elif status == 429:
             # The rate controller's alone: it learns what the provider admits, which also holds a provider that
             # limits concurrency to its limit (admitted rate = limit / latency). Cutting concurrency as well
             # would collapse it in a storm of 429s that no rate avoids.

@@ -33,9 +33,12 @@ class ErrorTable:
     retry: frozenset[str] = frozenset()
     fail_row: frozenset[str] = frozenset()
     stop: frozenset[str] = frozenset()
+    # Retried too, and they say the provider's limit on requests in flight was hit (Zhipu's 1302): the
+    # Throttle holds concurrency under it instead of braking the rate.
+    concurrency: frozenset[str] = frozenset()
 
     def verdict(self, code: str) -> Verdict | None:
-        if code in self.retry:
+        if code in self.retry or code in self.concurrency:
             return Verdict.RETRY
         if code in self.fail_row:
             return Verdict.FAIL_ROW

@@ -140,7 +140,7 @@ class Runner:
         self.errors = preset.errors
         self.batch_size = (spec.limits.batch_size or preset.embedding_batch) if spec.endpoint == "embeddings" else 1
         accounting = spec.limits.tpm_accounting or preset.tpm_accounting
-        self.throttle = Throttle(spec.limits, accounting, log)
+        self.throttle = Throttle(spec.limits, accounting, log, concurrency_codes=preset.errors.concurrency)
         self.gate = self.throttle.gate
         self.ready: deque[_Item] = deque()  # retries whose backoff is over
         self.backoffs: set[asyncio.TimerHandle] = set()

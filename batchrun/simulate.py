@@ -283,6 +283,9 @@ class SimProvider:
         else:
             prompt_tokens = sum(estimate_tokens(t) for t in texts)
             max_output = max_output_tokens(body) if kind == "completions" else 0
+        if self.cfg.max_inflight is not None and self.inflight > self.cfg.max_inflight:
+            return self._answer(429, _error("1302", "您当前使用该API的并发数过高，请降低并发，或联系客服增加限额。"),
+                                {"Retry-After": "1"} if self.cfg.retry_after else None)
         limited = self._rate_limit(prompt_tokens + max_output)
         if limited is not None:
             return limited

@@ -51,6 +51,7 @@ class SimulateSpec:
     drop_rate: float = 0.0  # share of requests whose connection is dropped without an answer
     slow_rate: float = 0.0  # share of requests answered only after slow_s (past a client's timeout)
     slow_s: float = 30.0
+    max_inflight: int | None = None  # beyond this many requests being handled, 429 (Zhipu's 1302 concurrency)
 
 
 @dataclass(frozen=True)
@@ -361,7 +362,8 @@ def _parse_provider(raw: Any, source: str) -> ProviderSpec:
 
 def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
     sec = _Section(where, raw, {"rpm", "tpm", "latency", "latency_dist", "error_rate", "seed", "retry_after",
-                                "rate_headers", "tpm_accounting", "task_s", "drop_rate", "slow_rate", "slow_s"},
+                                "rate_headers", "tpm_accounting", "task_s", "drop_rate", "slow_rate", "slow_s",
+                                "max_inflight"},
                    source)
     shares = {}
     for name in ("error_rate", "drop_rate", "slow_rate"):
@@ -377,6 +379,7 @@ def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
         drop_rate=shares["drop_rate"],
         slow_rate=shares["slow_rate"],
         slow_s=sec.number("slow_s", SimulateSpec.slow_s) or 0.0,
+        max_inflight=sec.integer("max_inflight", None, minimum=1),
         seed=sec.integer("seed", 0, minimum=0) or 0,
         retry_after=sec.boolean("retry_after", True),
         rate_headers=sec.boolean("rate_headers", False),

@@ -149,6 +149,23 @@ def test_concurrency_backs_off_once_per_window() -> None:
     assert cc.value == 81
 
 
+def test_a_limit_on_requests_in_flight_becomes_a_ceiling_probed_slowly() -> None:
+    cc = ConcurrencyController(initial=32, maximum=256)
+    cc.on_limit(inflight=21, now=1.0)  # refused with 21 out: the provider's limit is at most 20
+    assert cc.ceiling == 20 and cc.value == 20
+    cc.on_limit(inflight=25, now=1.1)  # a refusal of a request sent earlier, with more out, says nothing new
+    assert cc.ceiling == 20
+    t = 1.0
+    for latency in [0.1] * 100 + [0.16] * 100:  # latency steady, then a little up: neither may pass the ceiling
+        t += 0.02
+        cc.on_success(latency, inflight=cc.value, now=t)
+        assert cc.value <= 20
+    while t < 12.0:  # ten seconds without a refusal: one step above, to find out whether the limit was raised
+        t += 0.02
+        cc.on_success(0.1, inflight=cc.value, now=t)
+    assert cc.ceiling == 21 and cc.value == 21
+
+
 def test_token_accounting_settles_what_the_provider_charged() -> None:
     reserve, actual = TokenAccounting("reserve"), TokenAccounting("actual")
     for acc in (reserve, actual):

@@ -66,6 +66,22 @@ def test_retries_on_500_and_429(tmp_path: Path, sim: SimServer) -> None:
     assert sim.stats()["responses"] == {"200": 3, "429": 1, "500": 2}
 
 
+def test_a_limit_on_requests_in_flight_is_held_by_concurrency_not_the_rate(
+        tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:
+    """Zhipu's 1302: the provider refuses requests beyond 4 in flight. The Throttle holds concurrency under
+    the limit it learns from the refusals; the rate is left alone."""
+    server = start_sim(max_inflight=4, latency=0.05)
+    job = make_job(tmp_path, server.base_url, n=60, limits={"concurrency": 16})
+    result = submit(job)
+    assert result.exit_code == 0, result.output
+    assert "the provider limits requests in flight (429 1302)" in result.output
+    _, _, usage = records(tmp_path)
+    assert usage["rows_succeeded"] == 60
+    assert usage["throttle"]["concurrency"] <= 5 and usage["throttle"]["rpm"] is None
+    # The first 16 went out together (12 refused); after that, at most a probe above the limit now and then.
+    assert 1 <= usage["rate_limited"] <= 12 + 3
+
+
 def test_dropped_connections_are_retried(tmp_path: Path, sim: SimServer) -> None:
     result = submit(make_job(tmp_path, sim.base_url, [{"id": "d", "prompt": "x #sim:drop=1"}]))
     assert result.exit_code == 0, result.output

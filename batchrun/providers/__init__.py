@@ -46,7 +46,8 @@ BAIDU_ERRORS = ErrorTable(
 ERRORS = {
     "openai": ErrorTable(stop=frozenset({"insufficient_quota"})),
     "zhipu": ErrorTable(
-        retry=frozenset({"1302", "1303", "1305", "1312"}),
+        retry=frozenset({"1303", "1305", "1312"}),
+        concurrency=frozenset({"1302"}),
         fail_row=frozenset({"1210", "1211", "1212", "1213", "1214", "1215", "1301"}),
         stop=frozenset({"1113", "1304", "1308", "1310"}),
     ),
@@ -57,6 +58,7 @@ ERRORS = {
     ),
     "aistudio": BAIDU_ERRORS,
     "qianfan": BAIDU_ERRORS,
+    "simulated": ErrorTable(concurrency=frozenset({"1302"})),  # its --max-inflight answers as Zhipu does
     "modelarts": ErrorTable(
         retry=frozenset({"ModelArts.81101", "ModelArts.81103"}),
         fail_row=frozenset({"ModelArts.81011", "ModelArts.4910"}),
