@@ -248,7 +248,7 @@ class ConcurrencyController:
         self.limit = min(self.limit, float(self.ceiling))
 
     def on_congestion(self, sent_at: float, now: float) -> None:
-        """A 429 or a timeout: back off, once per window, as TCP does.
+        """A timeout that signals load: back off, once per window, as TCP does.
 
         Only a request sent after the last cut can cut again: the rest of a wave that was in flight together
         (a block of rows that all time out 30 s later, say) tells nothing the first one did not."""

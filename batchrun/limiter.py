@@ -151,16 +151,17 @@ class Throttle:
             return
         now = self.clock()
         status = reply.status
-        if status == 429 and self.concurrency_codes and error_details(reply.body)[0] in self.concurrency_codes:
+        code = error_details(reply.body)[0] if status == 429 and self.concurrency_codes else None
+        if code in self.concurrency_codes:  # too many in flight (Zhipu's 1302): a concurrency limit, not a rate
             first = self.concurrency.ceiling is None
             self.concurrency.on_limit(ticket.inflight, now)
             if first:
-                self.log(f"the provider limits requests in flight (429 {error_details(reply.body)[0]}): holding "
-                         f"at most {self.concurrency.value}; set limits.concurrency to start there next time")
+                self.log(f"the provider limits requests in flight (429 {code}): holding at most "
+                         f"{self.concurrency.value}; set limits.concurrency to start there next time")
         elif status == 429:
-            # The rate controller's alone: it learns what the provider admits, which also holds a provider that
-            # limits concurrency to its limit (admitted rate = limit / latency). Cutting concurrency as well
-            # would collapse it in a storm of 429s that no rate avoids.
+            # The rate's alone (cutting concurrency too would collapse it in a storm that no rate avoids). A
+            # provider limiting requests in flight without a code that says so is held this way as well: what
+            # it admits is its limit over the latency.
             self.rates.on_rate_limited(ticket.sent_at, now)
             if self.tpm is not None and self.tokens.on_rate_limited(now):
                 self.rates.reset(now, grace=BURST_S)
