@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import signal
@@ -26,7 +27,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _log(message: str) -> None:
-    click.echo(f"batchrun: {message}", err=True)
+    # stderr may be closed (`2>&1 | head`, a closed terminal): a lost log line must not break the run.
+    with contextlib.suppress(OSError):
+        click.echo(f"batchrun: {message}", err=True)
 
 
 def _friendly(fn: F) -> F:

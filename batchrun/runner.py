@@ -140,7 +140,10 @@ class Runner:
         self.errors = preset.errors
         self.batch_size = (spec.limits.batch_size or preset.embedding_batch) if spec.endpoint == "embeddings" else 1
         accounting = spec.limits.tpm_accounting or preset.tpm_accounting
-        self.throttle = Throttle(spec.limits, accounting, log, concurrency_codes=preset.errors.concurrency)
+        # A submission holds no slot while its task runs: what an async provider's "too many in flight" counts
+        # is unknown (running tasks, most likely, which limits.max_pending caps), so there it is a plain 429.
+        in_flight_codes = preset.errors.concurrency if spec.provider.mode != "async" else frozenset()
+        self.throttle = Throttle(spec.limits, accounting, log, concurrency_codes=in_flight_codes)
         self.gate = self.throttle.gate
         self.ready: deque[_Item] = deque()  # retries whose backoff is over
         self.backoffs: set[asyncio.TimerHandle] = set()
