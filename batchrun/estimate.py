@@ -80,6 +80,11 @@ def estimate_lines(prepared: Prepared, est: Estimate, prices: Prices, share: flo
     else:
         lines.append("  time           no limits.rpm or limits.tpm given: the provider's limits decide (batchrun "
                      "learns them from its 429s)")
+    if spec.provider.mode == "async":
+        sim = spec.provider.simulate
+        runs = f"up to {_minutes(sim.task_s[1])} (simulated)" if sim else "for a time not known in advance"
+        lines.append(f"  tasks          the time above is for submitting; each task then runs {runs} before its "
+                     "result is polled")
     return lines
 
 

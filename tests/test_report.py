@@ -224,6 +224,14 @@ def test_estimate_reads_the_input_without_calling_anything(tmp_path: Path) -> No
     assert "0.0029 to 0.0049 CNY" in out
     # RPM: 10 / 5 = 2 min; TPM (dashscope counts actual tokens): (1,070 + 1,000) / 1000 = 2.07 min
     assert "at least 2.1 min: the TPM limit binds (RPM 2.0 min, TPM 2.1 min)" in out
+    assert "tasks " not in out  # only async jobs wait on tasks after submitting
+
+
+def test_estimate_of_an_async_job_adds_the_task_time(tmp_path: Path) -> None:
+    job = make_job(tmp_path, "", n=3, provider={"name": "simulated", "mode": "async", "simulate": {"task_s": [2, 45]}})
+    result = cli("estimate", str(job))
+    assert result.exit_code == 0, result.output
+    assert "the time above is for submitting; each task then runs up to 45 s (simulated)" in result.stdout
 
 
 # --- status -------------------------------------------------------------------------------------------------
