@@ -2,8 +2,9 @@
 
 It enforces RPM/TPM with continuous token buckets holding about one second of the per-minute limit (429
 beyond, with or without Retry-After and x-ratelimit-* headers), counts TPM either way providers do
-(prompt + max_tokens on admission, or the tokens used once answered), injects HTTP 500s, draws latency
-from a distribution, and answers deterministically from the prompt.
+(prompt + max_tokens on admission, or the tokens used once answered), can refuse requests beyond a number
+in flight (Zhipu's 429 code 1302), injects HTTP 500s, draws latency from a distribution, and answers
+deterministically from the prompt.
 Directives in a prompt reproduce a quirk for that one row, so tests and users can stage any failure:
 
     #sim:status=400     always answer that HTTP status with an error body
