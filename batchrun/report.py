@@ -11,13 +11,15 @@ import contextlib
 import csv
 import datetime as dt
 import fcntl
+import heapq
 import io
 import itertools
 import math
 import os
 import time
 from array import array
-from collections.abc import Iterable, Mapping
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,8 +49,8 @@ class RunData:
     updated_at: str | None
     rate: float | None  # rows/s over the last half minute, as the running process saw it
     prices: dict[str, Price]  # the job's own pricing block
-    latencies: array[float] = field(default_factory=lambda: array("d"))
-    completed: array[float] = field(default_factory=lambda: array("d"))  # epoch seconds
+    latencies: Counter[float] = field(default_factory=Counter)  # exact: records round them to 0.1 ms
+    completed: list[array[float]] = field(default_factory=list)  # epoch seconds, one array per record file
 
     @property
     def rows_done(self) -> int:
@@ -89,31 +91,35 @@ def read_run(path: Path, *, records: bool = True) -> RunData:
                    saved.get("rate_rows_per_s"), parse_prices(job.get("pricing") or {}, f"{path}/{MANIFEST}"))
     for name in (RESULTS, FAILURES):
         covered = covers[name] if covers else 0
+        completed: array[float] = array("d")
         for offset, line in complete_lines(path / name, 0 if records else covered):
             if records:
-                _timing(line, data)
+                _timing(line, data.latencies, completed)
             if offset >= covered:
                 with contextlib.suppress(orjson.JSONDecodeError):
                     usage.add(orjson.loads(line))
+        # Appended as rows finish, so already in order unless the clock was set back: sorted only then.
+        ordered = all(a <= b for a, b in itertools.pairwise(completed))
+        data.completed.append(completed if ordered else array("d", sorted(completed)))
     if data.state == "running" and not data.live:
         data.state = "died"  # a process that was killed never wrote its end state
     return data
 
 
-def _timing(line: bytes, data: RunData) -> None:
+def _timing(line: bytes, latencies: Counter[float], completed: array[float]) -> None:
     """The record's latency and completion time, found by key near the line's end (no full parse)."""
     at = line.rfind(LATENCY_KEY)
     if at >= 0:
         end = at + len(LATENCY_KEY)
         stop = line.find(b",", end)
         with contextlib.suppress(ValueError):
-            data.latencies.append(float(line[end:stop if stop > 0 else -2]))
+            latencies[float(line[end:stop if stop > 0 else -2])] += 1
     at = line.rfind(COMPLETED_KEY)
     if at >= 0:
         start = at + len(COMPLETED_KEY)
         with contextlib.suppress(ValueError):
             text = line[start:line.find(b'"', start)].decode()
-            data.completed.append(dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+            completed.append(dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
 
 
 # --- the report ------------------------------------------------------------------------------------------
@@ -143,7 +149,7 @@ class Report:
     active_s: float
     latency: dict[str, float | None]  # p50, p90, p99 in seconds
     series: list[tuple[float, float]]  # (seconds since the first completion, rows/s in that bucket)
-    latencies: list[float]  # every row's, ordered (the histogram)
+    latencies: list[tuple[float, int]]  # (latency, rows), ordered by latency (the histogram)
 
     @property
     def rows_pending(self) -> int:
@@ -176,33 +182,52 @@ def build_report(paths: Iterable[Path], prices: Mapping[str, Price] | None = Non
     table = Prices({k: v for run in runs for k, v in run.prices.items()} | dict(prices or {}))
     models = [ModelCost(name, m.rows_succeeded, m.rows_failed, m.requests, m.prompt_tokens, m.completion_tokens,
                         table.get(name)) for name, m in sorted(usage.models.items())]
-    latencies = sorted(x for run in runs for x in run.latencies)
-    completed = sorted(t for run in runs for t in run.completed)
+    merged: Counter[float] = Counter()
+    for run in runs:
+        merged.update(run.latencies)
+    latencies = sorted(merged.items())
+    series = rate_series([times for run in runs for times in run.completed])
     return Report(runs, usage, models, sum(r.rows_total for r in runs), sum(r.active_s for r in runs),
-                  {f"p{q}": percentile(latencies, q / 100) for q in (50, 90, 99)}, rate_series(completed), latencies)
+                  {f"p{q}": percentile(latencies, q / 100) for q in (50, 90, 99)}, series, latencies)
 
 
-def percentile(ordered: list[float], q: float) -> float | None:
-    """The nearest-rank percentile of an ordered list (None when empty)."""
-    if not ordered:
+def percentile(ordered: Sequence[tuple[float, int]], q: float) -> float | None:
+    """The nearest-rank percentile of ordered (value, count) pairs (None when empty)."""
+    total = sum(n for _, n in ordered)
+    if not total:
         return None
-    rank = max(1, min(len(ordered), math.ceil(q * len(ordered) - 1e-9)))
-    return ordered[rank - 1]
+    rank = max(1, min(total, math.ceil(q * total - 1e-9)))
+    seen = 0
+    for value, n in ordered:
+        seen += n
+        if seen >= rank:
+            return value
+    return ordered[-1][0]
 
 
-def rate_series(ordered_times: list[float], buckets: int = 60, max_gap: float = 10.0) -> list[tuple[float, float]]:
-    """Rows per second over active time, in at most `buckets` equal slices. Idle stretches longer than
-    `max_gap` (between sessions, or between run directories) are cut short, so the chart shows work."""
-    if len(ordered_times) < 2:
+def rate_series(ascending: Sequence[Sequence[float]], buckets: int = 60,
+                max_gap: float = 10.0) -> list[tuple[float, float]]:
+    """Rows per second over active time, in at most `buckets` equal slices, from completion times given as
+    ascending sequences (one per record file). Idle stretches longer than `max_gap` (between sessions, or
+    between run directories) are cut short, so the chart shows work. Two passes over a lazy merge: a
+    million-row run is never copied into one list."""
+    if sum(len(times) for times in ascending) < 2:
         return []
-    active = [0.0]
-    for prev, t in itertools.pairwise(ordered_times):
-        active.append(active[-1] + min(t - prev, max_gap))
-    span = max(active[-1], 1e-3)
+
+    def active_times() -> Iterator[float]:
+        times = heapq.merge(*ascending)
+        active, prev = 0.0, next(times)
+        yield active
+        for t in times:
+            active += min(t - prev, max_gap)
+            prev = t
+            yield active
+
+    span = max(deque(active_times(), maxlen=1)[0], 1e-3)  # the last active time, without keeping the rest
     width = span / buckets if span < buckets else max(1.0, span / buckets)  # whole seconds once there are enough
     n = min(buckets, int(span // width)) + 1
     counts = [0] * n
-    for t in active:
+    for t in active_times():
         counts[min(n - 1, int(t // width))] += 1
     return [(i * width, c / width) for i, c in enumerate(counts)]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from html import escape
 
-from .report import Report, _money, _seconds
+from .report import Report, _money, _seconds, percentile
 
 WIDTH, HEIGHT, PAD = 640, 220, 44
 BAR = "#3b6fb6"
@@ -79,15 +79,15 @@ def line_chart(series: list[tuple[float, float]]) -> str:
     return _svg(body, label="rows per second over time")
 
 
-def histogram(latencies: list[float], bins: int = 30) -> str:
-    """Latencies in equal bins up to the 99th percentile; anything slower falls in the last bin."""
+def histogram(latencies: list[tuple[float, int]], bins: int = 30) -> str:
+    """Latencies ((value, rows), ordered) in equal bins up to the 99th percentile; slower ones in the last bin."""
     if not latencies:
         return _empty("no latencies recorded")
-    top = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] or max(latencies) or 1.0
+    top = percentile(latencies, 0.99) or latencies[-1][0] or 1.0
     width = top / bins
     counts = [0] * bins
-    for x in latencies:
-        counts[min(bins - 1, int(x / width) if width > 0 else 0)] += 1
+    for x, n in latencies:
+        counts[min(bins - 1, int(x / width) if width > 0 else 0)] += n
     peak = max(counts) or 1
     w, h = (WIDTH - 2 * PAD) / bins, HEIGHT - 2 * PAD
     bars = "".join(

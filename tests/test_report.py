@@ -77,10 +77,13 @@ def test_price_overrides_and_unknown_models() -> None:
 
 
 def test_percentiles_and_series() -> None:
-    values = [float(i) for i in range(1, 101)]
+    values = [(float(i), 1) for i in range(1, 101)]
     assert (percentile(values, 0.5), percentile(values, 0.9), percentile(values, 0.99)) == (50.0, 90.0, 99.0)
+    assert percentile([(0.1, 89), (0.2, 10), (9.0, 1)], 0.9) == 0.2  # counted rows: the 90th of 100 is 0.2
+    assert percentile([(0.1, 89), (0.2, 10), (9.0, 1)], 0.995) == 9.0
     assert percentile([], 0.5) is None
-    series = rate_series([0.0, 0.5, 1.0, 1.5, 500.0, 500.5], buckets=10)  # a 500 s idle gap shrinks to 10 s
+    # Two record files (results, failures), each in order; a 500 s idle gap shrinks to 10 s.
+    series = rate_series([[0.0, 1.0, 500.0], [0.5, 1.5, 500.5]], buckets=10)
     width = series[1][0] - series[0][0]
     assert sum(rate * width for _, rate in series) == pytest.approx(6)  # every row in some bucket
     assert series[-1][0] < 13
