@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 import yaml
 
+from .checkpoint import iso_epoch
 from .request import estimate_messages
 
 PY = [sys.executable, "-m", "batchrun.cli"]
@@ -227,7 +228,7 @@ def bench_async(work: Path, rows: int) -> list[Figure]:
         sim.close()
     run_dir = work / "runs" / "async"
     last_submit = max(orjson.loads(line)["t"] for line in (run_dir / "tasks.jsonl").read_bytes().splitlines())
-    last_result = max(_epoch(orjson.loads(line)["completed_at"])
+    last_result = max(iso_epoch(orjson.loads(line)["completed_at"])
                       for line in (run_dir / "results.jsonl").read_bytes().splitlines())
     tail = last_result - last_submit
     per_task = run.usage["polls"] / max(1, run.usage["rows_succeeded"])
@@ -238,12 +239,6 @@ def bench_async(work: Path, rows: int) -> list[Figure]:
                    f"{tail:.1f} s", tail <= 35),
             Figure("6 async: tasks submitted per row", "1.00", f"{submitted / rows:.2f} ({submitted})",
                    submitted == rows)]
-
-
-def _epoch(iso: str) -> float:
-    import datetime as dt
-
-    return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def bench_memory(work: Path, big: int, small: int) -> list[Figure]:

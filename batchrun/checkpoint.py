@@ -40,6 +40,11 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso_epoch(iso: str) -> float:
+    """Epoch seconds of a time `now_iso` wrote (ValueError if it is not one)."""
+    return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
 def record_row(line: bytes) -> int | None:
     """The row number of one complete record line, or None when the line is not a record."""
     if line.startswith(ROW_PREFIX):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import datetime as dt
 import fcntl
 import heapq
 import io
@@ -26,7 +25,17 @@ from typing import Any
 
 import orjson
 
-from .checkpoint import FAILURES, LOCK, MANIFEST, RESULTS, USAGE, complete_lines, covered_offsets, read_json
+from .checkpoint import (
+    FAILURES,
+    LOCK,
+    MANIFEST,
+    RESULTS,
+    USAGE,
+    complete_lines,
+    covered_offsets,
+    iso_epoch,
+    read_json,
+)
 from .errors import RunDirError
 from .pricing import Price, Prices, parse_prices
 from .usage import Usage
@@ -119,7 +128,7 @@ def _timing(line: bytes, latencies: Counter[float], completed: array[float]) -> 
         start = at + len(COMPLETED_KEY)
         with contextlib.suppress(ValueError):
             text = line[start:line.find(b'"', start)].decode()
-            completed.append(dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+            completed.append(iso_epoch(text))
 
 
 # --- the report ------------------------------------------------------------------------------------------
@@ -375,7 +384,7 @@ def _age(iso: str | None) -> float | None:
     if not iso:
         return None
     with contextlib.suppress(ValueError):
-        return max(0.0, time.time() - dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
+        return max(0.0, time.time() - iso_epoch(iso))
     return None
 
 
