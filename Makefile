@@ -28,10 +28,10 @@ clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
 bench: setup
-	$(BIN)/python -m batchrun.bench
+	$(BIN)/python -m tools.bench
 
 bench-quick: setup
-	$(BIN)/python -m batchrun.bench --quick
+	$(BIN)/python -m tools.bench --quick
 
 torture: setup
-	$(BIN)/python -m batchrun.torture
+	$(BIN)/python -m tools.torture

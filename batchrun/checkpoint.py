@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import errno
 import fcntl
 import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,73 +21,12 @@ from typing import Any
 import orjson
 
 from .errors import CheckpointWriteError, RunDirError
+from .records import Record, encode, now_iso, record_row
+from .rundir import FAILURES, LOCK, MANIFEST, PREVIOUS, RECORD_FILES, RESULTS, TASKS, USAGE, covered_offsets, read_json
 from .usage import Usage
 
-RESULTS = "results.jsonl"
-FAILURES = "failures.jsonl"
-TASKS = "tasks.jsonl"  # async mode: every task id, written before anything waits on it
-USAGE = "usage.json"
-MANIFEST = "manifest.json"
-LOCK = "run.lock"
-PREVIOUS = "previous"
-ROW_PREFIX = b'{"row":'
 REDACTED = b"[redacted]"
 MIN_SECRET_LEN = 8
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def iso_epoch(iso: str) -> float:
-    """Epoch seconds of a time `now_iso` wrote (ValueError if it is not one)."""
-    return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
-def record_row(line: bytes) -> int | None:
-    """The row number of one complete record line, or None when the line is not a record."""
-    if line.startswith(ROW_PREFIX):
-        end = line.find(b",", len(ROW_PREFIX))
-        if end > 0:
-            with contextlib.suppress(ValueError):
-                return int(line[len(ROW_PREFIX):end])
-    try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    row = obj.get("row") if isinstance(obj, dict) else None
-    return row if isinstance(row, int) and not isinstance(row, bool) else None
-
-
-def complete_lines(path: Path, start: int = 0) -> Iterator[tuple[int, bytes]]:
-    """(offset, line) for every complete line from `start`, read-only: a line still being written (no newline
-    yet) is left for next time. For readers beside a live run (report, status, export)."""
-    if not path.exists():
-        return
-    with open(path, "rb") as f:
-        f.seek(start)
-        offset = start
-        for line in f:
-            if not line.endswith(b"\n"):
-                return
-            yield offset, line
-            offset += len(line)
-
-
-def covered_offsets(run_dir: Path, saved: Mapping[str, Any] | None) -> dict[str, int] | None:
-    """How far into each record file usage.json's totals reach, or None when they cannot be trusted.
-
-    usage.json is written after an fsync of the records, so it must cover no more than what is on disk;
-    if it claims more (or says nothing), its totals are recounted from the records."""
-    covers = (saved or {}).get("checkpoint") or {}
-    out = {}
-    for name in (RESULTS, FAILURES):
-        path = run_dir / name
-        size = path.stat().st_size if path.exists() else 0
-        if not isinstance(covers.get(name), int) or covers[name] > size:
-            return None
-        out[name] = int(covers[name])
-    return out if saved is not None else None
 
 
 class DoneRows:
@@ -131,14 +69,6 @@ def atomic_write(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = orjson.loads(path.read_bytes())
-    except (FileNotFoundError, orjson.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _scan(path: Path, covered: int, state: ResumeState, fold: bool) -> int:
@@ -218,8 +148,9 @@ class Checkpoint:
             "state": "running",
             "pid": os.getpid(),
             "updated_at": now_iso(),
+            "ids_checked": bool((manifest or {}).get("ids_checked")),  # repeated ids have their failure records
         })
-        for name in (RESULTS, FAILURES):
+        for name in RECORD_FILES:
             self._fds[name] = os.open(self.path / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         return state
 
@@ -306,7 +237,7 @@ class Checkpoint:
             state.usage = Usage.from_totals(previous)
         elif previous is not None:
             state.previous = {k: previous[k] for k in ("started_at", "active_s") if k in previous}
-        for name in (RESULTS, FAILURES):
+        for name in RECORD_FILES:
             self.sizes[name] = _scan(self.path / name, covers[name] if covers else 0, state, fold=covers is None)
         self._read_tasks(state)
         return state
@@ -336,9 +267,9 @@ class Checkpoint:
 
     # --- writing -------------------------------------------------------------------------------------
 
-    def append(self, record: Mapping[str, Any], *, failed: bool) -> None:
+    def append(self, record: Record, *, failed: bool) -> None:
         """Write one final record for a row; it is on disk (page cache) when this returns."""
-        line = orjson.dumps(record) + b"\n"
+        line = encode(record)
         name = FAILURES if failed else RESULTS
         self.sizes[name] += self._write(name, line)
         self._dirty = True
@@ -405,7 +336,11 @@ class Checkpoint:
         self.manifest = manifest
 
     def set_state(self, state: str, **extra: Any) -> None:
-        self.write_manifest({**self.manifest, "state": state, "updated_at": now_iso(), **extra})
+        self.note(state=state, **extra)
+
+    def note(self, **facts: Any) -> None:
+        """Record facts about the run in its manifest (its state, why it stopped, that ids were checked)."""
+        self.write_manifest({**self.manifest, "updated_at": now_iso(), **facts})
 
     def close(self) -> None:
         for fd in self._fds.values():

@@ -17,9 +17,11 @@ import orjson
 
 from . import __version__
 from .errors import BatchrunError, SpecError
+from .job import display_path, job_of_run, prepare
+from .presets import PRESETS
 from .pricing import load_prices
-from .providers import PRESETS
-from .runner import EXIT_INTERRUPTED, job_of_run, list_provider_models, prepare, run_job, summary_lines
+from .rundir import RunState
+from .runner import EXIT_INTERRUPTED, RunOutcome, list_provider_models, run_job
 from .spec import LATENCY_DISTS, SimulateSpec, load_spec
 from .validate import validate, validation_lines
 
@@ -237,6 +239,33 @@ def simulate(port: int, rpm: float | None, tpm: float | None, latency: float, la
         raise SpecError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}; choose another --port") from None
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM is how a server is meant to stop
         click.echo("simulated provider stopped")
+
+
+def summary_lines(outcome: RunOutcome) -> list[str]:
+    """The closing lines of `batchrun submit`: what happened, where the files are, how to resume."""
+    u, spec = outcome.usage, outcome.spec
+    out = spec.output_dir
+    rel = display_path(out)
+    rate = outcome.rows_this_session / outcome.elapsed_s if outcome.elapsed_s > 0 else 0.0
+    lines = [
+        f"{spec.name}: {outcome.state.value.replace('_', ' ')}: {u.rows_succeeded} succeeded, {u.rows_failed} failed, "
+        f"{outcome.rows_pending} pending of {outcome.rows_total} rows",
+        f"  requests {u.requests}, retries {u.retries} (429s {u.rate_limited}), tokens {u.prompt_tokens} prompt + "
+        f"{u.completion_tokens} completion",
+        f"  this session: {outcome.rows_this_session} rows in {outcome.elapsed_s:.1f} s ({rate:.1f} rows/s)",
+        f"  results: {rel}/results.jsonl" + (f"   failures: {rel}/failures.jsonl" if u.rows_failed else ""),
+    ]
+    if u.failures_by_code:
+        codes = ", ".join(f"{c} ×{n}" for c, n in sorted(u.failures_by_code.items(), key=lambda kv: -kv[1])[:5])
+        lines.append(f"  failures by code: {codes}")
+    if outcome.reason and outcome.state is RunState.STOPPED:
+        lines.append(f"  stopped: {outcome.reason}")
+    if outcome.tasks_pending:
+        lines.append(f"  {outcome.tasks_pending} submitted tasks are still at the provider: resuming polls them "
+                     "(tasks.jsonl holds their ids), it does not submit them again")
+    if outcome.rows_pending:
+        lines.append(f"  resume with: batchrun submit {display_path(spec.spec_path)}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .job import Prepared, display_path
 from .pricing import Price, Prices
-from .providers import PRESETS
-from .runner import Prepared, display_path
 from .validate import validate
 
 TYPICAL_OUTPUT_SHARE = 0.3  # answers use about this share of max_tokens, unless told otherwise
@@ -31,7 +30,7 @@ def estimate(prepared: Prepared) -> Estimate:
     spec = prepared.spec
     sendable = checked.requests
     if spec.endpoint == "embeddings":
-        sendable = math.ceil(sendable / (spec.limits.batch_size or PRESETS[spec.provider.name].embedding_batch))
+        sendable = math.ceil(sendable / spec.limits.batch_size)
     return Estimate(checked.rows, checked.rows - checked.requests, sendable, checked.prompt_tokens,
                     checked.max_output_tokens)
 
@@ -69,8 +68,7 @@ def estimate_lines(prepared: Prepared, est: Estimate, prices: Prices, share: flo
         low, high = cost_range(price, est.prompt_tokens, typical, most)
         lines.append(f"  cost           {low:,.4f} to {high:,.4f} {price.currency} (typical to max_tokens) at "
                      f"{price.describe()}")
-    accounting = spec.limits.tpm_accounting or PRESETS[spec.provider.name].tpm_accounting
-    tokens = est.prompt_tokens + (most if accounting == "reserve" else typical)
+    tokens = est.prompt_tokens + (most if spec.limits.tpm_accounting == "reserve" else typical)
     times = limit_seconds(est.requests, tokens, spec.limits.rpm, spec.limits.tpm)
     if times:
         binding = max(times, key=lambda k: times[k])

@@ -16,8 +16,9 @@ from typing import Any
 
 import orjson
 
-from .checkpoint import FAILURES, MANIFEST, RESULTS, complete_lines, read_json, record_row
-from .errors import InputError, RunDirError, SpecError
+from .errors import InputError, SpecError
+from .records import record_row
+from .rundir import RECORD_FILES, RunDir
 from .spec import InputSpec
 
 EXPORT_BATCH = 10_000
@@ -31,14 +32,14 @@ INPUT_PREFIX = "input_"
 class RecordIndex:
     """Where each row's final record starts: offset * 2 + (1 for failures.jsonl), or NONE."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run: RunDir) -> None:
         self.index = array("q")
         self.fds: list[int] = []
         self.windows: list[tuple[bytes, int]] = [(b"", 0), (b"", 0)]  # per file: bytes read, and where from
-        for bit, name in enumerate((RESULTS, FAILURES)):
-            path = run_dir / name
+        for bit, name in enumerate(RECORD_FILES):
+            path = run.path / name
             self.fds.append(os.open(path, os.O_RDONLY) if path.exists() else -1)
-            for offset, line in complete_lines(path):
+            for offset, line in run.lines(name):
                 row = record_row(line)
                 if row is not None and row >= 0:
                     if row >= len(self.index):
@@ -134,20 +135,15 @@ def _count(value: Any) -> int | None:
 
 def export_run(run_dir: Path, to: Path, *, with_input: bool = False) -> int:
     """Write `to` (.parquet or .jsonl): one row per input row, in input order. Returns the rows written."""
-    run_dir = Path(run_dir)
-    manifest = read_json(run_dir / MANIFEST)
-    if manifest is None:
-        raise RunDirError(f"{run_dir} is not a batchrun run directory (no {MANIFEST})")
-    job = manifest.get("job") or {}
-    inp = job.get("input") or {}
-    spec = InputSpec(path=Path(str(inp.get("path"))), format=str(inp.get("format") or "jsonl"))
+    run = RunDir(run_dir)
+    spec = run.input_spec()
     if not spec.path.is_file():
         raise InputError(f"the input {spec.path} of {run_dir} is not there: export pairs records with input rows")
     kind = to.suffix.lower()
     if kind not in (".parquet", ".jsonl"):
         raise SpecError(f"--to must end in .parquet or .jsonl, got {to.name!r}")
-    embeddings = job.get("endpoint") == "embeddings"
-    index = RecordIndex(run_dir)
+    embeddings = run.job.get("endpoint") == "embeddings"
+    index = RecordIndex(run)
     try:
         batches = _batches(spec, index, embeddings, with_input)
         return _write_parquet(to, batches) if kind == ".parquet" else _write_jsonl(to, batches)

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import heapq
 import io
 import itertools
 import math
-import os
 import time
 from array import array
 from collections import Counter, deque
@@ -25,23 +23,10 @@ from typing import Any
 
 import orjson
 
-from .checkpoint import (
-    FAILURES,
-    LOCK,
-    MANIFEST,
-    RESULTS,
-    USAGE,
-    complete_lines,
-    covered_offsets,
-    iso_epoch,
-    read_json,
-)
-from .errors import RunDirError
 from .pricing import Price, Prices, parse_prices
+from .records import iso_epoch, line_timing
+from .rundir import MANIFEST, RECORD_FILES, RunDir, covered_offsets
 from .usage import Usage
-
-LATENCY_KEY = b'"latency_s":'
-COMPLETED_KEY = b'"completed_at":"'
 
 
 @dataclass
@@ -70,65 +55,31 @@ class RunData:
         return max(0, self.rows_total - self.rows_done)
 
 
-def is_live(path: Path) -> bool:
-    """Whether a batchrun process holds the run directory's lock (checked without taking it for long)."""
-    try:
-        fd = os.open(path / LOCK, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing releases a lock we got
-    return False
-
-
 def read_run(path: Path, *, records: bool = True) -> RunData:
-    path = Path(path)
-    manifest = read_json(path / MANIFEST)
-    if manifest is None:
-        raise RunDirError(f"{path} is not a batchrun run directory (no {MANIFEST}): pass the folder that "
-                          f"holds results.jsonl, e.g. runs/<job name>")
-    saved = read_json(path / USAGE) or {}
-    covers = covered_offsets(path, saved or None)
+    run = RunDir(path)
+    saved = run.usage()
+    covers = covered_offsets(run.path, saved or None)
     usage = Usage.from_totals(saved) if covers else Usage()
-    job = manifest.get("job") or {}
-    data = RunData(path, str(manifest.get("state") or "unknown"), is_live(path), job, usage,
-                   int(saved.get("rows_total") or 0), float(saved.get("active_s") or 0.0), saved.get("updated_at"),
-                   saved.get("rate_rows_per_s"), parse_prices(job.get("pricing") or {}, f"{path}/{MANIFEST}"))
-    for name in (RESULTS, FAILURES):
+    data = RunData(run.path, run.state, run.live, run.job, usage, int(saved.get("rows_total") or 0),
+                   float(saved.get("active_s") or 0.0), saved.get("updated_at"), saved.get("rate_rows_per_s"),
+                   parse_prices(run.job.get("pricing") or {}, f"{run.path}/{MANIFEST}"))
+    for name in RECORD_FILES:
         covered = covers[name] if covers else 0
         completed: array[float] = array("d")
-        for offset, line in complete_lines(path / name, 0 if records else covered):
+        for offset, line in run.lines(name, 0 if records else covered):
             if records:
-                _timing(line, data.latencies, completed)
+                latency, done_at = line_timing(line)
+                if latency is not None:
+                    data.latencies[latency] += 1
+                if done_at is not None:
+                    completed.append(done_at)
             if offset >= covered:
                 with contextlib.suppress(orjson.JSONDecodeError):
                     usage.add(orjson.loads(line))
         # Appended as rows finish, so already in order unless the clock was set back: sorted only then.
         ordered = all(a <= b for a, b in itertools.pairwise(completed))
         data.completed.append(completed if ordered else array("d", sorted(completed)))
-    if data.state == "running" and not data.live:
-        data.state = "died"  # a process that was killed never wrote its end state
     return data
-
-
-def _timing(line: bytes, latencies: Counter[float], completed: array[float]) -> None:
-    """The record's latency and completion time, found by key near the line's end (no full parse)."""
-    at = line.rfind(LATENCY_KEY)
-    if at >= 0:
-        end = at + len(LATENCY_KEY)
-        stop = line.find(b",", end)
-        with contextlib.suppress(ValueError):
-            latencies[float(line[end:stop if stop > 0 else -2])] += 1
-    at = line.rfind(COMPLETED_KEY)
-    if at >= 0:
-        start = at + len(COMPLETED_KEY)
-        with contextlib.suppress(ValueError):
-            text = line[start:line.find(b'"', start)].decode()
-            completed.append(iso_epoch(text))
 
 
 # --- the report ------------------------------------------------------------------------------------------

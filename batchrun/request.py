@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from .errors import SpecError
+from .presets import ENDPOINT_URLS, Endpoint
 from .sources import RawRow
 from .spec import JobSpec
 
@@ -18,13 +19,10 @@ MESSAGE_OVERHEAD_TOKENS = 4
 ID_FIELDS = ("custom_id", "id")
 
 
-ENDPOINT_URLS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
-
-
 @dataclass(frozen=True, slots=True)
 class Request:
     row: int
-    custom_id: str | int
+    custom_id: str
     model: str
     payload: bytes  # the JSON body, serialised once and reused by every attempt
     prompt_tokens: int  # estimated
@@ -34,6 +32,7 @@ class Request:
     text: str | None = None
     group: bytes | None = None
     parts: tuple[Request, ...] = ()
+    stream: bool = False  # the body asks for server-sent events (mode stream, or a line's own "stream": true)
 
     @property
     def tokens(self) -> int:
@@ -46,7 +45,7 @@ class BadRow:
     """A row that cannot become a request: recorded as a failure, never sent."""
 
     row: int
-    custom_id: str | int | None
+    custom_id: str  # the row's id when it could be read, else its row number
     code: str
     message: str
 
@@ -58,6 +57,15 @@ def estimate_tokens(text: str) -> int:
         return 0
     wide = (len(text.encode("utf-8")) - chars) // 2  # 3-byte UTF-8 characters (CJK) add two bytes each
     return wide + (chars - wide + 3) // 4
+
+
+def estimate_input(value: Any) -> int:
+    """Tokens of a prompt or embeddings input: text, a list of texts, token ids, or lists of token ids."""
+    if isinstance(value, str):
+        return estimate_tokens(value)
+    if isinstance(value, list):
+        return sum(1 if isinstance(v, int) else estimate_input(v) for v in value)
+    return 0
 
 
 def estimate_messages(messages: list[Any]) -> int:
@@ -82,7 +90,7 @@ def max_output_tokens(body: Mapping[str, Any]) -> int:
     return DEFAULT_MAX_OUTPUT_TOKENS
 
 
-def url_endpoint(url: str) -> str | None:
+def url_endpoint(url: str) -> Endpoint | None:
     """Which endpoint a Batch API line's url names (`/v1/chat/completions` is chat, not completions)."""
     path = url.split("?", 1)[0].rstrip("/")
     return next((name for name, tail in ENDPOINT_URLS.items() if path.endswith(tail)), None)
@@ -99,16 +107,34 @@ def batch(parts: list[Request]) -> Request:
                    sum(p.prompt_tokens for p in parts), 0, parts=tuple(parts))
 
 
+def row_id(data: Mapping[str, Any], row: int, id_field: str | None) -> str | BadRow:
+    """A row's id, always a string: its `id_field`, else its own `custom_id` or `id`, else its row number.
+
+    Each row answers for itself (a file whose first line has no id still keeps every later line's). An OpenAI
+    Batch API line (one with a `body`) must carry its `custom_id`, as the Batch API and vLLM require."""
+    names = (id_field,) if id_field is not None else ID_FIELDS
+    for name in names:
+        value = data.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+            return BadRow(row, str(row), "invalid_id",
+                          f"row {row}: {name!r} must be a non-empty string or a whole number, got {_kind(value)}")
+        return str(value)
+    if id_field is not None:
+        return BadRow(row, str(row), "missing_id", f"row {row}: no {id_field!r} field (input.id_field)")
+    if isinstance(data.get("body"), Mapping):
+        return BadRow(row, str(row), "missing_id", f"row {row}: a Batch API line needs its 'custom_id'")
+    return str(row)
+
+
 class RequestBuilder:
-    """Builds request bodies for one job; defaults are settled once from the first row."""
+    """Builds request bodies for one job; how messages are built is settled once from the first row."""
 
     def __init__(self, spec: JobSpec, first: Mapping[str, Any] | None) -> None:
         self.spec = spec
         self.endpoint = spec.endpoint
-        inp = spec.input
-        self.id_field = inp.id_field
-        if self.id_field is None and first is not None:
-            self.id_field = next((f for f in ID_FIELDS if f in first), None)
+        self.id_field = spec.input.id_field
         self.params = dict(spec.params)
         if first is not None:
             self._preflight(first)
@@ -141,31 +167,27 @@ class RequestBuilder:
 
     def build(self, raw: RawRow) -> Request | BadRow:
         if raw.data is None:
-            return BadRow(raw.row, None, "invalid_input", raw.error or f"row {raw.row}: unreadable")
+            return BadRow(raw.row, str(raw.row), "invalid_input", raw.error or f"row {raw.row}: unreadable")
         row, data = raw.row, raw.data
-        custom_id: Any = row if self.id_field is None else data.get(self.id_field)
-        if self.id_field is not None:
-            if custom_id is None:
-                return BadRow(row, None, "missing_id", f"row {row}: no {self.id_field!r} field")
-            if isinstance(custom_id, bool) or not isinstance(custom_id, (str, int)):
-                return BadRow(row, None, "invalid_id",
-                              f"row {row}: {self.id_field!r} must be a string or a whole number")
+        custom_id = row_id(data, row, self.id_field)
+        if isinstance(custom_id, BadRow):
+            return custom_id
         try:
             body = self._body(data)
         except _RowProblem as exc:
             return BadRow(row, custom_id, "invalid_input", f"row {row}: {exc}")
         model = str(body.get("model") or self.spec.model)
+        stream = body.get("stream") is True
         if self.endpoint == "chat":
             return Request(row, custom_id, model, orjson.dumps(body), estimate_messages(body["messages"]),
-                           max_output_tokens(body))
+                           max_output_tokens(body), stream=stream)
         if self.endpoint == "completions":
-            return Request(row, custom_id, model, orjson.dumps(body), estimate_tokens(body["prompt"]),
-                           max_output_tokens(body))
+            return Request(row, custom_id, model, orjson.dumps(body), estimate_input(body["prompt"]),
+                           max_output_tokens(body), stream=stream)
         text = body.pop("input")
         alike = orjson.dumps(body, option=orjson.OPT_SORT_KEYS) if isinstance(text, str) else None
         body["input"] = text
-        tokens = sum(estimate_tokens(t) for t in ([text] if isinstance(text, str) else text))
-        return Request(row, custom_id, model, orjson.dumps(body), tokens, 0,
+        return Request(row, custom_id, model, orjson.dumps(body), estimate_input(text), 0,
                        text if isinstance(text, str) else None, alike)
 
     def _body(self, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -211,19 +233,23 @@ class RequestBuilder:
         body = {"model": self.spec.model, **self.params, **data["body"]}
         if self.endpoint == "chat":
             _check_messages(body.get("messages"), "body.messages")
-        elif self.endpoint == "completions":
-            _text(body.get("prompt"), "body.prompt")
         else:
-            texts = body.get("input")
-            if not (isinstance(texts, list) and texts and all(isinstance(t, str) and t.strip() for t in texts)):
-                _text(texts, "body.input")
+            key = "prompt" if self.endpoint == "completions" else "input"
+            _check_input(body.get(key), f"body.{key}")
         return self._mode(body)
 
     def _mode(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Streaming asks for usage in the last chunk (ModelArts sends none without it)."""
-        if self.spec.provider.mode == "stream":
+        """Streaming asks for usage in the last chunk (ModelArts sends none without it), whether the mode streams
+        every row or a line's own body asks for it: either way every token billed is counted."""
+        mode = self.spec.provider.mode
+        if mode == "stream" and self.endpoint != "embeddings":
             body["stream"] = True
-            body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
+        if body.get("stream") is True:
+            if mode == "async":
+                raise _RowProblem("asks for stream: true, which Zhipu's async tasks cannot do: remove it, or use "
+                                  "provider.mode: stream")
+            options = body.get("stream_options")
+            body["stream_options"] = {**(options if isinstance(options, Mapping) else {}), "include_usage": True}
         return body
 
 
@@ -238,12 +264,29 @@ def _text(value: Any, name: str) -> str:
 
 
 def _check_messages(messages: Any, name: str) -> list[Any]:
+    """A non-empty list of objects with a role; what else a message holds (content, tool_calls, name) is the
+    provider's to judge, as the OpenAI API does (an assistant message with tool_calls has no content)."""
     if not isinstance(messages, list) or not messages:
         raise _RowProblem(f"{name!r} must be a non-empty list of messages, got {_kind(messages)}")
     for i, m in enumerate(messages):
-        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or "content" not in m:
-            raise _RowProblem(f"{name}[{i}] must be an object with 'role' and 'content'")
+        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
+            raise _RowProblem(f"{name}[{i}] must be an object with a 'role'")
     return messages
+
+
+def _check_input(value: Any, name: str) -> None:
+    """A prompt or embeddings input as the OpenAI API takes it: text, a list of texts, token ids (a list of
+    whole numbers), or a list of token-id lists."""
+    if isinstance(value, str):
+        _text(value, name)
+        return
+    if isinstance(value, list) and value and (
+            all(isinstance(v, str) and v.strip() for v in value)
+            or all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            or all(isinstance(v, list) and v and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
+                   for v in value)):
+        return
+    raise _RowProblem(f"{name!r} must be a non-empty string, a list of strings, or token ids, got {_kind(value)}")
 
 
 def _kind(value: Any) -> str:

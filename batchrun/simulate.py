@@ -47,9 +47,7 @@ import heapq
 import math
 import random
 import re
-import threading
 import time
-import urllib.request
 import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -580,48 +578,6 @@ async def serve(cfg: SimulateSpec, host: str = "127.0.0.1", port: int = 0,
         yield f"http://{host}:{bound}/v1"
     finally:
         await runner.cleanup()
-
-
-class SimServer:
-    """A simulated provider on its own thread and loop, for tests and benchmarks: `with SimServer(cfg) as s:`."""
-
-    def __init__(self, cfg: SimulateSpec | None = None, port: int = 0) -> None:
-        self.cfg = cfg or SimulateSpec(latency=0.0)
-        self.sim = SimProvider(self.cfg)
-        self.port = port
-        self.base_url = ""
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._main, name="batchrun-simulate", daemon=True)
-
-    def _main(self) -> None:
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        async with serve(self.cfg, port=self.port, sim=self.sim) as url:
-            self.base_url = url
-            self._ready.set()
-            await self._stop.wait()
-
-    def __enter__(self) -> SimServer:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the simulated provider did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def stats(self) -> dict[str, Any]:
-        """Read the counters over HTTP, as any client would."""
-        root = self.base_url.rsplit("/v1", 1)[0]
-        with urllib.request.urlopen(f"{root}/_sim/stats", timeout=10) as resp:
-            data: dict[str, Any] = orjson.loads(resp.read())
-        return data
 
 
 async def run_forever(cfg: SimulateSpec, port: int, announce: Callable[[str], None]) -> None:

@@ -47,10 +47,12 @@ def _open_parquet(path: Path) -> Any:
         raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
 
 
-def iter_rows(spec: InputSpec, skip: Callable[[int], bool] | None = None) -> Iterator[RawRow]:
-    """Yield the input's rows in order; rows for which `skip(row)` is true are passed over unparsed."""
+def iter_rows(spec: InputSpec, skip: Callable[[int], bool] | None = None,
+              columns: list[str] | None = None) -> Iterator[RawRow]:
+    """Yield the input's rows in order; rows for which `skip(row)` is true are passed over unparsed. `columns`
+    narrows what a Parquet input decodes (by default, what the requests are built from)."""
     if spec.format == "parquet":
-        yield from _iter_parquet(spec, skip)
+        yield from _iter_parquet(spec, skip, columns)
     else:
         yield from _iter_jsonl(spec.path, skip)
 
@@ -91,9 +93,17 @@ def parquet_columns(spec: InputSpec, available: list[str]) -> list[str]:
     return [c for c in available if c in wanted]
 
 
-def _iter_parquet(spec: InputSpec, skip: Callable[[int], bool] | None) -> Iterator[RawRow]:
+def parquet_id_columns(spec: InputSpec) -> list[str]:
+    """The columns a Parquet input's ids can come from."""
+    names = _open_parquet(spec.path).schema_arrow.names
+    wanted = (spec.id_field,) if spec.id_field else ("custom_id", "id", "body")
+    return [c for c in names if c in wanted]
+
+
+def _iter_parquet(spec: InputSpec, skip: Callable[[int], bool] | None, columns: list[str] | None) -> Iterator[RawRow]:
     pf = _open_parquet(spec.path)
-    columns = parquet_columns(spec, pf.schema_arrow.names)
+    if columns is None:
+        columns = parquet_columns(spec, pf.schema_arrow.names)
     row = 0
     for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns, use_threads=False):
         first = row + 1

@@ -6,13 +6,13 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from .errors import InputError, SpecError
+from .presets import AUTHS, ENDPOINTS, MODES, PRESETS, TPM_ACCOUNTING, Auth, Endpoint, Mode, Preset, TpmAccounting
 from .pricing import Price, parse_prices
-from .providers import PRESETS
 
 INPUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 RESERVED_PARAMS = {"model": "model", "messages": "input.messages_field / input.prompt_field / input.template"}
@@ -61,15 +61,11 @@ class ProviderSpec:
     api_key_env: str
     key_required: bool
     simulate: SimulateSpec | None = None
-    mode: str = "sync"  # sync: one answer per request; stream: server-sent events; async: submit, then poll
-    auth: str = "bearer"  # bearer: the key as is; jwt: Zhipu's id.secret key signed into a short-lived token
+    mode: Mode = "sync"  # sync: one answer per request; stream: server-sent events; async: submit, then poll
+    auth: Auth = "bearer"  # bearer: the key as is; jwt: Zhipu's id.secret key signed into a short-lived token
 
 
-TPM_ACCOUNTING = ("auto", "reserve", "actual")
 LATENCY_DISTS = ("lognormal", "uniform", "fixed")
-MODES = ("sync", "stream", "async")
-ENDPOINTS = ("chat", "completions", "embeddings")
-AUTHS = ("bearer", "jwt")
 
 
 @dataclass(frozen=True)
@@ -77,10 +73,10 @@ class Limits:
     rpm: float | None = None
     tpm: float | None = None
     concurrency: int | None = None
-    tpm_accounting: str | None = None  # None: the preset's default
+    tpm_accounting: TpmAccounting = "auto"  # the spec's, or else the preset's (resolved when the spec is read)
     poll_rps: float = 20.0  # async mode: result polls per second, across all pending tasks
     max_pending: int = 1000  # async mode: tasks submitted and not yet finished
-    batch_size: int | None = None  # embeddings: inputs per request (None: the preset's)
+    batch_size: int = 1  # inputs per request: 1 unless embeddings (then the spec's, or else the preset's)
 
 
 @dataclass(frozen=True)
@@ -102,7 +98,7 @@ class JobSpec:
     output_dir: Path
     limits: Limits = field(default_factory=Limits)
     retry: RetrySpec = field(default_factory=RetrySpec)
-    endpoint: str = "chat"  # chat (/chat/completions), completions (/completions) or embeddings (/embeddings)
+    endpoint: Endpoint = "chat"  # chat (/chat/completions), completions (/completions) or embeddings (/embeddings)
     pricing: Mapping[str, Price] = field(default_factory=dict)  # overrides of the built-in prices
 
     def describe(self) -> dict[str, Any]:
@@ -275,7 +271,7 @@ def parse_spec(data: Any, *, spec_path: Path, source: str, cwd: Path) -> JobSpec
         params=dict(params),
         provider=provider,
         output_dir=output_dir.resolve(),
-        limits=_parse_limits(top.data.get("limits"), source),
+        limits=_parse_limits(top.data.get("limits"), source, preset, endpoint),
         retry=_parse_retry(top.data.get("retry"), source),
         endpoint=endpoint,
         pricing=parse_prices(top.data["pricing"], f"{source}: pricing") if top.data.get("pricing") else {},
@@ -401,25 +397,27 @@ def _range(sec: _Section, name: str, default: tuple[float, float]) -> tuple[floa
     return float(pair[0]), float(pair[1])
 
 
-def _choice(sec: _Section, name: str, choices: tuple[str, ...], default: str) -> str:
+C = TypeVar("C", bound=str)
+
+
+def _choice(sec: _Section, name: str, choices: tuple[C, ...], default: C) -> C:
     value = sec.text(name, default)
-    if value not in choices:
-        raise sec.fail(name, f"must be one of {', '.join(choices)}, got {value!r}")
-    return value
+    for choice in choices:
+        if value == choice:
+            return choice
+    raise sec.fail(name, f"must be one of {', '.join(choices)}, got {value!r}")
 
 
-def _parse_limits(raw: Any, source: str) -> Limits:
-    if raw is None:
-        return Limits()
-    sec = _Section("limits", raw, {"rpm", "tpm", "concurrency", "tpm_accounting", "poll_rps", "max_pending",
-                                   "batch_size"}, source)
-    # Absent means "the preset's default", which only the runner knows.
-    accounting = _choice(sec, "tpm_accounting", TPM_ACCOUNTING, "auto") if "tpm_accounting" in sec.data else None
+def _parse_limits(raw: Any, source: str, preset: Preset, endpoint: Endpoint) -> Limits:
+    """The limits, with what the spec leaves out settled from the preset here, once."""
+    sec = _Section("limits", {} if raw is None else raw, {"rpm", "tpm", "concurrency", "tpm_accounting", "poll_rps",
+                                                          "max_pending", "batch_size"}, source)
     d = Limits()
+    batch_size = (sec.integer("batch_size") or preset.embedding_batch) if endpoint == "embeddings" else 1
     return Limits(rpm=sec.number("rpm"), tpm=sec.number("tpm"), concurrency=sec.integer("concurrency"),
-                  tpm_accounting=accounting, poll_rps=sec.number("poll_rps", d.poll_rps) or d.poll_rps,
-                  max_pending=sec.integer("max_pending", d.max_pending) or d.max_pending,
-                  batch_size=sec.integer("batch_size"))
+                  tpm_accounting=_choice(sec, "tpm_accounting", TPM_ACCOUNTING, preset.tpm_accounting),
+                  poll_rps=sec.number("poll_rps", d.poll_rps) or d.poll_rps,
+                  max_pending=sec.integer("max_pending", d.max_pending) or d.max_pending, batch_size=batch_size)
 
 
 def _parse_retry(raw: Any, source: str) -> RetrySpec:

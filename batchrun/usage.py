@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .records import body_of, count, error_code
+
 
 @dataclass
 class ModelUsage:
@@ -36,39 +38,37 @@ class Usage:
     failures_by_code: dict[str, int] = field(default_factory=dict)
 
     def add(self, record: Mapping[str, Any]) -> None:
-        """Count one result or failure record (the shape checkpoint writes)."""
+        """Count one final record (the shape `records` defines; older run directories' records too)."""
         batch = record.get("batch")  # rows that shared one request: its attempts are counted once
         shared = isinstance(batch, Mapping) and bool(batch.get("index"))
-        attempts = 0 if shared else _int(record.get("attempts"))
-        rate_limited = 0 if shared else _int(record.get("rate_limited"))
+        attempts = 0 if shared else count(record.get("attempts"))
+        rate_limited = 0 if shared else count(record.get("rate_limited"))
         retries = max(0, attempts - 1)
         split = record.get("shared_request")  # the failed request this row shared before it was sent alone
         if isinstance(split, Mapping):
-            attempts += _int(split.get("attempts"))
-            retries += _int(split.get("attempts"))
-            rate_limited += _int(split.get("rate_limited"))
+            attempts += count(split.get("attempts"))
+            retries += count(split.get("attempts"))
+            rate_limited += count(split.get("rate_limited"))
         model = self.models.setdefault(str(record.get("model") or "unknown"), ModelUsage())
         self.requests += attempts
         model.requests += attempts
         self.retries += retries
         self.rate_limited += rate_limited
-        self.polls += _int(record.get("polls"))
-        error = record.get("error")
-        if error:
+        self.polls += count(record.get("polls"))
+        code = error_code(record)
+        if code is not None:
             self.rows_failed += 1
             model.rows_failed += 1
-            code = str(error.get("code") if isinstance(error, Mapping) else error)
             self.failures_by_code[code] = self.failures_by_code.get(code, 0) + 1
         else:
             self.rows_succeeded += 1
             model.rows_succeeded += 1
-        response = record.get("response")
-        body = response.get("body") if isinstance(response, Mapping) else None
-        usage = body.get("usage") if isinstance(body, Mapping) else None
+        body = body_of(record)
+        usage = body.get("usage") if body is not None else None
         if isinstance(usage, Mapping):
-            prompt = _int(usage.get("prompt_tokens"))
-            completion = _int(usage.get("completion_tokens"))
-            total = _int(usage.get("total_tokens")) or prompt + completion
+            prompt = count(usage.get("prompt_tokens"))
+            completion = count(usage.get("completion_tokens"))
+            total = count(usage.get("total_tokens")) or prompt + completion
             self.prompt_tokens += prompt
             self.completion_tokens += completion
             self.total_tokens += total
@@ -98,10 +98,10 @@ class Usage:
     def from_totals(cls, data: Mapping[str, Any]) -> Usage:
         usage = cls()
         for name in COUNTERS:
-            setattr(usage, name, _int(data.get(name)))
+            setattr(usage, name, count(data.get(name)))
         for name, m in (data.get("models") or {}).items():
-            usage.models[name] = ModelUsage(**{k: _int(m.get(k)) for k in vars(ModelUsage())})
-        usage.failures_by_code = {str(k): _int(v) for k, v in (data.get("failures_by_code") or {}).items()}
+            usage.models[name] = ModelUsage(**{k: count(m.get(k)) for k in vars(ModelUsage())})
+        usage.failures_by_code = {str(k): count(v) for k, v in (data.get("failures_by_code") or {}).items()}
         return usage
 
 
@@ -116,7 +116,3 @@ def peak_rss_mb() -> float | None:
     except OSError:
         pass
     return None
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .request import BadRow, Request
-from .runner import Prepared, display_path
+from .ids import DUPLICATE_ID, repeated_ids
+from .job import Prepared, display_path
+from .request import BadRow
 from .sources import iter_rows
 
 MAX_LISTED = 20
@@ -37,32 +38,32 @@ class Validation:
 
 
 def validate(prepared: Prepared) -> Validation:
+    """Every row built as submit builds it, and every repeated id, each problem named by its row."""
     report = Validation()
-    first_seen: dict[int, int] = {}  # hash of the id -> first row; ids themselves would cost more memory
+    repeats = repeated_ids(prepared.spec.input)
+    repeat = next(repeats, None)
     build = prepared.builder.build
     for raw in iter_rows(prepared.spec.input):
         report.rows += 1
+        if repeat is not None and repeat.row == raw.row:  # as in submit, a repeated id is all that is said
+            report.duplicate_ids += 1
+            report._problem(f"{repeat.message()} [{DUPLICATE_ID}]")
+            repeat = next(repeats, None)
+            continue
         built = build(raw)
         if isinstance(built, BadRow):
             report._problem(f"{built.message} [{built.code}]")
             continue
-        assert isinstance(built, Request)
         report.requests += 1
         report.prompt_tokens += built.prompt_tokens
         report.max_output_tokens += built.max_output
-        if prepared.builder.id_field is None:
-            continue
-        key = hash((type(built.custom_id), built.custom_id))
-        first = first_seen.setdefault(key, built.row)
-        if first != built.row:
-            report.duplicate_ids += 1
-            report._problem(f"row {built.row}: duplicate id {built.custom_id!r} (first at row {first})")
     return report
 
 
 def validation_lines(prepared: Prepared, report: Validation) -> list[str]:
     spec, builder = prepared.spec, prepared.builder
-    ids = f"from field {builder.id_field!r}" if builder.id_field else "the row numbers (no id field)"
+    ids = (f"from field {builder.id_field!r}" if builder.id_field
+           else "each row's own custom_id or id (its row number when it has none)")
     lines = [
         f"{display_path(spec.spec_path)}: {'ok' if report.ok else 'problems found'}",
         f"  input: {display_path(spec.input.path)} ({spec.input.format}), {report.rows} rows",

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from batchrun.simulate import SimServer
 from batchrun.spec import SimulateSpec
+
+from .simserver import SimServer
 
 
 @pytest.fixture(autouse=True)

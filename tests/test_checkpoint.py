@@ -5,8 +5,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchrun.checkpoint import FAILURES, RESULTS, USAGE, Checkpoint, DoneRows, record_row
+from batchrun.checkpoint import Checkpoint, DoneRows
 from batchrun.errors import RunDirError
+from batchrun.records import record_row
+from batchrun.rundir import FAILURES, RESULTS, USAGE
 
 FP = {"input": "abc", "model": "m"}
 

@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from batchrun.providers.openai import split_embeddings
-from batchrun.simulate import SimServer
 
 from .helpers import make_job, read_jsonl, submit
+from .simserver import SimServer
 
 
 def run(tmp_path: Path, sim: SimServer, preset: str, base: str, key_env: str, prompts: dict[str, str]

@@ -26,9 +26,9 @@ import yaml
 from batchrun.estimate import cost_range, limit_seconds
 from batchrun.pricing import BUILT_IN, Price, Prices, parse_prices
 from batchrun.report import percentile, rate_series
-from batchrun.simulate import SimServer
 
 from .helpers import cli, make_job, read_jsonl, spawn_submit, submit
+from .simserver import SimServer
 
 SIM_SMALL = BUILT_IN["sim-small"]  # 1 / 2 CNY per million tokens
 

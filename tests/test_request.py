@@ -55,12 +55,49 @@ def test_template_field_missing_in_a_later_row_is_a_bad_row(tmp_path: Path) -> N
     assert isinstance(bad, BadRow) and bad.code == "invalid_input" and "row 7" in bad.message
 
 
-def test_id_defaults(tmp_path: Path) -> None:
-    assert RequestBuilder(job(tmp_path), {"custom_id": "c", "id": "i", "prompt": "p"}).id_field == "custom_id"
-    assert RequestBuilder(job(tmp_path), {"id": "i", "prompt": "p"}).id_field == "id"
-    numbered = RequestBuilder(job(tmp_path), {"prompt": "p"})
-    built = numbered.build(RawRow(12, {"prompt": "p"}))
-    assert numbered.id_field is None and isinstance(built, Request) and built.custom_id == 12
+def test_each_row_keeps_its_own_id_as_a_string(tmp_path: Path) -> None:
+    b = RequestBuilder(job(tmp_path), {"prompt": "p"})  # the first row has no id: later rows keep theirs
+    ids = [b.build(RawRow(n, row)) for n, row in enumerate(
+        [{"prompt": "p"}, {"custom_id": "request-2", "prompt": "p"}, {"id": 3, "prompt": "p"},
+         {"custom_id": "c", "id": "i", "prompt": "p"}], 1)]
+    assert [r.custom_id for r in ids if isinstance(r, Request)] == ["1", "request-2", "3", "c"]
+
+
+def test_bad_and_missing_ids(tmp_path: Path) -> None:
+    b = RequestBuilder(job(tmp_path), {"prompt": "p"})
+    bad = b.build(RawRow(4, {"id": {"x": 1}, "prompt": "p"}))
+    assert isinstance(bad, BadRow) and bad.code == "invalid_id" and bad.custom_id == "4"
+    line = {"url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "x"}]}}
+    missing = b.build(RawRow(5, line))
+    assert isinstance(missing, BadRow) and missing.code == "missing_id" and "custom_id" in missing.message
+    named = RequestBuilder(job(tmp_path, id_field="doc"), {"doc": "a", "prompt": "p"})
+    assert isinstance(named.build(RawRow(1, {"doc": 7, "id": "x", "prompt": "p"})), Request)
+    assert named.build(RawRow(2, {"id": "x", "prompt": "p"})).custom_id == "2"  # type: ignore[union-attr]
+
+
+def test_valid_openai_bodies_pass_through(tmp_path: Path) -> None:
+    tool_call = [{"role": "user", "content": "weather?"},
+                 {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                                                       "function": {"name": "w", "arguments": "{}"}}]},
+                 {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+    chat = {"custom_id": "t", "url": "/v1/chat/completions", "body": {"messages": tool_call}}
+    assert body(RequestBuilder(job(tmp_path), chat).build(RawRow(1, chat)))["messages"] == tool_call
+    emb = JobSpec(**{**vars(job(tmp_path)), "endpoint": "embeddings"})
+    for value in ([1, 2, 3], [[1, 2], [3]], ["a", "b"]):
+        line = {"custom_id": "e", "url": "/v1/embeddings", "body": {"input": value}}
+        built = RequestBuilder(emb, line).build(RawRow(1, line))
+        assert body(built)["input"] == value and isinstance(built, Request) and built.prompt_tokens > 0
+    comp = JobSpec(**{**vars(job(tmp_path)), "endpoint": "completions"})
+    line = {"custom_id": "p", "url": "/v1/completions", "body": {"prompt": ["one", "two"]}}
+    assert body(RequestBuilder(comp, line).build(RawRow(1, line)))["prompt"] == ["one", "two"]
+
+
+def test_a_line_asking_to_stream_streams_with_usage(tmp_path: Path) -> None:
+    line = {"custom_id": "s", "url": "/v1/chat/completions",
+            "body": {"stream": True, "messages": [{"role": "user", "content": "x"}]}}
+    built = RequestBuilder(job(tmp_path), line).build(RawRow(1, line))
+    assert isinstance(built, Request) and built.stream
+    assert body(built)["stream_options"] == {"include_usage": True}
 
 
 def test_messages_and_prompt_fields(tmp_path: Path) -> None:
@@ -83,8 +120,8 @@ def test_openai_batch_rows_are_taken_as_they_are(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("row", "code", "text"), [
     ({"id": "a", "prompt": ""}, "invalid_input", "non-empty string"),
     ({"id": "a", "messages": []}, "invalid_input", "non-empty list"),
-    ({"id": "a", "messages": [{"content": "x"}]}, "invalid_input", "'role' and 'content'"),
-    ({"prompt": "x"}, "missing_id", "no 'id' field"),
+    ({"id": "a", "messages": [{"content": "x"}]}, "invalid_input", "with a 'role'"),
+    ({"id": "", "prompt": "x"}, "invalid_id", "non-empty string"),
     ({"id": ["x"], "prompt": "x"}, "invalid_id", "string or a whole number"),
 ])
 def test_bad_rows(tmp_path: Path, row: dict[str, Any], code: str, text: str) -> None:

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import orjson
 
-from batchrun.simulate import SimServer
-
 from .helpers import make_job, read_jsonl, spawn_submit, submit
+from .simserver import SimServer
 
 CONCURRENCY = 8
 

@@ -4,7 +4,7 @@ import email.utils
 
 import pytest
 
-from batchrun.providers import PRESETS
+from batchrun.presets import PRESETS
 from batchrun.retry import MAX_SERVER_WAIT_S, Verdict, backoff_delay, classify, retry_after_seconds
 
 OK_BODY = {"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 1}}

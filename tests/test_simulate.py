@@ -14,10 +14,11 @@ import pytest
 
 from batchrun.control import parse_duration
 from batchrun.request import DEFAULT_MAX_OUTPUT_TOKENS
-from batchrun.simulate import Bucket, SimServer, go_duration
+from batchrun.simulate import Bucket, go_duration
 from batchrun.spec import SimulateSpec
 
 from .helpers import cli, make_job, read_jsonl, submit
+from .simserver import SimServer
 
 
 def test_bucket_holds_one_second_and_refills_continuously() -> None:

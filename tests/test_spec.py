@@ -7,13 +7,13 @@ import pytest
 import yaml
 
 from batchrun.errors import InputError, SpecError
-from batchrun.providers import PRESETS
-from batchrun.runner import prepare
-from batchrun.simulate import SimServer
+from batchrun.job import prepare
+from batchrun.presets import PRESETS
 from batchrun.spec import load_spec
 from batchrun.validate import validate
 
 from .helpers import make_job, submit, write_jsonl
+from .simserver import SimServer
 
 
 def spec_file(tmp_path: Path, data: Any) -> Path:

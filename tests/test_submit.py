@@ -10,9 +10,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchrun.simulate import SimServer
-
 from .helpers import cli, make_job, read_jsonl, submit, write_jsonl
+from .simserver import SimServer
 
 
 def records(tmp_path: Path, name: str = "job") -> tuple[list[dict], list[dict], dict]:  # type: ignore[type-arg]
@@ -145,14 +144,15 @@ def test_bad_input_lines_become_failure_records(tmp_path: Path, sim: SimServer) 
         b'{"id": "b", "prompt": \n'
         b'\n'
         b'["not", "an", "object"]\n'
-        b'{"prompt": "no id"}\n'
+        b'{"id": "a", "prompt": "the same id again"}\n'
         b'{"id": "e", "prompt": ""}\n'
         b'{"id": "f", "prompt": "caf\xe9"}\n'
         b'{"id": "g", "prompt": "also fine"}\n')
     job = make_job(tmp_path, sim.base_url, input="job.jsonl")
     checked = cli("validate", str(job))
     assert checked.exit_code == 2
-    for expected in ("line 2: not valid JSON", "line 4: expected a JSON object", "row 5: no 'id' field",
+    for expected in ("line 2: not valid JSON", "line 4: expected a JSON object",
+                     "row 5: duplicate id 'a' (first at row 1)",
                      "row 6: 'prompt' must be a non-empty string", "line 7: not valid UTF-8 (byte 0xe9 at column 27)",
                      "5 problem(s)"):
         assert expected in checked.stdout
@@ -162,15 +162,28 @@ def test_bad_input_lines_become_failure_records(tmp_path: Path, sim: SimServer) 
     results, failures, _ = records(tmp_path)
     assert sorted(r["custom_id"] for r in results) == ["a", "g"]
     assert sorted(f["row"] for f in failures) == [2, 4, 5, 6, 7]
-    assert {f["error"]["code"] for f in failures} == {"invalid_input", "missing_id"}
+    assert {f["error"]["code"] for f in failures} == {"invalid_input", "duplicate_id"}
     assert sim.stats()["requests"] == 2
 
 
-def test_validate_reports_duplicate_ids(tmp_path: Path, sim: SimServer) -> None:
-    rows = [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}, {"id": "a", "prompt": "z"}]
-    checked = cli("validate", str(make_job(tmp_path, sim.base_url, rows)))
+def test_a_repeated_id_is_a_failure_record_never_sent(tmp_path: Path, sim: SimServer) -> None:
+    rows = [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}, {"id": "a", "prompt": "z"},
+            {"prompt": "no id: its row number"}, {"custom_id": "4", "prompt": "repeats row 4's number"}]
+    job = make_job(tmp_path, sim.base_url, rows)
+    checked = cli("validate", str(job))
     assert checked.exit_code == 2
     assert "row 3: duplicate id 'a' (first at row 1)" in checked.stdout
+    assert "row 5: duplicate id '4' (first at row 4)" in checked.stdout
+    result = submit(job)
+    assert result.exit_code == 3, result.output
+    results, failures, usage = records(tmp_path)
+    assert sorted(r["custom_id"] for r in results) == ["4", "a", "b"]
+    assert [(f["row"], f["custom_id"], f["error"]["code"]) for f in failures] == [
+        (3, "a", "duplicate_id"), (5, "4", "duplicate_id")]
+    assert sim.stats()["requests"] == 3 and usage["failures_by_code"] == {"duplicate_id": 2}
+    # Retrying failures never sends a repeated id: its failure stands.
+    assert cli("retry-failed", str(tmp_path / "runs" / "job"), "--no-progress").exit_code == 3
+    assert sim.stats()["requests"] == 3 and len(records(tmp_path)[1]) == 2
 
 
 def test_parquet_input_with_template(tmp_path: Path, sim: SimServer) -> None:

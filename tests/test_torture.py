@@ -10,10 +10,11 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchrun.checkpoint import FAILURES, RESULTS, Checkpoint
+from batchrun.checkpoint import Checkpoint
+from batchrun.rundir import FAILURES, RESULTS
 from batchrun.sources import iter_rows
 from batchrun.spec import InputSpec
-from batchrun.torture import (
+from tools.torture import (
     Outcome,
     bad_input_suite,
     crash_torture,

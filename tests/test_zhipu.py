@@ -14,7 +14,7 @@ import orjson
 import pytest
 import yaml
 
-from batchrun.providers import PRESETS
+from batchrun.presets import PRESETS
 from batchrun.providers.zhipu import (
     TaskAction,
     TaskState,
@@ -26,10 +26,10 @@ from batchrun.providers.zhipu import (
     verify_jwt,
 )
 from batchrun.retry import Verdict
-from batchrun.simulate import SimServer
 from batchrun.transport import Reply
 
 from .helpers import make_job, read_jsonl, spawn_submit, submit
+from .simserver import SimServer
 
 ZHIPU_KEY = "abc123.s3cr3t-not-real"
 KEY = {"ZHIPUAI_API_KEY": "test-key-not-secret"}

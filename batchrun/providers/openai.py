@@ -10,7 +10,8 @@ import aiohttp
 import orjson
 
 from ..errors import FatalProviderError
-from ..request import ENDPOINT_URLS, Request
+from ..presets import ENDPOINT_URLS, Endpoint
+from ..request import Request
 from ..retry import error_details
 from ..transport import NO_ANSWER, NO_HEADERS, Reply, fetch_json, no_answer, parse_body
 
@@ -20,7 +21,7 @@ class ChatCompletions:
 
     `auth` gives the Authorization header's value at each call (a JWT is re-signed now and then)."""
 
-    def __init__(self, base_url: str, auth: Callable[[], str | None], endpoint: str = "chat") -> None:
+    def __init__(self, base_url: str, auth: Callable[[], str | None], endpoint: Endpoint = "chat") -> None:
         self.url = base_url.rstrip("/") + ENDPOINT_URLS[endpoint]
         self.auth = auth
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}

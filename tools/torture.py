@@ -11,7 +11,6 @@ storms. `tests/test_torture.py` runs short versions of the same functions in `ma
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import random
@@ -27,12 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import click
 import orjson
 import yaml
 
-from .bench import PY, Simulator, write_prompts
-from .checkpoint import FAILURES, RESULTS, TASKS, USAGE
-from .usage import COUNTERS, Usage
+from batchrun.rundir import FAILURES, RESULTS, TASKS, USAGE
+from batchrun.usage import COUNTERS, Usage
+from tools.bench import PY, Simulator, write_prompts
 
 KEY_ENV = "BATCHRUN_SIM_API_KEY"
 CONCURRENCY = 32
@@ -79,9 +79,9 @@ def provider(*args: str) -> Iterator[tuple[str, Simulator]]:
         sim.close()
 
 
-def finish(out: Outcome, run_dir: Path, rows: int, key: str, log: Path, *, unique_ids: bool = True) -> Outcome:
+def finish(out: Outcome, run_dir: Path, rows: int, key: str, log: Path) -> Outcome:
     """The checks every suite ends with: its records, and the key nowhere in the run directory or the log."""
-    check_records(run_dir, rows, out, unique_ids=unique_ids)
+    check_records(run_dir, rows, out)
     out.secret_hits = secret_hits(key, [run_dir, log])
     return out
 
@@ -151,9 +151,9 @@ def _prompt(i: int) -> str:
     return f"torture question {i}: summarise this row in a few words"
 
 
-def check_records(run_dir: Path, rows: int, out: Outcome, *, unique_ids: bool = True) -> None:
-    """Every input row exactly once, no torn lines, and usage.json equal to a fold over the records
-    (and, when the input's ids are unique, no id twice in results.jsonl)."""
+def check_records(run_dir: Path, rows: int, out: Outcome) -> None:
+    """Every input row exactly once, no id twice in results.jsonl, no torn lines, and usage.json equal to a fold
+    over the records."""
     seen: Counter[int] = Counter()
     usage = Usage()
     ids: Counter[str] = Counter()
@@ -173,11 +173,9 @@ def check_records(run_dir: Path, rows: int, out: Outcome, *, unique_ids: bool = 
             seen[record["row"]] += 1
             usage.add(record)
             if name == RESULTS:
-                ids[str(record.get("custom_id"))] += 1
+                ids[record["custom_id"]] += 1
     out.lost = sum(1 for row in range(1, rows + 1) if row not in seen)
-    out.duplicated = sum(1 for n in seen.values() if n > 1)
-    if unique_ids:
-        out.duplicated += sum(1 for n in ids.values() if n > 1)
+    out.duplicated = sum(1 for n in seen.values() if n > 1) + sum(1 for n in ids.values() if n > 1)
     saved = orjson.loads((run_dir / USAGE).read_bytes())
     out.usage_disagrees = [c for c in COUNTERS if saved.get(c, 0) != getattr(usage, c)]
 
@@ -293,11 +291,11 @@ BIG_LINE_BYTES = 10 * 1024 * 1024
 BAD_LINES: list[tuple[bytes, str]] = [  # (line, what validate must say about it; "" for a good row)
     (b'{"id": "ok1", "prompt": "a fine row"}', ""),
     (b'{"id": "broken", "prompt": ', "line 2: not valid JSON"),
-    (b'{"prompt": "no id at all"}', "row 3: no 'id' field"),
+    (b'{"prompt": "no id at all: its row number is its id"}', ""),
     (b'{"id": "ok1", "prompt": "the same id again"}', "row 4: duplicate id 'ok1' (first at row 1)"),
     (b'{"id": "empty", "messages": []}', "row 5: 'messages' must be a non-empty list of messages, got an empty list"),
     (b'{"id": "wrongtype", "messages": "hello"}', "row 6: 'messages' must be a non-empty list of messages"),
-    (b'{"id": ["a", "list"], "prompt": "x"}', "row 7: 'id' must be a string or a whole number"),
+    (b'{"id": ["a", "list"], "prompt": "x"}', "row 7: 'id' must be a non-empty string or a whole number"),
     (b'{"id": "number", "prompt": 42}', "row 8: 'prompt' must be a non-empty string, got int"),
     (b'{"id": "latin1", "prompt": "caf\xe9"}', "line 9: not valid UTF-8 (byte 0xe9"),
     (b'{"id": "big", "prompt": "' + b"x" * BIG_LINE_BYTES + b'"}', ""),
@@ -342,11 +340,11 @@ def bad_input_suite(work: Path) -> Outcome:
                                 f"{missing.stderr}")
         billed = int(sim.stats()["billed_prompts"])
     results = [orjson.loads(x) for x in (run_dir / RESULTS).read_bytes().splitlines()]
-    # Rows are keyed by position, so the row that repeats an id is answered too (validate warns about it).
-    if sorted(str(r["custom_id"]) for r in results) != ["big", "ok1", "ok1", "ok2"] or billed != 4:
+    # The row without an id is answered under its row number; the row repeating an id is never sent.
+    if sorted(r["custom_id"] for r in results) != ["3", "big", "ok1", "ok2"] or billed != 4:
         out.problems.append(f"expected the four good rows answered, got {[r['custom_id'] for r in results]}")
     out.faults["bad rows"] = sum(1 for _, expected in BAD_LINES if expected)
-    return finish(out, run_dir, len(BAD_LINES), key, log, unique_ids=False)  # the input repeats an id on purpose
+    return finish(out, run_dir, len(BAD_LINES), key, log)
 
 
 def print_table(outcomes: list[Outcome]) -> None:
@@ -368,28 +366,28 @@ def print_table(outcomes: list[Outcome]) -> None:
             print(f"{o.name}: {note}")
 
 
-def main(argv: list[str] | None = None) -> int:
+@click.command(help=__doc__)
+@click.option("--rows", default=20_000, show_default=True, help="Rows of each crash-torture run.")
+@click.option("--kills", default=10, show_default=True, help="SIGKILLs per crash-torture run.")
+@click.option("--seed", type=int, help="Seed of the random moments (default: from the clock).")
+def main(rows: int, kills: int, seed: int | None) -> None:
     import tempfile
 
-    parser = argparse.ArgumentParser(prog="python -m batchrun.torture", description=__doc__)
-    parser.add_argument("--rows", type=int, default=20_000)
-    parser.add_argument("--kills", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=int(time.time()) % 10_000)
-    args = parser.parse_args(argv)
+    seed = int(time.time()) % 10_000 if seed is None else seed
     t0 = time.monotonic()
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="batchrun-torture-") as tmp:
-        for suite in (lambda w: crash_torture(w, args.rows, args.kills, seed=args.seed),
-                      lambda w: crash_torture(w, args.rows, args.kills, mode="async", seed=args.seed + 1),
+        for suite in (lambda w: crash_torture(w, rows, kills, seed=seed),
+                      lambda w: crash_torture(w, rows, kills, mode="async", seed=seed + 1),
                       fault_suite, disk_full, sigterm_storm, bad_input_suite):
             work = Path(tmp) / f"s{len(outcomes)}"
             work.mkdir()
             outcomes.append(suite(work))
             print(f"... {outcomes[-1].name} done ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
-    print(f"\nbatchrun torture (seed {args.seed}): {time.monotonic() - t0:.0f} s\n")
+    print(f"\nbatchrun torture (seed {seed}): {time.monotonic() - t0:.0f} s\n")
     print_table(outcomes)
-    return 0 if all(o.ok for o in outcomes) else 1
+    sys.exit(0 if all(o.ok for o in outcomes) else 1)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

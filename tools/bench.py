@@ -7,7 +7,6 @@ smaller versions of the same scenarios in under a minute.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import random
@@ -21,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import orjson
 import yaml
 
-from .checkpoint import iso_epoch
-from .request import estimate_messages
+from batchrun.records import iso_epoch
+from batchrun.request import estimate_messages
 
 PY = [sys.executable, "-m", "batchrun.cli"]
 PROVIDER_LIKE = ["--latency", "0.3", "--error-rate", "0.02"]  # median latency and 2 % HTTP 500, as hosted APIs
@@ -268,9 +268,10 @@ def bench_memory(work: Path, big: int, small: int) -> list[Figure]:
 
 def write_done_run(work: Path, done: int, extra: int, sim_url: str) -> tuple[Path, Path]:
     """A job over `done + extra` prompts whose run directory already holds `done` results, written directly."""
-    from .checkpoint import MANIFEST, RESULTS, USAGE, atomic_write
-    from .runner import prepare
-    from .spec import load_spec
+    from batchrun.checkpoint import atomic_write
+    from batchrun.job import prepare
+    from batchrun.rundir import MANIFEST, RESULTS, USAGE
+    from batchrun.spec import load_spec
 
     path = write_prompts(work / "done.jsonl", done + extra, short_prompt)
     spec_path = work / "done.yaml"
@@ -306,7 +307,7 @@ def write_done_run(work: Path, done: int, extra: int, sim_url: str) -> tuple[Pat
 
 def bench_resume(work: Path, done: int) -> list[Figure]:
     """A run directory with `done` rows recorded: how long until the resumed run sends its first request."""
-    from .checkpoint import RESULTS
+    from batchrun.rundir import RESULTS
 
     extra = 1000
     sim = Simulator("--latency", "0")
@@ -367,12 +368,11 @@ def print_table(figures: list[Figure]) -> None:
         print(f"{f.name:<{width}}  {f.target:<{tw}}  {f.value}{mark}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m batchrun.bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller runs, under a minute in all")
-    parser.add_argument("--only", help="run only scenarios whose number is listed, e.g. 1,3")
-    args = parser.parse_args(argv)
-    q = args.quick
+@click.command(help=__doc__)
+@click.option("--quick", is_flag=True, help="Smaller runs, under a minute in all.")
+@click.option("--only", help="Run only the scenarios whose number is listed, e.g. 1,3.")
+def main(quick: bool, only: str | None) -> None:
+    q = quick
     scenarios: list[tuple[str, Callable[[Path], list[Figure]]]] = [
         ("1", lambda w: bench_configured_rpm(w, 600 if q else 3000)),
         ("1", lambda w: bench_configured_tpm(w, 300 if q else 2000, "reserve")),
@@ -386,12 +386,12 @@ def main(argv: list[str] | None = None) -> int:
         ("6", lambda w: bench_async(w, 300 if q else 1200)),
         ("7", lambda w: bench_operations(w, 100_000 if q else 1_000_000)),
     ]
-    only = set(args.only.split(",")) if args.only else None
+    numbers = set(only.split(",")) if only else None
     figures: list[Figure] = []
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="batchrun-bench-") as tmp:
         for number, scenario in scenarios:
-            if only and number not in only:
+            if numbers and number not in numbers:
                 continue
             work = Path(tmp) / f"s{len(figures)}"
             work.mkdir()
@@ -403,8 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         figures = [Figure(f.name, f"({f.target})" if f.target else "", f.value, None) for f in figures]
         print("--quick: smaller runs than the targets are set for; figures are indicative, targets in brackets\n")
     print_table(figures)
-    return 0 if all(f.ok is not False for f in figures) else 1
+    sys.exit(0 if all(f.ok is not False for f in figures) else 1)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

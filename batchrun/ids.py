@@ -1,0 +1,80 @@
+"""Repeated ids: the rows whose id an earlier row already has. They get a `duplicate_id` failure record and are
+never sent, since a second answer under the same `custom_id` could not be told apart from the first (the OpenAI
+Batch API refuses such a file outright).
+
+Finding them needs every id of the input at once: a million ids would cost tens of megabytes as a Python set, so
+they go through an on-disk SQLite table (the standard library's), which sorts in bounded memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from .request import ID_FIELDS, BadRow, row_id
+from .sources import iter_rows, parquet_id_columns
+from .spec import InputSpec
+
+INSERT_BATCH = 10_000
+DUPLICATE_ID = "duplicate_id"
+
+
+@dataclass(frozen=True, slots=True)
+class Repeat:
+    row: int
+    custom_id: str
+    first: int  # the earlier row with the same id
+
+    def message(self) -> str:
+        return (f"row {self.row}: duplicate id {self.custom_id!r} (first at row {self.first}); ids must be unique, "
+                "so this row is not sent")
+
+
+def _ids(spec: InputSpec) -> Iterator[tuple[str, int]]:
+    """(id, row) for every readable row. JSONL lines that name no id field are their row number, unparsed."""
+    names = [f'"{name}"'.encode() for name in ((spec.id_field,) if spec.id_field else ID_FIELDS)]
+    if spec.format == "jsonl":
+        with open(spec.path, "rb") as f:
+            for row, line in enumerate(f, 1):
+                if not any(name in line for name in names):
+                    if line.strip():
+                        yield str(row), row
+                    continue
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    data = orjson.loads(line)
+                    if isinstance(data, dict):
+                        found = row_id(data, row, spec.id_field)
+                        if not isinstance(found, BadRow):
+                            yield found, row
+        return
+    columns = parquet_id_columns(spec)
+    for raw in iter_rows(spec, columns=columns):
+        found = row_id(raw.data or {}, raw.row, spec.id_field)
+        if not isinstance(found, BadRow):
+            yield found, raw.row
+
+
+def repeated_ids(spec: InputSpec, workdir: Path | None = None) -> Iterator[Repeat]:
+    """Every row whose id an earlier row has, in row order (the scratch table lives in `workdir`)."""
+    fd, name = tempfile.mkstemp(prefix=".ids-", suffix=".sqlite", dir=workdir)
+    os.close(fd)
+    try:
+        with contextlib.closing(sqlite3.connect(name)) as db:
+            db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-4096;"
+                             "PRAGMA temp_store=FILE; CREATE TABLE ids (id TEXT, row INTEGER);")
+            ids = _ids(spec)
+            while batch := [pair for _, pair in zip(range(INSERT_BATCH), ids, strict=False)]:
+                db.executemany("INSERT INTO ids VALUES (?, ?)", batch)
+            found = db.execute("SELECT row, id, first FROM (SELECT row, id, MIN(row) OVER (PARTITION BY id) AS first "
+                               "FROM ids) WHERE row > first ORDER BY row")
+            for row, custom_id, first in found:
+                yield Repeat(row, custom_id, first)
+    finally:
+        os.unlink(name)

@@ -1,0 +1,107 @@
+"""Lanes: the ways a row travels to its final record. The run loop admits rows and acts on decisions; a lane
+sends one attempt and says what its answer means.
+
+- `online`: one request, one answer (sync or stream; embeddings rows may share a request);
+- `tasks`: Zhipu's asyncCompletions: submit, write the task id down, poll until the task ends.
+
+Every lane keeps the same promises: one final record per row, resumable, and usage that matches the bill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from ..checkpoint import Checkpoint, ResumeState
+    from ..errors import BatchrunError
+    from ..limiter import Throttle, Ticket
+    from ..records import Record
+    from ..request import Request
+    from ..retry import Decision, ErrorTable
+    from ..spec import JobSpec
+    from ..transport import Reply
+
+
+@dataclass(eq=False, slots=True)
+class Row:
+    """A row on its way (or several embeddings rows sharing one request): what its attempts so far have seen."""
+
+    request: Request
+    attempts: int = 0
+    rate_limited: int = 0
+    shared: dict[str, int] | None = None  # the failed shared request this row was split from
+    lane: Any = None  # what the lane keeps for this row (the task lane: its task)
+
+
+class Host(Protocol):
+    """What a lane may ask of the run loop."""
+
+    spec: JobSpec
+    errors: ErrorTable
+    checkpoint: Checkpoint
+    state: ResumeState
+    throttle: Throttle
+    log: Callable[[str], None]
+    t_wall0: float  # when this session started (epoch seconds)
+
+    @property
+    def http(self) -> aiohttp.ClientSession: ...
+
+    def decide(self, row: Row, reply: Reply, decision: Decision) -> None: ...
+
+    def record(self, row: Row, reply: Reply, decision: Decision | None, *, part: Request | None = None,
+               batch: dict[str, int] | None = None) -> None: ...
+
+    def retry_later(self, row: Row, decision: Decision, *, immediately: bool = False) -> None: ...
+
+    def send_again(self, rows: list[Row]) -> None: ...
+
+    def failed(self, exc: BatchrunError) -> None: ...
+
+    def crashed(self, exc: Exception) -> None: ...
+
+    def wake(self) -> None: ...
+
+
+class Lane(Protocol):
+    """One way to a final record. The run loop calls `send` for every admitted attempt."""
+
+    connections: int  # HTTP connections the lane needs beyond the run's concurrency (polls)
+
+    def background(self) -> list[Coroutine[Any, Any, None]]:
+        """Loops to run beside the dispatcher for the length of the run (the task lane's poller)."""
+        ...
+
+    @property
+    def held(self) -> int:
+        """Rows the provider holds and the lane still waits on: the run is not over while any are."""
+        ...
+
+    def has_room(self, inflight: int) -> bool:
+        """Whether another row may be admitted now (the task lane caps tasks outstanding)."""
+        ...
+
+    def skip(self, row: int) -> bool:
+        """Rows the lane already holds from an earlier session: the dispatcher does not send them again."""
+        ...
+
+    async def call(self, request: Request) -> Reply:
+        """One attempt on the wire: never raises for what the network or the provider does."""
+        ...
+
+    async def answer(self, row: Row, reply: Reply, ticket: Ticket) -> bool:
+        """Act on one attempt's answer through the host. True when the provider now holds the row (its TPM
+        charge then stands until the lane settles it)."""
+        ...
+
+    def annotate(self, row: Row, record: Record) -> None:
+        """Add the lane's own keys to a row's final record."""
+        ...
+
+    def totals(self) -> dict[str, Any]:
+        """The lane's own keys in usage.json (the task lane: `tasks_pending`)."""
+        ...

@@ -1,0 +1,282 @@
+"""The task lane: Zhipu's asyncCompletions. Submit a row as a task, write its id down durably, then poll it
+until it ends; a resumed run polls the ids it holds and never pays for those rows again.
+
+Thousands of held tasks must not flood the provider: each task waits `poll_delay(polls)` between polls (~1.5 s
+growing to ~12 s), the most overdue task goes first, and polls across all tasks are held to `limits.poll_rps`.
+A 429 on a poll pauses every poll for the time the provider asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import random
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiolimiter import AsyncLimiter
+
+from ..control import Charge
+from ..errors import BatchrunError, FatalProviderError
+from ..limiter import Ticket
+from ..providers.zhipu import EXPIRED, AsyncCompletions, TaskAction, judge_task, poll_delay, task_id
+from ..records import Record, now_iso
+from ..request import BadRow, Request
+from ..retry import Decision, Verdict, classify, error_details
+from ..sources import RawRow, iter_rows
+from ..transport import Reply
+from . import Host, Row
+
+MAX_POLLS_IN_FLIGHT = 64
+UNCONFIRMED_LIMIT = 5  # unknown task ids, with no task ever found, that mean a wrong poll URL
+
+
+@dataclass(eq=False)
+class Task:
+    """The task a row is held in at the provider."""
+
+    row: Row
+    task_id: str | None = None
+    submitted_at: float = 0.0  # epoch seconds
+    polls: int = 0
+    charge: Charge | None = None  # the TPM charge, settled once the task's usage is known
+    resubmitted: list[dict[str, Any]] = field(default_factory=list)  # tasks given up on (expired, failed), and why
+
+
+def task_of(row: Row) -> Task:
+    if row.lane is None:
+        row.lane = Task(row)
+    task: Task = row.lane
+    return task
+
+
+class TaskLane:
+    connections = MAX_POLLS_IN_FLIGHT
+
+    def __init__(self, host: Host, base_url: str, auth: Callable[[], str | None],
+                 build: Callable[[RawRow], Request | BadRow], record_bad: Callable[[BadRow], None]) -> None:
+        self.host, self.build, self.record_bad = host, build, record_bad
+        self.path = AsyncCompletions(base_url, auth)
+        self.poller = Poller(self._poll, self._on_poll, host.spec.limits.poll_rps)
+        self.max_pending = host.spec.limits.max_pending
+        self.polls_answered = 0  # polls that found their task: proof the poll URL is right
+        self.unconfirmed: list[tuple[Task, Reply]] = []  # unknown task ids seen before that proof
+
+    def background(self) -> list[Coroutine[Any, Any, None]]:
+        self._resume()
+        return [self.poller.run()]
+
+    @property
+    def held(self) -> int:
+        return self.poller.pending
+
+    def has_room(self, inflight: int) -> bool:
+        return self.poller.pending + inflight < self.max_pending
+
+    def skip(self, row: int) -> bool:
+        return row in self.host.state.tasks
+
+    def totals(self) -> dict[str, Any]:
+        return {"tasks_pending": self.poller.pending}
+
+    # --- submitting ----------------------------------------------------------------------------------------
+
+    async def call(self, request: Request) -> Reply:
+        return await self.path.call(self.host.http, request, self.host.spec.retry.timeout_s)
+
+    async def answer(self, row: Row, reply: Reply, ticket: Ticket) -> bool:
+        decision = self._classify_submission(reply)
+        if decision.verdict is not Verdict.OK:
+            self.host.decide(row, reply, decision)
+            return False
+        task = task_of(row)
+        task.charge = ticket.charge
+        await self._hold(task, reply)
+        return True
+
+    def _classify_submission(self, reply: Reply) -> Decision:
+        if reply.status == 200 and isinstance(reply.body, dict) and error_details(reply.body)[0] is None:
+            if task_id(reply.body) is None:
+                return Decision(Verdict.RETRY, "no_task_id", "the submission was accepted without a task id")
+            return Decision(Verdict.OK, "ok", "")
+        return classify(reply.status, reply.body, reply.headers, reply.error, self.host.errors)
+
+    async def _hold(self, task: Task, reply: Reply) -> None:
+        """Write the task id down durably before waiting on it: a resumed run polls it instead of paying again."""
+        task.task_id, task.submitted_at = task_id(reply.body), time.time()
+        req = task.row.request
+        entry: dict[str, Any] = {"row": req.row, "task_id": task.task_id, "custom_id": req.custom_id,
+                                 "attempt": task.row.attempts, "submitted_at": now_iso(),
+                                 "t": round(task.submitted_at, 3)}
+        if task.resubmitted:  # so that a resumed run's record still says why the row was submitted again
+            entry["resubmitted"] = task.resubmitted
+        self.host.checkpoint.append_task(entry)
+        await self.host.checkpoint.tasks_durable()
+        self.poller.add(task)
+
+    def _resume(self) -> None:
+        """Poll the tasks an earlier session submitted; their rows are never submitted again unless the
+        provider no longer knows the task."""
+        held = self.host.state.tasks
+        if not held:
+            return
+        self.host.log(f"polling {len(held)} task(s) submitted by an earlier session")
+        for raw in iter_rows(self.host.spec.input, skip=lambda row: row not in held):
+            request = self.build(raw)
+            if isinstance(request, BadRow):  # cannot happen with an unchanged input; never lose the row
+                self.record_bad(request)
+                continue
+            entry = held[raw.row]
+            task = task_of(Row(request, attempts=int(entry.get("attempt") or 1)))
+            task.task_id, task.submitted_at = entry["task_id"], float(entry.get("t") or time.time())
+            task.resubmitted = list(entry.get("resubmitted") or [])
+            self.poller.add(task, delay=0.0)
+
+    # --- polling -------------------------------------------------------------------------------------------
+
+    async def _poll(self, task: str) -> Reply:
+        return await self.path.poll(self.host.http, task, self.host.spec.retry.timeout_s)
+
+    def _on_poll(self, task: Task, reply: Reply) -> None:
+        try:
+            self._task_answer(task, reply)
+        except BatchrunError as exc:  # the checkpoint could not be written: stop cleanly, resumable
+            self.host.failed(exc)
+        except Exception as exc:  # a bug: stop rather than leave this row silently unrecorded
+            self.host.crashed(exc)
+        finally:
+            self.host.wake()
+
+    def _task_answer(self, task: Task, reply: Reply) -> None:
+        verdict = judge_task(reply, self.host.errors)
+        if verdict.found:
+            self._task_found()
+        if verdict.action is TaskAction.POLL:
+            if verdict.pause:
+                self.poller.pause(verdict.pause)
+            self.poller.add(task)
+            return
+        assert verdict.decision is not None
+        if verdict.action is TaskAction.EXPIRED:
+            self._expired(task, reply)
+            return
+        if task.charge is not None:
+            self.host.throttle.settle(task.charge, reply)
+            task.charge = None
+        if verdict.action is TaskAction.RESUBMIT:
+            self._give_up(task, reply, verdict.decision)
+        else:
+            self.host.decide(task.row, reply, verdict.decision)
+
+    def _expired(self, task: Task, reply: Reply) -> None:
+        """An unknown task id: submit the row again. Until some poll has found a task, though, unknown ids of
+        tasks just submitted may mean a wrong poll URL rather than expiry: hold them, and stop the run if several
+        pile up. (Tasks from an earlier session may simply be gone, as an in-process simulator's are.)"""
+        if self.polls_answered or task.submitted_at < self.host.t_wall0:
+            self._give_up(task, reply, EXPIRED)
+            return
+        self.unconfirmed.append((task, reply))
+        if len(self.unconfirmed) >= UNCONFIRMED_LIMIT:
+            self.host.failed(FatalProviderError(
+                f"{len(self.unconfirmed)} tasks polled at {self.path.result_url}<id> were unknown to the "
+                f"provider (HTTP {reply.status}) and none was found: check provider.base_url"))
+
+    def _task_found(self) -> None:
+        self.polls_answered += 1
+        if self.polls_answered == 1:
+            for task, reply in self.unconfirmed:
+                self._give_up(task, reply, EXPIRED)
+            self.unconfirmed.clear()
+
+    def _give_up(self, task: Task, reply: Reply, decision: Decision) -> None:
+        """Submit the row again (noted in its record), within retry.max_attempts."""
+        if task.row.attempts >= self.host.spec.retry.max_attempts:
+            self.host.record(task.row, reply, decision)
+            return
+        task.resubmitted.append({"task_id": task.task_id, "reason": decision.code, "message": decision.message,
+                                 "polls": task.polls})
+        task.task_id, task.polls = None, 0
+        self.host.retry_later(task.row, decision, immediately=decision.code == EXPIRED.code)
+
+    def annotate(self, row: Row, record: Record) -> None:
+        """The wait is submission to result, not the last poll; polls and given-up tasks are the row's too."""
+        task = task_of(row)
+        record["task_id"] = task.task_id
+        record["polls"] = task.polls + sum(r["polls"] for r in task.resubmitted)
+        record["latency_s"] = round(max(0.0, time.time() - task.submitted_at), 3) if task.task_id else 0.0
+        if task.resubmitted:
+            record["resubmitted"] = task.resubmitted
+
+
+class Poller:
+    """Every held task polled on its own backoff, the most overdue first, all under one budget of polls."""
+
+    def __init__(self, poll: Callable[[str], Awaitable[Reply]], on_answer: Callable[[Task, Reply], None],
+                 rps: float, *, clock: Callable[[], float] = time.monotonic,
+                 jitter: Callable[[], float] = random.random) -> None:
+        self.poll, self.on_answer, self.clock, self.jitter = poll, on_answer, clock, jitter
+        self.budget = AsyncLimiter(max(1.0, rps), max(1.0, rps) / rps)  # about one second's worth of burst
+        self.slots = asyncio.Semaphore(MAX_POLLS_IN_FLIGHT)
+        self.heap: list[tuple[float, int, Task]] = []
+        self.seq = itertools.count()
+        self.inflight = 0
+        self.polls = 0
+        self.paused_until = 0.0
+        self.changed = asyncio.Event()
+        self.flights: set[asyncio.Future[None]] = set()  # polls on the wire
+
+    @property
+    def pending(self) -> int:
+        """Tasks submitted and not yet answered for good."""
+        return len(self.heap) + self.inflight
+
+    def add(self, item: Task, delay: float | None = None) -> None:
+        """Schedule the next poll of `item`: after `delay`, or on the task's own backoff."""
+        wait = poll_delay(item.polls, self.jitter()) if delay is None else delay
+        heapq.heappush(self.heap, (self.clock() + wait, next(self.seq), item))
+        self.changed.set()
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, self.clock() + seconds)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                if not self.heap:
+                    self.changed.clear()
+                    await self.changed.wait()
+                    continue
+                wait = max(self.heap[0][0], self.paused_until) - self.clock()
+                if wait > 0:
+                    self.changed.clear()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self.changed.wait(), wait)
+                    continue
+                await self.slots.acquire()
+                await self.budget.acquire()
+                if not self.heap or max(self.heap[0][0], self.paused_until) > self.clock():
+                    self.slots.release()  # a pause began while we waited for the budget
+                    continue
+                _, _, item = heapq.heappop(self.heap)
+                self.inflight += 1
+                flight = asyncio.ensure_future(self._poll(item))
+                self.flights.add(flight)
+                flight.add_done_callback(self.flights.discard)
+        finally:
+            for poll in self.flights:
+                poll.cancel()
+
+    async def _poll(self, item: Task) -> None:
+        try:
+            assert item.task_id is not None
+            reply = await self.poll(item.task_id)
+            self.polls += 1
+            item.polls += 1
+        finally:
+            self.inflight -= 1
+            self.slots.release()
+        self.on_answer(item, reply)

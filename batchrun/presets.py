@@ -1,0 +1,99 @@
+"""Provider presets: where each hosted API lives, which variable holds its key, what it offers, and its error codes.
+
+A leaf of the house (it imports only the pure error table): the spec validates against it, and every layer above
+reads the same facts. Sources of the tables: docs/providers.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .retry import GENERIC, ErrorTable
+
+Mode = Literal["sync", "stream", "async"]
+Endpoint = Literal["chat", "completions", "embeddings"]
+TpmAccounting = Literal["auto", "reserve", "actual"]
+Auth = Literal["bearer", "jwt"]
+MODES: tuple[Mode, ...] = ("sync", "stream", "async")
+ENDPOINTS: tuple[Endpoint, ...] = ("chat", "completions", "embeddings")
+TPM_ACCOUNTING: tuple[TpmAccounting, ...] = ("auto", "reserve", "actual")
+AUTHS: tuple[Auth, ...] = ("bearer", "jwt")
+ENDPOINT_URLS: dict[Endpoint, str] = {"chat": "/chat/completions", "completions": "/completions",
+                                      "embeddings": "/embeddings"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    base_url: str
+    api_key_env: str
+    title: str
+    key_required: bool = True  # False: send the key only when the variable is set (vLLM, the simulator)
+    # How the provider counts TPM: "reserve" charges prompt + max_tokens on admission (OpenAI's way),
+    # "actual" the tokens used once answered; "auto" assumes actual until 429s show otherwise.
+    tpm_accounting: TpmAccounting = "auto"
+    errors: ErrorTable = field(default=GENERIC)  # the provider's own codes (providers.md)
+    modes: tuple[Mode, ...] = ("sync", "stream")
+    endpoints: tuple[Endpoint, ...] = ("chat", "embeddings")
+    embedding_batch: int = 16  # inputs per /embeddings request the provider accepts
+    auths: tuple[Auth, ...] = ("bearer",)
+
+
+BAIDU_ERRORS = ErrorTable(
+    retry=frozenset({"rpm_rate_limit_exceeded", "tpm_rate_limit_exceeded", "input_tpm_rate_limit_exceeded",
+                     "output_tpm_rate_limit_exceeded", "user_rate_limit_exceeded", "cluster_rate_limit_exceeded",
+                     "preemptible_rate_limit_exceeded", "336501", "336502", "18"}),
+    fail_row=frozenset({"system_unsafe", "user_setting_unsafe", "functions_unsafe"}),
+    stop=frozenset({"account_overdue", "model_offline"}),
+)
+ERRORS = {
+    "openai": ErrorTable(stop=frozenset({"insufficient_quota"})),
+    "zhipu": ErrorTable(
+        retry=frozenset({"1303", "1305", "1312"}),
+        concurrency=frozenset({"1302"}),
+        fail_row=frozenset({"1210", "1211", "1212", "1213", "1214", "1215", "1301"}),
+        stop=frozenset({"1113", "1304", "1308", "1310"}),
+    ),
+    "dashscope": ErrorTable(
+        retry=frozenset({"Throttling", "Throttling.RateQuota", "LimitRequests", "insufficient_quota"}),
+        fail_row=frozenset({"DataInspectionFailed", "data_inspection_failed"}),
+        stop=frozenset({"PrepaidBillOverdue", "PostpaidBillOverdue", "CommodityNotPurchased"}),
+    ),
+    "aistudio": BAIDU_ERRORS,
+    "qianfan": BAIDU_ERRORS,
+    "simulated": ErrorTable(concurrency=frozenset({"1302"})),  # its --max-inflight answers as Zhipu does
+    "modelarts": ErrorTable(
+        retry=frozenset({"ModelArts.81101", "ModelArts.81103"}),
+        fail_row=frozenset({"ModelArts.81011", "ModelArts.4910"}),
+        stop=frozenset({"ModelArts.81005"}),
+    ),
+}
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: dataclasses.replace(p, errors=ERRORS.get(p.name, GENERIC))
+    for p in (
+        Preset("openai", "https://api.openai.com/v1", "OPENAI_API_KEY", "OpenAI", tpm_accounting="reserve",
+               endpoints=("chat", "completions", "embeddings"), embedding_batch=256),
+        Preset("zhipu", "https://open.bigmodel.cn/api/paas/v4", "ZHIPUAI_API_KEY", "Zhipu GLM",
+               modes=("sync", "stream", "async"), embedding_batch=64, auths=("bearer", "jwt")),
+        Preset(
+            "dashscope",
+            "https://dashscope.aliyuncs.com/compatible-mode/v1",
+            "DASHSCOPE_API_KEY",
+            "Alibaba DashScope (Qwen)",
+            embedding_batch=10,
+        ),
+        Preset("aistudio", "https://aistudio.baidu.com/llm/lmapi/v3", "AISTUDIO_ACCESS_TOKEN", "Baidu AI Studio"),
+        Preset("qianfan", "https://qianfan.baidubce.com/v2", "QIANFAN_API_KEY", "Baidu Qianfan"),
+        Preset("genstudio", "https://cloud.infini-ai.com/maas/v1", "GENSTUDIO_API_KEY", "Infini-AI GenStudio"),
+        Preset("modelarts", "https://api.modelarts-maas.com/v1", "MODELARTS_API_KEY", "Huawei ModelArts MaaS",
+               endpoints=("chat", "completions")),
+        Preset("vllm", "http://127.0.0.1:8000/v1", "VLLM_API_KEY", "self-hosted vLLM / SGLang", key_required=False,
+               endpoints=("chat", "completions", "embeddings"), embedding_batch=64),
+        Preset("simulated", "", "BATCHRUN_SIM_API_KEY", "batchrun's built-in simulated provider", key_required=False,
+               modes=("sync", "stream", "async"), endpoints=("chat", "completions", "embeddings")),
+    )
+}
