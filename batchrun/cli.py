@@ -207,12 +207,15 @@ def models(name: str, base_url: str | None, api_key_env: str | None) -> None:
               help="Charge TPM prompt + max_tokens on admission (reserve) or the tokens used, after (actual).")
 @click.option("--task-s", type=float, nargs=2, default=(2.0, 20.0), show_default=True, metavar="LOW HIGH",
               help="Async tasks (Zhipu's asyncCompletions) take between LOW and HIGH seconds.")
+@click.option("--models", help="Comma-separated models to serve; any other model is answered 404 model_not_found "
+              "(default: any name is served).")
 @click.option("--require-key", is_flag=True, help="Answer 401 unless requests carry $BATCHRUN_SIM_API_KEY "
               "(as a bearer token or, for an id.secret key, a Zhipu JWT signed with it).")
 @_friendly
 def simulate(port: int, rpm: float | None, tpm: float | None, latency: float, latency_dist: str, error_rate: float,
              drop_rate: float, slow_rate: float, slow_s: float, seed: int, max_inflight: int | None, bare_429: bool,
-             rate_headers: bool, tpm_accounting: str, task_s: tuple[float, float], require_key: bool) -> None:
+             rate_headers: bool, tpm_accounting: str, task_s: tuple[float, float], models: str | None,
+             require_key: bool) -> None:
     """Serve a simulated OpenAI-compatible provider on 127.0.0.1 until Ctrl-C."""
     key = os.environ.get("BATCHRUN_SIM_API_KEY") if require_key else None
     if require_key and not key:
@@ -225,7 +228,8 @@ def simulate(port: int, rpm: float | None, tpm: float | None, latency: float, la
     cfg = SimulateSpec(rpm=rpm, tpm=tpm, latency=latency, latency_dist=latency_dist, error_rate=error_rate,
                        seed=seed, api_key=key, retry_after=not bare_429, rate_headers=rate_headers,
                        tpm_accounting=tpm_accounting, task_s=task_s, drop_rate=drop_rate, slow_rate=slow_rate,
-                       slow_s=slow_s, max_inflight=max_inflight)
+                       slow_s=slow_s, max_inflight=max_inflight,
+                       models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None)
 
     def announce(url: str) -> None:
         click.echo(f"simulated provider at {url}  (spec: provider: {{name: simulated, base_url: {url}}})")

@@ -14,7 +14,8 @@ OpenAI Batch API output line, so other tools read it as they read a batch output
 - batchrun's own keys beside OpenAI's: `row` (the 1-based line of a JSONL input, or row of a Parquet one), `model`,
   `attempts`, `rate_limited` (attempts answered 429), `latency_s`, `completed_at`; and only where they apply:
   `batch` (rows that shared one embeddings request), `shared_request` (the failed shared request a row was split
-  from), `task_id`, `polls` and `resubmitted` (async tasks). `error` adds `status` and `attempts` to OpenAI's pair.
+  from), `retried_usage` (tokens billed for answers that were retried: usage counts them), `task_id`, `polls` and
+  `resubmitted` (async tasks). `error` adds `status` and `attempts` to OpenAI's pair.
 
 The bytes, which readers of a million-row run rely on without parsing whole lines:
 - every line starts with `{"row":N,`: resuming reads row numbers from that prefix alone;
@@ -67,6 +68,7 @@ class Record(_RecordKeys, total=False):
     latency_s: float
     batch: dict[str, int]  # {"index", "size"}: this row's place in a shared embeddings request
     shared_request: dict[str, int]  # {"attempts", "rate_limited"} of the failed shared request it was split from
+    retried_usage: dict[str, int]  # tokens the provider billed for this row's answers that were retried
     task_id: str | None
     polls: int
     resubmitted: list[dict[str, Any]]  # async tasks given up on: {"task_id", "reason", "message", "polls"}

@@ -202,6 +202,7 @@ class RunLoop:
         elif decision.verdict is Verdict.STOP_RUN:
             self._fatal(decision, reply.status)
         elif decision.verdict is Verdict.RETRY and row.attempts < self.spec.retry.max_attempts:
+            row.billed(reply)
             self.retry_later(row, decision)
         else:
             parts = row.request.parts
@@ -239,6 +240,8 @@ class RunLoop:
             rec["batch"] = batch
         if row.shared is not None:
             rec["shared_request"] = row.shared
+        if row.retried_usage is not None:
+            rec["retried_usage"] = row.retried_usage
         self.lane.annotate(row, rec)
         self._commit(rec, failed=decision is not None)
 

@@ -24,7 +24,7 @@ Directives in a prompt reproduce a quirk for that one row, so tests and users ca
     #sim:think          a thinking model: reasoning_content beside content
     #sim:cut=1          with stream: true, cut the first attempt's stream midway (no [DONE])
     #sim:garbage=1      HTTP 200 whose body is cut-off JSON, first attempt only
-    #sim:nochoices=1    HTTP 200 with an empty choices list, first attempt only
+    #sim:nochoices=1    HTTP 200 with an empty choices list (billed all the same), first attempt only
     #sim:html=1         HTTP 500 with an HTML error page (as a gateway sends), first attempt only
     #sim:task=5         async: this task takes 5 s (otherwise uniform within simulate.task_s, 2-20 s)
     #sim:task-fail=1    async: the first submission's task ends with task_status FAIL
@@ -47,7 +47,9 @@ import heapq
 import math
 import random
 import re
+import struct
 import time
+import uuid
 import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -99,11 +101,12 @@ class _Call:
 
     kind: str  # chat | completions | embeddings
     body: dict[str, Any]
-    texts: list[str]  # the prompt's texts: message contents (the last user message last), prompt, or inputs
+    texts: list[str]  # the prompt's texts: message contents (the last user message last), prompts, or inputs
     key: bytes  # the prompt's digest: which attempts and bills belong together
     attempt: int
     directives: dict[str, str]
     prompt_tokens: int
+    request_id: str  # this request's own, fixed when it arrived
 
 
 Handler = Callable[["SimProvider", web.Request], Awaitable[web.StreamResponse]]
@@ -151,6 +154,7 @@ class SimProvider:
         app.router.add_post("/{base:.*}/chat/completions", self.chat)
         app.router.add_post("/{base:.*}/{kind:completions|embeddings}", self.chat)
         app.router.add_get("/{base:.*}/models", self.models)
+        app.router.add_get("/{base:.*}/models/{model}", self.model)
         return app
 
     def stats(self) -> dict[str, Any]:
@@ -181,11 +185,22 @@ class SimProvider:
     async def stats_view(self, request: web.Request) -> web.Response:
         return _json(200, self.stats())
 
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return self.cfg.models or MODELS
+
     async def models(self, request: web.Request) -> web.Response:
         if (denied := self._auth(request)) is not None:
             return denied
-        return _json(200, {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "batchrun"}
-                                                       for m in MODELS]})
+        return _json(200, {"object": "list", "data": [_model(m) for m in self.model_names]})
+
+    async def model(self, request: web.Request) -> web.Response:
+        if (denied := self._auth(request)) is not None:
+            return denied
+        name = request.match_info["model"]
+        if name not in self.model_names and self.cfg.models is not None:
+            return self._answer(404, _unknown_model(name))
+        return _json(200, _model(name))
 
     def _auth(self, request: web.Request) -> web.Response | None:
         """With a key configured, accept it as a bearer token, or (an `id.secret` key) a Zhipu JWT signed with it."""
@@ -230,6 +245,7 @@ class SimProvider:
     async def _accept(self, request: web.Request) -> _Call | web.StreamResponse:
         """Everything before the answer: auth, the body, the prompt's directives, rate limits, injected errors."""
         self.requests += 1
+        request_id = f"sim-{self.requests}"  # taken now: other requests arrive while this one is read
         if self.first_request_at is None:
             self.first_request_at = time.time()
         if (denied := self._auth(request)) is not None:
@@ -244,6 +260,8 @@ class SimProvider:
             need = {"chat": "messages must be a non-empty list", "completions": "prompt must be a non-empty string",
                     "embeddings": "input must be a non-empty string or list of strings"}[kind]
             return self._answer(400, _error("invalid_request_error", need))
+        if self.cfg.models is not None and body.get("model") not in self.cfg.models:
+            return self._answer(404, _unknown_model(str(body.get("model"))))
         text = "\n".join(texts)
         key = hashlib.blake2b(text.encode(), digest_size=8).digest()
         self.attempts[key] += 1
@@ -281,7 +299,7 @@ class SimProvider:
             prompt_tokens, max_output = estimate_messages(body["messages"]), max_output_tokens(body)
         else:
             prompt_tokens = sum(estimate_tokens(t) for t in texts)
-            max_output = max_output_tokens(body) if kind == "completions" else 0
+            max_output = max_output_tokens(body) * _choices(body) * len(texts) if kind == "completions" else 0
         if self.cfg.max_inflight is not None and self.inflight > self.cfg.max_inflight:
             return self._answer(429, _error("1302", "您当前使用该API的并发数过高，请降低并发，或联系客服增加限额。"),
                                 {"Retry-After": "1"} if self.cfg.retry_after else None)
@@ -296,13 +314,11 @@ class SimProvider:
             return self._drop(request)
         if attempt <= int(float(directives.get("garbage") or 0)):
             return web.Response(status=200, body=b'{"id": "x", "choices": [{"mess', content_type="application/json")
-        if attempt <= int(float(directives.get("nochoices") or 0)):
-            return self._answer(200, {"id": "x", "object": "chat.completion", "choices": []})
         if attempt <= int(float(directives.get("html") or 0)):
             self.responses[500] += 1
             return web.Response(status=500, content_type="text/html",
                                 text="<html><body><h1>500 Internal Server Error</h1><p>nginx</p></body></html>")
-        return _Call(kind, body, texts, key, attempt, directives, prompt_tokens)
+        return _Call(kind, body, texts, key, attempt, directives, prompt_tokens, request_id)
 
     async def _work(self, delay: float) -> None:
         """Take `delay` seconds to answer (or slow_s, for the share of requests that are slow)."""
@@ -325,11 +341,9 @@ class SimProvider:
         if call.kind == "embeddings":
             answer = _embeddings(call.body, call.texts, call.prompt_tokens)
         else:
-            answer = self._completion(call.body, call.texts[-1], call.key, call.prompt_tokens)
-            if call.kind == "completions":
-                choice = answer["choices"][0]
-                choice["text"] = choice.pop("message")["content"]
-                answer["object"] = "text_completion"
+            # chat answers the last user message; completions answer each prompt of a list, n times each
+            prompts = call.texts if call.kind == "completions" else call.texts[-1:]
+            answer = _completion(call.body, prompts, call.key, call.prompt_tokens, text=call.kind == "completions")
             _apply_answer_quirks(answer, call.directives)
         if self.tpm is not None and self.cfg.tpm_accounting == "actual":
             self.tpm.refill(self.clock())
@@ -349,11 +363,13 @@ class SimProvider:
         delay = float(directives["sleep"]) if directives.get("sleep") else self._latency()
         await self._work(delay)
         answer = self._bill(call)
+        if call.attempt <= int(float(directives.get("nochoices") or 0)):  # billed, and no answer in it
+            answer["choices"] = []
         if call.body.get("stream"):
             options = call.body.get("stream_options") or {}
             cut = call.attempt <= int(float(directives.get("cut") or 0))
-            return await self._stream(request, answer, bool(options.get("include_usage")), cut)
-        return self._answer(200, answer, {"x-request-id": f"sim-{self.requests}"})
+            return await self._stream(request, answer, bool(options.get("include_usage")), cut, call.request_id)
+        return self._answer(200, answer, {"x-request-id": call.request_id})
 
     @_counted
     async def submit_task(self, request: web.Request) -> web.StreamResponse:
@@ -373,7 +389,7 @@ class SimProvider:
         if not gone:
             heapq.heappush(self.running, now + duration)
         self.max_tasks_running = max(self.max_tasks_running, self._tasks_running(now))
-        return self._answer(200, {"id": task, "request_id": f"sim-{self.requests}", "model": answer["model"],
+        return self._answer(200, {"id": task, "request_id": call.request_id, "model": answer["model"],
                                   "task_status": "PROCESSING"})
 
     async def task_result(self, request: web.Request) -> web.Response:
@@ -391,13 +407,13 @@ class SimProvider:
             return self._answer(200, {**head, "task_status": "FAIL"})
         return self._answer(200, {**task["answer"], **head, "task_status": "SUCCESS"})
 
-    async def _stream(self, request: web.Request, answer: dict[str, Any], include_usage: bool, cut: bool
-                      ) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, answer: dict[str, Any], include_usage: bool, cut: bool,
+                      request_id: str) -> web.StreamResponse:
         """The answer as server-sent chat.completion.chunk events: role, reasoning, content in pieces,
         finish_reason, then usage (when asked) and [DONE]."""
         self.responses[200] += 1
         resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream",
-                                                       "x-request-id": f"sim-{self.requests}"})
+                                                       "x-request-id": request_id})
         try:
             return await self._send_events(request, resp, answer, include_usage, cut)
         except ConnectionError:  # the client went away (timed out, killed): nothing to tell it
@@ -406,22 +422,25 @@ class SimProvider:
     async def _send_events(self, request: web.Request, resp: web.StreamResponse, answer: dict[str, Any],
                            include_usage: bool, cut: bool) -> web.StreamResponse:
         await resp.prepare(request)
-        kind = "text_completion" if "text" in answer["choices"][0] else "chat.completion.chunk"
-        head = {"id": answer["id"], "object": kind, "created": answer["created"],
-                "model": answer["model"]}
-        choice = answer["choices"][0]
-        if "text" in choice:  # /completions: pieces of text, no deltas
-            pieces = _pieces(choice["text"])
-            events = [{**head, "choices": [{"index": 0, "text": t, "finish_reason": None}]} for t in pieces]
-        else:
-            message = choice["message"]
-            deltas: list[dict[str, Any]] = [{"role": "assistant"}]
-            for field in ("reasoning_content", "content"):
-                deltas += [{field: t} for t in _pieces(message.get(field) or "")]
-            events = [{**head, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
-        extra = {k: v for k, v in answer.items() if k not in (*head, "choices", "usage")}
-        last = {"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}
-        events.append({**head, **extra, "choices": [last]})
+        text = answer["object"] == "text_completion"
+        head = {"id": answer["id"], "object": "text_completion" if text else "chat.completion.chunk",
+                "created": answer["created"], "model": answer["model"]}
+        events: list[dict[str, Any]] = []
+        for choice in answer["choices"]:
+            index = choice["index"]
+            if text:  # /completions: pieces of text, no deltas; the last chunk has text "" and the finish_reason
+                events += [{**head, "choices": [{"index": index, "text": t, "logprobs": None, "finish_reason": None}]}
+                           for t in _pieces(choice["text"])]
+                last = {"index": index, "text": "", "logprobs": None, "finish_reason": choice["finish_reason"]}
+            else:
+                message = choice["message"]
+                deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+                for field in ("reasoning_content", "content"):
+                    deltas += [{field: t} for t in _pieces(message.get(field) or "")]
+                events += [{**head, "choices": [{"index": index, "delta": d, "finish_reason": None}]} for d in deltas]
+                last = {"index": index, "delta": {}, "finish_reason": choice["finish_reason"]}
+            extra = {k: v for k, v in answer.items() if k not in (*head, "object", "choices", "usage")}
+            events.append({**head, **extra, "choices": [last]})
         if include_usage:
             events.append({**head, "choices": [], "usage": answer["usage"]})
         for i, event in enumerate(events):
@@ -453,26 +472,41 @@ class SimProvider:
             self.tpm_charged += tokens
         return None
 
-    @staticmethod
-    def _completion(body: dict[str, Any], last: str, key: bytes, prompt_tokens: int) -> dict[str, Any]:
-        lines = [line for line in DIRECTIVE.sub("", last).splitlines() if line.strip()] or [""]
+
+def _choices(body: dict[str, Any]) -> int:
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+
+
+def _completion(body: dict[str, Any], prompts: list[str], key: bytes, prompt_tokens: int, *, text: bool
+                ) -> dict[str, Any]:
+    """A deterministic answer: `n` choices for each prompt, each an echo of the prompt's last line cut to
+    max_tokens. The id is new every time, as a provider's is."""
+    limit = max_output_tokens(body)
+    choices: list[dict[str, Any]] = []
+    completion_tokens = 0
+    for prompt in prompts:
+        lines = [line for line in DIRECTIVE.sub("", prompt).splitlines() if line.strip()] or [""]
         snippet = " ".join(lines[-1].split())[:60]
         content = f"[simulated {body.get('model', 'model')}] {snippet} #{key.hex()[:8]}"
-        limit = max_output_tokens(body)
         finish = "stop"
         while estimate_tokens(content) > limit and content:
             content, finish = content[: max(0, len(content) * limit // estimate_tokens(content) - 1)], "length"
-        completion_tokens = estimate_tokens(content)
-        return {
-            "id": f"chatcmpl-sim-{key.hex()}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model", "sim-small"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "finish_reason": finish}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        }
+        for _ in range(_choices(body)):
+            completion_tokens += estimate_tokens(content)
+            index = len(choices)
+            choices.append({"index": index, "text": content, "logprobs": None, "finish_reason": finish} if text else
+                           {"index": index, "message": {"role": "assistant", "content": content},
+                            "finish_reason": finish})
+    return {
+        "id": f"{'cmpl' if text else 'chatcmpl'}-sim-{uuid.uuid4().hex[:24]}",
+        "object": "text_completion" if text else "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "sim-small"),
+        "choices": choices,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
 
 
 def _task_id(task: dict[str, Any]) -> str:
@@ -498,7 +532,8 @@ def _pieces(text: str) -> list[str]:
 
 
 def _texts(kind: str, body: Any) -> list[str] | None:
-    """The texts a request carries, or None when its body lacks what the endpoint needs."""
+    """The texts a request carries, or None when its body lacks what the endpoint needs. A prompt or input may
+    be text, a list of texts, token ids, or a list of token-id lists (each becomes one text)."""
     if not isinstance(body, dict):
         return None
     if kind == "chat":
@@ -506,14 +541,31 @@ def _texts(kind: str, body: Any) -> list[str] | None:
         if not isinstance(messages, list) or not messages:
             return None
         contents = [m for m in messages if isinstance(m, dict)]
-        user = [str(m.get("content", "")) for m in contents if m.get("role") == "user"]
-        others = [str(m.get("content", "")) for m in contents if m.get("role") != "user"]
+        user = [_content(m) for m in contents if m.get("role") == "user"]
+        others = [_content(m) for m in contents if m.get("role") != "user"]
         return others + (user or [""])
     value = body.get("prompt" if kind == "completions" else "input")
+    if isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        value = [value]  # one prompt of token ids
     items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items or not all(isinstance(t, str) and t for t in items):
+    if not isinstance(items, list) or not items:
         return None
-    return items
+    texts = []
+    for item in items:
+        if isinstance(item, str) and item:
+            texts.append(item)
+        elif isinstance(item, list) and item and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
+            texts.append(" ".join(f"<{t}>" for t in item))
+        else:
+            return None
+    return texts
+
+
+def _content(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):  # parts: [{"type": "text", "text": ...}, ...]
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
 
 
 EMBEDDING_DIMS = 8
@@ -526,14 +578,17 @@ def _embeddings(body: dict[str, Any], texts: list[str], prompt_tokens: int) -> d
         digest = hashlib.blake2b(text.encode(), digest_size=EMBEDDING_DIMS).digest()
         raw = [b / 127.5 - 1.0 for b in digest]
         norm = math.sqrt(sum(v * v for v in raw)) or 1.0
-        data.append({"object": "embedding", "index": i, "embedding": [round(v / norm, 6) for v in raw]})
+        vector = [round(v / norm, 6) for v in raw]
+        encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": i,
+                     "embedding": encoded if body.get("encoding_format") == "base64" else vector})
     return {"object": "list", "data": data, "model": body.get("model", "sim-embedding"),
             "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
 
 
 def _apply_answer_quirks(answer: dict[str, Any], directives: dict[str, str]) -> None:
     """Dress a good answer in a provider's moderation or thinking-model fields, as the prompt asked."""
-    choice = answer["choices"][0]
+    choice = answer["choices"][0]  # a completions choice has text, and no message to reason in
     if "blocked" in directives:
         answer["blocked"] = True
     if directives.get("flag"):
@@ -543,7 +598,7 @@ def _apply_answer_quirks(answer: dict[str, Any], directives: dict[str, str]) -> 
         choice["finish_reason"] = "sensitive"
     if directives.get("finish"):
         choice["finish_reason"] = directives["finish"]
-    if "think" in directives:
+    if "think" in directives and "message" in choice:
         choice["message"]["reasoning_content"] = "Let me think step by step. " + choice["message"]["content"]
 
 
@@ -554,6 +609,14 @@ def go_duration(seconds: float) -> str:
     minutes, rest = divmod(seconds, 60)
     text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
     return f"{int(minutes)}m{text}" if minutes else text
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 1700000000, "owned_by": "batchrun"}
+
+
+def _unknown_model(name: str) -> dict[str, Any]:
+    return _error("model_not_found", f"The model `{name}` does not exist or you do not have access to it.")
 
 
 def _error(code: str, message: str, kind: str = "invalid_request_error") -> dict[str, Any]:

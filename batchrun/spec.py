@@ -52,6 +52,7 @@ class SimulateSpec:
     slow_rate: float = 0.0  # share of requests answered only after slow_s (past a client's timeout)
     slow_s: float = 30.0
     max_inflight: int | None = None  # beyond this many requests being handled, 429 (Zhipu's 1302 concurrency)
+    models: tuple[str, ...] | None = None  # the models it serves (others: 404 model_not_found); None: any name
 
 
 @dataclass(frozen=True)
@@ -359,7 +360,7 @@ def _parse_provider(raw: Any, source: str) -> ProviderSpec:
 def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
     sec = _Section(where, raw, {"rpm", "tpm", "latency", "latency_dist", "error_rate", "seed", "retry_after",
                                 "rate_headers", "tpm_accounting", "task_s", "drop_rate", "slow_rate", "slow_s",
-                                "max_inflight"},
+                                "max_inflight", "models"},
                    source)
     shares = {}
     for name in ("error_rate", "drop_rate", "slow_rate"):
@@ -382,7 +383,17 @@ def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
         latency_dist=_choice(sec, "latency_dist", LATENCY_DISTS, "lognormal"),
         tpm_accounting=_choice(sec, "tpm_accounting", ("reserve", "actual"), "reserve"),
         task_s=_range(sec, "task_s", SimulateSpec.task_s),
+        models=_names(sec, "models"),
     )
+
+
+def _names(sec: _Section, name: str) -> tuple[str, ...] | None:
+    value = sec.data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise sec.fail(name, f"must be a list of names, got {_kind(value)}")
+    return tuple(value)
 
 
 def _range(sec: _Section, name: str, default: tuple[float, float]) -> tuple[float, float]:

@@ -64,17 +64,17 @@ class Usage:
             self.rows_succeeded += 1
             model.rows_succeeded += 1
         body = body_of(record)
-        usage = body.get("usage") if body is not None else None
-        if isinstance(usage, Mapping):
-            prompt = count(usage.get("prompt_tokens"))
-            completion = count(usage.get("completion_tokens"))
-            total = count(usage.get("total_tokens")) or prompt + completion
-            self.prompt_tokens += prompt
-            self.completion_tokens += completion
-            self.total_tokens += total
-            model.prompt_tokens += prompt
-            model.completion_tokens += completion
-            model.total_tokens += total
+        for usage in (body.get("usage") if body is not None else None, record.get("retried_usage")):
+            if isinstance(usage, Mapping):
+                prompt = count(usage.get("prompt_tokens"))
+                completion = count(usage.get("completion_tokens"))
+                total = count(usage.get("total_tokens")) or prompt + completion
+                self.prompt_tokens += prompt
+                self.completion_tokens += completion
+                self.total_tokens += total
+                model.prompt_tokens += prompt
+                model.completion_tokens += completion
+                model.total_tokens += total
 
     def merge(self, other: Usage) -> None:
         """Add another run's totals to these (a report over several run directories)."""

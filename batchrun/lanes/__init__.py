@@ -34,7 +34,20 @@ class Row:
     attempts: int = 0
     rate_limited: int = 0
     shared: dict[str, int] | None = None  # the failed shared request this row was split from
+    retried_usage: dict[str, int] | None = None  # tokens billed for answers that were not kept (retried)
     lane: Any = None  # what the lane keeps for this row (the task lane: its task)
+
+    def billed(self, reply: Reply) -> None:
+        """Count the usage of an answer about to be thrown away (retried): the provider billed it all the same."""
+        usage = reply.body.get("usage") if reply.status == 200 and isinstance(reply.body, dict) else None
+        if not isinstance(usage, dict):
+            return
+        kept = self.retried_usage or {}
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            value = usage.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                kept[key] = kept.get(key, 0) + value
+        self.retried_usage = kept or None
 
 
 class Host(Protocol):

@@ -197,6 +197,7 @@ class TaskLane:
         if task.row.attempts >= self.host.spec.retry.max_attempts:
             self.host.record(task.row, reply, decision)
             return
+        task.row.billed(reply)
         task.resubmitted.append({"task_id": task.task_id, "reason": decision.code, "message": decision.message,
                                  "polls": task.polls})
         task.task_id, task.polls = None, 0

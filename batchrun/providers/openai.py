@@ -62,22 +62,20 @@ class ChatCompletionsStream(ChatCompletions):
 
 
 class StreamAssembler:
-    """Joins chat.completion.chunk events (`data: {...}` lines, `data: [DONE]`) into one chat.completion."""
+    """Joins chat.completion.chunk events (`data: {...}` lines, `data: [DONE]`) into one chat.completion, each
+    choice (`n` > 1, or a list of prompts) by its index."""
 
     def __init__(self) -> None:
         self.meta: dict[str, Any] = {}
-        self.content: list[str] = []
-        self.reasoning: list[str] = []
-        self.role = "assistant"
-        self.finish_reason: str | None = None
+        self.choices: dict[int, _Choice] = {}
         self.usage: Any = None
         self.extra: dict[str, Any] = {}  # provider fields outside choices (blocked, flag, content_filter)
         self.done = False
-        self.text = False  # a /completions stream: the answer is choices[0].text
+        self.text = False  # a /completions stream: the answer is choices[i].text
 
     @property
     def complete(self) -> bool:
-        return self.done and self.finish_reason is not None
+        return self.done and bool(self.choices) and all(c.finish_reason is not None for c in self.choices.values())
 
     def feed(self, line: bytes) -> bool:
         """Take one line; True once `[DONE]` arrived."""
@@ -94,41 +92,56 @@ class StreamAssembler:
             return False
         if not isinstance(chunk, dict):
             return False
-        for key in ("id", "model", "created"):
-            if key in chunk:
-                self.meta.setdefault(key, chunk[key])
         for key, value in chunk.items():
-            if key not in ("id", "model", "created", "object", "choices", "usage"):
+            if key in ("id", "model", "created"):
+                self.meta.setdefault(key, value)
+            elif key not in ("object", "choices", "usage"):
                 self.extra[key] = value
         if chunk.get("usage"):
             self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            self.role = delta.get("role") or self.role
+        for raw in chunk.get("choices") or []:
+            if not isinstance(raw, dict):
+                continue
+            index = raw.get("index")
+            choice = self.choices.setdefault(index if isinstance(index, int) else 0, _Choice())
+            delta = raw.get("delta") or {}
+            choice.role = delta.get("role") or choice.role
             if isinstance(delta.get("content"), str):
-                self.content.append(delta["content"])
-            if isinstance(choice.get("text"), str):  # /completions streams text, not a delta
+                choice.content.append(delta["content"])
+            if isinstance(raw.get("text"), str):  # /completions streams text, not a delta
                 self.text = True
-                self.content.append(choice["text"])
+                choice.content.append(raw["text"])
             if isinstance(delta.get("reasoning_content"), str):
-                self.reasoning.append(delta["reasoning_content"])
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+                choice.reasoning.append(delta["reasoning_content"])
+            if raw.get("finish_reason"):
+                choice.finish_reason = raw["finish_reason"]
         return False
 
     def body(self) -> dict[str, Any]:
-        if self.text:
-            choice: dict[str, Any] = {"index": 0, "text": "".join(self.content)}
-        else:
-            message: dict[str, Any] = {"role": self.role, "content": "".join(self.content)}
-            if self.reasoning:
-                message["reasoning_content"] = "".join(self.reasoning)
-            choice = {"index": 0, "message": message}
+        choices = [{"index": i, **self.choices[i].shape(self.text)} for i in sorted(self.choices)]
         body: dict[str, Any] = {**self.meta, "object": "text_completion" if self.text else "chat.completion",
-                                "choices": [{**choice, "finish_reason": self.finish_reason}], **self.extra}
+                                "choices": choices, **self.extra}
         if self.usage is not None:
             body["usage"] = self.usage
         return body
+
+
+class _Choice:
+    __slots__ = ("content", "finish_reason", "reasoning", "role")
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.role = "assistant"
+        self.finish_reason: str | None = None
+
+    def shape(self, text: bool) -> dict[str, Any]:
+        if text:
+            return {"text": "".join(self.content), "finish_reason": self.finish_reason}
+        message: dict[str, Any] = {"role": self.role, "content": "".join(self.content)}
+        if self.reasoning:
+            message["reasoning_content"] = "".join(self.reasoning)
+        return {"message": message, "finish_reason": self.finish_reason}
 
 
 def split_embeddings(body: Any, parts: list[int]) -> list[dict[str, Any]] | None:

@@ -1,0 +1,170 @@
+"""Judged by code nobody here wrote: the official openai SDK parses the simulated provider's answers, and
+pydantic models of OpenAI's Batch output line judge every record batchrun writes."""
+
+from __future__ import annotations
+
+import base64
+import struct
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
+
+from .helpers import make_job, read_jsonl, submit
+from .simserver import SimServer
+
+# --- OpenAI's Batch output line (https://platform.openai.com/docs/api-reference/batch/request-output) --------
+
+
+class BatchResponse(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status_code: StrictInt
+    request_id: StrictStr
+    body: dict[str, Any]
+
+
+class BatchError(BaseModel):
+    model_config = ConfigDict(extra="allow")  # batchrun adds status and attempts (documented in records.py)
+    code: StrictStr
+    message: StrictStr
+
+
+class BatchOutputLine(BaseModel):
+    model_config = ConfigDict(extra="allow")  # batchrun's own keys: row, model, attempts, latency_s, ...
+    id: StrictStr
+    custom_id: StrictStr
+    response: BatchResponse | None
+    error: BatchError | None
+
+
+def test_every_record_is_an_openai_batch_output_line(tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:
+    server = start_sim()
+    rows: list[Any] = [
+        {"id": 7, "prompt": "an integer id"},
+        {"prompt": "no id: its row number"},
+        {"id": "bad-request", "prompt": "#sim:status=400"},
+        {"id": "html", "prompt": "a gateway's page #sim:html=9"},
+        {"id": "dropped", "prompt": "never answered #sim:drop=9"},
+        {"id": "fine", "prompt": "fine"},
+        {"id": "fine", "prompt": "a repeated id"},
+    ]
+    job = make_job(tmp_path, server.base_url, rows)
+    with open(tmp_path / "job.jsonl", "ab") as f:
+        f.write(b'{"id": "torn", "prompt": \n')
+    assert submit(job).exit_code == 3
+    out = tmp_path / "runs" / "job"
+    lines = read_jsonl(out / "results.jsonl") + read_jsonl(out / "failures.jsonl")
+    assert len(lines) == 8
+    by_id = {}
+    for line in lines:
+        parsed = BatchOutputLine.model_validate(line)
+        by_id.setdefault(parsed.custom_id, parsed)
+    assert {"7", "2", "bad-request", "html", "dropped", "fine", "8"} <= set(by_id)
+    assert by_id["7"].response is not None and by_id["7"].response.request_id.startswith("sim-")
+    html = by_id["html"].response
+    assert html is not None and "500 Internal Server Error" in html.body["text"]  # a page kept as text
+    assert by_id["dropped"].response is None and by_id["dropped"].error is not None
+    assert by_id["8"].error is not None and by_id["8"].error.code == "invalid_input"
+
+
+def test_a_line_asking_to_stream_is_streamed_and_every_billed_token_counted(
+        tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:
+    server = start_sim()
+    rows = [{"custom_id": f"s{i}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"stream": True, "messages": [{"role": "user", "content": f"stream {i}"}]}} for i in range(3)]
+    rows.append({"custom_id": "empty", "url": "/v1/chat/completions",
+                 "body": {"messages": [{"role": "user", "content": "an empty answer first #sim:nochoices=1"}]}})
+    assert submit(make_job(tmp_path, server.base_url, rows)).exit_code == 0
+    out = tmp_path / "runs" / "job"
+    results = {r["custom_id"]: r for r in read_jsonl(out / "results.jsonl")}
+    assert results["s0"]["attempts"] == 1 and results["s0"]["response"]["body"]["object"] == "chat.completion"
+    assert results["s0"]["response"]["body"]["usage"]["completion_tokens"] > 0
+    assert results["empty"]["attempts"] == 2 and results["empty"]["retried_usage"]["prompt_tokens"] > 0
+    usage, stats = orjson.loads((out / "usage.json").read_bytes()), server.stats()
+    assert stats["billed_requests"] == usage["requests"] == 5
+    assert usage["prompt_tokens"] == stats["billed_prompt_tokens"]
+    assert usage["completion_tokens"] == stats["billed_completion_tokens"]
+
+
+# --- the simulated provider, parsed by the openai SDK ------------------------------------------------------------
+
+
+@pytest.fixture
+def client(start_sim: Callable[..., SimServer]) -> openai.OpenAI:
+    server = start_sim(models=("sim-small", "sim-large"))
+    return openai.OpenAI(base_url=server.base_url, api_key="not-a-real-key", max_retries=0)
+
+
+def test_sdk_chat_with_n_choices_and_unique_ids(client: openai.OpenAI) -> None:
+    first = client.chat.completions.create(model="sim-small", n=2,
+                                           messages=[{"role": "user", "content": "hello #sim:think"}])
+    again = client.chat.completions.create(model="sim-small", messages=[{"role": "user", "content": "hello"}])
+    assert [c.index for c in first.choices] == [0, 1] and first.id != again.id
+    assert first.usage is not None and first.usage.completion_tokens == 2 * again.usage.completion_tokens  # type: ignore[union-attr]
+    assert first.choices[0].message.content and first.choices[0].message.content.startswith("[simulated sim-small]")
+
+
+def test_sdk_completions_prompt_lists_n_thinking_and_streams(client: openai.OpenAI) -> None:
+    done = client.completions.create(model="sim-small", prompt=["one #sim:think", "two"], n=2, max_tokens=30)
+    assert [c.index for c in done.choices] == [0, 1, 2, 3]
+    assert "one" in done.choices[0].text and "two" in done.choices[3].text
+    tokens = client.completions.create(model="sim-small", prompt=[1, 2, 3], max_tokens=30)
+    assert len(tokens.choices) == 1 and tokens.usage is not None and tokens.usage.prompt_tokens > 0
+    texts: dict[int, str] = {}
+    finished: dict[int, str | None] = {}
+    for chunk in client.completions.create(model="sim-small", prompt=["a story", "another"], stream=True):
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text  # the SDK joins .text: never None
+            finished[choice.index] = choice.finish_reason
+    assert set(texts) == {0, 1} and all(finished.values()) and "another" in texts[1]
+
+
+def test_sdk_embeddings_as_floats_and_base64(client: openai.OpenAI) -> None:
+    floats = client.embeddings.create(model="sim-small", input=["a", "b"], encoding_format="float")
+    raw = client.embeddings.with_raw_response.create(model="sim-small", input=["a"], encoding_format="base64")
+    encoded = raw.http_response.json()["data"][0]["embedding"]
+    assert isinstance(encoded, str)
+    decoded = struct.unpack(f"<{len(base64.b64decode(encoded)) // 4}f", base64.b64decode(encoded))
+    assert decoded == pytest.approx(floats.data[0].embedding, abs=1e-6)
+    default = client.embeddings.create(model="sim-small", input="a")  # the SDK asks for base64 and decodes it
+    assert default.data[0].embedding == pytest.approx(floats.data[0].embedding, abs=1e-6)
+
+
+def test_sdk_models_and_unknown_models(client: openai.OpenAI) -> None:
+    listed = client.models.list()
+    assert [m.id for m in listed.data] == ["sim-small", "sim-large"] and all(m.created for m in listed.data)
+    assert client.models.retrieve("sim-large").id == "sim-large"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-9")
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
+    assert raised.value.code == "model_not_found"
+
+
+def test_request_ids_are_each_requests_own(start_sim: Callable[..., SimServer]) -> None:
+    server = start_sim(latency=0.05)
+    sdk = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+
+    def ask(i: int) -> str | None:
+        raw = sdk.chat.completions.with_raw_response.create(model="sim-small",
+                                                             messages=[{"role": "user", "content": f"q{i}"}])
+        return raw.headers.get("x-request-id")
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(ask, range(16)))
+    assert len(set(ids)) == 16
+
+
+def test_sim_models_flag_is_a_spec_key_too(tmp_path: Path) -> None:
+    from batchrun.spec import load_spec
+
+    job = make_job(tmp_path, "", provider={"name": "simulated", "simulate": {"models": ["m1", "m2"]}})
+    spec = load_spec(job)
+    assert spec.provider.simulate is not None and spec.provider.simulate.models == ("m1", "m2")
+
+
