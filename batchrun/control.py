@@ -7,6 +7,8 @@
   grows while latency stays near its floor, shrinks when latency climbs and on timeouts that signal load.
 - `TokenAccounting`: what a request costs against TPM, and the correction once the answer says what the
   provider charged (the estimate + max_tokens at admission, or the actual tokens after the answer).
+- `TokenBucket`: the continuous bucket hosted providers keep, and that batchrun keeps to stay under them
+  (the limiter waits on it; the simulated provider answers 429 from it).
 """
 
 from __future__ import annotations
@@ -257,6 +259,59 @@ class ConcurrencyController:
         self._last_cut = now
         self.slow_start = False
         self.limit = max(self.minimum, self.limit * 0.9)
+
+
+class TokenBucket:
+    """A continuous token bucket holding `burst_s` seconds of its rate.
+
+    A charge larger than what is left is taken in full, leaving a debt the refill pays off first: a request
+    bigger than the bucket is admitted once the bucket is full, and nothing is ever under-charged."""
+
+    def __init__(self, per_second: float, now: float, *, burst_s: float = 1.0, full: bool = True) -> None:
+        self.burst_s = burst_s
+        self.rate = per_second
+        self.capacity = max(1.0, per_second * burst_s)
+        self.level = self.capacity if full else 0.0
+        self.stamp = now
+
+    @classmethod
+    def per_minute(cls, limit: float, now: float) -> TokenBucket:
+        return cls(limit / 60.0, now)
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + max(0.0, now - self.stamp) * self.rate)
+        self.stamp = max(self.stamp, now)
+
+    def wait_for(self, amount: float, now: float) -> float:
+        """Seconds until `amount` (at most a full bucket) is there; 0 when it is now. Takes nothing."""
+        self.refill(now)
+        need = min(amount, self.capacity) - self.level
+        return 0.0 if need <= 0 else need / self.rate
+
+    def take(self, amount: float) -> None:
+        self.level -= amount
+
+    def give(self, amount: float, now: float) -> None:
+        """Give back `amount` (a negative amount charges more) once the real charge is known."""
+        self.refill(now)
+        self.level = min(self.capacity, self.level + amount)
+
+    def drain(self, now: float) -> None:
+        """Leave nothing to spend until the bucket refills."""
+        self.refill(now)
+        self.level = min(self.level, 0.0)
+
+    def retune(self, per_second: float, now: float) -> None:
+        """A new rate; a smaller bucket keeps at most its new capacity (a level carried over from a faster
+        rate would otherwise let a burst through that the provider refuses)."""
+        self.refill(now)
+        self.rate = per_second
+        self.capacity = max(1.0, per_second * self.burst_s)
+        self.level = min(self.level, self.capacity)
+
+    def reset_s(self) -> float:
+        """Seconds until the bucket is full again (what x-ratelimit-reset-* report)."""
+        return max(0.0, (self.capacity - self.level) / self.rate)
 
 
 @dataclass(frozen=True, slots=True)

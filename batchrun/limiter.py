@@ -1,5 +1,5 @@
-"""Admission control: RPM and TPM token buckets (aiolimiter) and a concurrency gate, steered by the
-pure controllers in `control` from what each answer says.
+"""Admission control: RPM and TPM token buckets (`control.TokenBucket`, waited on here) and a concurrency gate,
+steered by the pure controllers in `control` from what each answer says.
 
 Buckets hold about one second of their rate, as hosted providers' own buckets do: a bucket holding a
 full minute would let the first second burst to the whole RPM and collect 429s.
@@ -8,13 +8,12 @@ full minute would let the first second burst to the whole RPM and collect 429s.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-from aiolimiter import AsyncLimiter
 
 from .control import (
     HEADROOM,
@@ -23,8 +22,10 @@ from .control import (
     RateController,
     RateHints,
     TokenAccounting,
+    TokenBucket,
     rate_hints,
 )
+from .presets import TpmAccounting
 from .request import Request
 from .retry import error_details
 from .spec import Limits
@@ -35,44 +36,42 @@ MAX_CONCURRENCY = 256  # in flight by default: ~850 requests/s at 0.3 s latency;
 BURST_S = 1.0
 
 
-class Bucket(AsyncLimiter):
-    """aiolimiter's leaky bucket, retunable while running, with settlement of over- or under-charges."""
+class Bucket:
+    """A `TokenBucket` on the event loop's clock: `take` waits, first come first served, until the amount is
+    there. Retunable while running, with settlement of over- or under-charges."""
 
-    def __init__(self, per_second: float, *, burst: bool = True) -> None:
-        capacity = max(1.0, per_second * BURST_S)
-        super().__init__(capacity, capacity / per_second)
-        self.per_second = per_second
-        if not burst:  # start empty-handed: a rate learned from 429s must not open with a burst
-            self.drain()
+    def __init__(self, per_second: float, *, burst: bool = True, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.clock = clock
+        # burst=False starts empty-handed: a rate learned from 429s must not open with a burst
+        self.bucket = TokenBucket(per_second, clock(), burst_s=BURST_S, full=burst)
+        self._turn = asyncio.Lock()
+        self._changed = asyncio.Event()
 
-    def drain(self) -> None:
-        """Leave nothing to spend until the bucket refills."""
-        self._leak()
-        self._level = max(self._level, self.max_rate)
-
-    def retune(self, per_second: float) -> None:
-        self._leak()
-        capacity = max(1.0, per_second * BURST_S)
-        self.max_rate, self.time_period = capacity, capacity / per_second
-        self._rate_per_sec = self.per_second = per_second
-        # A smaller bucket holds at most its own capacity: a level carried over from a faster rate would
-        # otherwise stall every request for seconds (28 in the bucket leaking at 6.7/s).
-        self._level = min(self._level, capacity)
-        self._wake_next()
+    @property
+    def per_second(self) -> float:
+        return self.bucket.rate
 
     async def take(self, amount: float) -> None:
-        """Acquire any amount: more than the bucket holds is taken in bucket-sized parts, never under-charged."""
-        while amount > self.max_rate:
-            await self.acquire(self.max_rate)
-            amount -= self.max_rate
-        if amount > 0:
-            await self.acquire(amount)
+        """Acquire any amount: more than the bucket holds waits for a full bucket and leaves a debt."""
+        async with self._turn:
+            while (wait := self.bucket.wait_for(amount, self.clock())) > 0:
+                self._changed.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), wait)  # a retune or refund may shorten it
+            self.bucket.take(amount)
+
+    def drain(self) -> None:
+        self.bucket.drain(self.clock())
+
+    def retune(self, per_second: float) -> None:
+        self.bucket.retune(per_second, self.clock())
+        self._changed.set()
 
     def settle(self, amount: float) -> None:
         """Give back `amount` (or charge -amount on top) once the provider's real charge is known."""
-        self._leak()
-        self._level = max(0.0, self._level - amount)
-        self._wake_next()
+        self.bucket.give(amount, self.clock())
+        self._changed.set()
 
 
 class ConcurrencyGate:
@@ -111,7 +110,7 @@ class Ticket:
 class Throttle:
     """Admits requests at the rate, token and concurrency limits in force, and learns from each answer."""
 
-    def __init__(self, limits: Limits, tpm_accounting: str, log: Callable[[str], None] = print,
+    def __init__(self, limits: Limits, tpm_accounting: TpmAccounting, log: Callable[[str], None] = print,
                  clock: Callable[[], float] = time.monotonic, concurrency_codes: frozenset[str] = frozenset()) -> None:
         self.configured = limits
         self.concurrency_codes = concurrency_codes
@@ -133,7 +132,7 @@ class Throttle:
             await asyncio.sleep(wait)
         self._apply_rate()
         if self.rpm is not None:
-            await self.rpm.acquire(1)
+            await self.rpm.take(1)
         charge = None
         if self.tpm is not None:
             charge = self.tokens.charge(request.prompt_tokens, request.max_output)

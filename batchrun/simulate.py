@@ -59,40 +59,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .control import TokenBucket
 from .providers.zhipu import verify_jwt
 from .request import estimate_messages, estimate_tokens, max_output_tokens
 from .spec import SimulateSpec
 
 DIRECTIVE = re.compile(r"#sim:([a-z0-9-]+)(?:=([\w.:-]+))?")
 MODELS = ("sim-small", "sim-large", "glm-4-flash", "qwen-plus", "ernie-3.5-8k", "gpt-4o-mini")
-
-
-class Bucket:
-    """A continuous token bucket holding one second of a per-minute limit; the clock is passed in."""
-
-    def __init__(self, per_minute: float, now: float) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate)
-        self.level = self.capacity
-        self.stamp = now
-
-    def wait_for(self, amount: float, now: float) -> float:
-        """Seconds until `amount` is available (0 when it is now); takes nothing."""
-        self.refill(now)
-        need = min(amount, self.capacity) - self.level
-        return 0.0 if need <= 0 else need / self.rate
-
-    def refill(self, now: float) -> None:
-        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
-        self.stamp = now
-
-    def take(self, amount: float) -> None:
-        """Charge in full: a charge larger than what is left leaves a debt the refill pays off first."""
-        self.level -= amount
-
-    def reset_s(self) -> float:
-        """Seconds until the bucket is full again (what x-ratelimit-reset-* report)."""
-        return max(0.0, (self.capacity - self.level) / self.rate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +103,8 @@ class SimProvider:
     def __init__(self, cfg: SimulateSpec, clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg, self.clock = cfg, clock
         now = clock()
-        self.rpm = Bucket(cfg.rpm, now) if cfg.rpm else None
-        self.tpm = Bucket(cfg.tpm, now) if cfg.tpm else None
+        self.rpm = TokenBucket.per_minute(cfg.rpm, now) if cfg.rpm else None
+        self.tpm = TokenBucket.per_minute(cfg.tpm, now) if cfg.tpm else None
         self.rng = random.Random(cfg.seed)
         self.attempts: Counter[bytes] = Counter()
         self.billed: Counter[bytes] = Counter()

@@ -13,12 +13,12 @@ from batchrun.control import (
     RateController,
     SlotCounter,
     TokenAccounting,
+    TokenBucket,
     parse_duration,
     rate_hints,
 )
 from batchrun.limiter import Throttle
 from batchrun.request import Request
-from batchrun.simulate import Bucket as ProviderBucket
 from batchrun.spec import Limits
 from batchrun.transport import Reply
 
@@ -70,7 +70,7 @@ def run_against_bucket(limit: float, seconds: float, offered: float = 400.0, see
     against a provider bucket holding one second of `limit`. 429s answer at once, the rest later."""
     rng = random.Random(seed)
     rc = RateController()
-    provider = ProviderBucket(limit * 60, now=0.0)
+    provider = TokenBucket.per_minute(limit * 60, now=0.0)
     t, dt, sent, limited = 0.0, 0.001, 0, 0
     credit = 0.0
     pending: list[tuple[float, float]] = []  # (answer time, send time) of admitted requests
@@ -208,10 +208,12 @@ def test_throttle_takes_limits_from_headers_and_settles_tpm() -> None:
         request = Request(1, "a", "m", b"{}", prompt_tokens=100, max_output=400)
         ticket = await throttle.admit(request)
         assert ticket.charge is not None and ticket.charge.amount == 500
-        assert throttle.tpm is not None and throttle.tpm._level == pytest.approx(500, abs=1)
+        assert throttle.tpm is not None
+        spent = lambda: throttle.tpm.bucket.capacity - throttle.tpm.bucket.level  # type: ignore[union-attr]  # noqa: E731
+        assert spent() == pytest.approx(500, abs=1)
         throttle.done(ticket, reply(200, {"x-ratelimit-limit-requests": "600"},
                                     {"choices": [{}], "usage": {"prompt_tokens": 100, "completion_tokens": 20}}))
-        assert throttle.tpm._level == pytest.approx(120, abs=1)  # 380 unused tokens came back
+        assert spent() == pytest.approx(120, abs=1)  # 380 unused tokens came back
         assert throttle.rates.ceiling == pytest.approx(10.0)
         assert throttle.gate.inflight == 0
 
@@ -268,3 +270,39 @@ def test_a_storm_of_429s_does_not_ratchet_the_rate_down() -> None:
             rc.on_sent(t)
         rc.tick(t)
     assert rc.state == "bounded" and rc.rate > 2 * before  # probing fast again, not at 2 %/s
+
+
+def test_token_bucket_debt_refunds_and_retunes() -> None:
+    bucket = TokenBucket(10.0, now=0.0)  # 10 per second, holds 10
+    assert bucket.wait_for(25, 0.0) == 0.0  # more than it holds: admitted when full, in full
+    bucket.take(25)
+    assert bucket.level == -15 and bucket.wait_for(1, 0.0) == pytest.approx(1.6)
+    bucket.give(100, 0.0)
+    assert bucket.level == 10  # a refund never fills past capacity
+    bucket.retune(2.0, 0.0)
+    assert bucket.capacity == 2 and bucket.level == 2  # a smaller bucket keeps at most its capacity
+    bucket.drain(0.0)
+    assert bucket.wait_for(1, 0.0) == pytest.approx(0.5)
+    assert TokenBucket(10.0, now=0.0, full=False).wait_for(1, 0.0) == pytest.approx(0.1)
+
+
+def test_limiter_bucket_waits_its_turn_and_wakes_on_a_refund() -> None:
+    async def scenario() -> list[str]:
+        from batchrun.limiter import Bucket
+
+        bucket = Bucket(1.0)  # one per second, holds one
+        order: list[str] = []
+
+        async def taker(name: str) -> None:
+            await bucket.take(1)
+            order.append(name)
+
+        await bucket.take(1)
+        waiting = [asyncio.ensure_future(taker(n)) for n in ("first", "second")]
+        await asyncio.sleep(0.05)
+        assert order == []  # empty for about a second
+        bucket.settle(2)  # a refund: both may go now, in the order they came
+        await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        return order
+
+    assert asyncio.run(scenario()) == ["first", "second"]

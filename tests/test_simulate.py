@@ -12,9 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchrun.control import parse_duration
+from batchrun.control import TokenBucket, parse_duration
 from batchrun.request import DEFAULT_MAX_OUTPUT_TOKENS
-from batchrun.simulate import Bucket, go_duration
+from batchrun.simulate import go_duration
 from batchrun.spec import SimulateSpec
 
 from .helpers import cli, make_job, read_jsonl, submit
@@ -22,14 +22,14 @@ from .simserver import SimServer
 
 
 def test_bucket_holds_one_second_and_refills_continuously() -> None:
-    bucket = Bucket(600, now=0.0)  # 10 per second, holds 10
+    bucket = TokenBucket.per_minute(600, now=0.0)  # 10 per second, holds 10
     for _ in range(10):
         assert bucket.wait_for(1, 0.0) == 0
         bucket.take(1)
     assert bucket.wait_for(1, 0.0) == pytest.approx(0.1)
     assert bucket.wait_for(1, 0.05) == pytest.approx(0.05)
     assert bucket.wait_for(1, 0.1) == 0
-    assert Bucket(30, now=0.0).capacity == 1  # slow limits still admit one request
+    assert TokenBucket.per_minute(30, now=0.0).capacity == 1  # slow limits still admit one request
 
 
 def post(url: str, prompt: str, key: str | None = None) -> tuple[int, dict[str, str], bytes]:
