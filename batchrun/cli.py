@@ -21,7 +21,7 @@ from .job import display_path, job_of_run, prepare
 from .presets import PRESETS
 from .pricing import load_prices
 from .rundir import RunState
-from .runner import EXIT_INTERRUPTED, RunOutcome, list_provider_models, run_job
+from .session import EXIT_INTERRUPTED, RunOutcome, list_provider_models, run_job
 from .spec import LATENCY_DISTS, SimulateSpec, load_spec
 from .validate import validate, validation_lines
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +105,24 @@ def batch(parts: list[Request]) -> Request:
     body = {**orjson.loads(first.group), "input": [p.text for p in parts]}
     return Request(first.row, first.custom_id, first.model, orjson.dumps(body),
                    sum(p.prompt_tokens for p in parts), 0, parts=tuple(parts))
+
+
+def batched(requests: Iterable[Request | BadRow], size: int) -> Iterator[Request | BadRow]:
+    """Consecutive embeddings rows with the same model and parameters, `size` at a time, as shared requests."""
+    if size <= 1:
+        yield from requests
+        return
+    alike: list[Request] = []
+    for request in requests:
+        if alike and (not isinstance(request, Request) or request.group != alike[0].group or len(alike) >= size):
+            yield batch(alike)
+            alike = []
+        if isinstance(request, Request) and request.group is not None:
+            alike.append(request)
+        else:
+            yield request
+    if alike:
+        yield batch(alike)
 
 
 def row_id(data: Mapping[str, Any], row: int, id_field: str | None) -> str | BadRow:

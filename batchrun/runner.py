@@ -9,64 +9,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import random
-import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import aiohttp
 
 from .checkpoint import Checkpoint, ResumeState
 from .errors import BatchrunError, FatalProviderError
-from .ids import DUPLICATE_ID, repeated_ids
-from .job import Prepared, api_key, display_path, prepare
+from .job import Prepared
 from .lanes import Lane, Row
 from .lanes.online import OnlineLane
 from .lanes.tasks import TaskLane
+from .ledger import Ledger
 from .limiter import Throttle, Ticket
 from .presets import PRESETS
 from .progress import Progress
 from .providers import make_auth
-from .records import Record, error, error_code, now_iso, record, response
-from .request import BadRow, Request, batch
+from .request import BadRow, Request, batched
 from .retry import Decision, Verdict, backoff_delay
 from .rundir import RunState
 from .sources import iter_rows
-from .spec import JobSpec, SimulateSpec
 from .transport import Reply, new_session
-from .usage import Usage, peak_rss_mb
 
-RATE_WINDOW_S = 30.0
 STOP_GRACE_S = 5.0
 FLUSH_EVERY_S = 1.0
-EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_FAILED_ROWS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-
-
-@dataclass
-class RunOutcome:
-    spec: JobSpec
-    state: RunState
-    exit_code: int
-    rows_total: int
-    rows_pending: int
-    usage: Usage
-    elapsed_s: float
-    rows_this_session: int
-    reason: str | None = None  # why the run stopped early
-    tasks_pending: int = 0  # async: tasks submitted and still to be collected by a resumed run
 
 
 class RunLoop:
     def __init__(self, prepared: Prepared, checkpoint: Checkpoint, state: ResumeState, base_url: str,
                  key: str | None, progress: Progress, log: Callable[[str], None]) -> None:
         spec = self.spec = prepared.spec
-        self.started_at, self.t0, self.t_wall0 = now_iso(), time.monotonic(), time.time()
+        self.t_wall0 = time.time()
         self.prepared, self.checkpoint, self.state, self.progress, self.log = prepared, checkpoint, state, progress, log
-        self.usage = state.usage
+        self.ledger = Ledger(prepared, checkpoint, state, progress)
         self.errors = PRESETS[spec.provider.name].errors
         auth = make_auth(key, spec.provider.auth)
         self.lane: Lane = (TaskLane(self, base_url, auth, prepared.builder.build, self._record_bad)
@@ -87,7 +64,6 @@ class RunLoop:
         self.interrupts = 0
         self.dispatcher: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
-        self.rate_samples: deque[tuple[float, int]] = deque([(self.t0, state.done.count)])
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -97,6 +73,11 @@ class RunLoop:
     # --- the run -------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        try:
+            self.ledger.refuse_repeated_ids()
+        except BatchrunError as exc:
+            self.failed(exc)
+            return
         self._http = new_session(self.throttle.concurrency.maximum + self.lane.connections)
         loops = [self._flush_loop(), self.throttle.tick_forever(), *self.lane.background()]
         background = [asyncio.ensure_future(loop) for loop in loops]
@@ -159,23 +140,7 @@ class RunLoop:
         """The input's rows without a final record (nor a task held for them), embeddings rows alike batched."""
         build, done, skip_held = self.prepared.builder.build, self.state.done, self.lane.skip
         skip = (lambda row: row in done or skip_held(row)) if self.state.tasks else done.__contains__
-        requests = (build(raw) for raw in iter_rows(self.spec.input, skip=skip))
-        size = self.spec.limits.batch_size
-        if size <= 1:
-            yield from requests
-            return
-        alike: list[Request] = []  # consecutive embedding rows with the same model and parameters
-        for request in requests:
-            if alike and (not isinstance(request, Request) or request.group != alike[0].group
-                          or len(alike) >= size):
-                yield batch(alike)
-                alike = []
-            if isinstance(request, Request) and request.group is not None:
-                alike.append(request)
-            else:
-                yield request
-        if alike:
-            yield batch(alike)
+        return batched((build(raw) for raw in iter_rows(self.spec.input, skip=skip)), self.spec.limits.batch_size)
 
     async def _attempt(self, row: Row, ticket: Ticket) -> None:
         row.attempts += 1
@@ -231,41 +196,13 @@ class RunLoop:
 
     def record(self, row: Row, reply: Reply, decision: Decision | None, *, part: Request | None = None,
                batch: dict[str, int] | None = None) -> None:
-        req = part or row.request
-        resp = None if reply.status is None else response(reply.status, reply.request_id, reply.body)
-        err = None if decision is None else error(decision.code, decision.message, reply.status, row.attempts)
-        rec = record(req.row, req.custom_id, req.model, resp, err, attempts=row.attempts,
-                     rate_limited=row.rate_limited, latency_s=round(reply.elapsed, 4))
-        if batch is not None:
-            rec["batch"] = batch
-        if row.shared is not None:
-            rec["shared_request"] = row.shared
-        if row.retried_usage is not None:
-            rec["retried_usage"] = row.retried_usage
-        self.lane.annotate(row, rec)
-        self._commit(rec, failed=decision is not None)
-
-    def refuse_repeated_ids(self) -> None:
-        """Before anything is sent: a row whose id an earlier row has gets a failure record and is never sent."""
-        for repeat in repeated_ids(self.spec.input, self.spec.output_dir):
-            if repeat.row not in self.state.done:
-                self._record_bad(BadRow(repeat.row, repeat.custom_id, DUPLICATE_ID, repeat.message()))
-        if not self.stopping:
-            self.checkpoint.note(ids_checked=True)
+        self.ledger.record(row, reply, decision, self.lane.annotate, part=part, batch=batch)
 
     def _record_bad(self, bad: BadRow) -> None:
-        rec = record(bad.row, bad.custom_id, self.spec.model, None, error(bad.code, bad.message, None, 0), attempts=0)
         try:
-            self._commit(rec, failed=True)
+            self.ledger.record_bad(bad)
         except BatchrunError as exc:
             self.failed(exc)
-
-    def _commit(self, rec: Record, *, failed: bool) -> None:
-        self.checkpoint.append(rec, failed=failed)
-        self.state.done.add(rec["row"])
-        before = self.usage.total_tokens
-        self.usage.add(rec)
-        self.progress.row_done(failed=failed, tokens=self.usage.total_tokens - before)
 
     # --- stopping ------------------------------------------------------------------------------------
 
@@ -320,137 +257,5 @@ class RunLoop:
                 self.failed(exc)
                 return
 
-    def _recent_rate(self) -> float | None:
-        """Rows finished per second over the last RATE_WINDOW_S, for `batchrun status` and its ETA."""
-        now, done = time.monotonic(), self.state.done.count
-        samples = self.rate_samples
-        samples.append((now, done))
-        while len(samples) > 2 and samples[0][0] < now - RATE_WINDOW_S:
-            samples.popleft()
-        (t0, d0), (t1, d1) = samples[0], samples[-1]
-        return round((d1 - d0) / (t1 - t0), 3) if t1 - t0 >= 1.0 else None
-
     def flush(self, state: RunState, *, final: bool = False) -> None:
-        prev = self.state.previous
-        total = self.prepared.scan.rows
-        data: dict[str, Any] = {
-            "job": self.spec.name,
-            "state": state.value,
-            "rows_total": total,
-            "rows_pending": max(0, total - self.state.done.count),
-            **self.usage.totals(),
-            "started_at": prev.get("started_at") or self.started_at,
-            "updated_at": now_iso(),
-            "finished_at": now_iso() if final and state.finished else None,
-            "active_s": round(float(prev.get("active_s") or 0.0) + time.monotonic() - self.t0, 3),
-            "sessions": int(prev.get("sessions") or 0) + 1,
-            "rate_rows_per_s": self._recent_rate(),
-            "throttle": self.throttle.snapshot(),
-            **self.lane.totals(),
-            "peak_rss_mb": peak_rss_mb(),
-        }
-        self.checkpoint.write_usage(data)
-
-
-async def run_job(spec: JobSpec, *, fresh: bool = False, progress: bool = True,
-                  log: Callable[[str], None] = print, retry_codes: Collection[str] | None = None) -> RunOutcome:
-    """Run (or resume) a job to the end, an interrupt, or an error that dooms every row.
-
-    `retry_codes` (retry-failed): first drop the failure records with these error codes (empty: all of them),
-    so that their rows are sent again."""
-    key = api_key(spec.provider.name, spec.provider.api_key_env)
-    prepared = prepare(spec)
-    checkpoint = Checkpoint(spec.output_dir, secrets=[key] if key else [])
-    pick = None if retry_codes is None else functools.partial(_failure_with_code, frozenset(retry_codes))
-    state = checkpoint.open(prepared.fingerprint, spec.describe(), fresh=fresh, retry=pick)
-    try:
-        return await _run_opened(prepared, checkpoint, state, key, progress, log)
-    finally:
-        checkpoint.close()
-
-
-def _failure_with_code(codes: frozenset[str], rec: Mapping[str, Any]) -> bool:
-    """A repeated id is never sent: its failure stands whatever is retried."""
-    code = error_code(rec)
-    return code != DUPLICATE_ID and (not codes or code in codes)
-
-
-async def _run_opened(prepared: Prepared, checkpoint: Checkpoint, state: ResumeState, key: str | None,
-                      show_progress: bool, log: Callable[[str], None]) -> RunOutcome:
-    spec = prepared.spec
-    total = prepared.scan.rows
-    if state.archived_to is not None:
-        log(f"--fresh: the earlier run's files were moved to {state.archived_to}")
-        if state.abandoned_tasks:
-            log(f"warning: --fresh gave up {state.abandoned_tasks} async task(s) of the earlier run that were "
-                f"still pending (already paid for); their ids are in {state.archived_to / 'tasks.jsonl'}")
-    if state.released:
-        log(f"sending {state.released} failed row(s) again (their old failure records are kept in "
-            f"{display_path(spec.output_dir / 'previous')})")
-    if state.repaired_lines:
-        log(f"repaired {state.repaired_lines} torn line(s) left by an interrupted write")
-    if state.unreadable_lines:
-        log(f"warning: {state.unreadable_lines} unreadable line(s) in the record files were ignored")
-    done_before = state.done.count
-    if done_before:
-        log(f"resuming {spec.name}: {done_before} of {total} rows already done")
-    t0 = time.monotonic()
-    progress = Progress(total, min(state.done.count, total), enabled=show_progress, desc=spec.name)
-    async with _provider_url(spec.provider.base_url, spec.provider.simulate) as base_url:
-        runner = RunLoop(prepared, checkpoint, state, base_url, key, progress, log)
-        if not checkpoint.manifest.get("ids_checked"):
-            runner.refuse_repeated_ids()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, runner.interrupt)
-        try:
-            await runner.run()
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            progress.close()
-    pending = max(0, total - state.done.count)
-    if runner.crash is not None:
-        final_state, code = RunState.STOPPED, EXIT_FATAL
-    elif runner.error is not None:
-        final_state, code = RunState.STOPPED, runner.error.exit_code
-    elif runner.stopping is RunState.INTERRUPTED:
-        final_state, code = RunState.INTERRUPTED, EXIT_INTERRUPTED
-    elif pending:  # cannot happen unless the input changed under us; never claim success
-        final_state, code = RunState.STOPPED, EXIT_FATAL
-        runner.reason = f"{pending} rows were not reached"
-    elif runner.usage.rows_failed:
-        final_state, code = RunState.FINISHED_WITH_FAILURES, EXIT_FAILED_ROWS
-    else:
-        final_state, code = RunState.FINISHED, EXIT_OK
-    with contextlib.suppress(BatchrunError):
-        runner.flush(final_state, final=True)
-        checkpoint.set_state(final_state.value, reason=runner.reason)
-    if runner.crash is not None:
-        raise runner.crash
-    return RunOutcome(spec, final_state, code, total, pending, runner.usage, time.monotonic() - t0,
-                      state.done.count - done_before, runner.reason, runner.lane.held)
-
-
-async def list_provider_models(name: str, base_url: str | None = None, api_key_env: str | None = None
-                               ) -> list[str]:
-    """The preset's models, with the key from its environment variable (a simulated one when needed)."""
-    from .providers.openai import list_models
-
-    preset = PRESETS[name]
-    key = api_key(name, api_key_env or preset.api_key_env)
-    url = (base_url or preset.base_url).rstrip("/")
-    async with _provider_url(url, None if url else SimulateSpec()) as reachable:
-        return await list_models(reachable, key)
-
-
-@contextlib.asynccontextmanager
-async def _provider_url(base_url: str, simulate: SimulateSpec | None) -> AsyncIterator[str]:
-    """The base URL to call: the given one, or an in-process simulated provider's on a free loopback port."""
-    if simulate is None:
-        yield base_url
-        return
-    from .simulate import serve
-
-    async with serve(simulate) as sim_url:
-        yield sim_url
+        self.ledger.flush(state, {"throttle": self.throttle.snapshot(), **self.lane.totals()}, final=final)

@@ -1,0 +1,104 @@
+"""The run's ledger: which rows hold a final record, the records themselves, and the usage they add up to,
+kept current in usage.json. Every final record of every lane is written here, and only here."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .checkpoint import Checkpoint, ResumeState
+from .ids import DUPLICATE_ID, repeated_ids
+from .job import Prepared
+from .lanes import Row
+from .progress import Progress
+from .records import Record, error, now_iso, record, response
+from .request import BadRow, Request
+from .retry import Decision
+from .rundir import RunState
+from .transport import Reply
+from .usage import peak_rss_mb
+
+RATE_WINDOW_S = 30.0
+
+
+class Ledger:
+    def __init__(self, prepared: Prepared, checkpoint: Checkpoint, state: ResumeState, progress: Progress) -> None:
+        self.spec, self.prepared, self.checkpoint, self.state, self.progress = (
+            prepared.spec, prepared, checkpoint, state, progress)
+        self.usage = state.usage
+        self.started_at, self.t0 = now_iso(), time.monotonic()
+        self.rate_samples: deque[tuple[float, int]] = deque([(self.t0, state.done.count)])
+
+    def record(self, row: Row, reply: Reply, decision: Decision | None, annotate: Callable[[Row, Record], None],
+               *, part: Request | None = None, batch: dict[str, int] | None = None) -> None:
+        """The final record of `row` (or of one `part` of a shared request) from its last answer."""
+        req = part or row.request
+        resp = None if reply.status is None else response(reply.status, reply.request_id, reply.body)
+        err = None if decision is None else error(decision.code, decision.message, reply.status, row.attempts)
+        rec = record(req.row, req.custom_id, req.model, resp, err, attempts=row.attempts,
+                     rate_limited=row.rate_limited, latency_s=round(reply.elapsed, 4))
+        if batch is not None:
+            rec["batch"] = batch
+        if row.shared is not None:
+            rec["shared_request"] = row.shared
+        if row.retried_usage is not None:
+            rec["retried_usage"] = row.retried_usage
+        annotate(row, rec)
+        self.commit(rec, failed=decision is not None)
+
+    def record_bad(self, bad: BadRow) -> None:
+        """A row that is never sent (it cannot become a request, or repeats an id)."""
+        rec = record(bad.row, bad.custom_id, self.spec.model, None, error(bad.code, bad.message, None, 0), attempts=0)
+        self.commit(rec, failed=True)
+
+    def refuse_repeated_ids(self) -> None:
+        """Before anything is sent: a row whose id an earlier row has gets a failure record and is never sent."""
+        if self.checkpoint.manifest.get("ids_checked"):
+            return
+        for repeat in repeated_ids(self.spec.input, self.spec.output_dir):
+            if repeat.row not in self.state.done:
+                self.record_bad(BadRow(repeat.row, repeat.custom_id, DUPLICATE_ID, repeat.message()))
+        self.checkpoint.note(ids_checked=True)
+
+    def commit(self, rec: Record, *, failed: bool) -> None:
+        self.checkpoint.append(rec, failed=failed)
+        self.state.done.add(rec["row"])
+        before = self.usage.total_tokens
+        self.usage.add(rec)
+        self.progress.row_done(failed=failed, tokens=self.usage.total_tokens - before)
+
+    @property
+    def pending(self) -> int:
+        return max(0, self.prepared.scan.rows - self.state.done.count)
+
+    def _recent_rate(self) -> float | None:
+        """Rows finished per second over the last RATE_WINDOW_S, for `batchrun status` and its ETA."""
+        now, done = time.monotonic(), self.state.done.count
+        samples = self.rate_samples
+        samples.append((now, done))
+        while len(samples) > 2 and samples[0][0] < now - RATE_WINDOW_S:
+            samples.popleft()
+        (t0, d0), (t1, d1) = samples[0], samples[-1]
+        return round((d1 - d0) / (t1 - t0), 3) if t1 - t0 >= 1.0 else None
+
+    def flush(self, state: RunState, extra: dict[str, Any], *, final: bool = False) -> None:
+        """usage.json: the totals, where the run is, and `extra` (what the throttle and the lane report)."""
+        prev = self.state.previous
+        data: dict[str, Any] = {
+            "job": self.spec.name,
+            "state": state.value,
+            "rows_total": self.prepared.scan.rows,
+            "rows_pending": self.pending,
+            **self.usage.totals(),
+            "started_at": prev.get("started_at") or self.started_at,
+            "updated_at": now_iso(),
+            "finished_at": now_iso() if final and state.finished else None,
+            "active_s": round(float(prev.get("active_s") or 0.0) + time.monotonic() - self.t0, 3),
+            "sessions": int(prev.get("sessions") or 0) + 1,
+            "rate_rows_per_s": self._recent_rate(),
+            **extra,
+            "peak_rss_mb": peak_rss_mb(),
+        }
+        self.checkpoint.write_usage(data)

@@ -1,0 +1,144 @@
+"""One session of a job: open (or resume) its run directory, start the provider when it is simulated, run the
+loop until the rows are done, an interrupt, or an error that dooms every row, and settle the run's state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .checkpoint import Checkpoint, ResumeState
+from .errors import BatchrunError
+from .ids import DUPLICATE_ID
+from .job import Prepared, api_key, display_path, prepare
+from .presets import PRESETS
+from .progress import Progress
+from .records import error_code
+from .rundir import RunState
+from .runner import RunLoop
+from .spec import JobSpec, SimulateSpec
+from .usage import Usage
+
+EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_FAILED_ROWS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+@dataclass
+class RunOutcome:
+    spec: JobSpec
+    state: RunState
+    exit_code: int
+    rows_total: int
+    rows_pending: int
+    usage: Usage
+    elapsed_s: float
+    rows_this_session: int
+    reason: str | None = None  # why the run stopped early
+    tasks_pending: int = 0  # async: tasks submitted and still to be collected by a resumed run
+
+
+
+async def run_job(spec: JobSpec, *, fresh: bool = False, progress: bool = True,
+                  log: Callable[[str], None] = print, retry_codes: Collection[str] | None = None) -> RunOutcome:
+    """Run (or resume) a job to the end, an interrupt, or an error that dooms every row.
+
+    `retry_codes` (retry-failed): first drop the failure records with these error codes (empty: all of them),
+    so that their rows are sent again."""
+    key = api_key(spec.provider.name, spec.provider.api_key_env)
+    prepared = prepare(spec)
+    checkpoint = Checkpoint(spec.output_dir, secrets=[key] if key else [])
+    pick = None if retry_codes is None else functools.partial(_failure_with_code, frozenset(retry_codes))
+    state = checkpoint.open(prepared.fingerprint, spec.describe(), fresh=fresh, retry=pick)
+    try:
+        return await _run_opened(prepared, checkpoint, state, key, progress, log)
+    finally:
+        checkpoint.close()
+
+
+def _failure_with_code(codes: frozenset[str], rec: Mapping[str, Any]) -> bool:
+    """A repeated id is never sent: its failure stands whatever is retried."""
+    code = error_code(rec)
+    return code != DUPLICATE_ID and (not codes or code in codes)
+
+
+async def _run_opened(prepared: Prepared, checkpoint: Checkpoint, state: ResumeState, key: str | None,
+                      show_progress: bool, log: Callable[[str], None]) -> RunOutcome:
+    spec = prepared.spec
+    total = prepared.scan.rows
+    if state.archived_to is not None:
+        log(f"--fresh: the earlier run's files were moved to {state.archived_to}")
+        if state.abandoned_tasks:
+            log(f"warning: --fresh gave up {state.abandoned_tasks} async task(s) of the earlier run that were "
+                f"still pending (already paid for); their ids are in {state.archived_to / 'tasks.jsonl'}")
+    if state.released:
+        log(f"sending {state.released} failed row(s) again (their old failure records are kept in "
+            f"{display_path(spec.output_dir / 'previous')})")
+    if state.repaired_lines:
+        log(f"repaired {state.repaired_lines} torn line(s) left by an interrupted write")
+    if state.unreadable_lines:
+        log(f"warning: {state.unreadable_lines} unreadable line(s) in the record files were ignored")
+    done_before = state.done.count
+    if done_before:
+        log(f"resuming {spec.name}: {done_before} of {total} rows already done")
+    t0 = time.monotonic()
+    progress = Progress(total, min(state.done.count, total), enabled=show_progress, desc=spec.name)
+    async with _provider_url(spec.provider.base_url, spec.provider.simulate) as base_url:
+        runner = RunLoop(prepared, checkpoint, state, base_url, key, progress, log)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, runner.interrupt)
+        try:
+            await runner.run()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            progress.close()
+    pending = runner.ledger.pending
+    if runner.crash is not None:
+        final_state, code = RunState.STOPPED, EXIT_FATAL
+    elif runner.error is not None:
+        final_state, code = RunState.STOPPED, runner.error.exit_code
+    elif runner.stopping is RunState.INTERRUPTED:
+        final_state, code = RunState.INTERRUPTED, EXIT_INTERRUPTED
+    elif pending:  # cannot happen unless the input changed under us; never claim success
+        final_state, code = RunState.STOPPED, EXIT_FATAL
+        runner.reason = f"{pending} rows were not reached"
+    elif state.usage.rows_failed:
+        final_state, code = RunState.FINISHED_WITH_FAILURES, EXIT_FAILED_ROWS
+    else:
+        final_state, code = RunState.FINISHED, EXIT_OK
+    with contextlib.suppress(BatchrunError):
+        runner.flush(final_state, final=True)
+        checkpoint.set_state(final_state.value, reason=runner.reason)
+    if runner.crash is not None:
+        raise runner.crash
+    return RunOutcome(spec, final_state, code, total, pending, state.usage, time.monotonic() - t0,
+                      state.done.count - done_before, runner.reason, runner.lane.held)
+
+
+async def list_provider_models(name: str, base_url: str | None = None, api_key_env: str | None = None
+                               ) -> list[str]:
+    """The preset's models, with the key from its environment variable (a simulated one when needed)."""
+    from .providers.openai import list_models
+
+    preset = PRESETS[name]
+    key = api_key(name, api_key_env or preset.api_key_env)
+    url = (base_url or preset.base_url).rstrip("/")
+    async with _provider_url(url, None if url else SimulateSpec()) as reachable:
+        return await list_models(reachable, key)
+
+
+@contextlib.asynccontextmanager
+async def _provider_url(base_url: str, simulate: SimulateSpec | None) -> AsyncIterator[str]:
+    """The base URL to call: the given one, or an in-process simulated provider's on a free loopback port."""
+    if simulate is None:
+        yield base_url
+        return
+    from .simulate import serve
+
+    async with serve(simulate) as sim_url:
+        yield sim_url
