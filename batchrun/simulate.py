@@ -39,18 +39,13 @@ Zhipu's asyncCompletions: `POST .../async/chat/completions` and `GET .../async-r
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
 import hashlib
 import heapq
 import math
 import random
-import re
-import struct
 import time
-import uuid
-import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -62,10 +57,23 @@ from aiohttp import web
 from .control import TokenBucket
 from .providers.zhipu import verify_jwt
 from .request import estimate_messages, estimate_tokens, max_output_tokens
+from .sim_answers import (
+    DIRECTIVE,
+    MODELS,
+    apply_answer_quirks,
+    choice_count,
+    completion_answer,
+    decode_task,
+    embeddings_answer,
+    encode_task,
+    error_body,
+    go_duration,
+    model_entry,
+    prompt_texts,
+    stream_events,
+    unknown_model,
+)
 from .spec import SimulateSpec
-
-DIRECTIVE = re.compile(r"#sim:([a-z0-9-]+)(?:=([\w.:-]+))?")
-MODELS = ("sim-small", "sim-large", "glm-4-flash", "qwen-plus", "ernie-3.5-8k", "gpt-4o-mini")
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,15 +173,15 @@ class SimProvider:
     async def models(self, request: web.Request) -> web.Response:
         if (denied := self._auth(request)) is not None:
             return denied
-        return _json(200, {"object": "list", "data": [_model(m) for m in self.model_names]})
+        return _json(200, {"object": "list", "data": [model_entry(m) for m in self.model_names]})
 
     async def model(self, request: web.Request) -> web.Response:
         if (denied := self._auth(request)) is not None:
             return denied
         name = request.match_info["model"]
         if name not in self.model_names and self.cfg.models is not None:
-            return self._answer(404, _unknown_model(name))
-        return _json(200, _model(name))
+            return self._answer(404, unknown_model(name))
+        return _json(200, model_entry(name))
 
     def _auth(self, request: web.Request) -> web.Response | None:
         """With a key configured, accept it as a bearer token, or (an `id.secret` key) a Zhipu JWT signed with it."""
@@ -189,7 +197,8 @@ class SimProvider:
             if reason is None:
                 return None
             why = f" ({reason})"
-        return self._answer(401, _error("invalid_api_key", f"Incorrect API key provided{why}", "authentication_error"))
+        refused = error_body("invalid_api_key", f"Incorrect API key provided{why}", "authentication_error")
+        return self._answer(401, refused)
 
     def _answer(self, status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
         self.responses[status] += 1
@@ -226,15 +235,15 @@ class SimProvider:
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
-            return self._answer(400, _error("invalid_request_error", "request body is not valid JSON"))
+            return self._answer(400, error_body("invalid_request_error", "request body is not valid JSON"))
         kind = request.match_info.get("kind", "chat")
-        texts = _texts(kind, body)
+        texts = prompt_texts(kind, body)
         if texts is None:
             need = {"chat": "messages must be a non-empty list", "completions": "prompt must be a non-empty string",
                     "embeddings": "input must be a non-empty string or list of strings"}[kind]
-            return self._answer(400, _error("invalid_request_error", need))
+            return self._answer(400, error_body("invalid_request_error", need))
         if self.cfg.models is not None and body.get("model") not in self.cfg.models:
-            return self._answer(404, _unknown_model(str(body.get("model"))))
+            return self._answer(404, unknown_model(str(body.get("model"))))
         text = "\n".join(texts)
         key = hashlib.blake2b(text.encode(), digest_size=8).digest()
         self.attempts[key] += 1
@@ -243,45 +252,45 @@ class SimProvider:
 
         if "status" in directives:
             status = int(float(directives["status"] or 400))
-            return self._answer(status, _error(f"sim_{status}", f"simulated HTTP {status}"))
+            return self._answer(status, error_body(f"sim_{status}", f"simulated HTTP {status}"))
         for name in ("error", "ma-error"):
             if directives.get(name):
                 status_text, _, code = directives[name].partition(":")
                 body = ({"error_code": code, "error_msg": f"simulated {code}"} if name == "ma-error"
-                        else _error(code, f"simulated {code}"))
+                        else error_body(code, f"simulated {code}"))
                 return self._answer(int(status_text), body)
         if attempt <= int(float(directives.get("legacy") or 0)):
             return self._answer(200, {"error_code": 336501, "error_msg": "Rate limit reached for RPM"})
         if attempt <= int(float(directives.get("drop") or 0)):
             return self._drop(request)
         if attempt <= int(float(directives.get("fail") or 0)):
-            return self._answer(500, _error("internal_error", "simulated server error", "server_error"))
+            return self._answer(500, error_body("internal_error", "simulated server error", "server_error"))
         now = self.clock()
         if attempt == 1 and directives.get("storm"):
             self.storm_until = max(self.storm_until, now + float(directives["storm"]))
         if now < self.storm_until:
             self.injected["storm 429"] += 1
             headers = {"Retry-After": str(math.ceil(self.storm_until - now))} if self.cfg.retry_after else None
-            return self._answer(429, _error("1305", "The service may be temporarily overloaded, please try again "
+            return self._answer(429, error_body("1305", "The service may be temporarily overloaded, please try again "
                                             "later"), headers)
         if attempt <= int(float(directives.get("429") or 0)):
             wait = directives.get("retry-after") or "1"
-            return self._answer(429, _error("rate_limit_exceeded", "simulated rate limit"), {"Retry-After": wait})
+            return self._answer(429, error_body("rate_limit_exceeded", "simulated rate limit"), {"Retry-After": wait})
 
         if kind == "chat":
             prompt_tokens, max_output = estimate_messages(body["messages"]), max_output_tokens(body)
         else:
             prompt_tokens = sum(estimate_tokens(t) for t in texts)
-            max_output = max_output_tokens(body) * _choices(body) * len(texts) if kind == "completions" else 0
+            max_output = max_output_tokens(body) * choice_count(body) * len(texts) if kind == "completions" else 0
         if self.cfg.max_inflight is not None and self.inflight > self.cfg.max_inflight:
-            return self._answer(429, _error("1302", "您当前使用该API的并发数过高，请降低并发，或联系客服增加限额。"),
-                                {"Retry-After": "1"} if self.cfg.retry_after else None)
+            busy = error_body("1302", "您当前使用该API的并发数过高，请降低并发，或联系客服增加限额。")
+            return self._answer(429, busy, {"Retry-After": "1"} if self.cfg.retry_after else None)
         limited = self._rate_limit(prompt_tokens + max_output)
         if limited is not None:
             return limited
         if self.cfg.error_rate and self.rng.random() < self.cfg.error_rate:
             self.injected["500"] += 1
-            return self._answer(500, _error("internal_error", "simulated server error", "server_error"))
+            return self._answer(500, error_body("internal_error", "simulated server error", "server_error"))
         if self.cfg.drop_rate and self.rng.random() < self.cfg.drop_rate:
             self.injected["drop"] += 1
             return self._drop(request)
@@ -312,12 +321,13 @@ class SimProvider:
         """The answer the prompt gets, charged to TPM (when counted on usage) and to the bill; a client that
         has gone (killed, or timed out) is billed all the same, as providers do."""
         if call.kind == "embeddings":
-            answer = _embeddings(call.body, call.texts, call.prompt_tokens)
+            answer = embeddings_answer(call.body, call.texts, call.prompt_tokens)
         else:
             # chat answers the last user message; completions answer each prompt of a list, n times each
             prompts = call.texts if call.kind == "completions" else call.texts[-1:]
-            answer = _completion(call.body, prompts, call.key, call.prompt_tokens, text=call.kind == "completions")
-            _apply_answer_quirks(answer, call.directives)
+            text = call.kind == "completions"
+            answer = completion_answer(call.body, prompts, call.key, call.prompt_tokens, text=text)
+            apply_answer_quirks(answer, call.directives)
         if self.tpm is not None and self.cfg.tpm_accounting == "actual":
             self.tpm.refill(self.clock())
             self.tpm.take(answer["usage"]["total_tokens"])
@@ -357,7 +367,7 @@ class SimProvider:
         duration = float(directives["task"]) if directives.get("task") else self.rng.uniform(low, high)
         failed = call.attempt <= int(float(directives.get("task-fail") or 0))
         gone = call.attempt <= int(float(directives.get("expire") or 0))  # forgotten at once
-        task = _task_id({"due": time.time() + duration, "failed": failed, "gone": gone, "answer": answer})
+        task = encode_task({"due": time.time() + duration, "failed": failed, "gone": gone, "answer": answer})
         now = self.clock()
         if not gone:
             heapq.heappush(self.running, now + duration)
@@ -370,9 +380,9 @@ class SimProvider:
         if (denied := self._auth(request)) is not None:
             return denied
         task_id = request.match_info["task"]
-        task = _read_task_id(task_id)
+        task = decode_task(task_id)
         if task is None or task["gone"]:
-            return self._answer(404, _error("task_not_found", "no such task (expired or never submitted)"))
+            return self._answer(404, error_body("task_not_found", "no such task (expired or never submitted)"))
         head = {"id": task_id, "request_id": f"sim-poll-{self.polls}", "model": task["answer"]["model"]}
         if time.time() < task["due"]:
             return self._answer(200, {**head, "task_status": "PROCESSING"})
@@ -395,27 +405,7 @@ class SimProvider:
     async def _send_events(self, request: web.Request, resp: web.StreamResponse, answer: dict[str, Any],
                            include_usage: bool, cut: bool) -> web.StreamResponse:
         await resp.prepare(request)
-        text = answer["object"] == "text_completion"
-        head = {"id": answer["id"], "object": "text_completion" if text else "chat.completion.chunk",
-                "created": answer["created"], "model": answer["model"]}
-        events: list[dict[str, Any]] = []
-        for choice in answer["choices"]:
-            index = choice["index"]
-            if text:  # /completions: pieces of text, no deltas; the last chunk has text "" and the finish_reason
-                events += [{**head, "choices": [{"index": index, "text": t, "logprobs": None, "finish_reason": None}]}
-                           for t in _pieces(choice["text"])]
-                last = {"index": index, "text": "", "logprobs": None, "finish_reason": choice["finish_reason"]}
-            else:
-                message = choice["message"]
-                deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
-                for field in ("reasoning_content", "content"):
-                    deltas += [{field: t} for t in _pieces(message.get(field) or "")]
-                events += [{**head, "choices": [{"index": index, "delta": d, "finish_reason": None}]} for d in deltas]
-                last = {"index": index, "delta": {}, "finish_reason": choice["finish_reason"]}
-            extra = {k: v for k, v in answer.items() if k not in (*head, "object", "choices", "usage")}
-            events.append({**head, **extra, "choices": [last]})
-        if include_usage:
-            events.append({**head, "choices": [], "usage": answer["usage"]})
+        events = stream_events(answer, include_usage)
         for i, event in enumerate(events):
             if cut and i == len(events) // 2:
                 if request.transport is not None:
@@ -436,7 +426,7 @@ class SimProvider:
         wait = max(waits, default=0.0)
         if wait > 0:
             headers = {"Retry-After": str(max(1, math.ceil(wait)))} if self.cfg.retry_after else None
-            return self._answer(429, _error("rate_limit_exceeded", "Rate limit reached, please retry later"),
+            return self._answer(429, error_body("rate_limit_exceeded", "Rate limit reached, please retry later"),
                                 headers)
         if self.rpm is not None:
             self.rpm.take(1)
@@ -444,156 +434,6 @@ class SimProvider:
             self.tpm.take(tokens)
             self.tpm_charged += tokens
         return None
-
-
-def _choices(body: dict[str, Any]) -> int:
-    n = body.get("n")
-    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
-
-
-def _completion(body: dict[str, Any], prompts: list[str], key: bytes, prompt_tokens: int, *, text: bool
-                ) -> dict[str, Any]:
-    """A deterministic answer: `n` choices for each prompt, each an echo of the prompt's last line cut to
-    max_tokens. The id is new every time, as a provider's is."""
-    limit = max_output_tokens(body)
-    choices: list[dict[str, Any]] = []
-    completion_tokens = 0
-    for prompt in prompts:
-        lines = [line for line in DIRECTIVE.sub("", prompt).splitlines() if line.strip()] or [""]
-        snippet = " ".join(lines[-1].split())[:60]
-        content = f"[simulated {body.get('model', 'model')}] {snippet} #{key.hex()[:8]}"
-        finish = "stop"
-        while estimate_tokens(content) > limit and content:
-            content, finish = content[: max(0, len(content) * limit // estimate_tokens(content) - 1)], "length"
-        for _ in range(_choices(body)):
-            completion_tokens += estimate_tokens(content)
-            index = len(choices)
-            choices.append({"index": index, "text": content, "logprobs": None, "finish_reason": finish} if text else
-                           {"index": index, "message": {"role": "assistant", "content": content},
-                            "finish_reason": finish})
-    return {
-        "id": f"{'cmpl' if text else 'chatcmpl'}-sim-{uuid.uuid4().hex[:24]}",
-        "object": "text_completion" if text else "chat.completion",
-        "created": int(time.time()),
-        "model": body.get("model", "sim-small"),
-        "choices": choices,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
-    }
-
-
-def _task_id(task: dict[str, Any]) -> str:
-    """A task id that carries the task itself (when it is due, how it ends, its answer), so any simulator,
-    even a fresh in-process one after a restart, answers its polls as a real provider that kept it would."""
-    return "sim" + base64.urlsafe_b64encode(zlib.compress(orjson.dumps(task))).decode().rstrip("=")
-
-
-def _read_task_id(text: str) -> dict[str, Any] | None:
-    if not text.startswith("sim"):
-        return None
-    try:
-        raw = zlib.decompress(base64.urlsafe_b64decode(text[3:] + "=" * (-len(text[3:]) % 4)))
-        task = orjson.loads(raw)
-    except (ValueError, zlib.error, orjson.JSONDecodeError):
-        return None
-    return task if isinstance(task, dict) and {"due", "failed", "gone", "answer"} <= set(task) else None
-
-
-def _pieces(text: str) -> list[str]:
-    step = max(1, len(text) // 3)
-    return [text[i:i + step] for i in range(0, len(text), step)]
-
-
-def _texts(kind: str, body: Any) -> list[str] | None:
-    """The texts a request carries, or None when its body lacks what the endpoint needs. A prompt or input may
-    be text, a list of texts, token ids, or a list of token-id lists (each becomes one text)."""
-    if not isinstance(body, dict):
-        return None
-    if kind == "chat":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            return None
-        contents = [m for m in messages if isinstance(m, dict)]
-        user = [_content(m) for m in contents if m.get("role") == "user"]
-        others = [_content(m) for m in contents if m.get("role") != "user"]
-        return others + (user or [""])
-    value = body.get("prompt" if kind == "completions" else "input")
-    if isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
-        value = [value]  # one prompt of token ids
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items:
-        return None
-    texts = []
-    for item in items:
-        if isinstance(item, str) and item:
-            texts.append(item)
-        elif isinstance(item, list) and item and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
-            texts.append(" ".join(f"<{t}>" for t in item))
-        else:
-            return None
-    return texts
-
-
-def _content(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, list):  # parts: [{"type": "text", "text": ...}, ...]
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return content if isinstance(content, str) else ""
-
-
-EMBEDDING_DIMS = 8
-
-
-def _embeddings(body: dict[str, Any], texts: list[str], prompt_tokens: int) -> dict[str, Any]:
-    """Deterministic unit vectors drawn from each text's digest."""
-    data = []
-    for i, text in enumerate(texts):
-        digest = hashlib.blake2b(text.encode(), digest_size=EMBEDDING_DIMS).digest()
-        raw = [b / 127.5 - 1.0 for b in digest]
-        norm = math.sqrt(sum(v * v for v in raw)) or 1.0
-        vector = [round(v / norm, 6) for v in raw]
-        encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-        data.append({"object": "embedding", "index": i,
-                     "embedding": encoded if body.get("encoding_format") == "base64" else vector})
-    return {"object": "list", "data": data, "model": body.get("model", "sim-embedding"),
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
-
-
-def _apply_answer_quirks(answer: dict[str, Any], directives: dict[str, str]) -> None:
-    """Dress a good answer in a provider's moderation or thinking-model fields, as the prompt asked."""
-    choice = answer["choices"][0]  # a completions choice has text, and no message to reason in
-    if "blocked" in directives:
-        answer["blocked"] = True
-    if directives.get("flag"):
-        answer["flag"], answer["ban_round"] = int(directives["flag"]), -1
-    if "filter" in directives:
-        answer["content_filter"] = [{"role": "assistant", "level": 1}]
-        choice["finish_reason"] = "sensitive"
-    if directives.get("finish"):
-        choice["finish_reason"] = directives["finish"]
-    if "think" in directives and "message" in choice:
-        choice["message"]["reasoning_content"] = "Let me think step by step. " + choice["message"]["content"]
-
-
-def go_duration(seconds: float) -> str:
-    """A duration as Go prints it, the way OpenAI's x-ratelimit-reset-* headers spell it: 20ms, 1.5s, 6m0s."""
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    minutes, rest = divmod(seconds, 60)
-    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
-    return f"{int(minutes)}m{text}" if minutes else text
-
-
-def _model(name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": 1700000000, "owned_by": "batchrun"}
-
-
-def _unknown_model(name: str) -> dict[str, Any]:
-    return _error("model_not_found", f"The model `{name}` does not exist or you do not have access to it.")
-
-
-def _error(code: str, message: str, kind: str = "invalid_request_error") -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "type": kind}}
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:

@@ -14,7 +14,7 @@ import pytest
 
 from batchrun.control import TokenBucket, parse_duration
 from batchrun.request import DEFAULT_MAX_OUTPUT_TOKENS
-from batchrun.simulate import go_duration
+from batchrun.sim_answers import go_duration
 from batchrun.spec import SimulateSpec
 
 from .helpers import cli, make_job, read_jsonl, submit

@@ -1,0 +1,199 @@
+"""What the simulated provider answers, as pure functions of the request: completions with `n` choices per
+prompt, embeddings (floats or base64), the chunks of a stream, provider quirks asked for by directives, error
+and model bodies, and task ids that carry their task."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import re
+import struct
+import time
+import uuid
+import zlib
+from typing import Any
+
+import orjson
+
+from .request import estimate_tokens, max_output_tokens
+
+DIRECTIVE = re.compile(r"#sim:([a-z0-9-]+)(?:=([\w.:-]+))?")
+MODELS = ("sim-small", "sim-large", "glm-4-flash", "qwen-plus", "ernie-3.5-8k", "gpt-4o-mini")
+
+
+def stream_events(answer: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
+    """An answer as the server-sent chunks a provider streams: for each choice its role, reasoning and content in
+    pieces (or text pieces, for /completions), then its finish_reason; usage last when asked for."""
+    text = answer["object"] == "text_completion"
+    head = {"id": answer["id"], "object": "text_completion" if text else "chat.completion.chunk",
+            "created": answer["created"], "model": answer["model"]}
+    events: list[dict[str, Any]] = []
+    for choice in answer["choices"]:
+        index = choice["index"]
+        if text:  # /completions: pieces of text, no deltas; the last chunk has text "" and the finish_reason
+            events += [{**head, "choices": [{"index": index, "text": t, "logprobs": None, "finish_reason": None}]}
+                       for t in pieces(choice["text"])]
+            last = {"index": index, "text": "", "logprobs": None, "finish_reason": choice["finish_reason"]}
+        else:
+            message = choice["message"]
+            deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+            for field in ("reasoning_content", "content"):
+                deltas += [{field: t} for t in pieces(message.get(field) or "")]
+            events += [{**head, "choices": [{"index": index, "delta": d, "finish_reason": None}]} for d in deltas]
+            last = {"index": index, "delta": {}, "finish_reason": choice["finish_reason"]}
+        extra = {k: v for k, v in answer.items() if k not in (*head, "object", "choices", "usage")}
+        events.append({**head, **extra, "choices": [last]})
+    if include_usage:
+        events.append({**head, "choices": [], "usage": answer["usage"]})
+    return events
+
+
+def choice_count(body: dict[str, Any]) -> int:
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+
+
+def completion_answer(body: dict[str, Any], prompts: list[str], key: bytes, prompt_tokens: int, *, text: bool
+                ) -> dict[str, Any]:
+    """A deterministic answer: `n` choices for each prompt, each an echo of the prompt's last line cut to
+    max_tokens. The id is new every time, as a provider's is."""
+    limit = max_output_tokens(body)
+    choices: list[dict[str, Any]] = []
+    completion_tokens = 0
+    for prompt in prompts:
+        lines = [line for line in DIRECTIVE.sub("", prompt).splitlines() if line.strip()] or [""]
+        snippet = " ".join(lines[-1].split())[:60]
+        content = f"[simulated {body.get('model', 'model')}] {snippet} #{key.hex()[:8]}"
+        finish = "stop"
+        while estimate_tokens(content) > limit and content:
+            content, finish = content[: max(0, len(content) * limit // estimate_tokens(content) - 1)], "length"
+        for _ in range(choice_count(body)):
+            completion_tokens += estimate_tokens(content)
+            index = len(choices)
+            choices.append({"index": index, "text": content, "logprobs": None, "finish_reason": finish} if text else
+                           {"index": index, "message": {"role": "assistant", "content": content},
+                            "finish_reason": finish})
+    return {
+        "id": f"{'cmpl' if text else 'chatcmpl'}-sim-{uuid.uuid4().hex[:24]}",
+        "object": "text_completion" if text else "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "sim-small"),
+        "choices": choices,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
+def encode_task(task: dict[str, Any]) -> str:
+    """A task id that carries the task itself (when it is due, how it ends, its answer), so any simulator,
+    even a fresh in-process one after a restart, answers its polls as a real provider that kept it would."""
+    return "sim" + base64.urlsafe_b64encode(zlib.compress(orjson.dumps(task))).decode().rstrip("=")
+
+
+def decode_task(text: str) -> dict[str, Any] | None:
+    if not text.startswith("sim"):
+        return None
+    try:
+        raw = zlib.decompress(base64.urlsafe_b64decode(text[3:] + "=" * (-len(text[3:]) % 4)))
+        task = orjson.loads(raw)
+    except (ValueError, zlib.error, orjson.JSONDecodeError):
+        return None
+    return task if isinstance(task, dict) and {"due", "failed", "gone", "answer"} <= set(task) else None
+
+
+def pieces(text: str) -> list[str]:
+    step = max(1, len(text) // 3)
+    return [text[i:i + step] for i in range(0, len(text), step)]
+
+
+def prompt_texts(kind: str, body: Any) -> list[str] | None:
+    """The texts a request carries, or None when its body lacks what the endpoint needs. A prompt or input may
+    be text, a list of texts, token ids, or a list of token-id lists (each becomes one text)."""
+    if not isinstance(body, dict):
+        return None
+    if kind == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return None
+        contents = [m for m in messages if isinstance(m, dict)]
+        user = [message_text(m) for m in contents if m.get("role") == "user"]
+        others = [message_text(m) for m in contents if m.get("role") != "user"]
+        return others + (user or [""])
+    value = body.get("prompt" if kind == "completions" else "input")
+    if isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        value = [value]  # one prompt of token ids
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        return None
+    texts = []
+    for item in items:
+        if isinstance(item, str) and item:
+            texts.append(item)
+        elif isinstance(item, list) and item and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
+            texts.append(" ".join(f"<{t}>" for t in item))
+        else:
+            return None
+    return texts
+
+
+def message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):  # parts: [{"type": "text", "text": ...}, ...]
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
+
+
+EMBEDDING_DIMS = 8
+
+
+def embeddings_answer(body: dict[str, Any], texts: list[str], prompt_tokens: int) -> dict[str, Any]:
+    """Deterministic unit vectors drawn from each text's digest."""
+    data = []
+    for i, text in enumerate(texts):
+        digest = hashlib.blake2b(text.encode(), digest_size=EMBEDDING_DIMS).digest()
+        raw = [b / 127.5 - 1.0 for b in digest]
+        norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+        vector = [round(v / norm, 6) for v in raw]
+        encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": i,
+                     "embedding": encoded if body.get("encoding_format") == "base64" else vector})
+    return {"object": "list", "data": data, "model": body.get("model", "sim-embedding"),
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+
+
+def apply_answer_quirks(answer: dict[str, Any], directives: dict[str, str]) -> None:
+    """Dress a good answer in a provider's moderation or thinking-model fields, as the prompt asked."""
+    choice = answer["choices"][0]  # a completions choice has text, and no message to reason in
+    if "blocked" in directives:
+        answer["blocked"] = True
+    if directives.get("flag"):
+        answer["flag"], answer["ban_round"] = int(directives["flag"]), -1
+    if "filter" in directives:
+        answer["content_filter"] = [{"role": "assistant", "level": 1}]
+        choice["finish_reason"] = "sensitive"
+    if directives.get("finish"):
+        choice["finish_reason"] = directives["finish"]
+    if "think" in directives and "message" in choice:
+        choice["message"]["reasoning_content"] = "Let me think step by step. " + choice["message"]["content"]
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as Go prints it, the way OpenAI's x-ratelimit-reset-* headers spell it: 20ms, 1.5s, 6m0s."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    minutes, rest = divmod(seconds, 60)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{int(minutes)}m{text}" if minutes else text
+
+
+def model_entry(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 1700000000, "owned_by": "batchrun"}
+
+
+def unknown_model(name: str) -> dict[str, Any]:
+    return error_body("model_not_found", f"The model `{name}` does not exist or you do not have access to it.")
+
+
+def error_body(code: str, message: str, kind: str = "invalid_request_error") -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "type": kind}}
