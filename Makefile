@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean bench bench-quick torture
+.PHONY: setup demo test lint test-floors clean bench bench-quick torture
 
 setup: $(STAMP)
 
@@ -21,11 +21,23 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check batchrun tests
-	$(BIN)/mypy batchrun
+	$(BIN)/ruff check batchrun tests tools
+	$(BIN)/ruff format --check batchrun tests tools
+	$(BIN)/mypy batchrun tools
+	$(BIN)/lint-imports
+
+# The suite again with every runtime dependency at the lowest version pyproject.toml allows.
+FLOORS := .venv-floors
+test-floors:
+	$(PYTHON) -m venv $(FLOORS)
+	$(FLOORS)/bin/python -m pip install --quiet --upgrade pip
+	$(PYTHON) tools/floors.py > $(FLOORS)/constraints.txt
+	$(FLOORS)/bin/python -m pip install --quiet -c $(FLOORS)/constraints.txt -e '.[dev]'
+	$(FLOORS)/bin/python -m pip list --format=freeze | grep -iE '^(aiohttp|aiolimiter|orjson|click|tqdm|pyarrow|pyyaml|numpy)=='
+	$(FLOORS)/bin/python -m pytest
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(FLOORS) runs .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
 bench: setup
 	$(BIN)/python -m tools.bench

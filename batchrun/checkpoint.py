@@ -111,8 +111,14 @@ class Checkpoint:
 
     # --- opening -------------------------------------------------------------------------------------
 
-    def open(self, fingerprint: Mapping[str, str], job: Mapping[str, Any], *, fresh: bool,
-             retry: Callable[[Mapping[str, Any]], bool] | None = None) -> ResumeState:
+    def open(
+        self,
+        fingerprint: Mapping[str, str],
+        job: Mapping[str, Any],
+        *,
+        fresh: bool,
+        retry: Callable[[Mapping[str, Any]], bool] | None = None,
+    ) -> ResumeState:
         """Lock the directory, check it holds this job, repair torn tails and read what is done.
 
         `retry` picks failure records to drop first, so that their rows are sent again (retry-failed)."""
@@ -127,8 +133,13 @@ class Checkpoint:
             self.close()
             raise
 
-    def _open_locked(self, fingerprint: Mapping[str, str], job: Mapping[str, Any], fresh: bool,
-                     retry: Callable[[Mapping[str, Any]], bool] | None) -> ResumeState:
+    def _open_locked(
+        self,
+        fingerprint: Mapping[str, str],
+        job: Mapping[str, Any],
+        fresh: bool,
+        retry: Callable[[Mapping[str, Any]], bool] | None,
+    ) -> ResumeState:
         manifest = read_json(self.path / MANIFEST)
         archived, abandoned = None, 0
         if manifest is not None and fresh:
@@ -140,16 +151,18 @@ class Checkpoint:
         released = self._release_failures(retry) if retry is not None else 0
         state = self._read_state()
         state.archived_to, state.released, state.abandoned_tasks = archived, released, abandoned
-        self.write_manifest({
-            "batchrun": "run",
-            "job": dict(job),
-            "fingerprint": dict(fingerprint),
-            "created_at": (manifest or {}).get("created_at") or now_iso(),
-            "state": "running",
-            "pid": os.getpid(),
-            "updated_at": now_iso(),
-            "ids_checked": bool((manifest or {}).get("ids_checked")),  # repeated ids have their failure records
-        })
+        self.write_manifest(
+            {
+                "batchrun": "run",
+                "job": dict(job),
+                "fingerprint": dict(fingerprint),
+                "created_at": (manifest or {}).get("created_at") or now_iso(),
+                "state": "running",
+                "pid": os.getpid(),
+                "updated_at": now_iso(),
+                "ids_checked": bool((manifest or {}).get("ids_checked")),  # repeated ids have their failure records
+            }
+        )
         for name in RECORD_FILES:
             self._fds[name] = os.open(self.path / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         return state
@@ -161,8 +174,10 @@ class Checkpoint:
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise RunDirError(f"{self.path} is in use by another batchrun (pid {holder}): wait for it to finish "
-                              "or stop it; two runs on one directory would send rows twice") from None
+            raise RunDirError(
+                f"{self.path} is in use by another batchrun (pid {holder}): wait for it to finish "
+                "or stop it; two runs on one directory would send rows twice"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
@@ -173,7 +188,8 @@ class Checkpoint:
             raise RunDirError(
                 f"{self.path} holds a run of a different job ({', '.join(changed)} changed since it started): "
                 "rerun with --fresh to start over (the earlier records are moved aside, not deleted), or set "
-                "output_dir to a new folder")
+                "output_dir to a new folder"
+            )
 
     def _archive(self) -> Path | None:
         names = [n for n in (RESULTS, FAILURES, TASKS, USAGE, MANIFEST) if (self.path / n).exists()]
@@ -221,8 +237,11 @@ class Checkpoint:
                 atomic_write(self.path / USAGE, orjson.dumps(usage, option=orjson.OPT_INDENT_2))
             if (self.path / TASKS).exists():
                 with open(self.path / TASKS, "ab") as f:
-                    f.write(b"".join(orjson.dumps({"row": r, "task_id": None, "cleared": "retry-failed"}) + b"\n"
-                                     for r in rows))
+                    f.write(
+                        b"".join(
+                            orjson.dumps({"row": r, "task_id": None, "cleared": "retry-failed"}) + b"\n" for r in rows
+                        )
+                    )
                     os.fsync(f.fileno())
         except OSError as exc:
             raise CheckpointWriteError(_write_error(path, exc)) from None
@@ -311,7 +330,7 @@ class Checkpoint:
         try:
             view = memoryview(line)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         except OSError as exc:
             raise CheckpointWriteError(_write_error(self.path / name, exc)) from None
         return len(line)
@@ -355,6 +374,8 @@ class Checkpoint:
 
 def _write_error(path: Path, exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
-        return (f"the disk is full writing {path}: free some space, then run the same command again to "
-                "resume (rows already recorded are kept)")
+        return (
+            f"the disk is full writing {path}: free some space, then run the same command again to "
+            "resume (rows already recorded are kept)"
+        )
     return f"cannot write {path}: {exc.strerror}; fix that, then run the same command again to resume"

@@ -98,8 +98,9 @@ def retry_failed(run_dir: Path, codes: tuple[str, ...], job: str | None, no_prog
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--to", "to", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="FILE.parquet or FILE.jsonl")
+@click.option(
+    "--to", "to", required=True, type=click.Path(dir_okay=False, path_type=Path), help="FILE.parquet or FILE.jsonl"
+)
 @click.option("--with-input", is_flag=True, help="Add the input row's columns (prefixed input_).")
 @_friendly
 def export(run_dir: Path, to: Path, with_input: bool) -> None:
@@ -124,8 +125,13 @@ def validate_cmd(job: str) -> None:
 
 @main.command(name="estimate")
 @click.argument("job", type=click.Path(dir_okay=False))
-@click.option("--output-share", type=click.FloatRange(0, 1), default=0.3, show_default=True,
-              help="Share of max_tokens a typical answer uses.")
+@click.option(
+    "--output-share",
+    type=click.FloatRange(0, 1),
+    default=0.3,
+    show_default=True,
+    help="Share of max_tokens a typical answer uses.",
+)
 @click.option("--prices", type=click.Path(dir_okay=False), help="YAML: model -> {input, output, currency} per 1M.")
 @_friendly
 def estimate_cmd(job: str, output_share: float, prices: str | None) -> None:
@@ -192,30 +198,72 @@ def models(name: str, base_url: str | None, api_key_env: str | None) -> None:
 @click.option("--rpm", type=float, help="Requests per minute to allow; beyond it, 429.")
 @click.option("--tpm", type=float, help="Tokens per minute to allow (prompt + max_tokens); beyond it, 429.")
 @click.option("--latency", default=0.3, show_default=True, help="Median seconds to answer.")
-@click.option("--latency-dist", type=click.Choice(LATENCY_DISTS), default="lognormal", show_default=True,
-              help="How answer times spread around the median.")
+@click.option(
+    "--latency-dist",
+    type=click.Choice(LATENCY_DISTS),
+    default="lognormal",
+    show_default=True,
+    help="How answer times spread around the median.",
+)
 @click.option("--error-rate", default=0.0, show_default=True, help="Share of requests answered HTTP 500.")
 @click.option("--drop-rate", default=0.0, show_default=True, help="Share of requests whose connection is dropped.")
 @click.option("--slow-rate", default=0.0, show_default=True, help="Share of requests answered only after --slow-s.")
 @click.option("--slow-s", default=30.0, show_default=True, help="How long the slow answers take.")
 @click.option("--seed", default=0, show_default=True, help="Seed for injected errors and latency.")
-@click.option("--max-inflight", type=click.IntRange(min=1),
-              help="Requests handled at once; beyond it, 429 with Zhipu's code 1302 (a concurrency limit).")
+@click.option(
+    "--max-inflight",
+    type=click.IntRange(min=1),
+    help="Requests handled at once; beyond it, 429 with Zhipu's code 1302 (a concurrency limit).",
+)
 @click.option("--bare-429", is_flag=True, help="Send 429s without Retry-After, as Zhipu does.")
 @click.option("--rate-headers", is_flag=True, help="Send x-ratelimit-* headers on every answer, as OpenAI does.")
-@click.option("--tpm-accounting", type=click.Choice(["reserve", "actual"]), default="reserve", show_default=True,
-              help="Charge TPM prompt + max_tokens on admission (reserve) or the tokens used, after (actual).")
-@click.option("--task-s", type=float, nargs=2, default=(2.0, 20.0), show_default=True, metavar="LOW HIGH",
-              help="Async tasks (Zhipu's asyncCompletions) take between LOW and HIGH seconds.")
-@click.option("--models", help="Comma-separated models to serve; any other model is answered 404 model_not_found "
-              "(default: any name is served).")
-@click.option("--require-key", is_flag=True, help="Answer 401 unless requests carry $BATCHRUN_SIM_API_KEY "
-              "(as a bearer token or, for an id.secret key, a Zhipu JWT signed with it).")
+@click.option(
+    "--tpm-accounting",
+    type=click.Choice(["reserve", "actual"]),
+    default="reserve",
+    show_default=True,
+    help="Charge TPM prompt + max_tokens on admission (reserve) or the tokens used, after (actual).",
+)
+@click.option(
+    "--task-s",
+    type=float,
+    nargs=2,
+    default=(2.0, 20.0),
+    show_default=True,
+    metavar="LOW HIGH",
+    help="Async tasks (Zhipu's asyncCompletions) take between LOW and HIGH seconds.",
+)
+@click.option(
+    "--models",
+    help="Comma-separated models to serve; any other model is answered 404 model_not_found "
+    "(default: any name is served).",
+)
+@click.option(
+    "--require-key",
+    is_flag=True,
+    help="Answer 401 unless requests carry $BATCHRUN_SIM_API_KEY "
+    "(as a bearer token or, for an id.secret key, a Zhipu JWT signed with it).",
+)
 @_friendly
-def simulate(port: int, rpm: float | None, tpm: float | None, latency: float, latency_dist: str, error_rate: float,
-             drop_rate: float, slow_rate: float, slow_s: float, seed: int, max_inflight: int | None, bare_429: bool,
-             rate_headers: bool, tpm_accounting: str, task_s: tuple[float, float], models: str | None,
-             require_key: bool) -> None:
+def simulate(
+    port: int,
+    rpm: float | None,
+    tpm: float | None,
+    latency: float,
+    latency_dist: str,
+    error_rate: float,
+    drop_rate: float,
+    slow_rate: float,
+    slow_s: float,
+    seed: int,
+    max_inflight: int | None,
+    bare_429: bool,
+    rate_headers: bool,
+    tpm_accounting: str,
+    task_s: tuple[float, float],
+    models: str | None,
+    require_key: bool,
+) -> None:
     """Serve a simulated OpenAI-compatible provider on 127.0.0.1 until Ctrl-C."""
     key = os.environ.get("BATCHRUN_SIM_API_KEY") if require_key else None
     if require_key and not key:
@@ -225,11 +273,24 @@ def simulate(port: int, rpm: float | None, tpm: float | None, latency: float, la
             raise SpecError(f"{flag} must be between 0 and 1, got {share}")
     if not 0 <= task_s[0] <= task_s[1]:
         raise SpecError(f"--task-s must be two seconds LOW <= HIGH, got {task_s[0]} {task_s[1]}")
-    cfg = SimulateSpec(rpm=rpm, tpm=tpm, latency=latency, latency_dist=latency_dist, error_rate=error_rate,
-                       seed=seed, api_key=key, retry_after=not bare_429, rate_headers=rate_headers,
-                       tpm_accounting=tpm_accounting, task_s=task_s, drop_rate=drop_rate, slow_rate=slow_rate,
-                       slow_s=slow_s, max_inflight=max_inflight,
-                       models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None)
+    cfg = SimulateSpec(
+        rpm=rpm,
+        tpm=tpm,
+        latency=latency,
+        latency_dist=latency_dist,
+        error_rate=error_rate,
+        seed=seed,
+        api_key=key,
+        retry_after=not bare_429,
+        rate_headers=rate_headers,
+        tpm_accounting=tpm_accounting,
+        task_s=task_s,
+        drop_rate=drop_rate,
+        slow_rate=slow_rate,
+        slow_s=slow_s,
+        max_inflight=max_inflight,
+        models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
+    )
 
     def announce(url: str) -> None:
         click.echo(f"simulated provider at {url}  (spec: provider: {{name: simulated, base_url: {url}}})")
@@ -265,8 +326,10 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
     if outcome.reason and outcome.state is RunState.STOPPED:
         lines.append(f"  stopped: {outcome.reason}")
     if outcome.tasks_pending:
-        lines.append(f"  {outcome.tasks_pending} submitted tasks are still at the provider: resuming polls them "
-                     "(tasks.jsonl holds their ids), it does not submit them again")
+        lines.append(
+            f"  {outcome.tasks_pending} submitted tasks are still at the provider: resuming polls them "
+            "(tasks.jsonl holds their ids), it does not submit them again"
+        )
     if outcome.rows_pending:
         lines.append(f"  resume with: batchrun submit {display_path(spec.spec_path)}")
     return lines

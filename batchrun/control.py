@@ -412,6 +412,11 @@ def rate_hints(headers: Mapping[str, str]) -> RateHints | None:
         value = headers.get(name)
         return parse_duration(value) if value else None
 
-    return RateHints(number("x-ratelimit-limit-requests"), number("x-ratelimit-remaining-requests"),
-                     duration("x-ratelimit-reset-requests"), number("x-ratelimit-limit-tokens"),
-                     number("x-ratelimit-remaining-tokens"), duration("x-ratelimit-reset-tokens"))
+    return RateHints(
+        number("x-ratelimit-limit-requests"),
+        number("x-ratelimit-remaining-requests"),
+        duration("x-ratelimit-reset-requests"),
+        number("x-ratelimit-limit-tokens"),
+        number("x-ratelimit-remaining-tokens"),
+        duration("x-ratelimit-reset-tokens"),
+    )

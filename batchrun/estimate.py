@@ -31,8 +31,9 @@ def estimate(prepared: Prepared) -> Estimate:
     sendable = checked.requests
     if spec.endpoint == "embeddings":
         sendable = math.ceil(sendable / spec.limits.batch_size)
-    return Estimate(checked.rows, checked.rows - checked.requests, sendable, checked.prompt_tokens,
-                    checked.max_output_tokens)
+    return Estimate(
+        checked.rows, checked.rows - checked.requests, sendable, checked.prompt_tokens, checked.max_output_tokens
+    )
 
 
 def cost_range(price: Price, prompt_tokens: int, low_output: int, high_output: int) -> tuple[float, float]:
@@ -52,37 +53,47 @@ def limit_seconds(requests: int, tokens: int, rpm: float | None, tpm: float | No
 def estimate_lines(prepared: Prepared, est: Estimate, prices: Prices, share: float) -> list[str]:
     spec = prepared.spec
     typical, most = est.output_tokens(share), est.max_output_tokens
-    lines = [f"estimate for {spec.name} ({display_path(spec.spec_path)}): {est.rows:,} rows"
-             + (f", {est.bad_rows:,} that cannot be sent (see batchrun validate)" if est.bad_rows else "")
-             + f", {est.requests:,} requests to {spec.provider.name}",
-             f"  prompt tokens  ~{est.prompt_tokens:,} (estimated without a tokenizer: about 1 per CJK character, "
-             "1 per 4 other characters)"]
+    lines = [
+        f"estimate for {spec.name} ({display_path(spec.spec_path)}): {est.rows:,} rows"
+        + (f", {est.bad_rows:,} that cannot be sent (see batchrun validate)" if est.bad_rows else "")
+        + f", {est.requests:,} requests to {spec.provider.name}",
+        f"  prompt tokens  ~{est.prompt_tokens:,} (estimated without a tokenizer: about 1 per CJK character, "
+        "1 per 4 other characters)",
+    ]
     if spec.endpoint != "embeddings":
-        lines.append(f"  output tokens  up to {most:,} (max_tokens on every row); ~{typical:,} at a typical "
-                     f"{share:.0%} of it")
+        lines.append(
+            f"  output tokens  up to {most:,} (max_tokens on every row); ~{typical:,} at a typical {share:.0%} of it"
+        )
     price = prices.get(spec.model)
     if price is None:
-        lines.append(f"  cost           unknown: no price for {spec.model} (not free: add it with --prices FILE or a "
-                     "pricing: block in the job spec)")
+        lines.append(
+            f"  cost           unknown: no price for {spec.model} (not free: add it with --prices FILE or a "
+            "pricing: block in the job spec)"
+        )
     else:
         low, high = cost_range(price, est.prompt_tokens, typical, most)
-        lines.append(f"  cost           {low:,.4f} to {high:,.4f} {price.currency} (typical to max_tokens) at "
-                     f"{price.describe()}")
+        lines.append(
+            f"  cost           {low:,.4f} to {high:,.4f} {price.currency} (typical to max_tokens) at {price.describe()}"
+        )
     tokens = est.prompt_tokens + (most if spec.limits.tpm_accounting == "reserve" else typical)
     times = limit_seconds(est.requests, tokens, spec.limits.rpm, spec.limits.tpm)
     if times:
         binding = max(times, key=lambda k: times[k])
         detail = ", ".join(f"{k.upper()} {v / 60:,.1f} min" for k, v in sorted(times.items()))
-        lines.append(f"  time           at least {_minutes(times[binding])}: the {binding.upper()} limit binds "
-                     f"({detail})")
+        lines.append(
+            f"  time           at least {_minutes(times[binding])}: the {binding.upper()} limit binds ({detail})"
+        )
     else:
-        lines.append("  time           no limits.rpm or limits.tpm given: the provider's limits decide (batchrun "
-                     "learns them from its 429s)")
+        lines.append(
+            "  time           no limits.rpm or limits.tpm given: the provider's limits decide (batchrun "
+            "learns them from its 429s)"
+        )
     if spec.provider.mode == "async":
         sim = spec.provider.simulate
         runs = f"up to {_minutes(sim.task_s[1])} (simulated)" if sim else "for a time not known in advance"
-        lines.append(f"  tasks          the time above is for submitting; each task then runs {runs} before its "
-                     "result is polled")
+        lines.append(
+            f"  tasks          the time above is for submitting; each task then runs {runs} before its result is polled"
+        )
     return lines
 
 

@@ -24,8 +24,22 @@ from .spec import InputSpec
 EXPORT_BATCH = 10_000
 WINDOW = 1 << 20
 NONE = -1
-OUTPUT_COLUMNS = ("row", "custom_id", "status", "model", "answer", "reasoning", "finish_reason", "prompt_tokens",
-                  "completion_tokens", "total_tokens", "error_code", "error_message", "attempts", "latency_s")
+OUTPUT_COLUMNS = (
+    "row",
+    "custom_id",
+    "status",
+    "model",
+    "answer",
+    "reasoning",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "error_code",
+    "error_message",
+    "attempts",
+    "latency_s",
+)
 INPUT_PREFIX = "input_"
 
 
@@ -160,10 +174,11 @@ def _batches(spec: InputSpec, index: RecordIndex, embeddings: bool, with_input: 
 
         pf = _open_parquet(spec.path)
         row = 0
-        for batch in pf.iter_batches(batch_size=EXPORT_BATCH, columns=None if with_input else [],
-                                     use_threads=False):
-            yield [flatten(r, index.get(r), embeddings) for r in range(row + 1, row + 1 + batch.num_rows)], \
-                batch if with_input else None
+        for batch in pf.iter_batches(batch_size=EXPORT_BATCH, columns=None if with_input else [], use_threads=False):
+            yield (
+                [flatten(r, index.get(r), embeddings) for r in range(row + 1, row + 1 + batch.num_rows)],
+                batch if with_input else None,
+            )
             row += batch.num_rows
         return
     rows: list[dict[str, Any]] = []
@@ -219,8 +234,9 @@ def _write_parquet(to: Path, batches: Iterator[Batch]) -> int:
                     if input_fields is None:
                         input_fields = next((list(r["input"]) for r in rows if r["input"]), None)
                     for name in input_fields or ():
-                        arrays[INPUT_PREFIX + name] = pa.array([_text(r["input"].get(name)) for r in rows],
-                                                               type=pa.string())
+                        arrays[INPUT_PREFIX + name] = pa.array(
+                            [_text(r["input"].get(name)) for r in rows], type=pa.string()
+                        )
                 batch = pa.RecordBatch.from_pydict(arrays)
                 if writer is None:
                     writer = pq.ParquetWriter(f, batch.schema)
@@ -246,11 +262,23 @@ def _types() -> dict[str, Any]:
     """Arrow types of the output columns, made on first use: pyarrow is loaded only for Parquet exports."""
     import pyarrow as pa
 
-    return {"row": pa.int64(), "custom_id": pa.string(), "status": pa.string(), "model": pa.string(),
-            "answer": pa.string(), "reasoning": pa.string(), "finish_reason": pa.string(),
-            "prompt_tokens": pa.int64(), "completion_tokens": pa.int64(), "total_tokens": pa.int64(),
-            "error_code": pa.string(), "error_message": pa.string(), "attempts": pa.int64(),
-            "latency_s": pa.float64(), "embedding": pa.list_(pa.float32())}
+    return {
+        "row": pa.int64(),
+        "custom_id": pa.string(),
+        "status": pa.string(),
+        "model": pa.string(),
+        "answer": pa.string(),
+        "reasoning": pa.string(),
+        "finish_reason": pa.string(),
+        "prompt_tokens": pa.int64(),
+        "completion_tokens": pa.int64(),
+        "total_tokens": pa.int64(),
+        "error_code": pa.string(),
+        "error_message": pa.string(),
+        "attempts": pa.int64(),
+        "latency_s": pa.float64(),
+        "embedding": pa.list_(pa.float32()),
+    }
 
 
 class _atomic:

@@ -33,8 +33,10 @@ class Repeat:
     first: int  # the earlier row with the same id
 
     def message(self) -> str:
-        return (f"row {self.row}: duplicate id {self.custom_id!r} (first at row {self.first}); ids must be unique, "
-                "so this row is not sent")
+        return (
+            f"row {self.row}: duplicate id {self.custom_id!r} (first at row {self.first}); ids must be unique, "
+            "so this row is not sent"
+        )
 
 
 def _ids(spec: InputSpec) -> Iterator[tuple[str, int]]:
@@ -67,13 +69,17 @@ def repeated_ids(spec: InputSpec, workdir: Path | None = None) -> Iterator[Repea
     os.close(fd)
     try:
         with contextlib.closing(sqlite3.connect(name)) as db:
-            db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-4096;"
-                             "PRAGMA temp_store=FILE; CREATE TABLE ids (id TEXT, row INTEGER);")
+            db.executescript(
+                "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-4096;"
+                "PRAGMA temp_store=FILE; CREATE TABLE ids (id TEXT, row INTEGER);"
+            )
             ids = _ids(spec)
             while batch := [pair for _, pair in zip(range(INSERT_BATCH), ids, strict=False)]:
                 db.executemany("INSERT INTO ids VALUES (?, ?)", batch)
-            found = db.execute("SELECT row, id, first FROM (SELECT row, id, MIN(row) OVER (PARTITION BY id) AS first "
-                               "FROM ids) WHERE row > first ORDER BY row")
+            found = db.execute(
+                "SELECT row, id, first FROM (SELECT row, id, MIN(row) OVER (PARTITION BY id) AS first "
+                "FROM ids) WHERE row > first ORDER BY row"
+            )
             for row, custom_id, first in found:
                 yield Repeat(row, custom_id, first)
     finally:

@@ -38,8 +38,14 @@ def prepare(spec: JobSpec) -> Prepared:
 def fingerprint(spec: JobSpec, scan: InputScan) -> dict[str, str]:
     """What decides the requests; a resumed run must match it (limits and retry settings may change)."""
     inp = spec.input
-    mapping = {"format": inp.format, "id_field": inp.id_field, "messages_field": inp.messages_field,
-               "prompt_field": inp.prompt_field, "template": inp.template, "system": inp.system}
+    mapping = {
+        "format": inp.format,
+        "id_field": inp.id_field,
+        "messages_field": inp.messages_field,
+        "prompt_field": inp.prompt_field,
+        "template": inp.template,
+        "system": inp.system,
+    }
     found = {
         "input": scan.digest,
         "input_mapping": _digest(mapping),
@@ -63,8 +69,10 @@ def api_key(preset_name: str, env: str) -> str | None:
     preset = PRESETS[preset_name]
     key = os.environ.get(env, "").strip() or None
     if key is None and preset.key_required:
-        raise SpecError(f"the environment variable {env} is not set: export {env}=<your {preset.title} key> "
-                        "(keys never go in the job spec)")
+        raise SpecError(
+            f"the environment variable {env} is not set: export {env}=<your {preset.title} key> "
+            "(keys never go in the job spec)"
+        )
     return key
 
 

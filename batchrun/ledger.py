@@ -26,19 +26,40 @@ RATE_WINDOW_S = 30.0
 class Ledger:
     def __init__(self, prepared: Prepared, checkpoint: Checkpoint, state: ResumeState, progress: Progress) -> None:
         self.spec, self.prepared, self.checkpoint, self.state, self.progress = (
-            prepared.spec, prepared, checkpoint, state, progress)
+            prepared.spec,
+            prepared,
+            checkpoint,
+            state,
+            progress,
+        )
         self.usage = state.usage
         self.started_at, self.t0 = now_iso(), time.monotonic()
         self.rate_samples: deque[tuple[float, int]] = deque([(self.t0, state.done.count)])
 
-    def record(self, row: Row, reply: Reply, decision: Decision | None, annotate: Callable[[Row, Record], None],
-               *, part: Request | None = None, batch: dict[str, int] | None = None) -> None:
+    def record(
+        self,
+        row: Row,
+        reply: Reply,
+        decision: Decision | None,
+        annotate: Callable[[Row, Record], None],
+        *,
+        part: Request | None = None,
+        batch: dict[str, int] | None = None,
+    ) -> None:
         """The final record of `row` (or of one `part` of a shared request) from its last answer."""
         req = part or row.request
         resp = None if reply.status is None else response(reply.status, reply.request_id, reply.body)
         err = None if decision is None else error(decision.code, decision.message, reply.status, row.attempts)
-        rec = record(req.row, req.custom_id, req.model, resp, err, attempts=row.attempts,
-                     rate_limited=row.rate_limited, latency_s=round(reply.elapsed, 4))
+        rec = record(
+            req.row,
+            req.custom_id,
+            req.model,
+            resp,
+            err,
+            attempts=row.attempts,
+            rate_limited=row.rate_limited,
+            latency_s=round(reply.elapsed, 4),
+        )
         if batch is not None:
             rec["batch"] = batch
         if row.shared is not None:

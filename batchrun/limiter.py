@@ -40,8 +40,7 @@ class Bucket:
     """A `TokenBucket` on the event loop's clock: `take` waits, first come first served, until the amount is
     there. Retunable while running, with settlement of over- or under-charges."""
 
-    def __init__(self, per_second: float, *, burst: bool = True, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+    def __init__(self, per_second: float, *, burst: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         # burst=False starts empty-handed: a rate learned from 429s must not open with a burst
         self.bucket = TokenBucket(per_second, clock(), burst_s=BURST_S, full=burst)
@@ -110,15 +109,22 @@ class Ticket:
 class Throttle:
     """Admits requests at the rate, token and concurrency limits in force, and learns from each answer."""
 
-    def __init__(self, limits: Limits, tpm_accounting: TpmAccounting, log: Callable[[str], None] = print,
-                 clock: Callable[[], float] = time.monotonic, concurrency_codes: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        tpm_accounting: TpmAccounting,
+        log: Callable[[str], None] = print,
+        clock: Callable[[], float] = time.monotonic,
+        concurrency_codes: frozenset[str] = frozenset(),
+    ) -> None:
         self.configured = limits
         self.concurrency_codes = concurrency_codes
         self.log, self.clock = log, clock
         self.rates = RateController(limits.rpm / 60 if limits.rpm else None)
         self.tokens = TokenAccounting(tpm_accounting)
-        self.concurrency = ConcurrencyController(limits.concurrency or INITIAL_CONCURRENCY,
-                                                 limits.concurrency or MAX_CONCURRENCY)
+        self.concurrency = ConcurrencyController(
+            limits.concurrency or INITIAL_CONCURRENCY, limits.concurrency or MAX_CONCURRENCY
+        )
         self.gate = ConcurrencyGate(self.concurrency.value)
         self.rpm: Bucket | None = None
         self.tpm: Bucket | None = Bucket(limits.tpm / 60 * HEADROOM) if limits.tpm else None
@@ -155,8 +161,10 @@ class Throttle:
             first = self.concurrency.ceiling is None
             self.concurrency.on_limit(ticket.inflight, now)
             if first:
-                self.log(f"the provider limits requests in flight (429 {code}): holding at most "
-                         f"{self.concurrency.value}; set limits.concurrency to start there next time")
+                self.log(
+                    f"the provider limits requests in flight (429 {code}): holding at most "
+                    f"{self.concurrency.value}; set limits.concurrency to start there next time"
+                )
         elif status == 429:
             # The rate's alone (cutting concurrency too would collapse it in a storm that no rate avoids). A
             # provider limiting requests in flight without a code that says so is held this way as well: what
@@ -165,8 +173,10 @@ class Throttle:
             if self.tpm is not None and self.tokens.on_rate_limited(now):
                 self.rates.reset(now, grace=BURST_S)
                 self.tpm.drain()  # the provider's bucket is empty: so is ours now
-                self.log("429s while under the TPM limit: counting max_tokens against TPM from now on "
-                         "(set limits.tpm_accounting: reserve to start that way)")
+                self.log(
+                    "429s while under the TPM limit: counting max_tokens against TPM from now on "
+                    "(set limits.tpm_accounting: reserve to start that way)"
+                )
         elif status is None and reply.error == "timeout":
             # A request sent later has been answered: the provider is serving, and this row is slow on its
             # own (a long generation, a stuck connection). Only a timeout with nothing answered since is load.
@@ -198,8 +208,9 @@ class Throttle:
             return
         usage = reply.body.get("usage") if isinstance(reply.body, dict) and reply.status == 200 else None
         if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
-            self.tpm.settle(self.tokens.settle(charge, usage["prompt_tokens"], _int_or_none(
-                usage.get("completion_tokens"))))
+            self.tpm.settle(
+                self.tokens.settle(charge, usage["prompt_tokens"], _int_or_none(usage.get("completion_tokens")))
+            )
         else:
             self.tpm.settle(self.tokens.release(charge, rate_limited=rate_limited))
 

@@ -20,8 +20,11 @@ MODES: tuple[Mode, ...] = ("sync", "stream", "async")
 ENDPOINTS: tuple[Endpoint, ...] = ("chat", "completions", "embeddings")
 TPM_ACCOUNTING: tuple[TpmAccounting, ...] = ("auto", "reserve", "actual")
 AUTHS: tuple[Auth, ...] = ("bearer", "jwt")
-ENDPOINT_URLS: dict[Endpoint, str] = {"chat": "/chat/completions", "completions": "/completions",
-                                      "embeddings": "/embeddings"}
+ENDPOINT_URLS: dict[Endpoint, str] = {
+    "chat": "/chat/completions",
+    "completions": "/completions",
+    "embeddings": "/embeddings",
+}
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,20 @@ class Preset:
 
 
 BAIDU_ERRORS = ErrorTable(
-    retry=frozenset({"rpm_rate_limit_exceeded", "tpm_rate_limit_exceeded", "input_tpm_rate_limit_exceeded",
-                     "output_tpm_rate_limit_exceeded", "user_rate_limit_exceeded", "cluster_rate_limit_exceeded",
-                     "preemptible_rate_limit_exceeded", "336501", "336502", "18"}),
+    retry=frozenset(
+        {
+            "rpm_rate_limit_exceeded",
+            "tpm_rate_limit_exceeded",
+            "input_tpm_rate_limit_exceeded",
+            "output_tpm_rate_limit_exceeded",
+            "user_rate_limit_exceeded",
+            "cluster_rate_limit_exceeded",
+            "preemptible_rate_limit_exceeded",
+            "336501",
+            "336502",
+            "18",
+        }
+    ),
     fail_row=frozenset({"system_unsafe", "user_setting_unsafe", "functions_unsafe"}),
     stop=frozenset({"account_overdue", "model_offline"}),
 )
@@ -75,10 +89,24 @@ ERRORS = {
 PRESETS: dict[str, Preset] = {
     p.name: dataclasses.replace(p, errors=ERRORS.get(p.name, GENERIC))
     for p in (
-        Preset("openai", "https://api.openai.com/v1", "OPENAI_API_KEY", "OpenAI", tpm_accounting="reserve",
-               endpoints=("chat", "completions", "embeddings"), embedding_batch=256),
-        Preset("zhipu", "https://open.bigmodel.cn/api/paas/v4", "ZHIPUAI_API_KEY", "Zhipu GLM",
-               modes=("sync", "stream", "async"), embedding_batch=64, auths=("bearer", "jwt")),
+        Preset(
+            "openai",
+            "https://api.openai.com/v1",
+            "OPENAI_API_KEY",
+            "OpenAI",
+            tpm_accounting="reserve",
+            endpoints=("chat", "completions", "embeddings"),
+            embedding_batch=256,
+        ),
+        Preset(
+            "zhipu",
+            "https://open.bigmodel.cn/api/paas/v4",
+            "ZHIPUAI_API_KEY",
+            "Zhipu GLM",
+            modes=("sync", "stream", "async"),
+            embedding_batch=64,
+            auths=("bearer", "jwt"),
+        ),
         Preset(
             "dashscope",
             "https://dashscope.aliyuncs.com/compatible-mode/v1",
@@ -89,11 +117,30 @@ PRESETS: dict[str, Preset] = {
         Preset("aistudio", "https://aistudio.baidu.com/llm/lmapi/v3", "AISTUDIO_ACCESS_TOKEN", "Baidu AI Studio"),
         Preset("qianfan", "https://qianfan.baidubce.com/v2", "QIANFAN_API_KEY", "Baidu Qianfan"),
         Preset("genstudio", "https://cloud.infini-ai.com/maas/v1", "GENSTUDIO_API_KEY", "Infini-AI GenStudio"),
-        Preset("modelarts", "https://api.modelarts-maas.com/v1", "MODELARTS_API_KEY", "Huawei ModelArts MaaS",
-               endpoints=("chat", "completions")),
-        Preset("vllm", "http://127.0.0.1:8000/v1", "VLLM_API_KEY", "self-hosted vLLM / SGLang", key_required=False,
-               endpoints=("chat", "completions", "embeddings"), embedding_batch=64),
-        Preset("simulated", "", "BATCHRUN_SIM_API_KEY", "batchrun's built-in simulated provider", key_required=False,
-               modes=("sync", "stream", "async"), endpoints=("chat", "completions", "embeddings")),
+        Preset(
+            "modelarts",
+            "https://api.modelarts-maas.com/v1",
+            "MODELARTS_API_KEY",
+            "Huawei ModelArts MaaS",
+            endpoints=("chat", "completions"),
+        ),
+        Preset(
+            "vllm",
+            "http://127.0.0.1:8000/v1",
+            "VLLM_API_KEY",
+            "self-hosted vLLM / SGLang",
+            key_required=False,
+            endpoints=("chat", "completions", "embeddings"),
+            embedding_batch=64,
+        ),
+        Preset(
+            "simulated",
+            "",
+            "BATCHRUN_SIM_API_KEY",
+            "batchrun's built-in simulated provider",
+            key_required=False,
+            modes=("sync", "stream", "async"),
+            endpoints=("chat", "completions", "embeddings"),
+        ),
     )
 }

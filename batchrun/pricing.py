@@ -88,8 +88,9 @@ def parse_prices(data: Any, where: str) -> dict[str, Price]:
         currency = entry.get("currency")
         if not isinstance(currency, str) or not currency.strip():
             raise SpecError(f"{at}.currency: must be a currency code such as CNY or USD")
-        prices[str(model)] = Price(values[0], values[1], currency.strip().upper(),
-                                   str(entry.get("source") or f"set in {where}"))
+        prices[str(model)] = Price(
+            values[0], values[1], currency.strip().upper(), str(entry.get("source") or f"set in {where}")
+        )
     return prices
 
 

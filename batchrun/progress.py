@@ -21,8 +21,16 @@ class Progress:
         if enabled:
             from tqdm import tqdm  # imported only when drawn: --no-progress runs are lighter
 
-            self._bar = tqdm(total=total, initial=done, desc=desc, unit="row", dynamic_ncols=True,
-                             mininterval=0.25, smoothing=0.1, file=sys.stderr)
+            self._bar = tqdm(
+                total=total,
+                initial=done,
+                desc=desc,
+                unit="row",
+                dynamic_ncols=True,
+                mininterval=0.25,
+                smoothing=0.1,
+                file=sys.stderr,
+            )
 
     def row_done(self, *, failed: bool, tokens: int) -> None:
         self.tokens += tokens
@@ -44,7 +52,9 @@ class Progress:
         elapsed = max(1e-6, time.monotonic() - self._start)
         self._bar.set_postfix_str(
             f"failed={self.failed} retries={self.retries} 429s={self.rate_limited} "
-            f"req/s={self.requests / elapsed:.1f} tok={_human(self.tokens)}", refresh=True)
+            f"req/s={self.requests / elapsed:.1f} tok={_human(self.tokens)}",
+            refresh=True,
+        )
 
     def close(self) -> None:
         if self._bar is not None:

@@ -88,8 +88,11 @@ def iso_epoch(iso: str) -> float:
 
 def response(status: int, request_id: str | None, body: Any) -> Response:
     """The `response` of an HTTP answer, in the Batch output shape whatever the provider sent."""
-    return {"status_code": status, "request_id": request_id or f"batchrun-{uuid.uuid4().hex[:24]}",
-            "body": body_object(body)}
+    return {
+        "status_code": status,
+        "request_id": request_id or f"batchrun-{uuid.uuid4().hex[:24]}",
+        "body": body_object(body),
+    }
 
 
 def body_object(body: Any) -> dict[str, Any]:
@@ -107,12 +110,29 @@ def error(code: str, message: str, status: int | None, attempts: int) -> RecordE
     return {"code": code, "message": message, "status": status, "attempts": attempts}
 
 
-def record(row: int, custom_id: str, model: str, resp: Response | None, err: RecordError | None, *,
-           attempts: int, rate_limited: int = 0, latency_s: float | None = None) -> Record:
+def record(
+    row: int,
+    custom_id: str,
+    model: str,
+    resp: Response | None,
+    err: RecordError | None,
+    *,
+    attempts: int,
+    rate_limited: int = 0,
+    latency_s: float | None = None,
+) -> Record:
     """A final record, keys in the order the byte-level contract needs (row first; timings after response)."""
-    out: Record = {"row": row, "id": f"batch_req_{row}", "custom_id": custom_id, "model": model, "response": resp,
-                   "error": err, "attempts": attempts, "rate_limited": rate_limited,
-                   "completed_at": now_iso()}
+    out: Record = {
+        "row": row,
+        "id": f"batch_req_{row}",
+        "custom_id": custom_id,
+        "model": model,
+        "response": resp,
+        "error": err,
+        "attempts": attempts,
+        "rate_limited": rate_limited,
+        "completed_at": now_iso(),
+    }
     if latency_s is not None:
         out["latency_s"] = latency_s
     return out
@@ -134,7 +154,7 @@ def record_row(line: bytes) -> int | None:
         end = line.find(b",", len(ROW_PREFIX))
         if end > 0:
             with contextlib.suppress(ValueError):
-                return int(line[len(ROW_PREFIX):end])
+                return int(line[len(ROW_PREFIX) : end])
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -151,12 +171,12 @@ def line_timing(line: bytes) -> tuple[float | None, float | None]:
         end = at + len(LATENCY_KEY)
         stop = line.find(b",", end)
         with contextlib.suppress(ValueError):
-            latency = float(line[end:stop if stop > 0 else -2])
+            latency = float(line[end : stop if stop > 0 else -2])
     at = line.rfind(COMPLETED_KEY)
     if at >= 0:
         start = at + len(COMPLETED_KEY)
         with contextlib.suppress(ValueError):
-            completed = iso_epoch(line[start:line.find(b'"', start)].decode())
+            completed = iso_epoch(line[start : line.find(b'"', start)].decode())
     return latency, completed
 
 

@@ -60,9 +60,18 @@ def read_run(path: Path, *, records: bool = True) -> RunData:
     saved = run.usage()
     covers = covered_offsets(run.path, saved or None)
     usage = Usage.from_totals(saved) if covers else Usage()
-    data = RunData(run.path, run.state, run.live, run.job, usage, int(saved.get("rows_total") or 0),
-                   float(saved.get("active_s") or 0.0), saved.get("updated_at"), saved.get("rate_rows_per_s"),
-                   parse_prices(run.job.get("pricing") or {}, f"{run.path}/{MANIFEST}"))
+    data = RunData(
+        run.path,
+        run.state,
+        run.live,
+        run.job,
+        usage,
+        int(saved.get("rows_total") or 0),
+        float(saved.get("active_s") or 0.0),
+        saved.get("updated_at"),
+        saved.get("rate_rows_per_s"),
+        parse_prices(run.job.get("pricing") or {}, f"{run.path}/{MANIFEST}"),
+    )
     for name in RECORD_FILES:
         covered = covers[name] if covers else 0
         completed: array[float] = array("d")
@@ -140,15 +149,27 @@ def build_report(paths: Iterable[Path], prices: Mapping[str, Price] | None = Non
     for run in runs:
         usage.merge(run.usage)
     table = Prices({k: v for run in runs for k, v in run.prices.items()} | dict(prices or {}))
-    models = [ModelCost(name, m.rows_succeeded, m.rows_failed, m.requests, m.prompt_tokens, m.completion_tokens,
-                        table.get(name)) for name, m in sorted(usage.models.items())]
+    models = [
+        ModelCost(
+            name, m.rows_succeeded, m.rows_failed, m.requests, m.prompt_tokens, m.completion_tokens, table.get(name)
+        )
+        for name, m in sorted(usage.models.items())
+    ]
     merged: Counter[float] = Counter()
     for run in runs:
         merged.update(run.latencies)
     latencies = sorted(merged.items())
     series = rate_series([times for run in runs for times in run.completed])
-    return Report(runs, usage, models, sum(r.rows_total for r in runs), sum(r.active_s for r in runs),
-                  {f"p{q}": percentile(latencies, q / 100) for q in (50, 90, 99)}, series, latencies)
+    return Report(
+        runs,
+        usage,
+        models,
+        sum(r.rows_total for r in runs),
+        sum(r.active_s for r in runs),
+        {f"p{q}": percentile(latencies, q / 100) for q in (50, 90, 99)},
+        series,
+        latencies,
+    )
 
 
 def percentile(ordered: Sequence[tuple[float, int]], q: float) -> float | None:
@@ -165,8 +186,9 @@ def percentile(ordered: Sequence[tuple[float, int]], q: float) -> float | None:
     return ordered[-1][0]
 
 
-def rate_series(ascending: Sequence[Sequence[float]], buckets: int = 60,
-                max_gap: float = 10.0) -> list[tuple[float, float]]:
+def rate_series(
+    ascending: Sequence[Sequence[float]], buckets: int = 60, max_gap: float = 10.0
+) -> list[tuple[float, float]]:
     """Rows per second over active time, in at most `buckets` equal slices, from completion times given as
     ascending sequences (one per record file). Idle stretches longer than `max_gap` (between sessions, or
     between run directories) are cut short, so the chart shows work. Two passes over a lazy merge: a
@@ -212,31 +234,46 @@ def report_table(report: Report) -> list[str]:
         f"  rows        {u.rows_succeeded:,} succeeded, {u.rows_failed:,} failed, {report.rows_pending:,} pending "
         f"of {report.rows_total:,}",
         f"  requests    {u.requests:,} (retries {u.retries:,}, 429s {u.rate_limited:,}"
-        + (f", polls {u.polls:,}" if u.polls else "") + ")",
+        + (f", polls {u.polls:,}" if u.polls else "")
+        + ")",
         f"  tokens      {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion = {u.total_tokens:,}",
         "  throughput  " + (f"{rate:,.1f} rows/s over {report.active_s:,.1f} s active" if rate else "-"),
         f"  latency     p50 {_seconds(lat['p50'])}   p90 {_seconds(lat['p90'])}   p99 {_seconds(lat['p99'])}",
         "",
     ]
-    header = ("model", "rows ok", "failed", "requests", "prompt tok", "compl. tok", "price (in / out per 1M)",
-              "cost")
-    body = [(m.model, f"{m.rows_succeeded:,}", f"{m.rows_failed:,}", f"{m.requests:,}", f"{m.prompt_tokens:,}",
-             f"{m.completion_tokens:,}",
-             f"{m.price.input:g} / {m.price.output:g} {m.price.currency}" if m.price else "no price",
-             _money(m.cost, m.price.currency if m.price else "")) for m in report.models]
+    header = ("model", "rows ok", "failed", "requests", "prompt tok", "compl. tok", "price (in / out per 1M)", "cost")
+    body = [
+        (
+            m.model,
+            f"{m.rows_succeeded:,}",
+            f"{m.rows_failed:,}",
+            f"{m.requests:,}",
+            f"{m.prompt_tokens:,}",
+            f"{m.completion_tokens:,}",
+            f"{m.price.input:g} / {m.price.output:g} {m.price.currency}" if m.price else "no price",
+            _money(m.cost, m.price.currency if m.price else ""),
+        )
+        for m in report.models
+    ]
     totals = report.totals()
     for currency, amount in sorted(totals.items()):
         body.append(("total", "", "", "", "", "", "", _money(amount, currency)))
     widths = [max(len(row[i]) for row in (header, *body)) for i in range(len(header))]
     for row in (header, *body):
-        lines.append("  " + "  ".join(c.ljust(w) if i in (0, 6) else c.rjust(w)
-                                      for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip())
+        lines.append(
+            "  "
+            + "  ".join(
+                c.ljust(w) if i in (0, 6) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
+        )
     for m in report.models:
         if m.price is not None:
             lines.append(f"  price of {m.model}: {m.price.source}")
     if report.unpriced:
-        lines.append(f"  no price for {', '.join(report.unpriced)}: their cost is unknown, not zero; add them "
-                     "with --prices FILE or a pricing: block in the job spec")
+        lines.append(
+            f"  no price for {', '.join(report.unpriced)}: their cost is unknown, not zero; add them "
+            "with --prices FILE or a pricing: block in the job spec"
+        )
     if u.failures_by_code:
         lines.append("")
         lines.append("  failures by code")
@@ -263,11 +300,20 @@ def report_json(report: Report) -> dict[str, Any]:
         "active_s": round(report.active_s, 3),
         "rows_per_s": None if report.rows_per_s is None else round(report.rows_per_s, 3),
         "latency_s": report.latency,
-        "models": [{"model": m.model, "rows_succeeded": m.rows_succeeded, "rows_failed": m.rows_failed,
-                    "requests": m.requests, "prompt_tokens": m.prompt_tokens,
-                    "completion_tokens": m.completion_tokens,
-                    "price": None if m.price is None else vars(m.price),
-                    "cost": m.cost, "currency": m.price.currency if m.price else None} for m in report.models],
+        "models": [
+            {
+                "model": m.model,
+                "rows_succeeded": m.rows_succeeded,
+                "rows_failed": m.rows_failed,
+                "requests": m.requests,
+                "prompt_tokens": m.prompt_tokens,
+                "completion_tokens": m.completion_tokens,
+                "price": None if m.price is None else vars(m.price),
+                "cost": m.cost,
+                "currency": m.price.currency if m.price else None,
+            }
+            for m in report.models
+        ],
         "cost": report.totals(),
         "unpriced_models": report.unpriced,
         "failures_by_code": dict(sorted(u.failures_by_code.items())),
@@ -278,13 +324,38 @@ def report_csv(report: Report) -> str:
     """One line per model, then one total line per currency."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["model", "rows_succeeded", "rows_failed", "requests", "prompt_tokens", "completion_tokens",
-                     "input_price_per_1m", "output_price_per_1m", "currency", "cost", "price_source"])
+    writer.writerow(
+        [
+            "model",
+            "rows_succeeded",
+            "rows_failed",
+            "requests",
+            "prompt_tokens",
+            "completion_tokens",
+            "input_price_per_1m",
+            "output_price_per_1m",
+            "currency",
+            "cost",
+            "price_source",
+        ]
+    )
     for m in report.models:
         p = m.price
-        writer.writerow([m.model, m.rows_succeeded, m.rows_failed, m.requests, m.prompt_tokens, m.completion_tokens,
-                         "" if p is None else p.input, "" if p is None else p.output, "" if p is None else p.currency,
-                         "" if m.cost is None else round(m.cost, 6), "no price" if p is None else p.source])
+        writer.writerow(
+            [
+                m.model,
+                m.rows_succeeded,
+                m.rows_failed,
+                m.requests,
+                m.prompt_tokens,
+                m.completion_tokens,
+                "" if p is None else p.input,
+                "" if p is None else p.output,
+                "" if p is None else p.currency,
+                "" if m.cost is None else round(m.cost, 6),
+                "no price" if p is None else p.source,
+            ]
+        )
     for currency, amount in sorted(report.totals().items()):
         writer.writerow(["TOTAL", "", "", "", "", "", "", "", currency, round(amount, 6), ""])
     return out.getvalue()
@@ -300,15 +371,18 @@ def status_lines(path: Path, prices: Mapping[str, Price] | None = None) -> list[
     u = run.usage
     age = _age(run.updated_at)
     state = run.state + (" (a batchrun process is running it)" if run.live else "")
-    lines = [f"{path}: {state}",
-             f"  rows     {run.rows_done:,} of {run.rows_total:,} done: {u.rows_succeeded:,} succeeded, "
-             f"{u.rows_failed:,} failed, {run.rows_pending:,} pending"]
+    lines = [
+        f"{path}: {state}",
+        f"  rows     {run.rows_done:,} of {run.rows_total:,} done: {u.rows_succeeded:,} succeeded, "
+        f"{u.rows_failed:,} failed, {run.rows_pending:,} pending",
+    ]
     if run.live and run.rate:
         eta = run.rows_pending / run.rate if run.rate > 0 else None
         lines.append(f"  rate     {run.rate:,.1f} rows/s" + (f", about {_duration(eta)} to go" if eta else ""))
     elif run.active_s:
-        lines.append(f"  rate     {run.rows_done / run.active_s:,.1f} rows/s on average over {_duration(run.active_s)}"
-                     " active")
+        lines.append(
+            f"  rate     {run.rows_done / run.active_s:,.1f} rows/s on average over {_duration(run.active_s)} active"
+        )
     costs: dict[str, float] = {}
     missing = []
     for name, m in u.models.items():
@@ -319,8 +393,10 @@ def status_lines(path: Path, prices: Mapping[str, Price] | None = None) -> list[
         else:
             costs[price.currency] = costs.get(price.currency, 0.0) + price.cost(m.prompt_tokens, m.completion_tokens)
     spent = ", ".join(_money(v, c) for c, v in sorted(costs.items())) or "nothing priced yet"
-    lines.append(f"  tokens   {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion; cost so far {spent}"
-                 + (f" (no price for {', '.join(missing)})" if missing else ""))
+    lines.append(
+        f"  tokens   {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion; cost so far {spent}"
+        + (f" (no price for {', '.join(missing)})" if missing else "")
+    )
     if u.failures_by_code:
         top = sorted(u.failures_by_code.items(), key=lambda kv: -kv[1])[:5]
         lines.append("  failures " + ", ".join(f"{c} ×{n}" for c, n in top))

@@ -28,8 +28,11 @@ def render_html(report: Report) -> str:
     runs = ", ".join(f"{r.path.name} ({r.state})" for r in report.runs)
     facts = [
         ("runs", runs),
-        ("rows", f"{u.rows_succeeded:,} succeeded, {u.rows_failed:,} failed, {report.rows_pending:,} pending of "
-                 f"{report.rows_total:,}"),
+        (
+            "rows",
+            f"{u.rows_succeeded:,} succeeded, {u.rows_failed:,} failed, {report.rows_pending:,} pending of "
+            f"{report.rows_total:,}",
+        ),
         ("requests", f"{u.requests:,} (retries {u.retries:,}, 429s {u.rate_limited:,})"),
         ("tokens", f"{u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion"),
         ("throughput", f"{rate:,.1f} rows/s over {report.active_s:,.1f} s active" if rate else "-"),
@@ -40,11 +43,15 @@ def render_html(report: Report) -> str:
         '<!DOCTYPE html>\n<html xmlns="http://www.w3.org/1999/xhtml" lang="en"><head><meta charset="utf-8"/>',
         f"<title>batchrun report: {escape(runs)}</title><style>{CSS}</style></head><body>",
         f"<h1>batchrun report</h1><table>{''.join(_row(k, v) for k, v in facts)}</table>",
-        "<h2>Rows per second over time</h2>", line_chart(report.series),
-        "<h2>Latency</h2>", histogram(report.latencies),
-        "<h2>Cost by model</h2>", cost_chart(report), _price_notes(report),
-        "<h2>Failures by code</h2>", bar_chart(sorted(report.usage.failures_by_code.items(), key=lambda kv: -kv[1]),
-                                               empty="no failures"),
+        "<h2>Rows per second over time</h2>",
+        line_chart(report.series),
+        "<h2>Latency</h2>",
+        histogram(report.latencies),
+        "<h2>Cost by model</h2>",
+        cost_chart(report),
+        _price_notes(report),
+        "<h2>Failures by code</h2>",
+        bar_chart(sorted(report.usage.failures_by_code.items(), key=lambda kv: -kv[1]), empty="no failures"),
         "</body></html>\n",
     ]
     return "".join(parts)
@@ -55,8 +62,10 @@ def _row(key: str, value: str) -> str:
 
 
 def _svg(body: str, height: int = HEIGHT, label: str = "") -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-            f'viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(label)}">{body}</svg>')
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(label)}">{body}</svg>'
+    )
 
 
 def _empty(text: str) -> str:
@@ -74,8 +83,10 @@ def line_chart(series: list[tuple[float, float]]) -> str:
         return f"{PAD + t / x_max * w:.1f},{HEIGHT - PAD - v / y_max * h:.1f}"
 
     points = " ".join(xy(t, v) for t, v in series)
-    body = (_axes(f"{y_max:,.1f} rows/s", f"{x_max:,.0f} s of activity") +
-            f'<polyline points="{points}" fill="none" stroke="{BAR}" stroke-width="2"/>')
+    body = (
+        _axes(f"{y_max:,.1f} rows/s", f"{x_max:,.0f} s of activity")
+        + f'<polyline points="{points}" fill="none" stroke="{BAR}" stroke-width="2"/>'
+    )
     return _svg(body, label="rows per second over time")
 
 
@@ -93,9 +104,9 @@ def histogram(latencies: list[tuple[float, int]], bins: int = 30) -> str:
     bars = "".join(
         f'<rect x="{PAD + i * w + 1:.1f}" y="{HEIGHT - PAD - c / peak * h:.1f}" width="{max(w - 2, 1):.1f}" '
         f'height="{c / peak * h:.1f}" fill="{BAR}"><title>{i * width:.2f}-{(i + 1) * width:.2f} s: {c}</title></rect>'
-        for i, c in enumerate(counts))
-    return _svg(_axes(f"{peak:,} rows", f"{top:.2f} s (p99; slower in the last bar)") + bars,
-                label="latency histogram")
+        for i, c in enumerate(counts)
+    )
+    return _svg(_axes(f"{peak:,} rows", f"{top:.2f} s (p99; slower in the last bar)") + bars, label="latency histogram")
 
 
 def cost_chart(report: Report) -> str:
@@ -128,17 +139,20 @@ def _bars(rows: list[tuple[str, float, str]], label: str) -> str:
         f'<text x="{left - 8}" y="{i * step + 16}" text-anchor="end">{escape(name[:32])}</text>'
         f'<rect x="{left}" y="{i * step + 4}" width="{max(share * w, 1 if share else 0):.1f}" height="{step - 8}" '
         f'fill="{BAR}"/><text x="{left + share * w + 6:.1f}" y="{i * step + 16}">{escape(text)}</text>'
-        for i, (name, share, text) in enumerate(rows))
+        for i, (name, share, text) in enumerate(rows)
+    )
     return _svg(body, height, label)
 
 
 def _axes(y_label: str, x_label: str) -> str:
     x0, y0, x1, y1 = PAD, HEIGHT - PAD, WIDTH - PAD, PAD
-    return (f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="#889"/>'
-            f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="#889"/>'
-            f'<text x="{x0}" y="{y1 - 8}">{escape(y_label)}</text>'
-            f'<text x="{x1}" y="{y0 + 16}" text-anchor="end">{escape(x_label)}</text>'
-            f'<text x="{x0}" y="{y0 + 16}">0</text>')
+    return (
+        f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="#889"/>'
+        f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="#889"/>'
+        f'<text x="{x0}" y="{y1 - 8}">{escape(y_label)}</text>'
+        f'<text x="{x1}" y="{y0 + 16}" text-anchor="end">{escape(x_label)}</text>'
+        f'<text x="{x0}" y="{y0 + 16}">0</text>'
+    )
 
 
 def _price_notes(report: Report) -> str:

@@ -103,8 +103,15 @@ def batch(parts: list[Request]) -> Request:
     first = parts[0]
     assert first.group is not None
     body = {**orjson.loads(first.group), "input": [p.text for p in parts]}
-    return Request(first.row, first.custom_id, first.model, orjson.dumps(body),
-                   sum(p.prompt_tokens for p in parts), 0, parts=tuple(parts))
+    return Request(
+        first.row,
+        first.custom_id,
+        first.model,
+        orjson.dumps(body),
+        sum(p.prompt_tokens for p in parts),
+        0,
+        parts=tuple(parts),
+    )
 
 
 def batched(requests: Iterable[Request | BadRow], size: int) -> Iterator[Request | BadRow]:
@@ -136,8 +143,12 @@ def row_id(data: Mapping[str, Any], row: int, id_field: str | None) -> str | Bad
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-            return BadRow(row, str(row), "invalid_id",
-                          f"row {row}: {name!r} must be a non-empty string or a whole number, got {_kind(value)}")
+            return BadRow(
+                row,
+                str(row),
+                "invalid_id",
+                f"row {row}: {name!r} must be a non-empty string or a whole number, got {_kind(value)}",
+            )
         return str(value)
     if id_field is not None:
         return BadRow(row, str(row), "missing_id", f"row {row}: no {id_field!r} field (input.id_field)")
@@ -161,27 +172,37 @@ class RequestBuilder:
         """Settle, before anything is sent, that the spec fits the input's rows."""
         inp, source = self.spec.input, self.spec.spec_path.name
         if inp.id_field is not None and inp.id_field not in first:
-            raise SpecError(f"{source}: input.id_field: the first row has no field {inp.id_field!r} "
-                            f"(it has: {_fields(first)})")
+            raise SpecError(
+                f"{source}: input.id_field: the first row has no field {inp.id_field!r} (it has: {_fields(first)})"
+            )
         for key, name in (("messages_field", inp.messages_field), ("prompt_field", inp.prompt_field)):
             if name is not None and name not in first:
-                raise SpecError(f"{source}: input.{key}: the first row has no field {name!r} "
-                                f"(it has: {_fields(first)})")
+                raise SpecError(
+                    f"{source}: input.{key}: the first row has no field {name!r} (it has: {_fields(first)})"
+                )
         for name in inp.template_fields:
             if name not in first:
-                raise SpecError(f"{source}: input.template names {{{name}}}, but the first row has no field "
-                                f"{name!r} (it has: {_fields(first)})")
+                raise SpecError(
+                    f"{source}: input.template names {{{name}}}, but the first row has no field "
+                    f"{name!r} (it has: {_fields(first)})"
+                )
         for key, value in (("messages_field", inp.messages_field), ("system", inp.system)):
             if self.endpoint != "chat" and value is not None:
-                raise SpecError(f"{source}: input.{key}: endpoint {self.endpoint} takes text, not messages; "
-                                "use input.prompt_field or input.template")
-        fields = {"chat": ("body", "messages", "prompt"), "completions": ("body", "prompt"),
-                  "embeddings": ("body", "input", "prompt", "text")}[self.endpoint]
+                raise SpecError(
+                    f"{source}: input.{key}: endpoint {self.endpoint} takes text, not messages; "
+                    "use input.prompt_field or input.template"
+                )
+        fields = {
+            "chat": ("body", "messages", "prompt"),
+            "completions": ("body", "prompt"),
+            "embeddings": ("body", "input", "prompt", "text"),
+        }[self.endpoint]
         if not (inp.messages_field or inp.prompt_field or inp.template) and not any(k in first for k in fields):
             names = " or ".join(repr(f) for f in fields)
-            raise SpecError(f"{source}: input: rows have no {names} field (they have: {_fields(first)}); set "
-                            "input.template or input.prompt_field" + (" or input.messages_field"
-                                                                      if self.endpoint == "chat" else ""))
+            raise SpecError(
+                f"{source}: input: rows have no {names} field (they have: {_fields(first)}); set "
+                "input.template or input.prompt_field" + (" or input.messages_field" if self.endpoint == "chat" else "")
+            )
 
     def build(self, raw: RawRow) -> Request | BadRow:
         if raw.data is None:
@@ -197,16 +218,38 @@ class RequestBuilder:
         model = str(body.get("model") or self.spec.model)
         stream = body.get("stream") is True
         if self.endpoint == "chat":
-            return Request(row, custom_id, model, orjson.dumps(body), estimate_messages(body["messages"]),
-                           max_output_tokens(body), stream=stream)
+            return Request(
+                row,
+                custom_id,
+                model,
+                orjson.dumps(body),
+                estimate_messages(body["messages"]),
+                max_output_tokens(body),
+                stream=stream,
+            )
         if self.endpoint == "completions":
-            return Request(row, custom_id, model, orjson.dumps(body), estimate_input(body["prompt"]),
-                           max_output_tokens(body), stream=stream)
+            return Request(
+                row,
+                custom_id,
+                model,
+                orjson.dumps(body),
+                estimate_input(body["prompt"]),
+                max_output_tokens(body),
+                stream=stream,
+            )
         text = body.pop("input")
         alike = orjson.dumps(body, option=orjson.OPT_SORT_KEYS) if isinstance(text, str) else None
         body["input"] = text
-        return Request(row, custom_id, model, orjson.dumps(body), estimate_input(text), 0,
-                       text if isinstance(text, str) else None, alike)
+        return Request(
+            row,
+            custom_id,
+            model,
+            orjson.dumps(body),
+            estimate_input(text),
+            0,
+            text if isinstance(text, str) else None,
+            alike,
+        )
 
     def _body(self, data: Mapping[str, Any]) -> dict[str, Any]:
         inp = self.spec.input
@@ -246,8 +289,10 @@ class RequestBuilder:
         """An OpenAI Batch API line: `{"custom_id", "url", "body"}`; its url must be this job's endpoint."""
         url = data.get("url")
         if isinstance(url, str) and url_endpoint(url) != self.endpoint:
-            raise _RowProblem(f"url {url!r} is not this job's endpoint ({ENDPOINT_URLS[self.endpoint]}); set "
-                              "endpoint: in the job spec, or split the input by url")
+            raise _RowProblem(
+                f"url {url!r} is not this job's endpoint ({ENDPOINT_URLS[self.endpoint]}); set "
+                "endpoint: in the job spec, or split the input by url"
+            )
         body = {"model": self.spec.model, **self.params, **data["body"]}
         if self.endpoint == "chat":
             _check_messages(body.get("messages"), "body.messages")
@@ -264,8 +309,10 @@ class RequestBuilder:
             body["stream"] = True
         if body.get("stream") is True:
             if mode == "async":
-                raise _RowProblem("asks for stream: true, which Zhipu's async tasks cannot do: remove it, or use "
-                                  "provider.mode: stream")
+                raise _RowProblem(
+                    "asks for stream: true, which Zhipu's async tasks cannot do: remove it, or use "
+                    "provider.mode: stream"
+                )
             options = body.get("stream_options")
             body["stream_options"] = {**(options if isinstance(options, Mapping) else {}), "include_usage": True}
         return body
@@ -298,11 +345,18 @@ def _check_input(value: Any, name: str) -> None:
     if isinstance(value, str):
         _text(value, name)
         return
-    if isinstance(value, list) and value and (
+    if (
+        isinstance(value, list)
+        and value
+        and (
             all(isinstance(v, str) and v.strip() for v in value)
             or all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-            or all(isinstance(v, list) and v and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
-                   for v in value)):
+            or all(
+                isinstance(v, list) and v and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
+                for v in value
+            )
+        )
+    ):
         return
     raise _RowProblem(f"{name!r} must be a non-empty string, a list of strings, or token ids, got {_kind(value)}")
 

@@ -58,12 +58,20 @@ class Decision:
     retry_after: float | None = None  # seconds the server asked us to wait
 
 
-def classify(status: int | None, body: Any, headers: Mapping[str, str], transport_error: str | None = None,
-             table: ErrorTable = GENERIC) -> Decision:
+def classify(
+    status: int | None,
+    body: Any,
+    headers: Mapping[str, str],
+    transport_error: str | None = None,
+    table: ErrorTable = GENERIC,
+) -> Decision:
     """Sort one attempt's outcome into OK / RETRY / FAIL_ROW / STOP_RUN, by the provider's table first."""
     if status is None:
-        return Decision(Verdict.RETRY, transport_error or "connection_error",
-                        "no answer: " + (transport_error or "the connection failed"))
+        return Decision(
+            Verdict.RETRY,
+            transport_error or "connection_error",
+            "no answer: " + (transport_error or "the connection failed"),
+        )
     code, message = error_details(body)
     if status == 200:
         if not isinstance(body, Mapping):
@@ -100,7 +108,8 @@ def answer_problem(body: Mapping[str, Any]) -> tuple[str, str] | None:
     finish = first.get("finish_reason")
     filters = body.get("content_filter")  # Zhipu: [{role, level}]
     assistant_filtered = isinstance(filters, list) and any(
-        isinstance(f, Mapping) and f.get("role") == "assistant" for f in filters)
+        isinstance(f, Mapping) and f.get("role") == "assistant" for f in filters
+    )
     if finish in FILTERED_FINISH or assistant_filtered:
         return "content_filter", f"the answer was cut by content moderation (finish_reason: {finish})"
     return None
@@ -147,8 +156,9 @@ def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) ->
     return max(0.0, float(when.timestamp()) - (time.time() if now is None else now))
 
 
-def backoff_delay(attempt: int, *, base: float, cap: float, retry_after: float | None = None,
-                  jitter: float = 0.5) -> float:
+def backoff_delay(
+    attempt: int, *, base: float, cap: float, retry_after: float | None = None, jitter: float = 0.5
+) -> float:
     """Seconds to wait before attempt `attempt + 1`.
 
     The server's Retry-After wins when given; otherwise exponential from `base`, capped at `cap`, with

@@ -114,12 +114,16 @@ class RunDir:
         self.path = Path(path)
         if (self.path / MANIFEST).is_dir() or not self.path.is_dir():
             what = "no such folder" if not self.path.exists() else "not a folder"
-            raise RunDirError(f"{self.path} is not a batchrun run directory ({what}): pass the folder that holds "
-                              f"{RESULTS}, e.g. runs/<job name>")
+            raise RunDirError(
+                f"{self.path} is not a batchrun run directory ({what}): pass the folder that holds "
+                f"{RESULTS}, e.g. runs/<job name>"
+            )
         manifest = read_json(self.path / MANIFEST)
         if manifest is None:
-            raise RunDirError(f"{self.path} is not a batchrun run directory (no {MANIFEST}): pass the folder that "
-                              f"holds {RESULTS}, e.g. runs/<job name>")
+            raise RunDirError(
+                f"{self.path} is not a batchrun run directory (no {MANIFEST}): pass the folder that "
+                f"holds {RESULTS}, e.g. runs/<job name>"
+            )
         self.manifest = manifest
         self.job: dict[str, Any] = manifest.get("job") or {}
 
@@ -146,8 +150,9 @@ class RunDir:
         recorded = self.job.get("input") or {}
         known = {f.name for f in fields(InputSpec)}
         values = {k: v for k, v in recorded.items() if k in known and v is not None}
-        return InputSpec(**{**values, "path": Path(str(recorded.get("path"))),
-                            "format": str(recorded.get("format") or "jsonl")})
+        return InputSpec(
+            **{**values, "path": Path(str(recorded.get("path"))), "format": str(recorded.get("format") or "jsonl")}
+        )
 
     def lines(self, name: str, start: int = 0) -> Iterator[tuple[int, bytes]]:
         return complete_lines(self.path / name, start)

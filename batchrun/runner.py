@@ -38,16 +38,27 @@ FLUSH_EVERY_S = 1.0
 
 
 class RunLoop:
-    def __init__(self, prepared: Prepared, checkpoint: Checkpoint, state: ResumeState, base_url: str,
-                 key: str | None, progress: Progress, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        prepared: Prepared,
+        checkpoint: Checkpoint,
+        state: ResumeState,
+        base_url: str,
+        key: str | None,
+        progress: Progress,
+        log: Callable[[str], None],
+    ) -> None:
         spec = self.spec = prepared.spec
         self.t_wall0 = time.time()
         self.prepared, self.checkpoint, self.state, self.progress, self.log = prepared, checkpoint, state, progress, log
         self.ledger = Ledger(prepared, checkpoint, state, progress)
         self.errors = PRESETS[spec.provider.name].errors
         auth = make_auth(key, spec.provider.auth)
-        self.lane: Lane = (TaskLane(self, base_url, auth, prepared.builder.build, self._record_bad)
-                           if spec.provider.mode == "async" else OnlineLane(self, base_url, auth))
+        self.lane: Lane = (
+            TaskLane(self, base_url, auth, prepared.builder.build, self._record_bad)
+            if spec.provider.mode == "async"
+            else OnlineLane(self, base_url, auth)
+        )
         # A submission holds no slot while its task runs: what an async provider's "too many in flight" counts
         # is unknown (running tasks, most likely, which limits.max_pending caps), so there it is a plain 429.
         in_flight_codes = self.errors.concurrency if spec.provider.mode != "async" else frozenset()
@@ -178,8 +189,17 @@ class RunLoop:
 
     def retry_later(self, row: Row, decision: Decision, *, immediately: bool = False) -> None:
         retry = self.spec.retry
-        delay = 0.0 if immediately else backoff_delay(row.attempts, base=retry.backoff_s, cap=retry.max_backoff_s,
-                                                      retry_after=decision.retry_after, jitter=random.random())
+        delay = (
+            0.0
+            if immediately
+            else backoff_delay(
+                row.attempts,
+                base=retry.backoff_s,
+                cap=retry.max_backoff_s,
+                retry_after=decision.retry_after,
+                jitter=random.random(),
+            )
+        )
 
         def ready() -> None:
             self.backoffs.discard(handle)
@@ -194,8 +214,15 @@ class RunLoop:
 
     # --- records -------------------------------------------------------------------------------------
 
-    def record(self, row: Row, reply: Reply, decision: Decision | None, *, part: Request | None = None,
-               batch: dict[str, int] | None = None) -> None:
+    def record(
+        self,
+        row: Row,
+        reply: Reply,
+        decision: Decision | None,
+        *,
+        part: Request | None = None,
+        batch: dict[str, int] | None = None,
+    ) -> None:
         self.ledger.record(row, reply, decision, self.lane.annotate, part=part, batch=batch)
 
     def _record_bad(self, bad: BadRow) -> None:
@@ -221,8 +248,10 @@ class RunLoop:
         if status in (401, 403):
             why = f"the provider refused the key ({decision.message}); check ${env}"
         else:
-            why = (f"the provider refused the account ({decision.code}: {decision.message}); top up or wait "
-                   "for the quota to reset")
+            why = (
+                f"the provider refused the account ({decision.code}: {decision.message}); top up or wait "
+                "for the quota to reset"
+            )
         self.error = FatalProviderError(why)
         self.stop(RunState.STOPPED, why)
 
@@ -238,8 +267,10 @@ class RunLoop:
         """Ctrl-C / SIGTERM: stop taking rows and let in-flight requests finish; a second one cancels them."""
         self.interrupts += 1
         if self.interrupts == 1:
-            self.log(f"stopping: waiting up to {STOP_GRACE_S:.0f} s for {self.gate.inflight} requests in flight "
-                     "(Ctrl-C again to stop at once)")
+            self.log(
+                f"stopping: waiting up to {STOP_GRACE_S:.0f} s for {self.gate.inflight} requests in flight "
+                "(Ctrl-C again to stop at once)"
+            )
             self.stop(RunState.INTERRUPTED, "interrupted")
         else:
             for attempt in self.attempts:

@@ -41,9 +41,14 @@ class RunOutcome:
     tasks_pending: int = 0  # async: tasks submitted and still to be collected by a resumed run
 
 
-
-async def run_job(spec: JobSpec, *, fresh: bool = False, progress: bool = True,
-                  log: Callable[[str], None] = print, retry_codes: Collection[str] | None = None) -> RunOutcome:
+async def run_job(
+    spec: JobSpec,
+    *,
+    fresh: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    retry_codes: Collection[str] | None = None,
+) -> RunOutcome:
     """Run (or resume) a job to the end, an interrupt, or an error that dooms every row.
 
     `retry_codes` (retry-failed): first drop the failure records with these error codes (empty: all of them),
@@ -65,18 +70,28 @@ def _failure_with_code(codes: frozenset[str], rec: Mapping[str, Any]) -> bool:
     return code != DUPLICATE_ID and (not codes or code in codes)
 
 
-async def _run_opened(prepared: Prepared, checkpoint: Checkpoint, state: ResumeState, key: str | None,
-                      show_progress: bool, log: Callable[[str], None]) -> RunOutcome:
+async def _run_opened(
+    prepared: Prepared,
+    checkpoint: Checkpoint,
+    state: ResumeState,
+    key: str | None,
+    show_progress: bool,
+    log: Callable[[str], None],
+) -> RunOutcome:
     spec = prepared.spec
     total = prepared.scan.rows
     if state.archived_to is not None:
         log(f"--fresh: the earlier run's files were moved to {state.archived_to}")
         if state.abandoned_tasks:
-            log(f"warning: --fresh gave up {state.abandoned_tasks} async task(s) of the earlier run that were "
-                f"still pending (already paid for); their ids are in {state.archived_to / 'tasks.jsonl'}")
+            log(
+                f"warning: --fresh gave up {state.abandoned_tasks} async task(s) of the earlier run that were "
+                f"still pending (already paid for); their ids are in {state.archived_to / 'tasks.jsonl'}"
+            )
     if state.released:
-        log(f"sending {state.released} failed row(s) again (their old failure records are kept in "
-            f"{display_path(spec.output_dir / 'previous')})")
+        log(
+            f"sending {state.released} failed row(s) again (their old failure records are kept in "
+            f"{display_path(spec.output_dir / 'previous')})"
+        )
     if state.repaired_lines:
         log(f"repaired {state.repaired_lines} torn line(s) left by an interrupted write")
     if state.unreadable_lines:
@@ -116,12 +131,21 @@ async def _run_opened(prepared: Prepared, checkpoint: Checkpoint, state: ResumeS
         checkpoint.set_state(final_state.value, reason=runner.reason)
     if runner.crash is not None:
         raise runner.crash
-    return RunOutcome(spec, final_state, code, total, pending, state.usage, time.monotonic() - t0,
-                      state.done.count - done_before, runner.reason, runner.lane.held)
+    return RunOutcome(
+        spec,
+        final_state,
+        code,
+        total,
+        pending,
+        state.usage,
+        time.monotonic() - t0,
+        state.done.count - done_before,
+        runner.reason,
+        runner.lane.held,
+    )
 
 
-async def list_provider_models(name: str, base_url: str | None = None, api_key_env: str | None = None
-                               ) -> list[str]:
+async def list_provider_models(name: str, base_url: str | None = None, api_key_env: str | None = None) -> list[str]:
     """The preset's models, with the key from its environment variable (a simulated one when needed)."""
     from .providers.openai import list_models
 

@@ -26,14 +26,20 @@ def stream_events(answer: dict[str, Any], include_usage: bool) -> list[dict[str,
     """An answer as the server-sent chunks a provider streams: for each choice its role, reasoning and content in
     pieces (or text pieces, for /completions), then its finish_reason; usage last when asked for."""
     text = answer["object"] == "text_completion"
-    head = {"id": answer["id"], "object": "text_completion" if text else "chat.completion.chunk",
-            "created": answer["created"], "model": answer["model"]}
+    head = {
+        "id": answer["id"],
+        "object": "text_completion" if text else "chat.completion.chunk",
+        "created": answer["created"],
+        "model": answer["model"],
+    }
     events: list[dict[str, Any]] = []
     for choice in answer["choices"]:
         index = choice["index"]
         if text:  # /completions: pieces of text, no deltas; the last chunk has text "" and the finish_reason
-            events += [{**head, "choices": [{"index": index, "text": t, "logprobs": None, "finish_reason": None}]}
-                       for t in pieces(choice["text"])]
+            events += [
+                {**head, "choices": [{"index": index, "text": t, "logprobs": None, "finish_reason": None}]}
+                for t in pieces(choice["text"])
+            ]
             last = {"index": index, "text": "", "logprobs": None, "finish_reason": choice["finish_reason"]}
         else:
             message = choice["message"]
@@ -54,8 +60,9 @@ def choice_count(body: dict[str, Any]) -> int:
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
 
 
-def completion_answer(body: dict[str, Any], prompts: list[str], key: bytes, prompt_tokens: int, *, text: bool
-                ) -> dict[str, Any]:
+def completion_answer(
+    body: dict[str, Any], prompts: list[str], key: bytes, prompt_tokens: int, *, text: bool
+) -> dict[str, Any]:
     """A deterministic answer: `n` choices for each prompt, each an echo of the prompt's last line cut to
     max_tokens. The id is new every time, as a provider's is."""
     limit = max_output_tokens(body)
@@ -71,17 +78,22 @@ def completion_answer(body: dict[str, Any], prompts: list[str], key: bytes, prom
         for _ in range(choice_count(body)):
             completion_tokens += estimate_tokens(content)
             index = len(choices)
-            choices.append({"index": index, "text": content, "logprobs": None, "finish_reason": finish} if text else
-                           {"index": index, "message": {"role": "assistant", "content": content},
-                            "finish_reason": finish})
+            choices.append(
+                {"index": index, "text": content, "logprobs": None, "finish_reason": finish}
+                if text
+                else {"index": index, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
+            )
     return {
         "id": f"{'cmpl' if text else 'chatcmpl'}-sim-{uuid.uuid4().hex[:24]}",
         "object": "text_completion" if text else "chat.completion",
         "created": int(time.time()),
         "model": body.get("model", "sim-small"),
         "choices": choices,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
     }
 
 
@@ -104,7 +116,7 @@ def decode_task(text: str) -> dict[str, Any] | None:
 
 def pieces(text: str) -> list[str]:
     step = max(1, len(text) // 3)
-    return [text[i:i + step] for i in range(0, len(text), step)]
+    return [text[i : i + step] for i in range(0, len(text), step)]
 
 
 def prompt_texts(kind: str, body: Any) -> list[str] | None:
@@ -156,10 +168,19 @@ def embeddings_answer(body: dict[str, Any], texts: list[str], prompt_tokens: int
         norm = math.sqrt(sum(v * v for v in raw)) or 1.0
         vector = [round(v / norm, 6) for v in raw]
         encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-        data.append({"object": "embedding", "index": i,
-                     "embedding": encoded if body.get("encoding_format") == "base64" else vector})
-    return {"object": "list", "data": data, "model": body.get("model", "sim-embedding"),
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+        data.append(
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": encoded if body.get("encoding_format") == "base64" else vector,
+            }
+        )
+    return {
+        "object": "list",
+        "data": data,
+        "model": body.get("model", "sim-embedding"),
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
 
 
 def apply_answer_quirks(answer: dict[str, Any], directives: dict[str, str]) -> None:

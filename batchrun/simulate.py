@@ -239,8 +239,11 @@ class SimProvider:
         kind = request.match_info.get("kind", "chat")
         texts = prompt_texts(kind, body)
         if texts is None:
-            need = {"chat": "messages must be a non-empty list", "completions": "prompt must be a non-empty string",
-                    "embeddings": "input must be a non-empty string or list of strings"}[kind]
+            need = {
+                "chat": "messages must be a non-empty list",
+                "completions": "prompt must be a non-empty string",
+                "embeddings": "input must be a non-empty string or list of strings",
+            }[kind]
             return self._answer(400, error_body("invalid_request_error", need))
         if self.cfg.models is not None and body.get("model") not in self.cfg.models:
             return self._answer(404, unknown_model(str(body.get("model"))))
@@ -256,8 +259,11 @@ class SimProvider:
         for name in ("error", "ma-error"):
             if directives.get(name):
                 status_text, _, code = directives[name].partition(":")
-                body = ({"error_code": code, "error_msg": f"simulated {code}"} if name == "ma-error"
-                        else error_body(code, f"simulated {code}"))
+                body = (
+                    {"error_code": code, "error_msg": f"simulated {code}"}
+                    if name == "ma-error"
+                    else error_body(code, f"simulated {code}")
+                )
                 return self._answer(int(status_text), body)
         if attempt <= int(float(directives.get("legacy") or 0)):
             return self._answer(200, {"error_code": 336501, "error_msg": "Rate limit reached for RPM"})
@@ -271,8 +277,9 @@ class SimProvider:
         if now < self.storm_until:
             self.injected["storm 429"] += 1
             headers = {"Retry-After": str(math.ceil(self.storm_until - now))} if self.cfg.retry_after else None
-            return self._answer(429, error_body("1305", "The service may be temporarily overloaded, please try again "
-                                            "later"), headers)
+            return self._answer(
+                429, error_body("1305", "The service may be temporarily overloaded, please try again later"), headers
+            )
         if attempt <= int(float(directives.get("429") or 0)):
             wait = directives.get("retry-after") or "1"
             return self._answer(429, error_body("rate_limit_exceeded", "simulated rate limit"), {"Retry-After": wait})
@@ -298,8 +305,11 @@ class SimProvider:
             return web.Response(status=200, body=b'{"id": "x", "choices": [{"mess', content_type="application/json")
         if attempt <= int(float(directives.get("html") or 0)):
             self.responses[500] += 1
-            return web.Response(status=500, content_type="text/html",
-                                text="<html><body><h1>500 Internal Server Error</h1><p>nginx</p></body></html>")
+            return web.Response(
+                status=500,
+                content_type="text/html",
+                text="<html><body><h1>500 Internal Server Error</h1><p>nginx</p></body></html>",
+            )
         return _Call(kind, body, texts, key, attempt, directives, prompt_tokens, request_id)
 
     async def _work(self, delay: float) -> None:
@@ -372,8 +382,9 @@ class SimProvider:
         if not gone:
             heapq.heappush(self.running, now + duration)
         self.max_tasks_running = max(self.max_tasks_running, self._tasks_running(now))
-        return self._answer(200, {"id": task, "request_id": call.request_id, "model": answer["model"],
-                                  "task_status": "PROCESSING"})
+        return self._answer(
+            200, {"id": task, "request_id": call.request_id, "model": answer["model"], "task_status": "PROCESSING"}
+        )
 
     async def task_result(self, request: web.Request) -> web.Response:
         self.polls += 1
@@ -390,20 +401,21 @@ class SimProvider:
             return self._answer(200, {**head, "task_status": "FAIL"})
         return self._answer(200, {**task["answer"], **head, "task_status": "SUCCESS"})
 
-    async def _stream(self, request: web.Request, answer: dict[str, Any], include_usage: bool, cut: bool,
-                      request_id: str) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, answer: dict[str, Any], include_usage: bool, cut: bool, request_id: str
+    ) -> web.StreamResponse:
         """The answer as server-sent chat.completion.chunk events: role, reasoning, content in pieces,
         finish_reason, then usage (when asked) and [DONE]."""
         self.responses[200] += 1
-        resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream",
-                                                       "x-request-id": request_id})
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", "x-request-id": request_id})
         try:
             return await self._send_events(request, resp, answer, include_usage, cut)
         except ConnectionError:  # the client went away (timed out, killed): nothing to tell it
             return resp
 
-    async def _send_events(self, request: web.Request, resp: web.StreamResponse, answer: dict[str, Any],
-                           include_usage: bool, cut: bool) -> web.StreamResponse:
+    async def _send_events(
+        self, request: web.Request, resp: web.StreamResponse, answer: dict[str, Any], include_usage: bool, cut: bool
+    ) -> web.StreamResponse:
         await resp.prepare(request)
         events = stream_events(answer, include_usage)
         for i, event in enumerate(events):
@@ -426,8 +438,9 @@ class SimProvider:
         wait = max(waits, default=0.0)
         if wait > 0:
             headers = {"Retry-After": str(max(1, math.ceil(wait)))} if self.cfg.retry_after else None
-            return self._answer(429, error_body("rate_limit_exceeded", "Rate limit reached, please retry later"),
-                                headers)
+            return self._answer(
+                429, error_body("rate_limit_exceeded", "Rate limit reached, please retry later"), headers
+            )
         if self.rpm is not None:
             self.rpm.take(1)
         if self.tpm is not None and reserve:
@@ -437,13 +450,13 @@ class SimProvider:
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
-                        headers=headers)
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
 @contextlib.asynccontextmanager
-async def serve(cfg: SimulateSpec, host: str = "127.0.0.1", port: int = 0,
-                sim: SimProvider | None = None) -> AsyncIterator[str]:
+async def serve(
+    cfg: SimulateSpec, host: str = "127.0.0.1", port: int = 0, sim: SimProvider | None = None
+) -> AsyncIterator[str]:
     """Serve a simulated provider in the running loop; yields its base URL."""
     runner = web.AppRunner((sim or SimProvider(cfg)).app(), access_log=None, handle_signals=False)
     await runner.setup()

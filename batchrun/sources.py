@@ -47,8 +47,9 @@ def _open_parquet(path: Path) -> Any:
         raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
 
 
-def iter_rows(spec: InputSpec, skip: Callable[[int], bool] | None = None,
-              columns: list[str] | None = None) -> Iterator[RawRow]:
+def iter_rows(
+    spec: InputSpec, skip: Callable[[int], bool] | None = None, columns: list[str] | None = None
+) -> Iterator[RawRow]:
     """Yield the input's rows in order; rows for which `skip(row)` is true are passed over unparsed. `columns`
     narrows what a Parquet input decodes (by default, what the requests are built from)."""
     if spec.format == "parquet":

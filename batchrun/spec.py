@@ -6,13 +6,14 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
 from .errors import InputError, SpecError
 from .presets import AUTHS, ENDPOINTS, MODES, PRESETS, TPM_ACCOUNTING, Auth, Endpoint, Mode, Preset, TpmAccounting
 from .pricing import Price, parse_prices
+from .spec_section import Section, choice, names, seconds_range
 
 INPUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 RESERVED_PARAMS = {"model": "model", "messages": "input.messages_field / input.prompt_field / input.template"}
@@ -111,9 +112,13 @@ class JobSpec:
             "model": self.model,
             "endpoint": self.endpoint,
             "params": dict(self.params),
-            "provider": {"name": self.provider.name, "base_url": self.provider.base_url,
-                         "api_key_env": self.provider.api_key_env, "mode": self.provider.mode,
-                         "auth": self.provider.auth},
+            "provider": {
+                "name": self.provider.name,
+                "base_url": self.provider.base_url,
+                "api_key_env": self.provider.api_key_env,
+                "mode": self.provider.mode,
+                "auth": self.provider.auth,
+            },
             "limits": vars(self.limits),
             "retry": vars(self.retry),
             "output_dir": str(self.output_dir),
@@ -133,87 +138,6 @@ def template_fields(template: str) -> tuple[str, ...]:
         if top not in names:
             names.append(top)
     return tuple(names)
-
-
-class _Section:
-    """Reads one mapping of the spec, naming the full key in every error, and rejects unknown keys."""
-
-    def __init__(self, where: str, data: Any, allowed: set[str], source: str) -> None:
-        if not isinstance(data, Mapping):
-            raise SpecError(f"{source}: {where or 'the spec'} must be a mapping, got {_kind(data)}")
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            key = f"{where}.{unknown[0]}" if where else str(unknown[0])
-            raise SpecError(f"{source}: unknown key '{key}' (allowed here: {', '.join(sorted(allowed))})")
-        self.where, self.data, self.source = where, data, source
-
-    def key(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
-
-    def fail(self, name: str, what: str) -> SpecError:
-        return SpecError(f"{self.source}: {self.key(name)} {what}")
-
-    def text(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
-        value = self.data.get(name)
-        if value is None:
-            if required:
-                raise self.fail(name, "is required")
-            return default
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(name, f"must be a non-empty string, got {_kind(value)}")
-        return value
-
-    def number(self, name: str, default: float | None = None, *, minimum: float = 0.0,
-               inclusive: bool = False) -> float | None:
-        value = self.data.get(name)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(name, f"must be a number, got {_kind(value)}")
-        if value < minimum or (value == minimum and not inclusive):
-            bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
-            raise self.fail(name, f"must be {bound}, got {value}")
-        return float(value)
-
-    def integer(self, name: str, default: int | None = None, *, minimum: int = 1) -> int | None:
-        value = self.data.get(name)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(name, f"must be a whole number, got {_kind(value)}")
-        if value < minimum:
-            raise self.fail(name, f"must be >= {minimum}, got {value}")
-        return value
-
-    def boolean(self, name: str, default: bool) -> bool:
-        value = self.data.get(name, default)
-        if not isinstance(value, bool):
-            raise self.fail(name, f"must be true or false, got {_kind(value)}")
-        return value
-
-    def mapping(self, name: str) -> Mapping[str, Any] | None:
-        value = self.data.get(name)
-        if value is None:
-            return None
-        if not isinstance(value, Mapping):
-            raise self.fail(name, f"must be a mapping, got {_kind(value)}")
-        return value
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, str):
-        return f"the string {value!r}"
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, (int, float)):
-        return f"the number {value}"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return type(value).__name__
 
 
 def load_spec(path: str | Path, *, cwd: Path | None = None) -> JobSpec:
@@ -236,8 +160,12 @@ def load_spec(path: str | Path, *, cwd: Path | None = None) -> JobSpec:
 
 
 def parse_spec(data: Any, *, spec_path: Path, source: str, cwd: Path) -> JobSpec:
-    top = _Section("", data, {"name", "input", "model", "endpoint", "params", "provider", "limits", "retry",
-                              "output_dir", "pricing"}, source)
+    top = Section(
+        "",
+        data,
+        {"name", "input", "model", "endpoint", "params", "provider", "limits", "retry", "output_dir", "pricing"},
+        source,
+    )
     base = spec_path.parent
     name = top.text("name", spec_path.stem)
     assert name is not None
@@ -253,12 +181,13 @@ def parse_spec(data: Any, *, spec_path: Path, source: str, cwd: Path) -> JobSpec
 
     output = top.text("output_dir")
     output_dir = (base / output) if output else (cwd / "runs" / name)
-    endpoint = _choice(top, "endpoint", ENDPOINTS, "chat")
+    endpoint = choice(top, "endpoint", ENDPOINTS, "chat")
     provider = _parse_provider(top.data.get("provider"), source)
     preset = PRESETS[provider.name]
     if endpoint not in preset.endpoints:
-        raise top.fail("endpoint", f"{endpoint!r} is not offered by {preset.title} (it offers: "
-                                   f"{', '.join(preset.endpoints)})")
+        raise top.fail(
+            "endpoint", f"{endpoint!r} is not offered by {preset.title} (it offers: {', '.join(preset.endpoints)})"
+        )
     if provider.mode != "sync" and endpoint == "embeddings":
         raise SpecError(f"{source}: provider.mode {provider.mode!r} does not apply to embeddings: leave it as sync")
     if provider.mode == "async" and endpoint != "chat":
@@ -279,14 +208,15 @@ def parse_spec(data: Any, *, spec_path: Path, source: str, cwd: Path) -> JobSpec
     )
 
 
-def _parse_input(top: _Section, base: Path, source: str) -> InputSpec:
+def _parse_input(top: Section, base: Path, source: str) -> InputSpec:
     raw = top.data.get("input")
     if raw is None:
         raise top.fail("input", "is required: a path to a .jsonl or .parquet file, or a mapping with 'path'")
     if isinstance(raw, str):
         raw = {"path": raw}
-    sec = _Section("input", raw, {"path", "format", "id_field", "messages_field", "prompt_field", "template",
-                                  "system"}, source)
+    sec = Section(
+        "input", raw, {"path", "format", "id_field", "messages_field", "prompt_field", "template", "system"}, source
+    )
     rel = sec.text("path", required=True)
     assert rel is not None
     path = (base / rel).resolve()
@@ -302,8 +232,9 @@ def _parse_input(top: _Section, base: Path, source: str) -> InputSpec:
 
     chosen = [k for k in ("messages_field", "prompt_field", "template") if sec.data.get(k) is not None]
     if len(chosen) > 1:
-        raise SpecError(f"{source}: input.{chosen[0]} and input.{chosen[1]} both given: choose one way to "
-                        "build the messages")
+        raise SpecError(
+            f"{source}: input.{chosen[0]} and input.{chosen[1]} both given: choose one way to build the messages"
+        )
     template = sec.text("template")
     if template is not None:
         try:
@@ -326,7 +257,7 @@ def _parse_provider(raw: Any, source: str) -> ProviderSpec:
         raise SpecError(f"{source}: provider is required, e.g. provider: {{name: simulated}}")
     if isinstance(raw, str):
         raw = {"name": raw}
-    sec = _Section("provider", raw, {"name", "base_url", "api_key_env", "simulate", "mode", "auth"}, source)
+    sec = Section("provider", raw, {"name", "base_url", "api_key_env", "simulate", "mode", "auth"}, source)
     name = sec.text("name", required=True)
     assert name is not None
     preset = PRESETS.get(name)
@@ -347,21 +278,46 @@ def _parse_provider(raw: Any, source: str) -> ProviderSpec:
         simulate = parse_simulate(sim_raw, "provider.simulate", source)
     elif name == "simulated" and not base_url:
         simulate = SimulateSpec()
-    mode = _choice(sec, "mode", MODES, "sync")
+    mode = choice(sec, "mode", MODES, "sync")
     if mode not in preset.modes:
         raise sec.fail("mode", f"{mode!r} is not offered by {preset.title} (it offers: {', '.join(preset.modes)})")
-    auth = _choice(sec, "auth", AUTHS, "bearer")
+    auth = choice(sec, "auth", AUTHS, "bearer")
     if auth not in preset.auths:
         raise sec.fail("auth", f"{auth!r} is not offered by {preset.title} (it offers: {', '.join(preset.auths)})")
-    return ProviderSpec(name=name, base_url=base_url, api_key_env=api_key_env,
-                        key_required=preset.key_required, simulate=simulate, mode=mode, auth=auth)
+    return ProviderSpec(
+        name=name,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        key_required=preset.key_required,
+        simulate=simulate,
+        mode=mode,
+        auth=auth,
+    )
 
 
 def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
-    sec = _Section(where, raw, {"rpm", "tpm", "latency", "latency_dist", "error_rate", "seed", "retry_after",
-                                "rate_headers", "tpm_accounting", "task_s", "drop_rate", "slow_rate", "slow_s",
-                                "max_inflight", "models"},
-                   source)
+    sec = Section(
+        where,
+        raw,
+        {
+            "rpm",
+            "tpm",
+            "latency",
+            "latency_dist",
+            "error_rate",
+            "seed",
+            "retry_after",
+            "rate_headers",
+            "tpm_accounting",
+            "task_s",
+            "drop_rate",
+            "slow_rate",
+            "slow_s",
+            "max_inflight",
+            "models",
+        },
+        source,
+    )
     shares = {}
     for name in ("error_rate", "drop_rate", "slow_rate"):
         share = sec.number(name, 0.0, inclusive=True) or 0.0
@@ -380,61 +336,38 @@ def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
         seed=sec.integer("seed", 0, minimum=0) or 0,
         retry_after=sec.boolean("retry_after", True),
         rate_headers=sec.boolean("rate_headers", False),
-        latency_dist=_choice(sec, "latency_dist", LATENCY_DISTS, "lognormal"),
-        tpm_accounting=_choice(sec, "tpm_accounting", ("reserve", "actual"), "reserve"),
-        task_s=_range(sec, "task_s", SimulateSpec.task_s),
-        models=_names(sec, "models"),
+        latency_dist=choice(sec, "latency_dist", LATENCY_DISTS, "lognormal"),
+        tpm_accounting=choice(sec, "tpm_accounting", ("reserve", "actual"), "reserve"),
+        task_s=seconds_range(sec, "task_s", SimulateSpec.task_s),
+        models=names(sec, "models"),
     )
-
-
-def _names(sec: _Section, name: str) -> tuple[str, ...] | None:
-    value = sec.data.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
-        raise sec.fail(name, f"must be a list of names, got {_kind(value)}")
-    return tuple(value)
-
-
-def _range(sec: _Section, name: str, default: tuple[float, float]) -> tuple[float, float]:
-    """A number of seconds, or [low, high] for a uniform draw between them."""
-    value = sec.data.get(name)
-    if value is None:
-        return default
-    pair = value if isinstance(value, list) else [value, value]
-    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in pair) \
-            or pair[0] > pair[1]:
-        raise sec.fail(name, f"must be seconds (a number >= 0) or [low, high], got {_kind(value)}")
-    return float(pair[0]), float(pair[1])
-
-
-C = TypeVar("C", bound=str)
-
-
-def _choice(sec: _Section, name: str, choices: tuple[C, ...], default: C) -> C:
-    value = sec.text(name, default)
-    for choice in choices:
-        if value == choice:
-            return choice
-    raise sec.fail(name, f"must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _parse_limits(raw: Any, source: str, preset: Preset, endpoint: Endpoint) -> Limits:
     """The limits, with what the spec leaves out settled from the preset here, once."""
-    sec = _Section("limits", {} if raw is None else raw, {"rpm", "tpm", "concurrency", "tpm_accounting", "poll_rps",
-                                                          "max_pending", "batch_size"}, source)
+    sec = Section(
+        "limits",
+        {} if raw is None else raw,
+        {"rpm", "tpm", "concurrency", "tpm_accounting", "poll_rps", "max_pending", "batch_size"},
+        source,
+    )
     d = Limits()
     batch_size = (sec.integer("batch_size") or preset.embedding_batch) if endpoint == "embeddings" else 1
-    return Limits(rpm=sec.number("rpm"), tpm=sec.number("tpm"), concurrency=sec.integer("concurrency"),
-                  tpm_accounting=_choice(sec, "tpm_accounting", TPM_ACCOUNTING, preset.tpm_accounting),
-                  poll_rps=sec.number("poll_rps", d.poll_rps) or d.poll_rps,
-                  max_pending=sec.integer("max_pending", d.max_pending) or d.max_pending, batch_size=batch_size)
+    return Limits(
+        rpm=sec.number("rpm"),
+        tpm=sec.number("tpm"),
+        concurrency=sec.integer("concurrency"),
+        tpm_accounting=choice(sec, "tpm_accounting", TPM_ACCOUNTING, preset.tpm_accounting),
+        poll_rps=sec.number("poll_rps", d.poll_rps) or d.poll_rps,
+        max_pending=sec.integer("max_pending", d.max_pending) or d.max_pending,
+        batch_size=batch_size,
+    )
 
 
 def _parse_retry(raw: Any, source: str) -> RetrySpec:
     if raw is None:
         return RetrySpec()
-    sec = _Section("retry", raw, {"max_attempts", "timeout_s", "backoff_s", "max_backoff_s"}, source)
+    sec = Section("retry", raw, {"max_attempts", "timeout_s", "backoff_s", "max_backoff_s"}, source)
     d = RetrySpec()
     return RetrySpec(
         max_attempts=sec.integer("max_attempts", d.max_attempts) or d.max_attempts,

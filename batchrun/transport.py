@@ -33,18 +33,30 @@ class Reply:
 
 def new_session(concurrency: int) -> aiohttp.ClientSession:
     """One pooled session per run; the connection cap follows the run's concurrency."""
-    connector = aiohttp.TCPConnector(limit=max(1, concurrency), limit_per_host=0, ttl_dns_cache=300,
-                                     enable_cleanup_closed=True)
-    return aiohttp.ClientSession(connector=connector, json_serialize=lambda o: orjson.dumps(o).decode(),
-                                 auto_decompress=True, raise_for_status=False)
+    connector = aiohttp.TCPConnector(
+        limit=max(1, concurrency), limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        json_serialize=lambda o: orjson.dumps(o).decode(),
+        auto_decompress=True,
+        raise_for_status=False,
+    )
 
 
-async def fetch_json(http: aiohttp.ClientSession, method: str, url: str, headers: Mapping[str, str],
-                     timeout: float, payload: bytes | None = None) -> Reply:
+async def fetch_json(
+    http: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    timeout: float,
+    payload: bytes | None = None,
+) -> Reply:
     start = time.monotonic()
     try:
-        async with http.request(method, url, data=payload, headers=headers,
-                                timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+        async with http.request(
+            method, url, data=payload, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as resp:
             raw = await resp.read()
             status, resp_headers = resp.status, resp.headers
     except NO_ANSWER as exc:

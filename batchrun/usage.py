@@ -19,8 +19,17 @@ class ModelUsage:
     total_tokens: int = 0
 
 
-COUNTERS = ("rows_succeeded", "rows_failed", "requests", "retries", "rate_limited", "polls", "prompt_tokens",
-            "completion_tokens", "total_tokens")
+COUNTERS = (
+    "rows_succeeded",
+    "rows_failed",
+    "requests",
+    "retries",
+    "rate_limited",
+    "polls",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+)
 
 
 @dataclass

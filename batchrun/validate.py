@@ -62,8 +62,11 @@ def validate(prepared: Prepared) -> Validation:
 
 def validation_lines(prepared: Prepared, report: Validation) -> list[str]:
     spec, builder = prepared.spec, prepared.builder
-    ids = (f"from field {builder.id_field!r}" if builder.id_field
-           else "each row's own custom_id or id (its row number when it has none)")
+    ids = (
+        f"from field {builder.id_field!r}"
+        if builder.id_field
+        else "each row's own custom_id or id (its row number when it has none)"
+    )
     lines = [
         f"{display_path(spec.spec_path)}: {'ok' if report.ok else 'problems found'}",
         f"  input: {display_path(spec.input.path)} ({spec.input.format}), {report.rows} rows",
@@ -73,8 +76,10 @@ def validation_lines(prepared: Prepared, report: Validation) -> list[str]:
         f"  run directory: {display_path(spec.output_dir)}",
     ]
     if report.problem_count:
-        lines.append(f"  {report.problem_count} problem(s)"
-                     + (f", the first {MAX_LISTED}:" if report.problem_count > MAX_LISTED else ":"))
+        lines.append(
+            f"  {report.problem_count} problem(s)"
+            + (f", the first {MAX_LISTED}:" if report.problem_count > MAX_LISTED else ":")
+        )
         lines += [f"    {p}" for p in report.problems]
         lines.append("  submit would record rows with problems in failures.jsonl and send the rest")
     return lines

@@ -28,8 +28,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
-def make_job(tmp_path: Path, base_url: str, rows: list[Any] | None = None, *, n: int = 20, name: str = "job",
-             **overrides: Any) -> Path:
+def make_job(
+    tmp_path: Path, base_url: str, rows: list[Any] | None = None, *, n: int = 20, name: str = "job", **overrides: Any
+) -> Path:
     """Write a job spec (and, unless `input` is overridden, a JSONL input of `n` prompts)."""
     spec: dict[str, Any] = {
         "name": name,
@@ -59,5 +60,9 @@ def submit(job: Path, *extra: str, env: dict[str, str] | None = None) -> Result:
 
 def spawn_submit(job: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """`batchrun submit` in its own process, for kill and signal tests."""
-    return subprocess.Popen([sys.executable, "-m", "batchrun.cli", "submit", str(job), "--no-progress", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchrun.cli", "submit", str(job), "--no-progress", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )

@@ -14,10 +14,24 @@ FP = {"input": "abc", "model": "m"}
 
 
 def record(row: int, *, failed: bool = False, tokens: int = 10) -> dict[str, object]:
-    response = None if failed else {"status_code": 200, "body": {"usage": {
-        "prompt_tokens": tokens, "completion_tokens": 2, "total_tokens": tokens + 2}}}
-    return {"row": row, "id": f"batch_req_{row}", "custom_id": f"r{row}", "model": "m", "response": response,
-            "error": {"code": "http_400", "message": "bad"} if failed else None, "attempts": 1, "rate_limited": 0}
+    response = (
+        None
+        if failed
+        else {
+            "status_code": 200,
+            "body": {"usage": {"prompt_tokens": tokens, "completion_tokens": 2, "total_tokens": tokens + 2}},
+        }
+    )
+    return {
+        "row": row,
+        "id": f"batch_req_{row}",
+        "custom_id": f"r{row}",
+        "model": "m",
+        "response": response,
+        "error": {"code": "http_400", "message": "bad"} if failed else None,
+        "attempts": 1,
+        "rate_limited": 0,
+    }
 
 
 def test_record_row_fast_and_slow_paths() -> None:

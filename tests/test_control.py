@@ -34,8 +34,9 @@ def test_slot_counter_counts_ranges_and_forgets_old_slots() -> None:
     assert c.count(1.1, 1.2) == 1
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("6m0s", 360.0), ("1m30.5s", 90.5), ("20ms", 0.02), ("1s", 1.0), ("2", 2.0), ("1h2m", 3720.0)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("6m0s", 360.0), ("1m30.5s", 90.5), ("20ms", 0.02), ("1s", 1.0), ("2", 2.0), ("1h2m", 3720.0)]
+)
 def test_go_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
@@ -46,8 +47,14 @@ def test_bad_durations() -> None:
 
 
 def test_rate_hints() -> None:
-    hints = rate_hints({"x-ratelimit-limit-requests": "6000", "x-ratelimit-remaining-requests": "0",
-                        "x-ratelimit-reset-requests": "120ms", "x-ratelimit-limit-tokens": "150000"})
+    hints = rate_hints(
+        {
+            "x-ratelimit-limit-requests": "6000",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "120ms",
+            "x-ratelimit-limit-tokens": "150000",
+        }
+    )
     assert hints is not None
     assert (hints.limit_requests, hints.remaining_requests, hints.limit_tokens) == (6000, 0, 150000)
     assert hints.reset_requests_s == pytest.approx(0.12)
@@ -64,8 +71,9 @@ def test_configured_ceiling_and_stray_429() -> None:
     assert rc.rate == pytest.approx(100 * HEADROOM)  # a lone 429 is bad luck: the brake is undone
 
 
-def run_against_bucket(limit: float, seconds: float, offered: float = 400.0, seed: int = 1) -> tuple[
-        RateController, int, int]:
+def run_against_bucket(
+    limit: float, seconds: float, offered: float = 400.0, seed: int = 1
+) -> tuple[RateController, int, int]:
     """Closed loop with a fake clock: a client offering `offered` requests/s, paced by the controller,
     against a provider bucket holding one second of `limit`. 429s answer at once, the rest later."""
     rng = random.Random(seed)
@@ -211,8 +219,14 @@ def test_throttle_takes_limits_from_headers_and_settles_tpm() -> None:
         assert throttle.tpm is not None
         spent = lambda: throttle.tpm.bucket.capacity - throttle.tpm.bucket.level  # type: ignore[union-attr]  # noqa: E731
         assert spent() == pytest.approx(500, abs=1)
-        throttle.done(ticket, reply(200, {"x-ratelimit-limit-requests": "600"},
-                                    {"choices": [{}], "usage": {"prompt_tokens": 100, "completion_tokens": 20}}))
+        throttle.done(
+            ticket,
+            reply(
+                200,
+                {"x-ratelimit-limit-requests": "600"},
+                {"choices": [{}], "usage": {"prompt_tokens": 100, "completion_tokens": 20}},
+            ),
+        )
         assert spent() == pytest.approx(120, abs=1)  # 380 unused tokens came back
         assert throttle.rates.ceiling == pytest.approx(10.0)
         assert throttle.gate.inflight == 0
@@ -260,7 +274,7 @@ def test_a_storm_of_429s_does_not_ratchet_the_rate_down() -> None:
             rc.on_rate_limited(t, t + 0.002)
         t += 1.0
         rc.tick(t)
-    assert rc.rate >= before * 0.9 ** 5 * 0.99
+    assert rc.rate >= before * 0.9**5 * 0.99
     credit = 0.0
     for _ in range(int(20 / 0.01)):  # then 20 s of sending as fast as the rate allows, and no 429
         t += 0.01

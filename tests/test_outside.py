@@ -73,12 +73,25 @@ def test_every_record_is_an_openai_batch_output_line(tmp_path: Path, start_sim: 
 
 
 def test_a_line_asking_to_stream_is_streamed_and_every_billed_token_counted(
-        tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:
+    tmp_path: Path, start_sim: Callable[..., SimServer]
+) -> None:
     server = start_sim()
-    rows = [{"custom_id": f"s{i}", "method": "POST", "url": "/v1/chat/completions",
-             "body": {"stream": True, "messages": [{"role": "user", "content": f"stream {i}"}]}} for i in range(3)]
-    rows.append({"custom_id": "empty", "url": "/v1/chat/completions",
-                 "body": {"messages": [{"role": "user", "content": "an empty answer first #sim:nochoices=1"}]}})
+    rows = [
+        {
+            "custom_id": f"s{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"stream": True, "messages": [{"role": "user", "content": f"stream {i}"}]},
+        }
+        for i in range(3)
+    ]
+    rows.append(
+        {
+            "custom_id": "empty",
+            "url": "/v1/chat/completions",
+            "body": {"messages": [{"role": "user", "content": "an empty answer first #sim:nochoices=1"}]},
+        }
+    )
     assert submit(make_job(tmp_path, server.base_url, rows)).exit_code == 0
     out = tmp_path / "runs" / "job"
     results = {r["custom_id"]: r for r in read_jsonl(out / "results.jsonl")}
@@ -101,8 +114,9 @@ def client(start_sim: Callable[..., SimServer]) -> openai.OpenAI:
 
 
 def test_sdk_chat_with_n_choices_and_unique_ids(client: openai.OpenAI) -> None:
-    first = client.chat.completions.create(model="sim-small", n=2,
-                                           messages=[{"role": "user", "content": "hello #sim:think"}])
+    first = client.chat.completions.create(
+        model="sim-small", n=2, messages=[{"role": "user", "content": "hello #sim:think"}]
+    )
     again = client.chat.completions.create(model="sim-small", messages=[{"role": "user", "content": "hello"}])
     assert [c.index for c in first.choices] == [0, 1] and first.id != again.id
     assert first.usage is not None and first.usage.completion_tokens == 2 * again.usage.completion_tokens  # type: ignore[union-attr]
@@ -151,8 +165,9 @@ def test_request_ids_are_each_requests_own(start_sim: Callable[..., SimServer]) 
     sdk = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
 
     def ask(i: int) -> str | None:
-        raw = sdk.chat.completions.with_raw_response.create(model="sim-small",
-                                                             messages=[{"role": "user", "content": f"q{i}"}])
+        raw = sdk.chat.completions.with_raw_response.create(
+            model="sim-small", messages=[{"role": "user", "content": f"q{i}"}]
+        )
         return raw.headers.get("x-request-id")
 
     with ThreadPoolExecutor(8) as pool:
@@ -166,5 +181,3 @@ def test_sim_models_flag_is_a_spec_key_too(tmp_path: Path) -> None:
     job = make_job(tmp_path, "", provider={"name": "simulated", "simulate": {"models": ["m1", "m2"]}})
     spec = load_spec(job)
     assert spec.provider.simulate is not None and spec.provider.simulate.models == ("m1", "m2")
-
-

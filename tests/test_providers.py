@@ -15,21 +15,35 @@ from .helpers import make_job, read_jsonl, submit
 from .simserver import SimServer
 
 
-def run(tmp_path: Path, sim: SimServer, preset: str, base: str, key_env: str, prompts: dict[str, str]
-        ) -> tuple[Any, dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+def run(
+    tmp_path: Path, sim: SimServer, preset: str, base: str, key_env: str, prompts: dict[str, str]
+) -> tuple[Any, dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     root = sim.base_url.rsplit("/v1", 1)[0]
     rows = [{"id": rid, "prompt": text} for rid, text in prompts.items()]
     job = make_job(tmp_path, "", rows, provider={"name": preset, "base_url": root + base})
     result = submit(job, env={key_env: "test-key-not-secret"})
     out = tmp_path / "runs" / "job"
-    return (result, {r["custom_id"]: r for r in read_jsonl(out / "results.jsonl")},
-            {f["custom_id"]: f for f in read_jsonl(out / "failures.jsonl")})
+    return (
+        result,
+        {r["custom_id"]: r for r in read_jsonl(out / "results.jsonl")},
+        {f["custom_id"]: f for f in read_jsonl(out / "failures.jsonl")},
+    )
 
 
 def test_zhipu_codes(tmp_path: Path, sim: SimServer) -> None:
-    result, results, failures = run(tmp_path, sim, "zhipu", "/api/paas/v4", "ZHIPUAI_API_KEY", {
-        "ok": "hello", "sensitive": "x #sim:error=400:1301", "busy": "y #sim:error=429:1302",
-        "filtered": "z #sim:filter"})
+    result, results, failures = run(
+        tmp_path,
+        sim,
+        "zhipu",
+        "/api/paas/v4",
+        "ZHIPUAI_API_KEY",
+        {
+            "ok": "hello",
+            "sensitive": "x #sim:error=400:1301",
+            "busy": "y #sim:error=429:1302",
+            "filtered": "z #sim:filter",
+        },
+    )
     assert result.exit_code == 3, result.output
     assert set(results) == {"ok"}
     assert failures["sensitive"]["error"]["code"] == "1301" and failures["sensitive"]["attempts"] == 1
@@ -39,15 +53,20 @@ def test_zhipu_codes(tmp_path: Path, sim: SimServer) -> None:
 
 
 def test_zhipu_arrears_stops_the_run(tmp_path: Path, sim: SimServer) -> None:
-    result, _, failures = run(tmp_path, sim, "zhipu", "/api/paas/v4", "ZHIPUAI_API_KEY",
-                              {"a": "x #sim:error=429:1113"})
+    result, _, failures = run(tmp_path, sim, "zhipu", "/api/paas/v4", "ZHIPUAI_API_KEY", {"a": "x #sim:error=429:1113"})
     assert result.exit_code == 1
     assert "refused the account (1113" in result.stdout and failures == {}
 
 
 def test_baidu_legacy_rate_limit_and_moderation(tmp_path: Path, sim: SimServer) -> None:
-    result, results, failures = run(tmp_path, sim, "qianfan", "/v2", "QIANFAN_API_KEY", {
-        "legacy": "x #sim:legacy=1", "unsafe": "y #sim:error=403:system_unsafe", "hidden": "z #sim:flag=3"})
+    result, results, failures = run(
+        tmp_path,
+        sim,
+        "qianfan",
+        "/v2",
+        "QIANFAN_API_KEY",
+        {"legacy": "x #sim:legacy=1", "unsafe": "y #sim:error=403:system_unsafe", "hidden": "z #sim:flag=3"},
+    )
     assert result.exit_code == 3, result.output  # a 403 for moderation fails the row, not the run
     assert results["legacy"]["attempts"] == 2
     assert failures["unsafe"]["error"]["code"] == "system_unsafe"
@@ -55,17 +74,18 @@ def test_baidu_legacy_rate_limit_and_moderation(tmp_path: Path, sim: SimServer) 
 
 
 def test_modelarts_error_shape(tmp_path: Path, sim: SimServer) -> None:
-    result, _, failures = run(tmp_path, sim, "modelarts", "/v1", "MODELARTS_API_KEY",
-                              {"m": "x #sim:ma-error=403:ModelArts.81011"})
+    result, _, failures = run(
+        tmp_path, sim, "modelarts", "/v1", "MODELARTS_API_KEY", {"m": "x #sim:ma-error=403:ModelArts.81011"}
+    )
     assert result.exit_code == 3, result.output
     assert failures["m"]["error"]["code"] == "ModelArts.81011"
 
 
-@pytest.mark.parametrize(("preset", "key_env"), [("genstudio", "GENSTUDIO_API_KEY"),
-                                                 ("dashscope", "DASHSCOPE_API_KEY")])
+@pytest.mark.parametrize(
+    ("preset", "key_env"), [("genstudio", "GENSTUDIO_API_KEY"), ("dashscope", "DASHSCOPE_API_KEY")]
+)
 def test_blocked_answers_are_never_successes(tmp_path: Path, sim: SimServer, preset: str, key_env: str) -> None:
-    result, results, failures = run(tmp_path, sim, preset, "/maas/v1", key_env,
-                                    {"b": "x #sim:blocked", "ok": "fine"})
+    result, results, failures = run(tmp_path, sim, preset, "/maas/v1", key_env, {"b": "x #sim:blocked", "ok": "fine"})
     assert result.exit_code == 3, result.output
     assert failures["b"]["error"]["code"] == "blocked" and set(results) == {"ok"}
 
@@ -78,10 +98,14 @@ def test_reasoning_content_is_kept(tmp_path: Path, sim: SimServer) -> None:
 
 
 def test_stream_mode_assembles_the_ordinary_shape(tmp_path: Path, sim: SimServer) -> None:
-    rows = [{"id": "s", "prompt": "explain #sim:think"}, {"id": "cut", "prompt": "again #sim:cut=1"},
-            {"id": "f", "prompt": "bad #sim:filter"}]
-    job = make_job(tmp_path, sim.base_url, rows, provider={"name": "simulated", "base_url": sim.base_url,
-                                                           "mode": "stream"})
+    rows = [
+        {"id": "s", "prompt": "explain #sim:think"},
+        {"id": "cut", "prompt": "again #sim:cut=1"},
+        {"id": "f", "prompt": "bad #sim:filter"},
+    ]
+    job = make_job(
+        tmp_path, sim.base_url, rows, provider={"name": "simulated", "base_url": sim.base_url, "mode": "stream"}
+    )
     result = submit(job)
     assert result.exit_code == 3, result.output
     out = tmp_path / "runs" / "job"
@@ -101,8 +125,15 @@ def test_stream_mode_assembles_the_ordinary_shape(tmp_path: Path, sim: SimServer
 def test_embeddings_share_requests_up_to_the_presets_batch_size(tmp_path: Path, sim: SimServer) -> None:
     root = sim.base_url.rsplit("/v1", 1)[0]
     rows = [{"id": f"e{i}", "text": f"短文本 {i}"} for i in range(40)]
-    job = make_job(tmp_path, "", rows, model="embedding-v1", endpoint="embeddings", params={},
-                   provider={"name": "aistudio", "base_url": root + "/llm/lmapi/v3"})
+    job = make_job(
+        tmp_path,
+        "",
+        rows,
+        model="embedding-v1",
+        endpoint="embeddings",
+        params={},
+        provider={"name": "aistudio", "base_url": root + "/llm/lmapi/v3"},
+    )
     result = submit(job, env={"AISTUDIO_ACCESS_TOKEN": "test-key-not-secret"})
     assert result.exit_code == 0, result.output
     out = tmp_path / "runs" / "job"
@@ -117,8 +148,16 @@ def test_embeddings_share_requests_up_to_the_presets_batch_size(tmp_path: Path, 
     usage = orjson.loads((out / "usage.json").read_bytes())
     assert usage["requests"] == 3 and usage["prompt_tokens"] == stats["billed_prompt_tokens"]
     # The same text always gets the same vector, whichever request carried it.
-    alone = make_job(tmp_path, "", [rows[5]], name="alone", model="embedding-v1", endpoint="embeddings",
-                     params={}, provider={"name": "aistudio", "base_url": root + "/llm/lmapi/v3"})
+    alone = make_job(
+        tmp_path,
+        "",
+        [rows[5]],
+        name="alone",
+        model="embedding-v1",
+        endpoint="embeddings",
+        params={},
+        provider={"name": "aistudio", "base_url": root + "/llm/lmapi/v3"},
+    )
     assert submit(alone, env={"AISTUDIO_ACCESS_TOKEN": "test-key-not-secret"}).exit_code == 0
     vector = read_jsonl(tmp_path / "runs" / "alone" / "results.jsonl")[0]["response"]["body"]["data"][0]
     assert vector == next(r for r in results if r["custom_id"] == "e5")["response"]["body"]["data"][0]
@@ -138,9 +177,16 @@ def test_a_bad_input_in_a_shared_request_fails_only_its_row(tmp_path: Path, sim:
 
 
 def test_split_embeddings_shares_usage_exactly() -> None:
-    body = {"object": "list", "model": "m", "usage": {"prompt_tokens": 10, "total_tokens": 10},
-            "data": [{"index": 1, "embedding": [0.0, 1.0]}, {"index": 0, "embedding": [1.0, 0.0]},
-                     {"index": 2, "embedding": [0.5, 0.5]}]}
+    body = {
+        "object": "list",
+        "model": "m",
+        "usage": {"prompt_tokens": 10, "total_tokens": 10},
+        "data": [
+            {"index": 1, "embedding": [0.0, 1.0]},
+            {"index": 0, "embedding": [1.0, 0.0]},
+            {"index": 2, "embedding": [0.5, 0.5]},
+        ],
+    }
     parts = split_embeddings(body, [1, 1, 1])
     assert parts is not None
     assert [p["data"][0]["embedding"] for p in parts] == [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]
@@ -152,8 +198,9 @@ def test_split_embeddings_shares_usage_exactly() -> None:
 def test_completions_endpoint(tmp_path: Path, sim: SimServer, mode: str) -> None:
     root = sim.base_url.rsplit("/v1", 1)[0]
     rows = [{"id": "c1", "prompt": "Once upon a time"}, {"id": "c2", "messages": [{"role": "user", "content": "x"}]}]
-    job = make_job(tmp_path, "", rows, endpoint="completions", provider={"name": "vllm", "base_url": root + "/v1",
-                                                                        "mode": mode})
+    job = make_job(
+        tmp_path, "", rows, endpoint="completions", provider={"name": "vllm", "base_url": root + "/v1", "mode": mode}
+    )
     result = submit(job)
     assert result.exit_code == 3, result.output
     out = tmp_path / "runs" / "job"
@@ -164,23 +211,34 @@ def test_completions_endpoint(tmp_path: Path, sim: SimServer, mode: str) -> None
     assert failure["custom_id"] == "c2" and "'prompt' must be a non-empty string" in failure["error"]["message"]
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    ({"endpoint": "embeddings", "provider": {"name": "modelarts"}},
-     "endpoint 'embeddings' is not offered by Huawei ModelArts MaaS"),
-    ({"endpoint": "embeddings", "provider": {"name": "simulated", "mode": "stream"}},
-     "provider.mode 'stream' does not apply to embeddings"),
-    ({"endpoint": "completions", "provider": {"name": "zhipu", "mode": "async"}},
-     "'completions' is not offered by Zhipu GLM"),
-    ({"endpoint": "chats"}, "endpoint must be one of chat, completions, embeddings"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"endpoint": "embeddings", "provider": {"name": "modelarts"}},
+            "endpoint 'embeddings' is not offered by Huawei ModelArts MaaS",
+        ),
+        (
+            {"endpoint": "embeddings", "provider": {"name": "simulated", "mode": "stream"}},
+            "provider.mode 'stream' does not apply to embeddings",
+        ),
+        (
+            {"endpoint": "completions", "provider": {"name": "zhipu", "mode": "async"}},
+            "'completions' is not offered by Zhipu GLM",
+        ),
+        ({"endpoint": "chats"}, "endpoint must be one of chat, completions, embeddings"),
+    ],
+)
 def test_endpoint_checks(tmp_path: Path, extra: dict[str, Any], message: str) -> None:
     result = submit(make_job(tmp_path, "http://127.0.0.1:9/v1", n=1, **extra))
     assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_batch_rows_must_match_the_endpoint(tmp_path: Path, sim: SimServer) -> None:
-    rows = [{"custom_id": "a", "url": "/v1/embeddings", "body": {"input": ["one", "two"]}},
-            {"custom_id": "b", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "x"}]}}]
+    rows = [
+        {"custom_id": "a", "url": "/v1/embeddings", "body": {"input": ["one", "two"]}},
+        {"custom_id": "b", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "x"}]}},
+    ]
     result = submit(make_job(tmp_path, sim.base_url, rows, endpoint="embeddings", params={}))
     assert result.exit_code == 3
     out = tmp_path / "runs" / "job"

@@ -45,8 +45,13 @@ def mixed_job(tmp_path: Path, sim: SimServer, name: str = "job", n: int = 12) ->
     rows = [{"id": f"r{i}", "prompt": f"question number {i}"} for i in range(n)]
     rows[2]["prompt"] += " #sim:status=400"
     rows[5]["prompt"] += " #sim:fail=9"  # fails every attempt the run allows
-    return make_job(tmp_path, sim.base_url, rows, name=name, retry={"max_attempts": 2, "timeout_s": 10,
-                                                                     "backoff_s": 0, "max_backoff_s": 0})
+    return make_job(
+        tmp_path,
+        sim.base_url,
+        rows,
+        name=name,
+        retry={"max_attempts": 2, "timeout_s": 10, "backoff_s": 0, "max_backoff_s": 0},
+    )
 
 
 # --- prices and the cost arithmetic -------------------------------------------------------------------
@@ -128,13 +133,18 @@ def test_a_model_without_a_price_is_never_free(tmp_path: Path, sim: SimServer) -
     prices = tmp_path / "prices.yaml"
     prices.write_text(yaml.safe_dump({"mystery-model": {"input": 3, "output": 6, "currency": "USD"}}))
     priced = orjson.loads(cli("report", str(run_dir(tmp_path)), "--format", "json", "--prices", str(prices)).stdout)
-    assert priced["cost"] == {"USD": pytest.approx((3 * priced["prompt_tokens"] + 6 * priced["completion_tokens"])
-                                                   / 1e6)}
+    assert priced["cost"] == {
+        "USD": pytest.approx((3 * priced["prompt_tokens"] + 6 * priced["completion_tokens"]) / 1e6)
+    }
 
 
 def test_the_specs_pricing_block_travels_with_the_run(tmp_path: Path, sim: SimServer) -> None:
-    job = make_job(tmp_path, sim.base_url, n=2, pricing={"sim-small": {"input": 10, "output": 0,
-                                                                       "currency": "CNY", "source": "our contract"}})
+    job = make_job(
+        tmp_path,
+        sim.base_url,
+        n=2,
+        pricing={"sim-small": {"input": 10, "output": 0, "currency": "CNY", "source": "our contract"}},
+    )
     assert submit(job).exit_code == 0
     data = orjson.loads(cli("report", str(run_dir(tmp_path)), "--format", "json").stdout)
     assert data["models"][0]["price"]["source"] == "our contract"
@@ -157,25 +167,48 @@ def test_html_report_is_one_self_contained_page(tmp_path: Path, sim: SimServer) 
     headings = [h.text for h in root.iter("{http://www.w3.org/1999/xhtml}h2")]
     assert headings == ["Rows per second over time", "Latency", "Cost by model", "Failures by code"]
     external = [a for el in root.iter() for k, a in el.attrib.items() if k in ("src", "href") or "url(" in a]
-    assert external == [] and "<script" not in text and "http://" not in text.replace(
-        'xmlns="http://www.w3.org/1999/xhtml"', "").replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert (
+        external == []
+        and "<script" not in text
+        and "http://"
+        not in text.replace('xmlns="http://www.w3.org/1999/xhtml"', "").replace(
+            'xmlns="http://www.w3.org/2000/svg"', ""
+        )
+    )
     assert "internal_error" in text and "sim_400" in text
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
-                    reason="headless Chromium is not installed (CI installs it: apt-get install chromium)")
+@pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("CI"),
+    reason="headless Chromium is not installed (CI installs it: apt-get install chromium)",
+)
 def test_html_report_renders_in_headless_chromium(tmp_path: Path, sim: SimServer) -> None:
     assert CHROMIUM is not None, "CI must have chromium: .ci/run installs it"
     page = html_report(tmp_path, sim)
     shot = tmp_path / "shot.png"
     with tempfile.TemporaryDirectory() as profile:
-        proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                               "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                               "--disable-sync", f"--user-data-dir={profile}", "--window-size=900,1400",
-                               f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=90)
+        proc = subprocess.run(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--window-size=900,1400",
+                f"--screenshot={shot}",
+                page.as_uri(),
+            ],
+            capture_output=True,
+            timeout=90,
+        )
     assert shot.exists(), proc.stderr.decode(errors="replace")[-2000:]
     pixels = png_pixels(shot.read_bytes())
     blue = pixels.count(bytes([0x3B, 0x6F, 0xB6]))  # the charts' bars and line
@@ -186,8 +219,8 @@ def png_pixels(png: bytes) -> list[bytes]:
     """RGB(A) pixels of an 8-bit PNG, unfiltered, standard library only."""
     pos, idat, width, height, channels = 8, b"", 0, 0, 3
     while pos < len(png):
-        length = int.from_bytes(png[pos:pos + 4], "big")
-        kind, data = png[pos + 4:pos + 8], png[pos + 8:pos + 8 + length]
+        length = int.from_bytes(png[pos : pos + 4], "big")
+        kind, data = png[pos + 4 : pos + 8], png[pos + 8 : pos + 8 + length]
         if kind == b"IHDR":
             width, height = int.from_bytes(data[:4], "big"), int.from_bytes(data[4:8], "big")
             channels = {2: 3, 6: 4}[data[9]]
@@ -196,7 +229,7 @@ def png_pixels(png: bytes) -> list[bytes]:
         pos += 12 + length
     raw, stride, prev, out = zlib.decompress(idat), width * channels, bytearray(width * channels), []
     for y in range(height):
-        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
         for i in range(stride):
             a = line[i - channels] if i >= channels else 0
             b, c = prev[i], prev[i - channels] if i >= channels else 0
@@ -206,7 +239,7 @@ def png_pixels(png: bytes) -> list[bytes]:
                 pa_, pb, pc = abs(p - a), abs(p - b), abs(p - c)
                 pred = a if pa_ <= pb and pa_ <= pc else b if pb <= pc else c
             line[i] = (line[i] + pred) & 0xFF
-        out += [bytes(line[x:x + 3]) for x in range(0, stride, channels)]
+        out += [bytes(line[x : x + 3]) for x in range(0, stride, channels)]
         prev = line
     return out
 
@@ -216,8 +249,15 @@ def png_pixels(png: bytes) -> list[bytes]:
 
 def test_estimate_reads_the_input_without_calling_anything(tmp_path: Path) -> None:
     rows = [{"id": f"r{i}", "prompt": "x" * 400} for i in range(10)]  # 100 tokens each, +8 message overhead
-    job = make_job(tmp_path, "http://127.0.0.1:9/v1", rows, model="qwen-plus", params={"max_tokens": 200},
-                   limits={"rpm": 5, "tpm": 1000}, provider={"name": "dashscope", "base_url": "http://127.0.0.1:9/v1"})
+    job = make_job(
+        tmp_path,
+        "http://127.0.0.1:9/v1",
+        rows,
+        model="qwen-plus",
+        params={"max_tokens": 200},
+        limits={"rpm": 5, "tpm": 1000},
+        provider={"name": "dashscope", "base_url": "http://127.0.0.1:9/v1"},
+    )
     result = cli("estimate", str(job), "--output-share", "0.5")
     assert result.exit_code == 0, result.output
     out = result.stdout
@@ -272,8 +312,9 @@ def test_retry_failed_by_code_keeps_one_final_record_per_row(tmp_path: Path, sim
     rows = [{"id": f"r{i}", "prompt": f"question {i}"} for i in range(8)]
     rows[1]["prompt"] += " #sim:fail=2"  # fails both attempts the run allows, then would succeed
     rows[2]["prompt"] += " #sim:status=400"
-    job = make_job(tmp_path, sim.base_url, rows, retry={"max_attempts": 2, "timeout_s": 10, "backoff_s": 0,
-                                                        "max_backoff_s": 0})
+    job = make_job(
+        tmp_path, sim.base_url, rows, retry={"max_attempts": 2, "timeout_s": 10, "backoff_s": 0, "max_backoff_s": 0}
+    )
     assert submit(job).exit_code == 3
     out = run_dir(tmp_path)
     assert sorted(f["error"]["code"] for f in read_jsonl(out / "failures.jsonl")) == ["internal_error", "sim_400"]
@@ -294,10 +335,14 @@ def test_retry_failed_by_code_keeps_one_final_record_per_row(tmp_path: Path, sim
 def test_retry_failed_on_an_async_run_submits_afresh(tmp_path: Path, sim: SimServer) -> None:
     root = sim.base_url.rsplit("/v1", 1)[0]
     rows = [{"id": "a", "prompt": "fine #sim:task=0.2"}, {"id": "b", "prompt": "flaky #sim:task-fail=2 #sim:task=0.2"}]
-    job = make_job(tmp_path, "", rows, provider={"name": "zhipu", "base_url": root + "/api/paas/v4",
-                                                 "mode": "async"},
-                   limits={"poll_rps": 100}, retry={"max_attempts": 2, "timeout_s": 10, "backoff_s": 0,
-                                                    "max_backoff_s": 0})
+    job = make_job(
+        tmp_path,
+        "",
+        rows,
+        provider={"name": "zhipu", "base_url": root + "/api/paas/v4", "mode": "async"},
+        limits={"poll_rps": 100},
+        retry={"max_attempts": 2, "timeout_s": 10, "backoff_s": 0, "max_backoff_s": 0},
+    )
     env = {"ZHIPUAI_API_KEY": "test-key-not-secret"}
     assert submit(job, env=env).exit_code == 3
     out = run_dir(tmp_path)
@@ -341,8 +386,7 @@ def test_export_round_trip_in_input_order(tmp_path: Path, sim: SimServer) -> Non
 
 
 def test_export_of_a_parquet_run_keeps_the_inputs_types(tmp_path: Path, sim: SimServer) -> None:
-    table = pa.table({"doc": ["a", "b", "c"], "n": pa.array([1, 2, 3], pa.int32()),
-                      "text": ["one", "two", "three"]})
+    table = pa.table({"doc": ["a", "b", "c"], "n": pa.array([1, 2, 3], pa.int32()), "text": ["one", "two", "three"]})
     pq.write_table(table, tmp_path / "in.parquet")
     job = make_job(tmp_path, sim.base_url, input={"path": "in.parquet", "id_field": "doc", "template": "say {text}"})
     assert submit(job).exit_code == 0

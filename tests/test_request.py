@@ -14,7 +14,10 @@ from batchrun.spec import InputSpec, JobSpec, ProviderSpec
 
 def job(tmp_path: Path, **inp: Any) -> JobSpec:
     return JobSpec(
-        name="t", spec_path=tmp_path / "t.yaml", model="m", params={"temperature": 0.1, "max_tokens": 64},
+        name="t",
+        spec_path=tmp_path / "t.yaml",
+        model="m",
+        params={"temperature": 0.1, "max_tokens": 64},
         input=InputSpec(path=tmp_path / "in.jsonl", format="jsonl", **inp),
         provider=ProviderSpec("simulated", "http://127.0.0.1:1/v1", "BATCHRUN_SIM_API_KEY", False),
         output_dir=tmp_path / "runs",
@@ -35,11 +38,16 @@ def test_estimate_tokens_counts_cjk_per_character_and_ascii_per_four() -> None:
 
 
 def test_template_and_system(tmp_path: Path) -> None:
-    b = RequestBuilder(job(tmp_path, template="总结:{title}\n{body}", system="你是编辑"),
-                       {"id": "a", "title": "T", "body": "B"})
+    b = RequestBuilder(
+        job(tmp_path, template="总结:{title}\n{body}", system="你是编辑"), {"id": "a", "title": "T", "body": "B"}
+    )
     built = b.build(RawRow(1, {"id": "a", "title": "标题", "body": "正文"}))
-    assert body(built) == {"model": "m", "temperature": 0.1, "max_tokens": 64, "messages": [
-        {"role": "system", "content": "你是编辑"}, {"role": "user", "content": "总结:标题\n正文"}]}
+    assert body(built) == {
+        "model": "m",
+        "temperature": 0.1,
+        "max_tokens": 64,
+        "messages": [{"role": "system", "content": "你是编辑"}, {"role": "user", "content": "总结:标题\n正文"}],
+    }
     assert isinstance(built, Request) and built.custom_id == "a"
     assert built.tokens > 64
 
@@ -57,9 +65,18 @@ def test_template_field_missing_in_a_later_row_is_a_bad_row(tmp_path: Path) -> N
 
 def test_each_row_keeps_its_own_id_as_a_string(tmp_path: Path) -> None:
     b = RequestBuilder(job(tmp_path), {"prompt": "p"})  # the first row has no id: later rows keep theirs
-    ids = [b.build(RawRow(n, row)) for n, row in enumerate(
-        [{"prompt": "p"}, {"custom_id": "request-2", "prompt": "p"}, {"id": 3, "prompt": "p"},
-         {"custom_id": "c", "id": "i", "prompt": "p"}], 1)]
+    ids = [
+        b.build(RawRow(n, row))
+        for n, row in enumerate(
+            [
+                {"prompt": "p"},
+                {"custom_id": "request-2", "prompt": "p"},
+                {"id": 3, "prompt": "p"},
+                {"custom_id": "c", "id": "i", "prompt": "p"},
+            ],
+            1,
+        )
+    ]
     assert [r.custom_id for r in ids if isinstance(r, Request)] == ["1", "request-2", "3", "c"]
 
 
@@ -76,10 +93,14 @@ def test_bad_and_missing_ids(tmp_path: Path) -> None:
 
 
 def test_valid_openai_bodies_pass_through(tmp_path: Path) -> None:
-    tool_call = [{"role": "user", "content": "weather?"},
-                 {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
-                                                       "function": {"name": "w", "arguments": "{}"}}]},
-                 {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+    tool_call = [
+        {"role": "user", "content": "weather?"},
+        {
+            "role": "assistant",
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
     chat = {"custom_id": "t", "url": "/v1/chat/completions", "body": {"messages": tool_call}}
     assert body(RequestBuilder(job(tmp_path), chat).build(RawRow(1, chat)))["messages"] == tool_call
     emb = JobSpec(**{**vars(job(tmp_path)), "endpoint": "embeddings"})
@@ -93,8 +114,11 @@ def test_valid_openai_bodies_pass_through(tmp_path: Path) -> None:
 
 
 def test_a_line_asking_to_stream_streams_with_usage(tmp_path: Path) -> None:
-    line = {"custom_id": "s", "url": "/v1/chat/completions",
-            "body": {"stream": True, "messages": [{"role": "user", "content": "x"}]}}
+    line = {
+        "custom_id": "s",
+        "url": "/v1/chat/completions",
+        "body": {"stream": True, "messages": [{"role": "user", "content": "x"}]},
+    }
     built = RequestBuilder(job(tmp_path), line).build(RawRow(1, line))
     assert isinstance(built, Request) and built.stream
     assert body(built)["stream_options"] == {"include_usage": True}
@@ -102,28 +126,41 @@ def test_a_line_asking_to_stream_streams_with_usage(tmp_path: Path) -> None:
 
 def test_messages_and_prompt_fields(tmp_path: Path) -> None:
     messages = [{"role": "user", "content": "hi"}]
-    assert body(RequestBuilder(job(tmp_path), {"messages": messages}).build(RawRow(1, {"messages": messages})))[
-        "messages"] == messages
+    assert (
+        body(RequestBuilder(job(tmp_path), {"messages": messages}).build(RawRow(1, {"messages": messages})))["messages"]
+        == messages
+    )
     b = RequestBuilder(job(tmp_path, prompt_field="text"), {"text": "x"})
     assert body(b.build(RawRow(1, {"text": "hello"})))["messages"] == [{"role": "user", "content": "hello"}]
 
 
 def test_openai_batch_rows_are_taken_as_they_are(tmp_path: Path) -> None:
-    row = {"custom_id": "req-1", "method": "POST", "url": "/v1/chat/completions",
-           "body": {"model": "other", "messages": [{"role": "user", "content": "x"}], "max_tokens": 5}}
+    row = {
+        "custom_id": "req-1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "other", "messages": [{"role": "user", "content": "x"}], "max_tokens": 5},
+    }
     built = RequestBuilder(job(tmp_path), row).build(RawRow(1, row))
-    assert body(built) == {"model": "other", "temperature": 0.1, "max_tokens": 5,
-                           "messages": [{"role": "user", "content": "x"}]}
+    assert body(built) == {
+        "model": "other",
+        "temperature": 0.1,
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": "x"}],
+    }
     assert isinstance(built, Request) and built.model == "other" and built.custom_id == "req-1"
 
 
-@pytest.mark.parametrize(("row", "code", "text"), [
-    ({"id": "a", "prompt": ""}, "invalid_input", "non-empty string"),
-    ({"id": "a", "messages": []}, "invalid_input", "non-empty list"),
-    ({"id": "a", "messages": [{"content": "x"}]}, "invalid_input", "with a 'role'"),
-    ({"id": "", "prompt": "x"}, "invalid_id", "non-empty string"),
-    ({"id": ["x"], "prompt": "x"}, "invalid_id", "string or a whole number"),
-])
+@pytest.mark.parametrize(
+    ("row", "code", "text"),
+    [
+        ({"id": "a", "prompt": ""}, "invalid_input", "non-empty string"),
+        ({"id": "a", "messages": []}, "invalid_input", "non-empty list"),
+        ({"id": "a", "messages": [{"content": "x"}]}, "invalid_input", "with a 'role'"),
+        ({"id": "", "prompt": "x"}, "invalid_id", "non-empty string"),
+        ({"id": ["x"], "prompt": "x"}, "invalid_id", "string or a whole number"),
+    ],
+)
 def test_bad_rows(tmp_path: Path, row: dict[str, Any], code: str, text: str) -> None:
     built = RequestBuilder(job(tmp_path), {"id": "first", "prompt": "p"}).build(RawRow(3, row))
     assert isinstance(built, BadRow) and built.code == code and text in built.message and "row 3" in built.message
@@ -139,12 +176,14 @@ def test_default_output_tokens_charged_without_max_tokens(tmp_path: Path) -> Non
 def test_stream_assembler_joins_chunks_and_spots_a_cut_stream() -> None:
     from batchrun.providers.openai import StreamAssembler
 
-    lines = [b": keep-alive\n",
-             b'data: {"id":"c1","model":"m","choices":[{"index":0,"delta":{"role":"assistant"}}]}\n',
-             b'data: {"id":"c1","choices":[{"index":0,"delta":{"reasoning_content":"hmm "}}]}\n',
-             b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"\xe4\xbd\xa0\xe5\xa5\xbd"}}]}\n',
-             b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"!"},"finish_reason":"stop"}]}\n',
-             b'data: {"id":"c1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n']
+    lines = [
+        b": keep-alive\n",
+        b'data: {"id":"c1","model":"m","choices":[{"index":0,"delta":{"role":"assistant"}}]}\n',
+        b'data: {"id":"c1","choices":[{"index":0,"delta":{"reasoning_content":"hmm "}}]}\n',
+        b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"\xe4\xbd\xa0\xe5\xa5\xbd"}}]}\n',
+        b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"!"},"finish_reason":"stop"}]}\n',
+        b'data: {"id":"c1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n',
+    ]
     cut = StreamAssembler()
     for line in lines:
         cut.feed(line)

@@ -41,8 +41,9 @@ def assert_exactly_once(tmp_path: Path, n: int) -> None:
     assert usage["rows_succeeded"] == n and usage["rows_pending"] == 0 and usage["state"] == "finished"
 
 
-def start_run(tmp_path: Path, start_sim: Callable[..., SimServer], at_least: int, latency: float = 0.02
-              ) -> tuple[SimServer, Path, Path, subprocess.Popen[bytes]]:
+def start_run(
+    tmp_path: Path, start_sim: Callable[..., SimServer], at_least: int, latency: float = 0.02
+) -> tuple[SimServer, Path, Path, subprocess.Popen[bytes]]:
     """A 300-row `submit` in its own process, once it has recorded `at_least` results."""
     server = start_sim(latency=latency)
     job = slow_job(tmp_path, server.base_url)
@@ -88,8 +89,7 @@ def test_sigterm_is_a_clean_stop_too(tmp_path: Path, start_sim: Callable[..., Si
     assert proc.wait(30) == 130
 
 
-def test_second_submit_on_a_busy_run_directory_is_refused(tmp_path: Path,
-                                                          start_sim: Callable[..., SimServer]) -> None:
+def test_second_submit_on_a_busy_run_directory_is_refused(tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:
     _, job, _, proc = start_run(tmp_path, start_sim, 5, latency=0.05)
     try:
         second = submit(job)

@@ -38,22 +38,41 @@ def test_auth_errors_stop_the_run(status: int) -> None:
 R, F, S = Verdict.RETRY, Verdict.FAIL_ROW, Verdict.STOP_RUN
 
 
-@pytest.mark.parametrize(("preset", "status", "code", "verdict"), [  # ../shared/reference/providers.md
-    ("zhipu", 429, "1302", R), ("zhipu", 429, "1305", R), ("zhipu", 429, "1113", S), ("zhipu", 429, "1304", S),
-    ("zhipu", 429, "1310", S), ("zhipu", 400, "1213", F), ("zhipu", 400, "1301", F),
-    ("aistudio", 429, "tpm_rate_limit_exceeded", R), ("qianfan", 429, "cluster_rate_limit_exceeded", R),
-    ("aistudio", 403, "system_unsafe", F), ("aistudio", 403, "account_overdue", S),
-    ("qianfan", 403, "model_offline", S),
-    ("dashscope", 429, "Throttling.RateQuota", R), ("dashscope", 429, "insufficient_quota", R),
-    ("dashscope", 429, "PrepaidBillOverdue", S), ("dashscope", 400, "DataInspectionFailed", F),
-    ("modelarts", 429, "ModelArts.81103", R), ("modelarts", 403, "ModelArts.81011", F),
-    ("modelarts", 403, "ModelArts.4910", F), ("modelarts", 401, "ModelArts.81005", S),
-    ("openai", 429, "insufficient_quota", S), ("openai", 429, "rate_limit_exceeded", R),
-    ("genstudio", 403, "anything", S), ("vllm", 400, "anything", F),
-])
+@pytest.mark.parametrize(
+    ("preset", "status", "code", "verdict"),
+    [  # ../shared/reference/providers.md
+        ("zhipu", 429, "1302", R),
+        ("zhipu", 429, "1305", R),
+        ("zhipu", 429, "1113", S),
+        ("zhipu", 429, "1304", S),
+        ("zhipu", 429, "1310", S),
+        ("zhipu", 400, "1213", F),
+        ("zhipu", 400, "1301", F),
+        ("aistudio", 429, "tpm_rate_limit_exceeded", R),
+        ("qianfan", 429, "cluster_rate_limit_exceeded", R),
+        ("aistudio", 403, "system_unsafe", F),
+        ("aistudio", 403, "account_overdue", S),
+        ("qianfan", 403, "model_offline", S),
+        ("dashscope", 429, "Throttling.RateQuota", R),
+        ("dashscope", 429, "insufficient_quota", R),
+        ("dashscope", 429, "PrepaidBillOverdue", S),
+        ("dashscope", 400, "DataInspectionFailed", F),
+        ("modelarts", 429, "ModelArts.81103", R),
+        ("modelarts", 403, "ModelArts.81011", F),
+        ("modelarts", 403, "ModelArts.4910", F),
+        ("modelarts", 401, "ModelArts.81005", S),
+        ("openai", 429, "insufficient_quota", S),
+        ("openai", 429, "rate_limit_exceeded", R),
+        ("genstudio", 403, "anything", S),
+        ("vllm", 400, "anything", F),
+    ],
+)
 def test_provider_error_tables(preset: str, status: int, code: str, verdict: Verdict) -> None:
-    body = ({"error_code": code, "error_msg": "x"} if code.startswith("ModelArts")
-            else {"error": {"code": code, "message": "x"}})
+    body = (
+        {"error_code": code, "error_msg": "x"}
+        if code.startswith("ModelArts")
+        else {"error": {"code": code, "message": "x"}}
+    )
     decision = classify(status, body, {}, table=PRESETS[preset].errors)
     assert (decision.verdict, decision.code) == (verdict, code)
 
@@ -62,23 +81,29 @@ def test_ok_and_suspicious_200s() -> None:
     assert classify(200, OK_BODY, {}).verdict is Verdict.OK
     assert classify(200, b"<html>oops</html>", {}).verdict is Verdict.RETRY
     assert classify(200, {"choices": []}, {}).code == "empty_response"
-    legacy = classify(200, {"error_code": 336501, "error_msg": "Rate limit reached for RPM"}, {},
-                      table=PRESETS["qianfan"].errors)
+    legacy = classify(
+        200, {"error_code": 336501, "error_msg": "Rate limit reached for RPM"}, {}, table=PRESETS["qianfan"].errors
+    )
     assert (legacy.verdict, legacy.code) == (Verdict.RETRY, "336501")
 
 
-@pytest.mark.parametrize(("extra", "code"), [
-    ({"blocked": True}, "blocked"),
-    ({"flag": 3, "ban_round": -1}, "ernie_flag_3"),
-    ({"content_filter": [{"role": "assistant", "level": 1}]}, "content_filter"),
-])
+@pytest.mark.parametrize(
+    ("extra", "code"),
+    [
+        ({"blocked": True}, "blocked"),
+        ({"flag": 3, "ban_round": -1}, "ernie_flag_3"),
+        ({"content_filter": [{"role": "assistant", "level": 1}]}, "content_filter"),
+    ],
+)
 def test_moderated_answers_are_failures_not_successes(extra: dict[str, object], code: str) -> None:
     decision = classify(200, {**OK_BODY, **extra}, {})
     assert (decision.verdict, decision.code) == (Verdict.FAIL_ROW, code)
 
 
-@pytest.mark.parametrize(("finish", "verdict"), [("content_filter", F), ("sensitive", F), ("length", Verdict.OK),
-                                                 ("stop", Verdict.OK), ("normal", Verdict.OK)])
+@pytest.mark.parametrize(
+    ("finish", "verdict"),
+    [("content_filter", F), ("sensitive", F), ("length", Verdict.OK), ("stop", Verdict.OK), ("normal", Verdict.OK)],
+)
 def test_finish_reasons(finish: str, verdict: Verdict) -> None:
     body = {"choices": [{"message": {"content": "x"}, "finish_reason": finish}]}
     assert classify(200, body, {}).verdict is verdict

@@ -34,9 +34,12 @@ def test_bucket_holds_one_second_and_refills_continuously() -> None:
 
 def post(url: str, prompt: str, key: str | None = None) -> tuple[int, dict[str, str], bytes]:
     body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": prompt}]})
-    request = urllib.request.Request(url + "/chat/completions", data=body, method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              **({"Authorization": f"Bearer {key}"} if key else {})})
+    request = urllib.request.Request(
+        url + "/chat/completions",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})},
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:
             return resp.status, dict(resp.headers), resp.read()
@@ -81,8 +84,12 @@ def test_answers_are_deterministic_and_carry_usage() -> None:
 
 def test_simulate_command_serves_until_stopped(tmp_path: Path) -> None:
     env = {**os.environ, "BATCHRUN_SIM_API_KEY": "sim-key-1"}
-    proc = subprocess.Popen([sys.executable, "-m", "batchrun.cli", "simulate", "--port", "0", "--latency", "0",
-                             "--require-key"], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchrun.cli", "simulate", "--port", "0", "--latency", "0", "--require-key"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -127,11 +134,18 @@ def test_go_durations_round_trip(seconds: float, text: str) -> None:
 
 def test_models_command_lists_models_and_checks_the_key() -> None:
     with SimServer(SimulateSpec(latency=0, api_key="right")) as server:
-        ok = cli("models", "--provider", "simulated", "--base-url", server.base_url,
-                 env={"BATCHRUN_SIM_API_KEY": "right"})
+        ok = cli(
+            "models", "--provider", "simulated", "--base-url", server.base_url, env={"BATCHRUN_SIM_API_KEY": "right"}
+        )
         assert ok.exit_code == 0 and "glm-4-flash" in ok.stdout.split()
-        bad = cli("models", "--provider", "zhipu", "--base-url", server.base_url.rsplit("/v1", 1)[0] + "/api/paas/v4",
-                  env={"ZHIPUAI_API_KEY": "wrong-key-55"})
+        bad = cli(
+            "models",
+            "--provider",
+            "zhipu",
+            "--base-url",
+            server.base_url.rsplit("/v1", 1)[0] + "/api/paas/v4",
+            env={"ZHIPUAI_API_KEY": "wrong-key-55"},
+        )
         assert bad.exit_code == 1 and "HTTP 401" in bad.stderr and "check the key" in bad.stderr
         assert "wrong-key-55" not in bad.output
     missing = cli("models", "--provider", "zhipu")

@@ -41,27 +41,34 @@ def test_preset_defaults_and_overrides(tmp_path: Path) -> None:
     assert spec.provider.base_url == "https://open.bigmodel.cn/api/paas/v4"
     assert spec.provider.api_key_env == "ZHIPUAI_API_KEY"
     assert spec.output_dir == tmp_path / "out"
-    spec = load_spec(spec_file(tmp_path, {**BASE, "provider": {
-        "name": "zhipu", "base_url": "http://127.0.0.1:9/v4/", "api_key_env": "MY_KEY"}}))
+    spec = load_spec(
+        spec_file(
+            tmp_path,
+            {**BASE, "provider": {"name": "zhipu", "base_url": "http://127.0.0.1:9/v4/", "api_key_env": "MY_KEY"}},
+        )
+    )
     assert (spec.provider.base_url, spec.provider.api_key_env) == ("http://127.0.0.1:9/v4", "MY_KEY")
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    ({**BASE, "modle": "x"}, "unknown key 'modle'"),
-    ({**BASE, "limits": {"rpm": "fast"}}, "limits.rpm must be a number, got the string 'fast'"),
-    ({**BASE, "limits": {"concurrency": 0}}, "limits.concurrency must be >= 1"),
-    ({**BASE, "limits": {"burst": 3}}, "unknown key 'limits.burst'"),
-    ({**BASE, "retry": {"max_attempts": 2.5}}, "retry.max_attempts must be a whole number"),
-    ({**BASE, "provider": {"name": "openia"}}, "provider.name must be one of"),
-    ({**BASE, "params": ["temperature"]}, "params must be a mapping"),
-    ({**BASE, "params": {"messages": []}}, "params.messages is not allowed"),
-    ({**BASE, "input": {"path": "in.jsonl", "template": "{a}", "prompt_field": "b"}}, "choose one way"),
-    ({**BASE, "input": {"path": "in.jsonl", "template": "{}"}}, "input.template is not a valid template"),
-    ({**BASE, "input": "in.csv"}, "input.path must end in .jsonl or .parquet"),
-    ({k: v for k, v in BASE.items() if k != "model"}, "model is required"),
-    ("model: [unclosed", "not valid YAML"),
-    ({**BASE, "provider": {"name": "zhipu", "api_key_env": "sk-abc.def"}}, "must name an environment variable"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({**BASE, "modle": "x"}, "unknown key 'modle'"),
+        ({**BASE, "limits": {"rpm": "fast"}}, "limits.rpm must be a number, got the string 'fast'"),
+        ({**BASE, "limits": {"concurrency": 0}}, "limits.concurrency must be >= 1"),
+        ({**BASE, "limits": {"burst": 3}}, "unknown key 'limits.burst'"),
+        ({**BASE, "retry": {"max_attempts": 2.5}}, "retry.max_attempts must be a whole number"),
+        ({**BASE, "provider": {"name": "openia"}}, "provider.name must be one of"),
+        ({**BASE, "params": ["temperature"]}, "params must be a mapping"),
+        ({**BASE, "params": {"messages": []}}, "params.messages is not allowed"),
+        ({**BASE, "input": {"path": "in.jsonl", "template": "{a}", "prompt_field": "b"}}, "choose one way"),
+        ({**BASE, "input": {"path": "in.jsonl", "template": "{}"}}, "input.template is not a valid template"),
+        ({**BASE, "input": "in.csv"}, "input.path must end in .jsonl or .parquet"),
+        ({k: v for k, v in BASE.items() if k != "model"}, "model is required"),
+        ("model: [unclosed", "not valid YAML"),
+        ({**BASE, "provider": {"name": "zhipu", "api_key_env": "sk-abc.def"}}, "must name an environment variable"),
+    ],
+)
 def test_bad_specs_name_the_key(tmp_path: Path, data: Any, message: str) -> None:
     with pytest.raises(SpecError) as info:
         load_spec(spec_file(tmp_path, data))
@@ -74,13 +81,17 @@ def test_missing_input_file(tmp_path: Path) -> None:
         load_spec(spec_file(tmp_path, {**BASE, "input": "nope.jsonl"}))
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ({"limits": {"rpm": -1}}, "limits.rpm must be > 0"),
-    ({"input": "missing.jsonl"}, "input.path: no such file"),
-    ({"input": {"path": "job.jsonl", "template": "{title}"}}, "input.template names {title}"),
-])
-def test_bad_specs_exit_2_and_send_nothing(tmp_path: Path, sim: SimServer, override: dict[str, Any],
-                                           message: str) -> None:
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"limits": {"rpm": -1}}, "limits.rpm must be > 0"),
+        ({"input": "missing.jsonl"}, "input.path: no such file"),
+        ({"input": {"path": "job.jsonl", "template": "{title}"}}, "input.template names {title}"),
+    ],
+)
+def test_bad_specs_exit_2_and_send_nothing(
+    tmp_path: Path, sim: SimServer, override: dict[str, Any], message: str
+) -> None:
     job = make_job(tmp_path, sim.base_url, **override)
     if "input" in override:
         write_jsonl(tmp_path / "job.jsonl", [{"id": "a", "prompt": "x"}])
@@ -111,4 +122,3 @@ def test_example_jobs_are_valid(path: Path) -> None:
 
 def test_there_is_an_example_job_per_preset() -> None:
     assert {p.stem for p in JOBS} >= {*PRESETS, "demo", "async-demo"} - {"simulated"}
-

@@ -16,8 +16,11 @@ from .simserver import SimServer
 
 def records(tmp_path: Path, name: str = "job") -> tuple[list[dict], list[dict], dict]:  # type: ignore[type-arg]
     run = tmp_path / "runs" / name
-    return read_jsonl(run / "results.jsonl"), read_jsonl(run / "failures.jsonl"), orjson.loads(
-        (run / "usage.json").read_bytes())
+    return (
+        read_jsonl(run / "results.jsonl"),
+        read_jsonl(run / "failures.jsonl"),
+        orjson.loads((run / "usage.json").read_bytes()),
+    )
 
 
 def test_full_submit(tmp_path: Path, sim: SimServer) -> None:
@@ -54,8 +57,11 @@ def test_in_process_simulated_provider(tmp_path: Path) -> None:
 
 
 def test_retries_on_500_and_429(tmp_path: Path, sim: SimServer) -> None:
-    rows = [{"id": "flaky", "prompt": "x #sim:fail=2"}, {"id": "limited", "prompt": "y #sim:429=1"},
-            {"id": "plain", "prompt": "z"}]
+    rows = [
+        {"id": "flaky", "prompt": "x #sim:fail=2"},
+        {"id": "limited", "prompt": "y #sim:429=1"},
+        {"id": "plain", "prompt": "z"},
+    ]
     result = submit(make_job(tmp_path, sim.base_url, rows))
     assert result.exit_code == 0, result.output
     results, _, usage = records(tmp_path)
@@ -66,7 +72,8 @@ def test_retries_on_500_and_429(tmp_path: Path, sim: SimServer) -> None:
 
 
 def test_a_limit_on_requests_in_flight_is_held_by_concurrency_not_the_rate(
-        tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:
+    tmp_path: Path, start_sim: Callable[..., SimServer]
+) -> None:
     """Zhipu's 1302: the provider refuses requests beyond 4 in flight. The Throttle holds concurrency under
     the limit it learns from the refusals; the rate is left alone."""
     server = start_sim(max_inflight=4, latency=0.05)
@@ -97,8 +104,11 @@ def test_retry_after_is_honoured(tmp_path: Path, sim: SimServer) -> None:
 
 
 def test_exhausted_retries_and_bad_requests_become_failure_records(tmp_path: Path, sim: SimServer) -> None:
-    rows = [{"id": "bad", "prompt": "x #sim:status=400"}, {"id": "down", "prompt": "y #sim:fail=99"},
-            {"id": "ok", "prompt": "z"}]
+    rows = [
+        {"id": "bad", "prompt": "x #sim:status=400"},
+        {"id": "down", "prompt": "y #sim:fail=99"},
+        {"id": "ok", "prompt": "z"},
+    ]
     result = submit(make_job(tmp_path, sim.base_url, rows))
     assert result.exit_code == 3, result.output
     results, failures, usage = records(tmp_path)
@@ -108,7 +118,9 @@ def test_exhausted_retries_and_bad_requests_become_failure_records(tmp_path: Pat
     assert by_id["bad"]["error"]["status"] == 400 and by_id["bad"]["response"]["status_code"] == 400
     assert by_id["down"]["attempts"] == 5 and by_id["down"]["error"]["code"] == "internal_error"
     assert usage["state"] == "finished_with_failures" and usage["failures_by_code"] == {
-        "internal_error": 1, "sim_400": 1}
+        "internal_error": 1,
+        "sim_400": 1,
+    }
     assert "failures: runs/job/failures.jsonl" in result.stdout
     # Rows with a final record, success or failure, are not sent again on resume.
     requests = sim.stats()["requests"]
@@ -116,8 +128,7 @@ def test_exhausted_retries_and_bad_requests_become_failure_records(tmp_path: Pat
     assert sim.stats()["requests"] == requests
 
 
-def test_401_stops_the_run_and_the_key_leaks_nowhere(tmp_path: Path,
-                                                    start_sim: Callable[..., SimServer]) -> None:
+def test_401_stops_the_run_and_the_key_leaks_nowhere(tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:
     server = start_sim(api_key="the-right-key")
     job = make_job(tmp_path, server.base_url, n=200)
     wrong = "sk-wrong-key-7f3a9c"
@@ -142,19 +153,24 @@ def test_bad_input_lines_become_failure_records(tmp_path: Path, sim: SimServer) 
     (tmp_path / "job.jsonl").write_bytes(
         b'{"id": "a", "prompt": "fine"}\n'
         b'{"id": "b", "prompt": \n'
-        b'\n'
+        b"\n"
         b'["not", "an", "object"]\n'
         b'{"id": "a", "prompt": "the same id again"}\n'
         b'{"id": "e", "prompt": ""}\n'
         b'{"id": "f", "prompt": "caf\xe9"}\n'
-        b'{"id": "g", "prompt": "also fine"}\n')
+        b'{"id": "g", "prompt": "also fine"}\n'
+    )
     job = make_job(tmp_path, sim.base_url, input="job.jsonl")
     checked = cli("validate", str(job))
     assert checked.exit_code == 2
-    for expected in ("line 2: not valid JSON", "line 4: expected a JSON object",
-                     "row 5: duplicate id 'a' (first at row 1)",
-                     "row 6: 'prompt' must be a non-empty string", "line 7: not valid UTF-8 (byte 0xe9 at column 27)",
-                     "5 problem(s)"):
+    for expected in (
+        "line 2: not valid JSON",
+        "line 4: expected a JSON object",
+        "row 5: duplicate id 'a' (first at row 1)",
+        "row 6: 'prompt' must be a non-empty string",
+        "line 7: not valid UTF-8 (byte 0xe9 at column 27)",
+        "5 problem(s)",
+    ):
         assert expected in checked.stdout
     assert sim.stats()["requests"] == 0
     result = submit(job)
@@ -167,8 +183,13 @@ def test_bad_input_lines_become_failure_records(tmp_path: Path, sim: SimServer) 
 
 
 def test_a_repeated_id_is_a_failure_record_never_sent(tmp_path: Path, sim: SimServer) -> None:
-    rows = [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}, {"id": "a", "prompt": "z"},
-            {"prompt": "no id: its row number"}, {"custom_id": "4", "prompt": "repeats row 4's number"}]
+    rows = [
+        {"id": "a", "prompt": "x"},
+        {"id": "b", "prompt": "y"},
+        {"id": "a", "prompt": "z"},
+        {"prompt": "no id: its row number"},
+        {"custom_id": "4", "prompt": "repeats row 4's number"},
+    ]
     job = make_job(tmp_path, sim.base_url, rows)
     checked = cli("validate", str(job))
     assert checked.exit_code == 2
@@ -179,7 +200,9 @@ def test_a_repeated_id_is_a_failure_record_never_sent(tmp_path: Path, sim: SimSe
     results, failures, usage = records(tmp_path)
     assert sorted(r["custom_id"] for r in results) == ["4", "a", "b"]
     assert [(f["row"], f["custom_id"], f["error"]["code"]) for f in failures] == [
-        (3, "a", "duplicate_id"), (5, "4", "duplicate_id")]
+        (3, "a", "duplicate_id"),
+        (5, "4", "duplicate_id"),
+    ]
     assert sim.stats()["requests"] == 3 and usage["failures_by_code"] == {"duplicate_id": 2}
     # Retrying failures never sends a repeated id: its failure stands.
     assert cli("retry-failed", str(tmp_path / "runs" / "job"), "--no-progress").exit_code == 3
@@ -187,11 +210,19 @@ def test_a_repeated_id_is_a_failure_record_never_sent(tmp_path: Path, sim: SimSe
 
 
 def test_parquet_input_with_template(tmp_path: Path, sim: SimServer) -> None:
-    table = pa.table({"doc_id": [f"d{i}" for i in range(1, 31)], "title": [f"标题{i}" for i in range(1, 31)],
-                      "body": [f"body {i}" for i in range(1, 31)]})
+    table = pa.table(
+        {
+            "doc_id": [f"d{i}" for i in range(1, 31)],
+            "title": [f"标题{i}" for i in range(1, 31)],
+            "body": [f"body {i}" for i in range(1, 31)],
+        }
+    )
     pq.write_table(table, tmp_path / "docs.parquet", row_group_size=7)
-    job = make_job(tmp_path, sim.base_url, input={
-        "path": "docs.parquet", "id_field": "doc_id", "template": "总结:{title} {body}", "system": "你是编辑"})
+    job = make_job(
+        tmp_path,
+        sim.base_url,
+        input={"path": "docs.parquet", "id_field": "doc_id", "template": "总结:{title} {body}", "system": "你是编辑"},
+    )
     assert cli("validate", str(job)).exit_code == 0
     result = submit(job)
     assert result.exit_code == 0, result.output
@@ -202,9 +233,15 @@ def test_parquet_input_with_template(tmp_path: Path, sim: SimServer) -> None:
 
 
 def test_openai_batch_input_rows(tmp_path: Path, sim: SimServer) -> None:
-    rows = [{"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
-             "body": {"model": "sim-large", "messages": [{"role": "user", "content": f"hi {i}"}]}}
-            for i in range(5)]
+    rows = [
+        {
+            "custom_id": f"req-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "sim-large", "messages": [{"role": "user", "content": f"hi {i}"}]},
+        }
+        for i in range(5)
+    ]
     result = submit(make_job(tmp_path, sim.base_url, rows))
     assert result.exit_code == 0, result.output
     results, _, usage = records(tmp_path)

@@ -25,8 +25,18 @@ from tools.torture import (
 
 
 def assert_survived(out: Outcome) -> None:
-    assert out.ok, (out.name, out.lost, out.duplicated, out.torn, out.usage_disagrees, out.extra_bills,
-                    out.bill_bound, out.resubmitted_tasks, out.secret_hits, out.problems)
+    assert out.ok, (
+        out.name,
+        out.lost,
+        out.duplicated,
+        out.torn,
+        out.usage_disagrees,
+        out.extra_bills,
+        out.bill_bound,
+        out.resubmitted_tasks,
+        out.secret_hits,
+        out.problems,
+    )
 
 
 def test_crash_torture_sync(tmp_path: Path) -> None:
@@ -67,23 +77,35 @@ record = st.tuples(st.sampled_from([RESULTS, FAILURES]), st.integers(min_value=1
 
 
 def line_for(row: int, failed: bool) -> bytes:
-    rec = {"row": row, "id": f"batch_req_{row}", "custom_id": f"r{row}", "model": "m",
-           "response": None if failed else {"status_code": 200, "body": {"choices": [{"message": {"content": "x"}}],
-                                                                          "usage": {"prompt_tokens": 3}}},
-           "error": {"code": "x"} if failed else None, "attempts": 1}
+    rec = {
+        "row": row,
+        "id": f"batch_req_{row}",
+        "custom_id": f"r{row}",
+        "model": "m",
+        "response": None
+        if failed
+        else {"status_code": 200, "body": {"choices": [{"message": {"content": "x"}}], "usage": {"prompt_tokens": 3}}},
+        "error": {"code": "x"} if failed else None,
+        "attempts": 1,
+    }
     return orjson.dumps(rec) + b"\n"
 
 
 @settings(max_examples=150, deadline=None)
-@given(records=st.lists(record, max_size=60), torn=st.dictionaries(st.sampled_from([RESULTS, FAILURES]),
-                                                                    st.integers(min_value=1, max_value=ROWS)),
-       cut=st.integers(min_value=1, max_value=30), garbage=st.booleans())
-def test_resume_sends_exactly_the_rows_without_a_final_record(records: list[tuple[str, int]], torn: dict[str, int],
-                                                               cut: int, garbage: bool) -> None:
+@given(
+    records=st.lists(record, max_size=60),
+    torn=st.dictionaries(st.sampled_from([RESULTS, FAILURES]), st.integers(min_value=1, max_value=ROWS)),
+    cut=st.integers(min_value=1, max_value=30),
+    garbage=st.booleans(),
+)
+def test_resume_sends_exactly_the_rows_without_a_final_record(
+    records: list[tuple[str, int]], torn: dict[str, int], cut: int, garbage: bool
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        (base / "in.jsonl").write_bytes(b"".join(orjson.dumps({"id": f"r{i}", "prompt": "x"}) + b"\n"
-                                                 for i in range(1, ROWS + 1)))
+        (base / "in.jsonl").write_bytes(
+            b"".join(orjson.dumps({"id": f"r{i}", "prompt": "x"}) + b"\n" for i in range(1, ROWS + 1))
+        )
         run = base / "run"
         run.mkdir()
         final: set[int] = set()
@@ -95,7 +117,7 @@ def test_resume_sends_exactly_the_rows_without_a_final_record(records: list[tupl
             files[RESULTS] += b"not a record\n"
         for name, row in torn.items():  # a crash mid-write: part of one more record, no newline
             partial = line_for(row, failed=name == FAILURES)
-            files[name] += partial[:min(cut, len(partial) - 1)]
+            files[name] += partial[: min(cut, len(partial) - 1)]
         for name, data in files.items():
             (run / name).write_bytes(bytes(data))
 

@@ -37,17 +37,22 @@ KEY = {"ZHIPUAI_API_KEY": "test-key-not-secret"}
 
 def async_job(tmp_path: Path, server: SimServer, rows: list[dict[str, Any]], **limits: Any) -> Path:
     root = server.base_url.rsplit("/v1", 1)[0]
-    return make_job(tmp_path, "", rows, provider={"name": "zhipu", "base_url": root + "/api/paas/v4",
-                                                  "mode": "async"},
-                    limits={"concurrency": 8, "poll_rps": 200, **limits})
+    return make_job(
+        tmp_path,
+        "",
+        rows,
+        provider={"name": "zhipu", "base_url": root + "/api/paas/v4", "mode": "async"},
+        limits={"concurrency": 8, "poll_rps": 200, **limits},
+    )
 
 
 def out(tmp_path: Path, name: str) -> list[dict[str, Any]]:
     return read_jsonl(tmp_path / "runs" / "job" / name)
 
 
-def test_async_tasks_are_submitted_once_and_polled_to_the_end(tmp_path: Path,
-                                                               start_sim: Callable[..., SimServer]) -> None:
+def test_async_tasks_are_submitted_once_and_polled_to_the_end(
+    tmp_path: Path, start_sim: Callable[..., SimServer]
+) -> None:
     server = start_sim(task_s=(0.1, 0.5))
     rows = [{"id": f"r{i}", "prompt": f"question {i}"} for i in range(30)]
     rows[3]["prompt"] += " #sim:expire=1"
@@ -76,7 +81,8 @@ def test_async_tasks_are_submitted_once_and_polled_to_the_end(tmp_path: Path,
 
 
 def test_a_killed_async_run_polls_its_tasks_and_never_submits_them_again(
-        tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:
+    tmp_path: Path, start_sim: Callable[..., SimServer]
+) -> None:
     server = start_sim(task_s=(2.0, 2.5))
     rows = [{"id": f"r{i}", "prompt": f"question {i}"} for i in range(20)]
     job = async_job(tmp_path, server, rows)
@@ -98,8 +104,9 @@ def test_a_killed_async_run_polls_its_tasks_and_never_submits_them_again(
     assert sorted(r["custom_id"] for r in out(tmp_path, "results.jsonl")) == sorted(r["id"] for r in rows)
     stats = server.stats()
     assert stats["tasks_submitted"] == 20 and stats["billed_twice"] == 0
-    assert {r["task_id"] for r in out(tmp_path, "results.jsonl")} == {t["task_id"] for t in out(tmp_path,
-                                                                                                "tasks.jsonl")}
+    assert {r["task_id"] for r in out(tmp_path, "results.jsonl")} == {
+        t["task_id"] for t in out(tmp_path, "tasks.jsonl")
+    }
 
     fresh = tmp_path / "fresh.yaml"
     fresh.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "output_dir": str(abandoned / "runs" / "job")}))
@@ -128,8 +135,9 @@ def test_polls_stay_within_their_budget(tmp_path: Path, start_sim: Callable[...,
     assert 30 <= polls <= 10 * elapsed + 10  # the rate, plus one second's burst
 
 
-def test_unknown_task_ids_from_the_start_mean_a_wrong_poll_url(tmp_path: Path,
-                                                                start_sim: Callable[..., SimServer]) -> None:
+def test_unknown_task_ids_from_the_start_mean_a_wrong_poll_url(
+    tmp_path: Path, start_sim: Callable[..., SimServer]
+) -> None:
     server = start_sim(task_s=(0.1, 0.1))
     rows = [{"id": f"r{i}", "prompt": f"question {i} #sim:expire=9"} for i in range(8)]
     result = submit(async_job(tmp_path, server, rows), env=KEY)
@@ -145,45 +153,84 @@ def test_async_mode_is_zhipus(tmp_path: Path, sim: SimServer) -> None:
     assert result.exit_code == 2 and "provider.mode 'async' is not offered by Baidu Qianfan" in result.output
 
 
-@pytest.mark.parametrize(("status", "body", "state"), [
-    (200, {"task_status": "PROCESSING"}, TaskState.PENDING),
-    (200, {"task_status": "SUBMITTED"}, TaskState.PENDING),
-    (200, {"task_status": "SUCCESS", "choices": []}, TaskState.SUCCESS),
-    (200, {"task_status": "FAIL"}, TaskState.FAILED),
-    (200, {"task_status": "FAILED"}, TaskState.FAILED),
-    (200, {"task_status": "CANCELLED"}, TaskState.FAILED),
-    (404, {"error": {"code": "x"}}, TaskState.EXPIRED),
-    (None, None, TaskState.NO_ANSWER),
-    (429, None, TaskState.NO_ANSWER),
-    (503, b"<html>", TaskState.NO_ANSWER),
-    (200, b"not json", TaskState.NO_ANSWER),
-    (401, {"error": {"code": "1000"}}, TaskState.REFUSED),
-    (200, {"error": {"code": "1214", "message": "bad"}}, TaskState.REFUSED),
-])
+@pytest.mark.parametrize(
+    ("status", "body", "state"),
+    [
+        (200, {"task_status": "PROCESSING"}, TaskState.PENDING),
+        (200, {"task_status": "SUBMITTED"}, TaskState.PENDING),
+        (200, {"task_status": "SUCCESS", "choices": []}, TaskState.SUCCESS),
+        (200, {"task_status": "FAIL"}, TaskState.FAILED),
+        (200, {"task_status": "FAILED"}, TaskState.FAILED),
+        (200, {"task_status": "CANCELLED"}, TaskState.FAILED),
+        (404, {"error": {"code": "x"}}, TaskState.EXPIRED),
+        (None, None, TaskState.NO_ANSWER),
+        (429, None, TaskState.NO_ANSWER),
+        (503, b"<html>", TaskState.NO_ANSWER),
+        (200, b"not json", TaskState.NO_ANSWER),
+        (401, {"error": {"code": "1000"}}, TaskState.REFUSED),
+        (200, {"error": {"code": "1214", "message": "bad"}}, TaskState.REFUSED),
+    ],
+)
 def test_task_state(status: int | None, body: Any, state: TaskState) -> None:
     assert task_state(status, body) is state
 
 
-@pytest.mark.parametrize(("status", "body", "headers", "action", "verdict", "code"), [
-    (200, {"task_status": "PROCESSING"}, {}, TaskAction.POLL, None, None),
-    (429, None, {"Retry-After": "3"}, TaskAction.POLL, None, None),
-    (404, None, {}, TaskAction.EXPIRED, Verdict.RETRY, "task_expired"),
-    (200, {"task_status": "SUCCESS", "choices": [{"message": {"content": "x"}, "finish_reason": "stop"}]}, {},
-     TaskAction.DECIDE, Verdict.OK, "ok"),
-    (200, {"task_status": "SUCCESS", "choices": [{"message": {"content": ""}, "finish_reason": "sensitive"}],
-           "content_filter": [{"role": "assistant", "level": 1}]}, {}, TaskAction.DECIDE, Verdict.FAIL_ROW,
-     "content_filter"),
-    (200, {"task_status": "SUCCESS"}, {}, TaskAction.RESUBMIT, Verdict.RETRY, "empty_response"),
-    (200, {"task_status": "FAIL"}, {}, TaskAction.RESUBMIT, Verdict.RETRY, "task_failed"),
-    (200, {"task_status": "FAIL", "error": {"code": "1301", "message": "sensitive"}}, {}, TaskAction.DECIDE,
-     Verdict.FAIL_ROW, "1301"),
-    (200, {"task_status": "FAIL", "error": {"code": "1113", "message": "arrears"}}, {}, TaskAction.RESUBMIT,
-     Verdict.RETRY, "1113"),
-    (401, {"error": {"code": "1000", "message": "bad key"}}, {}, TaskAction.DECIDE, Verdict.STOP_RUN, "1000"),
-    (400, {"error": {"code": "1214", "message": "bad id"}}, {}, TaskAction.DECIDE, Verdict.FAIL_ROW, "1214"),
-])
-def test_judge_task(status: int | None, body: Any, headers: dict[str, str], action: TaskAction,
-                    verdict: Verdict | None, code: str | None) -> None:
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "action", "verdict", "code"),
+    [
+        (200, {"task_status": "PROCESSING"}, {}, TaskAction.POLL, None, None),
+        (429, None, {"Retry-After": "3"}, TaskAction.POLL, None, None),
+        (404, None, {}, TaskAction.EXPIRED, Verdict.RETRY, "task_expired"),
+        (
+            200,
+            {"task_status": "SUCCESS", "choices": [{"message": {"content": "x"}, "finish_reason": "stop"}]},
+            {},
+            TaskAction.DECIDE,
+            Verdict.OK,
+            "ok",
+        ),
+        (
+            200,
+            {
+                "task_status": "SUCCESS",
+                "choices": [{"message": {"content": ""}, "finish_reason": "sensitive"}],
+                "content_filter": [{"role": "assistant", "level": 1}],
+            },
+            {},
+            TaskAction.DECIDE,
+            Verdict.FAIL_ROW,
+            "content_filter",
+        ),
+        (200, {"task_status": "SUCCESS"}, {}, TaskAction.RESUBMIT, Verdict.RETRY, "empty_response"),
+        (200, {"task_status": "FAIL"}, {}, TaskAction.RESUBMIT, Verdict.RETRY, "task_failed"),
+        (
+            200,
+            {"task_status": "FAIL", "error": {"code": "1301", "message": "sensitive"}},
+            {},
+            TaskAction.DECIDE,
+            Verdict.FAIL_ROW,
+            "1301",
+        ),
+        (
+            200,
+            {"task_status": "FAIL", "error": {"code": "1113", "message": "arrears"}},
+            {},
+            TaskAction.RESUBMIT,
+            Verdict.RETRY,
+            "1113",
+        ),
+        (401, {"error": {"code": "1000", "message": "bad key"}}, {}, TaskAction.DECIDE, Verdict.STOP_RUN, "1000"),
+        (400, {"error": {"code": "1214", "message": "bad id"}}, {}, TaskAction.DECIDE, Verdict.FAIL_ROW, "1214"),
+    ],
+)
+def test_judge_task(
+    status: int | None,
+    body: Any,
+    headers: dict[str, str],
+    action: TaskAction,
+    verdict: Verdict | None,
+    code: str | None,
+) -> None:
     judged = judge_task(Reply(status, headers, body, 0.1), PRESETS["zhipu"].errors)
     assert judged.action is action
     assert (judged.decision.verdict if judged.decision else None) is verdict
@@ -246,9 +293,13 @@ def test_the_in_process_simulator_keeps_tasks_across_a_restart(tmp_path: Path) -
     """Its task ids carry the task, so a resumed run's polls are answered as a provider that kept them would;
     a row submitted again before the kill still says why in its final record."""
     rows = [{"id": f"r{i}", "prompt": f"question {i}" + (" #sim:expire=1" if i == 3 else "")} for i in range(10)]
-    job = make_job(tmp_path, "", rows, provider={"name": "simulated", "mode": "async",
-                                                 "simulate": {"task_s": [2.5, 3.0], "latency": 0}},
-                   limits={"poll_rps": 100})
+    job = make_job(
+        tmp_path,
+        "",
+        rows,
+        provider={"name": "simulated", "mode": "async", "simulate": {"task_s": [2.5, 3.0], "latency": 0}},
+        limits={"poll_rps": 100},
+    )
     tasks = tmp_path / "runs" / "job" / "tasks.jsonl"
     proc = spawn_submit(job)
     deadline = time.monotonic() + 30

@@ -57,8 +57,9 @@ class ClientRun:
 
 class Simulator:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen([*PY, "simulate", "--port", "0", *args], stdout=subprocess.PIPE, text=True,
-                                     env=env)
+        self.proc = subprocess.Popen(
+            [*PY, "simulate", "--port", "0", *args], stdout=subprocess.PIPE, text=True, env=env
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if "simulated provider at " not in line:
@@ -102,18 +103,32 @@ def long_prompt(i: int) -> str:  # about 1000 tokens
     return f"Document {i}. " + ("The committee reviewed the quarterly figures and noted steady growth. " * 57)
 
 
-def run_client(workdir: Path, sim: Simulator, input_path: Path, *, limits: dict[str, Any] | None = None,
-               max_tokens: int = 16, name: str = "bench", mode: str = "sync") -> ClientRun:
-    spec = {"name": name, "input": str(input_path), "model": "sim-small", "params": {"max_tokens": max_tokens},
-            "provider": {"name": "simulated", "base_url": sim.url, "mode": mode},
-            "output_dir": str(workdir / "runs" / name),
-            "retry": {"max_attempts": 10, "timeout_s": 30, "backoff_s": 0.25, "max_backoff_s": 5}}
+def run_client(
+    workdir: Path,
+    sim: Simulator,
+    input_path: Path,
+    *,
+    limits: dict[str, Any] | None = None,
+    max_tokens: int = 16,
+    name: str = "bench",
+    mode: str = "sync",
+) -> ClientRun:
+    spec = {
+        "name": name,
+        "input": str(input_path),
+        "model": "sim-small",
+        "params": {"max_tokens": max_tokens},
+        "provider": {"name": "simulated", "base_url": sim.url, "mode": mode},
+        "output_dir": str(workdir / "runs" / name),
+        "retry": {"max_attempts": 10, "timeout_s": 30, "backoff_s": 0.25, "max_backoff_s": 5},
+    }
     if limits:
         spec["limits"] = limits
     job = workdir / f"{name}.yaml"
     job.write_text(yaml.safe_dump(spec))
-    proc = subprocess.Popen([*PY, "submit", str(job), "--no-progress"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [*PY, "submit", str(job), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     assert proc.stdout is not None
     output = proc.stdout.read().decode()
     _, status, rusage = os.wait4(proc.pid, 0)
@@ -133,14 +148,21 @@ def bench_configured_rpm(work: Path, rows: int) -> list[Figure]:
     rpm = 6000
     sim = Simulator("--rpm", str(rpm), *PROVIDER_LIKE)
     try:
-        run = run_client(work, sim, write_prompts(work / "rpm.jsonl", rows, short_prompt), limits={"rpm": rpm},
-                         name="rpm")
+        run = run_client(
+            work, sim, write_prompts(work / "rpm.jsonl", rows, short_prompt), limits={"rpm": rpm}, name="rpm"
+        )
     finally:
         sim.close()
     share = run.rows_per_s / (rpm / 60)
-    return [Figure(f"1 RPM {rpm} given: rows/s vs RPM/60 ({rows} rows)", ">= 97 %",
-                   f"{run.rows_per_s:.1f}/s = {pct(share)}", share >= 0.97),
-            Figure("1 RPM given: requests answered 429", "<= 1 %", pct(run.share_429), run.share_429 <= 0.01)]
+    return [
+        Figure(
+            f"1 RPM {rpm} given: rows/s vs RPM/60 ({rows} rows)",
+            ">= 97 %",
+            f"{run.rows_per_s:.1f}/s = {pct(share)}",
+            share >= 0.97,
+        ),
+        Figure("1 RPM given: requests answered 429", "<= 1 %", pct(run.share_429), run.share_429 <= 0.01),
+    ]
 
 
 def bench_configured_tpm(work: Path, rows: int, accounting: str) -> list[Figure]:
@@ -159,10 +181,17 @@ def bench_configured_tpm(work: Path, rows: int, accounting: str) -> list[Figure]
     ideal = tpm / 60 / per_row
     share = run.rows_per_s / ideal
     label = {"reserve": "(a) prompt + max_tokens on admission", "actual": "(b) actual tokens after the answer"}
-    return [Figure(f"1 TPM given, {label[accounting]}: rows/s vs TPM allows", ">= 97 %",
-                   f"{run.rows_per_s:.1f}/s of {ideal:.1f}/s = {pct(share)}", share >= 0.97),
-            Figure(f"1 TPM given, ({accounting}): requests answered 429", "<= 1 %", pct(run.share_429),
-                   run.share_429 <= 0.01)]
+    return [
+        Figure(
+            f"1 TPM given, {label[accounting]}: rows/s vs TPM allows",
+            ">= 97 %",
+            f"{run.rows_per_s:.1f}/s of {ideal:.1f}/s = {pct(share)}",
+            share >= 0.97,
+        ),
+        Figure(
+            f"1 TPM given, ({accounting}): requests answered 429", "<= 1 %", pct(run.share_429), run.share_429 <= 0.01
+        ),
+    ]
 
 
 def bench_unknown_limits(work: Path, rows: int, *, headers: bool) -> list[Figure]:
@@ -170,19 +199,34 @@ def bench_unknown_limits(work: Path, rows: int, *, headers: bool) -> list[Figure
     extra = ["--rate-headers"] if headers else ["--bare-429"]
     sim = Simulator("--rpm", str(rpm), *extra, *PROVIDER_LIKE)
     try:
-        run = run_client(work, sim, write_prompts(work / "unknown.jsonl", rows, short_prompt),
-                         name="unknown-headers" if headers else "unknown")
+        run = run_client(
+            work,
+            sim,
+            write_prompts(work / "unknown.jsonl", rows, short_prompt),
+            name="unknown-headers" if headers else "unknown",
+        )
     finally:
         sim.close()
     share = run.rows_per_s / (rpm / 60)
     learned = run.usage.get("throttle", {})
     how = "x-ratelimit headers" if headers else "bare 429s"
-    figures = [Figure(f"2 no limits given, {how}: rows/s vs true {rpm} RPM ({rows} rows)", ">= 85 %",
-                      f"{run.rows_per_s:.1f}/s = {pct(share)}", share >= 0.85),
-               Figure(f"2 no limits given, {how}: requests answered 429", "<= 3 %", pct(run.share_429),
-                      run.share_429 <= 0.03)]
-    figures.append(Figure(f"2 {how}: rate and concurrency at the end", "", f"{learned.get('rpm')} RPM, "
-                          f"concurrency {learned.get('concurrency')}", None))
+    figures = [
+        Figure(
+            f"2 no limits given, {how}: rows/s vs true {rpm} RPM ({rows} rows)",
+            ">= 85 %",
+            f"{run.rows_per_s:.1f}/s = {pct(share)}",
+            share >= 0.85,
+        ),
+        Figure(f"2 no limits given, {how}: requests answered 429", "<= 3 %", pct(run.share_429), run.share_429 <= 0.03),
+    ]
+    figures.append(
+        Figure(
+            f"2 {how}: rate and concurrency at the end",
+            "",
+            f"{learned.get('rpm')} RPM, concurrency {learned.get('concurrency')}",
+            None,
+        )
+    )
     return figures
 
 
@@ -199,11 +243,18 @@ def bench_concurrency_limit(work: Path, rows: int) -> list[Figure]:
         latencies = [float(orjson.loads(line)["latency_s"]) for line in f]
     ideal = limit / (sum(latencies) / len(latencies))
     share = run.rows_per_s / ideal
-    return [Figure(f"2 no limits given, {limit} in flight at most (Zhipu 1302): rows/s vs limit / mean latency",
-                   ">= 90 %", f"{run.rows_per_s:.1f}/s of {ideal:.1f}/s = {pct(share)}", share >= 0.90),
-            Figure("2 in-flight limit: requests answered 429", "<= 3 %", pct(run.share_429), run.share_429 <= 0.03),
-            Figure("2 in-flight limit: concurrency at the end", "",
-                   f"{run.usage.get('throttle', {}).get('concurrency')}", None)]
+    return [
+        Figure(
+            f"2 no limits given, {limit} in flight at most (Zhipu 1302): rows/s vs limit / mean latency",
+            ">= 90 %",
+            f"{run.rows_per_s:.1f}/s of {ideal:.1f}/s = {pct(share)}",
+            share >= 0.90,
+        ),
+        Figure("2 in-flight limit: requests answered 429", "<= 3 %", pct(run.share_429), run.share_429 <= 0.03),
+        Figure(
+            "2 in-flight limit: concurrency at the end", "", f"{run.usage.get('throttle', {}).get('concurrency')}", None
+        ),
+    ]
 
 
 def bench_overhead(work: Path, rows: int) -> list[Figure]:
@@ -212,9 +263,15 @@ def bench_overhead(work: Path, rows: int) -> list[Figure]:
         run = run_client(work, sim, write_prompts(work / "overhead.jsonl", rows, short_prompt), name="overhead")
     finally:
         sim.close()
-    return [Figure(f"3 client overhead, zero-latency provider ({rows} rows): rows/s", ">= 4000",
-                   f"{run.rows_per_s:.0f}", run.rows_per_s >= 4000),
-            Figure("3 client CPU per row (user + system)", "", f"{1000 * run.cpu_s / rows:.3f} ms", None)]
+    return [
+        Figure(
+            f"3 client overhead, zero-latency provider ({rows} rows): rows/s",
+            ">= 4000",
+            f"{run.rows_per_s:.0f}",
+            run.rows_per_s >= 4000,
+        ),
+        Figure("3 client CPU per row (user + system)", "", f"{1000 * run.cpu_s / rows:.3f} ms", None),
+    ]
 
 
 def bench_async(work: Path, rows: int) -> list[Figure]:
@@ -222,23 +279,39 @@ def bench_async(work: Path, rows: int) -> list[Figure]:
     rpm, poll_rps = 1200, 50
     sim = Simulator("--rpm", str(rpm), "--task-s", "2", "20", "--latency", "0.1")
     try:
-        run = run_client(work, sim, write_prompts(work / "async.jsonl", rows, short_prompt), name="async",
-                         mode="async", limits={"rpm": rpm, "poll_rps": poll_rps})
+        run = run_client(
+            work,
+            sim,
+            write_prompts(work / "async.jsonl", rows, short_prompt),
+            name="async",
+            mode="async",
+            limits={"rpm": rpm, "poll_rps": poll_rps},
+        )
     finally:
         sim.close()
     run_dir = work / "runs" / "async"
     last_submit = max(orjson.loads(line)["t"] for line in (run_dir / "tasks.jsonl").read_bytes().splitlines())
-    last_result = max(iso_epoch(orjson.loads(line)["completed_at"])
-                      for line in (run_dir / "results.jsonl").read_bytes().splitlines())
+    last_result = max(
+        iso_epoch(orjson.loads(line)["completed_at"]) for line in (run_dir / "results.jsonl").read_bytes().splitlines()
+    )
     tail = last_result - last_submit
     per_task = run.usage["polls"] / max(1, run.usage["rows_succeeded"])
     submitted = run.stats["tasks_submitted"]
-    return [Figure(f"6 async, tasks 2-20 s ({rows} rows, {poll_rps} polls/s budget): polls per completed task",
-                   "<= 5", f"{per_task:.2f} ({run.usage['polls']} polls)", per_task <= 5),
-            Figure("6 async: last submission to last result", "<= 35 s (20 s task + one poll interval)",
-                   f"{tail:.1f} s", tail <= 35),
-            Figure("6 async: tasks submitted per row", "1.00", f"{submitted / rows:.2f} ({submitted})",
-                   submitted == rows)]
+    return [
+        Figure(
+            f"6 async, tasks 2-20 s ({rows} rows, {poll_rps} polls/s budget): polls per completed task",
+            "<= 5",
+            f"{per_task:.2f} ({run.usage['polls']} polls)",
+            per_task <= 5,
+        ),
+        Figure(
+            "6 async: last submission to last result",
+            "<= 35 s (20 s task + one poll interval)",
+            f"{tail:.1f} s",
+            tail <= 35,
+        ),
+        Figure("6 async: tasks submitted per row", "1.00", f"{submitted / rows:.2f} ({submitted})", submitted == rows),
+    ]
 
 
 def bench_memory(work: Path, big: int, small: int) -> list[Figure]:
@@ -259,10 +332,22 @@ def bench_memory(work: Path, big: int, small: int) -> list[Figure]:
                 sim.close()
             path.unlink()
         growth = rss[big] / rss[small] - 1
-        figures.append(Figure(f"4 peak RSS, {big:,} {kind} rows", "<= 100 MB",
-                              f"{rss[big]:.1f} MB (concurrency at the end {concurrency[big]})", rss[big] <= 100))
-        figures.append(Figure(f"4 peak RSS growth, {kind} {small:,} -> {big:,} rows", "<= 20 %",
-                              f"{rss[small]:.1f} -> {rss[big]:.1f} MB ({100 * growth:+.1f} %)", growth <= 0.20))
+        figures.append(
+            Figure(
+                f"4 peak RSS, {big:,} {kind} rows",
+                "<= 100 MB",
+                f"{rss[big]:.1f} MB (concurrency at the end {concurrency[big]})",
+                rss[big] <= 100,
+            )
+        )
+        figures.append(
+            Figure(
+                f"4 peak RSS growth, {kind} {small:,} -> {big:,} rows",
+                "<= 20 %",
+                f"{rss[small]:.1f} -> {rss[big]:.1f} MB ({100 * growth:+.1f} %)",
+                growth <= 0.20,
+            )
+        )
     return figures
 
 
@@ -276,32 +361,76 @@ def write_done_run(work: Path, done: int, extra: int, sim_url: str) -> tuple[Pat
     path = write_prompts(work / "done.jsonl", done + extra, short_prompt)
     spec_path = work / "done.yaml"
     run_dir = work / "runs" / "done"
-    spec_path.write_text(yaml.safe_dump({
-        "name": "done", "input": str(path), "model": "sim-small", "params": {"max_tokens": 16},
-        "provider": {"name": "simulated", "base_url": sim_url}, "output_dir": str(run_dir)}))
+    spec_path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "done",
+                "input": str(path),
+                "model": "sim-small",
+                "params": {"max_tokens": 16},
+                "provider": {"name": "simulated", "base_url": sim_url},
+                "output_dir": str(run_dir),
+            }
+        )
+    )
     prepared = prepare(load_spec(spec_path))
     run_dir.mkdir(parents=True)
-    body = {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {
-        "role": "assistant", "content": "done before"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25}}
+    body = {
+        "id": "x",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "done before"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25},
+    }
     rng = random.Random(7)  # answer times spread as a hosted API's do: lognormal around 0.3 s, 0.1 ms steps
     with open(run_dir / RESULTS, "wb") as f:
         for row in range(1, done + 1):
             latency = round(0.3 * math.exp(0.5 * rng.gauss(0, 1)), 4)
-            f.write(orjson.dumps({"row": row, "id": f"batch_req_{row}", "custom_id": f"r{row - 1}",
-                                  "model": "sim-small", "response": {"status_code": 200, "request_id": "x",
-                                                                     "body": body},
-                                  "error": None, "attempts": 1, "rate_limited": 0, "latency_s": latency,
-                                  "completed_at": f"2026-11-23T10:{row // 60000 % 60:02d}:{row // 1000 % 60:02d}.000Z"})
-                    + b"\n")
+            f.write(
+                orjson.dumps(
+                    {
+                        "row": row,
+                        "id": f"batch_req_{row}",
+                        "custom_id": f"r{row - 1}",
+                        "model": "sim-small",
+                        "response": {"status_code": 200, "request_id": "x", "body": body},
+                        "error": None,
+                        "attempts": 1,
+                        "rate_limited": 0,
+                        "latency_s": latency,
+                        "completed_at": f"2026-11-23T10:{row // 60000 % 60:02d}:{row // 1000 % 60:02d}.000Z",
+                    }
+                )
+                + b"\n"
+            )
     size = (run_dir / RESULTS).stat().st_size
-    atomic_write(run_dir / MANIFEST, orjson.dumps({"job": prepared.spec.describe(),
-                                                   "fingerprint": prepared.fingerprint, "state": "interrupted"}))
-    atomic_write(run_dir / USAGE, orjson.dumps({
-        "rows_total": done + extra, "rows_succeeded": done, "requests": done, "prompt_tokens": 20 * done,
-        "completion_tokens": 5 * done, "total_tokens": 25 * done, "models": {"sim-small": {
-            "rows_succeeded": done, "requests": done, "prompt_tokens": 20 * done, "completion_tokens": 5 * done,
-            "total_tokens": 25 * done}}, "active_s": 100.0, "checkpoint": {RESULTS: size, "failures.jsonl": 0}}))
+    atomic_write(
+        run_dir / MANIFEST,
+        orjson.dumps({"job": prepared.spec.describe(), "fingerprint": prepared.fingerprint, "state": "interrupted"}),
+    )
+    atomic_write(
+        run_dir / USAGE,
+        orjson.dumps(
+            {
+                "rows_total": done + extra,
+                "rows_succeeded": done,
+                "requests": done,
+                "prompt_tokens": 20 * done,
+                "completion_tokens": 5 * done,
+                "total_tokens": 25 * done,
+                "models": {
+                    "sim-small": {
+                        "rows_succeeded": done,
+                        "requests": done,
+                        "prompt_tokens": 20 * done,
+                        "completion_tokens": 5 * done,
+                        "total_tokens": 25 * done,
+                    }
+                },
+                "active_s": 100.0,
+                "checkpoint": {RESULTS: size, "failures.jsonl": 0},
+            }
+        ),
+    )
     return spec_path, run_dir
 
 
@@ -314,8 +443,9 @@ def bench_resume(work: Path, done: int) -> list[Figure]:
     try:
         spec_path, run_dir = write_done_run(work, done, extra, sim.url)
         started = time.time()
-        proc = subprocess.Popen([*PY, "submit", str(spec_path), "--no-progress"], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [*PY, "submit", str(spec_path), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         first = None
         while proc.poll() is None and first is None:
             first = sim.stats()["first_request_at"]
@@ -328,10 +458,15 @@ def bench_resume(work: Path, done: int) -> list[Figure]:
     finally:
         sim.close()
     startup = first - started
-    return [Figure(f"5 resume with {done:,} rows done: time to first request", "< 5 s", f"{startup:.2f} s",
-                   startup < 5),
-            Figure("5 resumed run: rows recorded at the end (done + new)", f"{done + extra:,}", f"{results:,}",
-                   results == done + extra)]
+    return [
+        Figure(f"5 resume with {done:,} rows done: time to first request", "< 5 s", f"{startup:.2f} s", startup < 5),
+        Figure(
+            "5 resumed run: rows recorded at the end (done + new)",
+            f"{done + extra:,}",
+            f"{results:,}",
+            results == done + extra,
+        ),
+    ]
 
 
 def bench_operations(work: Path, done: int) -> list[Figure]:
@@ -339,22 +474,33 @@ def bench_operations(work: Path, done: int) -> list[Figure]:
     _, run_dir = write_done_run(work, done, 1000, "http://127.0.0.1:9/v1")
     figures = []
     # The command's own VmHWM, printed at exit: rusage would carry over this process's high-water mark.
-    wrapper = ("import atexit, sys\nfrom batchrun.usage import peak_rss_mb\n"
-               "atexit.register(lambda: print(f'PEAK_RSS_MB={peak_rss_mb()}', file=sys.stderr))\n"
-               "from batchrun.cli import main\nmain(sys.argv[1:])")
-    for name, args in (("report", ["report", str(run_dir), "--html", str(work / "r.html")]),
-                       ("status", ["status", str(run_dir)]),
-                       ("export to Parquet", ["export", str(run_dir), "--to", str(work / "x.parquet")])):
+    wrapper = (
+        "import atexit, sys\nfrom batchrun.usage import peak_rss_mb\n"
+        "atexit.register(lambda: print(f'PEAK_RSS_MB={peak_rss_mb()}', file=sys.stderr))\n"
+        "from batchrun.cli import main\nmain(sys.argv[1:])"
+    )
+    for name, args in (
+        ("report", ["report", str(run_dir), "--html", str(work / "r.html")]),
+        ("status", ["status", str(run_dir)]),
+        ("export to Parquet", ["export", str(run_dir), "--to", str(work / "x.parquet")]),
+    ):
         started = time.monotonic()
-        proc = subprocess.run([sys.executable, "-c", wrapper, *args], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", wrapper, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         elapsed = time.monotonic() - started
         if proc.returncode != 0:
             raise RuntimeError(f"batchrun {name} failed: {proc.stderr}")
         peak = proc.stderr.rsplit("PEAK_RSS_MB=", 1)[-1].strip()
         limit = 1 if name == "status" else 10
-        figures.append(Figure(f"7 {name} on {done:,} rows: seconds, peak RSS", f"< {limit} s",
-                              f"{elapsed:.2f} s, {peak} MB", elapsed < limit))
+        figures.append(
+            Figure(
+                f"7 {name} on {done:,} rows: seconds, peak RSS",
+                f"< {limit} s",
+                f"{elapsed:.2f} s, {peak} MB",
+                elapsed < limit,
+            )
+        )
     return figures
 
 
@@ -397,8 +543,10 @@ def main(quick: bool, only: str | None) -> None:
             work.mkdir()
             figures += scenario(work)
             print(f"... {figures[-1].name.split(':')[0]} done ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
-    print(f"\nbatchrun bench{' --quick' if q else ''}: {os.cpu_count()} cores, simulated provider in its own "
-          f"process, {time.monotonic() - t0:.0f} s\n")
+    print(
+        f"\nbatchrun bench{' --quick' if q else ''}: {os.cpu_count()} cores, simulated provider in its own "
+        f"process, {time.monotonic() - t0:.0f} s\n"
+    )
     if q:  # short runs carry a fixed start-up cost the targets (set for the full sizes) do not allow for
         figures = [Figure(f.name, f"({f.target})" if f.target else "", f.value, None) for f in figures]
         print("--quick: smaller runs than the targets are set for; figures are indicative, targets in brackets\n")

@@ -9,16 +9,23 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-
-import tomllib
+from typing import Any
 
 # What the floors bring along: pyarrow 14 was built against numpy 1.x and does not load beside numpy 2.
 COMPANIONS = {"pyarrow": "numpy<2"}
 
 
+def _toml(text: str) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib.loads(text)
+    sys.exit("floors: needs Python 3.11 or later (tomllib)")
+
+
 def floors(pyproject: Path) -> list[str]:
     pins = []
-    for requirement in tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"]:
+    for requirement in _toml(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"]:
         found = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*>=\s*([0-9][0-9A-Za-z.]*)\s*", requirement)
         if found is None:
             sys.exit(f"floors: {requirement!r} has no plain '>=' floor; give it one")

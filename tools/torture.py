@@ -60,8 +60,16 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.duplicated or self.torn or self.usage_disagrees or self.secret_hits
-                    or self.resubmitted_tasks or self.extra_bills > self.bill_bound or self.problems)
+        return not (
+            self.lost
+            or self.duplicated
+            or self.torn
+            or self.usage_disagrees
+            or self.secret_hits
+            or self.resubmitted_tasks
+            or self.extra_bills > self.bill_bound
+            or self.problems
+        )
 
 
 def new_key() -> str:
@@ -86,10 +94,14 @@ def finish(out: Outcome, run_dir: Path, rows: int, key: str, log: Path) -> Outco
     return out
 
 
-def job_spec(work: Path, name: str, sim_url: str, input_path: Path, *, mode: str = "sync",
-             timeout_s: float = 1.5, **extra: Any) -> Path:
+def job_spec(
+    work: Path, name: str, sim_url: str, input_path: Path, *, mode: str = "sync", timeout_s: float = 1.5, **extra: Any
+) -> Path:
     spec: dict[str, Any] = {
-        "name": name, "input": str(input_path), "model": "sim-small", "params": {"max_tokens": 16},
+        "name": name,
+        "input": str(input_path),
+        "model": "sim-small",
+        "params": {"max_tokens": 16},
         "provider": {"name": "simulated", "base_url": sim_url, "mode": mode},
         "limits": {"concurrency": CONCURRENCY, "poll_rps": 1000, "max_pending": 2000},
         "retry": {"max_attempts": 30, "timeout_s": timeout_s, "backoff_s": 0.05, "max_backoff_s": 1},
@@ -103,8 +115,13 @@ def job_spec(work: Path, name: str, sim_url: str, input_path: Path, *, mode: str
 
 def start_submit(job: Path, key: str, log: Path, **popen: Any) -> subprocess.Popen[bytes]:
     out = open(log, "ab")  # noqa: SIM115 (the child keeps it; closed when the process is reaped)
-    return subprocess.Popen([*PY, "submit", str(job), "--no-progress"], stdout=out, stderr=subprocess.STDOUT,
-                            env={**os.environ, KEY_ENV: key}, **popen)
+    return subprocess.Popen(
+        [*PY, "submit", str(job), "--no-progress"],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, KEY_ENV: key},
+        **popen,
+    )
 
 
 def crash_torture(work: Path, rows: int, kills: int, *, mode: str = "sync", seed: int = 1) -> Outcome:
@@ -114,8 +131,23 @@ def crash_torture(work: Path, rows: int, kills: int, *, mode: str = "sync", seed
     out = Outcome(f"crash torture, {mode}", rows=rows)
     log = work / f"{name}.log"
     run_dir = work / "runs" / name
-    with provider("--latency", "0.05", "--error-rate", "0.05", "--drop-rate", "0.01", "--slow-rate", "0.002",
-                  "--slow-s", "3", "--seed", str(seed), "--task-s", "0.2", "1.0") as (key, sim):
+    with provider(
+        "--latency",
+        "0.05",
+        "--error-rate",
+        "0.05",
+        "--drop-rate",
+        "0.01",
+        "--slow-rate",
+        "0.002",
+        "--slow-s",
+        "3",
+        "--seed",
+        str(seed),
+        "--task-s",
+        "0.2",
+        "1.0",
+    ) as (key, sim):
         job = job_spec(work, name, sim.url, write_prompts(work / f"{name}.jsonl", rows, _prompt), mode=mode)
         while out.kills < kills:
             proc = start_submit(job, key, log)
@@ -138,12 +170,16 @@ def crash_torture(work: Path, rows: int, kills: int, *, mode: str = "sync", seed
     # answered after the client's timeout.
     slow = int(stats["injected"].get("slow", 0))
     out.bill_bound = out.kills * CONCURRENCY + slow
-    out.notes.append(f"{out.extra_bills} rows billed again: the provider was handling {out.inflight_at_kills} "
-                     f"requests at the {out.kills} kills, and answered {slow} after the client's timeout")
+    out.notes.append(
+        f"{out.extra_bills} rows billed again: the provider was handling {out.inflight_at_kills} "
+        f"requests at the {out.kills} kills, and answered {slow} after the client's timeout"
+    )
     if mode == "async":
         out.resubmitted_tasks = resubmitted_tasks(run_dir)
-        out.notes.append(f"{stats['tasks_submitted']} tasks submitted for {rows} rows; "
-                         f"{out.resubmitted_tasks} rows submitted again while their recorded task was good")
+        out.notes.append(
+            f"{stats['tasks_submitted']} tasks submitted for {rows} rows; "
+            f"{out.resubmitted_tasks} rows submitted again while their recorded task was good"
+        )
     return finish(out, run_dir, rows, key, log)
 
 
@@ -190,7 +226,7 @@ def resubmitted_tasks(run_dir: Path) -> int:
     for tasks in entries.values():
         for later in tasks[1:]:
             reasons = [r["task_id"] for r in later.get("resubmitted") or []]
-            if not set(t["task_id"] for t in tasks[:tasks.index(later)]) <= set(reasons):
+            if not set(t["task_id"] for t in tasks[: tasks.index(later)]) <= set(reasons):
                 bad += 1
     return bad
 
@@ -225,8 +261,14 @@ def fault_suite(work: Path, per_kind: int = 20) -> Outcome:
     out.rows = len(prompts)
     with provider("--latency", "0.02") as (key, sim):
         path = write_prompts(work / "faults.jsonl", len(prompts), lambda i: prompts[i])
-        job = job_spec(work, "faults", sim.url, path, mode="stream",
-                       retry={"max_attempts": 4, "timeout_s": 1.5, "backoff_s": 0.05, "max_backoff_s": 0.2})
+        job = job_spec(
+            work,
+            "faults",
+            sim.url,
+            path,
+            mode="stream",
+            retry={"max_attempts": 4, "timeout_s": 1.5, "backoff_s": 0.05, "max_backoff_s": 0.2},
+        )
         start_submit(job, key, log).wait(300)
     for f in (orjson.loads(x) for x in (run_dir / FAILURES).read_bytes().splitlines()):
         kind = prompts[int(str(f["custom_id"])[1:])].split(" row ")[0]  # ids are r<index>
@@ -325,8 +367,12 @@ def bad_input_suite(work: Path) -> Outcome:
         if start_submit(job, key, log).wait(120) != 3:
             out.problems.append("submit of the bad input did not finish with failure records")
         (work / "empty.jsonl").write_bytes(b"")
-        empty = subprocess.run([*PY, "submit", str(job_spec(work, "empty", sim.url, work / "empty.jsonl")),
-                                "--no-progress"], capture_output=True, text=True, env=env)
+        empty = subprocess.run(
+            [*PY, "submit", str(job_spec(work, "empty", sim.url, work / "empty.jsonl")), "--no-progress"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         if empty.returncode != 0 or "0 succeeded, 0 failed, 0 pending of 0 rows" not in empty.stdout:
             out.problems.append(f"an empty input: exit {empty.returncode}: {empty.stdout}{empty.stderr}")
         pq.write_table(pa.table({"id": ["a"], "text": ["x"]}), work / "cols.parquet")
@@ -336,8 +382,9 @@ def bad_input_suite(work: Path) -> Outcome:
         spec.write_text(yaml.safe_dump(data))
         missing = subprocess.run([*PY, "submit", str(spec), "--no-progress"], capture_output=True, text=True, env=env)
         if missing.returncode != 2 or "names {body}, but the first row has no field 'body'" not in missing.stderr:
-            out.problems.append(f"a Parquet file without the template's column: exit {missing.returncode}: "
-                                f"{missing.stderr}")
+            out.problems.append(
+                f"a Parquet file without the template's column: exit {missing.returncode}: {missing.stderr}"
+            )
         billed = int(sim.stats()["billed_prompts"])
     results = [orjson.loads(x) for x in (run_dir / RESULTS).read_bytes().splitlines()]
     # The row without an id is answered under its row number; the row repeating an id is never sent.
@@ -348,14 +395,37 @@ def bad_input_suite(work: Path) -> Outcome:
 
 
 def print_table(outcomes: list[Outcome]) -> None:
-    cols = ("suite", "rows", "kills", "lost", "dup", "torn", "usage ok", "extra bills / bound", "faults injected",
-            "key found", "")
+    cols = (
+        "suite",
+        "rows",
+        "kills",
+        "lost",
+        "dup",
+        "torn",
+        "usage ok",
+        "extra bills / bound",
+        "faults injected",
+        "key found",
+        "",
+    )
     table = [cols]
     for o in outcomes:
         faults = ", ".join(f"{k} {v}" for k, v in sorted(o.faults.items()) if v) or "-"
-        table.append((o.name, f"{o.rows:,}", str(o.kills), str(o.lost), str(o.duplicated), str(o.torn),
-                      "yes" if not o.usage_disagrees else "NO: " + ",".join(o.usage_disagrees),
-                      f"{o.extra_bills} / {o.bill_bound}", faults, str(o.secret_hits), "ok" if o.ok else "FAILED"))
+        table.append(
+            (
+                o.name,
+                f"{o.rows:,}",
+                str(o.kills),
+                str(o.lost),
+                str(o.duplicated),
+                str(o.torn),
+                "yes" if not o.usage_disagrees else "NO: " + ",".join(o.usage_disagrees),
+                f"{o.extra_bills} / {o.bill_bound}",
+                faults,
+                str(o.secret_hits),
+                "ok" if o.ok else "FAILED",
+            )
+        )
     widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
     for i, row in enumerate(table):
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -377,9 +447,14 @@ def main(rows: int, kills: int, seed: int | None) -> None:
     t0 = time.monotonic()
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="batchrun-torture-") as tmp:
-        for suite in (lambda w: crash_torture(w, rows, kills, seed=seed),
-                      lambda w: crash_torture(w, rows, kills, mode="async", seed=seed + 1),
-                      fault_suite, disk_full, sigterm_storm, bad_input_suite):
+        for suite in (
+            lambda w: crash_torture(w, rows, kills, seed=seed),
+            lambda w: crash_torture(w, rows, kills, mode="async", seed=seed + 1),
+            fault_suite,
+            disk_full,
+            sigterm_storm,
+            bad_input_suite,
+        ):
             work = Path(tmp) / f"s{len(outcomes)}"
             work.mkdir()
             outcomes.append(suite(work))

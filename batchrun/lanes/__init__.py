@@ -66,8 +66,15 @@ class Host(Protocol):
 
     def decide(self, row: Row, reply: Reply, decision: Decision) -> None: ...
 
-    def record(self, row: Row, reply: Reply, decision: Decision | None, *, part: Request | None = None,
-               batch: dict[str, int] | None = None) -> None: ...
+    def record(
+        self,
+        row: Row,
+        reply: Reply,
+        decision: Decision | None,
+        *,
+        part: Request | None = None,
+        batch: dict[str, int] | None = None,
+    ) -> None: ...
 
     def retry_later(self, row: Row, decision: Decision, *, immediately: bool = False) -> None: ...
 

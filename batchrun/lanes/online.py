@@ -23,8 +23,10 @@ class OnlineLane:
         self.host = host
         endpoint = host.spec.endpoint
         # Each request streams when its body asks (mode stream, or a line's own "stream": true).
-        self.plain, self.stream = ChatCompletions(base_url, auth, endpoint), ChatCompletionsStream(base_url, auth,
-                                                                                                   endpoint)
+        self.plain, self.stream = (
+            ChatCompletions(base_url, auth, endpoint),
+            ChatCompletionsStream(base_url, auth, endpoint),
+        )
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
         return []
@@ -64,9 +66,15 @@ class OnlineLane:
     def _shared_answer(self, row: Row, reply: Reply, parts: tuple[Request, ...]) -> None:
         answers = split_embeddings(reply.body, [p.prompt_tokens for p in parts])
         if answers is None:
-            self.host.decide(row, reply, Decision(
-                Verdict.RETRY, "embedding_count_mismatch",
-                f"the answer does not hold one embedding for each of the {len(parts)} inputs"))
+            self.host.decide(
+                row,
+                reply,
+                Decision(
+                    Verdict.RETRY,
+                    "embedding_count_mismatch",
+                    f"the answer does not hold one embedding for each of the {len(parts)} inputs",
+                ),
+            )
             return
         for i, (part, body) in enumerate(zip(parts, answers, strict=True)):
             self.host.record(row, replace(reply, body=body), None, part=part, batch={"index": i, "size": len(parts)})

@@ -57,8 +57,14 @@ def task_of(row: Row) -> Task:
 class TaskLane:
     connections = MAX_POLLS_IN_FLIGHT
 
-    def __init__(self, host: Host, base_url: str, auth: Callable[[], str | None],
-                 build: Callable[[RawRow], Request | BadRow], record_bad: Callable[[BadRow], None]) -> None:
+    def __init__(
+        self,
+        host: Host,
+        base_url: str,
+        auth: Callable[[], str | None],
+        build: Callable[[RawRow], Request | BadRow],
+        record_bad: Callable[[BadRow], None],
+    ) -> None:
         self.host, self.build, self.record_bad = host, build, record_bad
         self.path = AsyncCompletions(base_url, auth)
         self.poller = Poller(self._poll, self._on_poll, host.spec.limits.poll_rps)
@@ -109,9 +115,14 @@ class TaskLane:
         """Write the task id down durably before waiting on it: a resumed run polls it instead of paying again."""
         task.task_id, task.submitted_at = task_id(reply.body), time.time()
         req = task.row.request
-        entry: dict[str, Any] = {"row": req.row, "task_id": task.task_id, "custom_id": req.custom_id,
-                                 "attempt": task.row.attempts, "submitted_at": now_iso(),
-                                 "t": round(task.submitted_at, 3)}
+        entry: dict[str, Any] = {
+            "row": req.row,
+            "task_id": task.task_id,
+            "custom_id": req.custom_id,
+            "attempt": task.row.attempts,
+            "submitted_at": now_iso(),
+            "t": round(task.submitted_at, 3),
+        }
         if task.resubmitted:  # so that a resumed run's record still says why the row was submitted again
             entry["resubmitted"] = task.resubmitted
         self.host.checkpoint.append_task(entry)
@@ -181,9 +192,12 @@ class TaskLane:
             return
         self.unconfirmed.append((task, reply))
         if len(self.unconfirmed) >= UNCONFIRMED_LIMIT:
-            self.host.failed(FatalProviderError(
-                f"{len(self.unconfirmed)} tasks polled at {self.path.result_url}<id> were unknown to the "
-                f"provider (HTTP {reply.status}) and none was found: check provider.base_url"))
+            self.host.failed(
+                FatalProviderError(
+                    f"{len(self.unconfirmed)} tasks polled at {self.path.result_url}<id> were unknown to the "
+                    f"provider (HTTP {reply.status}) and none was found: check provider.base_url"
+                )
+            )
 
     def _task_found(self) -> None:
         self.polls_answered += 1
@@ -198,8 +212,9 @@ class TaskLane:
             self.host.record(task.row, reply, decision)
             return
         task.row.billed(reply)
-        task.resubmitted.append({"task_id": task.task_id, "reason": decision.code, "message": decision.message,
-                                 "polls": task.polls})
+        task.resubmitted.append(
+            {"task_id": task.task_id, "reason": decision.code, "message": decision.message, "polls": task.polls}
+        )
         task.task_id, task.polls = None, 0
         self.host.retry_later(task.row, decision, immediately=decision.code == EXPIRED.code)
 
@@ -216,9 +231,15 @@ class TaskLane:
 class Poller:
     """Every held task polled on its own backoff, the most overdue first, all under one budget of polls."""
 
-    def __init__(self, poll: Callable[[str], Awaitable[Reply]], on_answer: Callable[[Task, Reply], None],
-                 rps: float, *, clock: Callable[[], float] = time.monotonic,
-                 jitter: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        poll: Callable[[str], Awaitable[Reply]],
+        on_answer: Callable[[Task, Reply], None],
+        rps: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
         self.poll, self.on_answer, self.clock, self.jitter = poll, on_answer, clock, jitter
         self.budget = AsyncLimiter(max(1.0, rps), max(1.0, rps) / rps)  # about one second's worth of burst
         self.slots = asyncio.Semaphore(MAX_POLLS_IN_FLIGHT)

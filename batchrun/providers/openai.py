@@ -43,8 +43,9 @@ class ChatCompletionsStream(ChatCompletions):
     async def call(self, http: aiohttp.ClientSession, request: Request, timeout: float) -> Reply:
         start = time.monotonic()
         try:
-            async with http.post(self.url, data=request.payload, headers=self.headers(),
-                                 timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            async with http.post(
+                self.url, data=request.payload, headers=self.headers(), timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as resp:
                 if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
                     raw = await resp.read()
                     return Reply(resp.status, resp.headers, parse_body(raw), time.monotonic() - start)
@@ -119,8 +120,12 @@ class StreamAssembler:
 
     def body(self) -> dict[str, Any]:
         choices = [{"index": i, **self.choices[i].shape(self.text)} for i in sorted(self.choices)]
-        body: dict[str, Any] = {**self.meta, "object": "text_completion" if self.text else "chat.completion",
-                                "choices": choices, **self.extra}
+        body: dict[str, Any] = {
+            **self.meta,
+            "object": "text_completion" if self.text else "chat.completion",
+            "choices": choices,
+            **self.extra,
+        }
         if self.usage is not None:
             body["usage"] = self.usage
         return body
@@ -155,8 +160,10 @@ def split_embeddings(body: Any, parts: list[int]) -> list[dict[str, Any]] | None
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
     shares = {k: _shares(v, parts) for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
     head = {k: v for k, v in body.items() if k not in ("data", "usage")}
-    return [{**head, "data": [{**d, "index": 0}], **({"usage": {k: s[i] for k, s in shares.items()}} if shares else {})}
-            for i, d in enumerate(ordered)]
+    return [
+        {**head, "data": [{**d, "index": 0}], **({"usage": {k: s[i] for k, s in shares.items()}} if shares else {})}
+        for i, d in enumerate(ordered)
+    ]
 
 
 def _shares(total: int, weights: list[int]) -> list[int]:
@@ -178,12 +185,15 @@ async def list_models(base_url: str, api_key: str | None, timeout: float = 30.0)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     url = base_url.rstrip("/") + "/models"
     try:
-        async with aiohttp.ClientSession() as http, http.get(
-                url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as resp,
+        ):
             raw, status = await resp.read(), resp.status
     except NO_ANSWER as exc:
-        raise FatalProviderError(f"cannot reach {url}: {type(exc).__name__}; check provider.base_url and the "
-                                 "network") from None
+        raise FatalProviderError(
+            f"cannot reach {url}: {type(exc).__name__}; check provider.base_url and the network"
+        ) from None
     body = parse_body(raw)
     if status != 200:
         code, message = error_details(body)

@@ -87,8 +87,9 @@ def judge_task(reply: Reply, table: ErrorTable) -> TaskVerdict:
         return TaskVerdict(TaskAction.EXPIRED, EXPIRED)
     decision = classify(reply.status, reply.body, reply.headers, reply.error, table)
     if state is TaskState.SUCCESS:  # RETRY here means a SUCCESS with no answer in it: the task is no use
-        return TaskVerdict(TaskAction.RESUBMIT if decision.verdict is Verdict.RETRY else TaskAction.DECIDE,
-                           decision, found=True)
+        return TaskVerdict(
+            TaskAction.RESUBMIT if decision.verdict is Verdict.RETRY else TaskAction.DECIDE, decision, found=True
+        )
     if state is TaskState.FAILED:
         code, message = error_details(reply.body)
         status = str(reply.body.get("task_status")) if isinstance(reply.body, dict) else "FAIL"
@@ -138,8 +139,10 @@ class ZhipuJWT:
     def __init__(self, key: str, clock: Callable[[], float] = time.time) -> None:
         kid, sep, secret = key.partition(".")
         if not sep or not kid or not secret:
-            raise SpecError("provider.auth: jwt needs a Zhipu key of the form id.secret; the key in the environment "
-                            "has no '.': use auth: bearer (the default) for a plain key")
+            raise SpecError(
+                "provider.auth: jwt needs a Zhipu key of the form id.secret; the key in the environment "
+                "has no '.': use auth: bearer (the default) for a plain key"
+            )
         self.kid, self.secret, self.clock = kid, secret.encode(), clock
         self._token = ""
         self._signed_at = float("-inf")
