@@ -37,7 +37,7 @@ class Preset:
     # How the provider counts TPM: "reserve" charges prompt + max_tokens on admission (OpenAI's way),
     # "actual" the tokens used once answered; "auto" assumes actual until 429s show otherwise.
     tpm_accounting: TpmAccounting = "auto"
-    errors: ErrorTable = field(default=GENERIC)  # the provider's own codes (providers.md)
+    errors: ErrorTable = field(default=GENERIC)  # the provider's own codes (docs/providers.md)
     modes: tuple[Mode, ...] = ("sync", "stream")
     endpoints: tuple[Endpoint, ...] = ("chat", "embeddings")
     embedding_batch: int = 16  # inputs per /embeddings request the provider accepts

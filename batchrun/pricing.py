@@ -39,7 +39,7 @@ def _usd(inp: float, out: float, source: str) -> Price:
 
 
 BUILT_IN: dict[str, Price] = {
-    # From ../shared/reference/providers.md; check before relying on them.
+    # From docs/providers.md; check before relying on them.
     "glm-4-flash": _cny(0, 0, "bigmodel.cn pricing, 2025"),
     "glm-4-plus": _cny(5, 5, "bigmodel.cn pricing, 2025"),
     "qwen-plus": _cny(0.8, 2, "Aliyun Model Studio pricing, 2025"),

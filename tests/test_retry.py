@@ -40,7 +40,7 @@ R, F, S = Verdict.RETRY, Verdict.FAIL_ROW, Verdict.STOP_RUN
 
 @pytest.mark.parametrize(
     ("preset", "status", "code", "verdict"),
-    [  # ../shared/reference/providers.md
+    [  # docs/providers.md
         ("zhipu", 429, "1302", R),
         ("zhipu", 429, "1305", R),
         ("zhipu", 429, "1113", S),

@@ -1,7 +1,7 @@
 """Zhipu GLM's own ways: the asyncCompletions submit-and-poll path, and the legacy HS256 JWT auth.
 
 Submit `POST {base}/async/chat/completions` (the ordinary chat body) → `{"id", "task_status": "PROCESSING"}`;
-poll `GET {base}/async-result/{id}` until task_status leaves PROCESSING/SUBMITTED (providers.md).
+poll `GET {base}/async-result/{id}` until task_status leaves PROCESSING/SUBMITTED (docs/providers.md).
 """
 
 from __future__ import annotations
