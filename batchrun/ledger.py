@@ -3,12 +3,14 @@ kept current in usage.json. Every final record of every lane is written here, an
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from .checkpoint import Checkpoint, ResumeState
+from .errors import CheckpointWriteError
 from .ids import DUPLICATE_ID, repeated_ids
 from .job import Prepared
 from .lanes import Row
@@ -78,9 +80,15 @@ class Ledger:
         """Before anything is sent: a row whose id an earlier row has gets a failure record and is never sent."""
         if self.checkpoint.manifest.get("ids_checked"):
             return
-        for repeat in repeated_ids(self.spec.input, self.spec.output_dir):
-            if repeat.row not in self.state.done:
-                self.record_bad(BadRow(repeat.row, repeat.custom_id, DUPLICATE_ID, repeat.message()))
+        try:
+            for repeat in repeated_ids(self.spec.input, self.spec.output_dir):
+                if repeat.row not in self.state.done:
+                    self.record_bad(BadRow(repeat.row, repeat.custom_id, DUPLICATE_ID, repeat.message()))
+        except (OSError, sqlite3.Error) as exc:  # the scratch table beside the records could not be written
+            raise CheckpointWriteError(
+                f"cannot check the input's ids for repeats in {self.spec.output_dir} ({exc}): free some space, then "
+                "run the same command again"
+            ) from None
         self.checkpoint.note(ids_checked=True)
 
     def commit(self, rec: Record, *, failed: bool) -> None:

@@ -216,27 +216,11 @@ class RequestBuilder:
         except _RowProblem as exc:
             return BadRow(row, custom_id, "invalid_input", f"row {row}: {exc}")
         model = str(body.get("model") or self.spec.model)
-        stream = body.get("stream") is True
-        if self.endpoint == "chat":
-            return Request(
-                row,
-                custom_id,
-                model,
-                orjson.dumps(body),
-                estimate_messages(body["messages"]),
-                max_output_tokens(body),
-                stream=stream,
-            )
-        if self.endpoint == "completions":
-            return Request(
-                row,
-                custom_id,
-                model,
-                orjson.dumps(body),
-                estimate_input(body["prompt"]),
-                max_output_tokens(body),
-                stream=stream,
-            )
+        if self.endpoint != "embeddings":
+            prompt = body["messages"] if self.endpoint == "chat" else body["prompt"]
+            tokens = estimate_messages(prompt) if self.endpoint == "chat" else estimate_input(prompt)
+            stream = body.get("stream") is True
+            return Request(row, custom_id, model, orjson.dumps(body), tokens, max_output_tokens(body), stream=stream)
         text = body.pop("input")
         alike = orjson.dumps(body, option=orjson.OPT_SORT_KEYS) if isinstance(text, str) else None
         body["input"] = text

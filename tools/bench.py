@@ -405,7 +405,15 @@ def write_done_run(work: Path, done: int, extra: int, sim_url: str) -> tuple[Pat
     size = (run_dir / RESULTS).stat().st_size
     atomic_write(
         run_dir / MANIFEST,
-        orjson.dumps({"job": prepared.spec.describe(), "fingerprint": prepared.fingerprint, "state": "interrupted"}),
+        # as a real run that recorded rows left it: its first session checked the input's ids
+        orjson.dumps(
+            {
+                "job": prepared.spec.describe(),
+                "fingerprint": prepared.fingerprint,
+                "state": "interrupted",
+                "ids_checked": True,
+            }
+        ),
     )
     atomic_write(
         run_dir / USAGE,
