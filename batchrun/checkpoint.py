@@ -22,7 +22,20 @@ import orjson
 
 from .errors import CheckpointWriteError, RunDirError
 from .records import Record, encode, now_iso, record_row
-from .rundir import FAILURES, LOCK, MANIFEST, PREVIOUS, RECORD_FILES, RESULTS, TASKS, USAGE, covered_offsets, read_json
+from .rundir import (
+    FAILURES,
+    LOCK,
+    MANIFEST,
+    PREVIOUS,
+    RECORD_FILES,
+    RESULTS,
+    RETRIED,
+    TASKS,
+    USAGE,
+    covered_offsets,
+    fold_set_aside,
+    read_json,
+)
 from .usage import Usage
 
 REDACTED = b"[redacted]"
@@ -227,7 +240,7 @@ class Checkpoint:
         if not released:
             return 0
         try:
-            dest = self.path / PREVIOUS / f"retried-{now_iso().replace(':', '-')}"
+            dest = self.path / PREVIOUS / f"{RETRIED}{now_iso().replace(':', '-')}"
             dest.mkdir(parents=True, exist_ok=True)
             atomic_write(dest / FAILURES, b"".join(released))
             atomic_write(path, b"".join(keep))
@@ -258,6 +271,8 @@ class Checkpoint:
             state.previous = {k: previous[k] for k in ("started_at", "active_s") if k in previous}
         for name in RECORD_FILES:
             self.sizes[name] = _scan(self.path / name, covers[name] if covers else 0, state, fold=covers is None)
+        if covers is None:
+            fold_set_aside(self.path, state.usage)
         self._read_tasks(state)
         return state
 

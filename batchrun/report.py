@@ -25,7 +25,7 @@ import orjson
 
 from .pricing import Price, Prices, parse_prices
 from .records import iso_epoch, line_timing
-from .rundir import MANIFEST, RECORD_FILES, RunDir, covered_offsets
+from .rundir import MANIFEST, RECORD_FILES, RunDir, covered_offsets, fold_set_aside
 from .usage import Usage
 
 
@@ -60,6 +60,8 @@ def read_run(path: Path, *, records: bool = True) -> RunData:
     saved = run.usage()
     covers = covered_offsets(run.path, saved or None)
     usage = Usage.from_totals(saved) if covers else Usage()
+    if not covers:
+        fold_set_aside(run.path, usage)
     data = RunData(
         run.path,
         run.state,

@@ -66,12 +66,9 @@ def classify(
     table: ErrorTable = GENERIC,
 ) -> Decision:
     """Sort one attempt's outcome into OK / RETRY / FAIL_ROW / STOP_RUN, by the provider's table first."""
-    if status is None:
-        return Decision(
-            Verdict.RETRY,
-            transport_error or "connection_error",
-            "no answer: " + (transport_error or "the connection failed"),
-        )
+    if status is None:  # the code is one token (`connection_error`); the detail goes in the message
+        error = transport_error or "connection_error (the connection failed)"
+        return Decision(Verdict.RETRY, error.split(" ", 1)[0], "no answer: " + error)
     code, message = error_details(body)
     if status == 200:
         if not isinstance(body, Mapping):

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -31,6 +31,7 @@ USAGE = "usage.json"
 MANIFEST = "manifest.json"
 LOCK = "run.lock"
 PREVIOUS = "previous"
+RETRIED = "retried-"  # previous/retried-<time>/failures.jsonl: failure records retry-failed set aside
 
 
 class RunState(str, enum.Enum):
@@ -90,6 +91,28 @@ def covered_offsets(run_dir: Path, saved: Mapping[str, Any] | None) -> dict[str,
             return None
         out[name] = int(covers[name])
     return out
+
+
+def set_aside(run_dir: Path) -> list[Path]:
+    """The failure records retry-failed set aside: their rows were sent again, but what they were billed
+    stays in the run's usage."""
+    return sorted((run_dir / PREVIOUS).glob(f"{RETRIED}*/{FAILURES}"))
+
+
+class Tally(Protocol):
+    def add(self, record: Mapping[str, Any], *, rows: bool = True) -> None: ...
+
+
+def fold_set_aside(run_dir: Path, usage: Tally) -> None:
+    """Add what the set-aside failure records were billed to `usage`, their rows not counted."""
+    for path in set_aside(run_dir):
+        for _, line in complete_lines(path):
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                usage.add(record, rows=False)
 
 
 def is_live(path: Path) -> bool:

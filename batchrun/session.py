@@ -10,16 +10,17 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .checkpoint import Checkpoint, ResumeState
-from .errors import BatchrunError
+from .errors import BatchrunError, SpecError
 from .ids import DUPLICATE_ID
 from .job import Prepared, api_key, display_path, prepare
 from .presets import PRESETS
 from .progress import Progress
 from .records import error_code
-from .rundir import RunState
+from .rundir import RunDir, RunState
 from .runner import RunLoop
 from .spec import JobSpec, SimulateSpec
 from .usage import Usage
@@ -54,6 +55,8 @@ async def run_job(
     `retry_codes` (retry-failed): first drop the failure records with these error codes (empty: all of them),
     so that their rows are sent again."""
     key = api_key(spec.provider.name, spec.provider.api_key_env)
+    if retry_codes:
+        _check_codes(spec.output_dir, retry_codes)
     prepared = prepare(spec)
     checkpoint = Checkpoint(spec.output_dir, secrets=[key] if key else [])
     pick = None if retry_codes is None else functools.partial(_failure_with_code, frozenset(retry_codes))
@@ -65,9 +68,22 @@ async def run_job(
 
 
 def _failure_with_code(codes: frozenset[str], rec: Mapping[str, Any]) -> bool:
-    """A repeated id is never sent: its failure stands whatever is retried."""
-    code = error_code(rec)
+    """A repeated id is never sent: its failure stands whatever is retried. Codes are single tokens (older runs
+    wrote some with their detail after a space)."""
+    code = (error_code(rec) or "").split(" ", 1)[0]
     return code != DUPLICATE_ID and (not codes or code in codes)
+
+
+def _check_codes(run_dir: Path, codes: Collection[str]) -> None:
+    """A code the run has no failure with is a typo, not a no-op: say which codes it has."""
+    found: dict[str, int] = {}
+    for code, n in (RunDir(run_dir).usage().get("failures_by_code") or {}).items():
+        token = str(code).split(" ", 1)[0]
+        found[token] = found.get(token, 0) + int(n)
+    unknown = sorted(set(codes) - set(found))
+    if unknown:
+        have = ", ".join(f"{c} ×{n}" for c, n in sorted(found.items(), key=lambda kv: -kv[1])) or "none"
+        raise SpecError(f"--code {unknown[0]}: {run_dir} has no failure with that code (its failure codes: {have})")
 
 
 async def _run_opened(

@@ -46,8 +46,11 @@ class Usage:
     models: dict[str, ModelUsage] = field(default_factory=dict)
     failures_by_code: dict[str, int] = field(default_factory=dict)
 
-    def add(self, record: Mapping[str, Any]) -> None:
-        """Count one final record (the shape `records` defines; older run directories' records too)."""
+    def add(self, record: Mapping[str, Any], *, rows: bool = True) -> None:
+        """Count one final record (the shape `records` defines; older run directories' records too).
+
+        `rows=False` counts only what was billed: a failure record that retry-failed set aside, whose row is
+        counted again by its new record."""
         batch = record.get("batch")  # rows that shared one request: its attempts are counted once
         shared = isinstance(batch, Mapping) and bool(batch.get("index"))
         attempts = 0 if shared else count(record.get("attempts"))
@@ -65,11 +68,11 @@ class Usage:
         self.rate_limited += rate_limited
         self.polls += count(record.get("polls"))
         code = error_code(record)
-        if code is not None:
+        if rows and code is not None:
             self.rows_failed += 1
             model.rows_failed += 1
             self.failures_by_code[code] = self.failures_by_code.get(code, 0) + 1
-        else:
+        elif rows:
             self.rows_succeeded += 1
             model.rows_succeeded += 1
         body = body_of(record)

@@ -330,6 +330,21 @@ def test_retry_failed_by_code_keeps_one_final_record_per_row(tmp_path: Path, sim
     usage = orjson.loads((out / "usage.json").read_bytes())
     assert (usage["rows_succeeded"], usage["rows_failed"]) == (7, 1)
     assert usage["failures_by_code"] == {"sim_400": 1}
+    # Nothing already billed disappears: the set-aside attempts still count, in usage.json and in report.
+    stats = sim.stats()
+    assert usage["requests"] == stats["requests"] == 8 + 1 + 1  # r1 failed twice, then once more: answered
+    assert usage["prompt_tokens"] == stats["billed_prompt_tokens"]
+    (out / "usage.json").unlink()  # a recount from the records alone agrees
+    reported = orjson.loads(cli("report", str(out), "--format", "json").stdout)
+    assert (reported["requests"], reported["rows_succeeded"], reported["rows_failed"]) == (10, 7, 1)
+
+
+def test_retry_failed_names_the_codes_a_run_has(tmp_path: Path, sim: SimServer) -> None:
+    rows = [{"id": "a", "prompt": "fine"}, {"id": "b", "prompt": "#sim:status=400"}]
+    assert submit(make_job(tmp_path, sim.base_url, rows)).exit_code == 3
+    result = cli("retry-failed", str(run_dir(tmp_path)), "--code", "sim_500", "--no-progress")
+    assert result.exit_code == 2 and "has no failure with that code (its failure codes: sim_400 ×1)" in result.stderr
+    assert sim.stats()["requests"] == 2
 
 
 def test_retry_failed_on_an_async_run_submits_afresh(tmp_path: Path, sim: SimServer) -> None:

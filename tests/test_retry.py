@@ -19,7 +19,7 @@ def test_transient_statuses_are_retried(status: int) -> None:
 def test_no_answer_is_retried(error: str) -> None:
     decision = classify(None, None, {}, error)
     assert decision.verdict is Verdict.RETRY
-    assert decision.code == error
+    assert decision.code == error.split(" ")[0] and error in decision.message
 
 
 @pytest.mark.parametrize("status", [400, 404, 422])
@@ -146,3 +146,11 @@ def test_backoff_honours_retry_after_but_not_forever() -> None:
 
 def test_zero_base_means_no_waits() -> None:
     assert backoff_delay(5, base=0.0, cap=0.0, jitter=0.7) == 0.0
+
+
+def test_no_answer_codes_are_one_token_with_the_detail_in_the_message() -> None:
+    decision = classify(None, None, {}, "connection_error (ClientConnectorError)")
+    assert decision.verdict is Verdict.RETRY and decision.code == "connection_error"
+    assert "ClientConnectorError" in decision.message
+    assert classify(None, None, {}, "stream_cut (the stream ended before [DONE])").code == "stream_cut"
+    assert classify(None, None, {}, "timeout").code == "timeout"
