@@ -113,8 +113,11 @@ async def _run_opened(
     if state.unreadable_lines:
         log(f"warning: {state.unreadable_lines} unreadable line(s) in the record files were ignored")
     done_before = state.done.count
-    if done_before:
-        log(f"resuming {spec.name}: {done_before} of {total} rows already done")
+    where = display_path(spec.output_dir)
+    if state.previous or done_before:
+        log(f"resuming {spec.name} in {where}: {done_before:,} of {total:,} rows already done")
+    else:
+        log(f"new run of {spec.name} in {where}: {total:,} rows")
     t0 = time.monotonic()
     progress = Progress(total, min(state.done.count, total), enabled=show_progress, desc=spec.name)
     async with _provider_url(spec.provider.base_url, spec.provider.simulate) as base_url:

@@ -140,7 +140,7 @@ def template_fields(template: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def load_spec(path: str | Path, *, cwd: Path | None = None) -> JobSpec:
+def load_spec(path: str | Path) -> JobSpec:
     """Read and check a job spec file; relative paths resolve against the spec's folder."""
     spec_path = Path(path)
     source = str(spec_path)
@@ -156,10 +156,10 @@ def load_spec(path: str | Path, *, cwd: Path | None = None) -> JobSpec:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise SpecError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    return parse_spec(data, spec_path=spec_path.resolve(), source=source, cwd=cwd or Path.cwd())
+    return parse_spec(data, spec_path=spec_path.resolve(), source=source)
 
 
-def parse_spec(data: Any, *, spec_path: Path, source: str, cwd: Path) -> JobSpec:
+def parse_spec(data: Any, *, spec_path: Path, source: str) -> JobSpec:
     top = Section(
         "",
         data,
@@ -180,7 +180,8 @@ def parse_spec(data: Any, *, spec_path: Path, source: str, cwd: Path) -> JobSpec
             raise SpecError(f"{source}: params.{key} is not allowed here: set it with {use}")
 
     output = top.text("output_dir")
-    output_dir = (base / output) if output else (cwd / "runs" / name)
+    # Beside the spec, like every other relative path: the same spec run from another folder resumes its run.
+    output_dir = base / (output or f"runs/{name}")
     endpoint = choice(top, "endpoint", ENDPOINTS, "chat")
     provider = _parse_provider(top.data.get("provider"), source)
     preset = PRESETS[provider.name]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -255,3 +256,15 @@ def test_empty_input(tmp_path: Path, sim: SimServer) -> None:
     result = submit(make_job(tmp_path, sim.base_url, input="empty.jsonl"))
     assert result.exit_code == 0, result.output
     assert "0 succeeded, 0 failed, 0 pending of 0 rows" in result.stdout
+
+
+def test_the_run_directory_follows_the_spec_from_any_folder(tmp_path: Path, sim: SimServer) -> None:
+    job = make_job(tmp_path, sim.base_url, n=5)
+    first = submit(job)
+    assert first.exit_code == 0 and "new run of job in runs/job: 5 rows" in first.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.chdir(elsewhere)
+    again = submit(job)
+    assert again.exit_code == 0 and f"resuming job in {tmp_path / 'runs' / 'job'}: 5 of 5 rows" in again.stderr
+    assert sim.stats()["requests"] == 5 and not (elsewhere / "runs").exists()
