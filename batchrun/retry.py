@@ -93,6 +93,25 @@ def classify(
     return Decision(Verdict.FAIL_ROW, code, f"HTTP {status}: {message}")
 
 
+def endpoint_sign(status: int | None, body: Any, transport_error: str | None) -> str | None:
+    """What an answer says when the endpoint itself is wrong (None: the endpoint answered like an API).
+
+    Cannot connect (refused, no such host, TLS), a server that does not speak HTTP, or a 404/405 on the endpoint
+    (a wrong path, or a model the provider does not have): if the first requests of a run all come back so,
+    every row would, and the run stops instead of writing a failure record per row."""
+    if status is None:
+        error = transport_error or ""
+        if "ClientConnector" in error:
+            return f"cannot connect ({error.split('(', 1)[-1].rstrip(')')})"
+        if "ClientResponseError" in error:
+            return "the server does not speak HTTP"
+        return None
+    if status in (404, 405):
+        code, message = error_details(body)
+        return f"HTTP {status}" + (f" {code}: {message}" if code else f": {message}" if message else "")
+    return None
+
+
 def answer_problem(body: Mapping[str, Any]) -> tuple[str, str] | None:
     """(code, message) when a 200 answer was blocked or filtered by moderation: never a silent success."""
     if body.get("blocked") is True:  # GenStudio

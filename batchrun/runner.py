@@ -12,7 +12,8 @@ import contextlib
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 import aiohttp
 
@@ -28,13 +29,14 @@ from .presets import PRESETS
 from .progress import Progress
 from .providers import make_auth
 from .request import BadRow, Request, batched
-from .retry import Decision, Verdict, backoff_delay
+from .retry import Decision, Verdict, backoff_delay, endpoint_sign
 from .rundir import RunState
 from .sources import iter_rows
 from .transport import Reply, new_session
 
 STOP_GRACE_S = 5.0
 FLUSH_EVERY_S = 1.0
+ENDPOINT_PROOF_ROWS = 8  # rows whose first answers all say the endpoint is wrong: stop the run
 
 
 class RunLoop:
@@ -75,6 +77,10 @@ class RunLoop:
         self.interrupts = 0
         self.dispatcher: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
+        self.base_url = base_url
+        # Until some answer shows the endpoint is there, answers that say it is not are parked, not acted on: if
+        # the first rows all get them, the run stops with every row still pending.
+        self.unproven: list[tuple[Row, Reply, Ticket]] | None = []
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -162,6 +168,8 @@ class RunLoop:
             if reply.status == 429:
                 row.rate_limited += 1
             self.progress.attempt(retried=row.attempts > 1, rate_limited=reply.status == 429)
+            if self.unproven is not None and self._park(row, reply, ticket):
+                return
             held = await self.lane.answer(row, reply, ticket)
         except BatchrunError as exc:  # the checkpoint could not be written: stop cleanly, resumable
             self.failed(exc)
@@ -170,6 +178,44 @@ class RunLoop:
         finally:
             self.throttle.done(ticket, reply, settle=not held)
             self.wake()
+
+    def _park(self, row: Row, reply: Reply, ticket: Ticket) -> bool:
+        """Hold an answer that says the endpoint is wrong until another proves it right (then act on every held
+        one) or the first rows all say so (then stop: exit 1, the rows still pending)."""
+        assert self.unproven is not None
+        sign = endpoint_sign(reply.status, reply.body, reply.error)
+        if sign is None:
+            held, self.unproven = self.unproven, None
+            for parked in held:
+                self._later(self.lane.answer(*parked))
+            return False
+        self.unproven.append((row, reply, ticket))
+        rows = {parked.request.row for parked, _, _ in self.unproven}
+        if len(rows) >= min(ENDPOINT_PROOF_ROWS, max(1, self.ledger.pending)):
+            signs = sorted({endpoint_sign(a.status, a.body, a.error) or "" for _, a, _ in self.unproven})
+            self.failed(
+                FatalProviderError(
+                    f"the first {len(rows)} rows' requests to {self.base_url} all failed as if the endpoint were wrong "
+                    f"({'; '.join(signs)}): check provider.base_url (and the model name); no row was recorded, so the "
+                    "same command resumes once it is fixed"
+                )
+            )
+        return True
+
+    def _later(self, step: Coroutine[Any, Any, bool]) -> None:
+        async def run() -> None:
+            try:
+                await step
+            except BatchrunError as exc:
+                self.failed(exc)
+            except Exception as exc:
+                self.crashed(exc)
+            finally:
+                self.wake()
+
+        flight = asyncio.ensure_future(run())
+        self.attempts.add(flight)
+        flight.add_done_callback(self.attempts.discard)
 
     def decide(self, row: Row, reply: Reply, decision: Decision) -> None:
         """Act on a classified answer: record it, retry the row, or stop the run."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -268,3 +269,31 @@ def test_the_run_directory_follows_the_spec_from_any_folder(tmp_path: Path, sim:
     again = submit(job)
     assert again.exit_code == 0 and f"resuming job in {tmp_path / 'runs' / 'job'}: 5 of 5 rows" in again.stderr
     assert sim.stats()["requests"] == 5 and not (elsewhere / "runs").exists()
+
+
+def test_a_wrong_endpoint_stops_the_run_with_every_row_pending(
+    tmp_path: Path, start_sim: Callable[..., SimServer]
+) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    result = submit(make_job(tmp_path, f"http://127.0.0.1:{closed}/v1", n=30))
+    assert result.exit_code == 1, result.output
+    assert "all failed as if the endpoint were wrong (cannot connect" in result.stdout + result.stderr
+    assert "check provider.base_url" in result.output and "0 failed, 30 pending of 30 rows" in result.stdout
+    assert not read_jsonl(tmp_path / "runs" / "job" / "failures.jsonl")
+
+    server = start_sim(models=("sim-small",))  # every row names a model the provider does not have: a 404 each
+    unknown = make_job(tmp_path, server.base_url, n=20, name="unknown", model="gpt-9")
+    result = submit(unknown)
+    assert result.exit_code == 1 and "HTTP 404 model_not_found" in result.output
+    assert server.stats()["requests"] <= 16  # the first rows, not every row and its retries
+
+
+def test_rows_failing_for_their_own_reasons_stay_failures(tmp_path: Path, sim: SimServer) -> None:
+    rows = [{"id": f"r{i}", "prompt": f"q {i}" + (" #sim:status=404" if i < 3 else "")} for i in range(12)]
+    result = submit(make_job(tmp_path, sim.base_url, rows))
+    assert result.exit_code == 3, result.output
+    failures = read_jsonl(tmp_path / "runs" / "job" / "failures.jsonl")
+    assert sorted(f["custom_id"] for f in failures) == ["r0", "r1", "r2"]
+    assert {f["error"]["code"] for f in failures} == {"sim_404"}
