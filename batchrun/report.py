@@ -43,6 +43,7 @@ class RunData:
     updated_at: str | None
     rate: float | None  # rows/s over the last half minute, as the running process saw it
     prices: dict[str, Price]  # the job's own pricing block
+    reason: str | None = None  # why the run stopped early, as its manifest says
     latencies: Counter[float] = field(default_factory=Counter)  # exact: records round them to 0.1 ms
     completed: list[array[float]] = field(default_factory=list)  # epoch seconds, one array per record file
 
@@ -73,6 +74,7 @@ def read_run(path: Path, *, records: bool = True) -> RunData:
         saved.get("updated_at"),
         saved.get("rate_rows_per_s"),
         parse_prices(run.job.get("pricing") or {}, f"{run.path}/{MANIFEST}"),
+        run.manifest.get("reason") if isinstance(run.manifest.get("reason"), str) else None,
     )
     for name in RECORD_FILES:
         covered = covers[name] if covers else 0
@@ -404,6 +406,8 @@ def status_lines(path: Path, prices: Mapping[str, Price] | None = None) -> list[
         lines.append("  failures " + ", ".join(f"{c} ×{n}" for c, n in top))
     if age is not None:
         lines.append(f"  updated  {_duration(age)} ago")
+    if run.state == "stopped" and run.reason:
+        lines.append(f"  stopped  {run.reason}")
     if run.state in ("died", "interrupted", "stopped") and run.rows_pending:
         lines.append(f"  resume with: batchrun submit {run.job.get('spec', 'JOB.yaml')}")
     return lines

@@ -309,14 +309,12 @@ class RunLoop:
         if self.dispatcher is not None:
             self.dispatcher.cancel()
 
-    def interrupt(self) -> None:
+    def interrupt(self, terminal: bool = True) -> None:
         """Ctrl-C / SIGTERM: stop taking rows and let in-flight requests finish; a second one cancels them."""
         self.interrupts += 1
         if self.interrupts == 1:
-            self.log(
-                f"stopping: waiting up to {STOP_GRACE_S:.0f} s for {self.gate.inflight} requests in flight "
-                "(Ctrl-C again to stop at once)"
-            )
+            again = " (Ctrl-C again to stop at once)" if terminal else ""  # a SIGTERM comes from no keyboard
+            self.log(f"stopping: waiting up to {STOP_GRACE_S:.0f} s for {self.gate.inflight} requests in flight{again}")
             self.stop(RunState.INTERRUPTED, "interrupted")
         else:
             for attempt in self.attempts:

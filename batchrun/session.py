@@ -124,7 +124,7 @@ async def _run_opened(
         runner = RunLoop(prepared, checkpoint, state, base_url, key, progress, log)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, runner.interrupt)
+            loop.add_signal_handler(sig, runner.interrupt, sig == signal.SIGINT)
         try:
             await runner.run()
         finally:

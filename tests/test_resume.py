@@ -86,7 +86,9 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path: Path, start_sim: Callable[..
 def test_sigterm_is_a_clean_stop_too(tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:
     _, _, _, proc = start_run(tmp_path, start_sim, 30)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 130
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "stopping: waiting up to" in out.decode() and "Ctrl-C again" not in out.decode()  # no keyboard there
 
 
 def test_second_submit_on_a_busy_run_directory_is_refused(tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:

@@ -145,6 +145,8 @@ def test_401_stops_the_run_and_the_key_leaks_nowhere(tmp_path: Path, start_sim: 
         if path.is_file():
             assert wrong not in path.read_text(errors="replace"), path
     assert wrong not in result.output
+    status = cli("status", str(tmp_path / "runs" / "job"))
+    assert "stopped  the provider refused the key" in status.stdout and wrong not in status.stdout
     # With the right key the same run directory resumes and completes.
     fixed = submit(job, env={"BATCHRUN_SIM_API_KEY": "the-right-key"})
     assert fixed.exit_code == 0, fixed.output
