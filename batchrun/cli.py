@@ -19,7 +19,7 @@ from . import __version__
 from .errors import BatchrunError, SpecError
 from .job import display_path, job_of_run, prepare
 from .presets import PRESETS
-from .pricing import load_prices
+from .pricing import Prices, load_prices
 from .rundir import RunState
 from .session import EXIT_INTERRUPTED, RunOutcome, list_provider_models, run_job
 from .spec import LATENCY_DISTS, SimulateSpec, load_spec
@@ -313,11 +313,11 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
     rel = display_path(out)
     rate = outcome.rows_this_session / outcome.elapsed_s if outcome.elapsed_s > 0 else 0.0
     lines = [
-        f"{spec.name}: {outcome.state.value.replace('_', ' ')}: {u.rows_succeeded} succeeded, {u.rows_failed} failed, "
-        f"{outcome.rows_pending} pending of {outcome.rows_total} rows",
-        f"  requests {u.requests}, retries {u.retries} (429s {u.rate_limited}), tokens {u.prompt_tokens} prompt + "
-        f"{u.completion_tokens} completion",
-        f"  this session: {outcome.rows_this_session} rows in {outcome.elapsed_s:.1f} s ({rate:.1f} rows/s)",
+        f"{spec.name}: {outcome.state.value.replace('_', ' ')}: {u.rows_succeeded:,} succeeded, {u.rows_failed:,} "
+        f"failed, {outcome.rows_pending:,} pending of {outcome.rows_total:,} rows",
+        f"  requests {u.requests:,}, retries {u.retries:,} (429s {u.rate_limited:,}), tokens {u.prompt_tokens:,} "
+        f"prompt + {u.completion_tokens:,} completion; cost {Prices(spec.pricing).spent_line(u.models)}",
+        f"  this session: {outcome.rows_this_session:,} rows in {outcome.elapsed_s:,.1f} s ({rate:,.1f} rows/s)",
         f"  results: {rel}/results.jsonl" + (f"   failures: {rel}/failures.jsonl" if u.rows_failed else ""),
     ]
     if u.failures_by_code:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -56,6 +56,17 @@ BUILT_IN: dict[str, Price] = {
 }
 
 
+class Tokens(Protocol):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def money(value: float | None, currency: str = "") -> str:
+    if value is None:
+        return "no price"
+    return f"{value:,.4f} {currency}".strip() if value < 1 else f"{value:,.2f} {currency}".strip()
+
+
 class Prices:
     """Looks a model's price up: overrides first, then the built-in table; names compare case-insensitively."""
 
@@ -65,6 +76,26 @@ class Prices:
 
     def get(self, model: str) -> Price | None:
         return self.table.get(model.lower())
+
+    def spent(self, models: Mapping[str, Tokens]) -> tuple[dict[str, float], list[str]]:
+        """Cost per currency (CNY and USD never added together), and the models with tokens but no price."""
+        costs: dict[str, float] = {}
+        missing = []
+        for name, m in models.items():
+            price = self.get(name)
+            if price is None:
+                if m.prompt_tokens or m.completion_tokens:
+                    missing.append(name)
+            else:
+                costs[price.currency] = costs.get(price.currency, 0.0) + price.cost(
+                    m.prompt_tokens, m.completion_tokens
+                )
+        return costs, missing
+
+    def spent_line(self, models: Mapping[str, Tokens]) -> str:
+        costs, missing = self.spent(models)
+        spent = ", ".join(money(v, c) for c, v in sorted(costs.items())) or "nothing priced yet"
+        return spent + (f" (no price for {', '.join(missing)})" if missing else "")
 
 
 def parse_prices(data: Any, where: str) -> dict[str, Price]:

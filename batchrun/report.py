@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from .pricing import Price, Prices, parse_prices
+from .pricing import Price, Prices, money, parse_prices
 from .records import iso_epoch, line_timing
 from .rundir import MANIFEST, RECORD_FILES, RunDir, covered_offsets, fold_set_aside
 from .usage import Usage
@@ -218,12 +218,6 @@ def rate_series(
     return [(i * width, c / width) for i, c in enumerate(counts)]
 
 
-def _money(value: float | None, currency: str = "") -> str:
-    if value is None:
-        return "no price"
-    return f"{value:,.4f} {currency}".strip() if value < 1 else f"{value:,.2f} {currency}".strip()
-
-
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
 
@@ -255,13 +249,13 @@ def report_table(report: Report) -> list[str]:
             f"{m.prompt_tokens:,}",
             f"{m.completion_tokens:,}",
             f"{m.price.input:g} / {m.price.output:g} {m.price.currency}" if m.price else "no price",
-            _money(m.cost, m.price.currency if m.price else ""),
+            money(m.cost, m.price.currency if m.price else ""),
         )
         for m in report.models
     ]
     totals = report.totals()
     for currency, amount in sorted(totals.items()):
-        body.append(("total", "", "", "", "", "", "", _money(amount, currency)))
+        body.append(("total", "", "", "", "", "", "", money(amount, currency)))
     widths = [max(len(row[i]) for row in (header, *body)) for i in range(len(header))]
     for row in (header, *body):
         lines.append(
@@ -387,19 +381,9 @@ def status_lines(path: Path, prices: Mapping[str, Price] | None = None) -> list[
         lines.append(
             f"  rate     {run.rows_done / run.active_s:,.1f} rows/s on average over {_duration(run.active_s)} active"
         )
-    costs: dict[str, float] = {}
-    missing = []
-    for name, m in u.models.items():
-        price = table.get(name)
-        if price is None:
-            if m.prompt_tokens or m.completion_tokens:
-                missing.append(name)
-        else:
-            costs[price.currency] = costs.get(price.currency, 0.0) + price.cost(m.prompt_tokens, m.completion_tokens)
-    spent = ", ".join(_money(v, c) for c, v in sorted(costs.items())) or "nothing priced yet"
     lines.append(
-        f"  tokens   {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion; cost so far {spent}"
-        + (f" (no price for {', '.join(missing)})" if missing else "")
+        f"  tokens   {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion; cost so far "
+        + table.spent_line(u.models)
     )
     if u.failures_by_code:
         top = sorted(u.failures_by_code.items(), key=lambda kv: -kv[1])[:5]

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from html import escape
 
-from .report import Report, _money, _seconds, percentile
+from .pricing import money
+from .report import Report, _seconds, percentile
 
 WIDTH, HEIGHT, PAD = 640, 220, 44
 BAR = "#3b6fb6"
@@ -37,7 +38,7 @@ def render_html(report: Report) -> str:
         ("tokens", f"{u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion"),
         ("throughput", f"{rate:,.1f} rows/s over {report.active_s:,.1f} s active" if rate else "-"),
         ("latency", "   ".join(f"{k} {_seconds(v)}" for k, v in report.latency.items())),
-        ("cost", ", ".join(_money(v, c) for c, v in sorted(report.totals().items())) or "no priced tokens"),
+        ("cost", ", ".join(money(v, c) for c, v in sorted(report.totals().items())) or "no priced tokens"),
     ]
     parts = [
         '<!DOCTYPE html>\n<html xmlns="http://www.w3.org/1999/xhtml" lang="en"><head><meta charset="utf-8"/>',
@@ -120,7 +121,7 @@ def cost_chart(report: Report) -> str:
     rows = []
     for name, cost, cur in items:
         share = 0.0 if cost is None or not peaks.get(cur) else cost / peaks[cur]
-        rows.append((name, share, _money(cost, cur)))
+        rows.append((name, share, money(cost, cur)))
     return _bars(rows, "cost by model")
 
 

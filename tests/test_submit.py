@@ -45,6 +45,7 @@ def test_full_submit(tmp_path: Path, sim: SimServer) -> None:
     manifest = orjson.loads((tmp_path / "runs" / "job" / "manifest.json").read_bytes())
     assert manifest["state"] == "finished" and manifest["job"]["model"] == "sim-small"
     assert "50 succeeded, 0 failed, 0 pending of 50 rows" in result.stdout
+    assert "; cost 0." in result.stdout and " CNY" in result.stdout  # sim-small has a (made-up) price
     # A finished run submitted again sends nothing.
     again = submit(job)
     assert again.exit_code == 0 and sim.stats()["requests"] == 50
