@@ -138,6 +138,10 @@ class Checkpoint:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            if self.path.exists() and not self.path.is_dir():
+                raise RunDirError(
+                    f"{self.path} is a file, where the run directory should be: move it, or set output_dir to a folder"
+                ) from None
             raise RunDirError(f"cannot create the run directory {self.path}: {exc.strerror}") from None
         self._lock()
         try:

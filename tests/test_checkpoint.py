@@ -115,3 +115,9 @@ def test_secrets_are_redacted_from_records(tmp_path: Path) -> None:
     cp.close()
     text = (tmp_path / FAILURES).read_text()
     assert "sk-secret-123" not in text and "[redacted]" in text
+
+
+def test_a_file_where_the_run_directory_should_be_says_so(tmp_path: Path) -> None:
+    (tmp_path / "run").write_text("not a folder")
+    with pytest.raises(RunDirError, match="is a file, where the run directory should be"):
+        Checkpoint(tmp_path / "run").open({}, {}, fresh=False)
