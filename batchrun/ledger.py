@@ -66,7 +66,7 @@ class Ledger:
             rec["batch"] = batch
         if row.shared is not None:
             rec["shared_request"] = row.shared
-        if row.retried_usage is not None:
+        if row.retried_usage is not None and not (batch and batch["index"]):  # a shared request's: counted once
             rec["retried_usage"] = row.retried_usage
         annotate(row, rec)
         self.commit(rec, failed=decision is not None)
