@@ -14,7 +14,6 @@ from .errors import InputError
 from .spec import InputSpec
 
 PARQUET_BATCH_ROWS = 1024
-PARQUET_BUFFER = 1 << 20  # column chunks are read through a 1 MiB buffer, not whole
 HASH_CHUNK = 1 << 20
 # Columns a row may be read through when the spec names none (see request.RequestBuilder).
 DEFAULT_COLUMNS = ("custom_id", "id", "messages", "prompt", "body", "method", "url")
@@ -43,7 +42,7 @@ def _open_parquet(path: Path) -> Any:
 
     pa.set_memory_pool(pa.system_memory_pool())
     try:
-        return pq.ParquetFile(path, pre_buffer=False, buffer_size=PARQUET_BUFFER)
+        return pq.ParquetFile(path, pre_buffer=False)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
 
