@@ -80,7 +80,7 @@ class RunLoop:
         self.base_url = base_url
         # Until some answer shows the endpoint is there, answers that say it is not are parked, not acted on: if
         # the first rows all get them, the run stops with every row still pending.
-        self.unproven: list[tuple[Row, Reply, Ticket]] | None = []
+        self.unproven: list[tuple[Row, Reply, Ticket, str]] | None = []
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -164,19 +164,29 @@ class RunLoop:
         reply: Reply | None = None
         held = False
         try:
-            reply = await self.lane.call(row.request)
-            if reply.status == 429:
-                row.rate_limited += 1
-            self.progress.attempt(retried=row.attempts > 1, rate_limited=reply.status == 429)
-            if self.unproven is not None and self._park(row, reply, ticket):
-                return
-            held = await self.lane.answer(row, reply, ticket)
-        except BatchrunError as exc:  # the checkpoint could not be written: stop cleanly, resumable
-            self.failed(exc)
-        except Exception as exc:  # a bug: stop rather than leave this row silently unrecorded
-            self.crashed(exc)
+            with self.guard():
+                reply = await self.lane.call(row.request)
+                if reply.status == 429:
+                    row.rate_limited += 1
+                self.progress.attempt(retried=row.attempts > 1, rate_limited=reply.status == 429)
+                if self.unproven is not None and self._park(row, reply, ticket):
+                    return
+                held = await self.lane.answer(row, reply, ticket)
         finally:
             self.throttle.done(ticket, reply, settle=not held)
+            self.wake()  # after the slot is free: the dispatcher may be waiting for the last one
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Around anything that acts on an answer: a checkpoint that cannot be written stops the run cleanly
+        (resumable); anything else is a bug, and stops the run rather than leave a row silently unrecorded."""
+        try:
+            yield
+        except BatchrunError as exc:
+            self.failed(exc)
+        except Exception as exc:
+            self.crashed(exc)
+        finally:
             self.wake()
 
     def _park(self, row: Row, reply: Reply, ticket: Ticket) -> bool:
@@ -186,13 +196,13 @@ class RunLoop:
         sign = endpoint_sign(reply.status, reply.body, reply.error)
         if sign is None:
             held, self.unproven = self.unproven, None
-            for parked in held:
-                self._later(self.lane.answer(*parked))
+            for parked_row, parked_reply, parked_ticket, _ in held:
+                self._later(self.lane.answer(parked_row, parked_reply, parked_ticket))
             return False
-        self.unproven.append((row, reply, ticket))
-        rows = {parked.request.row for parked, _, _ in self.unproven}
+        self.unproven.append((row, reply, ticket, sign))
+        rows = {parked.request.row for parked, _, _, _ in self.unproven}
         if len(rows) >= min(ENDPOINT_PROOF_ROWS, max(1, self.ledger.pending)):
-            signs = sorted({endpoint_sign(a.status, a.body, a.error) or "" for _, a, _ in self.unproven})
+            signs = sorted({seen for _, _, _, seen in self.unproven})
             self.failed(
                 FatalProviderError(
                     f"the first {len(rows)} rows' requests to {self.base_url} all failed as if the endpoint were wrong "
@@ -204,14 +214,8 @@ class RunLoop:
 
     def _later(self, step: Coroutine[Any, Any, bool]) -> None:
         async def run() -> None:
-            try:
+            with self.guard():
                 await step
-            except BatchrunError as exc:
-                self.failed(exc)
-            except Exception as exc:
-                self.crashed(exc)
-            finally:
-                self.wake()
 
         flight = asyncio.ensure_future(run())
         self.attempts.add(flight)

@@ -10,6 +10,7 @@ Every lane keeps the same promises: one final record per row, resumable, and usa
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -81,6 +82,10 @@ class Host(Protocol):
     def send_again(self, rows: list[Row]) -> None: ...
 
     def failed(self, exc: BatchrunError) -> None: ...
+
+    def guard(self) -> AbstractContextManager[None]:
+        """Around acting on an answer: errors stop the run cleanly instead of escaping."""
+        ...
 
     def crashed(self, exc: Exception) -> None: ...
 

@@ -21,7 +21,7 @@ from typing import Any
 from aiolimiter import AsyncLimiter
 
 from ..control import Charge
-from ..errors import BatchrunError, FatalProviderError
+from ..errors import FatalProviderError
 from ..limiter import Ticket
 from ..providers.zhipu import EXPIRED, AsyncCompletions, TaskAction, judge_task, poll_delay, task_id
 from ..records import Record, now_iso
@@ -153,14 +153,8 @@ class TaskLane:
         return await self.path.poll(self.host.http, task, self.host.spec.retry.timeout_s)
 
     def _on_poll(self, task: Task, reply: Reply) -> None:
-        try:
+        with self.host.guard():
             self._task_answer(task, reply)
-        except BatchrunError as exc:  # the checkpoint could not be written: stop cleanly, resumable
-            self.host.failed(exc)
-        except Exception as exc:  # a bug: stop rather than leave this row silently unrecorded
-            self.host.crashed(exc)
-        finally:
-            self.host.wake()
 
     def _task_answer(self, task: Task, reply: Reply) -> None:
         verdict = judge_task(reply, self.host.errors)
