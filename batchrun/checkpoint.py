@@ -61,6 +61,10 @@ class DoneRows:
     def __contains__(self, row: int) -> bool:
         return 0 <= row < len(self._flags) and self._flags[row] == 1
 
+    def count_upto(self, row: int) -> int:
+        """How many rows up to and including `row` are done."""
+        return self._flags.count(1, 0, row + 1)
+
 
 @dataclass
 class ResumeState:

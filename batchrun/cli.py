@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,15 +68,27 @@ def _terminate(signum: int, frame: object) -> None:
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.option("--fresh", is_flag=True, help="Start over even if the run directory holds this or another job.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (the closing summary is still printed).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    help="Only the input's first N rows; a later submit (without --limit) runs the rest in the same directory.",
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The run directory, instead of the spec's output_dir.",
+)
 @_friendly
-def submit(job: str, fresh: bool, no_progress: bool) -> None:
+def submit(job: str, fresh: bool, no_progress: bool, limit: int | None, output_dir: Path | None) -> None:
     """Run JOB (a job spec YAML), or resume it where it stopped.
 
-    Exit status: 0 all rows succeeded, 3 some rows failed, 1 stopped by an error that dooms every row,
-    2 spec or usage error, 130 interrupted.
+    Exit status: 0 all rows succeeded (or all of --limit's), 3 some rows failed, 1 stopped by an error that
+    dooms every row, 2 spec or usage error, 130 interrupted.
     """
     spec = load_spec(job)
-    outcome = asyncio.run(run_job(spec, fresh=fresh, progress=not no_progress, log=_log))
+    if output_dir is not None:
+        spec = replace(spec, output_dir=output_dir.resolve())
+    outcome = asyncio.run(run_job(spec, fresh=fresh, progress=not no_progress, log=_log, limit=limit))
     for line in summary_lines(outcome):
         click.echo(line)
     sys.exit(outcome.exit_code)
@@ -121,6 +134,55 @@ def validate_cmd(job: str) -> None:
     for line in validation_lines(prepared, report):
         click.echo(line)
     sys.exit(0 if report.ok else SpecError.exit_code)
+
+
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("-n", "rows", type=click.IntRange(min=1), default=3, show_default=True, help="How many rows.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "jsonl"]),
+    default="text",
+    show_default=True,
+    help="jsonl: OpenAI Batch API input lines, bodies exactly as they would be sent.",
+)
+@_friendly
+def preview(job: str, rows: int, fmt: str) -> None:
+    """The requests JOB's first rows become (template, system message, params), sending nothing."""
+    from .peek import batch_line, first_requests, preview_lines
+    from .request import Request
+
+    prepared = prepare(load_spec(job))
+    for built in first_requests(prepared, rows):
+        if fmt == "jsonl":
+            if isinstance(built, Request):
+                click.echo(orjson.dumps(batch_line(prepared, built)).decode())
+            else:
+                _log(f"row {built.row}: cannot be sent: {built.message} [{built.code}]")
+        else:
+            click.echo("\n".join(preview_lines(prepared, built)))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("row_id")
+@click.option("--job", type=click.Path(dir_okay=False), help="The job spec, if not where the run recorded it.")
+@click.option("--json", "as_json", is_flag=True, help="The row's final record as it is stored.")
+@_friendly
+def show(run_dir: Path, row_id: str, job: str | None, as_json: bool) -> None:
+    """One row of RUN_DIR by its id: the request it was sent as and its answer (or failure)."""
+    from .peek import find_record, show_lines
+    from .rundir import RunDir
+
+    run = RunDir(run_dir)
+    if as_json:
+        found = find_record(run, row_id)
+        if found is None:
+            raise SpecError(f"{run_dir}: no final record with id {row_id!r} (the row may still be pending)")
+        click.echo(orjson.dumps(found[1], option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo("\n".join(show_lines(run, prepare(job_of_run(run_dir, job)), row_id)))
 
 
 @main.command(name="estimate")
@@ -174,12 +236,17 @@ def report(run_dirs: tuple[Path, ...], fmt: str, prices: str | None, html: Path 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--prices", type=click.Path(dir_okay=False), help="YAML: model -> {input, output, currency} per 1M.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 @_friendly
-def status(run_dir: Path, prices: str | None) -> None:
+def status(run_dir: Path, prices: str | None, as_json: bool) -> None:
     """State, progress, rate, ETA and cost so far of RUN_DIR, live or not."""
-    from .report import status_lines
+    from .report import status_json, status_lines
 
-    click.echo("\n".join(status_lines(run_dir, load_prices(prices) if prices else None)))
+    table = load_prices(prices) if prices else None
+    if as_json:
+        click.echo(orjson.dumps(status_json(run_dir, table), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo("\n".join(status_lines(run_dir, table)))
 
 
 @main.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,9 @@ import orjson
 
 from .errors import SpecError
 from .presets import PRESETS
-from .request import RequestBuilder
+from .request import BadRow, RequestBuilder
 from .rundir import RunDir
-from .sources import InputScan, first_row, scan_input
+from .sources import InputScan, first_row, iter_rows, scan_input
 from .spec import JobSpec, load_spec
 
 
@@ -29,10 +30,41 @@ class Prepared:
     fingerprint: dict[str, str]
 
 
+# Rows built before anything is sent: when all of them fail for one reason, the spec is at fault, not the rows.
+PROOF_ROWS = 100
+_HINTS = {
+    "invalid_input": 'say how a row becomes a request with input.template (e.g. template: "Translate: {text}"), '
+    "input.prompt_field or input.messages_field",
+    "missing_id": "name the field that holds each row's id with input.id_field",
+    "invalid_id": "name the field that holds each row's id with input.id_field",
+}
+
+
 def prepare(spec: JobSpec) -> Prepared:
     scan = scan_input(spec.input)
     builder = RequestBuilder(spec, first_row(spec.input))
+    prove_rows(spec, builder)
     return Prepared(spec, scan, builder, fingerprint(spec, scan))
+
+
+def prove_rows(spec: JobSpec, builder: RequestBuilder) -> None:
+    """One spec error instead of a failure record per row when the first rows all fail the same way."""
+    reasons: set[tuple[str, str]] = set()
+    rows = 0
+    for raw in islice(iter_rows(spec.input), PROOF_ROWS):
+        built = builder.build(raw)
+        if not isinstance(built, BadRow):
+            return
+        rows += 1
+        reasons.add((built.code, built.message.removeprefix(f"row {raw.row}: ")))
+        if len(reasons) > 1:
+            return
+    if not reasons:
+        return
+    ((code, reason),) = reasons
+    which = f"the first {rows:,} rows" if rows == PROOF_ROWS else f"all {rows:,} rows" if rows > 1 else "its one row"
+    hint = _HINTS.get(code, "see batchrun validate")
+    raise SpecError(f"{spec.spec_path.name}: no row can become a request: {which} fail the same way ({reason}); {hint}")
 
 
 def fingerprint(spec: JobSpec, scan: InputScan) -> dict[str, str]:

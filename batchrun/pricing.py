@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
-
 from .errors import SpecError
+from .yamlfile import load_yaml
 
 
 @dataclass(frozen=True)
@@ -93,18 +92,27 @@ class Prices:
         return costs, missing
 
     def spent_line(self, models: Mapping[str, Tokens]) -> str:
-        costs, missing = self.spent(models)
-        spent = ", ".join(money(v, c) for c, v in sorted(costs.items())) or "nothing priced yet"
-        return spent + (f" (no price for {', '.join(missing)})" if missing else "")
+        return spent_text(*self.spent(models))
 
 
-def parse_prices(data: Any, where: str) -> dict[str, Price]:
-    """`{model: {input: 0.8, output: 2, currency: CNY, source: "..."}}`, prices per million tokens."""
+def spent_text(costs: Mapping[str, float], missing: list[str]) -> str:
+    """`1.2340 CNY, 0.0100 USD (no price for m)`: what `spent` found, for a person."""
+    spent = ", ".join(money(v, c) for c, v in sorted(costs.items())) or "nothing priced yet"
+    return spent + (f" (no price for {', '.join(missing)})" if missing else "")
+
+
+def parse_prices(data: Any, source: str, prefix: str = "") -> dict[str, Price]:
+    """`{model: {input: 0.8, output: 2, currency: CNY, source: "..."}}`, prices per million tokens; errors read
+    `source: prefix model.key: what is wrong`, as the job spec's do."""
     if not isinstance(data, Mapping):
-        raise SpecError(f"{where}: must map model names to {{input, output, currency}}, got {type(data).__name__}")
+        got = "nothing" if data is None else f"a {type(data).__name__}"
+        raise SpecError(
+            f"{source}: {prefix.rstrip('.') or 'prices'}: must map model names to {{input, output, currency}} "
+            f"(per million tokens), e.g. glm-4-flash: {{input: 0.1, output: 0.1, currency: CNY}}; got {got}"
+        )
     prices: dict[str, Price] = {}
     for model, entry in data.items():
-        at = f"{where}.{model}"
+        at = f"{source}: {prefix}{model}"
         if not isinstance(entry, Mapping):
             raise SpecError(f"{at}: must be a mapping with input, output and currency")
         unknown = sorted(set(entry) - {"input", "output", "currency", "source"})
@@ -114,22 +122,17 @@ def parse_prices(data: Any, where: str) -> dict[str, Price]:
         for key in ("input", "output"):
             value = entry.get(key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise SpecError(f"{at}.{key}: must be a price per million tokens (a number >= 0), got {value!r}")
+                got = "nothing" if value is None else repr(value)
+                raise SpecError(f"{at}.{key}: must be a price per million tokens (a number >= 0), got {got}")
             values.append(float(value))
         currency = entry.get("currency")
         if not isinstance(currency, str) or not currency.strip():
             raise SpecError(f"{at}.currency: must be a currency code such as CNY or USD")
         prices[str(model)] = Price(
-            values[0], values[1], currency.strip().upper(), str(entry.get("source") or f"set in {where}")
+            values[0], values[1], currency.strip().upper(), str(entry.get("source") or f"set in {source}")
         )
     return prices
 
 
 def load_prices(path: str | Path) -> dict[str, Price]:
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such prices file") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(f"{path}: cannot read the prices file ({exc})") from None
-    return parse_prices(data, str(path))
+    return parse_prices(load_yaml(Path(path), "prices"), str(path))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import time
 from collections import deque
@@ -49,8 +50,10 @@ class RunLoop:
         key: str | None,
         progress: Progress,
         log: Callable[[str], None],
+        last_row: int | None = None,
     ) -> None:
         spec = self.spec = prepared.spec
+        self.last_row = last_row  # submit --limit: rows after this one wait for a later run
         self.t_wall0 = time.time()
         self.prepared, self.checkpoint, self.state, self.progress, self.log = prepared, checkpoint, state, progress, log
         self.ledger = Ledger(prepared, checkpoint, state, progress)
@@ -157,7 +160,11 @@ class RunLoop:
         """The input's rows without a final record (nor a task held for them), embeddings rows alike batched."""
         build, done, skip_held = self.prepared.builder.build, self.state.done, self.lane.skip
         skip = (lambda row: row in done or skip_held(row)) if self.state.tasks else done.__contains__
-        return batched((build(raw) for raw in iter_rows(self.spec.input, skip=skip)), self.spec.limits.batch_size)
+        raws = iter_rows(self.spec.input, skip=skip)
+        last = self.last_row
+        if last is not None:
+            raws = itertools.takewhile(lambda raw: raw.row <= last, raws)
+        return batched((build(raw) for raw in raws), self.spec.limits.batch_size)
 
     async def _attempt(self, row: Row, ticket: Ticket) -> None:
         row.attempts += 1

@@ -22,6 +22,7 @@ from .progress import Progress
 from .records import error_code
 from .rundir import RunDir, RunState
 from .runner import RunLoop
+from .sources import nth_row
 from .spec import JobSpec, SimulateSpec
 from .usage import Usage
 
@@ -49,11 +50,12 @@ async def run_job(
     progress: bool = True,
     log: Callable[[str], None] = print,
     retry_codes: Collection[str] | None = None,
+    limit: int | None = None,
 ) -> RunOutcome:
     """Run (or resume) a job to the end, an interrupt, or an error that dooms every row.
 
     `retry_codes` (retry-failed): first drop the failure records with these error codes (empty: all of them),
-    so that their rows are sent again."""
+    so that their rows are sent again. `limit`: only the input's first rows; a later run does the rest."""
     key = api_key(spec.provider.name, spec.provider.api_key_env)
     if retry_codes:
         _check_codes(spec.output_dir, retry_codes)
@@ -62,7 +64,7 @@ async def run_job(
     pick = None if retry_codes is None else functools.partial(_failure_with_code, frozenset(retry_codes))
     state = checkpoint.open(prepared.fingerprint, spec.describe(), fresh=fresh, retry=pick)
     try:
-        return await _run_opened(prepared, checkpoint, state, key, progress, log)
+        return await _run_opened(prepared, checkpoint, state, key, progress, log, limit)
     finally:
         checkpoint.close()
 
@@ -93,9 +95,11 @@ async def _run_opened(
     key: str | None,
     show_progress: bool,
     log: Callable[[str], None],
+    limit: int | None,
 ) -> RunOutcome:
     spec = prepared.spec
     total = prepared.scan.rows
+    last_row = nth_row(spec.input, limit) if limit is not None else None
     if state.archived_to is not None:
         log(f"--fresh: the earlier run's files were moved to {state.archived_to}")
         if state.abandoned_tasks:
@@ -118,10 +122,14 @@ async def _run_opened(
         log(f"resuming {spec.name} in {where}: {done_before:,} of {total:,} rows already done")
     else:
         log(f"new run of {spec.name} in {where}: {total:,} rows")
+    goal, goal_done = total, min(done_before, total)
+    if limit is not None and last_row is not None:
+        goal, goal_done = min(limit, total), state.done.count_upto(last_row)
+        log(f"--limit {limit:,}: this session takes the first {goal:,} rows ({goal_done:,} of them already done)")
     t0 = time.monotonic()
-    progress = Progress(total, min(state.done.count, total), enabled=show_progress, desc=spec.name)
+    progress = Progress(goal, goal_done, enabled=show_progress, desc=spec.name)
     async with _provider_url(spec.provider.base_url, spec.provider.simulate) as base_url:
-        runner = RunLoop(prepared, checkpoint, state, base_url, key, progress, log)
+        runner = RunLoop(prepared, checkpoint, state, base_url, key, progress, log, last_row)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, runner.interrupt, sig == signal.SIGINT)
@@ -138,6 +146,9 @@ async def _run_opened(
         final_state, code = RunState.STOPPED, runner.error.exit_code
     elif runner.stopping is RunState.INTERRUPTED:
         final_state, code = RunState.INTERRUPTED, EXIT_INTERRUPTED
+    elif pending and limit is not None:  # the rows past the limit wait for the next submit
+        final_state, code = RunState.STOPPED, EXIT_FAILED_ROWS if state.usage.rows_failed else EXIT_OK
+        runner.reason = f"--limit {limit:,}: the other {pending:,} rows wait for a submit without --limit"
     elif pending:  # cannot happen unless the input changed under us; never claim success
         final_state, code = RunState.STOPPED, EXIT_FATAL
         runner.reason = f"{pending} rows were not reached"

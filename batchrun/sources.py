@@ -58,6 +58,17 @@ def iter_rows(
         yield from _iter_jsonl(spec.path, skip)
 
 
+def nth_row(spec: InputSpec, n: int) -> int:
+    """The row number of the input's n-th row (blank lines are not rows), or of its last when it has fewer."""
+    last = 0
+    no_columns: list[str] = []  # Parquet: the row numbers are all that is wanted
+    for count, raw in enumerate(iter_rows(spec, columns=no_columns), 1):
+        last = raw.row
+        if count >= n:
+            break
+    return last
+
+
 def _iter_jsonl(path: Path, skip: Callable[[int], bool] | None) -> Iterator[RawRow]:
     loads = orjson.loads
     with open(path, "rb") as f:

@@ -8,12 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import InputError, SpecError
 from .presets import AUTHS, ENDPOINTS, MODES, PRESETS, TPM_ACCOUNTING, Auth, Endpoint, Mode, Preset, TpmAccounting
 from .pricing import Price, parse_prices
 from .spec_section import Section, choice, names, seconds_range
+from .yamlfile import load_yaml
 
 INPUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 RESERVED_PARAMS = {"model": "model", "messages": "input.messages_field / input.prompt_field / input.template"}
@@ -126,14 +125,24 @@ class JobSpec:
         }
 
 
+LITERAL_BRACES = "to put a literal brace in the text (JSON, say) write it twice: {{ and }}"
+
+
 def template_fields(template: str) -> tuple[str, ...]:
     """Top-level row fields a str.format template names, in order, without repeats."""
     names: list[str] = []
-    for _, name, _, _ in string.Formatter().parse(template):
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"{exc}; {LITERAL_BRACES}") from None
+    for _, name, spec, _ in parsed:
         if name is None:
             continue
         top = name.split(".", 1)[0].split("[", 1)[0]
-        if not top:
+        if not top.strip() or any(c in top for c in "\"' \t\n"):
+            if top.strip():
+                field = " ".join(f"{{{name}{':' + spec if spec else ''}}}".split())
+                raise ValueError(f"{field[:40]} is not a field name; {LITERAL_BRACES}")
             raise ValueError("positional fields such as {} are not allowed: name a field, e.g. {title}")
         if top not in names:
             names.append(top)
@@ -144,18 +153,7 @@ def load_spec(path: str | Path) -> JobSpec:
     """Read and check a job spec file; relative paths resolve against the spec's folder."""
     spec_path = Path(path)
     source = str(spec_path)
-    try:
-        text = spec_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{source}: no such job spec file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{source}: cannot read the job spec ({exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SpecError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    data = load_yaml(spec_path, "job spec")
     return parse_spec(data, spec_path=spec_path.resolve(), source=source)
 
 
@@ -205,7 +203,7 @@ def parse_spec(data: Any, *, spec_path: Path, source: str) -> JobSpec:
         limits=_parse_limits(top.data.get("limits"), source, preset, endpoint),
         retry=_parse_retry(top.data.get("retry"), source),
         endpoint=endpoint,
-        pricing=parse_prices(top.data["pricing"], f"{source}: pricing") if top.data.get("pricing") else {},
+        pricing=parse_prices(top.data["pricing"], source, "pricing.") if top.data.get("pricing") else {},
     )
 
 

@@ -75,9 +75,9 @@ def test_price_overrides_and_unknown_models() -> None:
     glm = table.get("glm-4-flash")
     assert glm is not None and (glm.input, glm.currency, glm.source) == (0.1, "CNY", "set in x")
     assert table.get("no-such-model") is None
-    with pytest.raises(Exception, match=r"x.m.output: must be a price per million tokens"):
+    with pytest.raises(Exception, match=r"x: m.output: must be a price per million tokens"):
         parse_prices({"m": {"input": 1, "output": "cheap", "currency": "USD"}}, "x")
-    with pytest.raises(Exception, match=r"x.m.currency"):
+    with pytest.raises(Exception, match=r"x: m.currency"):
         parse_prices({"m": {"input": 1, "output": 1}}, "x")
 
 

@@ -12,7 +12,7 @@ from batchrun.presets import PRESETS
 from batchrun.spec import load_spec
 from batchrun.validate import validate
 
-from .helpers import make_job, submit, write_jsonl
+from .helpers import cli, make_job, submit, write_jsonl
 from .simserver import SimServer
 
 
@@ -103,6 +103,42 @@ def test_bad_specs_exit_2_and_send_nothing(
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    ("rows", "override", "message"),
+    [
+        # The template was forgotten and every row's prompt is an object: one spec error, not a failure per row.
+        ([{"id": i, "prompt": {"text": f"q{i}"}} for i in range(30)], {}, "all 30 rows fail the same way"),
+        ([{"id": i, "prompt": " "} for i in range(150)], {}, "the first 100 rows fail the same way"),
+        ([{"id": i, "text": f"q{i}"} for i in range(5)], {}, "set input.template or input.prompt_field"),
+        (
+            [{"id": i, "text": f"q{i}"} for i in range(5)],
+            {"input": {"path": "job.jsonl", "template": 'Answer as {"label": "x"}: {text}'}},
+            "write it twice: {{ and }}",
+        ),
+    ],
+)
+def test_a_spec_no_row_fits_is_one_spec_error(
+    tmp_path: Path, sim: SimServer, rows: list[dict[str, Any]], override: dict[str, Any], message: str
+) -> None:
+    write_jsonl(tmp_path / "job.jsonl", rows)
+    job = make_job(tmp_path, sim.base_url, **({"input": "job.jsonl"} | override))
+    for command in ("validate", "submit"):
+        result = cli(command, str(job))
+        assert result.exit_code == 2, result.output
+        assert message in result.stderr and result.stderr.count("\n") == 1
+        if "rows fail" in message:
+            assert "input.template" in result.stderr
+    assert sim.stats()["requests"] == 0
+    assert not (tmp_path / "runs").exists()
+
+
+def test_rows_failing_for_their_own_reasons_stay_failure_records(tmp_path: Path, sim: SimServer) -> None:
+    rows = [{"id": 0, "prompt": {"text": "q"}}, {"id": 1, "prompt": ""}, {"id": 2, "prompt": "fine"}]
+    result = submit(make_job(tmp_path, sim.base_url, rows))
+    assert result.exit_code == 3, result.output  # some rows failed
+    assert sim.stats()["requests"] == 1
+
+
 def test_missing_key_for_a_real_provider_is_a_usage_error(tmp_path: Path) -> None:
     job = make_job(tmp_path, "", provider={"name": "zhipu", "base_url": "http://127.0.0.1:9/v4"})
     result = submit(job)
@@ -122,3 +158,27 @@ def test_example_jobs_are_valid(path: Path) -> None:
 
 def test_there_is_an_example_job_per_preset() -> None:
     assert {p.stem for p in JOBS} >= {*PRESETS, "demo", "async-demo"} - {"simulated"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("sim-small: {input: 1}\n", "prices.yaml: sim-small.output: must be a price per million tokens"),
+        ("sim-small: {input: 1, output: x, currency: CNY}\n", "sim-small.output: must be a price"),
+        ("sim-small: [1, 2]\n", "prices.yaml: sim-small: must be a mapping with input, output and currency"),
+        ("sim-small: {input: 1, output: 2, currency: CNY, cached: 1}\n", "sim-small: unknown key 'cached'"),
+        ("a: b: c\n", "prices.yaml: not valid YAML at line 1"),
+        ("", "prices.yaml: prices: must map model names to {input, output, currency}"),
+        (None, "prices.yaml: no such prices file"),
+    ],
+)
+def test_prices_file_errors_read_like_the_specs(tmp_path: Path, text: str | None, message: str) -> None:
+    """`--prices` names the file and the key at fault in the job spec's shape: `file: model.key: what is wrong`."""
+    job = make_job(tmp_path, "http://127.0.0.1:9/v1")
+    if text is not None:
+        (tmp_path / "prices.yaml").write_text(text)
+    for command in (["estimate", str(job)], ["report", str(tmp_path)], ["status", str(tmp_path)]):
+        result = cli(*command, "--prices", str(tmp_path / "prices.yaml"))
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith(f"batchrun: error: {tmp_path / 'prices.yaml'}: ")
+        assert message in result.stderr and "Traceback" not in result.output
