@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .job import Prepared, display_path
 from .pricing import Price, Prices
-from .validate import validate
+from .validate import ModelLoad, validate
 
 TYPICAL_OUTPUT_SHARE = 0.3  # answers use about this share of max_tokens, unless told otherwise
 
@@ -19,6 +18,7 @@ class Estimate:
     requests: int  # what will be sent: embedding rows alike share requests
     prompt_tokens: int
     max_output_tokens: int  # every answer as long as max_tokens allows
+    models: dict[str, ModelLoad] = field(default_factory=dict)  # each model's share, priced at its own price
 
     def output_tokens(self, share: float) -> int:
         return round(self.max_output_tokens * share)
@@ -27,13 +27,40 @@ class Estimate:
 def estimate(prepared: Prepared) -> Estimate:
     """Read the whole input as submit would (validate's pass) and add up the requests' token estimates."""
     checked = validate(prepared)
-    spec = prepared.spec
-    sendable = checked.requests
-    if spec.endpoint == "embeddings":
-        sendable = math.ceil(sendable / spec.limits.batch_size)
     return Estimate(
-        checked.rows, checked.rows - checked.requests, sendable, checked.prompt_tokens, checked.max_output_tokens
+        checked.rows,
+        checked.rows - checked.requests,
+        checked.sent,
+        checked.prompt_tokens,
+        checked.max_output_tokens,
+        checked.models,
     )
+
+
+def cost_lines(est: Estimate, prices: Prices, share: float) -> list[str]:
+    """The cost range per currency, each model at its own price (a Batch API line may name its own model)."""
+    low: dict[str, float] = {}
+    high: dict[str, float] = {}
+    priced: list[str] = []
+    unpriced: list[str] = []
+    for model, load in sorted(est.models.items(), key=lambda kv: -kv[1].rows):
+        price = prices.get(model)
+        if price is None:
+            unpriced.append(model)
+            continue
+        a, b = cost_range(price, load.prompt_tokens, round(load.max_output_tokens * share), load.max_output_tokens)
+        low[price.currency] = low.get(price.currency, 0.0) + a
+        high[price.currency] = high.get(price.currency, 0.0) + b
+        rows = f" ({load.rows:,} rows)" if len(est.models) > 1 else ""
+        priced.append(f"                 {model}{rows} at {price.describe()}")
+    lines = [f"  cost           {low[c]:,.4f} to {high[c]:,.4f} {c} (typical to max_tokens)" for c in sorted(low)]
+    lines += priced
+    if unpriced:
+        lines.append(
+            f"  cost           unknown for {', '.join(unpriced)}: no price (not free: add it with --prices FILE "
+            "or a pricing: block in the job spec)"
+        )
+    return lines
 
 
 def cost_range(price: Price, prompt_tokens: int, low_output: int, high_output: int) -> tuple[float, float]:
@@ -64,17 +91,7 @@ def estimate_lines(prepared: Prepared, est: Estimate, prices: Prices, share: flo
         lines.append(
             f"  output tokens  up to {most:,} (max_tokens on every row); ~{typical:,} at a typical {share:.0%} of it"
         )
-    price = prices.get(spec.model)
-    if price is None:
-        lines.append(
-            f"  cost           unknown: no price for {spec.model} (not free: add it with --prices FILE or a "
-            "pricing: block in the job spec)"
-        )
-    else:
-        low, high = cost_range(price, est.prompt_tokens, typical, most)
-        lines.append(
-            f"  cost           {low:,.4f} to {high:,.4f} {price.currency} (typical to max_tokens) at {price.describe()}"
-        )
+    lines += cost_lines(est, prices, share)
     tokens = est.prompt_tokens + (most if spec.limits.tpm_accounting == "reserve" else typical)
     times = limit_seconds(est.requests, tokens, spec.limits.rpm, spec.limits.tpm)
     if times:

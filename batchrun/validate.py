@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .ids import DUPLICATE_ID, repeated_ids
 from .job import Prepared, display_path
-from .request import BadRow
+from .request import BadRow, Request, batched
 from .sources import iter_rows
 
 MAX_LISTED = 20
 
 
 @dataclass
-class Validation:
+class ModelLoad:
+    """What the rows asking for one model add up to (a Batch API line may name its own model)."""
+
     rows: int = 0
-    requests: int = 0  # rows that become a request (shared embedding requests are not counted as one)
     prompt_tokens: int = 0  # estimated
     max_output_tokens: int = 0  # max_tokens (or the default) of every row
+
+
+@dataclass
+class Validation:
+    rows: int = 0
+    requests: int = 0  # rows that become a request
+    sent: int = 0  # requests as they would be sent: embeddings rows alike share one, as submit batches them
+    prompt_tokens: int = 0  # estimated
+    max_output_tokens: int = 0  # max_tokens (or the default) of every row
+    models: dict[str, ModelLoad] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # the first MAX_LISTED, each naming its row
     problem_count: int = 0
     duplicate_ids: int = 0
@@ -40,24 +52,48 @@ class Validation:
 def validate(prepared: Prepared) -> Validation:
     """Every row built as submit builds it, and every repeated id, each problem named by its row."""
     report = Validation()
+    for sent in batched(_built(prepared, report), prepared.spec.limits.batch_size):
+        if isinstance(sent, BadRow):
+            report._problem(f"{sent.message} [{sent.code}]")
+            continue
+        report.sent += 1
+        for built in sent.parts or (sent,):
+            report.requests += 1
+            report.prompt_tokens += built.prompt_tokens
+            report.max_output_tokens += built.max_output
+            load = report.models.setdefault(built.model, ModelLoad())
+            load.rows += 1
+            load.prompt_tokens += built.prompt_tokens
+            load.max_output_tokens += built.max_output
+    return report
+
+
+def _built(prepared: Prepared, report: Validation) -> Iterator[Request | BadRow]:
+    """Every row built as submit builds it; a repeated id is all that is said of its row, as in submit."""
     repeats = repeated_ids(prepared.spec.input)
     repeat = next(repeats, None)
     build = prepared.builder.build
     for raw in iter_rows(prepared.spec.input):
         report.rows += 1
-        if repeat is not None and repeat.row == raw.row:  # as in submit, a repeated id is all that is said
+        if repeat is not None and repeat.row == raw.row:
             report.duplicate_ids += 1
             report._problem(f"{repeat.message()} [{DUPLICATE_ID}]")
             repeat = next(repeats, None)
             continue
-        built = build(raw)
-        if isinstance(built, BadRow):
-            report._problem(f"{built.message} [{built.code}]")
-            continue
-        report.requests += 1
-        report.prompt_tokens += built.prompt_tokens
-        report.max_output_tokens += built.max_output
-    return report
+        yield build(raw)
+
+
+def _requests(report: Validation) -> str:
+    if report.sent == report.requests:
+        return f"{report.sent:,}"
+    return f"{report.sent:,} (embeddings: {report.requests:,} rows, those alike sharing a request)"
+
+
+def _models(report: Validation, default: str) -> str:
+    names = sorted(report.models, key=lambda m: -report.models[m].rows) or [default]
+    if len(names) == 1:
+        return f"model {names[0]}"
+    return "models " + ", ".join(f"{m} ({report.models[m].rows:,} rows)" for m in names)
 
 
 def validation_lines(prepared: Prepared, report: Validation) -> list[str]:
@@ -70,8 +106,8 @@ def validation_lines(prepared: Prepared, report: Validation) -> list[str]:
     lines = [
         f"{display_path(spec.spec_path)}: {'ok' if report.ok else 'problems found'}",
         f"  input: {display_path(spec.input.path)} ({spec.input.format}), {report.rows} rows",
-        f"  requests: {report.requests} to {spec.provider.name} model {spec.model}, about {report.tokens} tokens "
-        "charged to TPM (prompt estimate + max_tokens)",
+        f"  requests: {_requests(report)} to {spec.provider.name} {_models(report, spec.model)}, about "
+        f"{report.tokens:,} tokens charged to TPM (prompt estimate + max_tokens)",
         f"  ids: {ids}" + (f", {report.duplicate_ids} duplicated" if report.duplicate_ids else ", all unique"),
         f"  run directory: {display_path(spec.output_dir)}",
     ]

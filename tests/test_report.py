@@ -270,6 +270,41 @@ def test_estimate_reads_the_input_without_calling_anything(tmp_path: Path) -> No
     assert "tasks " not in out  # only async jobs wait on tasks after submitting
 
 
+def test_estimate_prices_each_batch_line_at_its_own_model(tmp_path: Path) -> None:
+    """Mixed models in an OpenAI Batch input: each line's tokens at its model's price, one that has none named."""
+    lines = [
+        {
+            "custom_id": f"c{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": model, "messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 100},
+        }
+        for i, model in enumerate(["m-big", "m-small", "m-small", "m-none"])
+    ]
+    (tmp_path / "prices.yaml").write_text(
+        "m-big: {input: 10, output: 20, currency: USD}\nm-small: {input: 1, output: 2, currency: USD}\n"
+    )
+    job = make_job(tmp_path, "http://127.0.0.1:9/v1", lines, model="m-big", params={})
+    result = cli("estimate", str(job), "--output-share", "1", "--prices", str(tmp_path / "prices.yaml"))
+    assert result.exit_code == 0, result.output
+    # 108 prompt tokens + 100 output per line: m-big 108*10 + 100*20, m-small 2 * (108*1 + 100*2), per 1M
+    assert f"{(1080 + 2000 + 2 * (108 + 200)) / 1e6:,.4f} to" in result.stdout
+    assert "m-big (1 rows) at 10 / 20 USD" in result.stdout and "m-small (2 rows) at 1 / 2 USD" in result.stdout
+    assert "unknown for m-none" in result.stdout
+    assert "models m-small (2 rows), m-big (1 rows), m-none (1 rows)" in cli("validate", str(job)).stdout
+
+
+def test_validate_estimate_and_submit_agree_on_embeddings_requests(tmp_path: Path, sim: SimServer) -> None:
+    """Rows alike share a request only while consecutive: a line with other parameters breaks the run of them."""
+    rows: list[dict[str, Any]] = [{"id": f"t{i}", "input": f"text {i}"} for i in range(7)]
+    rows.insert(3, {"custom_id": "odd", "body": {"input": "other", "dimensions": 8}})
+    job = make_job(tmp_path, sim.base_url, rows, endpoint="embeddings", limits={"batch_size": 2})
+    assert "requests: 5 (embeddings: 8 rows" in cli("validate", str(job)).stdout
+    assert "8 rows, 5 requests to simulated" in cli("estimate", str(job)).stdout
+    assert submit(job).exit_code == 0
+    assert sim.stats()["requests"] == 5  # [t0 t1] [t2] [odd] [t3 t4] [t5 t6]
+
+
 def test_estimate_of_an_async_job_adds_the_task_time(tmp_path: Path) -> None:
     job = make_job(tmp_path, "", n=3, provider={"name": "simulated", "mode": "async", "simulate": {"task_s": [2, 45]}})
     result = cli("estimate", str(job))
