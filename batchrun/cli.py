@@ -7,6 +7,7 @@ import contextlib
 import functools
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -253,10 +254,13 @@ def status(run_dir: Path, prices: str | None, as_json: bool) -> None:
 @click.option("--provider", "name", required=True, type=click.Choice(sorted(PRESETS)), help="A provider preset.")
 @click.option("--base-url", help="Override the preset's base URL.")
 @click.option("--api-key-env", help="Read the key from this variable instead of the preset's.")
+@click.option(
+    "--allow-insecure-http", is_flag=True, help="Send the key over plain http:// to a host that is not this machine."
+)
 @_friendly
-def models(name: str, base_url: str | None, api_key_env: str | None) -> None:
+def models(name: str, base_url: str | None, api_key_env: str | None, allow_insecure_http: bool) -> None:
     """List the provider's models (GET /models): a quick check that the key works."""
-    for model in asyncio.run(list_provider_models(name, base_url, api_key_env)):
+    for model in asyncio.run(list_provider_models(name, base_url, api_key_env, allow_insecure_http)):
         click.echo(model)
 
 
@@ -306,6 +310,13 @@ def models(name: str, base_url: str | None, api_key_env: str | None) -> None:
     "(default: any name is served).",
 )
 @click.option(
+    "--tls",
+    nargs=2,
+    type=click.Path(dir_okay=False, exists=True),
+    metavar="CERT KEY",
+    help="Serve https:// with this certificate and private key (PEM), to try provider.ca_bundle.",
+)
+@click.option(
     "--require-key",
     is_flag=True,
     help="Answer 401 unless requests carry $BATCHRUN_SIM_API_KEY "
@@ -329,6 +340,7 @@ def simulate(
     tpm_accounting: str,
     task_s: tuple[float, float],
     models: str | None,
+    tls: tuple[str, str] | None,
     require_key: bool,
 ) -> None:
     """Serve a simulated OpenAI-compatible provider on 127.0.0.1 until Ctrl-C."""
@@ -365,8 +377,15 @@ def simulate(
 
     from .simulate import run_forever  # the server side of aiohttp: only this command needs it
 
+    context = None
+    if tls:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(*tls)
+        except (OSError, ssl.SSLError) as exc:
+            raise SpecError(f"--tls: cannot load {tls[0]} and {tls[1]} as a PEM certificate and key: {exc}") from None
     try:
-        asyncio.run(run_forever(cfg, port, announce))
+        asyncio.run(run_forever(cfg, port, announce, context))
     except OSError as exc:
         raise SpecError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}; choose another --port") from None
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM is how a server is meant to stop

@@ -6,11 +6,13 @@ Nothing here touches the network, so validate and estimate load neither aiohttp 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -106,6 +108,27 @@ def api_key(preset_name: str, env: str) -> str | None:
             "(keys never go in the job spec)"
         )
     return key
+
+
+def refuse_plain_http(base_url: str, key: str | None, allowed: bool) -> None:
+    """A key sent over plain http:// can be read by anyone on the way; only this machine's own servers (a local
+    vLLM, the simulator) are spared the question, and `provider.allow_insecure_http: true` answers it."""
+    parts = urlsplit(base_url)
+    if key is None or allowed or parts.scheme != "http" or _loopback(parts.hostname or ""):
+        return
+    raise SpecError(
+        f"provider.base_url {base_url} is plain http:// to {parts.hostname}: the API key would cross the network "
+        "unencrypted; use https://, or set provider.allow_insecure_http: true if this network is yours"
+    )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def job_of_run(run_dir: Path, job: str | None = None) -> JobSpec:

@@ -93,6 +93,17 @@ def classify(
     return Decision(Verdict.FAIL_ROW, code, f"HTTP {status}: {message}")
 
 
+TLS_HINT = (
+    "the server's TLS certificate is not trusted; on a network that inspects TLS, point provider.ca_bundle "
+    "(or SSL_CERT_FILE) at its CA bundle"
+)
+
+
+def is_tls_error(error: str | None) -> bool:
+    """A transport error that says the certificate chain was refused (aiohttp names it in the class)."""
+    return error is not None and ("Certificate" in error or "SSLError" in error)
+
+
 def endpoint_sign(status: int | None, body: Any, transport_error: str | None) -> str | None:
     """What an answer says when the endpoint itself is wrong (None: the endpoint answered like an API).
 
@@ -101,6 +112,8 @@ def endpoint_sign(status: int | None, body: Any, transport_error: str | None) ->
     every row would, and the run stops instead of writing a failure record per row."""
     if status is None:
         error = transport_error or ""
+        if is_tls_error(error):
+            return f"cannot connect: {TLS_HINT}"
         if "ClientConnector" in error:
             return f"cannot connect ({error.split('(', 1)[-1].rstrip(')')})"
         if "ClientResponseError" in error:

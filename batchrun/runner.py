@@ -16,8 +16,6 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
-import aiohttp
-
 from .checkpoint import Checkpoint, ResumeState
 from .errors import BatchrunError, FatalProviderError
 from .job import Prepared
@@ -33,7 +31,7 @@ from .request import BadRow, Request, batched
 from .retry import Decision, Verdict, backoff_delay, endpoint_sign
 from .rundir import RunState
 from .sources import iter_rows
-from .transport import Reply, new_session
+from .transport import Http, Network, Reply
 
 STOP_GRACE_S = 5.0
 FLUSH_EVERY_S = 1.0
@@ -79,14 +77,14 @@ class RunLoop:
         self.crash: Exception | None = None  # an unexpected exception, re-raised once the run is flushed
         self.interrupts = 0
         self.dispatcher: asyncio.Task[None] | None = None
-        self._http: aiohttp.ClientSession | None = None
+        self._http: Http | None = None
         self.base_url = base_url
         # Until some answer shows the endpoint is there, answers that say it is not are parked, not acted on: if
         # the first rows all get them, the run stops with every row still pending.
         self.unproven: list[tuple[Row, Reply, Ticket, str]] | None = []
 
     @property
-    def http(self) -> aiohttp.ClientSession:
+    def http(self) -> Http:
         assert self._http is not None, "the run has not started"
         return self._http
 
@@ -98,7 +96,9 @@ class RunLoop:
         except BatchrunError as exc:
             self.failed(exc)
             return
-        self._http = new_session(self.throttle.concurrency.maximum + self.lane.connections)
+        provider = self.spec.provider
+        network = Network(provider.proxy, provider.ca_bundle, trust_env=provider.simulate is None)
+        self._http = Http(self.throttle.concurrency.maximum + self.lane.connections, network)
         loops = [self._flush_loop(), self.throttle.tick_forever(), *self.lane.background()]
         background = [asyncio.ensure_future(loop) for loop in loops]
         self.dispatcher = asyncio.create_task(self._dispatch())

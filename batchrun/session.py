@@ -16,7 +16,7 @@ from typing import Any
 from .checkpoint import Checkpoint, ResumeState
 from .errors import BatchrunError, SpecError
 from .ids import DUPLICATE_ID
-from .job import Prepared, api_key, display_path, prepare
+from .job import Prepared, api_key, display_path, prepare, refuse_plain_http
 from .presets import PRESETS
 from .progress import Progress
 from .records import error_code
@@ -57,6 +57,7 @@ async def run_job(
     `retry_codes` (retry-failed): first drop the failure records with these error codes (empty: all of them),
     so that their rows are sent again. `limit`: only the input's first rows; a later run does the rest."""
     key = api_key(spec.provider.name, spec.provider.api_key_env)
+    refuse_plain_http(spec.provider.base_url, key, spec.provider.allow_insecure_http)
     if retry_codes:
         _check_codes(spec.output_dir, retry_codes)
     prepared = prepare(spec)
@@ -175,13 +176,16 @@ async def _run_opened(
     )
 
 
-async def list_provider_models(name: str, base_url: str | None = None, api_key_env: str | None = None) -> list[str]:
+async def list_provider_models(
+    name: str, base_url: str | None = None, api_key_env: str | None = None, allow_insecure_http: bool = False
+) -> list[str]:
     """The preset's models, with the key from its environment variable (a simulated one when needed)."""
     from .providers.openai import list_models
 
     preset = PRESETS[name]
     key = api_key(name, api_key_env or preset.api_key_env)
     url = (base_url or preset.base_url).rstrip("/")
+    refuse_plain_http(url, key, allow_insecure_http)
     async with _provider_url(url, None if url else SimulateSpec()) as reachable:
         return await list_models(reachable, key)
 

@@ -45,6 +45,7 @@ import hashlib
 import heapq
 import math
 import random
+import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -455,21 +456,28 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.
 
 @contextlib.asynccontextmanager
 async def serve(
-    cfg: SimulateSpec, host: str = "127.0.0.1", port: int = 0, sim: SimProvider | None = None
+    cfg: SimulateSpec,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    sim: SimProvider | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[str]:
-    """Serve a simulated provider in the running loop; yields its base URL."""
+    """Serve a simulated provider in the running loop; yields its base URL (https:// when given a TLS context,
+    to try a custom CA bundle or a TLS-inspecting network's certificate)."""
     runner = web.AppRunner((sim or SimProvider(cfg)).app(), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048)
+    site = web.TCPSite(runner, host, port, backlog=2048, ssl_context=tls)
     await site.start()
     try:
         bound = runner.addresses[0][1]
-        yield f"http://{host}:{bound}/v1"
+        yield f"{'https' if tls else 'http'}://{host}:{bound}/v1"
     finally:
         await runner.cleanup()
 
 
-async def run_forever(cfg: SimulateSpec, port: int, announce: Callable[[str], None]) -> None:
-    async with serve(cfg, port=port) as url:
+async def run_forever(
+    cfg: SimulateSpec, port: int, announce: Callable[[str], None], tls: ssl.SSLContext | None = None
+) -> None:
+    async with serve(cfg, port=port, tls=tls) as url:
         announce(url)
         await asyncio.Event().wait()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import InputError, SpecError
 from .presets import AUTHS, ENDPOINTS, MODES, PRESETS, TPM_ACCOUNTING, Auth, Endpoint, Mode, Preset, TpmAccounting
@@ -64,6 +66,9 @@ class ProviderSpec:
     simulate: SimulateSpec | None = None
     mode: Mode = "sync"  # sync: one answer per request; stream: server-sent events; async: submit, then poll
     auth: Auth = "bearer"  # bearer: the key as is; jwt: Zhipu's id.secret key signed into a short-lived token
+    proxy: str | None = None  # every request through this HTTP proxy (else HTTPS_PROXY / HTTP_PROXY / NO_PROXY)
+    ca_bundle: Path | None = None  # CA certificates to trust instead of the system's (else SSL_CERT_FILE)
+    allow_insecure_http: bool = False  # send the key over plain http:// to a host that is not this machine
 
 
 LATENCY_DISTS = ("lognormal", "uniform", "fixed")
@@ -117,6 +122,9 @@ class JobSpec:
                 "api_key_env": self.provider.api_key_env,
                 "mode": self.provider.mode,
                 "auth": self.provider.auth,
+                "proxy": self.provider.proxy,
+                "ca_bundle": str(self.provider.ca_bundle) if self.provider.ca_bundle else None,
+                "allow_insecure_http": self.provider.allow_insecure_http,
             },
             "limits": vars(self.limits),
             "retry": vars(self.retry),
@@ -181,7 +189,7 @@ def parse_spec(data: Any, *, spec_path: Path, source: str) -> JobSpec:
     # Beside the spec, like every other relative path: the same spec run from another folder resumes its run.
     output_dir = base / (output or f"runs/{name}")
     endpoint = choice(top, "endpoint", ENDPOINTS, "chat")
-    provider = _parse_provider(top.data.get("provider"), source)
+    provider = _parse_provider(top.data.get("provider"), source, base)
     preset = PRESETS[provider.name]
     if endpoint not in preset.endpoints:
         raise top.fail(
@@ -251,12 +259,17 @@ def _parse_input(top: Section, base: Path, source: str) -> InputSpec:
     )
 
 
-def _parse_provider(raw: Any, source: str) -> ProviderSpec:
+def _parse_provider(raw: Any, source: str, spec_dir: Path) -> ProviderSpec:
     if raw is None:
         raise SpecError(f"{source}: provider is required, e.g. provider: {{name: simulated}}")
     if isinstance(raw, str):
         raw = {"name": raw}
-    sec = Section("provider", raw, {"name", "base_url", "api_key_env", "simulate", "mode", "auth"}, source)
+    sec = Section(
+        "provider",
+        raw,
+        {"name", "base_url", "api_key_env", "simulate", "mode", "auth", "proxy", "ca_bundle", "allow_insecure_http"},
+        source,
+    )
     name = sec.text("name", required=True)
     assert name is not None
     preset = PRESETS.get(name)
@@ -283,6 +296,26 @@ def _parse_provider(raw: Any, source: str) -> ProviderSpec:
     auth = choice(sec, "auth", AUTHS, "bearer")
     if auth not in preset.auths:
         raise sec.fail("auth", f"{auth!r} is not offered by {preset.title} (it offers: {', '.join(preset.auths)})")
+    proxy = sec.text("proxy")
+    if proxy is not None:
+        parts = urlsplit(proxy)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise sec.fail(
+                "proxy", f"must be an http:// or https:// proxy URL such as http://proxy:3128, got {proxy!r}"
+            )
+        if parts.username or parts.password:
+            raise sec.fail(
+                "proxy",
+                "holds credentials, which never go in the job spec: set HTTPS_PROXY=http://user:pass@host:port "
+                "in the environment instead (and leave provider.proxy out)",
+            )
+    ca_bundle = None
+    ca_text = sec.text("ca_bundle")
+    if ca_text is not None:
+        ca_bundle = Path(os.path.expanduser(ca_text))
+        ca_bundle = ca_bundle if ca_bundle.is_absolute() else spec_dir / ca_bundle
+        if not ca_bundle.is_file():
+            raise sec.fail("ca_bundle", f"names no such file {ca_text!r} (looked for {ca_bundle})")
     return ProviderSpec(
         name=name,
         base_url=base_url,
@@ -291,6 +324,9 @@ def _parse_provider(raw: Any, source: str) -> ProviderSpec:
         simulate=simulate,
         mode=mode,
         auth=auth,
+        proxy=proxy,
+        ca_bundle=ca_bundle,
+        allow_insecure_http=sec.boolean("allow_insecure_http", False),
     )
 
 

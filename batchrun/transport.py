@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -31,21 +35,57 @@ class Reply:
         return rid
 
 
-def new_session(concurrency: int) -> aiohttp.ClientSession:
-    """One pooled session per run; the connection cap follows the run's concurrency."""
-    connector = aiohttp.TCPConnector(
-        limit=max(1, concurrency), limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        json_serialize=lambda o: orjson.dumps(o).decode(),
-        auto_decompress=True,
-        raise_for_status=False,
-    )
+@dataclass(frozen=True)
+class Network:
+    """How requests reach the provider, as the openai and zhipuai SDKs do it: the environment's proxies
+    (HTTPS_PROXY, HTTP_PROXY, NO_PROXY) and CA bundle (SSL_CERT_FILE) unless the spec names its own."""
+
+    proxy: str | None = None  # provider.proxy: every request through it, whatever the environment says
+    ca_bundle: Path | None = None  # provider.ca_bundle: the CAs to trust instead of the system's
+    trust_env: bool = True  # False for the in-process simulator: a loopback server is never proxied
+
+
+class Http:
+    """One pooled HTTP session per run, with its network settings applied to every request."""
+
+    def __init__(self, concurrency: int, network: Network) -> None:
+        tls: dict[str, Any] = {}
+        # aiohttp builds its default context once, at import: SSL_CERT_FILE is read here so that it always counts.
+        cafile = network.ca_bundle or (os.environ.get("SSL_CERT_FILE") if network.trust_env else None)
+        if cafile:
+            tls["ssl"] = ssl.create_default_context(cafile=str(cafile))
+        connector = aiohttp.TCPConnector(
+            limit=max(1, concurrency), limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True, **tls
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            json_serialize=lambda o: orjson.dumps(o).decode(),
+            auto_decompress=True,
+            raise_for_status=False,
+            trust_env=network.trust_env,
+        )
+        self.proxy = network.proxy
+
+    @contextlib.asynccontextmanager
+    async def request(
+        self, method: str, url: str, headers: Mapping[str, str], timeout: float, payload: bytes | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        async with self.session.request(
+            method,
+            url,
+            data=payload,
+            headers=headers,
+            proxy=self.proxy,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as resp:
+            yield resp
+
+    async def close(self) -> None:
+        await self.session.close()
 
 
 async def fetch_json(
-    http: aiohttp.ClientSession,
+    http: Http,
     method: str,
     url: str,
     headers: Mapping[str, str],
@@ -54,9 +94,7 @@ async def fetch_json(
 ) -> Reply:
     start = time.monotonic()
     try:
-        async with http.request(
-            method, url, data=payload, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
-        ) as resp:
+        async with http.request(method, url, headers, timeout, payload) as resp:
             raw = await resp.read()
             status, resp_headers = resp.status, resp.headers
     except NO_ANSWER as exc:

@@ -13,12 +13,15 @@ from batchrun.spec import SimulateSpec
 
 from .simserver import SimServer
 
+# The machine's own proxy settings must not route the tests' loopback requests (tests/test_network.py sets them).
+PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "ssl_cert_file"}
+
 
 @pytest.fixture(autouse=True)
 def _hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No real key leaks into a test, and relative run directories land in tmp_path."""
     for name in list(os.environ):
-        if name.endswith(("_API_KEY", "_ACCESS_TOKEN")):
+        if name.endswith(("_API_KEY", "_ACCESS_TOKEN")) or name.lower() in PROXY_VARIABLES:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import urllib.request
 from typing import Any
@@ -16,8 +17,9 @@ from batchrun.spec import SimulateSpec
 class SimServer:
     """A simulated provider on its own thread and loop, for tests and benchmarks: `with SimServer(cfg) as s:`."""
 
-    def __init__(self, cfg: SimulateSpec | None = None, port: int = 0) -> None:
+    def __init__(self, cfg: SimulateSpec | None = None, port: int = 0, tls: ssl.SSLContext | None = None) -> None:
         self.cfg = cfg or SimulateSpec(latency=0.0)
+        self.tls = tls
         self.sim = SimProvider(self.cfg)
         self.port = port
         self.base_url = ""
@@ -31,7 +33,7 @@ class SimServer:
 
     async def _serve(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        async with serve(self.cfg, port=self.port, sim=self.sim) as url:
+        async with serve(self.cfg, port=self.port, sim=self.sim, tls=self.tls) as url:
             self.base_url = url
             self._ready.set()
             await self._stop.wait()
@@ -50,6 +52,8 @@ class SimServer:
     def stats(self) -> dict[str, Any]:
         """Read the counters over HTTP, as any client would."""
         root = self.base_url.rsplit("/v1", 1)[0]
-        with urllib.request.urlopen(f"{root}/_sim/stats", timeout=10) as resp:
+        # The counters are this test's own: a TLS server's made-up certificate need not be checked to read them.
+        context = ssl._create_unverified_context() if self.tls else None
+        with urllib.request.urlopen(f"{root}/_sim/stats", timeout=10, context=context) as resp:
             data: dict[str, Any] = orjson.loads(resp.read())
         return data

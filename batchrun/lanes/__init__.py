@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    import aiohttp
-
     from ..checkpoint import Checkpoint, ResumeState
     from ..errors import BatchrunError
     from ..limiter import Throttle, Ticket
@@ -24,7 +22,7 @@ if TYPE_CHECKING:
     from ..request import Request
     from ..retry import Decision, ErrorTable
     from ..spec import JobSpec
-    from ..transport import Reply
+    from ..transport import Http, Reply
 
 
 @dataclass(eq=False, slots=True)
@@ -63,7 +61,7 @@ class Host(Protocol):
     t_wall0: float  # when this session started (epoch seconds)
 
     @property
-    def http(self) -> aiohttp.ClientSession: ...
+    def http(self) -> Http: ...
 
     def decide(self, row: Row, reply: Reply, decision: Decision) -> None: ...
 

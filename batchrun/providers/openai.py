@@ -6,14 +6,22 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ..errors import FatalProviderError
 from ..presets import ENDPOINT_URLS, Endpoint
 from ..request import Request
-from ..retry import error_details
-from ..transport import NO_ANSWER, NO_HEADERS, Reply, fetch_json, no_answer, parse_body
+from ..retry import TLS_HINT, error_details, is_tls_error
+from ..transport import (
+    NO_ANSWER,
+    NO_HEADERS,
+    Http,
+    Network,
+    Reply,
+    fetch_json,
+    no_answer,
+    parse_body,
+)
 
 
 class ChatCompletions:
@@ -30,7 +38,7 @@ class ChatCompletions:
         value = self.auth()
         return {**self._headers, "Authorization": value} if value else self._headers
 
-    async def call(self, http: aiohttp.ClientSession, request: Request, timeout: float) -> Reply:
+    async def call(self, http: Http, request: Request, timeout: float) -> Reply:
         return await fetch_json(http, "POST", self.url, self.headers(), timeout, request.payload)
 
 
@@ -40,12 +48,10 @@ class ChatCompletionsStream(ChatCompletions):
     A stream that ends without `[DONE]` or a finish_reason was cut off: it comes back as a transport error
     (retried), never as a short answer."""
 
-    async def call(self, http: aiohttp.ClientSession, request: Request, timeout: float) -> Reply:
+    async def call(self, http: Http, request: Request, timeout: float) -> Reply:
         start = time.monotonic()
         try:
-            async with http.post(
-                self.url, data=request.payload, headers=self.headers(), timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as resp:
+            async with http.request("POST", self.url, self.headers(), timeout, request.payload) as resp:
                 if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
                     raw = await resp.read()
                     return Reply(resp.status, resp.headers, parse_body(raw), time.monotonic() - start)
@@ -180,21 +186,23 @@ def _shares(total: int, weights: list[int]) -> list[int]:
     return out
 
 
-async def list_models(base_url: str, api_key: str | None, timeout: float = 30.0) -> list[str]:
+async def list_models(
+    base_url: str, api_key: str | None, network: Network | None = None, timeout: float = 30.0
+) -> list[str]:
     """`GET {base_url}/models`: the model ids a key may use; doubles as a check that the key works."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     url = base_url.rstrip("/") + "/models"
+    http = Http(1, network or Network())
     try:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as resp,
-        ):
-            raw, status = await resp.read(), resp.status
-    except NO_ANSWER as exc:
+        reply = await fetch_json(http, "GET", url, headers, timeout)
+    finally:
+        await http.close()
+    if reply.status is None:
         raise FatalProviderError(
-            f"cannot reach {url}: {type(exc).__name__}; check provider.base_url and the network"
-        ) from None
-    body = parse_body(raw)
+            f"cannot reach {url}: {reply.error}; check provider.base_url and the network"
+            + (f" ({TLS_HINT})" if is_tls_error(reply.error) else "")
+        )
+    status, body = reply.status, reply.body
     if status != 200:
         code, message = error_details(body)
         hint = "; check the key" if status in (401, 403) else ""

@@ -15,12 +15,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ..errors import SpecError
 from ..retry import Decision, ErrorTable, Verdict, classify, error_details, retry_after_seconds
-from ..transport import Reply, fetch_json
+from ..transport import Http, Reply, fetch_json
 from .openai import ChatCompletions
 
 JWT_LIFETIME_MS = 210_000  # what the official SDK signs: exp = now + 210 s
@@ -129,7 +128,7 @@ class AsyncCompletions(ChatCompletions):
         self.url = root + "/async/chat/completions"
         self.result_url = root + "/async-result/"
 
-    async def poll(self, http: aiohttp.ClientSession, task: str, timeout: float) -> Reply:
+    async def poll(self, http: Http, task: str, timeout: float) -> Reply:
         return await fetch_json(http, "GET", self.result_url + task, self.headers(), timeout)
 
 
