@@ -185,7 +185,7 @@ class ConcurrencyController:
     Latency is averaged over short intervals; the lowest interval average seen lately is the no-queue
     baseline (an average, not a single sample, so a provider whose answer times spread widely is not
     mistaken for a queue). While recent latency stays within TOLERANCE of the baseline the limit grows:
-    doubling per interval in slow start, then by about its square root. When latency climbs, the limit
+    by half per interval in slow start, then by about its square root. When latency climbs, the limit
     shrinks in proportion; a timeout the Throttle judges to be load cuts it by a tenth, once per window of
     requests (429s are the rate's business). It grows only while it is used: a limit nobody reaches proves
     nothing.
@@ -193,6 +193,9 @@ class ConcurrencyController:
 
     INTERVAL_S = 0.25
     TOLERANCE = 1.5
+    # Slow start grows by half per interval, not double: when a limit nobody has named is met, what is in flight
+    # beyond it (the overshoot of the last step, times the latency) comes back 429 before any brake can act.
+    SLOW_START_GROWTH = 1.5
     PROBE_S = 10.0  # a concurrency ceiling the provider set is probed one higher after this long without a hit
     FLOOR_DRIFT = 1.002  # per interval: a baseline that got slower for good is accepted within ~30 s
 
@@ -233,7 +236,7 @@ class ConcurrencyController:
             self.slow_start = False
             self.limit = max(self.minimum, self.limit * gradient + math.sqrt(self.limit))
         elif self._peak_inflight >= 0.8 * self.limit:
-            grown = self.limit * 2 if self.slow_start else self.limit + math.sqrt(self.limit)
+            grown = self.limit * self.SLOW_START_GROWTH if self.slow_start else self.limit + math.sqrt(self.limit)
             if self.ceiling is not None and self.limit >= self.ceiling and now - self._last_limit >= self.PROBE_S:
                 self.ceiling, self._last_limit = min(self.maximum, self.ceiling + 1), now  # raised since?
             self.limit = min(self.maximum, grown)
@@ -248,6 +251,10 @@ class ConcurrencyController:
         self._last_limit = now
         self.slow_start = False
         self.limit = min(self.limit, float(self.ceiling))
+
+    def on_rate_limited(self) -> None:
+        """A 429: the rate is at the provider's limit, and more in flight only sends more into it."""
+        self.slow_start = False
 
     def on_congestion(self, sent_at: float, now: float) -> None:
         """A timeout that signals load: back off, once per window, as TCP does.
@@ -384,6 +391,18 @@ def parse_duration(text: str) -> float | None:
     if not parts or "".join(n + u for n, u in parts) != text:
         return None
     return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+_NAMED_LIMIT = re.compile(r"\b(requests|tokens) per min(?:ute)?\b[^:]*:\s*Limit (\d+)", re.IGNORECASE)
+
+
+def named_limit(message: str) -> tuple[str, float] | None:
+    """("requests" | "tokens", per minute) when a 429's message names the limit it hit, as OpenAI's do:
+    `Rate limit reached ... on requests per min (RPM): Limit 500, Used 500, Requested 1.`"""
+    found = _NAMED_LIMIT.search(message)
+    if found is None or int(found.group(2)) <= 0:
+        return None
+    return found.group(1).lower(), float(found.group(2))
 
 
 @dataclass(frozen=True, slots=True)

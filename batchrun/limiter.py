@@ -23,6 +23,7 @@ from .control import (
     RateHints,
     TokenAccounting,
     TokenBucket,
+    named_limit,
     rate_hints,
 )
 from .presets import TpmAccounting
@@ -168,7 +169,12 @@ class Throttle:
         elif status == 429:
             # The rate's alone (cutting concurrency too would collapse it in a storm that no rate avoids). A
             # provider limiting requests in flight without a code that says so is held this way as well: what
-            # it admits is its limit over the latency.
+            # it admits is its limit over the latency. Slow start ends here: doubling past a limit only sends
+            # more into it.
+            self.concurrency.on_rate_limited()
+            named = named_limit(error_details(reply.body)[1] or "")
+            if named is not None:
+                self._apply_named(*named)
             self.rates.on_rate_limited(ticket.sent_at, now)
             if self.tpm is not None and self.tokens.on_rate_limited(now):
                 self.rates.reset(now, grace=BURST_S)
@@ -213,6 +219,35 @@ class Throttle:
             )
         else:
             self.tpm.settle(self.tokens.release(charge, rate_limited=rate_limited))
+
+    def _apply_named(self, kind: str, per_minute: float) -> None:
+        """A 429 that named the limit it hit: that limit is the ceiling from now on, and the provider's bucket is
+        empty, so ours starts empty too (a full one would send a second burst into the same wall)."""
+        if kind == "requests":
+            known = self.rates.ceiling
+            ceiling = min(per_minute, self.configured.rpm or math.inf) / 60
+            if known is None or abs(known - ceiling) > 1e-9:
+                self.log(
+                    f"a 429 named the provider's limit, {per_minute:,.0f} requests per minute: holding just under "
+                    f"it (set limits.rpm: {per_minute:.0f} to start there next time)"
+                )
+                self.rates.set_ceiling(ceiling)
+                # The 429s still to come for requests already out say nothing the message did not: the limit is
+                # known exactly, and the rate need not measure it.
+                self.rates.reset(self.clock())
+                self._apply_rate()
+                if self.rpm is not None:
+                    self.rpm.drain()
+        elif self.tpm is None or (
+            not self.configured.tpm and abs(self.tpm.per_second * 60 - per_minute * HEADROOM) > 1
+        ):
+            self.log(
+                f"a 429 named the provider's limit, {per_minute:,.0f} tokens per minute: holding just under it "
+                f"(set limits.tpm: {per_minute:.0f} to start there next time)"
+            )
+            self._apply_hints(RateHints(limit_tokens=per_minute), self.clock())
+            if self.tpm is not None:
+                self.tpm.drain()
 
     def _apply_hints(self, hints: RateHints, now: float) -> None:
         if hints.limit_requests:

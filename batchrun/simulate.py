@@ -438,10 +438,18 @@ class SimProvider:
         waits = [b.wait_for(n, now) for b, n in ((self.rpm, 1), (self.tpm, need)) if b is not None]
         wait = max(waits, default=0.0)
         if wait > 0:
-            headers = {"Retry-After": str(max(1, math.ceil(wait)))} if self.cfg.retry_after else None
-            return self._answer(
-                429, error_body("rate_limit_exceeded", "Rate limit reached, please retry later"), headers
+            if not self.cfg.retry_after:  # Zhipu's way: a bare 429 that says nothing of the limit
+                return self._answer(429, error_body("rate_limit_exceeded", "Rate limit reached, please retry later"))
+            # OpenAI's way: Retry-After, and the message names the limit that was hit
+            rpm_wait = self.rpm.wait_for(1, now) if self.rpm is not None else 0.0
+            kind, limit = ("requests", self.cfg.rpm) if rpm_wait >= wait else ("tokens", self.cfg.tpm)
+            short = "RPM" if kind == "requests" else "TPM"
+            message = (
+                f"Rate limit reached on {kind} per min ({short}): Limit {int(limit or 0)}, Requested "
+                f"{1 if kind == 'requests' else need}. Please try again in {wait * 1000:.0f}ms."
             )
+            headers = {"Retry-After": str(max(1, math.ceil(wait)))}
+            return self._answer(429, error_body("rate_limit_exceeded", message), headers)
         if self.rpm is not None:
             self.rpm.take(1)
         if self.tpm is not None and reserve:

@@ -14,10 +14,11 @@ from batchrun.control import (
     SlotCounter,
     TokenAccounting,
     TokenBucket,
+    named_limit,
     parse_duration,
     rate_hints,
 )
-from batchrun.limiter import Throttle
+from batchrun.limiter import Throttle, Ticket
 from batchrun.request import Request
 from batchrun.spec import Limits
 from batchrun.transport import Reply
@@ -320,3 +321,56 @@ def test_limiter_bucket_waits_its_turn_and_wakes_on_a_refund() -> None:
         return order
 
     assert asyncio.run(scenario()) == ["first", "second"]
+
+
+@pytest.mark.parametrize(
+    ("message", "found"),
+    [
+        (
+            "Rate limit reached for gpt-4o in organization org-x on requests per min (RPM): Limit 500, Used 500, "
+            "Requested 1. Please try again in 120ms.",
+            ("requests", 500.0),
+        ),
+        ("Rate limit reached on tokens per min (TPM): Limit 30000, Used 29500, Requested 900.", ("tokens", 30000.0)),
+        ("Rate limit reached, please retry later", None),
+        ("您当前使用该API的并发数过高", None),
+        ("on requests per min (RPM): Limit 0", None),
+    ],
+)
+def test_named_limit_reads_openai_style_429_messages(message: str, found: tuple[str, float] | None) -> None:
+    assert named_limit(message) == found
+
+
+def _limited(message: str) -> Reply:
+    return Reply(429, {}, {"error": {"code": "rate_limit_exceeded", "message": message}}, 0.1)
+
+
+def test_a_429_naming_the_limit_sets_the_ceiling_at_once_and_ends_slow_start() -> None:
+    logged: list[str] = []
+    throttle = Throttle(Limits(), "auto", log=logged.append, clock=lambda: 10.0)
+    assert throttle.rates.rate is None and throttle.concurrency.slow_start
+    throttle.gate.inflight = 1
+    throttle.done(Ticket(9.8, None, 1), _limited("Rate limit reached on requests per min (RPM): Limit 600, Used 600"))
+    assert throttle.rates.ceiling == 10.0 and throttle.rates.rate == pytest.approx(10.0 * HEADROOM)
+    assert not throttle.concurrency.slow_start
+    assert throttle.rpm is not None and throttle.rpm.bucket.level <= 0  # the provider's bucket is empty: ours too
+    # 429s still to come for requests sent before it teach nothing more: the rate stays at the named limit
+    for _ in range(20):
+        throttle.gate.inflight = 1
+        throttle.done(Ticket(9.9, None, 1), _limited("Rate limit reached on requests per min (RPM): Limit 600"))
+    assert throttle.rates.rate == pytest.approx(10.0 * HEADROOM)
+    assert len(logged) == 1 and "600 requests per minute" in logged[0] and "limits.rpm: 600" in logged[0]
+
+
+def test_a_429_naming_the_token_limit_starts_a_tpm_bucket() -> None:
+    throttle = Throttle(Limits(), "auto", log=lambda _: None, clock=lambda: 5.0)
+    throttle.gate.inflight = 1
+    throttle.done(Ticket(4.9, None, 1), _limited("Rate limit reached on tokens per min (TPM): Limit 60000, Used 1"))
+    assert throttle.tpm is not None and throttle.tpm.per_second == pytest.approx(1000 * HEADROOM)
+
+
+def test_a_429_naming_nothing_still_ends_slow_start() -> None:
+    throttle = Throttle(Limits(), "auto", log=lambda _: None, clock=lambda: 5.0)
+    throttle.gate.inflight = 1
+    throttle.done(Ticket(4.9, None, 1), _limited("Rate limit reached, please retry later"))
+    assert not throttle.concurrency.slow_start and throttle.rates.ceiling is None

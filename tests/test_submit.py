@@ -91,6 +91,17 @@ def test_a_limit_on_requests_in_flight_is_held_by_concurrency_not_the_rate(
     assert 1 <= usage["rate_limited"] <= 12 + 3
 
 
+def test_a_429_naming_the_limit_sets_the_rate_at_once(tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:
+    """No limits given; the provider's 429s say `requests per min (RPM): Limit 600`, as OpenAI's do. The first
+    one sets the ceiling: the run holds just under 600 RPM from then on."""
+    server = start_sim(rpm=600)
+    result = submit(make_job(tmp_path, server.base_url, n=30, limits={}))
+    assert result.exit_code == 0, result.output
+    assert "a 429 named the provider's limit, 600 requests per minute" in result.stderr
+    _, _, usage = records(tmp_path)
+    assert usage["rows_succeeded"] == 30 and usage["throttle"]["rpm"] == 597.0  # 600 less the headroom
+
+
 def test_dropped_connections_are_retried(tmp_path: Path, sim: SimServer) -> None:
     result = submit(make_job(tmp_path, sim.base_url, [{"id": "d", "prompt": "x #sim:drop=1"}]))
     assert result.exit_code == 0, result.output
