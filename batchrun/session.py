@@ -42,6 +42,10 @@ class RunOutcome:
     reason: str | None = None  # why the run stopped early
     tasks_pending: int = 0  # async: tasks submitted and still to be collected by a resumed run
 
+    @property
+    def run_dir(self) -> Path:
+        return self.spec.output_dir
+
 
 async def run_job(
     spec: JobSpec,
@@ -132,12 +136,17 @@ async def _run_opened(
     async with _provider_url(spec.provider.base_url, spec.provider.simulate) as base_url:
         runner = RunLoop(prepared, checkpoint, state, base_url, key, progress, log, last_row)
         loop = asyncio.get_running_loop()
+        handled = []
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, runner.interrupt, sig == signal.SIGINT)
+            # Only the main thread's loop can take signals; a run in another thread (the Python API in a worker)
+            # is stopped by whoever owns the process.
+            with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
+                loop.add_signal_handler(sig, runner.interrupt, sig == signal.SIGINT)
+                handled.append(sig)
         try:
             await runner.run()
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in handled:
                 loop.remove_signal_handler(sig)
             progress.close()
     pending = runner.ledger.pending

@@ -181,3 +181,19 @@ def test_sim_models_flag_is_a_spec_key_too(tmp_path: Path) -> None:
     job = make_job(tmp_path, "", provider={"name": "simulated", "simulate": {"models": ["m1", "m2"]}})
     spec = load_spec(job)
     assert spec.provider.simulate is not None and spec.provider.simulate.models == ("m1", "m2")
+
+
+def test_the_readme_command_table_lists_every_command_and_option() -> None:
+    """The README's command table is the user's reference: every command and every option appears in its row."""
+    import click
+
+    from batchrun.cli import main
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = {line.split("`")[1].split()[1]: line for line in readme.splitlines() if line.startswith("| `batchrun ")}
+    assert set(rows) == set(main.commands), "commands missing from (or stale in) the README's table"
+    for name, command in main.commands.items():
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name != "help":
+                flag = max(param.opts, key=len)
+                assert flag in rows[name], f"README: `batchrun {name}` does not list {flag}"
