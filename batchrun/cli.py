@@ -113,7 +113,11 @@ def retry_failed(run_dir: Path, codes: tuple[str, ...], job: str | None, no_prog
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
-    "--to", "to", required=True, type=click.Path(dir_okay=False, path_type=Path), help="FILE.parquet or FILE.jsonl"
+    "--to",
+    "to",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="FILE.parquet, FILE.jsonl or FILE.csv",
 )
 @click.option("--with-input", is_flag=True, help="Add the input row's columns (prefixed input_).")
 @_friendly

@@ -7,7 +7,9 @@ bounded however large the run: output is written in batches of EXPORT_BATCH rows
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
 import os
 from array import array
 from collections.abc import Iterator, Mapping
@@ -19,6 +21,7 @@ import orjson
 from .errors import InputError, SpecError
 from .records import record_row
 from .rundir import RECORD_FILES, RunDir
+from .sources import table_batches
 from .spec import InputSpec
 
 EXPORT_BATCH = 10_000
@@ -148,19 +151,20 @@ def _count(value: Any) -> int | None:
 
 
 def export_run(run_dir: Path, to: Path, *, with_input: bool = False) -> int:
-    """Write `to` (.parquet or .jsonl): one row per input row, in input order. Returns the rows written."""
+    """Write `to` (.parquet, .jsonl or .csv): one row per input row, in input order. Returns the rows written."""
     run = RunDir(run_dir)
     spec = run.input_spec()
     if not spec.path.is_file():
         raise InputError(f"the input {spec.path} of {run_dir} is not there: export pairs records with input rows")
     kind = to.suffix.lower()
-    if kind not in (".parquet", ".jsonl"):
-        raise SpecError(f"--to must end in .parquet or .jsonl, got {to.name!r}")
+    writers = {".parquet": _write_parquet, ".jsonl": _write_jsonl, ".csv": _write_csv}
+    if kind not in writers:
+        raise SpecError(f"--to must end in .parquet, .jsonl or .csv, got {to.name!r}")
     embeddings = run.job.get("endpoint") == "embeddings"
     index = RecordIndex(run)
     try:
         batches = _batches(spec, index, embeddings, with_input)
-        return _write_parquet(to, batches) if kind == ".parquet" else _write_jsonl(to, batches)
+        return writers[kind](to, batches)
     finally:
         index.close()
 
@@ -169,12 +173,9 @@ Batch = tuple[list[dict[str, Any]], Any]  # export rows, and the input's own col
 
 
 def _batches(spec: InputSpec, index: RecordIndex, embeddings: bool, with_input: bool) -> Iterator[Batch]:
-    if spec.format == "parquet":
-        from .sources import _open_parquet
-
-        pf = _open_parquet(spec.path)
+    if spec.format in ("parquet", "csv"):
         row = 0
-        for batch in pf.iter_batches(batch_size=EXPORT_BATCH, columns=None if with_input else [], use_threads=False):
+        for batch in table_batches(spec, None if with_input else [], EXPORT_BATCH):
             yield (
                 [flatten(r, index.get(r), embeddings) for r in range(row + 1, row + 1 + batch.num_rows)],
                 batch if with_input else None,
@@ -213,6 +214,35 @@ def _write_jsonl(to: Path, batches: Iterator[Batch]) -> int:
                 f.write(orjson.dumps(row, default=str) + b"\n")
             written += len(rows)
     return written
+
+
+def _write_csv(to: Path, batches: Iterator[Batch]) -> int:
+    """A spreadsheet's view: one line per row, lists and objects (embeddings, an input's nested fields) as JSON
+    text in their cell. Written with the csv module, which quotes what needs quoting (commas, newlines)."""
+    written = 0
+    with _atomic(to) as f:
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        out = None
+        for rows, table in batches:
+            inputs = table.to_pylist() if table is not None else None
+            for i, row in enumerate(rows):
+                extra = row.pop("input", None) if inputs is None else inputs[i]
+                if extra:
+                    row.update({INPUT_PREFIX + k: v for k, v in extra.items()})
+                if out is None:
+                    out = csv.DictWriter(text, fieldnames=list(row), extrasaction="ignore")
+                    out.writeheader()
+                out.writerow({k: _cell(v) for k, v in row.items()})
+            written += len(rows)
+        if out is None:
+            csv.writer(text).writerow(OUTPUT_COLUMNS)
+        text.flush()
+        text.detach()
+    return written
+
+
+def _cell(value: Any) -> Any:
+    return orjson.dumps(value, default=str).decode() if isinstance(value, (list, dict)) else value
 
 
 def _write_parquet(to: Path, batches: Iterator[Batch]) -> int:

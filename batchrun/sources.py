@@ -47,13 +47,49 @@ def _open_parquet(path: Path) -> Any:
         raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
 
 
+def _open_csv(path: Path, columns: list[str] | None = None) -> Any:
+    """A streaming CSV reader (pyarrow's), every column read as text: an id `007` stays `007`, and a prompt is
+    never turned into a number. Rows are numbered from 1, the header not counted."""
+    import pyarrow as pa
+    import pyarrow.csv as pc
+
+    try:
+        names = pc.open_csv(path).schema.names
+        wanted = names if columns is None else [c for c in names if c in columns]
+        convert = pc.ConvertOptions(
+            column_types={n: pa.string() for n in names},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+            include_columns=wanted or names[:1],
+        )
+        return pc.open_csv(path, read_options=pc.ReadOptions(block_size=1 << 20), convert_options=convert)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: not a readable CSV file with a header row ({exc})") from None
+
+
+def table_columns(spec: InputSpec) -> list[str]:
+    """The column names of a Parquet or CSV input."""
+    if spec.format == "csv":
+        return list(_open_csv(spec.path).schema.names)
+    return list(_open_parquet(spec.path).schema_arrow.names)
+
+
+def table_batches(spec: InputSpec, columns: list[str] | None, batch_rows: int = PARQUET_BATCH_ROWS) -> Iterator[Any]:
+    """A Parquet or CSV input as arrow record batches, in order (`columns`: only these; [] for none)."""
+    if spec.format == "csv":
+        for batch in _open_csv(spec.path, columns):
+            yield batch if columns is None or columns else batch.select([])
+        return
+    yield from _open_parquet(spec.path).iter_batches(batch_size=batch_rows, columns=columns, use_threads=False)
+
+
 def iter_rows(
     spec: InputSpec, skip: Callable[[int], bool] | None = None, columns: list[str] | None = None
 ) -> Iterator[RawRow]:
     """Yield the input's rows in order; rows for which `skip(row)` is true are passed over unparsed. `columns`
-    narrows what a Parquet input decodes (by default, what the requests are built from)."""
-    if spec.format == "parquet":
-        yield from _iter_parquet(spec, skip, columns)
+    narrows what a Parquet or CSV input decodes (by default, what the requests are built from)."""
+    if spec.format in ("parquet", "csv"):
+        yield from _iter_table(spec, skip, columns)
     else:
         yield from _iter_jsonl(spec.path, skip)
 
@@ -100,24 +136,25 @@ def parquet_columns(spec: InputSpec, available: list[str]) -> list[str]:
     """Only the columns the requests are built from: a wide table costs no more than a narrow one."""
     named = [spec.id_field, spec.messages_field, spec.prompt_field, *spec.template_fields]
     wanted = [c for c in named if c]
+    if spec.id_field is None:  # each row's own custom_id or id, as the ids check reads them
+        wanted += ["custom_id", "id"]
     if not (spec.messages_field or spec.prompt_field or spec.template):
         wanted += DEFAULT_COLUMNS
     return [c for c in available if c in wanted]
 
 
 def parquet_id_columns(spec: InputSpec) -> list[str]:
-    """The columns a Parquet input's ids can come from."""
-    names = _open_parquet(spec.path).schema_arrow.names
+    """The columns a Parquet or CSV input's ids can come from."""
+    names = table_columns(spec)
     wanted = (spec.id_field,) if spec.id_field else ("custom_id", "id", "body")
     return [c for c in names if c in wanted]
 
 
-def _iter_parquet(spec: InputSpec, skip: Callable[[int], bool] | None, columns: list[str] | None) -> Iterator[RawRow]:
-    pf = _open_parquet(spec.path)
+def _iter_table(spec: InputSpec, skip: Callable[[int], bool] | None, columns: list[str] | None) -> Iterator[RawRow]:
     if columns is None:
-        columns = parquet_columns(spec, pf.schema_arrow.names)
+        columns = parquet_columns(spec, table_columns(spec))
     row = 0
-    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns, use_threads=False):
+    for batch in table_batches(spec, columns):
         first = row + 1
         row += batch.num_rows
         if skip is not None and all(skip(r) for r in range(first, row + 1)):
@@ -132,8 +169,8 @@ def first_row(spec: InputSpec) -> dict[str, Any] | None:
     """The first readable row, to settle defaults (id field, how messages are built) before sending.
 
     For Parquet the schema says which fields every row has, without decoding any data."""
-    if spec.format == "parquet":
-        return dict.fromkeys(_open_parquet(spec.path).schema_arrow.names)
+    if spec.format in ("parquet", "csv"):
+        return dict.fromkeys(table_columns(spec))
     for raw in iter_rows(spec):
         if raw.data is not None:
             return raw.data
@@ -148,6 +185,12 @@ def scan_input(spec: InputSpec) -> InputScan:
             while chunk := f.read(HASH_CHUNK):
                 h.update(chunk)
         return InputScan(rows=_open_parquet(spec.path).metadata.num_rows, digest=h.hexdigest())
+    if spec.format == "csv":
+        with open(spec.path, "rb") as f:
+            while chunk := f.read(HASH_CHUNK):
+                h.update(chunk)
+        first = table_columns(spec)[:1]
+        return InputScan(rows=sum(b.num_rows for b in table_batches(spec, first)), digest=h.hexdigest())
     rows = 0
     with open(spec.path, "rb") as f:
         for line in f:

@@ -16,14 +16,14 @@ from .pricing import Price, parse_prices
 from .spec_section import Section, choice, names, seconds_range
 from .yamlfile import load_yaml
 
-INPUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+INPUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 RESERVED_PARAMS = {"model": "model", "messages": "input.messages_field / input.prompt_field / input.template"}
 
 
 @dataclass(frozen=True)
 class InputSpec:
     path: Path
-    format: str  # "jsonl" | "parquet"
+    format: str  # "jsonl" | "parquet" | "csv"
     id_field: str | None = None
     messages_field: str | None = None
     prompt_field: str | None = None
@@ -218,7 +218,7 @@ def parse_spec(data: Any, *, spec_path: Path, source: str) -> JobSpec:
 def _parse_input(top: Section, base: Path, source: str) -> InputSpec:
     raw = top.data.get("input")
     if raw is None:
-        raise top.fail("input", "is required: a path to a .jsonl or .parquet file, or a mapping with 'path'")
+        raise top.fail("input", "is required: a path to a .jsonl, .parquet or .csv file, or a mapping with 'path'")
     if isinstance(raw, str):
         raw = {"path": raw}
     sec = Section(
@@ -231,9 +231,9 @@ def _parse_input(top: Section, base: Path, source: str) -> InputSpec:
     if fmt is None:
         fmt = INPUT_FORMATS.get(path.suffix.lower())
         if fmt is None:
-            raise sec.fail("path", f"must end in .jsonl or .parquet (or set input.format), got {rel!r}")
-    elif fmt not in {"jsonl", "parquet"}:
-        raise sec.fail("format", f"must be 'jsonl' or 'parquet', got {fmt!r}")
+            raise sec.fail("path", f"must end in .jsonl, .parquet or .csv (or set input.format), got {rel!r}")
+    elif fmt not in {"jsonl", "parquet", "csv"}:
+        raise sec.fail("format", f"must be 'jsonl', 'parquet' or 'csv', got {fmt!r}")
     if not path.is_file():
         raise InputError(f"{source}: input.path: no such file {rel!r} (looked for {path})")
 

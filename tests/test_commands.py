@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .helpers import cli, make_job, read_jsonl, submit, write_jsonl
 from .simserver import SimServer
@@ -103,3 +106,33 @@ def test_show_one_row_request_and_answer_or_failure(tmp_path: Path, sim: SimServ
 
     missing = cli("show", run, "zz")
     assert missing.exit_code == 2 and "no row with id 'zz'" in missing.stderr
+
+
+def test_csv_input_and_csv_export(tmp_path: Path, sim: SimServer) -> None:
+    """CSV read as text (ids keep their zeros, quoted commas and newlines stay), exported as CSV a spreadsheet
+    opens, with the input's columns beside the answers."""
+    (tmp_path / "items.csv").write_text('id,title\n007,"Hello, world"\n008,"two\nlines"\n009,\n', encoding="utf-8")
+    job = make_job(tmp_path, sim.base_url, input={"path": "items.csv", "prompt_field": "title"})
+    assert "(csv), 3 rows" in cli("validate", str(job)).stdout
+    result = submit(job)
+    assert result.exit_code == 3, result.output  # the empty title cannot become a request
+    assert {r["custom_id"] for r in read_jsonl(tmp_path / "runs/job/results.jsonl")} == {"007", "008"}
+    (failure,) = read_jsonl(tmp_path / "runs/job/failures.jsonl")
+    assert failure["custom_id"] == "009" and failure["error"]["code"] == "invalid_input"
+    assert "  user:\n    two\n    lines" in cli("show", str(tmp_path / "runs/job"), "008").stdout
+
+    out = tmp_path / "out.csv"
+    assert cli("export", str(tmp_path / "runs/job"), "--to", str(out), "--with-input").exit_code == 0
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["custom_id"] for r in rows] == ["007", "008", "009"]
+    assert [r["status"] for r in rows] == ["succeeded", "succeeded", "failed"]
+    assert rows[1]["input_title"] == "two\nlines" and "Hello, world" in rows[0]["answer"]
+    assert rows[2]["error_code"] == "invalid_input" and rows[0]["prompt_tokens"].isdigit()
+
+
+def test_a_parquet_input_with_a_template_keeps_each_rows_own_id(tmp_path: Path, sim: SimServer) -> None:
+    pq.write_table(pa.table({"id": ["a", "b"], "title": ["x", "y"]}), tmp_path / "t.parquet")
+    job = make_job(tmp_path, sim.base_url, input={"path": "t.parquet", "template": "T: {title}"})
+    assert submit(job).exit_code == 0
+    assert sorted(r["custom_id"] for r in read_jsonl(tmp_path / "runs/job/results.jsonl")) == ["a", "b"]
