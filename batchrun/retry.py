@@ -90,6 +90,13 @@ def classify(
         return Decision(Verdict.RETRY, code, f"HTTP {status}: {message}", retry_after_seconds(headers))
     if status in (401, 403):
         return Decision(Verdict.STOP_RUN, code, f"HTTP {status}: {message}")
+    if status == 407:  # every request goes through the same proxy: none will get past it
+        return Decision(
+            Verdict.STOP_RUN,
+            "proxy_auth_required",
+            "HTTP 407 from the proxy: it wants credentials; give them in the proxy URL of HTTPS_PROXY / HTTP_PROXY "
+            "(http://user:pass@host:port), never in the spec",
+        )
     return Decision(Verdict.FAIL_ROW, code, f"HTTP {status}: {message}")
 
 

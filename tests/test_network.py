@@ -3,6 +3,7 @@ and a key that must not cross the network in the clear."""
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import subprocess
 import sys
@@ -32,23 +33,14 @@ class Proxy:
         return sum(f"POST {target}/v1/chat/completions" in line for line in self.log.read_text().splitlines())
 
 
-@pytest.fixture
-def proxy(tmp_path: Path) -> Iterator[Proxy]:
+@contextlib.contextmanager
+def forward_proxy(tmp_path: Path, *extra: str) -> Iterator[Proxy]:
+    """proxy.py on a free loopback port, its access log in tmp_path."""
     port_file, log = tmp_path / "proxy.port", tmp_path / "proxy.log"
+    args = ["--hostname", "127.0.0.1", "--port", "0", "--port-file", str(port_file), "--num-workers", "1"]
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "proxy",
-                "--hostname",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--port-file",
-                str(port_file),
-                *("--num-workers", "1", "--num-acceptors", "1", "--log-level", "INFO"),
-            ],
+            [sys.executable, "-m", "proxy", *args, "--num-acceptors", "1", "--log-level", "INFO", *extra],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -63,6 +55,12 @@ def proxy(tmp_path: Path) -> Iterator[Proxy]:
         proc.wait(10)
 
 
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[Proxy]:
+    with forward_proxy(tmp_path) as running:
+        yield running
+
+
 def _target(sim: SimServer) -> str:
     return sim.base_url.split("//", 1)[1].split("/", 1)[0]
 
@@ -72,6 +70,20 @@ def test_requests_go_through_the_environments_proxy(tmp_path: Path, sim: SimServ
     assert result.exit_code == 0, result.output
     assert len(read_jsonl(tmp_path / "runs/job/results.jsonl")) == 6
     assert proxy.requests_to(_target(sim)) == 6 == sim.stats()["requests"]
+
+
+def test_proxy_credentials_from_the_environment(tmp_path: Path, sim: SimServer) -> None:
+    with forward_proxy(tmp_path, "--basic-auth", "team:s3cret") as guarded:
+        url = guarded.url.replace("http://", "http://team:s3cret@")
+        result = submit(make_job(tmp_path, sim.base_url, n=3), env={"HTTPS_PROXY": url, "HTTP_PROXY": url})
+        assert result.exit_code == 0, result.output
+        assert guarded.requests_to(_target(sim)) == 3
+        refused = submit(
+            make_job(tmp_path, sim.base_url, n=2, name="nokey"), env={"HTTP_PROXY": guarded.url}
+        )  # the proxy wants credentials: 407 on every request, and the run stops rather than fail each row
+        assert refused.exit_code == 1 and "HTTP 407 from the proxy" in refused.output
+        assert not read_jsonl(tmp_path / "runs/nokey/failures.jsonl")  # every row still pending
+        assert sim.stats()["requests"] == 3
 
 
 def test_no_proxy_is_honoured(tmp_path: Path, sim: SimServer, proxy: Proxy) -> None:

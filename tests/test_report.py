@@ -450,8 +450,8 @@ def test_export_of_a_parquet_run_keeps_the_inputs_types(tmp_path: Path, sim: Sim
 
 def test_export_refuses_other_formats(tmp_path: Path, sim: SimServer) -> None:
     assert submit(make_job(tmp_path, sim.base_url, n=1)).exit_code == 0
-    result = cli("export", str(run_dir(tmp_path)), "--to", str(tmp_path / "x.csv"))
-    assert result.exit_code == 2 and "must end in .parquet or .jsonl" in result.output
+    result = cli("export", str(run_dir(tmp_path)), "--to", str(tmp_path / "x.xlsx"))
+    assert result.exit_code == 2 and "must end in .parquet, .jsonl or .csv" in result.output
 
 
 def test_price_objects_are_plain_data() -> None:

@@ -63,7 +63,7 @@ def test_preset_defaults_and_overrides(tmp_path: Path) -> None:
         ({**BASE, "params": {"messages": []}}, "params.messages is not allowed"),
         ({**BASE, "input": {"path": "in.jsonl", "template": "{a}", "prompt_field": "b"}}, "choose one way"),
         ({**BASE, "input": {"path": "in.jsonl", "template": "{}"}}, "input.template is not a valid template"),
-        ({**BASE, "input": "in.csv"}, "input.path must end in .jsonl or .parquet"),
+        ({**BASE, "input": "in.tsv"}, "input.path must end in .jsonl, .parquet or .csv"),
         ({k: v for k, v in BASE.items() if k != "model"}, "model is required"),
         ("model: [unclosed", "not valid YAML"),
         ({**BASE, "provider": {"name": "zhipu", "api_key_env": "sk-abc.def"}}, "must name an environment variable"),
