@@ -9,7 +9,7 @@ import ssl
 import time
 import urllib.request
 from base64 import b64encode
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,14 +83,13 @@ class Http:
             self._proxies[key] = found
         return found
 
-    @contextlib.asynccontextmanager
-    async def request(
+    def request(
         self, method: str, url: str, headers: Mapping[str, str], timeout: float, payload: bytes | None = None
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+    ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
         proxy, proxy_headers = self.proxy_for(url)
         if proxy_headers and url.startswith("http://"):  # no tunnel: the proxy reads them off the request itself
             headers, proxy_headers = {**headers, **proxy_headers}, None
-        async with self.session.request(
+        return self.session.request(
             method,
             url,
             data=payload,
@@ -98,8 +97,7 @@ class Http:
             proxy=proxy,
             proxy_headers=proxy_headers,
             timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as resp:
-            yield resp
+        )
 
     async def close(self) -> None:
         await self.session.close()
