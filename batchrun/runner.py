@@ -336,6 +336,8 @@ class RunLoop:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_EVERY_S)
+            if self.spec.provider.mode == "async":
+                self.progress.tasks = self.lane.held
             self.progress.refresh()
             try:
                 self.flush(RunState.RUNNING)

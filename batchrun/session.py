@@ -132,9 +132,14 @@ async def _run_opened(
         goal, goal_done = min(limit, total), state.done.count_upto(last_row)
         log(f"--limit {limit:,}: this session takes the first {goal:,} rows ({goal_done:,} of them already done)")
     t0 = time.monotonic()
-    progress = Progress(goal, goal_done, enabled=show_progress, desc=spec.name)
+    progress = Progress(goal, goal_done, enabled=show_progress, desc=spec.name, failed=state.usage.rows_failed)
+
+    def say(message: str) -> None:  # above the bar, never glued to its line
+        with progress.above():
+            log(message)
+
     async with _provider_url(spec.provider.base_url, spec.provider.simulate) as base_url:
-        runner = RunLoop(prepared, checkpoint, state, base_url, key, progress, log, last_row)
+        runner = RunLoop(prepared, checkpoint, state, base_url, key, progress, say, last_row)
         loop = asyncio.get_running_loop()
         handled = []
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -148,7 +153,7 @@ async def _run_opened(
         finally:
             for sig in handled:
                 loop.remove_signal_handler(sig)
-            progress.close()
+            progress.close(state.done.count_upto(last_row) if last_row is not None else min(state.done.count, total))
     pending = runner.ledger.pending
     if runner.crash is not None:
         final_state, code = RunState.STOPPED, EXIT_FATAL
