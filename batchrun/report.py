@@ -121,7 +121,7 @@ class Report:
     rows_total: int
     active_s: float
     latency: dict[str, float | None]  # p50, p90, p99 in seconds
-    series: list[tuple[float, float]]  # (seconds since the first completion, rows/s in that bucket)
+    series: RateSeries
     latencies: list[tuple[float, int]]  # (latency, rows), ordered by latency (the histogram)
 
     @property
@@ -190,32 +190,50 @@ def percentile(ordered: Sequence[tuple[float, int]], q: float) -> float | None:
     return ordered[-1][0]
 
 
-def rate_series(
-    ascending: Sequence[Sequence[float]], buckets: int = 60, max_gap: float = 10.0
-) -> list[tuple[float, float]]:
-    """Rows per second over active time, in at most `buckets` equal slices, from completion times given as
-    ascending sequences (one per record file). Idle stretches longer than `max_gap` (between sessions, or
-    between run directories) are cut short, so the chart shows work. Two passes over a lazy merge: a
-    million-row run is never copied into one list."""
-    if sum(len(times) for times in ascending) < 2:
-        return []
+@dataclass(frozen=True)
+class RateSeries:
+    """Rows per second over active time: `points` (bucket start, rows/s); `breaks`, where a session (or another
+    run directory) begins, the idle time before it left out, so the line never drops to zero for a pause."""
 
-    def active_times() -> Iterator[float]:
+    points: list[tuple[float, float]]
+    breaks: list[float]
+    span: float  # active seconds from the first completion to the last
+
+
+IDLE_GAP_S = 10.0  # no completion for longer than this: the run was stopped, or between run directories
+
+
+def rate_series(ascending: Sequence[Sequence[float]], buckets: int = 60, max_gap: float | None = None) -> RateSeries:
+    """From completion times given as ascending sequences (one per record file): idle stretches longer than
+    `max_gap` are taken out and marked as breaks. Two passes over a lazy merge: a million-row run is never copied
+    into one list."""
+    if sum(len(times) for times in ascending) < 2:
+        return RateSeries([], [], 0.0)
+    gap = IDLE_GAP_S if max_gap is None else max_gap
+    breaks: list[float] = []
+
+    def active_times(mark: bool) -> Iterator[float]:
         times = heapq.merge(*ascending)
         active, prev = 0.0, next(times)
         yield active
         for t in times:
-            active += min(t - prev, max_gap)
+            if t - prev > gap:
+                if mark:
+                    breaks.append(active)
+            else:
+                active += t - prev
             prev = t
             yield active
 
-    span = max(deque(active_times(), maxlen=1)[0], 1e-3)  # the last active time, without keeping the rest
+    span = max(deque(active_times(True), maxlen=1)[0], 1e-3)  # the last active time, without keeping the rest
     width = span / buckets if span < buckets else max(1.0, span / buckets)  # whole seconds once there are enough
-    n = min(buckets, int(span // width)) + 1
+    n = max(1, math.ceil(span / width - 1e-9))
     counts = [0] * n
-    for t in active_times():
+    for t in active_times(False):
         counts[min(n - 1, int(t // width))] += 1
-    return [(i * width, c / width) for i, c in enumerate(counts)]
+    # the last bucket is only as wide as what is left of the span (a rate over empty time would dip at the end)
+    widths = [min(width, span - i * width) for i in range(n)]
+    return RateSeries([(i * width, c / widths[i]) for i, c in enumerate(counts)], breaks, span)
 
 
 def _seconds(value: float | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 import os
 import shutil
@@ -87,11 +88,13 @@ def test_percentiles_and_series() -> None:
     assert percentile([(0.1, 89), (0.2, 10), (9.0, 1)], 0.9) == 0.2  # counted rows: the 90th of 100 is 0.2
     assert percentile([(0.1, 89), (0.2, 10), (9.0, 1)], 0.995) == 9.0
     assert percentile([], 0.5) is None
-    # Two record files (results, failures), each in order; a 500 s idle gap shrinks to 10 s.
-    series = rate_series([[0.0, 1.0, 500.0], [0.5, 1.5, 500.5]], buckets=10)
-    width = series[1][0] - series[0][0]
-    assert sum(rate * width for _, rate in series) == pytest.approx(6)  # every row in some bucket
-    assert series[-1][0] < 13
+    # Two record files (results, failures), each in order; a 500 s idle gap is left out and marked as a break.
+    series = rate_series([[0.0, 1.0, 2.0, 500.0, 501.0], [0.5, 1.5, 500.5, 502.0]], buckets=8)
+    assert series.span == pytest.approx(4.0) and series.breaks == [pytest.approx(2.0)]
+    edges = [t for t, _ in series.points] + [series.span]
+    widths = [b - a for a, b in itertools.pairwise(edges)]
+    assert sum(w * rate for w, (_, rate) in zip(widths, series.points, strict=True)) == pytest.approx(9)
+    assert all(rate > 0 for _, rate in series.points)  # no fall to zero for the pause
 
 
 # --- report -----------------------------------------------------------------------------------------------
@@ -152,20 +155,65 @@ def test_the_specs_pricing_block_travels_with_the_run(tmp_path: Path, sim: SimSe
 
 
 def html_report(tmp_path: Path, sim: SimServer) -> Path:
-    assert submit(mixed_job(tmp_path, sim, n=40)).exit_code == 3
+    """Two sessions (an idle pause between them), two models priced in two currencies, some failures."""
+    rows = [
+        {
+            "custom_id": f"c{i}",
+            "body": {
+                "model": "sim-large" if i % 3 == 0 else "sim-small",
+                "messages": [
+                    {"role": "user", "content": f"question {i}" + (" #sim:status=400" if i % 10 == 0 else "")}
+                ],
+            },
+        }
+        for i in range(60)
+    ]
+    pricing = {
+        "sim-small": {"input": 1, "output": 2, "currency": "CNY"},
+        "sim-large": {"input": 3, "output": 6, "currency": "USD"},
+    }
+    job = make_job(tmp_path, sim.base_url, rows, pricing=pricing)
+    assert submit(job, "--limit", "30").exit_code == 3
+    time.sleep(1.2)  # a pause longer than the chart's idle cut-off (max_gap below)
+    assert submit(job).exit_code == 3
     page = tmp_path / "report.html"
     result = cli("report", str(run_dir(tmp_path)), "--html", str(page))
     assert result.exit_code == 0, result.output
     return page
 
 
-def test_html_report_is_one_self_contained_page(tmp_path: Path, sim: SimServer) -> None:
+def test_html_report_is_one_self_contained_page(
+    tmp_path: Path, sim: SimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("batchrun.report.IDLE_GAP_S", 1.0)  # the helper's 1.2 s pause counts as idle
     text = html_report(tmp_path, sim).read_text(encoding="utf-8")
     root = ET.fromstring(text.split("\n", 1)[1])  # well-formed XML after the doctype
     svg = "{http://www.w3.org/2000/svg}svg"
-    assert len(root.findall(f".//{svg}")) == 4  # rows/s, latency, cost by model, failures by code
+    charts = {s.get("aria-label"): s for s in root.iter(svg)}
+    # rows/s, latency, one cost chart per currency (never one scale for CNY and USD), failures by code
+    assert list(charts) == ["rows per second over time", "latency histogram", "cost (CNY)", "cost (USD)", "rows"]
     headings = [h.text for h in root.iter("{http://www.w3.org/1999/xhtml}h2")]
     assert headings == ["Rows per second over time", "Latency", "Cost by model", "Failures by code"]
+    for chart in charts.values():  # the width follows the page: a viewBox, no fixed width
+        assert chart.get("viewBox") and chart.get("width") is None
+    texts = {name: [t.text for t in chart.iter("{http://www.w3.org/2000/svg}text")] for name, chart in charts.items()}
+    # axis titles and tick labels from 0
+    assert "rows/s" in texts["rows per second over time"] and "0" in texts["rows per second over time"]
+    assert any("active time (s)" in (t or "") for t in texts["rows per second over time"])
+    assert "session 2" in texts["rows per second over time"]  # the second session's start is marked
+    lines = list(charts["rows per second over time"].iter("{http://www.w3.org/2000/svg}polyline"))
+    assert len(lines) == 2  # one line per session: no fall to zero for the pause between them
+    marks = [t for t in texts["latency histogram"] if t and t[:3] in ("p50", "p90", "p99")]
+    assert [m[:3] for m in marks] == ["p50", "p90", "p99"]
+    grid = [
+        ln
+        for ln in charts["latency histogram"].iter("{http://www.w3.org/2000/svg}line")
+        if ln.get("stroke") == "#e3e6ee"
+    ]
+    assert len(grid) >= 3
+    assert any("CNY" in (t or "") for t in texts["cost (CNY)"]) and not any(
+        "USD" in (t or "") for t in texts["cost (CNY)"]
+    )
     external = [a for el in root.iter() for k, a in el.attrib.items() if k in ("src", "href") or "url(" in a]
     assert (
         external == []
@@ -175,7 +223,7 @@ def test_html_report_is_one_self_contained_page(tmp_path: Path, sim: SimServer) 
             'xmlns="http://www.w3.org/2000/svg"', ""
         )
     )
-    assert "internal_error" in text and "sim_400" in text
+    assert "sim_400" in text
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -188,7 +236,20 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_html_report_renders_in_headless_chromium(tmp_path: Path, sim: SimServer) -> None:
     assert CHROMIUM is not None, "CI must have chromium: .ci/run installs it"
     page = html_report(tmp_path, sim)
-    shot = tmp_path / "shot.png"
+    spans = []
+    for width in (700, 1200):  # the charts follow the page's width
+        shot = tmp_path / f"shot-{width}.png"
+        screenshot(page, shot, width)
+        pixels, columns = png_pixels(shot.read_bytes())
+        blue = [i % columns for i, p in enumerate(pixels) if p == bytes([0x3B, 0x6F, 0xB6])]  # bars and lines
+        red = sum(p[0] > 150 and p[1] < 110 and p[2] < 110 for p in pixels)  # p50/p90/p99 and session marks
+        assert len(blue) > 500 and red > 50, "the charts did not render"
+        spans.append(max(blue) - min(blue))
+    assert spans[1] > 1.4 * spans[0]
+
+
+def screenshot(page: Path, shot: Path, width: int) -> None:
+    assert CHROMIUM is not None
     with tempfile.TemporaryDirectory() as profile:
         proc = subprocess.run(
             [
@@ -201,8 +262,9 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path, sim: SimServer
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",
+                "--hide-scrollbars",
                 f"--user-data-dir={profile}",
-                "--window-size=900,1400",
+                f"--window-size={width},1400",
                 f"--screenshot={shot}",
                 page.as_uri(),
             ],
@@ -210,12 +272,9 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path, sim: SimServer
             timeout=90,
         )
     assert shot.exists(), proc.stderr.decode(errors="replace")[-2000:]
-    pixels = png_pixels(shot.read_bytes())
-    blue = pixels.count(bytes([0x3B, 0x6F, 0xB6]))  # the charts' bars and line
-    assert blue > 500, "the charts did not render"
 
 
-def png_pixels(png: bytes) -> list[bytes]:
+def png_pixels(png: bytes) -> tuple[list[bytes], int]:
     """RGB(A) pixels of an 8-bit PNG, unfiltered, standard library only."""
     pos, idat, width, height, channels = 8, b"", 0, 0, 3
     while pos < len(png):
@@ -228,6 +287,7 @@ def png_pixels(png: bytes) -> list[bytes]:
             idat += data
         pos += 12 + length
     raw, stride, prev, out = zlib.decompress(idat), width * channels, bytearray(width * channels), []
+    columns = width
     for y in range(height):
         kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
         for i in range(stride):
@@ -241,7 +301,7 @@ def png_pixels(png: bytes) -> list[bytes]:
             line[i] = (line[i] + pred) & 0xFF
         out += [bytes(line[x : x + 3]) for x in range(0, stride, channels)]
         prev = line
-    return out
+    return out, columns
 
 
 # --- estimate -------------------------------------------------------------------------------------------
