@@ -245,7 +245,7 @@ def report(run_dirs: tuple[Path, ...], fmt: str, prices: str | None, html: Path 
 @_friendly
 def status(run_dir: Path, prices: str | None, as_json: bool) -> None:
     """State, progress, rate, ETA and cost so far of RUN_DIR, live or not."""
-    from .report import status_json, status_lines
+    from .status import status_json, status_lines
 
     table = load_prices(prices) if prices else None
     if as_json:

@@ -13,7 +13,6 @@ import heapq
 import io
 import itertools
 import math
-import time
 from array import array
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,8 +22,8 @@ from typing import Any
 
 import orjson
 
-from .pricing import Price, Prices, money, parse_prices, spent_text
-from .records import iso_epoch, line_timing
+from .pricing import Price, Prices, money, parse_prices
+from .records import line_timing
 from .rundir import MANIFEST, RECORD_FILES, RunDir, covered_offsets, fold_set_aside
 from .usage import Usage
 
@@ -378,94 +377,3 @@ def report_csv(report: Report) -> str:
 
 
 # --- status ------------------------------------------------------------------------------------------------
-
-
-def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[str, Any]:
-    """A run's state and progress for scripts (`status --json`); `status_lines` prints the same facts."""
-    run = read_run(path, records=False)
-    table = Prices(run.prices | dict(prices or {}))
-    u = run.usage
-    costs, unpriced = table.spent(u.models)
-    live_rate = run.rate if run.live and run.rate else None
-    return {
-        "run_dir": str(path),
-        "state": run.state,
-        "live": run.live,
-        "reason": run.reason,
-        "rows_total": run.rows_total,
-        "rows_done": run.rows_done,
-        "rows_succeeded": u.rows_succeeded,
-        "rows_failed": u.rows_failed,
-        "rows_pending": run.rows_pending,
-        "rate_rows_per_s": live_rate,
-        "eta_s": run.rows_pending / live_rate if live_rate else None,
-        "active_s": run.active_s,
-        "average_rows_per_s": run.rows_done / run.active_s if run.active_s else None,
-        "requests": u.requests,
-        "retries": u.retries,
-        "rate_limited": u.rate_limited,
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "cost": costs,
-        "unpriced_models": unpriced,
-        "failures_by_code": dict(u.failures_by_code),
-        "updated_at": run.updated_at,
-        "updated_s_ago": _age(run.updated_at),
-        "resume_command": (
-            f"batchrun submit {run.job.get('spec', 'JOB.yaml')}"
-            if run.state in ("died", "interrupted", "stopped") and run.rows_pending
-            else None
-        ),
-    }
-
-
-def status_lines(path: Path, prices: Mapping[str, Price] | None = None) -> list[str]:
-    """A live or stopped run at a glance, cheap enough to run in a loop (`watch batchrun status DIR`)."""
-    st = status_json(path, prices)
-    state = st["state"] + (" (a batchrun process is running it)" if st["live"] else "")
-    lines = [
-        f"{path}: {state}",
-        f"  rows     {st['rows_done']:,} of {st['rows_total']:,} done: {st['rows_succeeded']:,} succeeded, "
-        f"{st['rows_failed']:,} failed, {st['rows_pending']:,} pending",
-    ]
-    if st["rate_rows_per_s"]:
-        eta = st["eta_s"]
-        lines.append(
-            f"  rate     {st['rate_rows_per_s']:,.1f} rows/s" + (f", about {_duration(eta)} to go" if eta else "")
-        )
-    elif st["active_s"]:
-        lines.append(
-            f"  rate     {st['average_rows_per_s']:,.1f} rows/s on average over {_duration(st['active_s'])} active"
-        )
-    lines.append(
-        f"  tokens   {st['prompt_tokens']:,} prompt + {st['completion_tokens']:,} completion; cost so far "
-        + spent_text(st["cost"], st["unpriced_models"])
-    )
-    if st["failures_by_code"]:
-        top = sorted(st["failures_by_code"].items(), key=lambda kv: -kv[1])[:5]
-        lines.append("  failures " + ", ".join(f"{c} ×{n}" for c, n in top))
-    if st["updated_s_ago"] is not None:
-        lines.append(f"  updated  {_duration(st['updated_s_ago'])} ago")
-    if st["state"] == "stopped" and st["reason"]:
-        lines.append(f"  stopped  {st['reason']}")
-    if st["resume_command"]:
-        lines.append(f"  resume with: {st['resume_command']}")
-    return lines
-
-
-def _age(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    with contextlib.suppress(ValueError):
-        return max(0.0, time.time() - iso_epoch(iso))
-    return None
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, s = divmod(int(seconds), 60)
-    hours, m = divmod(minutes, 60)
-    return f"{hours} h {m:02d} min" if hours else f"{m} min {s:02d} s"
