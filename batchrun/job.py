@@ -9,7 +9,6 @@ import hashlib
 import ipaddress
 import os
 from dataclasses import dataclass, replace
-from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,8 +31,6 @@ class Prepared:
     fingerprint: dict[str, str]
 
 
-# Rows built before anything is sent: when all of them fail for one reason, the spec is at fault, not the rows.
-PROOF_ROWS = 100
 _HINTS = {
     "invalid_input": 'say how a row becomes a request with input.template (e.g. template: "Translate: {text}"), '
     "input.prompt_field or input.messages_field",
@@ -50,10 +47,11 @@ def prepare(spec: JobSpec) -> Prepared:
 
 
 def prove_rows(spec: JobSpec, builder: RequestBuilder) -> None:
-    """One spec error instead of a failure record per row when the first rows all fail the same way."""
+    """One spec error instead of a failure record per row when every row fails the same way. Reading stops at the
+    first row that builds (the first row, for a spec that fits), or at a second reason."""
     reasons: set[tuple[str, str]] = set()
     rows = 0
-    for raw in islice(iter_rows(spec.input), PROOF_ROWS):
+    for raw in iter_rows(spec.input):
         built = builder.build(raw)
         if not isinstance(built, BadRow):
             return
@@ -64,7 +62,7 @@ def prove_rows(spec: JobSpec, builder: RequestBuilder) -> None:
     if not reasons:
         return
     ((code, reason),) = reasons
-    which = f"the first {rows:,} rows" if rows == PROOF_ROWS else f"all {rows:,} rows" if rows > 1 else "its one row"
+    which = f"all {rows:,} rows" if rows > 1 else "its one row"
     hint = _HINTS.get(code, "see batchrun validate")
     raise SpecError(f"{spec.spec_path.name}: no row can become a request: {which} fail the same way ({reason}); {hint}")
 

@@ -105,6 +105,8 @@ class RunLoop:
         try:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.dispatcher
+            if self.unproven and not self.stopping:  # the rows ran out (submit --limit) before the proof did
+                self._wrong_endpoint()
             if self.attempts:
                 _, pending = await asyncio.wait(self.attempts, timeout=STOP_GRACE_S if self.interrupts < 2 else 0)
                 for attempt in pending:
@@ -207,17 +209,24 @@ class RunLoop:
                 self._later(self.lane.answer(parked_row, parked_reply, parked_ticket))
             return False
         self.unproven.append((row, reply, ticket, sign))
-        rows = {parked.request.row for parked, _, _, _ in self.unproven}
-        if len(rows) >= min(ENDPOINT_PROOF_ROWS, max(1, self.ledger.pending)):
-            signs = sorted({seen for _, _, _, seen in self.unproven})
-            self.failed(
-                FatalProviderError(
-                    f"the first {len(rows)} rows' requests to {self.base_url} all failed as if the endpoint were wrong "
-                    f"({'; '.join(signs)}): check provider.base_url (and the model name); no row was recorded, so the "
-                    "same command resumes once it is fixed"
-                )
-            )
+        if len({parked.request.row for parked, _, _, _ in self.unproven}) >= min(
+            ENDPOINT_PROOF_ROWS, max(1, self.ledger.pending)
+        ):
+            self._wrong_endpoint()
         return True
+
+    def _wrong_endpoint(self) -> None:
+        """Stop the run: every row sent so far got an answer that says the endpoint is wrong."""
+        assert self.unproven
+        rows = {parked.request.row for parked, _, _, _ in self.unproven}
+        signs = sorted({seen for _, _, _, seen in self.unproven})
+        self.failed(
+            FatalProviderError(
+                f"the first {len(rows)} rows' requests to {self.base_url} all failed as if the endpoint were wrong "
+                f"({'; '.join(signs)}): check provider.base_url (and the model name); no row was recorded, so the "
+                "same command resumes once it is fixed"
+            )
+        )
 
     def _later(self, step: Coroutine[Any, Any, bool]) -> None:
         async def run() -> None:

@@ -136,3 +136,12 @@ def test_a_parquet_input_with_a_template_keeps_each_rows_own_id(tmp_path: Path, 
     job = make_job(tmp_path, sim.base_url, input={"path": "t.parquet", "template": "T: {title}"})
     assert submit(job).exit_code == 0
     assert sorted(r["custom_id"] for r in read_jsonl(tmp_path / "runs/job/results.jsonl")) == ["a", "b"]
+
+
+def test_limit_below_the_endpoint_proof_still_stops_on_a_wrong_endpoint(tmp_path: Path) -> None:
+    """Two rows tried against a closed port: not 8 to prove the endpoint wrong, but every row tried said so."""
+    job = make_job(tmp_path, "http://127.0.0.1:9/v1", n=30, retry={"max_attempts": 2, "backoff_s": 0})
+    result = submit(job, "--limit", "2")
+    assert result.exit_code == 1, result.output
+    assert "all failed as if the endpoint were wrong" in result.output and "cannot connect" in result.output
+    assert read_jsonl(tmp_path / "runs/job/results.jsonl") == read_jsonl(tmp_path / "runs/job/failures.jsonl") == []

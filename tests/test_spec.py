@@ -108,7 +108,7 @@ def test_bad_specs_exit_2_and_send_nothing(
     [
         # The template was forgotten and every row's prompt is an object: one spec error, not a failure per row.
         ([{"id": i, "prompt": {"text": f"q{i}"}} for i in range(30)], {}, "all 30 rows fail the same way"),
-        ([{"id": i, "prompt": " "} for i in range(150)], {}, "the first 100 rows fail the same way"),
+        ([{"id": i, "prompt": " "} for i in range(150)], {}, "all 150 rows fail the same way"),
         ([{"id": i, "text": f"q{i}"} for i in range(5)], {}, "set input.template or input.prompt_field"),
         (
             [{"id": i, "text": f"q{i}"} for i in range(5)],
@@ -137,6 +137,11 @@ def test_rows_failing_for_their_own_reasons_stay_failure_records(tmp_path: Path,
     result = submit(make_job(tmp_path, sim.base_url, rows))
     assert result.exit_code == 3, result.output  # some rows failed
     assert sim.stats()["requests"] == 1
+    # 150 rows failing the same way, then one that fits: the spec fits, the rows are at fault
+    rows = [{"id": i, "prompt": ""} for i in range(150)] + [{"id": 150, "prompt": "fine"}]
+    result = submit(make_job(tmp_path, sim.base_url, rows, name="sorted"))
+    assert result.exit_code == 3 and "150 failed" in result.stdout
+    assert sim.stats()["requests"] == 2
 
 
 def test_missing_key_for_a_real_provider_is_a_usage_error(tmp_path: Path) -> None:
