@@ -309,6 +309,12 @@ def models(name: str, base_url: str | None, api_key_env: str | None, allow_insec
     help="Async tasks (Zhipu's asyncCompletions) take between LOW and HIGH seconds.",
 )
 @click.option(
+    "--batch-s",
+    default=3.0,
+    show_default=True,
+    help="How long a Batch API batch (POST /batches) runs once its file is validated.",
+)
+@click.option(
     "--models",
     help="Comma-separated models to serve; any other model is answered 404 model_not_found "
     "(default: any name is served).",
@@ -343,6 +349,7 @@ def simulate(
     rate_headers: bool,
     tpm_accounting: str,
     task_s: tuple[float, float],
+    batch_s: float,
     models: str | None,
     tls: tuple[str, str] | None,
     require_key: bool,
@@ -373,6 +380,7 @@ def simulate(
         slow_s=slow_s,
         max_inflight=max_inflight,
         models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
+        batch_s=batch_s,
     )
 
     def announce(url: str) -> None:

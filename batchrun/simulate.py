@@ -74,6 +74,7 @@ from .sim_answers import (
     stream_events,
     unknown_model,
 )
+from .sim_batches import BatchDesk
 from .spec import SimulateSpec
 
 
@@ -127,9 +128,10 @@ class SimProvider:
         self.injected: Counter[str] = Counter()  # random faults: 500, drop, slow
         self.running: list[float] = []  # due times of tasks still running (a heap)
         self.storm_until = -math.inf  # a 429 storm (#sim:storm) turns every request away until then
+        self.batch_desk = BatchDesk(self._batch_answer, self._auth, clock, cfg.batch_s)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=256 * 1024 * 1024)  # batch files: 200 MB at most
         app.router.add_get("/_sim/stats", self.stats_view)
         app.router.add_post("/{base:.*}/async/chat/completions", self.submit_task)
         app.router.add_get("/{base:.*}/async-result/{task}", self.task_result)
@@ -137,6 +139,7 @@ class SimProvider:
         app.router.add_post("/{base:.*}/{kind:completions|embeddings}", self.chat)
         app.router.add_get("/{base:.*}/models", self.models)
         app.router.add_get("/{base:.*}/models/{model}", self.model)
+        self.batch_desk.routes(app)
         return app
 
     def stats(self) -> dict[str, Any]:
@@ -157,6 +160,7 @@ class SimProvider:
             "tasks_running": self._tasks_running(self.clock()),
             "max_tasks_running": self.max_tasks_running,
             "polls": self.polls,
+            **self.batch_desk.stats(),
         }
 
     def _tasks_running(self, now: float) -> int:
@@ -347,6 +351,23 @@ class SimProvider:
         self.billed_prompt_tokens += answer["usage"]["prompt_tokens"]
         self.billed_completion_tokens += answer["usage"].get("completion_tokens", 0)
         return answer
+
+    def _batch_answer(self, kind: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """One line of a batch, answered as the online endpoint answers it (no rate limit: a batch has none)."""
+        texts = prompt_texts(kind, body) or [""]
+        text = "\n".join(texts)
+        directives = {name: value for name, value in DIRECTIVE.findall(text)}
+        if "status" in directives:
+            status = int(float(directives["status"] or 400))
+            return status, error_body(f"sim_{status}", f"simulated HTTP {status}")
+        key = hashlib.blake2b(text.encode(), digest_size=8).digest()
+        self.attempts[key] += 1
+        if kind == "chat":
+            prompt_tokens = estimate_messages(body["messages"])
+        else:
+            prompt_tokens = sum(estimate_tokens(t) for t in texts)
+        call = _Call(kind, body, texts, key, self.attempts[key], directives, prompt_tokens, "")
+        return 200, self._bill(call)
 
     @_counted
     async def chat(self, request: web.Request) -> web.StreamResponse:

@@ -55,6 +55,7 @@ class SimulateSpec:
     slow_s: float = 30.0
     max_inflight: int | None = None  # beyond this many requests being handled, 429 (Zhipu's 1302 concurrency)
     models: tuple[str, ...] | None = None  # the models it serves (others: 404 model_not_found); None: any name
+    batch_s: float = 3.0  # how long a Batch API batch runs once validated (its lines are answered as it goes)
 
 
 @dataclass(frozen=True)
@@ -350,6 +351,7 @@ def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
             "slow_s",
             "max_inflight",
             "models",
+            "batch_s",
         },
         source,
     )
@@ -375,6 +377,7 @@ def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
         tpm_accounting=choice(sec, "tpm_accounting", ("reserve", "actual"), "reserve"),
         task_s=seconds_range(sec, "task_s", SimulateSpec.task_s),
         models=names(sec, "models"),
+        batch_s=sec.number("batch_s", 3.0, inclusive=True) or 0.0,
     )
 
 

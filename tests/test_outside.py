@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import struct
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -197,3 +198,95 @@ def test_the_readme_command_table_lists_every_command_and_option() -> None:
             if isinstance(param, click.Option) and param.name != "help":
                 flag = max(param.opts, key=len)
                 assert flag in rows[name], f"README: `batchrun {name}` does not list {flag}"
+
+
+# --- the simulated provider's Batch API, driven by the official openai SDK ----------------------------------
+
+
+def batch_file(lines: list[str], url: str = "/v1/chat/completions") -> bytes:
+    return b"".join(
+        orjson.dumps(
+            {
+                "custom_id": f"c{i}",
+                "method": "POST",
+                "url": url,
+                "body": {"model": "sim-small", "messages": [{"role": "user", "content": text}]},
+            }
+        )
+        + b"\n"
+        for i, text in enumerate(lines)
+    )
+
+
+def run_batch(client: openai.OpenAI, content: bytes, *, cancel: bool = False) -> Any:
+    uploaded = client.files.create(file=("in.jsonl", content), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h", metadata={"job": "t"}
+    )
+    assert batch.status == "validating" and batch.input_file_id == uploaded.id
+    if cancel:
+        time.sleep(0.5)
+        assert client.batches.cancel(batch.id).status in ("cancelling", "cancelled")
+    deadline = time.monotonic() + 30
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+        batch = client.batches.retrieve(batch.id)
+    return batch
+
+
+def output_lines(client: openai.OpenAI, file_id: str | None) -> list[BatchOutputLine]:
+    if file_id is None:
+        return []
+    text = client.files.content(file_id).text
+    return [BatchOutputLine.model_validate_json(line) for line in text.splitlines()]
+
+
+@pytest.fixture
+def batch_sim(start_sim: Callable[..., SimServer]) -> tuple[SimServer, openai.OpenAI]:
+    server = start_sim(batch_s=1.0)
+    return server, openai.OpenAI(base_url=server.base_url, api_key="sk-sim", max_retries=0)
+
+
+def test_simulated_batch_api_runs_a_batch_for_the_openai_sdk(batch_sim: tuple[SimServer, openai.OpenAI]) -> None:
+    server, client = batch_sim
+    batch = run_batch(client, batch_file([f"question {i}" for i in range(9)] + ["bad #sim:status=400"]))
+    assert batch.status == "completed" and batch.metadata == {"job": "t"}
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (10, 9, 1)
+    good, bad = output_lines(client, batch.output_file_id), output_lines(client, batch.error_file_id)
+    assert sorted(line.custom_id for line in good) == [f"c{i}" for i in range(9)]
+    assert all(line.response is not None and line.response.status_code == 200 for line in good)
+    assert good[0].response is not None and good[0].response.body["usage"]["prompt_tokens"] > 0
+    assert [line.custom_id for line in bad] == ["c9"] and bad[0].response is not None
+    assert bad[0].response.status_code == 400
+    stats = server.stats()
+    assert (stats["files_uploaded"], stats["batches_created"], stats["billed_requests"]) == (1, 1, 9)
+    assert client.files.delete(batch.input_file_id).deleted and server.stats()["files_deleted"] == 1
+
+
+def test_simulated_batch_expires_with_part_of_its_work_done(batch_sim: tuple[SimServer, openai.OpenAI]) -> None:
+    server, client = batch_sim
+    batch = run_batch(client, batch_file([f"q{i}" for i in range(9)] + ["q9 #sim:batch-expire=0.6"]))
+    assert batch.status == "expired" and batch.request_counts.completed == 6
+    assert [line.custom_id for line in output_lines(client, batch.output_file_id)] == [f"c{i}" for i in range(6)]
+    assert server.stats()["billed_requests"] == 6  # what it finished is billed, and returned
+
+
+def test_simulated_batch_fails_validation_naming_the_lines(batch_sim: tuple[SimServer, openai.OpenAI]) -> None:
+    server, client = batch_sim
+    texts = [f"q{i}" + (" #sim:batch-invalid" if i in (2, 5, 7) else "") for i in range(10)]
+    batch = run_batch(client, batch_file(texts))
+    assert batch.status == "failed" and batch.output_file_id is None
+    assert batch.errors is not None and [e.line for e in batch.errors.data or []] == [3, 6, 8]  # 1-based lines
+    assert server.stats()["billed_requests"] == 0
+    wrong_url = run_batch(client, batch_file(["q"], url="/v1/embeddings"))
+    assert wrong_url.status == "failed" and wrong_url.errors is not None
+    assert (wrong_url.errors.data or [])[0].code == "mismatched_url"
+
+
+def test_simulated_batch_cancelled_keeps_what_it_finished(batch_sim: tuple[SimServer, openai.OpenAI]) -> None:
+    server, client = batch_sim
+    batch = run_batch(client, batch_file([f"q{i}" for i in range(40)]), cancel=True)
+    assert batch.status == "cancelled" and server.stats()["batches_cancelled"] == 1
+    done = output_lines(client, batch.output_file_id)
+    assert 0 < len(done) < 40 and len(done) == batch.request_counts.completed == server.stats()["billed_requests"]
