@@ -28,6 +28,27 @@ ENDPOINT_URLS: dict[Endpoint, str] = {
 
 
 @dataclass(frozen=True)
+class BatchAPI:
+    """A provider's Batch API (the OpenAI shape: upload a JSONL file, create a batch, poll, download), with the
+    limits a shard file must keep, checked before upload rather than found out from a rejection."""
+
+    line_prefix: str  # what a line's `url` starts with: "/v1" + "/chat/completions"
+    max_lines: int = 50_000
+    max_bytes: int = 100 * 1024 * 1024
+    max_embedding_lines: int | None = None  # a lower line cap for embeddings files
+    endpoints: tuple[Endpoint, ...] = ("chat",)
+    one_model_per_file: bool = False
+    price_share: float = 0.5  # batch price / online price
+    source: str = ""  # where the figures come from, and when
+
+    def line_url(self, endpoint: Endpoint) -> str:
+        return self.line_prefix + ENDPOINT_URLS[endpoint]
+
+    def lines_for(self, endpoint: Endpoint) -> int:
+        return self.max_embedding_lines or self.max_lines if endpoint == "embeddings" else self.max_lines
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     base_url: str
@@ -42,6 +63,45 @@ class Preset:
     endpoints: tuple[Endpoint, ...] = ("chat", "embeddings")
     embedding_batch: int = 16  # inputs per /embeddings request the provider accepts
     auths: tuple[Auth, ...] = ("bearer",)
+    batch: BatchAPI | None = None  # the provider's Batch API, where it has one
+
+
+MB = 1024 * 1024
+BATCH_APIS: dict[str, BatchAPI] = {
+    "openai": BatchAPI(
+        "/v1",
+        max_bytes=200 * MB,
+        endpoints=("chat", "completions", "embeddings"),
+        source="OpenAI Batch API guide (50,000 requests, 200 MB per file; 50 % off), 2025",
+    ),
+    "zhipu": BatchAPI(
+        "/v4",
+        max_bytes=100 * MB,
+        max_embedding_lines=10_000,
+        endpoints=("chat", "embeddings"),
+        one_model_per_file=True,
+        source="bigmodel.cn Batch API (50,000 lines, 100 MB, embeddings 10,000; one model per file; 50 % off), 2025",
+    ),
+    "dashscope": BatchAPI(
+        "/v1",
+        max_bytes=100 * MB,  # the documents say 100 MB in one place and 500 MB in another: the smaller
+        endpoints=("chat", "embeddings"),
+        source="Aliyun Model Studio batch inference (50,000 lines, 100-500 MB; 50 % off), 2025",
+    ),
+    "qianfan": BatchAPI(
+        "/v2",
+        price_share=0.4,
+        source="Qianfan batch inference (priced at 40 % of online, per the batch-lane issue; limits unverified)",
+    ),
+    "genstudio": BatchAPI(
+        "/v1", max_bytes=200 * MB, source="Infini-AI GenStudio batch API (50,000 lines, 200 MB; 50 % off), 2025"
+    ),
+    "simulated": BatchAPI(
+        "/v1",
+        endpoints=("chat", "completions", "embeddings"),
+        source="batchrun's simulated provider (the OpenAI shape and limits)",
+    ),
+}
 
 
 BAIDU_ERRORS = ErrorTable(
@@ -87,7 +147,7 @@ ERRORS = {
 
 
 PRESETS: dict[str, Preset] = {
-    p.name: dataclasses.replace(p, errors=ERRORS.get(p.name, GENERIC))
+    p.name: dataclasses.replace(p, errors=ERRORS.get(p.name, GENERIC), batch=BATCH_APIS.get(p.name))
     for p in (
         Preset(
             "openai",

@@ -290,3 +290,10 @@ def test_simulated_batch_cancelled_keeps_what_it_finished(batch_sim: tuple[SimSe
     assert batch.status == "cancelled" and server.stats()["batches_cancelled"] == 1
     done = output_lines(client, batch.output_file_id)
     assert 0 < len(done) < 40 and len(done) == batch.request_counts.completed == server.stats()["billed_requests"]
+
+
+def test_simulated_batch_refused_for_enqueued_tokens(batch_sim: tuple[SimServer, openai.OpenAI]) -> None:
+    _, client = batch_sim
+    batch = run_batch(client, batch_file(["q0", "q1 #sim:batch-tokens"]))
+    assert batch.status == "failed" and batch.errors is not None
+    assert (batch.errors.data or [])[0].code == "token_limit_exceeded"
