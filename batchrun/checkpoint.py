@@ -23,6 +23,7 @@ import orjson
 from .errors import CheckpointWriteError, RunDirError
 from .records import Record, encode, now_iso, record_row
 from .rundir import (
+    BATCHES,
     FAILURES,
     LOCK,
     MANIFEST,
@@ -30,6 +31,7 @@ from .rundir import (
     RECORD_FILES,
     RESULTS,
     RETRIED,
+    SHARDS,
     TASKS,
     USAGE,
     covered_offsets,
@@ -213,7 +215,7 @@ class Checkpoint:
             )
 
     def _archive(self) -> Path | None:
-        names = [n for n in (RESULTS, FAILURES, TASKS, USAGE, MANIFEST) if (self.path / n).exists()]
+        names = [n for n in (RESULTS, FAILURES, TASKS, BATCHES, SHARDS, USAGE, MANIFEST) if (self.path / n).exists()]
         if not names:
             return None
         dest = self.path / PREVIOUS / now_iso().replace(":", "-")
@@ -325,6 +327,20 @@ class Checkpoint:
                 raise CheckpointWriteError(_write_error(self.path / TASKS, exc)) from None
         self._write(TASKS, orjson.dumps(entry) + b"\n")
         self._task_writes += 1
+
+    def append_batch_event(self, event: Mapping[str, Any]) -> None:
+        """One event of a shard's story (batches.jsonl), fsynced before the run acts on it: a file id or batch id
+        that reached the disk is never uploaded or created again."""
+        if BATCHES not in self._fds:
+            try:
+                self._fds[BATCHES] = os.open(self.path / BATCHES, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            except OSError as exc:
+                raise CheckpointWriteError(_write_error(self.path / BATCHES, exc)) from None
+        self._write(BATCHES, orjson.dumps(event) + b"\n")
+        try:
+            os.fsync(self._fds[BATCHES])
+        except OSError as exc:
+            raise CheckpointWriteError(_write_error(self.path / BATCHES, exc)) from None
 
     async def tasks_durable(self) -> None:
         """Return once every task line written so far is fsync'd: one fdatasync serves all who wait (group

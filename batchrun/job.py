@@ -89,6 +89,8 @@ def fingerprint(spec: JobSpec, scan: InputScan) -> dict[str, str]:
         found["endpoint"] = spec.endpoint
     if spec.provider.mode == "async":  # held task ids mean nothing to the sync path, and vice versa
         found["tasks"] = "async"
+    if spec.provider.mode == "batch":  # rows in batches at the provider mean nothing to the online lanes
+        found["lane"] = "batch"
     return found
 
 

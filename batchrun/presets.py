@@ -12,11 +12,11 @@ from typing import Literal
 
 from .retry import GENERIC, ErrorTable
 
-Mode = Literal["sync", "stream", "async"]
+Mode = Literal["sync", "stream", "async", "batch"]
 Endpoint = Literal["chat", "completions", "embeddings"]
 TpmAccounting = Literal["auto", "reserve", "actual"]
 Auth = Literal["bearer", "jwt"]
-MODES: tuple[Mode, ...] = ("sync", "stream", "async")
+MODES: tuple[Mode, ...] = ("sync", "stream", "async", "batch")
 ENDPOINTS: tuple[Endpoint, ...] = ("chat", "completions", "embeddings")
 TPM_ACCOUNTING: tuple[TpmAccounting, ...] = ("auto", "reserve", "actual")
 AUTHS: tuple[Auth, ...] = ("bearer", "jwt")
@@ -147,7 +147,12 @@ ERRORS = {
 
 
 PRESETS: dict[str, Preset] = {
-    p.name: dataclasses.replace(p, errors=ERRORS.get(p.name, GENERIC), batch=BATCH_APIS.get(p.name))
+    p.name: dataclasses.replace(
+        p,
+        errors=ERRORS.get(p.name, GENERIC),
+        batch=BATCH_APIS.get(p.name),
+        modes=(*p.modes, "batch") if p.name in BATCH_APIS else p.modes,
+    )
     for p in (
         Preset(
             "openai",

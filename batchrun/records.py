@@ -70,6 +70,7 @@ class Record(_RecordKeys, total=False):
     shared_request: dict[str, int]  # {"attempts", "rate_limited"} of the failed shared request it was split from
     retried_usage: dict[str, int]  # tokens the provider billed for this row's answers that were retried
     task_id: str | None
+    batch_id: str  # the batch lane: the provider's batch this row's answer came from
     polls: int
     resubmitted: list[dict[str, Any]]  # async tasks given up on: {"task_id", "reason", "message", "polls"}
 

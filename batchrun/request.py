@@ -292,6 +292,8 @@ class RequestBuilder:
         if mode == "stream" and self.endpoint != "embeddings":
             body["stream"] = True
         if body.get("stream") is True:
+            if mode == "batch":
+                raise _RowProblem("asks for stream: true, which a Batch API cannot do: remove it")
             if mode == "async":
                 raise _RowProblem(
                     "asks for stream: true, which Zhipu's async tasks cannot do: remove it, or use "

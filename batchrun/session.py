@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .batch_run import BatchRun
 from .checkpoint import Checkpoint, ResumeState
 from .errors import BatchrunError, SpecError
 from .ids import DUPLICATE_ID
@@ -139,7 +140,8 @@ async def _run_opened(
             log(message)
 
     async with _provider_url(spec.provider.base_url, spec.provider.simulate) as base_url:
-        runner = RunLoop(prepared, checkpoint, state, base_url, key, progress, say, last_row)
+        loop_kind = BatchRun if spec.provider.mode == "batch" else RunLoop
+        runner = loop_kind(prepared, checkpoint, state, base_url, key, progress, say, last_row)
         loop = asyncio.get_running_loop()
         handled = []
         for sig in (signal.SIGINT, signal.SIGTERM):

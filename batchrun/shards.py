@@ -31,8 +31,6 @@ import orjson
 from .presets import BatchAPI, Endpoint
 from .request import Request
 
-SHARDS_DIR = "shards"
-BATCHES = "batches.jsonl"
 FINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 
 

@@ -95,6 +95,16 @@ class RetrySpec:
 
 
 @dataclass(frozen=True)
+class BatchSettings:
+    """provider.mode: batch: how often the batches are polled, their window, and whether files are kept."""
+
+    poll_s: float = 30.0  # first wait between polls; it grows by half each quiet round up to max_poll_s
+    max_poll_s: float = 300.0
+    completion_window: str = "24h"
+    keep_files: bool = False  # keep the uploaded input files at the provider (Zhipu stores 1,000 at most)
+
+
+@dataclass(frozen=True)
 class JobSpec:
     name: str
     spec_path: Path
@@ -107,6 +117,7 @@ class JobSpec:
     retry: RetrySpec = field(default_factory=RetrySpec)
     endpoint: Endpoint = "chat"  # chat (/chat/completions), completions (/completions) or embeddings (/embeddings)
     pricing: Mapping[str, Price] = field(default_factory=dict)  # overrides of the built-in prices
+    batch: BatchSettings = field(default_factory=BatchSettings)
 
     def describe(self) -> dict[str, Any]:
         """The job as recorded in the manifest: paths as strings, never a key."""
@@ -129,6 +140,7 @@ class JobSpec:
             },
             "limits": vars(self.limits),
             "retry": vars(self.retry),
+            "batch": vars(self.batch),
             "output_dir": str(self.output_dir),
             "pricing": {model: vars(price) for model, price in self.pricing.items()},
         }
@@ -170,7 +182,19 @@ def parse_spec(data: Any, *, spec_path: Path, source: str) -> JobSpec:
     top = Section(
         "",
         data,
-        {"name", "input", "model", "endpoint", "params", "provider", "limits", "retry", "output_dir", "pricing"},
+        {
+            "name",
+            "input",
+            "model",
+            "endpoint",
+            "params",
+            "provider",
+            "limits",
+            "retry",
+            "output_dir",
+            "pricing",
+            "batch",
+        },
         source,
     )
     base = spec_path.parent
@@ -196,7 +220,15 @@ def parse_spec(data: Any, *, spec_path: Path, source: str) -> JobSpec:
         raise top.fail(
             "endpoint", f"{endpoint!r} is not offered by {preset.title} (it offers: {', '.join(preset.endpoints)})"
         )
-    if provider.mode != "sync" and endpoint == "embeddings":
+    if provider.mode == "batch":
+        api = preset.batch
+        assert api is not None  # "batch" is among a preset's modes only when it has a Batch API
+        if endpoint not in api.endpoints:
+            raise top.fail(
+                "endpoint",
+                f"{endpoint!r} is not offered by {preset.title}'s Batch API (it offers: {', '.join(api.endpoints)})",
+            )
+    elif provider.mode != "sync" and endpoint == "embeddings":
         raise SpecError(f"{source}: provider.mode {provider.mode!r} does not apply to embeddings: leave it as sync")
     if provider.mode == "async" and endpoint != "chat":
         raise SpecError(f"{source}: provider.mode async submits chat completions only: use endpoint: chat")
@@ -213,6 +245,7 @@ def parse_spec(data: Any, *, spec_path: Path, source: str) -> JobSpec:
         retry=_parse_retry(top.data.get("retry"), source),
         endpoint=endpoint,
         pricing=parse_prices(top.data["pricing"], source, "pricing.") if top.data.get("pricing") else {},
+        batch=_parse_batch(top.data.get("batch"), source, provider.mode),
     )
 
 
@@ -399,6 +432,22 @@ def _parse_limits(raw: Any, source: str, preset: Preset, endpoint: Endpoint) -> 
         poll_rps=sec.number("poll_rps", d.poll_rps) or d.poll_rps,
         max_pending=sec.integer("max_pending", d.max_pending) or d.max_pending,
         batch_size=batch_size,
+    )
+
+
+def _parse_batch(raw: Any, source: str, mode: str) -> BatchSettings:
+    if raw is None:
+        return BatchSettings()
+    if mode != "batch":
+        raise SpecError(f"{source}: batch: applies to provider.mode: batch only")
+    sec = Section("batch", raw, {"poll_s", "max_poll_s", "completion_window", "keep_files"}, source)
+    d = BatchSettings()
+    poll = sec.number("poll_s", d.poll_s) or d.poll_s
+    return BatchSettings(
+        poll_s=poll,
+        max_poll_s=max(poll, sec.number("max_poll_s", d.max_poll_s) or d.max_poll_s),
+        completion_window=sec.text("completion_window", d.completion_window) or d.completion_window,
+        keep_files=sec.boolean("keep_files", d.keep_files),
     )
 
 

@@ -1,0 +1,392 @@
+"""The batch lane (`provider.mode: batch`): the job goes through the provider's Batch API at its batch price, and
+ends with the same run directory as any other lane: one final record per row, usage, resumable.
+
+The loop: cut the pending rows into provider-legal shards (shards.py), and for each shard upload it, create its
+batch, poll it, and harvest its output and error files into final records. Every step is an event in
+batches.jsonl, fsynced before the next, so a resumed run carries each shard on from where it stopped. A row a
+batch did not finish (expired, cancelled, a batch refused as a whole) is simply still pending, and goes into a
+later shard, within `retry.max_attempts` shards; a line a batch refused gets a failure record naming the line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import Checkpoint, ResumeState
+from .errors import BatchrunError, FatalProviderError
+from .job import Prepared
+from .ledger import Ledger
+from .presets import PRESETS
+from .progress import Progress
+from .providers import make_auth
+from .providers.batches import BatchAPIClient, DownloadError
+from .records import error, record, response
+from .request import BadRow, Request
+from .retry import Verdict, classify, error_details
+from .rundir import BATCHES, SHARDS, RunState, complete_lines
+from .shards import ShardState, ShardWriter, custom_id_row, read_shards, shard_rows
+from .sources import iter_rows
+from .transport import NO_ANSWER, Http, Network, Reply
+
+NOT_FINISHED = "batch_unfinished"
+LIVE = ("upload", "create", "poll", "harvest")  # steps that wait on the provider: the shard's rows are out
+
+
+class BatchRun:
+    """A run of the batch lane; the session drives it as it drives the online run loop."""
+
+    def __init__(
+        self,
+        prepared: Prepared,
+        checkpoint: Checkpoint,
+        state: ResumeState,
+        base_url: str,
+        key: str | None,
+        progress: Progress,
+        log: Callable[[str], None],
+        last_row: int | None = None,
+    ) -> None:
+        self.spec, self.prepared, self.checkpoint, self.state = prepared.spec, prepared, checkpoint, state
+        self.progress, self.log, self.last_row = progress, log, last_row
+        self.ledger = Ledger(prepared, checkpoint, state, progress)
+        preset = PRESETS[self.spec.provider.name]
+        assert preset.batch is not None
+        self.api, self.errors = preset.batch, preset.errors
+        self.base_url, self.auth = base_url, make_auth(key, self.spec.provider.auth)
+        self.shards = read_shards(line for _, line in complete_lines(checkpoint.path / BATCHES))
+        self.tries = Tries()  # shards each row has been in, to cap resubmission
+        self.held = 0  # rows in batches at the provider (the `tasks out` of the progress line)
+        self.stopping: RunState | None = None
+        self.reason: str | None = None
+        self.error: BatchrunError | None = None
+        self.crash: Exception | None = None
+        self._wake = asyncio.Event()
+
+    # --- what the session calls ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            self.ledger.refuse_repeated_ids()
+        except BatchrunError as exc:
+            self.failed(exc)
+            return
+        provider = self.spec.provider
+        http = Http(4, Network(provider.proxy, provider.ca_bundle, trust_env=provider.simulate is None))
+        self.client = BatchAPIClient(http, self.base_url, self.auth, self.spec.retry.timeout_s)
+        flusher = asyncio.ensure_future(self._flush_forever())
+        try:
+            await self._loop()
+        except BatchrunError as exc:
+            self.failed(exc)
+        except Exception as exc:  # a bug: stop and keep what is recorded rather than lose a row silently
+            self.crash = exc
+            self.stop(RunState.STOPPED, f"internal error: {exc!r}")
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await http.close()
+
+    def interrupt(self, terminal: bool = True) -> None:
+        """Ctrl-C / SIGTERM: stop polling; the batches go on at the provider and a resumed run harvests them."""
+        self.log("stopping: the batches go on at the provider; the same command resumes polling them")
+        self.stop(RunState.INTERRUPTED, "interrupted")
+
+    def stop(self, how: RunState, reason: str) -> None:
+        if self.stopping is RunState.STOPPED or (self.stopping and how is RunState.INTERRUPTED):
+            return
+        self.stopping, self.reason = how, reason
+        self._wake.set()
+
+    def failed(self, exc: BatchrunError) -> None:
+        self.error = self.error or exc
+        self.stop(RunState.STOPPED, str(exc))
+
+    def flush(self, state: RunState, *, final: bool = False) -> None:
+        self.ledger.flush(state, {"batches": self._summary()}, final=final)
+
+    @property
+    def lane(self) -> BatchRun:  # the session asks its lane how much is still out
+        return self
+
+    # --- the loop ------------------------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        self._count_tries()
+        delay = self.spec.batch.poll_s
+        while not self.stopping:
+            progressed = await self._advance_all()
+            if self.stopping:
+                return
+            if not any(s.next_step in LIVE for s in self.shards.values()):
+                if self._write_shards():
+                    delay = self.spec.batch.poll_s
+                    continue
+                return  # every row recorded (or left for a later submit, past --limit)
+            delay = self.spec.batch.poll_s if progressed else min(delay * 1.5, self.spec.batch.max_poll_s)
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _advance_all(self) -> bool:
+        """Take every shard one step on (or several, where nothing waits on the provider); True if any moved."""
+        moved = False
+        for shard in sorted(self.shards.values(), key=lambda s: s.index):
+            while not self.stopping:
+                step = shard.next_step
+                if step == "done":
+                    break
+                before = (step, shard.status, dict(shard.counts))
+                await getattr(self, f"_{step}")(shard)
+                after = (shard.next_step, shard.status, dict(shard.counts))
+                if after == before:
+                    break
+                moved = True
+                if step == "poll":
+                    break  # one poll per shard per round
+        self.held = sum(s.lines for s in self.shards.values() if s.next_step in LIVE)
+        self.progress.tasks = self.held
+        return moved
+
+    def _event(self, shard: ShardState, event: str, **facts: Any) -> None:
+        self.checkpoint.append_batch_event({"shard": shard.index, "event": event, **facts})
+
+    def _write_shards(self) -> bool:
+        """Cut the pending rows (those in no live shard, within their tries) into new shards; False if none."""
+        live: set[int] = set()
+        for shard in self.shards.values():
+            if shard.next_step not in ("done", "clean"):
+                live.update(
+                    row for row, _, _ in shard_rows(self.checkpoint.path / shard.path.replace(".jsonl", ".rows"))
+                )
+        done, limit = self.state.done, self.spec.retry.max_attempts
+        writer = ShardWriter(
+            self.checkpoint.path / SHARDS, self.api, self.spec.endpoint, max(self.shards, default=0) + 1
+        )
+        written: list[Any] = []
+        build = self.prepared.builder.build
+        for raw in iter_rows(self.spec.input, skip=lambda r: r in done or r in live):
+            if self.last_row is not None and raw.row > self.last_row:
+                break
+            built = build(raw)
+            if isinstance(built, BadRow):
+                self.ledger.record_bad(built)
+                continue
+            if self.tries[built.row] >= limit:
+                self._fail_row(built, NOT_FINISHED, f"no batch finished this row in {limit} shards", None)
+                continue
+            if not writer.fits(built):
+                self._fail_row(
+                    built,
+                    "too_large_for_batch",
+                    f"the request is larger than {self.api.max_bytes:,} bytes, the most a batch file may hold",
+                    None,
+                )
+                continue
+            if (closed := writer.add(built)) is not None:
+                written.append(closed)
+            self.tries.add(built.row)
+        if (last := writer.close()) is not None:
+            written.append(last)
+        for shard in written:
+            state = ShardState(shard.index, str(shard.path.relative_to(self.checkpoint.path)), shard.lines)
+            self._event(state, "written", path=state.path, lines=shard.lines, bytes=shard.bytes)
+            self.shards[shard.index] = state
+        if written:
+            self.log(f"wrote {sum(s.lines for s in written):,} rows into {len(written)} batch file(s)")
+        return bool(written)
+
+    def _rows_path(self, shard: ShardState) -> Path:
+        return self.checkpoint.path / shard.path.replace(".jsonl", ".rows")
+
+    def _count_tries(self) -> None:
+        for shard in self.shards.values():
+            rows = self._rows_path(shard)
+            if rows.exists():
+                for row, _, _ in shard_rows(rows):
+                    self.tries.add(row)
+
+    # --- one step of a shard ------------------------------------------------------------------------------
+
+    async def _upload(self, shard: ShardState) -> None:
+        reply = await self.client.upload(self.checkpoint.path / shard.path)
+        file_id = self._id_of(reply, "upload of " + shard.path)
+        if file_id is not None:
+            self._event(shard, "uploaded", file_id=file_id)
+            shard.file_id = file_id
+
+    async def _create(self, shard: ShardState) -> None:
+        assert shard.file_id is not None
+        metadata = {"batchrun_job": self.spec.name, "shard": str(shard.index)}
+        reply = await self.client.create(
+            shard.file_id, self.api.line_url(self.spec.endpoint), self.spec.batch.completion_window, metadata
+        )
+        batch_id = self._id_of(reply, f"creating the batch of shard {shard.index}")
+        if batch_id is not None:
+            self._event(shard, "created", batch_id=batch_id)
+            shard.batch_id = batch_id
+            self.log(f"shard {shard.index}: batch {batch_id} created ({shard.lines:,} rows)")
+
+    async def _poll(self, shard: ShardState) -> None:
+        assert shard.batch_id is not None
+        reply = await self.client.retrieve(shard.batch_id)
+        if self._id_of(reply, f"polling batch {shard.batch_id}") is None or not isinstance(reply.body, dict):
+            return
+        status = str(reply.body.get("status"))
+        counts = {k: int(v) for k, v in (reply.body.get("request_counts") or {}).items() if isinstance(v, int)}
+        if status != shard.status or counts != shard.counts:
+            self._event(shard, "polled", status=status, **counts)
+            shard.status, shard.counts = status, counts
+
+    async def _harvest(self, shard: ShardState) -> None:
+        """Every line of the output and error files becomes its row's final record; rows the batch did not
+        finish stay pending for a later shard. Harvesting twice (a kill midway) records nothing twice."""
+        assert shard.batch_id is not None
+        reply = await self.client.retrieve(shard.batch_id)
+        if self._id_of(reply, f"reading batch {shard.batch_id}") is None or not isinstance(reply.body, dict):
+            return
+        batch = reply.body
+        rows = {row: (custom_id, model) for row, custom_id, model in shard_rows(self._rows_path(shard))}
+        order = list(rows)
+        recorded = 0
+        try:
+            for file_id in (batch.get("output_file_id"), batch.get("error_file_id")):
+                if isinstance(file_id, str) and file_id:
+                    async for line in self.client.lines(file_id):
+                        recorded += self._record_line(line, rows, shard.batch_id)
+        except (DownloadError, *NO_ANSWER) as exc:
+            self.log(f"shard {shard.index}: reading its results failed ({exc}); trying again at the next poll")
+            return
+        errors = (batch.get("errors") or {}).get("data") or []
+        for item in errors if isinstance(errors, list) else []:
+            number = item.get("line") if isinstance(item, dict) else None
+            if isinstance(number, int) and 1 <= number <= len(order) and order[number - 1] not in self.state.done:
+                row = order[number - 1]
+                custom_id, model = rows[row]
+                message = f"the batch refused line {number} of {shard.path}: {item.get('message')}"
+                self._commit(
+                    row,
+                    custom_id,
+                    model,
+                    None,
+                    error(str(item.get("code") or "invalid_batch_line"), message, None, self.tries[row]),
+                )
+                recorded += 1
+        resend = sum(1 for row in rows if row not in self.state.done)
+        status = str(batch.get("status"))
+        self._event(shard, "harvested", status=status, recorded=recorded, resend=resend)
+        shard.harvested, shard.status = True, status
+        if resend:
+            self.log(f"shard {shard.index}: batch {status}; {resend:,} rows it did not finish go into a new batch")
+
+    async def _clean(self, shard: ShardState) -> None:
+        """Delete the uploaded file once its batch is harvested (Zhipu keeps at most 1,000 files)."""
+        if shard.file_id is not None and not self.spec.batch.keep_files:
+            await self.client.delete(shard.file_id)  # a failure leaves the file; nothing depends on it
+        self._event(shard, "deleted")
+        shard.deleted = True
+
+    # --- records -------------------------------------------------------------------------------------------
+
+    def _record_line(self, line: Mapping[str, Any], rows: Mapping[int, tuple[str, str]], batch_id: str) -> int:
+        row = custom_id_row(str(line.get("custom_id")))
+        if row is None or row not in rows or row in self.state.done:
+            return 0
+        custom_id, model = rows[row]
+        resp = line.get("response") if isinstance(line.get("response"), dict) else None
+        status = resp.get("status_code") if resp else None
+        body = resp.get("body") if resp else None
+        decision = classify(
+            status if isinstance(status, int) else None, body, {}, None if resp else "batch_error", self.errors
+        )
+        if decision.verdict is Verdict.OK:
+            self._commit(
+                row,
+                custom_id,
+                model,
+                response(200, resp.get("request_id") if resp else None, body),
+                None,
+                batch_id=batch_id,
+            )
+            return 1
+        if decision.verdict is Verdict.RETRY and self.tries[row] < self.spec.retry.max_attempts:
+            return 0  # a 429 or 5xx inside the batch: the row goes into a later shard
+        err = line.get("error") if isinstance(line.get("error"), dict) else None
+        code = str((err or {}).get("code") or decision.code)
+        message = str((err or {}).get("message") or decision.message)
+        resp_rec = response(status, resp.get("request_id"), body) if resp and isinstance(status, int) else None
+        self._commit(
+            row,
+            custom_id,
+            model,
+            resp_rec,
+            error(code, message, status if isinstance(status, int) else None, self.tries[row]),
+            batch_id=batch_id,
+        )
+        return 1
+
+    def _commit(
+        self, row: int, custom_id: str, model: str, resp: Any, err: Any, *, batch_id: str | None = None
+    ) -> None:
+        rec = record(row, custom_id, model, resp, err, attempts=max(1, self.tries[row]))
+        if batch_id is not None:
+            rec["batch_id"] = batch_id
+        self.ledger.commit(rec, failed=err is not None)
+
+    def _fail_row(self, request: Request, code: str, message: str, status: int | None) -> None:
+        self._commit(
+            request.row, request.custom_id, request.model, None, error(code, message, status, self.tries[request.row])
+        )
+
+    def _id_of(self, reply: Reply, what: str) -> str | None:
+        """The `id` of a good answer; a refusal that dooms every call stops the run, anything else waits a round."""
+        if reply.status == 200 and isinstance(reply.body, dict) and isinstance(reply.body.get("id"), str):
+            return str(reply.body["id"])
+        if reply.status in (401, 403):
+            code, message = error_details(reply.body)
+            raise FatalProviderError(
+                f"{what}: HTTP {reply.status} ({code}: {message}); check {self.spec.provider.api_key_env} and that "
+                "the account may use the Batch API"
+            )
+        if reply.status == 404 and what.startswith(("upload", "creating")):
+            raise FatalProviderError(
+                f"{what}: HTTP 404 at {self.base_url}: this base URL has no Batch API; check provider.base_url"
+            )
+        detail = reply.error or f"HTTP {reply.status}: {error_details(reply.body)[1]}"
+        self.log(f"{what}: {detail}; trying again at the next poll")
+        return None
+
+    def _summary(self) -> dict[str, Any]:
+        steps: dict[str, int] = {}
+        for shard in self.shards.values():
+            steps[shard.next_step] = steps.get(shard.next_step, 0) + 1
+        return {"shards": len(self.shards), "by_step": steps, "rows_out": self.held}
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.progress.refresh()
+            try:
+                self.flush(RunState.RUNNING)
+            except BatchrunError as exc:
+                self.failed(exc)
+                return
+
+
+class Tries:
+    """How many shards each row has been in: one byte a row, grown as rows appear."""
+
+    def __init__(self) -> None:
+        self._counts = bytearray()
+
+    def __getitem__(self, row: int) -> int:
+        return self._counts[row] if 0 <= row < len(self._counts) else 0
+
+    def add(self, row: int) -> None:
+        if row >= len(self._counts):
+            self._counts.extend(bytes(row + 1 - len(self._counts) + 4096))
+        self._counts[row] = min(255, self._counts[row] + 1)

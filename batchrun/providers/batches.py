@@ -1,0 +1,91 @@
+"""The Batch API calls, in the OpenAI shape that OpenAI, Zhipu, DashScope, Qianfan and GenStudio share: upload a
+JSONL file, create a batch over it, retrieve it, stream a result file line by line, delete a file, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..transport import NO_ANSWER, Http, Reply, fetch_json, no_answer, parse_body
+
+
+class BatchAPIClient:
+    def __init__(self, http: Http, base_url: str, auth: Callable[[], str | None], timeout: float) -> None:
+        self.http, self.base, self.auth, self.timeout = http, base_url.rstrip("/"), auth, timeout
+
+    def headers(self, json: bool = True) -> dict[str, str]:
+        value = self.auth()
+        out = {"Accept": "application/json"}
+        if json:
+            out["Content-Type"] = "application/json"
+        return {**out, "Authorization": value} if value else out
+
+    async def upload(self, path: Path) -> Reply:
+        """`POST /files`, multipart, `purpose=batch`: a file of up to a few hundred MB, read from disk as it goes."""
+        start = time.monotonic()
+        url = f"{self.base}/files"
+        proxy, proxy_headers = self.http.proxy_for(url)
+        try:
+            with open(path, "rb") as f:
+                form = aiohttp.FormData()
+                form.add_field("purpose", "batch")
+                form.add_field("file", f, filename=path.name, content_type="application/jsonl")
+                async with self.http.session.post(
+                    url,
+                    data=form,
+                    headers=self.headers(json=False),
+                    proxy=proxy,
+                    proxy_headers=proxy_headers,
+                    timeout=aiohttp.ClientTimeout(total=max(self.timeout, 600.0)),
+                ) as resp:
+                    raw = await resp.read()
+                    return Reply(resp.status, resp.headers, parse_body(raw), time.monotonic() - start)
+        except NO_ANSWER as exc:
+            return no_answer(exc, start)
+
+    async def create(self, file_id: str, endpoint: str, window: str, metadata: dict[str, str]) -> Reply:
+        body = {"input_file_id": file_id, "endpoint": endpoint, "completion_window": window, "metadata": metadata}
+        return await fetch_json(
+            self.http, "POST", f"{self.base}/batches", self.headers(), self.timeout, orjson.dumps(body)
+        )
+
+    async def retrieve(self, batch_id: str) -> Reply:
+        return await fetch_json(self.http, "GET", f"{self.base}/batches/{batch_id}", self.headers(), self.timeout)
+
+    async def cancel(self, batch_id: str) -> Reply:
+        return await fetch_json(
+            self.http, "POST", f"{self.base}/batches/{batch_id}/cancel", self.headers(), self.timeout
+        )
+
+    async def delete(self, file_id: str) -> Reply:
+        return await fetch_json(self.http, "DELETE", f"{self.base}/files/{file_id}", self.headers(), self.timeout)
+
+    async def lines(self, file_id: str) -> AsyncIterator[dict[str, Any]]:
+        """A result file's lines, parsed one at a time as they arrive: a 200 MB file is never held whole."""
+        url = f"{self.base}/files/{file_id}/content"
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=max(self.timeout, 300.0))
+        proxy, proxy_headers = self.http.proxy_for(url)
+        async with self.http.session.get(
+            url, headers=self.headers(json=False), proxy=proxy, proxy_headers=proxy_headers, timeout=timeout
+        ) as resp:
+            if resp.status != 200:
+                raise DownloadError(f"HTTP {resp.status} downloading {file_id}: {(await resp.read())[:200]!r}")
+            async for raw in resp.content:
+                if raw.strip():
+                    try:
+                        line = orjson.loads(raw)
+                    except orjson.JSONDecodeError:
+                        continue
+                    if isinstance(line, dict):
+                        yield line
+                await asyncio.sleep(0)
+
+
+class DownloadError(Exception):
+    """A result file could not be read; the shard is harvested again on the next poll (or resume)."""

@@ -1,0 +1,108 @@
+"""The batch lane over HTTP against the simulator's Batch API: every row once, harvested from whatever state a
+batch ends in, resumable from a kill at any step without uploading or creating anything twice."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .helpers import make_job, read_jsonl, spawn_submit, submit
+from .simserver import SimServer
+from .test_outside import BatchOutputLine
+
+FAST = {"poll_s": 0.05, "max_poll_s": 0.2}
+
+
+def batch_job(tmp_path: Path, sim: SimServer, rows: list[dict[str, Any]], **extra: Any) -> Path:
+    provider = {"name": "simulated", "base_url": sim.base_url, "mode": "batch"}
+    return make_job(tmp_path, sim.base_url, rows, provider=provider, batch=FAST, **extra)
+
+
+def records(tmp_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    run = tmp_path / "runs" / "job"
+    return read_jsonl(run / "results.jsonl"), read_jsonl(run / "failures.jsonl")
+
+
+def test_a_batch_job_ends_with_one_record_per_row(tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:
+    sim = start_sim(batch_s=0.3)
+    rows = [{"id": f"r{i}", "prompt": f"question {i}" + (" #sim:status=400" if i == 7 else "")} for i in range(30)]
+    result = submit(batch_job(tmp_path, sim, rows))
+    assert result.exit_code == 3, result.output  # one row's answer was an error
+    good, bad = records(tmp_path)
+    assert sorted(r["custom_id"] for r in good + bad) == sorted(f"r{i}" for i in range(30))
+    assert [r["custom_id"] for r in bad] == ["r7"] and bad[0]["error"]["code"] == "sim_400"
+    for line in good + bad:
+        BatchOutputLine.model_validate(line)
+    assert all(r["batch_id"].startswith("batch-") for r in good)
+    stats = sim.stats()
+    assert (stats["files_uploaded"], stats["batches_created"], stats["files_deleted"]) == (1, 1, 1)
+    usage = orjson.loads((tmp_path / "runs/job/usage.json").read_bytes())
+    assert usage["prompt_tokens"] == stats["billed_prompt_tokens"]  # usage matches the bill
+    assert usage["completion_tokens"] == stats["billed_completion_tokens"]
+
+
+def test_shards_keep_the_line_limit(tmp_path: Path, start_sim: Callable[..., SimServer], monkeypatch: Any) -> None:
+    import dataclasses
+
+    from batchrun import presets
+
+    small = dataclasses.replace(presets.BATCH_APIS["simulated"], max_lines=7)
+    monkeypatch.setitem(presets.PRESETS, "simulated", dataclasses.replace(presets.PRESETS["simulated"], batch=small))
+    sim = start_sim(batch_s=0.2)
+    assert submit(batch_job(tmp_path, sim, [{"id": i, "prompt": f"q{i}"} for i in range(20)])).exit_code == 0
+    assert len(records(tmp_path)[0]) == 20
+    assert sim.stats()["batches_created"] == 3  # 7 + 7 + 6
+
+
+def test_an_expired_batch_keeps_what_it_finished_and_resends_the_rest(
+    tmp_path: Path, start_sim: Callable[..., SimServer]
+) -> None:
+    sim = start_sim(batch_s=0.3)
+    rows = [{"id": f"r{i}", "prompt": f"q{i}" + (" #sim:batch-expire=0.6" if i == 0 else "")} for i in range(10)]
+    result = submit(batch_job(tmp_path, sim, rows))
+    assert result.exit_code == 0, result.output
+    assert "batch expired; 4 rows it did not finish go into a new batch" in result.stderr
+    good, _ = records(tmp_path)
+    assert sorted(r["custom_id"] for r in good) == [f"r{i}" for i in range(10)]
+    stats = sim.stats()
+    assert stats["batches_created"] == 2 and stats["billed_twice"] == 0 and stats["billed_requests"] == 10
+    attempts = {r["custom_id"]: r["attempts"] for r in good}
+    assert attempts["r0"] == 1 and attempts["r9"] == 2  # the resent rows were in two batches
+
+
+def test_lines_a_batch_refuses_get_failure_records_and_the_rest_go_through(
+    tmp_path: Path, start_sim: Callable[..., SimServer]
+) -> None:
+    sim = start_sim(batch_s=0.2)
+    rows = [{"id": f"r{i}", "prompt": f"q{i}" + (" #sim:batch-invalid" if i in (2, 5, 7) else "")} for i in range(10)]
+    result = submit(batch_job(tmp_path, sim, rows))
+    assert result.exit_code == 3, result.output
+    good, bad = records(tmp_path)
+    assert sorted(r["custom_id"] for r in bad) == ["r2", "r5", "r7"]
+    assert all("the batch refused line" in r["error"]["message"] for r in bad)
+    assert sorted(r["custom_id"] for r in good) == sorted(f"r{i}" for i in range(10) if i not in (2, 5, 7))
+
+
+def test_a_kill_while_polling_resumes_without_uploading_or_creating_again(
+    tmp_path: Path, start_sim: Callable[..., SimServer]
+) -> None:
+    sim = start_sim(batch_s=3.0)
+    job = batch_job(tmp_path, sim, [{"id": f"r{i}", "prompt": f"q{i}"} for i in range(40)])
+    proc = spawn_submit(job)
+    events = tmp_path / "runs/job/batches.jsonl"
+    deadline = time.monotonic() + 30
+    while b'"created"' not in (events.read_bytes() if events.exists() else b""):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    result = submit(job)
+    assert result.exit_code == 0, result.output
+    assert sorted(r["custom_id"] for r in records(tmp_path)[0]) == sorted(f"r{i}" for i in range(40))
+    stats = sim.stats()
+    assert (stats["files_uploaded"], stats["batches_created"], stats["billed_twice"]) == (1, 1, 0)
