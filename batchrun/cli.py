@@ -19,7 +19,7 @@ import orjson
 
 from . import __version__
 from .errors import BatchrunError, SpecError
-from .job import display_path, job_of_run, prepare
+from .job import display_path, job_of_run, lane_share, prepare
 from .presets import PRESETS
 from .pricing import Prices, load_prices
 from .rundir import RunState
@@ -410,11 +410,12 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
     out = spec.output_dir
     rel = display_path(out)
     rate = outcome.rows_this_session / outcome.elapsed_s if outcome.elapsed_s > 0 else 0.0
+    cost = Prices(spec.pricing, lane_share(spec)).spent_line(u.models)
     lines = [
         f"{spec.name}: {outcome.state.value.replace('_', ' ')}: {u.rows_succeeded:,} succeeded, {u.rows_failed:,} "
         f"failed, {outcome.rows_pending:,} pending of {outcome.rows_total:,} rows",
         f"  requests {u.requests:,}, retries {u.retries:,} (429s {u.rate_limited:,}), tokens {u.prompt_tokens:,} "
-        f"prompt + {u.completion_tokens:,} completion; cost {Prices(spec.pricing).spent_line(u.models)}",
+        f"prompt + {u.completion_tokens:,} completion; cost {cost}",
         f"  this session: {outcome.rows_this_session:,} rows in {outcome.elapsed_s:,.1f} s ({rate:,.1f} rows/s)",
         f"  results: {rel}/results.jsonl" + (f"   failures: {rel}/failures.jsonl" if u.rows_failed else ""),
     ]

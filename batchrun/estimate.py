@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .job import Prepared, display_path
+from .presets import PRESETS
 from .pricing import Price, Prices
 from .validate import ModelLoad, validate
 
@@ -37,10 +38,20 @@ def estimate(prepared: Prepared) -> Estimate:
     )
 
 
-def cost_lines(est: Estimate, prices: Prices, share: float) -> list[str]:
+def cost_ranges(est: Estimate, prices: Prices, share: float) -> dict[str, tuple[float, float]]:
+    """(typical, at max_tokens) cost per currency, each model at its own price."""
+    out: dict[str, tuple[float, float]] = {}
+    for model, load in est.models.items():
+        price = prices.get(model)
+        if price is not None:
+            a, b = cost_range(price, load.prompt_tokens, round(load.max_output_tokens * share), load.max_output_tokens)
+            low, high = out.get(price.currency, (0.0, 0.0))
+            out[price.currency] = (low + a, high + b)
+    return out
+
+
+def cost_lines(est: Estimate, prices: Prices, share: float, label: str = "cost") -> list[str]:
     """The cost range per currency, each model at its own price (a Batch API line may name its own model)."""
-    low: dict[str, float] = {}
-    high: dict[str, float] = {}
     priced: list[str] = []
     unpriced: list[str] = []
     for model, load in sorted(est.models.items(), key=lambda kv: -kv[1].rows):
@@ -48,12 +59,12 @@ def cost_lines(est: Estimate, prices: Prices, share: float) -> list[str]:
         if price is None:
             unpriced.append(model)
             continue
-        a, b = cost_range(price, load.prompt_tokens, round(load.max_output_tokens * share), load.max_output_tokens)
-        low[price.currency] = low.get(price.currency, 0.0) + a
-        high[price.currency] = high.get(price.currency, 0.0) + b
         rows = f" ({load.rows:,} rows)" if len(est.models) > 1 else ""
         priced.append(f"                 {model}{rows} at {price.describe()}")
-    lines = [f"  cost           {low[c]:,.4f} to {high[c]:,.4f} {c} (typical to max_tokens)" for c in sorted(low)]
+    ranges = cost_ranges(est, prices, share)
+    lines = [
+        f"  {label:<15}{lo:,.4f} to {hi:,.4f} {c} (typical to max_tokens)" for c, (lo, hi) in sorted(ranges.items())
+    ]
     lines += priced
     if unpriced:
         lines.append(
@@ -91,7 +102,24 @@ def estimate_lines(prepared: Prepared, est: Estimate, prices: Prices, share: flo
         lines.append(
             f"  output tokens  up to {most:,} (max_tokens on every row); ~{typical:,} at a typical {share:.0%} of it"
         )
-    lines += cost_lines(est, prices, share)
+    api = PRESETS[spec.provider.name].batch
+    if spec.provider.mode == "batch" and api is not None:
+        lines += cost_lines(est, Prices(prices.table, api.price_share), share, "cost (batch)")
+        lines.append(f"  online         {_ranges(cost_ranges(est, prices, share))} for the same rows in mode sync")
+    else:
+        lines += cost_lines(est, prices, share)
+        if api is not None and spec.endpoint in api.endpoints:
+            batch = cost_ranges(est, Prices(prices.table, api.price_share), share)
+            lines.append(
+                f"  batch          {_ranges(batch)} with provider.mode: batch ({api.price_share:.0%} of online, "
+                "answers within 24 h)"
+            )
+    if spec.provider.mode == "batch":
+        lines.append(
+            f"  time           the provider's: within the completion window ({spec.batch.completion_window}); "
+            "rows a batch does not finish go into a new one"
+        )
+        return lines
     tokens = est.prompt_tokens + (most if spec.limits.tpm_accounting == "reserve" else typical)
     times = limit_seconds(est.requests, tokens, spec.limits.rpm, spec.limits.tpm)
     if times:
@@ -112,6 +140,10 @@ def estimate_lines(prepared: Prepared, est: Estimate, prices: Prices, share: flo
             f"  tasks          the time above is for submitting; each task then runs {runs} before its result is polled"
         )
     return lines
+
+
+def _ranges(ranges: dict[str, tuple[float, float]]) -> str:
+    return ", ".join(f"{lo:,.4f} to {hi:,.4f} {c}" for c, (lo, hi) in sorted(ranges.items())) or "unknown (no price)"
 
 
 def _minutes(seconds: float) -> str:

@@ -110,6 +110,12 @@ def api_key(preset_name: str, env: str) -> str | None:
     return key
 
 
+def lane_share(spec: JobSpec) -> float:
+    """What the job's answers cost as a share of the online price: the Batch API's discount in mode batch."""
+    api = PRESETS[spec.provider.name].batch
+    return api.price_share if spec.provider.mode == "batch" and api is not None else 1.0
+
+
 def refuse_plain_http(base_url: str, key: str | None, allowed: bool) -> None:
     """A key sent over plain http:// can be read by anyone on the way; only this machine's own servers (a local
     vLLM, the simulator) are spared the question, and `provider.allow_insecure_http: true` answers it."""

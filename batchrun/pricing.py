@@ -28,6 +28,12 @@ class Price:
     def describe(self) -> str:
         return f"{self.input:g} / {self.output:g} {self.currency} per 1M tokens ({self.source})"
 
+    def scaled(self, share: float) -> Price:
+        """The price of the provider's Batch API: `share` of the online price."""
+        if share == 1.0:
+            return self
+        return Price(self.input * share, self.output * share, self.currency, f"{self.source}; batch: {share:.0%}")
+
 
 def _cny(inp: float, out: float, source: str) -> Price:
     return Price(inp, out, "CNY", source)
@@ -69,12 +75,14 @@ def money(value: float | None, currency: str = "") -> str:
 class Prices:
     """Looks a model's price up: overrides first, then the built-in table; names compare case-insensitively."""
 
-    def __init__(self, overrides: Mapping[str, Price] | None = None) -> None:
+    def __init__(self, overrides: Mapping[str, Price] | None = None, share: float = 1.0) -> None:
         self.table = {k.lower(): v for k, v in BUILT_IN.items()}
         self.table.update({k.lower(): v for k, v in (overrides or {}).items()})
+        self.share = share  # the batch lane's price, as a share of the online price (1: online)
 
     def get(self, model: str) -> Price | None:
-        return self.table.get(model.lower())
+        price = self.table.get(model.lower())
+        return price.scaled(self.share) if price is not None else None
 
     def spent(self, models: Mapping[str, Tokens]) -> tuple[dict[str, float], list[str]]:
         """Cost per currency (CNY and USD never added together), and the models with tokens but no price."""

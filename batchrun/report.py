@@ -43,6 +43,7 @@ class RunData:
     rate: float | None  # rows/s over the last half minute, as the running process saw it
     prices: dict[str, Price]  # the job's own pricing block
     reason: str | None = None  # why the run stopped early, as its manifest says
+    price_share: float = 1.0  # the batch lane's price as a share of the online price
     latencies: Counter[float] = field(default_factory=Counter)  # exact: records round them to 0.1 ms
     completed: list[array[float]] = field(default_factory=list)  # epoch seconds, one array per record file
 
@@ -74,6 +75,7 @@ def read_run(path: Path, *, records: bool = True) -> RunData:
         saved.get("rate_rows_per_s"),
         parse_prices(run.job.get("pricing") or {}, f"{run.path}/{MANIFEST}", "job.pricing."),
         run.manifest.get("reason") if isinstance(run.manifest.get("reason"), str) else None,
+        run.price_share,
     )
     for name in RECORD_FILES:
         covered = covers[name] if covers else 0
@@ -122,6 +124,15 @@ class Report:
     latency: dict[str, float | None]  # p50, p90, p99 in seconds
     series: RateSeries
     latencies: list[tuple[float, int]]  # (latency, rows), ordered by latency (the histogram)
+    price_share: float = 1.0  # the batch lane: prices are this share of online
+    saved: dict[str, float] = field(default_factory=dict)  # the batch lane: what the same tokens cost online, less
+
+    @property
+    def lane(self) -> str:
+        lanes = {str((r.job.get("provider") or {}).get("mode") or "sync") for r in self.runs}
+        if lanes == {"batch"}:
+            return f"batch (Batch API prices: {self.price_share:.0%} of online)"
+        return "mixed: batch and online runs, all priced online" if "batch" in lanes else "online"
 
     @property
     def rows_pending(self) -> int:
@@ -151,7 +162,9 @@ def build_report(paths: Iterable[Path], prices: Mapping[str, Price] | None = Non
     usage = Usage()
     for run in runs:
         usage.merge(run.usage)
-    table = Prices({k: v for run in runs for k, v in run.prices.items()} | dict(prices or {}))
+    shares = {run.price_share for run in runs}
+    share = shares.pop() if len(shares) == 1 else 1.0  # runs of both lanes summed: online prices, said so
+    table = Prices({k: v for run in runs for k, v in run.prices.items()} | dict(prices or {}), share)
     models = [
         ModelCost(
             name, m.rows_succeeded, m.rows_failed, m.requests, m.prompt_tokens, m.completion_tokens, table.get(name)
@@ -172,7 +185,15 @@ def build_report(paths: Iterable[Path], prices: Mapping[str, Price] | None = Non
         {f"p{q}": percentile(latencies, q / 100) for q in (50, 90, 99)},
         series,
         latencies,
+        share,
+        _saved(usage, table) if share != 1.0 else {},
     )
+
+
+def _saved(usage: Usage, batch: Prices) -> dict[str, float]:
+    online, _ = Prices(batch.table, 1.0).spent(usage.models)
+    paid, _ = batch.spent(usage.models)
+    return {c: online[c] - paid.get(c, 0.0) for c in online}
 
 
 def percentile(ordered: Sequence[tuple[float, int]], q: float) -> float | None:
@@ -254,6 +275,8 @@ def report_table(report: Report) -> list[str]:
         f"  tokens      {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion = {u.total_tokens:,}",
         "  throughput  " + (f"{rate:,.1f} rows/s over {report.active_s:,.1f} s active" if rate else "-"),
         f"  latency     p50 {_seconds(lat['p50'])}   p90 {_seconds(lat['p90'])}   p99 {_seconds(lat['p99'])}",
+        f"  lane        {report.lane}"
+        + (f"; saved {', '.join(money(v, c) for c, v in sorted(report.saved.items()))}" if report.saved else ""),
         "",
     ]
     header = ("model", "rows ok", "failed", "requests", "prompt tok", "compl. tok", "price (in / out per 1M)", "cost")
@@ -302,6 +325,9 @@ def report_json(report: Report) -> dict[str, Any]:
     return {
         "runs": [{"path": str(r.path), "state": r.state, "rows_total": r.rows_total} for r in report.runs],
         "rows_total": report.rows_total,
+        "lane": report.lane,
+        "price_share": report.price_share,
+        "saved": report.saved,
         "rows_succeeded": u.rows_succeeded,
         "rows_failed": u.rows_failed,
         "rows_pending": report.rows_pending,

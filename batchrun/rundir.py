@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import orjson
 
 from .errors import RunDirError
+from .presets import PRESETS
 from .spec import InputSpec
 
 RESULTS = "results.jsonl"
@@ -161,6 +162,15 @@ class RunDir:
         """The recorded state; `died` for a run that says it is running while no process holds it."""
         state = str(self.manifest.get("state") or "unknown")
         return RunState.DIED.value if state == RunState.RUNNING.value and not self.live else state
+
+    @property
+    def price_share(self) -> float:
+        """What the run's answers cost as a share of the online price: the Batch API's discount, or 1."""
+        provider = self.job.get("provider") or {}
+        preset = PRESETS.get(str(provider.get("name")))
+        if provider.get("mode") != "batch" or preset is None or preset.batch is None:
+            return 1.0
+        return preset.batch.price_share
 
     @property
     def spec_path(self) -> str | None:

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
-from .helpers import make_job, read_jsonl, spawn_submit, submit
+from .helpers import cli, make_job, read_jsonl, spawn_submit, submit
 from .simserver import SimServer
 from .test_outside import BatchOutputLine
 
@@ -106,3 +107,21 @@ def test_a_kill_while_polling_resumes_without_uploading_or_creating_again(
     assert sorted(r["custom_id"] for r in records(tmp_path)[0]) == sorted(f"r{i}" for i in range(40))
     stats = sim.stats()
     assert (stats["files_uploaded"], stats["batches_created"], stats["billed_twice"]) == (1, 1, 0)
+
+
+def test_batch_prices_in_the_summary_report_and_estimate(tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:
+    sim = start_sim(batch_s=0.2)
+    pricing = {"sim-small": {"input": 10, "output": 20, "currency": "CNY"}}
+    job = batch_job(tmp_path, sim, [{"id": i, "prompt": f"q{i}"} for i in range(10)], pricing=pricing)
+    estimate = cli("estimate", str(job)).stdout
+    assert "cost (batch)" in estimate and "at 5 / 10 CNY" in estimate and "online " in estimate
+    online = make_job(tmp_path, sim.base_url, [{"id": 1, "prompt": "q"}], name="online", pricing=pricing)
+    assert "with provider.mode: batch (50% of online" in cli("estimate", str(online)).stdout
+    result = submit(job)
+    assert result.exit_code == 0, result.output
+    stats = sim.stats()
+    paid = (stats["billed_prompt_tokens"] * 5 + stats["billed_completion_tokens"] * 10) / 1e6
+    assert f"cost {paid:.4f} CNY" in result.stdout  # half the online price
+    report = orjson.loads(cli("report", str(tmp_path / "runs/job"), "--format", "json").stdout)
+    assert report["price_share"] == 0.5 and report["lane"].startswith("batch")
+    assert report["cost"]["CNY"] == pytest.approx(paid) and report["saved"]["CNY"] == pytest.approx(paid)
