@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import Checkpoint, ResumeState
-from .errors import BatchrunError, FatalProviderError
+from .errors import BatchrunError, FatalProviderError, SpecError
 from .job import Prepared
 from .ledger import Ledger
 from .presets import PRESETS
@@ -30,6 +31,7 @@ from .retry import Verdict, classify, error_details
 from .rundir import BATCHES, SHARDS, RunState, complete_lines
 from .shards import ShardState, ShardWriter, custom_id_row, read_shards, shard_rows
 from .sources import iter_rows
+from .spec import JobSpec
 from .transport import NO_ANSWER, Http, Network, Reply
 
 NOT_FINISHED = "batch_unfinished"
@@ -65,6 +67,7 @@ class BatchRun:
         self.error: BatchrunError | None = None
         self.crash: Exception | None = None
         self._wake = asyncio.Event()
+        self.hold_off = 0.0  # monotonic time before which no new batch is made (the provider's queue is full)
 
     # --- what the session calls ------------------------------------------------------------------------
 
@@ -123,6 +126,11 @@ class BatchRun:
             if self.stopping:
                 return
             if not any(s.next_step in LIVE for s in self.shards.values()):
+                if (wait := self.hold_off - time.monotonic()) > 0:
+                    self._wake.clear()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), wait)
+                    continue
                 if self._write_shards():
                     delay = self.spec.batch.poll_s
                     continue
@@ -278,6 +286,17 @@ class BatchRun:
                 recorded += 1
         resend = sum(1 for row in rows if row not in self.state.done)
         status = str(batch.get("status"))
+        codes = (
+            {str(item.get("code")) for item in errors if isinstance(item, dict)} if isinstance(errors, list) else set()
+        )
+        if "token_limit_exceeded" in codes:  # the provider's queue is full: wait and create later, not a try
+            for row in rows:
+                self.tries.sub(row)
+            self.hold_off = time.monotonic() + self.spec.batch.max_poll_s
+            self.log(
+                f"shard {shard.index}: the provider's queue of enqueued tokens is full; sending its rows again in "
+                f"{self.spec.batch.max_poll_s:g} s"
+            )
         self._event(shard, "harvested", status=status, recorded=recorded, resend=resend)
         shard.harvested, shard.status = True, status
         if resend:
@@ -390,3 +409,41 @@ class Tries:
         if row >= len(self._counts):
             self._counts.extend(bytes(row + 1 - len(self._counts) + 4096))
         self._counts[row] = min(255, self._counts[row] + 1)
+
+    def sub(self, row: int) -> None:
+        if 0 <= row < len(self._counts) and self._counts[row]:
+            self._counts[row] -= 1
+
+
+async def cancel_batches(spec: JobSpec, key: str | None) -> list[str]:
+    """`batchrun cancel`: ask the provider to cancel every batch of the run still going. What they finished is
+    billed and kept: the next submit harvests it, and sends the rest again (or nothing, with the run left as is)."""
+    if spec.provider.simulate is not None:
+        raise SpecError(
+            "this run's simulated provider lived inside its submit, and its batches ended with it: nothing to cancel"
+        )
+    run_dir = spec.output_dir
+    shards = read_shards(line for _, line in complete_lines(run_dir / BATCHES))
+    live = [s for s in shards.values() if s.batch_id is not None and s.next_step == "poll"]
+    if not live:
+        return [f"{run_dir}: no batch of this run is still going"]
+    http = Http(2, Network(spec.provider.proxy, spec.provider.ca_bundle))
+    client = BatchAPIClient(http, spec.provider.base_url, make_auth(key, spec.provider.auth), spec.retry.timeout_s)
+    lines = []
+    try:
+        for shard in sorted(live, key=lambda s: s.index):
+            assert shard.batch_id is not None
+            reply = await client.cancel(shard.batch_id)
+            body = reply.body if isinstance(reply.body, dict) else {}
+            counts = body.get("request_counts") or {}
+            if reply.status == 200:
+                lines.append(
+                    f"shard {shard.index}: batch {shard.batch_id} {body.get('status')}; "
+                    f"{counts.get('completed', 0):,} of {counts.get('total', shard.lines):,} rows already done "
+                    "(billed, and recorded by the next submit)"
+                )
+            else:
+                lines.append(f"shard {shard.index}: batch {shard.batch_id}: {reply.error or f'HTTP {reply.status}'}")
+    finally:
+        await http.close()
+    return lines

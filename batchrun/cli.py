@@ -23,7 +23,7 @@ from .job import display_path, job_of_run, lane_share, prepare
 from .presets import PRESETS
 from .pricing import Prices, load_prices
 from .rundir import RunState
-from .session import EXIT_INTERRUPTED, RunOutcome, list_provider_models, run_job
+from .session import EXIT_INTERRUPTED, RunOutcome, cancel_run, list_provider_models, run_job
 from .spec import LATENCY_DISTS, SimulateSpec, load_spec
 from .validate import validate, validation_lines
 
@@ -108,6 +108,17 @@ def retry_failed(run_dir: Path, codes: tuple[str, ...], job: str | None, no_prog
     for line in summary_lines(outcome):
         click.echo(line)
     sys.exit(outcome.exit_code)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--job", type=click.Path(dir_okay=False), help="The job spec, if not where the run recorded it.")
+@_friendly
+def cancel(run_dir: Path, job: str | None) -> None:
+    """Cancel RUN_DIR's batches still going (provider.mode: batch); what they finished stays billed and is
+    recorded by the next submit."""
+    for line in asyncio.run(cancel_run(job_of_run(run_dir, job))):
+        click.echo(line)
 
 
 @main.command()

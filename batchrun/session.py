@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .batch_run import BatchRun
+from .batch_run import BatchRun, cancel_batches
 from .checkpoint import Checkpoint, ResumeState
 from .errors import BatchrunError, SpecError
 from .ids import DUPLICATE_ID
@@ -190,6 +190,15 @@ async def _run_opened(
         runner.reason,
         runner.lane.held,
     )
+
+
+async def cancel_run(spec: JobSpec) -> list[str]:
+    """Cancel the batches of a run in mode batch that are still going."""
+    if spec.provider.mode != "batch":
+        raise SpecError(f"{spec.output_dir} is not a run in provider.mode: batch: there are no batches to cancel")
+    key = api_key(spec.provider.name, spec.provider.api_key_env)
+    refuse_plain_http(spec.provider.base_url, key, spec.provider.allow_insecure_http)
+    return await cancel_batches(spec, key)
 
 
 async def list_provider_models(

@@ -9,7 +9,7 @@ Quirks asked for in a line's prompt (`#sim:...`), as the online path takes them:
     #sim:batch-invalid      this line fails validation: the batch is `failed`, errors.data names the line
     #sim:batch-expire=0.6   the batch `expired` with 60 % of its lines done (their answers are billed and kept)
     #sim:status=400         this line's answer is an error: a line of the error file
-    #sim:batch-tokens       the batch is refused at creation for enqueued tokens (`token_limit_exceeded`)
+    #sim:batch-tokens=1     the first batch holding this line is refused for enqueued tokens (`token_limit_exceeded`)
 
 Files and batches live in memory for as long as the simulator runs.
 """
@@ -90,6 +90,7 @@ class BatchDesk:
         self.batches: dict[str, SimBatch] = {}
         self._ids = itertools.count(1)
         self.uploads = self.creates = self.cancels = self.deletes = 0
+        self.refusals: dict[str, int] = {}  # #sim:batch-tokens lines: batches refused for each so far
 
     def routes(self, app: web.Application) -> None:
         add = app.router
@@ -238,7 +239,11 @@ class BatchDesk:
             seen.add(str(custom_id))
             if directives.get("batch-expire"):
                 expire = float(directives["batch-expire"])
-            tokens = tokens or "batch-tokens" in directives
+            if "batch-tokens" in directives:
+                seen_refusals = self.refusals.get(text, 0)
+                if seen_refusals < int(float(directives["batch-tokens"] or 1)):
+                    self.refusals[text] = seen_refusals + 1
+                    tokens = True
             lines.append(line)
         if len(lines) + len(errors) > self.max_lines:
             errors.insert(0, {"code": "too_many_lines", "line": None, "message": f"at most {self.max_lines} lines"})

@@ -125,3 +125,40 @@ def test_batch_prices_in_the_summary_report_and_estimate(tmp_path: Path, start_s
     report = orjson.loads(cli("report", str(tmp_path / "runs/job"), "--format", "json").stdout)
     assert report["price_share"] == 0.5 and report["lane"].startswith("batch")
     assert report["cost"]["CNY"] == pytest.approx(paid) and report["saved"]["CNY"] == pytest.approx(paid)
+
+
+def test_a_full_queue_of_enqueued_tokens_means_wait_and_create_later(
+    tmp_path: Path, start_sim: Callable[..., SimServer]
+) -> None:
+    sim = start_sim(batch_s=0.2)
+    rows = [{"id": f"r{i}", "prompt": f"q{i}" + (" #sim:batch-tokens=1" if i == 3 else "")} for i in range(6)]
+    result = submit(batch_job(tmp_path, sim, rows, retry={"max_attempts": 1}))
+    assert result.exit_code == 0, result.output  # one try allowed: the refusal was not a try
+    assert "queue of enqueued tokens is full" in result.stderr
+    good, bad = records(tmp_path)
+    assert len(good) == 6 and bad == [] and {r["attempts"] for r in good} == {1}
+    assert sim.stats()["batches_created"] == 2
+
+
+def test_cancel_then_resume_keeps_what_was_finished(tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:
+    sim = start_sim(batch_s=4.0)
+    job = batch_job(tmp_path, sim, [{"id": f"r{i}", "prompt": f"q{i}"} for i in range(40)])
+    proc = spawn_submit(job)
+    events = tmp_path / "runs/job/batches.jsonl"
+    deadline = time.monotonic() + 30
+    while b'"in_progress"' not in (events.read_bytes() if events.exists() else b""):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # the run stops polling; its batch goes on at the provider
+    assert proc.wait(20) == 130
+    time.sleep(0.5)
+    cancelled = cli("cancel", str(tmp_path / "runs/job"))
+    assert cancelled.exit_code == 0, cancelled.output
+    assert "cancel" in cancelled.stdout and "rows already done" in cancelled.stdout
+    assert sim.stats()["batches_cancelled"] == 1
+    result = submit(job)
+    assert result.exit_code == 0, result.output
+    assert sorted(r["custom_id"] for r in records(tmp_path)[0]) == sorted(f"r{i}" for i in range(40))
+    stats = sim.stats()
+    assert stats["batches_created"] == 2 and stats["billed_twice"] == 0 and stats["billed_requests"] == 40
+    assert "no batch of this run is still going" in cli("cancel", str(tmp_path / "runs/job")).stdout
