@@ -13,6 +13,8 @@ from typing import Any
 from .pricing import Price, Prices, spent_text
 from .records import iso_epoch
 from .report import read_run
+from .rundir import BATCHES, complete_lines
+from .shards import read_shards
 
 
 def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[str, Any]:
@@ -46,6 +48,7 @@ def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[s
         "failures_by_code": dict(u.failures_by_code),
         "updated_at": run.updated_at,
         "updated_s_ago": _age(run.updated_at),
+        "batches": _batches(path),
         "resume_command": (
             f"batchrun submit {run.job.get('spec', 'JOB.yaml')}"
             if run.state in ("died", "interrupted", "stopped") and run.rows_pending
@@ -83,9 +86,41 @@ def status_lines(path: Path, prices: Mapping[str, Price] | None = None) -> list[
         lines.append(f"  updated  {_duration(st['updated_s_ago'])} ago")
     if st["state"] == "stopped" and st["reason"]:
         lines.append(f"  stopped  {st['reason']}")
+    batches = st["batches"]
+    for shard in batches[-MAX_BATCHES_SHOWN:]:
+        counts = f"{shard['completed']:,}/{shard['lines']:,} done" + (
+            f", {shard['failed']:,} failed" if shard["failed"] else ""
+        )
+        lines.append(
+            f"  batch    shard {shard['shard']}: {shard['batch_id'] or '(not created yet)'} "
+            f"{shard['status'] or shard['step']}, {counts}"
+        )
+    if len(batches) > MAX_BATCHES_SHOWN:
+        lines.append(f"  batch    ... and {len(batches) - MAX_BATCHES_SHOWN} earlier shard(s); status --json lists all")
     if st["resume_command"]:
         lines.append(f"  resume with: {st['resume_command']}")
     return lines
+
+
+MAX_BATCHES_SHOWN = 8
+
+
+def _batches(path: Path) -> list[dict[str, Any]]:
+    """The batch lane's shards: each one's batch, status and counts as last polled."""
+    shards = read_shards(line for _, line in complete_lines(path / BATCHES))
+    return [
+        {
+            "shard": s.index,
+            "batch_id": s.batch_id,
+            "file_id": s.file_id,
+            "status": s.status,
+            "step": s.next_step,
+            "lines": s.lines,
+            "completed": s.counts.get("completed", 0),
+            "failed": s.counts.get("failed", 0),
+        }
+        for s in sorted(shards.values(), key=lambda s: s.index)
+    ]
 
 
 def _age(iso: str | None) -> float | None:

@@ -152,6 +152,9 @@ def test_cancel_then_resume_keeps_what_was_finished(tmp_path: Path, start_sim: C
     proc.send_signal(signal.SIGTERM)  # the run stops polling; its batch goes on at the provider
     assert proc.wait(20) == 130
     time.sleep(0.5)
+    (shard,) = orjson.loads(cli("status", str(tmp_path / "runs/job"), "--json").stdout)["batches"]
+    assert shard["status"] == "in_progress" and shard["lines"] == 40 and shard["batch_id"].startswith("batch-")
+    assert "  batch    shard 1: batch-" in cli("status", str(tmp_path / "runs/job")).stdout
     cancelled = cli("cancel", str(tmp_path / "runs/job"))
     assert cancelled.exit_code == 0, cancelled.output
     assert "cancel" in cancelled.stdout and "rows already done" in cancelled.stdout
