@@ -29,7 +29,7 @@ from .records import error, record, response
 from .request import BadRow, Request
 from .retry import Verdict, classify, error_details
 from .rundir import BATCHES, SHARDS, RunState, complete_lines
-from .shards import ShardState, ShardWriter, custom_id_row, read_shards, shard_rows
+from .shards import ShardIndex, ShardState, ShardWriter, custom_id_row, read_shards, shard_rows
 from .sources import iter_rows
 from .spec import JobSpec
 from .transport import NO_ANSWER, Http, Network, Reply
@@ -164,20 +164,16 @@ class BatchRun:
         self.checkpoint.append_batch_event({"shard": shard.index, "event": event, **facts})
 
     def _write_shards(self) -> bool:
-        """Cut the pending rows (those in no live shard, within their tries) into new shards; False if none."""
-        live: set[int] = set()
-        for shard in self.shards.values():
-            if shard.next_step not in ("done", "clean"):
-                live.update(
-                    row for row, _, _ in shard_rows(self.checkpoint.path / shard.path.replace(".jsonl", ".rows"))
-                )
+        """Cut the pending rows (within their tries) into new shards; False if there were none."""
+        # called only with no shard out at the provider: every row without a final record is pending
+        assert not any(s.next_step in LIVE for s in self.shards.values())
         done, limit = self.state.done, self.spec.retry.max_attempts
         writer = ShardWriter(
             self.checkpoint.path / SHARDS, self.api, self.spec.endpoint, max(self.shards, default=0) + 1
         )
         written: list[Any] = []
         build = self.prepared.builder.build
-        for raw in iter_rows(self.spec.input, skip=lambda r: r in done or r in live):
+        for raw in iter_rows(self.spec.input, skip=done.__contains__):
             if self.last_row is not None and raw.row > self.last_row:
                 break
             built = build(raw)
@@ -258,32 +254,31 @@ class BatchRun:
         if self._id_of(reply, f"reading batch {shard.batch_id}") is None or not isinstance(reply.body, dict):
             return
         batch = reply.body
-        rows = {row: (custom_id, model) for row, custom_id, model in shard_rows(self._rows_path(shard))}
-        order = list(rows)
+        index = ShardIndex(self._rows_path(shard))
         recorded = 0
         try:
             for file_id in (batch.get("output_file_id"), batch.get("error_file_id")):
                 if isinstance(file_id, str) and file_id:
                     async for line in self.client.lines(file_id):
-                        recorded += self._record_line(line, rows, shard.batch_id)
+                        recorded += self._record_line(line, index, shard.batch_id)
         except (DownloadError, *NO_ANSWER) as exc:
             self.log(f"shard {shard.index}: reading its results failed ({exc}); trying again at the next poll")
+            index.close()
             return
         errors = (batch.get("errors") or {}).get("data") or []
         for item in errors if isinstance(errors, list) else []:
             number = item.get("line") if isinstance(item, dict) else None
-            if isinstance(number, int) and 1 <= number <= len(order) and order[number - 1] not in self.state.done:
-                row = order[number - 1]
-                custom_id, model = rows[row]
+            if isinstance(number, int) and 1 <= number <= len(index):
+                row = index.rows[number - 1]
+                ids = index.ids(row)
+                if ids is None or row in self.state.done:
+                    continue
                 message = f"the batch refused line {number} of {shard.path}: {item.get('message')}"
-                self._commit(
-                    row,
-                    custom_id,
-                    model,
-                    None,
-                    error(str(item.get("code") or "invalid_batch_line"), message, None, self.tries[row]),
-                )
+                code = str(item.get("code") or "invalid_batch_line")
+                self._commit(row, *ids, None, error(code, message, None, self.tries[row]))
                 recorded += 1
+        index.close()
+        rows = index.rows
         resend = sum(1 for row in rows if row not in self.state.done)
         status = str(batch.get("status"))
         codes = (
@@ -311,11 +306,12 @@ class BatchRun:
 
     # --- records -------------------------------------------------------------------------------------------
 
-    def _record_line(self, line: Mapping[str, Any], rows: Mapping[int, tuple[str, str]], batch_id: str) -> int:
+    def _record_line(self, line: Mapping[str, Any], index: ShardIndex, batch_id: str) -> int:
         row = custom_id_row(str(line.get("custom_id")))
-        if row is None or row not in rows or row in self.state.done:
+        ids = index.ids(row) if row is not None and row not in self.state.done else None
+        if row is None or ids is None:
             return 0
-        custom_id, model = rows[row]
+        custom_id, model = ids
         resp = line.get("response") if isinstance(line.get("response"), dict) else None
         status = resp.get("status_code") if resp else None
         body = resp.get("body") if resp else None

@@ -21,6 +21,8 @@ uploaded again, and a batch whose id reached the disk is never created again.
 from __future__ import annotations
 
 import os
+from array import array
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +131,46 @@ class ShardWriter:
         self._rows = open(stem.with_suffix(".rows"), "wb")  # noqa: SIM115
         self._lines = self._bytes = 0
         self._model = model
+
+
+class ShardIndex:
+    """A shard's sidecar, indexed: which row each line is and where its ids are, at 16 bytes a row. Output lines
+    come back in any order; each is looked up by its row (a bisect and one read), never a dict of every id."""
+
+    def __init__(self, rows_path: Path) -> None:
+        self.path = rows_path
+        self.rows: array[int] = array("q")  # in line order (ascending: rows go into a shard in input order)
+        self.offsets: array[int] = array("q")
+        offset = 0
+        with open(rows_path, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break
+                self.rows.append(int(line[1 : line.index(b",")]))
+                self.offsets.append(offset)
+                offset += len(line)
+        if any(a >= b for a, b in zip(self.rows, self.rows[1:], strict=False)):
+            raise ValueError(f"{rows_path}: rows are not in ascending order")
+        self._f = open(rows_path, "rb")  # noqa: SIM115 - closed in close()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __contains__(self, row: int) -> bool:
+        i = bisect_left(self.rows, row)
+        return i < len(self.rows) and self.rows[i] == row
+
+    def ids(self, row: int) -> tuple[str, str] | None:
+        """(custom_id, model) of the row, or None when the shard does not hold it."""
+        i = bisect_left(self.rows, row)
+        if i == len(self.rows) or self.rows[i] != row:
+            return None
+        self._f.seek(self.offsets[i])
+        _, custom_id, model = orjson.loads(self._f.readline())
+        return str(custom_id), str(model)
+
+    def close(self) -> None:
+        self._f.close()
 
 
 def shard_rows(rows_path: Path) -> Iterator[tuple[int, str, str]]:

@@ -13,7 +13,7 @@ import pytest
 
 from batchrun.presets import PRESETS, BatchAPI
 from batchrun.request import Request
-from batchrun.shards import ShardWriter, custom_id_row, read_shards, shard_rows
+from batchrun.shards import ShardIndex, ShardWriter, custom_id_row, read_shards, shard_rows
 
 from .simserver import SimServer
 
@@ -40,6 +40,17 @@ def test_shards_keep_the_line_limit_and_map_lines_back_to_rows(tmp_path: Path) -
     assert lines[0]["body"]["messages"][0]["content"] == "hello 5"
     assert list(shard_rows(shards[1].rows_path)) == [(r, f"id-{r}", "sim-small") for r in range(5, 9)]
     assert sum(s.bytes for s in shards) == sum(s.path.stat().st_size for s in shards)
+
+
+def test_a_shard_index_finds_each_rows_ids_by_its_row(tmp_path: Path) -> None:
+    api = PRESETS["openai"].batch
+    assert api is not None
+    (shard,) = write(tmp_path, api, [request(r) for r in (3, 8, 9, 20, 41)])
+    index = ShardIndex(shard.rows_path)
+    assert list(index.rows) == [3, 8, 9, 20, 41] and len(index) == 5
+    assert index.ids(20) == ("id-20", "sim-small") and index.ids(3) == ("id-3", "sim-small")
+    assert index.ids(4) is None and index.ids(99) is None and 9 in index and 10 not in index
+    index.close()
 
 
 def test_shards_keep_the_byte_limit_and_one_model_per_file(tmp_path: Path) -> None:

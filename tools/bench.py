@@ -112,6 +112,7 @@ def run_client(
     max_tokens: int = 16,
     name: str = "bench",
     mode: str = "sync",
+    extra: dict[str, Any] | None = None,
 ) -> ClientRun:
     spec = {
         "name": name,
@@ -124,6 +125,7 @@ def run_client(
     }
     if limits:
         spec["limits"] = limits
+    spec.update(extra or {})
     job = workdir / f"{name}.yaml"
     job.write_text(yaml.safe_dump(spec))
     proc = subprocess.Popen(
@@ -315,6 +317,55 @@ def bench_async(work: Path, rows: int) -> list[Figure]:
         ),
         Figure("6 async: tasks submitted per row", "1.00", f"{submitted / rows:.2f} ({submitted})", submitted == rows),
     ]
+
+
+def bench_batch(work: Path, big: int, small: int) -> list[Figure]:
+    """The batch lane on the simulator's Batch API: every row once, one upload and one batch per shard, and
+    memory that does not grow with the rows."""
+    figures = []
+    rss = {}
+    for n in (small, big):
+        sim = Simulator("--batch-s", "2", "--latency", "0")
+        try:
+            path = write_prompts(work / f"batch-{n}.jsonl", n, short_prompt)
+            t0 = time.monotonic()
+            run = run_client(
+                work, sim, path, name=f"batch-{n}", mode="batch", extra={"batch": {"poll_s": 0.5, "max_poll_s": 2}}
+            )
+            wall = time.monotonic() - t0
+        finally:
+            sim.close()
+        path.unlink()
+        rss[n] = run.peak_rss_mb
+        shards = math.ceil(n / 50_000)
+        stats, usage = run.stats, run.usage
+        once = usage["rows_succeeded"] == n and stats["billed_twice"] == 0 and stats["billed_requests"] == n
+        figures.append(
+            Figure(
+                f"8 batch lane, {n:,} rows: records, rows billed twice",
+                f"{n:,}, 0",
+                f"{usage['rows_succeeded']:,}, {stats['billed_twice']} ({wall:.1f} s with a 2 s batch)",
+                once,
+            )
+        )
+        figures.append(
+            Figure(
+                f"8 batch lane, {n:,} rows: files uploaded, batches created",
+                f"{shards}, {shards} (one per shard)",
+                f"{stats['files_uploaded']}, {stats['batches_created']}",
+                stats["files_uploaded"] == stats["batches_created"] == shards,
+            )
+        )
+    growth = rss[big] / rss[small] - 1
+    figures.append(
+        Figure(
+            f"8 batch lane peak RSS, {small:,} -> {big:,} rows",
+            "<= 20 % growth",
+            f"{rss[small]:.1f} -> {rss[big]:.1f} MB ({growth:+.1%})",
+            growth <= 0.2,
+        )
+    )
+    return figures
 
 
 def bench_memory(work: Path, big: int, small: int) -> list[Figure]:
@@ -543,6 +594,7 @@ def main(quick: bool, only: str | None) -> None:
         ("5", lambda w: bench_resume(w, 100_000 if q else 1_000_000)),
         ("6", lambda w: bench_async(w, 300 if q else 1200)),
         ("7", lambda w: bench_operations(w, 100_000 if q else 1_000_000)),
+        ("8", lambda w: bench_batch(w, 20_000 if q else 100_000, 2_000 if q else 10_000)),
     ]
     numbers = set(only.split(",")) if only else None
     figures: list[Figure] = []
