@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -58,6 +59,11 @@ class BatchRun:
         preset = PRESETS[self.spec.provider.name]
         assert preset.batch is not None
         self.api, self.errors = preset.batch, preset.errors
+        if self.spec.batch.max_lines is not None:  # the spec may ask for smaller files, never larger ones
+            cap = min(self.spec.batch.max_lines, self.api.max_lines)
+            self.api = dataclasses.replace(
+                self.api, max_lines=cap, max_embedding_lines=min(cap, self.api.lines_for("embeddings"))
+            )
         self.base_url, self.auth = base_url, make_auth(key, self.spec.provider.auth)
         self.shards = read_shards(line for _, line in complete_lines(checkpoint.path / BATCHES))
         self.tries = Tries()  # shards each row has been in, to cap resubmission

@@ -91,6 +91,7 @@ class BatchDesk:
         self._ids = itertools.count(1)
         self.uploads = self.creates = self.cancels = self.deletes = 0
         self.refusals: dict[str, int] = {}  # #sim:batch-tokens lines: batches refused for each so far
+        self.batches_per_file: dict[str, int] = {}  # a client that lost track of its batch makes a second one
 
     def routes(self, app: web.Application) -> None:
         add = app.router
@@ -110,6 +111,7 @@ class BatchDesk:
             "batches_created": self.creates,
             "batches_cancelled": self.cancels,
             "batch_lines_answered": sum(b.done for b in self.batches.values()),
+            "files_with_two_batches": sum(1 for n in self.batches_per_file.values() if n > 1),
         }
 
     def _guard(self, handler: Callable[[web.Request], Awaitable[web.Response]]) -> Callable[..., Any]:
@@ -183,6 +185,7 @@ class BatchDesk:
         if tokens:
             batch.errors = [{"code": "token_limit_exceeded", "line": None, "message": "Enqueued token limit reached"}]
         self.creates += 1
+        self.batches_per_file[source.id] = self.batches_per_file.get(source.id, 0) + 1
         self.batches[batch.id] = batch
         return _ok(self._describe(batch))
 

@@ -102,6 +102,7 @@ class BatchSettings:
     max_poll_s: float = 300.0
     completion_window: str = "24h"
     keep_files: bool = False  # keep the uploaded input files at the provider (Zhipu stores 1,000 at most)
+    max_lines: int | None = None  # fewer lines per file than the provider allows (smaller batches finish sooner)
 
 
 @dataclass(frozen=True)
@@ -440,7 +441,7 @@ def _parse_batch(raw: Any, source: str, mode: str) -> BatchSettings:
         return BatchSettings()
     if mode != "batch":
         raise SpecError(f"{source}: batch: applies to provider.mode: batch only")
-    sec = Section("batch", raw, {"poll_s", "max_poll_s", "completion_window", "keep_files"}, source)
+    sec = Section("batch", raw, {"poll_s", "max_poll_s", "completion_window", "keep_files", "max_lines"}, source)
     d = BatchSettings()
     poll = sec.number("poll_s", d.poll_s) or d.poll_s
     return BatchSettings(
@@ -448,6 +449,7 @@ def _parse_batch(raw: Any, source: str, mode: str) -> BatchSettings:
         max_poll_s=max(poll, sec.number("max_poll_s", d.max_poll_s) or d.max_poll_s),
         completion_window=sec.text("completion_window", d.completion_window) or d.completion_window,
         keep_files=sec.boolean("keep_files", d.keep_files),
+        max_lines=sec.integer("max_lines", None, minimum=1),
     )
 
 

@@ -1,4 +1,4 @@
-"""Short versions of `make torture` (crash, faults, full disk, SIGTERM, bad input), and a property test of
+"""Short versions of `make torture` (crash, the batch lane, faults, full disk, SIGTERM, bad input), and a property test of
 resume planning. Each suite checks its own invariants and greps its run directory and logs for the key."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from batchrun.spec import InputSpec
 from tools.torture import (
     Outcome,
     bad_input_suite,
+    batch_torture,
     crash_torture,
     disk_full,
     fault_suite,
@@ -49,6 +50,12 @@ def test_crash_torture_async(tmp_path: Path) -> None:
     out = crash_torture(tmp_path, rows=400, kills=2, mode="async", seed=12)
     assert_survived(out)
     assert out.kills >= 1 and out.resubmitted_tasks == 0
+
+
+def test_crash_torture_batch_lane(tmp_path: Path) -> None:
+    out = batch_torture(tmp_path, rows=600, kills=3, seed=13, lines=100)
+    assert_survived(out)
+    assert out.kills >= 1
 
 
 def test_staged_faults(tmp_path: Path) -> None:

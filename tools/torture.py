@@ -183,6 +183,57 @@ def crash_torture(work: Path, rows: int, kills: int, *, mode: str = "sync", seed
     return finish(out, run_dir, rows, key, log)
 
 
+def batch_torture(work: Path, rows: int, kills: int, *, seed: int = 1, lines: int = 2000) -> Outcome:
+    """The batch lane killed with SIGKILL at random moments (writing shards, uploading, creating, polling,
+    harvesting) and resumed each time: every row once, and no file uploaded or batch created again for a shard
+    whose file id or batch id reached the disk."""
+    rng = random.Random(seed)
+    name = "crash-batch"
+    out = Outcome("crash torture, batch lane", rows=rows)
+    log = work / f"{name}.log"
+    run_dir = work / "runs" / name
+    with provider("--batch-s", "3.0", "--seed", str(seed)) as (key, sim):
+        job = job_spec(
+            work,
+            name,
+            sim.url,
+            write_prompts(work / f"{name}.jsonl", rows, _prompt),
+            mode="batch",
+            batch={"poll_s": 0.1, "max_poll_s": 0.5, "max_lines": lines},
+        )
+        while out.kills < kills:
+            proc = start_submit(job, key, log)
+            time.sleep(rng.uniform(0.05, 1.2))  # early kills land in writing, uploading and creating
+            if proc.poll() is not None:
+                break
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+            out.kills += 1
+        final = start_submit(job, key, log)
+        if final.wait(600) not in (0, 3):
+            out.problems.append(f"the final resume exited {final.returncode}; see {log}")
+        stats = sim.stats()
+    events = [orjson.loads(line) for line in (run_dir / "batches.jsonl").read_bytes().splitlines()]
+    per_shard: Counter[tuple[int, str]] = Counter((e["shard"], e["event"]) for e in events)
+    twice = {kind: sum(1 for (_, k), n in per_shard.items() if k == kind and n > 1) for kind in ("uploaded", "created")}
+    if twice["uploaded"] or twice["created"]:
+        out.problems.append(
+            f"shards uploaded again after their file id was on disk: {twice['uploaded']}, "
+            f"batches created again after their id was on disk: {twice['created']}"
+        )
+    if stats["files_with_two_batches"]:
+        out.problems.append(f"{stats['files_with_two_batches']} uploaded files got a second batch")
+    shards = len({e["shard"] for e in events})
+    out.extra_bills = int(stats["billed_requests"]) - int(stats["billed_prompts"])
+    out.bill_bound = out.kills * lines  # a kill after a batch was created but before its id reached the disk
+    out.notes.append(
+        f"{shards} shards; the provider saw {stats['files_uploaded']} uploads and {stats['batches_created']} batches "
+        f"(a kill mid-upload or mid-create may leave one the run never learnt of); {out.extra_bills} rows billed "
+        "again"
+    )
+    return finish(out, run_dir, rows, key, log)
+
+
 def _prompt(i: int) -> str:
     return f"torture question {i}: summarise this row in a few words"
 
@@ -450,6 +501,7 @@ def main(rows: int, kills: int, seed: int | None) -> None:
         for suite in (
             lambda w: crash_torture(w, rows, kills, seed=seed),
             lambda w: crash_torture(w, rows, kills, mode="async", seed=seed + 1),
+            lambda w: batch_torture(w, rows, kills, seed=seed + 2),
             fault_suite,
             disk_full,
             sigterm_storm,
