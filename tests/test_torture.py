@@ -1,5 +1,5 @@
-"""Short versions of `make torture` (crash, the batch lane, faults, full disk, SIGTERM, bad input), and a property test of
-resume planning. Each suite checks its own invariants and greps its run directory and logs for the key."""
+"""Short versions of `make torture` (crash, the batch lane, faults, full disk, SIGTERM, bad input), and a property
+test of resume planning. Each suite checks its own invariants and greps its run directory and logs for the key."""
 
 from __future__ import annotations
 
