@@ -53,7 +53,7 @@ def test_crash_torture_async(tmp_path: Path) -> None:
 
 
 def test_crash_torture_batch_lane(tmp_path: Path) -> None:
-    out = batch_torture(tmp_path, rows=600, kills=3, seed=13, lines=100)
+    out = batch_torture(tmp_path, rows=600, kills=3, seed=13, lines=100, batch_s=1.5)
     assert_survived(out)
     assert out.kills >= 1
 

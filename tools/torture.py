@@ -183,7 +183,9 @@ def crash_torture(work: Path, rows: int, kills: int, *, mode: str = "sync", seed
     return finish(out, run_dir, rows, key, log)
 
 
-def batch_torture(work: Path, rows: int, kills: int, *, seed: int = 1, lines: int = 2000) -> Outcome:
+def batch_torture(
+    work: Path, rows: int, kills: int, *, seed: int = 1, lines: int = 2000, batch_s: float = 8.0
+) -> Outcome:
     """The batch lane killed with SIGKILL at random moments (writing shards, uploading, creating, polling,
     harvesting) and resumed each time: every row once, and no file uploaded or batch created again for a shard
     whose file id or batch id reached the disk."""
@@ -192,7 +194,7 @@ def batch_torture(work: Path, rows: int, kills: int, *, seed: int = 1, lines: in
     out = Outcome("crash torture, batch lane", rows=rows)
     log = work / f"{name}.log"
     run_dir = work / "runs" / name
-    with provider("--batch-s", "3.0", "--seed", str(seed)) as (key, sim):
+    with provider("--batch-s", str(batch_s), "--seed", str(seed)) as (key, sim):
         job = job_spec(
             work,
             name,
