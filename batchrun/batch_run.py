@@ -65,6 +65,7 @@ class BatchRun:
                 self.api, max_lines=cap, max_embedding_lines=min(cap, self.api.lines_for("embeddings"))
             )
         self.base_url, self.auth = base_url, make_auth(key, self.spec.provider.auth)
+        self.line_url = self.spec.batch.line_url or self.api.line_url(self.spec.endpoint)
         self.shards = read_shards(line for _, line in complete_lines(checkpoint.path / BATCHES))
         self.tries = Tries()  # shards each row has been in, to cap resubmission
         self.held = 0  # rows in batches at the provider (the `tasks out` of the progress line)
@@ -174,9 +175,8 @@ class BatchRun:
         # called only with no shard out at the provider: every row without a final record is pending
         assert not any(s.next_step in LIVE for s in self.shards.values())
         done, limit = self.state.done, self.spec.retry.max_attempts
-        writer = ShardWriter(
-            self.checkpoint.path / SHARDS, self.api, self.spec.endpoint, max(self.shards, default=0) + 1
-        )
+        first = max(self.shards, default=0) + 1
+        writer = ShardWriter(self.checkpoint.path / SHARDS, self.api, self.spec.endpoint, first, self.line_url)
         written: list[Any] = []
         build = self.prepared.builder.build
         for raw in iter_rows(self.spec.input, skip=done.__contains__):
@@ -233,7 +233,7 @@ class BatchRun:
         assert shard.file_id is not None
         metadata = {"batchrun_job": self.spec.name, "shard": str(shard.index)}
         reply = await self.client.create(
-            shard.file_id, self.api.line_url(self.spec.endpoint), self.spec.batch.completion_window, metadata
+            shard.file_id, self.line_url, self.spec.batch.completion_window, metadata, dict(self.api.create_extra)
         )
         batch_id = self._id_of(reply, f"creating the batch of shard {shard.index}")
         if batch_id is not None:

@@ -40,6 +40,7 @@ class BatchAPI:
     one_model_per_file: bool = False
     price_share: float = 0.5  # batch price / online price
     source: str = ""  # where the figures come from, and when
+    create_extra: tuple[tuple[str, object], ...] = ()  # fields the provider's create call takes beyond OpenAI's
 
     def line_url(self, endpoint: Endpoint) -> str:
         return self.line_prefix + ENDPOINT_URLS[endpoint]
@@ -80,6 +81,7 @@ BATCH_APIS: dict[str, BatchAPI] = {
         max_embedding_lines=10_000,
         endpoints=("chat", "embeddings"),
         one_model_per_file=True,
+        create_extra=(("auto_delete_input_file", True),),
         source="bigmodel.cn Batch API (50,000 lines, 100 MB, embeddings 10,000; one model per file; 50 % off), 2025",
     ),
     "dashscope": BatchAPI(

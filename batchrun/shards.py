@@ -68,9 +68,11 @@ class ShardWriter:
     """Writes requests as Batch API lines into shard files, starting a new shard before a line would break the
     provider's limits (lines, bytes, one model per file)."""
 
-    def __init__(self, folder: Path, api: BatchAPI, endpoint: Endpoint, first_index: int = 1) -> None:
+    def __init__(
+        self, folder: Path, api: BatchAPI, endpoint: Endpoint, first_index: int = 1, url: str | None = None
+    ) -> None:
         self.folder, self.api, self.endpoint = folder, api, endpoint
-        self.url = api.line_url(endpoint).encode()
+        self.url = (url or api.line_url(endpoint)).encode()
         self.max_lines = api.lines_for(endpoint)
         self.index = first_index - 1
         self._file: Any = None

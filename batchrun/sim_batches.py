@@ -31,7 +31,13 @@ from .sim_answers import DIRECTIVE, error_body, prompt_texts
 # (kind, body) -> (status, answer body): one request answered as the online endpoint would, and billed
 Answer = Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]]]
 Auth = Callable[[web.Request], web.Response | None]
-KINDS = {"/chat/completions": "chat", "/completions": "completions", "/embeddings": "embeddings"}
+# DashScope's free test endpoint takes chat bodies: `batch-test-model` at /v1/chat/ds-test
+KINDS = {
+    "/chat/completions": "chat",
+    "/chat/ds-test": "chat",
+    "/completions": "completions",
+    "/embeddings": "embeddings",
+}
 FINAL = ("completed", "failed", "expired", "cancelled")
 # a file's requests, its validation errors, the share of lines after which it expires, whether tokens are refused
 Reading = tuple[list[dict[str, Any]], list[dict[str, Any]], float | None, bool]
@@ -78,6 +84,7 @@ class SimBatch:
     output_file_id: str | None = None
     error_file_id: str | None = None
     finished_at: int | None = None
+    auto_delete: bool = False  # Zhipu's auto_delete_input_file: the input file goes when the batch ends
 
 
 class BatchDesk:
@@ -182,6 +189,7 @@ class BatchDesk:
             errors,
             expire,
         )
+        batch.auto_delete = body.get("auto_delete_input_file") is True
         if tokens:
             batch.errors = [{"code": "token_limit_exceeded", "line": None, "message": "Enqueued token limit reached"}]
         self.creates += 1
@@ -302,6 +310,8 @@ class BatchDesk:
 
     def _finish(self, batch: SimBatch, status: str) -> None:
         batch.status, batch.finished_at = status, int(time.time())
+        if batch.auto_delete and self.files.pop(batch.input_file_id, None) is not None:
+            self.deletes += 1
         if batch.output:
             out = SimFile(self._id("file"), f"{batch.id}_output.jsonl", "batch_output", b"".join(batch.output), 0)
             self.files[out.id], batch.output_file_id = out, out.id

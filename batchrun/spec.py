@@ -103,6 +103,7 @@ class BatchSettings:
     completion_window: str = "24h"
     keep_files: bool = False  # keep the uploaded input files at the provider (Zhipu stores 1,000 at most)
     max_lines: int | None = None  # fewer lines per file than the provider allows (smaller batches finish sooner)
+    line_url: str | None = None  # each line's url and the batch's endpoint, when not the endpoint's own
 
 
 @dataclass(frozen=True)
@@ -441,7 +442,12 @@ def _parse_batch(raw: Any, source: str, mode: str) -> BatchSettings:
         return BatchSettings()
     if mode != "batch":
         raise SpecError(f"{source}: batch: applies to provider.mode: batch only")
-    sec = Section("batch", raw, {"poll_s", "max_poll_s", "completion_window", "keep_files", "max_lines"}, source)
+    sec = Section(
+        "batch", raw, {"poll_s", "max_poll_s", "completion_window", "keep_files", "max_lines", "line_url"}, source
+    )
+    line_url = sec.text("line_url")
+    if line_url is not None and not line_url.startswith("/"):
+        raise sec.fail("line_url", f"must be a path such as /v1/chat/ds-test, got {line_url!r}")
     d = BatchSettings()
     poll = sec.number("poll_s", d.poll_s) or d.poll_s
     return BatchSettings(
@@ -450,6 +456,7 @@ def _parse_batch(raw: Any, source: str, mode: str) -> BatchSettings:
         completion_window=sec.text("completion_window", d.completion_window) or d.completion_window,
         keep_files=sec.boolean("keep_files", d.keep_files),
         max_lines=sec.integer("max_lines", None, minimum=1),
+        line_url=line_url,
     )
 
 

@@ -165,3 +165,26 @@ def test_cancel_then_resume_keeps_what_was_finished(tmp_path: Path, start_sim: C
     stats = sim.stats()
     assert stats["batches_created"] == 2 and stats["billed_twice"] == 0 and stats["billed_requests"] == 40
     assert "no batch of this run is still going" in cli("cancel", str(tmp_path / "runs/job")).stdout
+
+
+def test_the_dashscope_batch_test_job_runs_on_the_simulator(
+    tmp_path: Path, start_sim: Callable[..., SimServer]
+) -> None:
+    """jobs/dashscope-batch-test.yaml as a user runs it, pointed at the simulator: the dashscope preset's Batch
+    API, batch-test-model's own line url, 100 lines a file."""
+    import yaml
+
+    sim = start_sim(batch_s=0.3)
+    repo = Path(__file__).parent.parent
+    spec = yaml.safe_load((repo / "jobs/dashscope-batch-test.yaml").read_text(encoding="utf-8"))
+    spec["input"]["path"] = str(repo / "sample_data/news.jsonl")
+    spec["provider"]["base_url"] = sim.base_url
+    spec["batch"].update(FAST)
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
+    result = submit(job, env={"DASHSCOPE_API_KEY": "sk-test-dashscope"})
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "dashscope-batch-test"
+    assert len(read_jsonl(run / "results.jsonl")) == 300 and sim.stats()["batches_created"] == 3
+    shard = (run / "shards/shard-00001.jsonl").read_bytes().splitlines()
+    assert len(shard) == 100 and orjson.loads(shard[0])["url"] == "/v1/chat/ds-test"

@@ -49,8 +49,16 @@ class BatchAPIClient:
         except NO_ANSWER as exc:
             return no_answer(exc, start)
 
-    async def create(self, file_id: str, endpoint: str, window: str, metadata: dict[str, str]) -> Reply:
-        body = {"input_file_id": file_id, "endpoint": endpoint, "completion_window": window, "metadata": metadata}
+    async def create(
+        self, file_id: str, endpoint: str, window: str, metadata: dict[str, str], extra: dict[str, Any] | None = None
+    ) -> Reply:
+        body = {
+            "input_file_id": file_id,
+            "endpoint": endpoint,
+            "completion_window": window,
+            "metadata": metadata,
+            **(extra or {}),
+        }
         return await fetch_json(
             self.http, "POST", f"{self.base}/batches", self.headers(), self.timeout, orjson.dumps(body)
         )
