@@ -56,6 +56,7 @@ class BatchRun:
         self.spec, self.prepared, self.checkpoint, self.state = prepared.spec, prepared, checkpoint, state
         self.progress, self.log, self.last_row = progress, log, last_row
         self.ledger = Ledger(prepared, checkpoint, state, progress)
+        progress.tasks_label = "rows in batches"
         preset = PRESETS[self.spec.provider.name]
         assert preset.batch is not None
         self.api, self.errors = preset.batch, preset.errors

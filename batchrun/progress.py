@@ -43,7 +43,8 @@ class Progress:
         self.rate_limited = 0
         self.requests = 0
         self.tokens = 0
-        self.tasks: int | None = None  # async mode: tasks submitted and not yet collected
+        self.tasks: int | None = None  # async mode: tasks submitted and not yet collected; batch mode: rows out
+        self.tasks_label = "tasks out"
         self.clock = clock
         self._start = clock()
         self._done_at_start = done
@@ -87,7 +88,7 @@ class Progress:
         elapsed = max(1e-6, self.clock() - self._start)
         parts = [f"{self.failed:,} failed"] if self.failed else []
         if self.tasks is not None:
-            parts.append(f"{self.tasks:,} tasks out")
+            parts.append(f"{self.tasks:,} {self.tasks_label}")
         parts += [
             f"{self.requests / elapsed:,.1f} req/s",
             f"{self.rate_limited:,} 429s",

@@ -245,7 +245,7 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path, sim: SimServer
         red = sum(p[0] > 150 and p[1] < 110 and p[2] < 110 for p in pixels)  # p50/p90/p99 and session marks
         assert len(blue) > 500 and red > 50, "the charts did not render"
         spans.append(max(blue) - min(blue))
-    assert spans[1] > 1.4 * spans[0]
+    assert spans[1] > 1.2 * spans[0]  # fixed-width charts would draw the same span at both widths
 
 
 def screenshot(page: Path, shot: Path, width: int) -> None:
