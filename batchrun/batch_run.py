@@ -37,6 +37,7 @@ from .transport import NO_ANSWER, Http, Network, Reply
 
 NOT_FINISHED = "batch_unfinished"
 LIVE = ("upload", "create", "poll", "harvest")  # steps that wait on the provider: the shard's rows are out
+REFUSED = frozenset({400, 405, 413, 415, 422})  # an upload or create refused for what it is, not for now
 
 
 class BatchRun:
@@ -377,6 +378,12 @@ class BatchRun:
         if reply.status == 404 and what.startswith(("upload", "creating")):
             raise FatalProviderError(
                 f"{what}: HTTP 404 at {self.base_url}: this base URL has no Batch API; check provider.base_url"
+            )
+        if reply.status in REFUSED and what.startswith(("upload", "creating")):
+            code, message = error_details(reply.body)
+            raise FatalProviderError(
+                f"{what}: HTTP {reply.status} ({code}: {message}): the provider refuses it as it is, and asking again "
+                "would not change that; nothing was recorded, so the same command resumes once it is fixed"
             )
         detail = reply.error or f"HTTP {reply.status}: {error_details(reply.body)[1]}"
         self.log(f"{what}: {detail}; trying again at the next poll")

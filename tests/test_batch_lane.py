@@ -19,9 +19,11 @@ from .test_outside import BatchOutputLine
 FAST = {"poll_s": 0.05, "max_poll_s": 0.2}
 
 
-def batch_job(tmp_path: Path, sim: SimServer, rows: list[dict[str, Any]], **extra: Any) -> Path:
+def batch_job(
+    tmp_path: Path, sim: SimServer, rows: list[dict[str, Any]], batch: dict[str, Any] | None = None, **extra: Any
+) -> Path:
     provider = {"name": "simulated", "base_url": sim.base_url, "mode": "batch"}
-    return make_job(tmp_path, sim.base_url, rows, provider=provider, batch=FAST, **extra)
+    return make_job(tmp_path, sim.base_url, rows, provider=provider, batch={**FAST, **(batch or {})}, **extra)
 
 
 def records(tmp_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -188,3 +190,14 @@ def test_the_dashscope_batch_test_job_runs_on_the_simulator(
     assert len(read_jsonl(run / "results.jsonl")) == 300 and sim.stats()["batches_created"] == 3
     shard = (run / "shards/shard-00001.jsonl").read_bytes().splitlines()
     assert len(shard) == 100 and orjson.loads(shard[0])["url"] == "/v1/chat/ds-test"
+
+
+def test_a_batch_the_provider_refuses_as_it_is_stops_the_run(
+    tmp_path: Path, start_sim: Callable[..., SimServer]
+) -> None:
+    sim = start_sim(batch_s=0.2)
+    rows = [{"id": i, "prompt": f"q{i}"} for i in range(5)]
+    result = submit(batch_job(tmp_path, sim, rows, batch={"line_url": "/v1/chat/unknown"}))
+    assert result.exit_code == 1, result.output
+    assert "HTTP 400" in result.output and "unsupported endpoint" in result.output
+    assert records(tmp_path) == ([], []) and sim.stats()["batches_created"] == 0
