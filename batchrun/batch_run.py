@@ -70,7 +70,7 @@ class BatchRun:
         self.line_url = self.spec.batch.line_url or self.api.line_url(self.spec.endpoint)
         self.shards = read_shards(line for _, line in complete_lines(checkpoint.path / BATCHES))
         self.tries = Tries()  # shards each row has been in, to cap resubmission
-        self.held = 0  # rows in batches at the provider (the `tasks out` of the progress line)
+        self.held = 0  # rows in batches at the provider (the progress line's `rows in batches`)
         self.stopping: RunState | None = None
         self.reason: str | None = None
         self.error: BatchrunError | None = None
