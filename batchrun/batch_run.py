@@ -30,7 +30,15 @@ from .records import error, record, response
 from .request import BadRow, Request
 from .retry import Verdict, classify, error_details
 from .rundir import BATCHES, SHARDS, RunState, complete_lines
-from .shards import ShardIndex, ShardState, ShardWriter, custom_id_row, read_shards, shard_rows
+from .shards import (
+    FINAL_STATUSES,
+    ShardIndex,
+    ShardState,
+    ShardWriter,
+    custom_id_row,
+    read_shards,
+    shard_rows,
+)
 from .sources import iter_rows
 from .spec import JobSpec
 from .transport import NO_ANSWER, Http, Network, Reply
@@ -77,6 +85,12 @@ class BatchRun:
         self.crash: Exception | None = None
         self._wake = asyncio.Event()
         self.hold_off = 0.0  # monotonic time before which no new batch is made (the provider's queue is full)
+        deadline = self.spec.batch.deadline_s
+        self.deadline = time.monotonic() + deadline if deadline is not None else None
+        self.past_deadline = False
+        # rows a batch did not finish go online (the session runs them once this loop is done) rather than into
+        # a new batch: with batch.fallback: online, and for everything once the deadline has passed
+        self.online_after = self.spec.batch.fallback == "online"
 
     # --- what the session calls ------------------------------------------------------------------------
 
@@ -125,12 +139,19 @@ class BatchRun:
     def lane(self) -> BatchRun:  # the session asks its lane how much is still out
         return self
 
+    @property
+    def leaves_rows_online(self) -> bool:
+        """Whether rows left pending at the end go through the online lane (batch.fallback, the deadline)."""
+        return self.online_after or self.past_deadline
+
     # --- the loop ------------------------------------------------------------------------------------------
 
     async def _loop(self) -> None:
         self._count_tries()
         delay = self.spec.batch.poll_s
         while not self.stopping:
+            if self.deadline is not None and not self.past_deadline and time.monotonic() >= self.deadline:
+                await self._pass_deadline()
             progressed = await self._advance_all()
             if self.stopping:
                 return
@@ -188,6 +209,8 @@ class BatchRun:
             if isinstance(built, BadRow):
                 self.ledger.record_bad(built)
                 continue
+            if self.past_deadline or (self.online_after and self.tries[built.row]):
+                continue  # left pending: the online lane takes it once the batches are done
             if self.tries[built.row] >= limit:
                 self._fail_row(built, NOT_FINISHED, f"no batch finished this row in {limit} shards", None)
                 continue
@@ -214,6 +237,19 @@ class BatchRun:
 
     def _rows_path(self, shard: ShardState) -> Path:
         return self.checkpoint.path / shard.path.replace(".jsonl", ".rows")
+
+    async def _pass_deadline(self) -> None:
+        """batch.deadline_s has passed: cancel the batches still going (what they finished is harvested), make no
+        new ones, and leave the rest to the online lane."""
+        self.past_deadline = True
+        live = [s for s in self.shards.values() if s.next_step in LIVE]
+        self.log(f"batch.deadline_s passed: cancelling {len(live)} batch(es); the rows they did not finish go online")
+        for shard in live:
+            if shard.batch_id is not None and shard.status not in FINAL_STATUSES:
+                await self.client.cancel(shard.batch_id)
+            elif shard.batch_id is None:  # never created: nothing at the provider to wait for
+                self._event(shard, "harvested", status="not_sent", recorded=0, resend=shard.lines)
+                shard.harvested, shard.status = True, "not_sent"
 
     def _count_tries(self) -> None:
         for shard in self.shards.values():

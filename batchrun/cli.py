@@ -19,7 +19,7 @@ import orjson
 
 from . import __version__
 from .errors import BatchrunError, SpecError
-from .job import display_path, job_of_run, lane_share, prepare
+from .job import batch_share, display_path, job_of_run, prepare
 from .presets import PRESETS
 from .pricing import Prices, load_prices
 from .rundir import RunState
@@ -218,7 +218,7 @@ def estimate_cmd(job: str, output_share: float, prices: str | None) -> None:
     from .pricing import Prices
 
     prepared = prepare(load_spec(job))
-    table = Prices({**prepared.spec.pricing, **(load_prices(prices) if prices else {})})
+    table = Prices({**prepared.spec.pricing, **(load_prices(prices) if prices else {})}, batch_share(prepared.spec))
     click.echo("\n".join(estimate_lines(prepared, estimate(prepared), table, output_share)))
 
 
@@ -421,7 +421,7 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
     out = spec.output_dir
     rel = display_path(out)
     rate = outcome.rows_this_session / outcome.elapsed_s if outcome.elapsed_s > 0 else 0.0
-    cost = Prices(spec.pricing, lane_share(spec)).spent_line(u.models)
+    cost = Prices(spec.pricing, batch_share(spec)).spent_line(u.models)
     lines = [
         f"{spec.name}: {outcome.state.value.replace('_', ' ')}: {u.rows_succeeded:,} succeeded, {u.rows_failed:,} "
         f"failed, {outcome.rows_pending:,} pending of {outcome.rows_total:,} rows",

@@ -38,11 +38,11 @@ def estimate(prepared: Prepared) -> Estimate:
     )
 
 
-def cost_ranges(est: Estimate, prices: Prices, share: float) -> dict[str, tuple[float, float]]:
-    """(typical, at max_tokens) cost per currency, each model at its own price."""
+def cost_ranges(est: Estimate, prices: Prices, share: float, batch: bool = False) -> dict[str, tuple[float, float]]:
+    """(typical, at max_tokens) cost per currency, each model at its own price (its Batch API price if `batch`)."""
     out: dict[str, tuple[float, float]] = {}
     for model, load in est.models.items():
-        price = prices.get(model)
+        price = prices.batch(model) if batch else prices.get(model)
         if price is not None:
             a, b = cost_range(price, load.prompt_tokens, round(load.max_output_tokens * share), load.max_output_tokens)
             low, high = out.get(price.currency, (0.0, 0.0))
@@ -50,18 +50,18 @@ def cost_ranges(est: Estimate, prices: Prices, share: float) -> dict[str, tuple[
     return out
 
 
-def cost_lines(est: Estimate, prices: Prices, share: float, label: str = "cost") -> list[str]:
+def cost_lines(est: Estimate, prices: Prices, share: float, label: str = "cost", batch: bool = False) -> list[str]:
     """The cost range per currency, each model at its own price (a Batch API line may name its own model)."""
     priced: list[str] = []
     unpriced: list[str] = []
     for model, load in sorted(est.models.items(), key=lambda kv: -kv[1].rows):
-        price = prices.get(model)
+        price = prices.batch(model) if batch else prices.get(model)
         if price is None:
             unpriced.append(model)
             continue
         rows = f" ({load.rows:,} rows)" if len(est.models) > 1 else ""
         priced.append(f"                 {model}{rows} at {price.describe()}")
-    ranges = cost_ranges(est, prices, share)
+    ranges = cost_ranges(est, prices, share, batch)
     lines = [
         f"  {label:<15}{lo:,.4f} to {hi:,.4f} {c} (typical to max_tokens)" for c, (lo, hi) in sorted(ranges.items())
     ]
@@ -104,14 +104,14 @@ def estimate_lines(prepared: Prepared, est: Estimate, prices: Prices, share: flo
         )
     api = PRESETS[spec.provider.name].batch
     if spec.provider.mode == "batch" and api is not None:
-        lines += cost_lines(est, Prices(prices.table, api.price_share), share, "cost (batch)")
+        lines += cost_lines(est, prices, share, "cost (batch)", batch=True)
         lines.append(f"  online         {_ranges(cost_ranges(est, prices, share))} for the same rows in mode sync")
     else:
         lines += cost_lines(est, prices, share)
         if api is not None and spec.endpoint in api.endpoints:
-            batch = cost_ranges(est, Prices(prices.table, api.price_share), share)
+            batch = cost_ranges(est, prices, share, batch=True)
             lines.append(
-                f"  batch          {_ranges(batch)} with provider.mode: batch ({api.price_share:.0%} of online, "
+                f"  batch          {_ranges(batch)} with provider.mode: batch ({prices.batch_share:.0%} of online, "
                 "answers within 24 h)"
             )
     if spec.provider.mode == "batch":

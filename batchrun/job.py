@@ -110,10 +110,10 @@ def api_key(preset_name: str, env: str) -> str | None:
     return key
 
 
-def lane_share(spec: JobSpec) -> float:
-    """What the job's answers cost as a share of the online price: the Batch API's discount in mode batch."""
+def batch_share(spec: JobSpec) -> float:
+    """The provider's Batch API price as a share of its online price (answers with a batch_id cost this)."""
     api = PRESETS[spec.provider.name].batch
-    return api.price_share if spec.provider.mode == "batch" and api is not None else 1.0
+    return api.price_share if api is not None else 1.0
 
 
 def refuse_plain_http(base_url: str, key: str | None, allowed: bool) -> None:

@@ -64,6 +64,8 @@ BUILT_IN: dict[str, Price] = {
 class Tokens(Protocol):
     prompt_tokens: int
     completion_tokens: int
+    batch_prompt_tokens: int  # of those, the tokens a Batch API answered (billed at its price)
+    batch_completion_tokens: int
 
 
 def money(value: float | None, currency: str = "") -> str:
@@ -75,28 +77,38 @@ def money(value: float | None, currency: str = "") -> str:
 class Prices:
     """Looks a model's price up: overrides first, then the built-in table; names compare case-insensitively."""
 
-    def __init__(self, overrides: Mapping[str, Price] | None = None, share: float = 1.0) -> None:
+    def __init__(self, overrides: Mapping[str, Price] | None = None, batch_share: float = 0.5) -> None:
         self.table = {k.lower(): v for k, v in BUILT_IN.items()}
         self.table.update({k.lower(): v for k, v in (overrides or {}).items()})
-        self.share = share  # the batch lane's price, as a share of the online price (1: online)
+        self.batch_share = batch_share  # the provider's Batch API price, as a share of its online price
 
     def get(self, model: str) -> Price | None:
-        price = self.table.get(model.lower())
-        return price.scaled(self.share) if price is not None else None
+        return self.table.get(model.lower())
+
+    def batch(self, model: str) -> Price | None:
+        """The model's price through the provider's Batch API."""
+        price = self.get(model)
+        return price.scaled(self.batch_share) if price is not None else None
+
+    def cost(self, model: str, tokens: Tokens) -> float | None:
+        """What the tokens cost: those a Batch API answered at its price, the rest online (None: no price)."""
+        price, batch = self.get(model), self.batch(model)
+        if price is None or batch is None:
+            return None
+        bp, bc = tokens.batch_prompt_tokens, tokens.batch_completion_tokens
+        return price.cost(tokens.prompt_tokens - bp, tokens.completion_tokens - bc) + batch.cost(bp, bc)
 
     def spent(self, models: Mapping[str, Tokens]) -> tuple[dict[str, float], list[str]]:
         """Cost per currency (CNY and USD never added together), and the models with tokens but no price."""
         costs: dict[str, float] = {}
         missing = []
         for name, m in models.items():
-            price = self.get(name)
-            if price is None:
+            price, cost = self.get(name), self.cost(name, m)
+            if price is None or cost is None:
                 if m.prompt_tokens or m.completion_tokens:
                     missing.append(name)
             else:
-                costs[price.currency] = costs.get(price.currency, 0.0) + price.cost(
-                    m.prompt_tokens, m.completion_tokens
-                )
+                costs[price.currency] = costs.get(price.currency, 0.0) + cost
         return costs, missing
 
     def spent_line(self, models: Mapping[str, Tokens]) -> str:

@@ -43,7 +43,7 @@ class RunData:
     rate: float | None  # rows/s over the last half minute, as the running process saw it
     prices: dict[str, Price]  # the job's own pricing block
     reason: str | None = None  # why the run stopped early, as its manifest says
-    price_share: float = 1.0  # the batch lane's price as a share of the online price
+    batch_share: float = 1.0  # the provider's Batch API price as a share of its online price
     latencies: Counter[float] = field(default_factory=Counter)  # exact: records round them to 0.1 ms
     completed: list[array[float]] = field(default_factory=list)  # epoch seconds, one array per record file
 
@@ -75,7 +75,7 @@ def read_run(path: Path, *, records: bool = True) -> RunData:
         saved.get("rate_rows_per_s"),
         parse_prices(run.job.get("pricing") or {}, f"{run.path}/{MANIFEST}", "job.pricing."),
         run.manifest.get("reason") if isinstance(run.manifest.get("reason"), str) else None,
-        run.price_share,
+        run.batch_share,
     )
     for name in RECORD_FILES:
         covered = covers[name] if covers else 0
@@ -107,11 +107,9 @@ class ModelCost:
     requests: int
     prompt_tokens: int
     completion_tokens: int
-    price: Price | None
-
-    @property
-    def cost(self) -> float | None:
-        return None if self.price is None else self.price.cost(self.prompt_tokens, self.completion_tokens)
+    price: Price | None  # online
+    cost: float | None  # tokens a Batch API answered at its price, the rest at `price`
+    online_cost: float | None  # the same tokens at the online price
 
 
 @dataclass
@@ -124,15 +122,27 @@ class Report:
     latency: dict[str, float | None]  # p50, p90, p99 in seconds
     series: RateSeries
     latencies: list[tuple[float, int]]  # (latency, rows), ordered by latency (the histogram)
-    price_share: float = 1.0  # the batch lane: prices are this share of online
-    saved: dict[str, float] = field(default_factory=dict)  # the batch lane: what the same tokens cost online, less
+    batch_share: float = 1.0  # the Batch API's price as a share of online, for answers with a batch_id
+    batch_tokens: int = 0  # tokens answered through a Batch API
+
+    @property
+    def saved(self) -> dict[str, float]:
+        """What the Batch API's answers would have cost more online, per currency."""
+        out: dict[str, float] = {}
+        for m in self.models:
+            if m.price is not None and m.cost is not None and m.online_cost is not None and m.online_cost > m.cost:
+                out[m.price.currency] = out.get(m.price.currency, 0.0) + m.online_cost - m.cost
+        return out
 
     @property
     def lane(self) -> str:
-        lanes = {str((r.job.get("provider") or {}).get("mode") or "sync") for r in self.runs}
-        if lanes == {"batch"}:
-            return f"batch (Batch API prices: {self.price_share:.0%} of online)"
-        return "mixed: batch and online runs, all priced online" if "batch" in lanes else "online"
+        total = self.usage.prompt_tokens + self.usage.completion_tokens
+        if not self.batch_tokens:
+            return "online"
+        share = f"Batch API prices: {self.batch_share:.0%} of online"
+        if self.batch_tokens >= total:
+            return f"batch ({share})"
+        return f"batch and online ({self.batch_tokens / total:.0%} of tokens through the Batch API at its prices)"
 
     @property
     def rows_pending(self) -> int:
@@ -162,12 +172,20 @@ def build_report(paths: Iterable[Path], prices: Mapping[str, Price] | None = Non
     usage = Usage()
     for run in runs:
         usage.merge(run.usage)
-    shares = {run.price_share for run in runs}
-    share = shares.pop() if len(shares) == 1 else 1.0  # runs of both lanes summed: online prices, said so
+    share = min((run.batch_share for run in runs), default=1.0)  # one provider's, whenever a report is of one
     table = Prices({k: v for run in runs for k, v in run.prices.items()} | dict(prices or {}), share)
+    online = Prices(table.table, 1.0)
     models = [
         ModelCost(
-            name, m.rows_succeeded, m.rows_failed, m.requests, m.prompt_tokens, m.completion_tokens, table.get(name)
+            name,
+            m.rows_succeeded,
+            m.rows_failed,
+            m.requests,
+            m.prompt_tokens,
+            m.completion_tokens,
+            table.get(name),
+            table.cost(name, m),
+            online.cost(name, m),
         )
         for name, m in sorted(usage.models.items())
     ]
@@ -186,14 +204,8 @@ def build_report(paths: Iterable[Path], prices: Mapping[str, Price] | None = Non
         series,
         latencies,
         share,
-        _saved(usage, table) if share != 1.0 else {},
+        sum(m.batch_prompt_tokens + m.batch_completion_tokens for m in usage.models.values()),
     )
-
-
-def _saved(usage: Usage, batch: Prices) -> dict[str, float]:
-    online, _ = Prices(batch.table, 1.0).spent(usage.models)
-    paid, _ = batch.spent(usage.models)
-    return {c: online[c] - paid.get(c, 0.0) for c in online}
 
 
 def percentile(ordered: Sequence[tuple[float, int]], q: float) -> float | None:
@@ -326,7 +338,7 @@ def report_json(report: Report) -> dict[str, Any]:
         "runs": [{"path": str(r.path), "state": r.state, "rows_total": r.rows_total} for r in report.runs],
         "rows_total": report.rows_total,
         "lane": report.lane,
-        "price_share": report.price_share,
+        "batch_share": report.batch_share,
         "saved": report.saved,
         "rows_succeeded": u.rows_succeeded,
         "rows_failed": u.rows_failed,

@@ -164,13 +164,11 @@ class RunDir:
         return RunState.DIED.value if state == RunState.RUNNING.value and not self.live else state
 
     @property
-    def price_share(self) -> float:
-        """What the run's answers cost as a share of the online price: the Batch API's discount, or 1."""
+    def batch_share(self) -> float:
+        """The run's provider's Batch API price as a share of its online price (1 without a Batch API)."""
         provider = self.job.get("provider") or {}
         preset = PRESETS.get(str(provider.get("name")))
-        if provider.get("mode") != "batch" or preset is None or preset.batch is None:
-            return 1.0
-        return preset.batch.price_share
+        return preset.batch.price_share if preset is not None and preset.batch is not None else 1.0
 
     @property
     def spec_path(self) -> str | None:

@@ -141,20 +141,16 @@ async def _run_opened(
 
     async with _provider_url(spec.provider.base_url, spec.provider.simulate) as base_url:
         loop_kind = BatchRun if spec.provider.mode == "batch" else RunLoop
-        runner = loop_kind(prepared, checkpoint, state, base_url, key, progress, say, last_row)
-        loop = asyncio.get_running_loop()
-        handled = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            # Only the main thread's loop can take signals; a run in another thread (the Python API in a worker)
-            # is stopped by whoever owns the process.
-            with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
-                loop.add_signal_handler(sig, runner.interrupt, sig == signal.SIGINT)
-                handled.append(sig)
+        runner: BatchRun | RunLoop = loop_kind(prepared, checkpoint, state, base_url, key, progress, say, last_row)
         try:
-            await runner.run()
+            await _run_interruptibly(runner)
+            if isinstance(runner, BatchRun) and runner.leaves_rows_online and not runner.stopping:
+                left = goal - state.done.count_upto(last_row) if last_row is not None else runner.ledger.pending
+                if left > 0:
+                    say(f"sending the {left:,} rows the batches did not finish through the online lane")
+                    runner = RunLoop(prepared, checkpoint, state, base_url, key, progress, say, last_row)
+                    await _run_interruptibly(runner)
         finally:
-            for sig in handled:
-                loop.remove_signal_handler(sig)
             progress.close(state.done.count_upto(last_row) if last_row is not None else min(state.done.count, total))
     pending = runner.ledger.pending
     if runner.crash is not None:
@@ -199,6 +195,22 @@ async def cancel_run(spec: JobSpec) -> list[str]:
     key = api_key(spec.provider.name, spec.provider.api_key_env)
     refuse_plain_http(spec.provider.base_url, key, spec.provider.allow_insecure_http)
     return await cancel_batches(spec, key)
+
+
+async def _run_interruptibly(runner: BatchRun | RunLoop) -> None:
+    """Run with Ctrl-C and SIGTERM handed to the runner (on the main thread: a run in another thread, the Python
+    API in a worker, is stopped by whoever owns the process)."""
+    loop = asyncio.get_running_loop()
+    handled = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
+            loop.add_signal_handler(sig, runner.interrupt, sig == signal.SIGINT)
+            handled.append(sig)
+    try:
+        await runner.run()
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
 
 
 async def list_provider_models(

@@ -104,6 +104,8 @@ class BatchSettings:
     keep_files: bool = False  # keep the uploaded input files at the provider (Zhipu stores 1,000 at most)
     max_lines: int | None = None  # fewer lines per file than the provider allows (smaller batches finish sooner)
     line_url: str | None = None  # each line's url and the batch's endpoint, when not the endpoint's own
+    fallback: str = "batch"  # rows a batch did not finish: into a new batch ("batch") or the online lane ("online")
+    deadline_s: float | None = None  # after this long, batches still going are cancelled and the rest go online
 
 
 @dataclass(frozen=True)
@@ -443,7 +445,10 @@ def _parse_batch(raw: Any, source: str, mode: str) -> BatchSettings:
     if mode != "batch":
         raise SpecError(f"{source}: batch: applies to provider.mode: batch only")
     sec = Section(
-        "batch", raw, {"poll_s", "max_poll_s", "completion_window", "keep_files", "max_lines", "line_url"}, source
+        "batch",
+        raw,
+        {"poll_s", "max_poll_s", "completion_window", "keep_files", "max_lines", "line_url", "fallback", "deadline_s"},
+        source,
     )
     line_url = sec.text("line_url")
     if line_url is not None and not line_url.startswith("/"):
@@ -457,6 +462,8 @@ def _parse_batch(raw: Any, source: str, mode: str) -> BatchSettings:
         keep_files=sec.boolean("keep_files", d.keep_files),
         max_lines=sec.integer("max_lines", None, minimum=1),
         line_url=line_url,
+        fallback=choice(sec, "fallback", ("batch", "online"), "batch"),
+        deadline_s=sec.number("deadline_s"),
     )
 
 

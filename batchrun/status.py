@@ -20,7 +20,7 @@ from .shards import read_shards
 def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[str, Any]:
     """A run's state and progress for scripts (`status --json`); `status_lines` prints the same facts."""
     run = read_run(path, records=False)
-    table = Prices(run.prices | dict(prices or {}), run.price_share)
+    table = Prices(run.prices | dict(prices or {}), run.batch_share)
     u = run.usage
     costs, unpriced = table.spent(u.models)
     live_rate = run.rate if run.live and run.rate else None

@@ -17,6 +17,9 @@ class ModelUsage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    # of those tokens, what came back from a provider's Batch API (records with a batch_id): the batch price
+    batch_prompt_tokens: int = 0
+    batch_completion_tokens: int = 0
 
 
 COUNTERS = (
@@ -87,6 +90,9 @@ class Usage:
                 model.prompt_tokens += prompt
                 model.completion_tokens += completion
                 model.total_tokens += total
+                if record.get("batch_id"):
+                    model.batch_prompt_tokens += prompt
+                    model.batch_completion_tokens += completion
 
     def merge(self, other: Usage) -> None:
         """Add another run's totals to these (a report over several run directories)."""

@@ -125,7 +125,7 @@ def test_batch_prices_in_the_summary_report_and_estimate(tmp_path: Path, start_s
     paid = (stats["billed_prompt_tokens"] * 5 + stats["billed_completion_tokens"] * 10) / 1e6
     assert f"cost {paid:.4f} CNY" in result.stdout  # half the online price
     report = orjson.loads(cli("report", str(tmp_path / "runs/job"), "--format", "json").stdout)
-    assert report["price_share"] == 0.5 and report["lane"].startswith("batch")
+    assert report["batch_share"] == 0.5 and report["lane"].startswith("batch (")
     assert report["cost"]["CNY"] == pytest.approx(paid) and report["saved"]["CNY"] == pytest.approx(paid)
 
 
@@ -201,3 +201,44 @@ def test_a_batch_the_provider_refuses_as_it_is_stops_the_run(
     assert result.exit_code == 1, result.output
     assert "HTTP 400" in result.output and "unsupported endpoint" in result.output
     assert records(tmp_path) == ([], []) and sim.stats()["batches_created"] == 0
+
+
+def test_fallback_online_sends_what_a_batch_did_not_finish_through_the_online_lane(
+    tmp_path: Path, start_sim: Callable[..., SimServer]
+) -> None:
+    sim = start_sim(batch_s=0.3)
+    rows = [{"id": f"r{i}", "prompt": f"q{i}" + (" #sim:batch-expire=0.6" if i == 0 else "")} for i in range(10)]
+    pricing = {"sim-small": {"input": 10, "output": 20, "currency": "CNY"}}
+    result = submit(batch_job(tmp_path, sim, rows, batch={"fallback": "online"}, pricing=pricing))
+    assert result.exit_code == 0, result.output
+    assert "sending the 4 rows the batches did not finish through the online lane" in result.stderr
+    good, _ = records(tmp_path)
+    assert sorted(r["custom_id"] for r in good) == [f"r{i}" for i in range(10)]
+    by_lane = {r["custom_id"]: "batch_id" in r for r in good}
+    assert sum(by_lane.values()) == 6  # six from the batch, four online
+    stats = sim.stats()
+    assert stats["batches_created"] == 1 and stats["billed_twice"] == 0 and stats["requests"] == 4
+    # the batch's answers at the batch price, the online ones at the online price
+    model = orjson.loads((tmp_path / "runs/job/usage.json").read_bytes())["models"]["sim-small"]
+    online_prompt = model["prompt_tokens"] - model["batch_prompt_tokens"]
+    online_completion = model["completion_tokens"] - model["batch_completion_tokens"]
+    paid = (model["batch_prompt_tokens"] * 5 + model["batch_completion_tokens"] * 10) / 1e6
+    paid += (online_prompt * 10 + online_completion * 20) / 1e6
+    report = orjson.loads(cli("report", str(tmp_path / "runs/job"), "--format", "json").stdout)
+    assert report["cost"]["CNY"] == pytest.approx(paid) and report["lane"].startswith("batch and online")
+
+
+def test_a_deadline_cancels_the_batches_and_sends_the_rest_online(
+    tmp_path: Path, start_sim: Callable[..., SimServer]
+) -> None:
+    sim = start_sim(batch_s=6.0)
+    rows = [{"id": f"r{i}", "prompt": f"q{i}"} for i in range(30)]
+    result = submit(batch_job(tmp_path, sim, rows, batch={"deadline_s": 1.0}))
+    assert result.exit_code == 0, result.output
+    assert "batch.deadline_s passed" in result.stderr
+    good, _ = records(tmp_path)
+    assert sorted(r["custom_id"] for r in good) == sorted(f"r{i}" for i in range(30))
+    stats = sim.stats()
+    in_batch = sum("batch_id" in r for r in good)
+    assert stats["batches_cancelled"] == 1 and 0 < in_batch < 30 and stats["requests"] == 30 - in_batch
+    assert stats["billed_twice"] == 0
