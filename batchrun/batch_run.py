@@ -65,7 +65,6 @@ class BatchRun:
         self.spec, self.prepared, self.checkpoint, self.state = prepared.spec, prepared, checkpoint, state
         self.progress, self.log, self.last_row = progress, log, last_row
         self.ledger = Ledger(prepared, checkpoint, state, progress)
-        progress.tasks_label = "rows in batches"
         preset = PRESETS[self.spec.provider.name]
         assert preset.batch is not None
         self.api, self.errors = preset.batch, preset.errors
@@ -186,8 +185,11 @@ class BatchRun:
                 moved = True
                 if step == "poll":
                     break  # one poll per shard per round
-        self.held = sum(s.lines for s in self.shards.values() if s.next_step in LIVE)
+        live = [s for s in self.shards.values() if s.next_step in LIVE]
+        self.held = sum(s.lines for s in live)
+        answered = sum(s.counts.get("completed", 0) + s.counts.get("failed", 0) for s in live)
         self.progress.tasks = self.held
+        self.progress.tasks_label = f"rows in batches ({answered:,} answered there)"
         return moved
 
     def _event(self, shard: ShardState, event: str, **facts: Any) -> None:
@@ -202,6 +204,8 @@ class BatchRun:
         writer = ShardWriter(self.checkpoint.path / SHARDS, self.api, self.spec.endpoint, first, self.line_url)
         written: list[Any] = []
         build = self.prepared.builder.build
+        caps: dict[str, int] = dict(self.api.queue_caps)
+        queued: dict[str, int] = {}  # rows of each capped model in this round's batches
         for raw in iter_rows(self.spec.input, skip=done.__contains__):
             if self.last_row is not None and raw.row > self.last_row:
                 break
@@ -214,6 +218,11 @@ class BatchRun:
             if self.tries[built.row] >= limit:
                 self._fail_row(built, NOT_FINISHED, f"no batch finished this row in {limit} shards", None)
                 continue
+            cap = caps.get(built.model)
+            if cap is not None:
+                if queued.get(built.model, 0) >= cap:
+                    continue  # the provider queues no more of this model at once: a later round takes it
+                queued[built.model] = queued.get(built.model, 0) + 1
             if not writer.fits(built):
                 self._fail_row(
                     built,

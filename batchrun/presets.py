@@ -41,6 +41,7 @@ class BatchAPI:
     price_share: float = 0.5  # batch price / online price
     source: str = ""  # where the figures come from, and when
     create_extra: tuple[tuple[str, object], ...] = ()  # fields the provider's create call takes beyond OpenAI's
+    queue_caps: tuple[tuple[str, int], ...] = ()  # (model, rows) the provider queues at most at once, per model
 
     def line_url(self, endpoint: Endpoint) -> str:
         return self.line_prefix + ENDPOINT_URLS[endpoint]
@@ -82,6 +83,7 @@ BATCH_APIS: dict[str, BatchAPI] = {
         endpoints=("chat", "embeddings"),
         one_model_per_file=True,
         create_extra=(("auto_delete_input_file", True),),
+        queue_caps=(("glm-4-plus", 2_000_000),),
         source="bigmodel.cn Batch API (50,000 lines, 100 MB, embeddings 10,000; one model per file; 50 % off), 2025",
     ),
     "dashscope": BatchAPI(

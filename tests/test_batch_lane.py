@@ -3,6 +3,7 @@ batch ends in, resumable from a kill at any step without uploading or creating a
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import time
 from collections.abc import Callable
@@ -11,6 +12,8 @@ from typing import Any
 
 import orjson
 import pytest
+
+from batchrun import presets
 
 from .helpers import cli, make_job, read_jsonl, spawn_submit, submit
 from .simserver import SimServer
@@ -50,10 +53,6 @@ def test_a_batch_job_ends_with_one_record_per_row(tmp_path: Path, start_sim: Cal
 
 
 def test_shards_keep_the_line_limit(tmp_path: Path, start_sim: Callable[..., SimServer], monkeypatch: Any) -> None:
-    import dataclasses
-
-    from batchrun import presets
-
     small = dataclasses.replace(presets.BATCH_APIS["simulated"], max_lines=7)
     monkeypatch.setitem(presets.PRESETS, "simulated", dataclasses.replace(presets.PRESETS["simulated"], batch=small))
     sim = start_sim(batch_s=0.2)
@@ -242,3 +241,28 @@ def test_a_deadline_cancels_the_batches_and_sends_the_rest_online(
     in_batch = sum("batch_id" in r for r in good)
     assert stats["batches_cancelled"] == 1 and 0 < in_batch < 30 and stats["requests"] == 30 - in_batch
     assert stats["billed_twice"] == 0
+
+
+def test_a_models_queue_cap_spreads_its_rows_over_rounds(
+    tmp_path: Path, start_sim: Callable[..., SimServer], monkeypatch: Any
+) -> None:
+    """Zhipu queues at most so many requests of a model at once (glm-4-plus: 2,000,000): the rest wait a round."""
+    capped = dataclasses.replace(presets.BATCH_APIS["simulated"], queue_caps=(("sim-small", 4),))
+    monkeypatch.setitem(presets.PRESETS, "simulated", dataclasses.replace(presets.PRESETS["simulated"], batch=capped))
+    assert dict(presets.PRESETS["zhipu"].batch.queue_caps)["glm-4-plus"] == 2_000_000  # type: ignore[union-attr]
+    sim = start_sim(batch_s=0.1)
+    assert submit(batch_job(tmp_path, sim, [{"id": i, "prompt": f"q{i}"} for i in range(10)])).exit_code == 0
+    assert len(records(tmp_path)[0]) == 10 and sim.stats()["batches_created"] == 3  # 4 + 4 + 2
+
+
+def test_embeddings_go_through_the_batch_api_one_line_a_row(
+    tmp_path: Path, start_sim: Callable[..., SimServer]
+) -> None:
+    sim = start_sim(batch_s=0.1)
+    rows = [{"id": f"e{i}", "input": f"text {i}"} for i in range(12)]
+    result = submit(batch_job(tmp_path, sim, rows, endpoint="embeddings", model="sim-embed"))
+    assert result.exit_code == 0, result.output
+    good, _ = records(tmp_path)
+    assert len(good) == 12 and all(len(r["response"]["body"]["data"]) == 1 for r in good)
+    line = orjson.loads((tmp_path / "runs/job/shards/shard-00001.jsonl").read_bytes().splitlines()[0])
+    assert line["url"] == "/v1/embeddings" and line["body"]["input"] == "text 0"
