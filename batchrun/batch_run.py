@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import Checkpoint, ResumeState
-from .errors import BatchrunError, FatalProviderError, SpecError
+from .errors import BatchrunError, FatalProviderError
 from .job import Prepared
 from .ledger import Ledger
 from .presets import PRESETS
@@ -35,12 +35,12 @@ from .shards import (
     ShardIndex,
     ShardState,
     ShardWriter,
+    Tries,
     custom_id_row,
     read_shards,
     shard_rows,
 )
 from .sources import iter_rows
-from .spec import JobSpec
 from .transport import NO_ANSWER, Http, Network, Reply
 
 NOT_FINISHED = "batch_unfinished"
@@ -449,56 +449,3 @@ class BatchRun:
             except BatchrunError as exc:
                 self.failed(exc)
                 return
-
-
-class Tries:
-    """How many shards each row has been in: one byte a row, grown as rows appear."""
-
-    def __init__(self) -> None:
-        self._counts = bytearray()
-
-    def __getitem__(self, row: int) -> int:
-        return self._counts[row] if 0 <= row < len(self._counts) else 0
-
-    def add(self, row: int) -> None:
-        if row >= len(self._counts):
-            self._counts.extend(bytes(row + 1 - len(self._counts) + 4096))
-        self._counts[row] = min(255, self._counts[row] + 1)
-
-    def sub(self, row: int) -> None:
-        if 0 <= row < len(self._counts) and self._counts[row]:
-            self._counts[row] -= 1
-
-
-async def cancel_batches(spec: JobSpec, key: str | None) -> list[str]:
-    """`batchrun cancel`: ask the provider to cancel every batch of the run still going. What they finished is
-    billed and kept: the next submit harvests it, and sends the rest again (or nothing, with the run left as is)."""
-    if spec.provider.simulate is not None:
-        raise SpecError(
-            "this run's simulated provider lived inside its submit, and its batches ended with it: nothing to cancel"
-        )
-    run_dir = spec.output_dir
-    shards = read_shards(line for _, line in complete_lines(run_dir / BATCHES))
-    live = [s for s in shards.values() if s.batch_id is not None and s.next_step == "poll"]
-    if not live:
-        return [f"{run_dir}: no batch of this run is still going"]
-    http = Http(2, Network(spec.provider.proxy, spec.provider.ca_bundle))
-    client = BatchAPIClient(http, spec.provider.base_url, make_auth(key, spec.provider.auth), spec.retry.timeout_s)
-    lines = []
-    try:
-        for shard in sorted(live, key=lambda s: s.index):
-            assert shard.batch_id is not None
-            reply = await client.cancel(shard.batch_id)
-            body = reply.body if isinstance(reply.body, dict) else {}
-            counts = body.get("request_counts") or {}
-            if reply.status == 200:
-                lines.append(
-                    f"shard {shard.index}: batch {shard.batch_id} {body.get('status')}; "
-                    f"{counts.get('completed', 0):,} of {counts.get('total', shard.lines):,} rows already done "
-                    "(billed, and recorded by the next submit)"
-                )
-            else:
-                lines.append(f"shard {shard.index}: batch {shard.batch_id}: {reply.error or f'HTTP {reply.status}'}")
-    finally:
-        await http.close()
-    return lines

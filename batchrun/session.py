@@ -13,18 +13,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .batch_run import BatchRun, cancel_batches
+from .batch_run import BatchRun
 from .checkpoint import Checkpoint, ResumeState
 from .errors import BatchrunError, SpecError
 from .ids import DUPLICATE_ID
 from .job import Prepared, api_key, display_path, prepare, refuse_plain_http
 from .presets import PRESETS
 from .progress import Progress
+from .providers import make_auth
+from .providers.batches import BatchAPIClient
 from .records import error_code
-from .rundir import RunDir, RunState
+from .rundir import BATCHES, RunDir, RunState, complete_lines
 from .runner import RunLoop
+from .shards import read_shards
 from .sources import nth_row
 from .spec import JobSpec, SimulateSpec
+from .transport import Http, Network
 from .usage import Usage
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_FAILED_ROWS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -195,6 +199,40 @@ async def cancel_run(spec: JobSpec) -> list[str]:
     key = api_key(spec.provider.name, spec.provider.api_key_env)
     refuse_plain_http(spec.provider.base_url, key, spec.provider.allow_insecure_http)
     return await cancel_batches(spec, key)
+
+
+async def cancel_batches(spec: JobSpec, key: str | None) -> list[str]:
+    """`batchrun cancel`: ask the provider to cancel every batch of the run still going. What they finished is
+    billed and kept: the next submit harvests it, and sends the rest again (or nothing, with the run left as is)."""
+    if spec.provider.simulate is not None:
+        raise SpecError(
+            "this run's simulated provider lived inside its submit, and its batches ended with it: nothing to cancel"
+        )
+    run_dir = spec.output_dir
+    shards = read_shards(line for _, line in complete_lines(run_dir / BATCHES))
+    live = [s for s in shards.values() if s.batch_id is not None and s.next_step == "poll"]
+    if not live:
+        return [f"{run_dir}: no batch of this run is still going"]
+    http = Http(2, Network(spec.provider.proxy, spec.provider.ca_bundle))
+    client = BatchAPIClient(http, spec.provider.base_url, make_auth(key, spec.provider.auth), spec.retry.timeout_s)
+    lines = []
+    try:
+        for shard in sorted(live, key=lambda s: s.index):
+            assert shard.batch_id is not None
+            reply = await client.cancel(shard.batch_id)
+            body = reply.body if isinstance(reply.body, dict) else {}
+            counts = body.get("request_counts") or {}
+            if reply.status == 200:
+                lines.append(
+                    f"shard {shard.index}: batch {shard.batch_id} {body.get('status')}; "
+                    f"{counts.get('completed', 0):,} of {counts.get('total', shard.lines):,} rows already done "
+                    "(billed, and recorded by the next submit)"
+                )
+            else:
+                lines.append(f"shard {shard.index}: batch {shard.batch_id}: {reply.error or f'HTTP {reply.status}'}")
+    finally:
+        await http.close()
+    return lines
 
 
 async def _run_interruptibly(runner: BatchRun | RunLoop) -> None:

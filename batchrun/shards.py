@@ -242,3 +242,22 @@ def read_shards(lines: Iterable[bytes]) -> dict[int, ShardState]:
         elif kind == "deleted":
             state.deleted = True
     return shards
+
+
+class Tries:
+    """How many shards each row has been in: one byte a row, grown as rows appear."""
+
+    def __init__(self) -> None:
+        self._counts = bytearray()
+
+    def __getitem__(self, row: int) -> int:
+        return self._counts[row] if 0 <= row < len(self._counts) else 0
+
+    def add(self, row: int) -> None:
+        if row >= len(self._counts):
+            self._counts.extend(bytes(row + 1 - len(self._counts) + 4096))
+        self._counts[row] = min(255, self._counts[row] + 1)
+
+    def sub(self, row: int) -> None:
+        if 0 <= row < len(self._counts) and self._counts[row]:
+            self._counts[row] -= 1
