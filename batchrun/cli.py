@@ -320,6 +320,12 @@ def models(name: str, base_url: str | None, api_key_env: str | None, allow_insec
     help="Async tasks (Zhipu's asyncCompletions) take between LOW and HIGH seconds.",
 )
 @click.option(
+    "--invalid-json-rate",
+    default=0.0,
+    show_default=True,
+    help="Share of first answers to a response_format request given invalid JSON (repairs are answered right).",
+)
+@click.option(
     "--batch-s",
     default=3.0,
     show_default=True,
@@ -360,6 +366,7 @@ def simulate(
     rate_headers: bool,
     tpm_accounting: str,
     task_s: tuple[float, float],
+    invalid_json_rate: float,
     batch_s: float,
     models: str | None,
     tls: tuple[str, str] | None,
@@ -369,7 +376,13 @@ def simulate(
     key = os.environ.get("BATCHRUN_SIM_API_KEY") if require_key else None
     if require_key and not key:
         raise SpecError("--require-key needs the key in $BATCHRUN_SIM_API_KEY")
-    for flag, share in (("--error-rate", error_rate), ("--drop-rate", drop_rate), ("--slow-rate", slow_rate)):
+    shares = (
+        ("--error-rate", error_rate),
+        ("--drop-rate", drop_rate),
+        ("--slow-rate", slow_rate),
+        ("--invalid-json-rate", invalid_json_rate),
+    )
+    for flag, share in shares:
         if not 0 <= share <= 1:
             raise SpecError(f"{flag} must be between 0 and 1, got {share}")
     if not 0 <= task_s[0] <= task_s[1]:
@@ -392,6 +405,7 @@ def simulate(
         max_inflight=max_inflight,
         models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
         batch_s=batch_s,
+        invalid_json_rate=invalid_json_rate,
     )
 
     def announce(url: str) -> None:

@@ -218,3 +218,79 @@ def unknown_model(name: str) -> dict[str, Any]:
 
 def error_body(code: str, message: str, kind: str = "invalid_request_error") -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "type": kind}}
+
+
+# --- structured output: answers that fit (or, when asked, spoil) a request's response_format ------------------
+
+SPOILS = ("bad", "type", "missing", "cut")
+
+
+def structured_content(body: dict[str, Any], key: bytes, spoil: str | None) -> tuple[str, str] | None:
+    """(content, finish_reason) for a request with `response_format` json_schema (an instance of its schema) or
+    json_object (an object); None without one. `spoil` makes it invalid the way models get it wrong: `bad` (not
+    JSON), `type` (a field of the wrong type), `missing` (a required field left out), `cut` (stopped at
+    max_tokens), or `fence` (valid, but in a ```json fence with talk around it)."""
+    fmt = body.get("response_format")
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("json_schema", "json_object"):
+        return None
+    given = fmt.get("json_schema")
+    spec: dict[str, Any] = given if isinstance(given, dict) else {}
+    schema = spec.get("schema") if fmt["type"] == "json_schema" and isinstance(spec.get("schema"), dict) else None
+    value = sample(schema or {"type": "object", "properties": {"answer": {"type": "string"}}}, key.hex())
+    if spoil == "type" and isinstance(value, dict) and value:
+        name = next(iter(value))
+        value[name] = "not a number" if isinstance(value[name], (int, float)) else 12345
+    if spoil == "missing" and isinstance(value, dict) and value:
+        value.pop(next(iter(value)))
+    text = orjson.dumps(value).decode()
+    if spoil == "bad":
+        return "Sure! Here is the JSON: {" + text[1 : len(text) // 2], "stop"
+    if spoil == "cut":
+        return text[: max(1, len(text) // 2)], "length"
+    if spoil == "fence":
+        return f"Here you go:\n```json\n{text}\n```\nAnything else?", "stop"
+    return text, "stop"
+
+
+def sample(schema: Any, seed: str, depth: int = 0) -> Any:
+    """A deterministic instance of a JSON Schema (the common keywords: type, properties, items, enum, const,
+    minimum/maximum, minLength, minItems, anyOf/oneOf), varied by `seed`."""
+    if not isinstance(schema, dict) or depth > 8:
+        return None
+    pick = int(hashlib.blake2b(f"{seed}{depth}".encode(), digest_size=4).hexdigest(), 16)
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][pick % len(schema["enum"])]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if isinstance(schema.get(key), list) and schema[key]:
+            return sample(schema[key][0], seed, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or (kind is None and "properties" in schema):
+        found = schema.get("properties")
+        props: dict[str, Any] = found if isinstance(found, dict) else {}
+        return {name: sample(sub, f"{seed}.{name}", depth + 1) for name, sub in props.items()}
+    if kind == "array":
+        count = max(int(schema.get("minItems") or 0), 2)
+        if isinstance(schema.get("maxItems"), int):
+            count = min(count, schema["maxItems"])
+        return [sample(schema.get("items") or {"type": "string"}, f"{seed}[{i}]", depth + 1) for i in range(count)]
+    if kind in ("integer", "number"):
+        low_given = schema.get("minimum", schema.get("exclusiveMinimum", 0))
+        low = math.ceil(low_given) if isinstance(low_given, (int, float)) else 0
+        high_given = schema.get("maximum", schema.get("exclusiveMaximum", low + 100))
+        high = math.floor(high_given) if isinstance(high_given, (int, float)) else low + 100
+        if "exclusiveMinimum" in schema:
+            low += 1
+        if "exclusiveMaximum" in schema:
+            high -= 1
+        value = low + pick % max(1, high - low + 1)
+        return value if kind == "integer" else float(value)
+    if kind == "boolean":
+        return bool(pick % 2)
+    if kind == "null":
+        return None
+    text = f"sim-{seed[-6:]}-{pick % 1000}"
+    return text.ljust(int(schema.get("minLength") or 0), "x")[: schema.get("maxLength") or None]

@@ -61,6 +61,7 @@ from .request import estimate_messages, estimate_tokens, max_output_tokens
 from .sim_answers import (
     DIRECTIVE,
     MODELS,
+    SPOILS,
     apply_answer_quirks,
     choice_count,
     completion_answer,
@@ -72,6 +73,7 @@ from .sim_answers import (
     model_entry,
     prompt_texts,
     stream_events,
+    structured_content,
     unknown_model,
 )
 from .sim_batches import BatchDesk
@@ -343,6 +345,8 @@ class SimProvider:
             text = call.kind == "completions"
             answer = completion_answer(call.body, prompts, call.key, call.prompt_tokens, text=text)
             apply_answer_quirks(answer, call.directives)
+            if call.kind == "chat":
+                self._structure(answer, call)
         if self.tpm is not None and self.cfg.tpm_accounting == "actual":
             self.tpm.refill(self.clock())
             self.tpm.take(answer["usage"]["total_tokens"])
@@ -368,6 +372,31 @@ class SimProvider:
             prompt_tokens = sum(estimate_tokens(t) for t in texts)
         call = _Call(kind, body, texts, key, self.attempts[key], directives, prompt_tokens, "")
         return 200, self._bill(call)
+
+    def _structure(self, answer: dict[str, Any], call: _Call) -> None:
+        """With a response_format: JSON that fits it. A first answer may be spoilt, as models spoil them (the
+        prompt's `#sim:json=bad|type|missing|cut|fence`, or `invalid_json_rate` of them at random); a repair (the
+        conversation already holds an assistant answer and what was wrong with it) is always right."""
+        messages = call.body.get("messages") or []
+        repair = any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages)
+        spoil = None if repair else call.directives.get("json")
+        if (
+            spoil is None
+            and not repair
+            and self.cfg.invalid_json_rate
+            and self.rng.random() < self.cfg.invalid_json_rate
+        ):
+            spoil = SPOILS[self.rng.randrange(len(SPOILS))]
+        made = structured_content(call.body, call.key, spoil)
+        if made is None:
+            return
+        content, finish = made
+        completion = estimate_tokens(content)
+        for choice in answer["choices"]:
+            choice["message"]["content"], choice["finish_reason"] = content, finish
+        usage = answer["usage"]
+        usage["completion_tokens"] = completion * len(answer["choices"])
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
 
     @_counted
     async def chat(self, request: web.Request) -> web.StreamResponse:

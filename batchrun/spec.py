@@ -56,6 +56,7 @@ class SimulateSpec:
     max_inflight: int | None = None  # beyond this many requests being handled, 429 (Zhipu's 1302 concurrency)
     models: tuple[str, ...] | None = None  # the models it serves (others: 404 model_not_found); None: any name
     batch_s: float = 3.0  # how long a Batch API batch runs once validated (its lines are answered as it goes)
+    invalid_json_rate: float = 0.0  # share of first answers to a response_format request spoilt (repairs never are)
 
 
 @dataclass(frozen=True)
@@ -389,11 +390,12 @@ def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
             "max_inflight",
             "models",
             "batch_s",
+            "invalid_json_rate",
         },
         source,
     )
     shares = {}
-    for name in ("error_rate", "drop_rate", "slow_rate"):
+    for name in ("error_rate", "drop_rate", "slow_rate", "invalid_json_rate"):
         share = sec.number(name, 0.0, inclusive=True) or 0.0
         if share > 1:
             raise sec.fail(name, f"must be between 0 and 1, got {share}")
@@ -415,6 +417,7 @@ def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
         task_s=seconds_range(sec, "task_s", SimulateSpec.task_s),
         models=names(sec, "models"),
         batch_s=sec.number("batch_s", 3.0, inclusive=True) or 0.0,
+        invalid_json_rate=shares["invalid_json_rate"],
     )
 
 

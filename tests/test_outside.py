@@ -297,3 +297,73 @@ def test_simulated_batch_refused_for_enqueued_tokens(batch_sim: tuple[SimServer,
     batch = run_batch(client, batch_file(["q0", "q1 #sim:batch-tokens"]))
     assert batch.status == "failed" and batch.errors is not None
     assert (batch.errors.data or [])[0].code == "token_limit_exceeded"
+
+
+# --- the simulator's structured answers, judged by jsonschema ---------------------------------------------------
+
+LABEL_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "label": {"type": "string", "enum": ["sports", "politics", "tech"]},
+        "score": {"type": "integer", "minimum": 1, "maximum": 5},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "urgent": {"type": "boolean"},
+    },
+    "required": ["label", "score", "confidence", "tags", "urgent"],
+    "additionalProperties": False,
+}
+
+
+def ask(client: openai.OpenAI, text: str, history: list[Any] | None = None) -> Any:
+    return client.chat.completions.create(
+        model="sim-small",
+        messages=[{"role": "user", "content": text}, *(history or [])],
+        response_format={"type": "json_schema", "json_schema": {"name": "label", "schema": LABEL_SCHEMA}},
+    )
+
+
+def test_simulated_structured_answers_fit_the_schema(start_sim: Callable[..., SimServer]) -> None:
+    import jsonschema
+
+    server = start_sim()
+    client = openai.OpenAI(base_url=server.base_url, api_key="sk-sim", max_retries=0)
+    for i in range(20):
+        answer = ask(client, f"classify headline {i}")
+        jsonschema.validate(orjson.loads(answer.choices[0].message.content or ""), LABEL_SCHEMA)
+    plain = client.chat.completions.create(
+        model="sim-small", messages=[{"role": "user", "content": "x"}], response_format={"type": "json_object"}
+    )
+    assert isinstance(orjson.loads(plain.choices[0].message.content or ""), dict)
+
+
+@pytest.mark.parametrize("spoil", ["bad", "type", "missing", "cut"])
+def test_simulated_spoilt_answers_are_invalid_and_a_repair_is_right(
+    start_sim: Callable[..., SimServer], spoil: str
+) -> None:
+    import jsonschema
+
+    server = start_sim()
+    client = openai.OpenAI(base_url=server.base_url, api_key="sk-sim", max_retries=0)
+    first = ask(client, f"classify this #sim:json={spoil}")
+    content = first.choices[0].message.content or ""
+    with pytest.raises((orjson.JSONDecodeError, jsonschema.ValidationError)):
+        jsonschema.validate(orjson.loads(content), LABEL_SCHEMA)
+    assert (first.choices[0].finish_reason == "length") == (spoil == "cut")
+    history = [{"role": "assistant", "content": content}, {"role": "user", "content": "That was wrong: fix it."}]
+    repaired = ask(client, f"classify this #sim:json={spoil}", history)
+    jsonschema.validate(orjson.loads(repaired.choices[0].message.content or ""), LABEL_SCHEMA)
+
+
+def test_simulated_invalid_json_rate(start_sim: Callable[..., SimServer]) -> None:
+    import jsonschema
+
+    server = start_sim(invalid_json_rate=0.3, seed=5)
+    client = openai.OpenAI(base_url=server.base_url, api_key="sk-sim", max_retries=0)
+    invalid = 0
+    for i in range(100):
+        try:
+            jsonschema.validate(orjson.loads(ask(client, f"q{i}").choices[0].message.content or ""), LABEL_SCHEMA)
+        except (orjson.JSONDecodeError, jsonschema.ValidationError):
+            invalid += 1
+    assert 15 <= invalid <= 45  # about 30 of 100
