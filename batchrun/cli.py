@@ -19,8 +19,8 @@ import orjson
 
 from . import __version__
 from .errors import BatchrunError, SpecError
-from .job import batch_share, display_path, job_of_run, prepare
-from .presets import PRESETS
+from .job import display_path, job_of_run, prepare
+from .presets import PRESETS, batch_share
 from .pricing import Prices, load_prices
 from .rundir import RunState
 from .session import EXIT_INTERRUPTED, RunOutcome, cancel_run, list_provider_models, run_job
@@ -218,7 +218,9 @@ def estimate_cmd(job: str, output_share: float, prices: str | None) -> None:
     from .pricing import Prices
 
     prepared = prepare(load_spec(job))
-    table = Prices({**prepared.spec.pricing, **(load_prices(prices) if prices else {})}, batch_share(prepared.spec))
+    table = Prices(
+        {**prepared.spec.pricing, **(load_prices(prices) if prices else {})}, batch_share(prepared.spec.provider.name)
+    )
     click.echo("\n".join(estimate_lines(prepared, estimate(prepared), table, output_share)))
 
 
@@ -435,7 +437,7 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
     out = spec.output_dir
     rel = display_path(out)
     rate = outcome.rows_this_session / outcome.elapsed_s if outcome.elapsed_s > 0 else 0.0
-    cost = Prices(spec.pricing, batch_share(spec)).spent_line(u.models)
+    cost = Prices(spec.pricing, batch_share(spec.provider.name)).spent_line(u.models)
     lines = [
         f"{spec.name}: {outcome.state.value.replace('_', ' ')}: {u.rows_succeeded:,} succeeded, {u.rows_failed:,} "
         f"failed, {outcome.rows_pending:,} pending of {outcome.rows_total:,} rows",

@@ -110,12 +110,6 @@ def api_key(preset_name: str, env: str) -> str | None:
     return key
 
 
-def batch_share(spec: JobSpec) -> float:
-    """The provider's Batch API price as a share of its online price (answers with a batch_id cost this)."""
-    api = PRESETS[spec.provider.name].batch
-    return api.price_share if api is not None else 1.0
-
-
 def refuse_plain_http(base_url: str, key: str | None, allowed: bool) -> None:
     """A key sent over plain http:// can be read by anyone on the way; only this machine's own servers (a local
     vLLM, the simulator) are spared the question, and `provider.allow_insecure_http: true` answers it."""

@@ -213,3 +213,10 @@ PRESETS: dict[str, Preset] = {
         ),
     )
 }
+
+
+def batch_share(provider: str) -> float:
+    """The provider's Batch API price as a share of its online price (answers with a batch_id cost this); 1 for
+    a provider without a Batch API, or one unknown (a run directory of an older batchrun)."""
+    preset = PRESETS.get(provider)
+    return preset.batch.price_share if preset is not None and preset.batch is not None else 1.0

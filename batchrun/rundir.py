@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import orjson
 
 from .errors import RunDirError
-from .presets import PRESETS
+from .presets import batch_share
 from .spec import InputSpec
 
 RESULTS = "results.jsonl"
@@ -166,9 +166,7 @@ class RunDir:
     @property
     def batch_share(self) -> float:
         """The run's provider's Batch API price as a share of its online price (1 without a Batch API)."""
-        provider = self.job.get("provider") or {}
-        preset = PRESETS.get(str(provider.get("name")))
-        return preset.batch.price_share if preset is not None and preset.batch is not None else 1.0
+        return batch_share(str((self.job.get("provider") or {}).get("name")))
 
     @property
     def spec_path(self) -> str | None:
