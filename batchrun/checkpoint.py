@@ -318,27 +318,28 @@ class Checkpoint:
         self.sizes[name] += self._write(name, line)
         self._dirty = True
 
+    def _open_side(self, name: str) -> int:
+        """A file only some lanes write (tasks.jsonl, batches.jsonl), opened for appending on first use."""
+        if name not in self._fds:
+            try:
+                self._fds[name] = os.open(self.path / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            except OSError as exc:
+                raise CheckpointWriteError(_write_error(self.path / name, exc)) from None
+        return self._fds[name]
+
     def append_task(self, entry: Mapping[str, Any]) -> None:
         """Note a submitted task (`{"row": N, "task_id": ...}`); `tasks_durable` makes it survive a power cut."""
-        if TASKS not in self._fds:
-            try:
-                self._fds[TASKS] = os.open(self.path / TASKS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            except OSError as exc:
-                raise CheckpointWriteError(_write_error(self.path / TASKS, exc)) from None
+        self._open_side(TASKS)
         self._write(TASKS, orjson.dumps(entry) + b"\n")
         self._task_writes += 1
 
     def append_batch_event(self, event: Mapping[str, Any]) -> None:
         """One event of a shard's story (batches.jsonl), fsynced before the run acts on it: a file id or batch id
         that reached the disk is never uploaded or created again."""
-        if BATCHES not in self._fds:
-            try:
-                self._fds[BATCHES] = os.open(self.path / BATCHES, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            except OSError as exc:
-                raise CheckpointWriteError(_write_error(self.path / BATCHES, exc)) from None
+        fd = self._open_side(BATCHES)
         self._write(BATCHES, orjson.dumps(event) + b"\n")
         try:
-            os.fsync(self._fds[BATCHES])
+            os.fsync(fd)
         except OSError as exc:
             raise CheckpointWriteError(_write_error(self.path / BATCHES, exc)) from None
 
