@@ -202,17 +202,23 @@ def _batches(spec: InputSpec, index: RecordIndex, embeddings: bool, with_input: 
         yield rows, None
 
 
+def _flat_rows(batches: Iterator[Batch]) -> Iterator[dict[str, Any]]:
+    """Each export row with its input's columns beside it (prefixed input_), for the row-by-row writers."""
+    for rows, table in batches:
+        inputs = table.to_pylist() if table is not None else None
+        for i, row in enumerate(rows):
+            extra = row.pop("input", None) if inputs is None else inputs[i]
+            if extra:
+                row.update({INPUT_PREFIX + k: v for k, v in extra.items()})
+            yield row
+
+
 def _write_jsonl(to: Path, batches: Iterator[Batch]) -> int:
     written = 0
     with _atomic(to) as f:
-        for rows, table in batches:
-            inputs = table.to_pylist() if table is not None else None
-            for i, row in enumerate(rows):
-                extra = row.pop("input", None) if inputs is None else inputs[i]
-                if extra:
-                    row.update({INPUT_PREFIX + k: v for k, v in extra.items()})
-                f.write(orjson.dumps(row, default=str) + b"\n")
-            written += len(rows)
+        for row in _flat_rows(batches):
+            f.write(orjson.dumps(row, default=str) + b"\n")
+            written += 1
     return written
 
 
@@ -223,17 +229,12 @@ def _write_csv(to: Path, batches: Iterator[Batch]) -> int:
     with _atomic(to) as f:
         text = io.TextIOWrapper(f, encoding="utf-8", newline="")
         out = None
-        for rows, table in batches:
-            inputs = table.to_pylist() if table is not None else None
-            for i, row in enumerate(rows):
-                extra = row.pop("input", None) if inputs is None else inputs[i]
-                if extra:
-                    row.update({INPUT_PREFIX + k: v for k, v in extra.items()})
-                if out is None:
-                    out = csv.DictWriter(text, fieldnames=list(row), extrasaction="ignore")
-                    out.writeheader()
-                out.writerow({k: _cell(v) for k, v in row.items()})
-            written += len(rows)
+        for row in _flat_rows(batches):
+            if out is None:
+                out = csv.DictWriter(text, fieldnames=list(row), extrasaction="ignore")
+                out.writeheader()
+            out.writerow({k: _cell(v) for k, v in row.items()})
+            written += 1
         if out is None:
             csv.writer(text).writerow(OUTPUT_COLUMNS)
         text.flush()
