@@ -21,7 +21,6 @@ from typing import Any
 from .checkpoint import Checkpoint, ResumeState
 from .errors import BatchrunError, FatalProviderError
 from .job import Prepared
-from .ledger import Ledger
 from .presets import PRESETS
 from .progress import Progress
 from .providers import make_auth
@@ -29,6 +28,7 @@ from .providers.batches import BatchAPIClient, DownloadError
 from .records import error, record, response
 from .request import BadRow, Request
 from .retry import Verdict, classify, error_details
+from .run_control import RunControl
 from .rundir import BATCHES, SHARDS, RunState, complete_lines
 from .shards import (
     FINAL_STATUSES,
@@ -48,7 +48,7 @@ LIVE = ("upload", "create", "poll", "harvest")  # steps that wait on the provide
 REFUSED = frozenset({400, 405, 413, 415, 422})  # an upload or create refused for what it is, not for now
 
 
-class BatchRun:
+class BatchRun(RunControl):
     """A run of the batch lane; the session drives it as it drives the online run loop."""
 
     def __init__(
@@ -62,9 +62,7 @@ class BatchRun:
         log: Callable[[str], None],
         last_row: int | None = None,
     ) -> None:
-        self.spec, self.prepared, self.checkpoint, self.state = prepared.spec, prepared, checkpoint, state
-        self.progress, self.log, self.last_row = progress, log, last_row
-        self.ledger = Ledger(prepared, checkpoint, state, progress)
+        super().__init__(prepared, checkpoint, state, progress, log, last_row)
         preset = PRESETS[self.spec.provider.name]
         assert preset.batch is not None
         self.api, self.errors = preset.batch, preset.errors
@@ -78,10 +76,6 @@ class BatchRun:
         self.shards = read_shards(line for _, line in complete_lines(checkpoint.path / BATCHES))
         self.tries = Tries()  # shards each row has been in, to cap resubmission
         self.held = 0  # rows in batches at the provider (the progress line's `rows in batches`)
-        self.stopping: RunState | None = None
-        self.reason: str | None = None
-        self.error: BatchrunError | None = None
-        self.crash: Exception | None = None
         self._wake = asyncio.Event()
         self.hold_off = 0.0  # monotonic time before which no new batch is made (the provider's queue is full)
         deadline = self.spec.batch.deadline_s
@@ -102,14 +96,13 @@ class BatchRun:
         provider = self.spec.provider
         http = Http(4, Network(provider.proxy, provider.ca_bundle, trust_env=provider.simulate is None))
         self.client = BatchAPIClient(http, self.base_url, self.auth, self.spec.retry.timeout_s)
-        flusher = asyncio.ensure_future(self._flush_forever())
+        flusher = asyncio.ensure_future(self.flush_forever())
         try:
             await self._loop()
         except BatchrunError as exc:
             self.failed(exc)
         except Exception as exc:  # a bug: stop and keep what is recorded rather than lose a row silently
-            self.crash = exc
-            self.stop(RunState.STOPPED, f"internal error: {exc!r}")
+            self.crashed(exc)
         finally:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -121,18 +114,11 @@ class BatchRun:
         self.log("stopping: the batches go on at the provider; the same command resumes polling them")
         self.stop(RunState.INTERRUPTED, "interrupted")
 
-    def stop(self, how: RunState, reason: str) -> None:
-        if self.stopping is RunState.STOPPED or (self.stopping and how is RunState.INTERRUPTED):
-            return
-        self.stopping, self.reason = how, reason
+    def stopped(self) -> None:
         self._wake.set()
 
-    def failed(self, exc: BatchrunError) -> None:
-        self.error = self.error or exc
-        self.stop(RunState.STOPPED, str(exc))
-
-    def flush(self, state: RunState, *, final: bool = False) -> None:
-        self.ledger.flush(state, {"batches": self._summary()}, final=final)
+    def facts(self) -> dict[str, Any]:
+        return {"batches": self._summary()}
 
     @property
     def lane(self) -> BatchRun:  # the session asks its lane how much is still out
@@ -439,13 +425,3 @@ class BatchRun:
         for shard in self.shards.values():
             steps[shard.next_step] = steps.get(shard.next_step, 0) + 1
         return {"shards": len(self.shards), "by_step": steps, "rows_out": self.held}
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            self.progress.refresh()
-            try:
-                self.flush(RunState.RUNNING)
-            except BatchrunError as exc:
-                self.failed(exc)
-                return

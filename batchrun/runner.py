@@ -22,23 +22,22 @@ from .job import Prepared
 from .lanes import Lane, Row
 from .lanes.online import OnlineLane
 from .lanes.tasks import TaskLane
-from .ledger import Ledger
 from .limiter import Throttle, Ticket
 from .presets import PRESETS
 from .progress import Progress
 from .providers import make_auth
 from .request import BadRow, Request, batched
 from .retry import Decision, Verdict, backoff_delay, endpoint_sign
+from .run_control import RunControl
 from .rundir import RunState
 from .sources import iter_rows
 from .transport import Http, Network, Reply
 
 STOP_GRACE_S = 5.0
-FLUSH_EVERY_S = 1.0
 ENDPOINT_PROOF_ROWS = 8  # rows whose first answers all say the endpoint is wrong: stop the run
 
 
-class RunLoop:
+class RunLoop(RunControl):
     def __init__(
         self,
         prepared: Prepared,
@@ -50,11 +49,9 @@ class RunLoop:
         log: Callable[[str], None],
         last_row: int | None = None,
     ) -> None:
-        spec = self.spec = prepared.spec
-        self.last_row = last_row  # submit --limit: rows after this one wait for a later run
+        super().__init__(prepared, checkpoint, state, progress, log, last_row)
+        spec = self.spec
         self.t_wall0 = time.time()
-        self.prepared, self.checkpoint, self.state, self.progress, self.log = prepared, checkpoint, state, progress, log
-        self.ledger = Ledger(prepared, checkpoint, state, progress)
         self.errors = PRESETS[spec.provider.name].errors
         auth = make_auth(key, spec.provider.auth)
         self.lane: Lane = (
@@ -71,10 +68,6 @@ class RunLoop:
         self.backoffs: set[asyncio.TimerHandle] = set()
         self.attempts: set[asyncio.Future[None]] = set()  # attempts on the wire
         self._wake = asyncio.Event()
-        self.stopping: RunState | None = None  # INTERRUPTED | STOPPED
-        self.reason: str | None = None
-        self.error: BatchrunError | None = None
-        self.crash: Exception | None = None  # an unexpected exception, re-raised once the run is flushed
         self.interrupts = 0
         self.dispatcher: asyncio.Task[None] | None = None
         self._http: Http | None = None
@@ -99,7 +92,7 @@ class RunLoop:
         provider = self.spec.provider
         network = Network(provider.proxy, provider.ca_bundle, trust_env=provider.simulate is None)
         self._http = Http(self.throttle.concurrency.maximum + self.lane.connections, network)
-        loops = [self._flush_loop(), self.throttle.tick_forever(), *self.lane.background()]
+        loops = [self.flush_forever(), self.throttle.tick_forever(), *self.lane.background()]
         background = [asyncio.ensure_future(loop) for loop in loops]
         self.dispatcher = asyncio.create_task(self._dispatch())
         try:
@@ -299,14 +292,6 @@ class RunLoop:
 
     # --- stopping ------------------------------------------------------------------------------------
 
-    def failed(self, exc: BatchrunError) -> None:
-        self.error = self.error or exc
-        self.stop(RunState.STOPPED, str(exc))
-
-    def crashed(self, exc: Exception) -> None:
-        self.crash = self.crash or exc
-        self.stop(RunState.STOPPED, f"internal error: {exc!r}")
-
     def _fatal(self, decision: Decision, status: int | None) -> None:
         if self.stopping is RunState.STOPPED:
             return
@@ -321,10 +306,7 @@ class RunLoop:
         self.error = FatalProviderError(why)
         self.stop(RunState.STOPPED, why)
 
-    def stop(self, how: RunState, reason: str) -> None:
-        if self.stopping is RunState.STOPPED or (self.stopping and how is RunState.INTERRUPTED):
-            return
-        self.stopping, self.reason = how, reason
+    def stopped(self) -> None:
         self.wake()
         if self.dispatcher is not None:
             self.dispatcher.cancel()
@@ -342,17 +324,9 @@ class RunLoop:
 
     # --- usage.json ----------------------------------------------------------------------------------
 
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_EVERY_S)
-            if self.spec.provider.mode == "async":
-                self.progress.tasks = self.lane.held
-            self.progress.refresh()
-            try:
-                self.flush(RunState.RUNNING)
-            except BatchrunError as exc:
-                self.failed(exc)
-                return
+    def before_refresh(self) -> None:
+        if self.spec.provider.mode == "async":
+            self.progress.tasks = self.lane.held
 
-    def flush(self, state: RunState, *, final: bool = False) -> None:
-        self.ledger.flush(state, {"throttle": self.throttle.snapshot(), **self.lane.totals()}, final=final)
+    def facts(self) -> dict[str, Any]:
+        return {"throttle": self.throttle.snapshot(), **self.lane.totals()}
