@@ -20,7 +20,7 @@ from .presets import PRESETS
 from .request import BadRow, RequestBuilder
 from .rundir import RunDir
 from .sources import InputScan, first_row, iter_rows, scan_input
-from .spec import JobSpec, load_spec
+from .spec import JobSpec, ProviderSpec, load_spec
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,13 @@ def api_key(preset_name: str, env: str) -> str | None:
             f"the environment variable {env} is not set: export {env}=<your {preset.title} key> "
             "(keys never go in the job spec)"
         )
+    return key
+
+
+def provider_key(provider: ProviderSpec) -> str | None:
+    """The job's key, from its environment variable, and only when it would not cross the network in the clear."""
+    key = api_key(provider.name, provider.api_key_env)
+    refuse_plain_http(provider.base_url, key, provider.allow_insecure_http)
     return key
 
 

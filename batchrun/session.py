@@ -17,7 +17,7 @@ from .batch_run import BatchRun
 from .checkpoint import Checkpoint, ResumeState
 from .errors import BatchrunError, SpecError
 from .ids import DUPLICATE_ID
-from .job import Prepared, api_key, display_path, prepare, refuse_plain_http
+from .job import Prepared, api_key, display_path, prepare, provider_key, refuse_plain_http
 from .presets import PRESETS
 from .progress import Progress
 from .providers import make_auth
@@ -65,8 +65,7 @@ async def run_job(
 
     `retry_codes` (retry-failed): first drop the failure records with these error codes (empty: all of them),
     so that their rows are sent again. `limit`: only the input's first rows; a later run does the rest."""
-    key = api_key(spec.provider.name, spec.provider.api_key_env)
-    refuse_plain_http(spec.provider.base_url, key, spec.provider.allow_insecure_http)
+    key = provider_key(spec.provider)
     if retry_codes:
         _check_codes(spec.output_dir, retry_codes)
     prepared = prepare(spec)
@@ -196,8 +195,7 @@ async def cancel_run(spec: JobSpec) -> list[str]:
     """Cancel the batches of a run in mode batch that are still going."""
     if spec.provider.mode != "batch":
         raise SpecError(f"{spec.output_dir} is not a run in provider.mode: batch: there are no batches to cancel")
-    key = api_key(spec.provider.name, spec.provider.api_key_env)
-    refuse_plain_http(spec.provider.base_url, key, spec.provider.allow_insecure_http)
+    key = provider_key(spec.provider)
     return await cancel_batches(spec, key)
 
 
