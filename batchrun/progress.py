@@ -38,7 +38,6 @@ class Progress:
     ) -> None:
         self.total, self.done, self.desc = total, done, desc
         self.failed = failed  # of the whole run, as the closing summary counts them
-        self.failed_here = 0
         self.retries = 0
         self.rate_limited = 0
         self.requests = 0
@@ -72,7 +71,6 @@ class Progress:
         self.tokens += tokens
         if failed:
             self.failed += 1
-            self.failed_here += 1
         if self._bar is not None:
             self._bar.update(1)
 
