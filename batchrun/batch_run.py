@@ -25,7 +25,7 @@ from .presets import PRESETS
 from .progress import Progress
 from .providers import make_auth
 from .providers.batches import BatchAPIClient, DownloadError
-from .records import error, record, response
+from .records import NO_OUTPUT, error, record, response
 from .request import BadRow, Request
 from .retry import Verdict, classify, error_details
 from .run_control import RunControl
@@ -84,6 +84,7 @@ class BatchRun(RunControl):
         # rows a batch did not finish go online (the session runs them once this loop is done) rather than into
         # a new batch: with batch.fallback: online, and for everything once the deadline has passed
         self.online_after = self.spec.batch.fallback == "online"
+        self.repairing = 0  # answers of the shard being harvested that did not fit the schema
 
     # --- what the session calls ------------------------------------------------------------------------
 
@@ -189,7 +190,7 @@ class BatchRun(RunControl):
         first = max(self.shards, default=0) + 1
         writer = ShardWriter(self.checkpoint.path / SHARDS, self.api, self.spec.endpoint, first, self.line_url)
         written: list[Any] = []
-        build = self.prepared.builder.build
+        build = self.build  # with structured output, a row being repaired is asked its next question
         caps: dict[str, int] = dict(self.api.queue_caps)
         queued: dict[str, int] = {}  # rows of each capped model in this round's batches
         for raw in iter_rows(self.spec.input, skip=done.__contains__):
@@ -294,7 +295,7 @@ class BatchRun(RunControl):
             return
         batch = reply.body
         index = ShardIndex(self._rows_path(shard))
-        recorded = 0
+        recorded = self.repairing = 0
         try:
             for file_id in (batch.get("output_file_id"), batch.get("error_file_id")):
                 if isinstance(file_id, str) and file_id:
@@ -333,8 +334,13 @@ class BatchRun(RunControl):
             )
         self._event(shard, "harvested", status=status, recorded=recorded, resend=resend)
         shard.harvested, shard.status = True, status
-        if resend:
-            self.log(f"shard {shard.index}: batch {status}; {resend:,} rows it did not finish go into a new batch")
+        if self.repairing:
+            self.log(f"shard {shard.index}: {self.repairing:,} answers did not fit the schema; they are asked again")
+        if resend > self.repairing:
+            self.log(
+                f"shard {shard.index}: batch {status}; {resend - self.repairing:,} rows it did not finish go into a "
+                "new batch"
+            )
 
     async def _clean(self, shard: ShardState) -> None:
         """Delete the uploaded file once its batch is harvested (Zhipu keeps at most 1,000 files)."""
@@ -358,13 +364,25 @@ class BatchRun(RunControl):
             status if isinstance(status, int) else None, body, {}, None if resp else "batch_error", self.errors
         )
         if decision.verdict is Verdict.OK:
+            output, err = NO_OUTPUT, None
+            if self.repairs is not None:  # structured output: keep it, ask again (a later shard), or fail the row
+                judged = self.repairs.judge(body)
+                if judged.problem is not None:
+                    if self.repairs.note(row, judged, body, batch_id):
+                        self.repairing += 1
+                        return 0
+                    decision, path = self.repairs.failure(judged)
+                    err = error(decision.code, decision.message, 200, self.tries[row])
+                    err["path"] = path
+                output = judged.value if err is None else NO_OUTPUT
             self._commit(
                 row,
                 custom_id,
                 model,
                 response(200, resp.get("request_id") if resp else None, body),
-                None,
+                err,
                 batch_id=batch_id,
+                output=output,
             )
             return 1
         if decision.verdict is Verdict.RETRY and self.tries[row] < self.spec.retry.max_attempts:
@@ -384,9 +402,17 @@ class BatchRun(RunControl):
         return 1
 
     def _commit(
-        self, row: int, custom_id: str, model: str, resp: Any, err: Any, *, batch_id: str | None = None
+        self,
+        row: int,
+        custom_id: str,
+        model: str,
+        resp: Any,
+        err: Any,
+        *,
+        batch_id: str | None = None,
+        output: Any = NO_OUTPUT,
     ) -> None:
-        rec = record(row, custom_id, model, resp, err, attempts=max(1, self.tries[row]))
+        rec = record(row, custom_id, model, resp, err, attempts=max(1, self.tries[row]), output=output)
         if batch_id is not None:
             rec["batch_id"] = batch_id
         self.ledger.commit(rec, failed=err is not None)

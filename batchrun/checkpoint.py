@@ -13,7 +13,7 @@ import errno
 import fcntl
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from .rundir import (
     MANIFEST,
     PREVIOUS,
     RECORD_FILES,
+    REPAIRS,
     RESULTS,
     RETRIED,
     SHARDS,
@@ -78,6 +79,7 @@ class ResumeState:
     archived_to: Path | None = None  # where --fresh moved an earlier run's files
     abandoned_tasks: int = 0  # async tasks --fresh gave up on: submitted (paid for), never answered
     tasks: dict[int, dict[str, Any]] = field(default_factory=dict)  # async: row → its last task, if not final
+    repairs: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # row → its repair steps, if not final
     released: int = 0  # failure records dropped by retry-failed: their rows are pending again
 
 
@@ -215,7 +217,9 @@ class Checkpoint:
             )
 
     def _archive(self) -> Path | None:
-        names = [n for n in (RESULTS, FAILURES, TASKS, BATCHES, SHARDS, USAGE, MANIFEST) if (self.path / n).exists()]
+        names = [
+            n for n in (RESULTS, FAILURES, TASKS, REPAIRS, BATCHES, SHARDS, USAGE, MANIFEST) if (self.path / n).exists()
+        ]
         if not names:
             return None
         dest = self.path / PREVIOUS / now_iso().replace(":", "-")
@@ -258,14 +262,16 @@ class Checkpoint:
             if usage is not None:
                 usage.pop("checkpoint", None)  # totals no longer match the records: recount them
                 atomic_write(self.path / USAGE, orjson.dumps(usage, option=orjson.OPT_INDENT_2))
-            if (self.path / TASKS).exists():
-                with open(self.path / TASKS, "ab") as f:
-                    f.write(
-                        b"".join(
-                            orjson.dumps({"row": r, "task_id": None, "cleared": "retry-failed"}) + b"\n" for r in rows
+            for side in (TASKS, REPAIRS):  # the rows start afresh: no task to poll, no repair to go on with
+                if (self.path / side).exists():
+                    with open(self.path / side, "ab") as f:
+                        f.write(
+                            b"".join(
+                                orjson.dumps({"row": r, "task_id": None, "cleared": "retry-failed"}) + b"\n"
+                                for r in rows
+                            )
                         )
-                    )
-                    os.fsync(f.fileno())
+                        os.fsync(f.fileno())
         except OSError as exc:
             raise CheckpointWriteError(_write_error(path, exc)) from None
         return len(released)
@@ -283,12 +289,22 @@ class Checkpoint:
             self.sizes[name] = _scan(self.path / name, covers[name] if covers else 0, state, fold=covers is None)
         if covers is None:
             fold_set_aside(self.path, state.usage)
-        self._read_tasks(state)
+        for row, entry in self._side_entries(TASKS, state):
+            if isinstance(entry.get("task_id"), str):  # the task each unfinished row holds: polled, not resubmitted
+                state.tasks[row] = entry
+            else:  # cleared (retry-failed): submit the row afresh
+                state.tasks.pop(row, None)
+        for row, entry in self._side_entries(REPAIRS, state):
+            if entry.get("cleared"):
+                state.repairs.pop(row, None)
+            else:  # an unfinished row's repair steps so far: a resumed run asks its next question, not its first
+                state.repairs.setdefault(row, []).append(entry)
         return state
 
-    def _read_tasks(self, state: ResumeState) -> None:
-        """The task each unfinished row holds (its last submission): resume polls these, never resubmits."""
-        path = self.path / TASKS
+    def _side_entries(self, name: str, state: ResumeState) -> Iterator[tuple[int, dict[str, Any]]]:
+        """The entries of a side file (`{"row": N, ...}` a line) whose rows hold no final record yet; a torn tail
+        is cut off."""
+        path = self.path / name
         if not path.exists():
             return
         with open(path, "r+b") as f:
@@ -304,10 +320,8 @@ class Checkpoint:
                     continue
                 with contextlib.suppress(orjson.JSONDecodeError):
                     entry = orjson.loads(line)
-                    if isinstance(entry.get("task_id"), str):
-                        state.tasks[row] = entry
-                    else:  # cleared (retry-failed): submit the row afresh
-                        state.tasks.pop(row, None)
+                    if isinstance(entry, dict):
+                        yield row, entry
 
     # --- writing -------------------------------------------------------------------------------------
 
@@ -332,6 +346,13 @@ class Checkpoint:
         self._open_side(TASKS)
         self._write(TASKS, orjson.dumps(entry) + b"\n")
         self._task_writes += 1
+
+    def append_repair(self, entry: Mapping[str, Any]) -> None:
+        """Note an answer that did not fit the schema and the repair asked for it (`{"row": N, ...}`); made durable
+        with the records, once a second."""
+        self._open_side(REPAIRS)
+        self._write(REPAIRS, orjson.dumps(entry) + b"\n")
+        self._dirty = True
 
     def append_batch_event(self, event: Mapping[str, Any]) -> None:
         """One event of a shard's story (batches.jsonl), fsynced before the run acts on it: a file id or batch id

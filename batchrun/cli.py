@@ -25,6 +25,7 @@ from .pricing import Prices, load_prices
 from .rundir import RunState
 from .session import EXIT_INTERRUPTED, RunOutcome, cancel_run, list_provider_models, run_job
 from .spec import LATENCY_DISTS, SimulateSpec, load_spec
+from .usage import outputs, outputs_line
 from .validate import validate, validation_lines
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -446,6 +447,8 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
         f"  this session: {outcome.rows_this_session:,} rows in {outcome.elapsed_s:,.1f} s ({rate:,.1f} rows/s)",
         f"  results: {rel}/results.jsonl" + (f"   failures: {rel}/failures.jsonl" if u.rows_failed else ""),
     ]
+    if (shaped := outputs_line(outputs(u.models))) is not None:
+        lines.append(f"  output: {shaped}")
     if u.failures_by_code:
         codes = ", ".join(f"{c} ×{n}" for c, n in sorted(u.failures_by_code.items(), key=lambda kv: -kv[1])[:5])
         lines.append(f"  failures by code: {codes}")

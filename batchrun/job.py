@@ -91,6 +91,9 @@ def fingerprint(spec: JobSpec, scan: InputScan) -> dict[str, str]:
         found["tasks"] = "async"
     if spec.provider.mode == "batch":  # rows in batches at the provider mean nothing to the online lanes
         found["lane"] = "batch"
+    if spec.output is not None:  # the schema is in every request, and decides which answers are kept
+        out = spec.output
+        found["output"] = _digest({"schema": dict(out.schema), "name": out.name, "ask": out.ask})
     return found
 
 

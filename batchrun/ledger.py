@@ -15,7 +15,8 @@ from .ids import DUPLICATE_ID, repeated_ids
 from .job import Prepared
 from .lanes import Row
 from .progress import Progress
-from .records import Record, error, now_iso, record, response
+from .records import NO_OUTPUT, Record, error, now_iso, record, response
+from .repairs import Repairs
 from .request import BadRow, Request
 from .retry import Decision
 from .rundir import RunState
@@ -37,6 +38,8 @@ class Ledger:
         self.usage = state.usage
         self.started_at, self.t0 = now_iso(), time.monotonic()
         self.rate_samples: deque[tuple[float, int]] = deque([(self.t0, state.done.count)])
+        output = self.spec.output
+        self.repairs = Repairs(output, self.spec.params, checkpoint, state.repairs) if output is not None else None
 
     def record(
         self,
@@ -47,11 +50,16 @@ class Ledger:
         *,
         part: Request | None = None,
         batch: dict[str, int] | None = None,
+        output: Any = NO_OUTPUT,
+        path: str | None = None,
     ) -> None:
-        """The final record of `row` (or of one `part` of a shared request) from its last answer."""
+        """The final record of `row` (or of one `part` of a shared request) from its last answer: with structured
+        output, its parsed `output`, or the `path` of what did not fit."""
         req = part or row.request
         resp = None if reply.status is None else response(reply.status, reply.request_id, reply.body)
         err = None if decision is None else error(decision.code, decision.message, reply.status, row.attempts)
+        if err is not None and path is not None:
+            err["path"] = path
         rec = record(
             req.row,
             req.custom_id,
@@ -61,6 +69,7 @@ class Ledger:
             attempts=row.attempts,
             rate_limited=row.rate_limited,
             latency_s=round(reply.elapsed, 4),
+            output=output,
         )
         if batch is not None:
             rec["batch"] = batch
@@ -92,6 +101,8 @@ class Ledger:
         self.checkpoint.note(ids_checked=True)
 
     def commit(self, rec: Record, *, failed: bool) -> None:
+        if self.repairs is not None and (steps := self.repairs.finish(rec["row"])):
+            rec["repairs"] = steps
         self.checkpoint.append(rec, failed=failed)
         self.state.done.add(rec["row"])
         before = self.usage.total_tokens

@@ -16,10 +16,12 @@ Mode = Literal["sync", "stream", "async", "batch"]
 Endpoint = Literal["chat", "completions", "embeddings"]
 TpmAccounting = Literal["auto", "reserve", "actual"]
 Auth = Literal["bearer", "jwt"]
+AskForm = Literal["json_schema", "json_object", "instruction"]  # how a job with `output:` asks for JSON
 MODES: tuple[Mode, ...] = ("sync", "stream", "async", "batch")
 ENDPOINTS: tuple[Endpoint, ...] = ("chat", "completions", "embeddings")
 TPM_ACCOUNTING: tuple[TpmAccounting, ...] = ("auto", "reserve", "actual")
 AUTHS: tuple[Auth, ...] = ("bearer", "jwt")
+ASK_FORMS: tuple[AskForm, ...] = ("json_schema", "json_object", "instruction")
 ENDPOINT_URLS: dict[Endpoint, str] = {
     "chat": "/chat/completions",
     "completions": "/completions",
@@ -66,6 +68,8 @@ class Preset:
     embedding_batch: int = 16  # inputs per /embeddings request the provider accepts
     auths: tuple[Auth, ...] = ("bearer",)
     batch: BatchAPI | None = None  # the provider's Batch API, where it has one
+    # structured output: the strongest way the provider documents to ask for JSON (structured.py)
+    ask: AskForm = "instruction"
 
 
 MB = 1024 * 1024
@@ -166,6 +170,7 @@ PRESETS: dict[str, Preset] = {
             tpm_accounting="reserve",
             endpoints=("chat", "completions", "embeddings"),
             embedding_batch=256,
+            ask="json_schema",
         ),
         Preset(
             "zhipu",
@@ -175,6 +180,7 @@ PRESETS: dict[str, Preset] = {
             modes=("sync", "stream", "async"),
             embedding_batch=64,
             auths=("bearer", "jwt"),
+            ask="json_object",
         ),
         Preset(
             "dashscope",
@@ -182,9 +188,16 @@ PRESETS: dict[str, Preset] = {
             "DASHSCOPE_API_KEY",
             "Alibaba DashScope (Qwen)",
             embedding_batch=10,
+            ask="json_object",
         ),
-        Preset("aistudio", "https://aistudio.baidu.com/llm/lmapi/v3", "AISTUDIO_ACCESS_TOKEN", "Baidu AI Studio"),
-        Preset("qianfan", "https://qianfan.baidubce.com/v2", "QIANFAN_API_KEY", "Baidu Qianfan"),
+        Preset(
+            "aistudio",
+            "https://aistudio.baidu.com/llm/lmapi/v3",
+            "AISTUDIO_ACCESS_TOKEN",
+            "Baidu AI Studio",
+            ask="json_object",
+        ),
+        Preset("qianfan", "https://qianfan.baidubce.com/v2", "QIANFAN_API_KEY", "Baidu Qianfan", ask="json_object"),
         Preset("genstudio", "https://cloud.infini-ai.com/maas/v1", "GENSTUDIO_API_KEY", "Infini-AI GenStudio"),
         Preset(
             "modelarts",
@@ -201,6 +214,7 @@ PRESETS: dict[str, Preset] = {
             key_required=False,
             endpoints=("chat", "completions", "embeddings"),
             embedding_batch=64,
+            ask="json_schema",
         ),
         Preset(
             "simulated",
@@ -210,6 +224,7 @@ PRESETS: dict[str, Preset] = {
             key_required=False,
             modes=("sync", "stream", "async"),
             endpoints=("chat", "completions", "embeddings"),
+            ask="json_schema",
         ),
     )
 }

@@ -39,6 +39,7 @@ class Progress:
         self.total, self.done, self.desc = total, done, desc
         self.failed = failed  # of the whole run, as the closing summary counts them
         self.retries = 0
+        self.repairs = 0  # structured output: answers that did not fit, asked about again
         self.rate_limited = 0
         self.requests = 0
         self.tokens = 0
@@ -81,12 +82,17 @@ class Progress:
         if rate_limited:
             self.rate_limited += 1
 
+    def repaired(self) -> None:
+        self.repairs += 1
+
     def stats(self) -> list[str]:
         """The figures after the bar, most useful first."""
         elapsed = max(1e-6, self.clock() - self._start)
         parts = [f"{self.failed:,} failed"] if self.failed else []
         if self.tasks is not None:
             parts.append(f"{self.tasks:,} {self.tasks_label}")
+        if self.repairs:
+            parts.append(f"{self.repairs:,} repairs")
         parts += [
             f"{self.requests / elapsed:,.1f} req/s",
             f"{self.rate_limited:,} 429s",

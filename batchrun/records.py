@@ -15,12 +15,15 @@ OpenAI Batch API output line, so other tools read it as they read a batch output
   `attempts`, `rate_limited` (attempts answered 429), `latency_s`, `completed_at`; and only where they apply:
   `batch` (rows that shared one embeddings request), `shared_request` (the failed shared request a row was split
   from), `retried_usage` (tokens billed for answers that were retried: usage counts them), `task_id`, `polls` and
-  `resubmitted` (async tasks). `error` adds `status` and `attempts` to OpenAI's pair.
+  `resubmitted` (async tasks); with structured output, `output` (the answer's JSON, valid against the schema)
+  and `repairs` (the answers before it that did not fit, and their usage). `error` adds `status` and `attempts`
+  to OpenAI's pair, and `path` for `invalid_output`.
 
 The bytes, which readers of a million-row run rely on without parsing whole lines:
 - every line starts with `{"row":N,`: resuming reads row numbers from that prefix alone;
-- `"latency_s":` and `"completed_at":"` are top-level keys written after `response`, so the last occurrence in
-  the line is batchrun's own (a body's copy would come earlier; inside a JSON string it is escaped);
+- `"latency_s":` and `"completed_at":"` are top-level keys written after `response` and `output`, so the last
+  occurrence in the line is batchrun's own (a body's or an output's copy would come earlier; inside a JSON string
+  it is escaped);
 - one record is one line, written with one write: a line without its newline is torn and cut off on resume.
 """
 
@@ -30,11 +33,12 @@ import contextlib
 import datetime as dt
 import uuid
 from collections.abc import Mapping
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import orjson
 
 ROW_PREFIX = b'{"row":'
+NO_OUTPUT: Any = object()  # a record without structured output (`output` may be any JSON, null included)
 LATENCY_KEY = b'"latency_s":'
 COMPLETED_KEY = b'"completed_at":"'
 
@@ -45,11 +49,15 @@ class Response(TypedDict):
     body: dict[str, Any]
 
 
-class RecordError(TypedDict):
+class _RecordErrorKeys(TypedDict):
     code: str
     message: str
     status: int | None
     attempts: int
+
+
+class RecordError(_RecordErrorKeys, total=False):
+    path: str  # invalid_output: where in the answer the first schema error is (`$.score`)
 
 
 class _RecordKeys(TypedDict):
@@ -73,6 +81,9 @@ class Record(_RecordKeys, total=False):
     batch_id: str  # the batch lane: the provider's batch this row's answer came from
     polls: int
     resubmitted: list[dict[str, Any]]  # async tasks given up on: {"task_id", "reason", "message", "polls"}
+    output: Any  # structured output: the answer's JSON, parsed and valid against the job's schema
+    repairs: list[dict[str, Any]]  # structured output: answers that did not fit, each {"kind", "path", "message",
+    # "usage", "batch_id"?}; billed, so usage counts them
 
 
 def now_iso() -> str:
@@ -121,19 +132,22 @@ def record(
     attempts: int,
     rate_limited: int = 0,
     latency_s: float | None = None,
+    output: Any = NO_OUTPUT,
 ) -> Record:
-    """A final record, keys in the order the byte-level contract needs (row first; timings after response)."""
-    out: Record = {
+    """A final record, keys in the order the byte-level contract needs (row first; timings after response and
+    output, whose keys are the model's)."""
+    keys: dict[str, Any] = {
         "row": row,
         "id": f"batch_req_{row}",
         "custom_id": custom_id,
         "model": model,
         "response": resp,
         "error": err,
-        "attempts": attempts,
-        "rate_limited": rate_limited,
-        "completed_at": now_iso(),
     }
+    if output is not NO_OUTPUT:
+        keys["output"] = output
+    keys.update(attempts=attempts, rate_limited=rate_limited, completed_at=now_iso())
+    out = cast(Record, keys)
     if latency_s is not None:
         out["latency_s"] = latency_s
     return out

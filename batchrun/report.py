@@ -25,7 +25,7 @@ import orjson
 from .pricing import Price, Prices, money, parse_prices
 from .records import line_timing
 from .rundir import MANIFEST, RECORD_FILES, RunDir, covered_offsets, fold_set_aside
-from .usage import Usage
+from .usage import Usage, outputs, outputs_line
 
 
 @dataclass
@@ -324,6 +324,13 @@ def report_table(report: Report) -> list[str]:
             f"  no price for {', '.join(report.unpriced)}: their cost is unknown, not zero; add them "
             "with --prices FILE or a pricing: block in the job spec"
         )
+    shaped = [(name, outputs({name: m})) for name, m in sorted(u.models.items())]
+    if any(outputs_line(counts) for _, counts in shaped):
+        lines.append("")
+        lines.append("  structured output (rows that fit the schema)")
+        for name, counts in shaped:
+            if (line := outputs_line(counts)) is not None:
+                lines.append(f"    {name}: {line}")
     if u.failures_by_code:
         lines.append("")
         lines.append("  failures by code")
@@ -364,6 +371,7 @@ def report_json(report: Report) -> dict[str, Any]:
                 "price": None if m.price is None else vars(m.price),
                 "cost": m.cost,
                 "currency": m.price.currency if m.price else None,
+                "outputs": outputs({m.model: u.models[m.model]}) if m.model in u.models else None,
             }
             for m in report.models
         ],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -12,6 +12,7 @@ from .errors import SpecError
 from .presets import ENDPOINT_URLS, Endpoint
 from .sources import RawRow
 from .spec import JobSpec
+from .structured import ask
 
 # Output tokens charged to the TPM budget when neither the spec nor the row sets max_tokens.
 DEFAULT_MAX_OUTPUT_TOKENS = 512
@@ -88,6 +89,16 @@ def max_output_tokens(body: Mapping[str, Any]) -> int:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return DEFAULT_MAX_OUTPUT_TOKENS
+
+
+def with_body(request: Request, body: dict[str, Any]) -> Request:
+    """The same row's chat request with another body (a repair step), its token estimates made anew."""
+    return replace(
+        request,
+        payload=orjson.dumps(body),
+        prompt_tokens=estimate_messages(body["messages"]),
+        max_output=max_output_tokens(body),
+    )
 
 
 def url_endpoint(url: str) -> Endpoint | None:
@@ -286,9 +297,12 @@ class RequestBuilder:
         return self._mode(body)
 
     def _mode(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Streaming asks for usage in the last chunk (ModelArts sends none without it), whether the mode streams
-        every row or a line's own body asks for it: either way every token billed is counted."""
-        mode = self.spec.provider.mode
+        """Structured output asks for its JSON (structured.ask). Streaming asks for usage in the last chunk
+        (ModelArts sends none without it), whether the mode streams every row or a line's own body asks for it:
+        either way every token billed is counted."""
+        mode, output = self.spec.provider.mode, self.spec.output
+        if output is not None:
+            body = ask(body, output, output.ask)
         if mode == "stream" and self.endpoint != "embeddings":
             body["stream"] = True
         if body.get("stream") is True:

@@ -31,6 +31,9 @@ class RunControl:
         self.progress, self.log = progress, log
         self.last_row = last_row  # submit --limit: rows after this one wait for a later run
         self.ledger = Ledger(prepared, checkpoint, state, progress)
+        self.repairs = self.ledger.repairs  # structured output: judges answers and asks again
+        # a row as a request: with structured output, the question it is at (its repair steps applied)
+        self.build = self.repairs.build(prepared.builder.build) if self.repairs else prepared.builder.build
         self.stopping: RunState | None = None  # INTERRUPTED | STOPPED
         self.reason: str | None = None
         self.error: BatchrunError | None = None

@@ -3,6 +3,7 @@ retry-failed. `checkpoint.Checkpoint` is the one writer; nothing here writes or 
 
     results.jsonl / failures.jsonl   final records (see `records`)
     tasks.jsonl                      async mode: every task id, fsync'd before anything waits on it
+    repairs.jsonl                    structured output: answers that did not fit, so a resumed repair goes on
     usage.json                       totals, and how far into each record file they reach
     manifest.json                    the job, its fingerprint and the run's state
     run.lock                         held while a `submit` runs
@@ -28,6 +29,7 @@ RESULTS = "results.jsonl"
 FAILURES = "failures.jsonl"
 RECORD_FILES = (RESULTS, FAILURES)
 TASKS = "tasks.jsonl"
+REPAIRS = "repairs.jsonl"  # structured output: every answer that did not fit the schema, and how it is repaired
 BATCHES = "batches.jsonl"  # the batch lane: each shard's story (see shards.py)
 SHARDS = "shards"  # the batch lane: the files uploaded to the provider's Batch API, and their row sidecars
 USAGE = "usage.json"

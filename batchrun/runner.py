@@ -55,7 +55,7 @@ class RunLoop(RunControl):
         self.errors = PRESETS[spec.provider.name].errors
         auth = make_auth(key, spec.provider.auth)
         self.lane: Lane = (
-            TaskLane(self, base_url, auth, prepared.builder.build, self._record_bad)
+            TaskLane(self, base_url, auth, self.build, self._record_bad)
             if spec.provider.mode == "async"
             else OnlineLane(self, base_url, auth)
         )
@@ -133,7 +133,7 @@ class RunLoop(RunControl):
                     if self.progress.failed % 256 == 0:
                         await asyncio.sleep(0)
                     continue
-                row = Row(nxt)
+                row = Row(nxt, attempts=self.repairs.steps(nxt.row) if self.repairs else 0)
             else:
                 if self.gate.inflight == 0 and not self.backoffs and not self.lane.held:
                     return
@@ -153,7 +153,7 @@ class RunLoop(RunControl):
 
     def _rows(self) -> Iterator[Request | BadRow]:
         """The input's rows without a final record (nor a task held for them), embeddings rows alike batched."""
-        build, done, skip_held = self.prepared.builder.build, self.state.done, self.lane.skip
+        build, done, skip_held = self.build, self.state.done, self.lane.skip
         skip = (lambda row: row in done or skip_held(row)) if self.state.tasks else done.__contains__
         raws = iter_rows(self.spec.input, skip=skip)
         last = self.last_row
@@ -233,7 +233,10 @@ class RunLoop(RunControl):
     def decide(self, row: Row, reply: Reply, decision: Decision) -> None:
         """Act on a classified answer: record it, retry the row, or stop the run."""
         if decision.verdict is Verdict.OK:
-            self.record(row, reply, None)
+            if self.repairs is not None and not row.request.parts:
+                self._check_output(row, reply)
+            else:
+                self.record(row, reply, None)
         elif decision.verdict is Verdict.STOP_RUN:
             self._fatal(decision, reply.status)
         elif decision.verdict is Verdict.RETRY and row.attempts < self.spec.retry.max_attempts:
@@ -245,6 +248,24 @@ class RunLoop(RunControl):
                 self.record(row, reply, decision, part=part, batch={"index": i, "size": len(parts)})
             if not parts:
                 self.record(row, reply, decision)
+
+    def _check_output(self, row: Row, reply: Reply) -> None:
+        """Structured output: keep an answer that fits the schema; ask again about one that does not (repairs.py),
+        or, out of repairs, record the row as invalid_output with the answer kept."""
+        assert self.repairs is not None
+        judged = self.repairs.judge(reply.body)
+        if judged.problem is None:
+            self.ledger.record(row, reply, None, self.lane.annotate, output=judged.value)
+            return
+        nxt = self.repairs.next_request(row.request, judged, reply.body)
+        if nxt is not None:
+            row.request = nxt
+            self.progress.repaired()
+            self.ready.append(row)
+            self.wake()
+            return
+        decision, path = self.repairs.failure(judged)
+        self.ledger.record(row, reply, decision, self.lane.annotate, path=path)
 
     def retry_later(self, row: Row, decision: Decision, *, immediately: bool = False) -> None:
         retry = self.spec.retry

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from .request import estimate_tokens, max_output_tokens
+from .structured import schema_in_text
 
 DIRECTIVE = re.compile(r"#sim:([a-z0-9-]+)(?:=([\w.:-]+))?")
 MODELS = ("sim-small", "sim-large", "glm-4-flash", "qwen-plus", "ernie-3.5-8k", "gpt-4o-mini")
@@ -226,16 +227,23 @@ SPOILS = ("bad", "type", "missing", "cut")
 
 
 def structured_content(body: dict[str, Any], key: bytes, spoil: str | None) -> tuple[str, str] | None:
-    """(content, finish_reason) for a request with `response_format` json_schema (an instance of its schema) or
-    json_object (an object); None without one. `spoil` makes it invalid the way models get it wrong: `bad` (not
-    JSON), `type` (a field of the wrong type), `missing` (a required field left out), `cut` (stopped at
-    max_tokens), or `fence` (valid, but in a ```json fence with talk around it)."""
+    """(content, finish_reason) for a request that asks for JSON: `response_format` json_schema (an instance of
+    its schema), a schema in the prompt as batchrun's instruction puts it, or json_object (an object); None when
+    it asks for none. Content longer than max_tokens allows is cut there, as a model's is. `spoil` makes it
+    invalid the way models get it wrong: `bad` (not JSON), `type` (a field of the wrong type), `missing` (a
+    required field left out), `cut` (stopped at max_tokens), or `fence` (valid, but in a ```json fence with talk
+    around it)."""
     fmt = body.get("response_format")
-    if not isinstance(fmt, dict) or fmt.get("type") not in ("json_schema", "json_object"):
-        return None
-    given = fmt.get("json_schema")
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    given = fmt.get("json_schema") if isinstance(fmt, dict) else None
     spec: dict[str, Any] = given if isinstance(given, dict) else {}
-    schema = spec.get("schema") if fmt["type"] == "json_schema" and isinstance(spec.get("schema"), dict) else None
+    schema = spec.get("schema") if kind == "json_schema" and isinstance(spec.get("schema"), dict) else None
+    if schema is None:
+        messages = body.get("messages")
+        texts = [message_text(m) for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
+        schema = schema_in_text("\n".join(texts))
+    if schema is None and kind not in ("json_schema", "json_object"):
+        return None
     value = sample(schema or {"type": "object", "properties": {"answer": {"type": "string"}}}, key.hex())
     if spoil == "type" and isinstance(value, dict) and value:
         name = next(iter(value))
@@ -248,7 +256,10 @@ def structured_content(body: dict[str, Any], key: bytes, spoil: str | None) -> t
     if spoil == "cut":
         return text[: max(1, len(text) // 2)], "length"
     if spoil == "fence":
-        return f"Here you go:\n```json\n{text}\n```\nAnything else?", "stop"
+        text = f"Here you go:\n```json\n{text}\n```\nAnything else?"
+    limit = max_output_tokens(body)
+    if estimate_tokens(text) > limit:  # the model ran out of room
+        return text[: max(1, limit * 4 - 4)], "length"
     return text, "stop"
 
 

@@ -374,18 +374,15 @@ class SimProvider:
         return 200, self._bill(call)
 
     def _structure(self, answer: dict[str, Any], call: _Call) -> None:
-        """With a response_format: JSON that fits it. A first answer may be spoilt, as models spoil them (the
-        prompt's `#sim:json=bad|type|missing|cut|fence`, or `invalid_json_rate` of them at random); a repair (the
-        conversation already holds an assistant answer and what was wrong with it) is always right."""
+        """Asked for JSON (a response_format, or a schema in the prompt): JSON that fits. A first answer may be
+        spoilt, as models spoil them (the prompt's `#sim:json=bad|type|missing|cut|fence`, or `invalid_json_rate`
+        of them at random); a repair (the conversation holds an assistant answer and what was wrong with it) and
+        the same question asked again are answered right."""
         messages = call.body.get("messages") or []
-        repair = any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages)
-        spoil = None if repair else call.directives.get("json")
-        if (
-            spoil is None
-            and not repair
-            and self.cfg.invalid_json_rate
-            and self.rng.random() < self.cfg.invalid_json_rate
-        ):
+        # a first answer only: not a repair, nor the same question asked again (with more max_tokens, say)
+        first = call.attempt == 1 and not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages)
+        spoil = call.directives.get("json") if first else None
+        if spoil is None and first and self.cfg.invalid_json_rate and self.rng.random() < self.cfg.invalid_json_rate:
             spoil = SPOILS[self.rng.randrange(len(SPOILS))]
         made = structured_content(call.body, call.key, spoil)
         if made is None:

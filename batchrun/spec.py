@@ -10,10 +10,25 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+
 from .errors import InputError, SpecError
-from .presets import AUTHS, ENDPOINTS, MODES, PRESETS, TPM_ACCOUNTING, Auth, Endpoint, Mode, Preset, TpmAccounting
+from .presets import (
+    ASK_FORMS,
+    AUTHS,
+    ENDPOINTS,
+    MODES,
+    PRESETS,
+    TPM_ACCOUNTING,
+    Auth,
+    Endpoint,
+    Mode,
+    Preset,
+    TpmAccounting,
+)
 from .pricing import Price, parse_prices
 from .spec_section import Section, choice, names, seconds_range
+from .structured import DEFAULT_MAX_REPAIRS, DEFAULT_MAX_TOKENS_CAP, OutputSpec, body_max_tokens, schema_problem
 from .yamlfile import load_yaml
 
 INPUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
@@ -123,6 +138,7 @@ class JobSpec:
     endpoint: Endpoint = "chat"  # chat (/chat/completions), completions (/completions) or embeddings (/embeddings)
     pricing: Mapping[str, Price] = field(default_factory=dict)  # overrides of the built-in prices
     batch: BatchSettings = field(default_factory=BatchSettings)
+    output: OutputSpec | None = None  # structured output: the schema every answer must fit
 
     def describe(self) -> dict[str, Any]:
         """The job as recorded in the manifest: paths as strings, never a key."""
@@ -148,6 +164,7 @@ class JobSpec:
             "batch": vars(self.batch),
             "output_dir": str(self.output_dir),
             "pricing": {model: vars(price) for model, price in self.pricing.items()},
+            **({"output": {**vars(self.output), "schema": dict(self.output.schema)}} if self.output else {}),
         }
 
 
@@ -199,6 +216,7 @@ def parse_spec(data: Any, *, spec_path: Path, source: str) -> JobSpec:
             "output_dir",
             "pricing",
             "batch",
+            "output",
         },
         source,
     )
@@ -251,6 +269,50 @@ def parse_spec(data: Any, *, spec_path: Path, source: str) -> JobSpec:
         endpoint=endpoint,
         pricing=parse_prices(top.data["pricing"], source, "pricing.") if top.data.get("pricing") else {},
         batch=_parse_batch(top.data.get("batch"), source, provider.mode),
+        output=_parse_output(top.data.get("output"), source, base, preset, endpoint, params),
+    )
+
+
+def _parse_output(
+    raw: Any, source: str, base: Path, preset: Preset, endpoint: Endpoint, params: Mapping[str, Any]
+) -> OutputSpec | None:
+    if raw is None:
+        return None
+    sec = Section("output", raw, {"schema", "schema_file", "name", "ask", "max_repairs", "max_tokens_cap"}, source)
+    if endpoint != "chat":
+        raise SpecError(f"{source}: output: structured output applies to endpoint: chat only")
+    n = params.get("n")
+    if isinstance(n, int) and n > 1:
+        raise SpecError(f"{source}: output: checks one answer per row; leave params.n out (it is {n})")
+    schema_file = sec.text("schema_file")
+    if (sec.data.get("schema") is None) == (schema_file is None):
+        raise SpecError(f"{source}: output: give exactly one of output.schema (a mapping) or output.schema_file")
+    where = "output.schema"
+    if schema_file is not None:
+        path = (base / schema_file).resolve()
+        where = f"output.schema_file ({schema_file})"
+        try:
+            schema = orjson.loads(path.read_bytes())
+        except OSError as exc:
+            raise sec.fail("schema_file", f"cannot be read: {exc.strerror} ({path})") from None
+        except orjson.JSONDecodeError as exc:
+            raise sec.fail("schema_file", f"is not JSON: {exc}") from None
+    else:
+        schema = sec.data["schema"]
+    problem = schema_problem(schema)
+    if problem is not None:
+        raise SpecError(f"{source}: {where} {problem}")
+    name = sec.text("name", "output") or "output"
+    if not all(c.isalnum() or c in "_-" for c in name) or len(name) > 64:
+        raise sec.fail("name", f"must be letters, digits, _ or - (64 at most), as response_format wants: {name!r}")
+    asked = body_max_tokens(params)
+    return OutputSpec(
+        schema=dict(schema),
+        name=name,
+        ask=choice(sec, "ask", ASK_FORMS, preset.ask),
+        max_repairs=sec.integer("max_repairs", DEFAULT_MAX_REPAIRS, minimum=0) or 0,
+        max_tokens_cap=sec.integer("max_tokens_cap", max(DEFAULT_MAX_TOKENS_CAP, 4 * (asked or 0))) or 1,
+        schema_file=schema_file,
     )
 
 

@@ -20,6 +20,29 @@ class ModelUsage:
     # of those tokens, what came back from a provider's Batch API (records with a batch_id): the batch price
     batch_prompt_tokens: int = 0
     batch_completion_tokens: int = 0
+    # structured output: rows whose first answer fit the schema, rows that fit after repairs, rows that never did
+    outputs_first_try: int = 0
+    outputs_repaired: int = 0
+    outputs_invalid: int = 0
+    repairs: int = 0  # answers that did not fit and were asked about again (each billed)
+
+
+OUTPUT_COUNTERS = ("outputs_first_try", "outputs_repaired", "outputs_invalid", "repairs")
+
+
+def outputs(models: Mapping[str, ModelUsage]) -> dict[str, int]:
+    """Structured output across models: rows that fit at the first answer, after repairs, never; repairs asked."""
+    return {name: sum(getattr(m, name) for m in models.values()) for name in OUTPUT_COUNTERS}
+
+
+def outputs_line(counts: Mapping[str, int]) -> str | None:
+    """`266 fit at the first answer, 34 after repairs (34 repair requests), 0 invalid`; None without any."""
+    if not any(counts.values()):
+        return None
+    return (
+        f"{counts['outputs_first_try']:,} fit at the first answer, {counts['outputs_repaired']:,} after repairs "
+        f"({counts['repairs']:,} repair requests), {counts['outputs_invalid']:,} invalid"
+    )
 
 
 COUNTERS = (
@@ -79,20 +102,38 @@ class Usage:
             self.rows_succeeded += 1
             model.rows_succeeded += 1
         body = body_of(record)
-        for usage in (body.get("usage") if body is not None else None, record.get("retried_usage")):
-            if isinstance(usage, Mapping):
-                prompt = count(usage.get("prompt_tokens"))
-                completion = count(usage.get("completion_tokens"))
-                total = count(usage.get("total_tokens")) or prompt + completion
-                self.prompt_tokens += prompt
-                self.completion_tokens += completion
-                self.total_tokens += total
-                model.prompt_tokens += prompt
-                model.completion_tokens += completion
-                model.total_tokens += total
-                if record.get("batch_id"):
-                    model.batch_prompt_tokens += prompt
-                    model.batch_completion_tokens += completion
+        batch_price = bool(record.get("batch_id"))
+        self._tokens(model, body.get("usage") if body is not None else None, batch_price)
+        self._tokens(model, record.get("retried_usage"), batch_price)
+        steps = record.get("repairs")
+        if isinstance(steps, list):  # structured output: answers that did not fit, billed where they came from
+            model.repairs += len(steps)
+            for step in steps:
+                if isinstance(step, Mapping):
+                    self._tokens(model, step.get("usage"), bool(step.get("batch_id")))
+        if rows and "output" in record and code is None:
+            if steps:
+                model.outputs_repaired += 1
+            else:
+                model.outputs_first_try += 1
+        elif rows and code == "invalid_output":
+            model.outputs_invalid += 1
+
+    def _tokens(self, model: ModelUsage, usage: Any, batch_price: bool) -> None:
+        if not isinstance(usage, Mapping):
+            return
+        prompt = count(usage.get("prompt_tokens"))
+        completion = count(usage.get("completion_tokens"))
+        total = count(usage.get("total_tokens")) or prompt + completion
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        self.total_tokens += total
+        model.prompt_tokens += prompt
+        model.completion_tokens += completion
+        model.total_tokens += total
+        if batch_price:
+            model.batch_prompt_tokens += prompt
+            model.batch_completion_tokens += completion
 
     def merge(self, other: Usage) -> None:
         """Add another run's totals to these (a report over several run directories)."""
