@@ -12,7 +12,8 @@ import functools
 import io
 import os
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ OUTPUT_COLUMNS = (
     "latency_s",
 )
 INPUT_PREFIX = "input_"
+OutputField = tuple[str, str, Any]  # structured output: column name, property name, the property's schema
 
 
 class RecordIndex:
@@ -94,15 +96,26 @@ class RecordIndex:
                 os.close(fd)
 
 
-def flatten(row: int, record: Mapping[str, Any] | None, embeddings: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Shape:
+    """What an export's rows hold beyond OUTPUT_COLUMNS: an embedding, structured output's columns."""
+
+    embeddings: bool = False
+    fields: Sequence[OutputField] = ()  # structured output: one column per property of the schema
+    typed: bool = False  # the output's values fitted to their Arrow types (Parquet)
+
+
+def flatten(row: int, record: Mapping[str, Any] | None, shape: Shape = Shape()) -> dict[str, Any]:
     """The export's columns for one row: its answer text, reasoning, finish_reason, usage and error.
 
     Written for speed (a million rows): records come from orjson, so plain `type(x) is dict` checks."""
     if record is None:
         out = dict.fromkeys(OUTPUT_COLUMNS)
         out.update(row=row, status="pending")
-        if embeddings:
+        if shape.embeddings:
             out["embedding"] = None
+        if shape.fields:
+            output_values(out, None, shape.fields, shape.typed)
         return out
     error = record.get("error")
     response = record.get("response")
@@ -136,10 +149,12 @@ def flatten(row: int, record: Mapping[str, Any] | None, embeddings: bool) -> dic
         "attempts": record.get("attempts"),
         "latency_s": record.get("latency_s"),
     }
-    if embeddings:
+    if shape.embeddings:
         data = body.get("data")
         first = data[0] if type(data) is list and data and type(data[0]) is dict else _EMPTY
         out["embedding"] = first.get("embedding")
+    if shape.fields:
+        output_values(out, None if error else record.get("output"), shape.fields, shape.typed)
     return out
 
 
@@ -157,27 +172,119 @@ def export_run(run_dir: Path, to: Path, *, with_input: bool = False) -> int:
     if not spec.path.is_file():
         raise InputError(f"the input {spec.path} of {run_dir} is not there: export pairs records with input rows")
     kind = to.suffix.lower()
-    writers = {".parquet": _write_parquet, ".jsonl": _write_jsonl, ".csv": _write_csv}
+    schema = (run.job.get("output") or {}).get("schema")
+    fields = output_fields(schema) if isinstance(schema, dict) else []
+    writers: dict[str, Callable[[Path, Iterator[Batch]], int]] = {
+        ".parquet": functools.partial(_write_parquet, fields=fields),
+        ".jsonl": _write_jsonl,
+        ".csv": _write_csv,
+    }
     if kind not in writers:
         raise SpecError(f"--to must end in .parquet, .jsonl or .csv, got {to.name!r}")
     embeddings = run.job.get("endpoint") == "embeddings"
     index = RecordIndex(run)
     try:
-        batches = _batches(spec, index, embeddings, with_input)
-        return writers[kind](to, batches)
+        shape = Shape(embeddings, fields, typed=kind == ".parquet")
+        return writers[kind](to, _batches(spec, index, shape, with_input))
     finally:
         index.close()
+
+
+# --- structured output: one column per top-level property of the job's schema ----------------------------------
+
+
+def output_fields(schema: Mapping[str, Any]) -> list[OutputField]:
+    """The schema's top-level properties as columns, named as the properties are (with `output_` before a name
+    that batchrun's own columns already use)."""
+    props = schema.get("properties")
+    if not isinstance(props, Mapping):
+        return [("output", "", schema)]  # not an object of properties: the whole output in one column
+    taken = {*OUTPUT_COLUMNS, "embedding", "output"}
+    return [
+        (f"output_{name}" if name in taken or name.startswith(INPUT_PREFIX) else name, name, sub)
+        for name, sub in props.items()
+    ]
+
+
+def output_values(out: dict[str, Any], value: Any, fields: Sequence[OutputField], typed: bool) -> None:
+    """A row's output values in its columns: for Parquet fitted to each column's type (`coerce`)."""
+    for column, name, sub in fields:
+        item = (value.get(name) if isinstance(value, dict) else None) if name else value
+        out[column] = coerce(item, sub) if typed else item
+
+
+def arrow_type(schema: Any) -> Any:
+    """The Arrow type of a JSON Schema: string, int64, double, bool, lists and structs; anything else (anyOf, an
+    object without properties) as JSON text."""
+    import pyarrow as pa
+
+    kind = _kind(schema)
+    if kind == "string":
+        return pa.string()
+    if kind == "integer":
+        return pa.int64()
+    if kind == "number":
+        return pa.float64()
+    if kind == "boolean":
+        return pa.bool_()
+    if kind == "array":
+        return pa.list_(arrow_type(schema.get("items")))
+    if kind == "object":
+        return pa.struct([(name, arrow_type(sub)) for name, sub in schema["properties"].items()])
+    return pa.string()
+
+
+def coerce(value: Any, schema: Any) -> Any:
+    """`value` in the shape its column's `arrow_type` takes (None where it does not fit)."""
+    if value is None:
+        return None
+    kind = _kind(schema)
+    if kind == "string":
+        return value if isinstance(value, str) else None
+    if kind == "integer":
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if kind == "number":
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if kind == "boolean":
+        return value if isinstance(value, bool) else None
+    if kind == "array":
+        return [coerce(v, schema.get("items")) for v in value] if isinstance(value, list) else None
+    if kind == "object":
+        if not isinstance(value, dict):
+            return None
+        return {name: coerce(value.get(name), sub) for name, sub in schema["properties"].items()}
+    return orjson.dumps(value).decode()
+
+
+def _kind(schema: Any) -> str | None:
+    """The one JSON type a schema names (`["string", "null"]` is a string that may be missing), else None."""
+    if not isinstance(schema, Mapping):
+        return None
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kinds = [k for k in kind if k != "null"]
+        kind = kinds[0] if len(kinds) == 1 else None
+    if kind is None and isinstance(schema.get("enum"), list) and schema["enum"]:
+        values = schema["enum"]
+        kind = "string" if all(isinstance(v, str) for v in values) else None
+    if kind == "object" and not isinstance(schema.get("properties"), Mapping):
+        return None
+    if kind is None and isinstance(schema.get("properties"), Mapping):
+        return "object"
+    return kind if isinstance(kind, str) else None
 
 
 Batch = tuple[list[dict[str, Any]], Any]  # export rows, and the input's own columns (an arrow batch) or None
 
 
-def _batches(spec: InputSpec, index: RecordIndex, embeddings: bool, with_input: bool) -> Iterator[Batch]:
+def _batches(spec: InputSpec, index: RecordIndex, shape: Shape, with_input: bool) -> Iterator[Batch]:
     if spec.format in ("parquet", "csv"):
         row = 0
         for batch in table_batches(spec, None if with_input else [], EXPORT_BATCH):
             yield (
-                [flatten(r, index.get(r), embeddings) for r in range(row + 1, row + 1 + batch.num_rows)],
+                [flatten(r, index.get(r), shape) for r in range(row + 1, row + 1 + batch.num_rows)],
                 batch if with_input else None,
             )
             row += batch.num_rows
@@ -187,7 +294,7 @@ def _batches(spec: InputSpec, index: RecordIndex, embeddings: bool, with_input: 
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            out = flatten(lineno, index.get(lineno), embeddings)
+            out = flatten(lineno, index.get(lineno), shape)
             if with_input:
                 try:
                     data = orjson.loads(line)
@@ -246,10 +353,11 @@ def _cell(value: Any) -> Any:
     return orjson.dumps(value, default=str).decode() if isinstance(value, (list, dict)) else value
 
 
-def _write_parquet(to: Path, batches: Iterator[Batch]) -> int:
+def _write_parquet(to: Path, batches: Iterator[Batch], fields: Sequence[OutputField] = ()) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    typed = {column: arrow_type(sub) for column, _, sub in fields}
     writer = None
     written = 0
     input_fields: list[str] | None = None
@@ -257,7 +365,8 @@ def _write_parquet(to: Path, batches: Iterator[Batch]) -> int:
         try:
             for rows, table in batches:
                 columns: dict[str, Any] = {name: [r[name] for r in rows] for name in rows[0] if name != "input"}
-                arrays = {name: pa.array(values, type=_types().get(name)) for name, values in columns.items()}
+                types = {**_types(), **typed}
+                arrays = {name: pa.array(values, type=types.get(name)) for name, values in columns.items()}
                 if table is not None:  # Parquet input: its own columns, types kept
                     for name, column in zip(table.schema.names, table.columns, strict=True):
                         arrays[INPUT_PREFIX + name] = column
@@ -274,7 +383,8 @@ def _write_parquet(to: Path, batches: Iterator[Batch]) -> int:
                 writer.write_batch(batch)
                 written += len(rows)
             if writer is None:  # an empty input: still a valid file with the output columns
-                empty = {name: pa.array([], type=_types().get(name) or pa.string()) for name in OUTPUT_COLUMNS}
+                names = [*OUTPUT_COLUMNS, *typed]
+                empty = {name: pa.array([], type={**_types(), **typed}.get(name) or pa.string()) for name in names}
                 writer = pq.ParquetWriter(f, pa.RecordBatch.from_pydict(empty).schema)
         finally:
             if writer is not None:

@@ -303,5 +303,6 @@ def sample(schema: Any, seed: str, depth: int = 0) -> Any:
         return bool(pick % 2)
     if kind == "null":
         return None
-    text = f"sim-{seed[-6:]}-{pick % 1000}"
+    names = re.findall(r"\.([A-Za-z_]\w*)", seed)
+    text = f"{names[-1] if names else 'text'} {pick % 1000}"
     return text.ljust(int(schema.get("minLength") or 0), "x")[: schema.get("maxLength") or None]

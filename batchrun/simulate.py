@@ -29,6 +29,8 @@ Directives in a prompt reproduce a quirk for that one row, so tests and users ca
     #sim:task=5         async: this task takes 5 s (otherwise uniform within simulate.task_s, 2-20 s)
     #sim:task-fail=1    async: the first submission's task ends with task_status FAIL
     #sim:expire=1       async: the first submission's task id is forgotten (polls answer 404)
+    #sim:json=type      asked for JSON: a first answer spoilt (bad, type, missing, cut) or wrapped (fence)
+    #sim:stubborn       asked for JSON: repairs and re-asks are spoilt the same way too
 
 Task ids carry their task, so polls are answered correctly even by a restarted simulator.
 
@@ -128,6 +130,8 @@ class SimProvider:
         self.tasks_submitted = self.polls = self.max_tasks_running = 0
         self.inflight = 0  # requests being handled: read, waited on, not yet answered (billed when answered)
         self.injected: Counter[str] = Counter()  # random faults: 500, drop, slow
+        self.structured: Counter[str] = Counter()  # JSON asked for, repairs seen, answers spoilt, by kind
+        self.max_tokens_asked: Counter[str] = Counter()  # of requests asking for JSON
         self.running: list[float] = []  # due times of tasks still running (a heap)
         self.storm_until = -math.inf  # a 429 storm (#sim:storm) turns every request away until then
         self.batch_desk = BatchDesk(self._batch_answer, self._auth, clock, cfg.batch_s)
@@ -158,6 +162,8 @@ class SimProvider:
             "first_request_at": self.first_request_at,
             "inflight": self.inflight,
             "injected": dict(self.injected),
+            "structured": dict(self.structured),
+            "max_tokens_asked": dict(self.max_tokens_asked),
             "tasks_submitted": self.tasks_submitted,
             "tasks_running": self._tasks_running(self.clock()),
             "max_tasks_running": self.max_tasks_running,
@@ -380,13 +386,16 @@ class SimProvider:
         the same question asked again are answered right."""
         messages = call.body.get("messages") or []
         # a first answer only: not a repair, nor the same question asked again (with more max_tokens, say)
-        first = call.attempt == 1 and not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages)
+        repair = any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages)
+        first = (call.attempt == 1 and not repair) or "stubborn" in call.directives
         spoil = call.directives.get("json") if first else None
         if spoil is None and first and self.cfg.invalid_json_rate and self.rng.random() < self.cfg.invalid_json_rate:
             spoil = SPOILS[self.rng.randrange(len(SPOILS))]
         made = structured_content(call.body, call.key, spoil)
         if made is None:
             return
+        self.structured.update(["asked", *(["repairs"] if repair else []), *([f"spoilt_{spoil}"] if spoil else [])])
+        self.max_tokens_asked[str(call.body.get("max_tokens"))] += 1
         content, finish = made
         completion = estimate_tokens(content)
         for choice in answer["choices"]:
