@@ -12,7 +12,7 @@ from .errors import SpecError
 from .presets import ENDPOINT_URLS, Endpoint
 from .sources import RawRow
 from .spec import JobSpec
-from .structured import ask
+from .structured import Asking
 
 # Output tokens charged to the TPM budget when neither the spec nor the row sets max_tokens.
 DEFAULT_MAX_OUTPUT_TOKENS = 512
@@ -176,6 +176,8 @@ class RequestBuilder:
         self.endpoint = spec.endpoint
         self.id_field = spec.input.id_field
         self.params = dict(spec.params)
+        output = spec.output
+        self.asking = Asking.of(output, output.ask) if output is not None else None
         if first is not None:
             self._preflight(first)
 
@@ -297,12 +299,12 @@ class RequestBuilder:
         return self._mode(body)
 
     def _mode(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Structured output asks for its JSON (structured.ask). Streaming asks for usage in the last chunk
+        """Structured output asks for its JSON (structured.Asking). Streaming asks for usage in the last chunk
         (ModelArts sends none without it), whether the mode streams every row or a line's own body asks for it:
         either way every token billed is counted."""
-        mode, output = self.spec.provider.mode, self.spec.output
-        if output is not None:
-            body = ask(body, output, output.ask)
+        mode = self.spec.provider.mode
+        if self.asking is not None:
+            body = self.asking.apply(body)
         if mode == "stream" and self.endpoint != "embeddings":
             body["stream"] = True
         if body.get("stream") is True:

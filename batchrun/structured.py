@@ -94,18 +94,34 @@ def strict_ok(schema: Any) -> bool:
     return True
 
 
-def ask(body: dict[str, Any], output: OutputSpec, form: AskForm) -> dict[str, Any]:
-    """A chat body asking for the output: `response_format` and/or the schema in the system message. A
-    response_format the user set (params or the row's own body) is left as it is."""
-    if "response_format" not in body and form != "instruction":
+@dataclass(frozen=True)
+class Asking:
+    """What every request of a job adds to ask for its output, made once per job (not once per row)."""
+
+    response_format: dict[str, Any] | None
+    instruction: str | None
+
+    @classmethod
+    def of(cls, output: OutputSpec, form: AskForm) -> Asking:
         if form == "json_schema":
             spec = {"name": output.name, "schema": dict(output.schema), "strict": strict_ok(output.schema)}
-            body["response_format"] = {"type": "json_schema", "json_schema": spec}
-        else:
-            body["response_format"] = {"type": "json_object"}
-    if form != "json_schema":
-        body["messages"] = with_instruction(body["messages"], instruction(output.schema))
-    return body
+            return cls({"type": "json_schema", "json_schema": spec}, None)
+        fmt = {"type": "json_object"} if form == "json_object" else None
+        return cls(fmt, instruction(output.schema))
+
+    def apply(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A chat body asking for the output. A response_format the user set (params or the row's own body) is
+        left as it is."""
+        if self.response_format is not None and "response_format" not in body:
+            body["response_format"] = self.response_format
+        if self.instruction is not None:
+            body["messages"] = with_instruction(body["messages"], self.instruction)
+        return body
+
+
+def ask(body: dict[str, Any], output: OutputSpec, form: AskForm) -> dict[str, Any]:
+    """`body` asking for the output in the given form (`Asking`, for one body)."""
+    return Asking.of(output, form).apply(body)
 
 
 def with_instruction(messages: list[Any], text: str) -> list[Any]:

@@ -368,6 +368,71 @@ def bench_batch(work: Path, big: int, small: int) -> list[Figure]:
     return figures
 
 
+BENCH_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "topic": {"type": "string", "enum": ["economy", "technology", "politics", "sport", "culture"]},
+        "sentiment": {"type": "string", "enum": ["positive", "neutral", "negative"]},
+        "score": {"type": "integer", "minimum": 1, "maximum": 5},
+        "entities": {"type": "array", "items": {"type": "string"}},
+        "is_local": {"type": "boolean"},
+    },
+    "required": ["topic", "sentiment", "score", "entities", "is_local"],
+    "additionalProperties": False,
+}
+
+
+def bench_structured(work: Path, rows: int) -> list[Figure]:
+    """Structured output with 10 % of first answers spoilt (bad JSON, a wrong type, a missing field, a cut answer):
+    every row valid at the end, what the repairs cost, and the CPU judging an answer takes."""
+    from batchrun.structured import Checker, OutputSpec
+
+    sim = Simulator("--latency", "0", "--invalid-json-rate", "0.1")
+    try:
+        run = run_client(
+            work,
+            sim,
+            write_prompts(work / "structured.jsonl", rows, short_prompt),
+            name="structured",
+            max_tokens=256,
+            extra={"output": {"schema": BENCH_SCHEMA}},
+        )
+    finally:
+        sim.close()
+    model = run.usage["models"]["sim-small"]
+    valid = model["outputs_first_try"] + model["outputs_repaired"]
+    bodies = [
+        orjson.loads(line)["response"]["body"]
+        for line in (work / "runs" / "structured" / "results.jsonl").read_bytes().splitlines()
+    ]
+    checker = Checker(OutputSpec(schema=BENCH_SCHEMA))
+    t0 = time.perf_counter()
+    judged = [checker.judge(body) for body in bodies]
+    per_row_ms = 1000 * (time.perf_counter() - t0) / max(1, len(bodies))
+    assert all(j.problem is None for j in judged), "a kept answer does not fit the schema"
+    return [
+        Figure(
+            f"9 structured output, {rows:,} rows, 10 % spoilt first answers: rows valid at the end",
+            "100 %",
+            f"{pct(valid / rows)} ({model['outputs_repaired']:,} after repairs, {model['outputs_invalid']} invalid)",
+            valid == rows,
+        ),
+        Figure(
+            "9 structured output: extra requests spent on repairs",
+            "",
+            f"{pct(model['repairs'] / rows)} ({model['repairs']:,} requests)",
+            None,
+        ),
+        Figure(
+            "9 structured output: judging CPU per answer (parse + validate)",
+            "<= 0.05 ms",
+            f"{per_row_ms:.4f} ms",
+            per_row_ms <= 0.05,
+        ),
+        Figure("9 structured output: client CPU per row", "", f"{1000 * run.cpu_s / rows:.3f} ms", None),
+    ]
+
+
 def bench_memory(work: Path, big: int, small: int) -> list[Figure]:
     figures = []
     for kind in ("jsonl", "parquet"):
@@ -595,6 +660,7 @@ def main(quick: bool, only: str | None) -> None:
         ("6", lambda w: bench_async(w, 300 if q else 1200)),
         ("7", lambda w: bench_operations(w, 100_000 if q else 1_000_000)),
         ("8", lambda w: bench_batch(w, 20_000 if q else 100_000, 2_000 if q else 10_000)),
+        ("9", lambda w: bench_structured(w, 5_000 if q else 20_000)),
     ]
     numbers = set(only.split(",")) if only else None
     figures: list[Figure] = []
