@@ -15,6 +15,7 @@ from .records import iso_epoch
 from .report import read_run
 from .rundir import BATCHES, complete_lines
 from .shards import read_shards
+from .usage import outputs, outputs_line
 
 
 def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[str, Any]:
@@ -46,6 +47,7 @@ def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[s
         "cost": costs,
         "unpriced_models": unpriced,
         "failures_by_code": dict(u.failures_by_code),
+        "outputs": outputs(u.models),
         "updated_at": run.updated_at,
         "updated_s_ago": _age(run.updated_at),
         "batches": _batches(path),
@@ -82,6 +84,8 @@ def status_lines(path: Path, prices: Mapping[str, Price] | None = None) -> list[
     if st["failures_by_code"]:
         top = sorted(st["failures_by_code"].items(), key=lambda kv: -kv[1])[:5]
         lines.append("  failures " + ", ".join(f"{c} ×{n}" for c, n in top))
+    if (shaped := outputs_line(st["outputs"])) is not None:
+        lines.append(f"  output   {shaped}")
     if st["updated_s_ago"] is not None:
         lines.append(f"  updated  {_duration(st['updated_s_ago'])} ago")
     if st["state"] == "stopped" and st["reason"]:

@@ -111,6 +111,20 @@ def validation_lines(prepared: Prepared, report: Validation) -> list[str]:
         f"  ids: {ids}" + (f", {report.duplicate_ids} duplicated" if report.duplicate_ids else ", all unique"),
         f"  run directory: {display_path(spec.output_dir)}",
     ]
+    if (out := spec.output) is not None:
+        props = out.schema.get("properties")
+        fields = f"{len(props)} properties" if isinstance(props, dict) else "a schema"
+        how = {"json_schema": "response_format json_schema", "json_object": "response_format json_object"}
+        asked = how.get(out.ask, "the schema in the system message")
+        if out.ask == "json_object":
+            asked += " and the schema in the system message"
+        if out.ask == "json_schema" and builder.asking and builder.asking.response_format:
+            strict = builder.asking.response_format["json_schema"]["strict"]
+            asked += " (strict)" if strict else " (not strict: the schema does not meet strict mode's rules)"
+        lines.append(
+            f"  output: {fields}, asked for with {asked}; an answer that does not fit is repaired up to "
+            f"{out.max_repairs} time(s)"
+        )
     if report.problem_count:
         lines.append(
             f"  {report.problem_count} problem(s)"

@@ -246,8 +246,9 @@ def test_each_kind_of_invalid_answer_is_repaired(tmp_path: Path, start_sim: Call
     repairs = read_jsonl(run_dir(tmp_path) / "repairs.jsonl")
     told = next(step for step in repairs if step["row"] == 2)
     assert told["answer"] and "does not fit the JSON Schema" in told["feedback"]
-    report = cli("report", str(run_dir(tmp_path)))
-    assert "6 fit at the first answer, 4 after repairs (4 repair requests), 0 invalid" in report.output
+    counted = "6 fit at the first answer, 4 after repairs (4 repair requests), 0 invalid"
+    for command in ("report", "status"):
+        assert counted in cli(command, str(run_dir(tmp_path))).output
     assert "output: 6 fit at the first answer" in result.output
 
 
