@@ -46,6 +46,12 @@ def test_crash_torture_sync(tmp_path: Path) -> None:
     assert out.kills >= 1 and out.faults["500"] > 0
 
 
+def test_crash_torture_structured_output(tmp_path: Path) -> None:
+    out = crash_torture(tmp_path, rows=600, kills=3, seed=14, structured=True)
+    assert_survived(out)
+    assert out.kills >= 1 and sum(n for kind, n in out.faults.items() if kind.startswith("spoilt")) > 0
+
+
 def test_crash_torture_async(tmp_path: Path) -> None:
     out = crash_torture(tmp_path, rows=400, kills=2, mode="async", seed=12)
     assert_survived(out)

@@ -30,9 +30,10 @@ import click
 import orjson
 import yaml
 
-from batchrun.rundir import FAILURES, RESULTS, TASKS, USAGE
+from batchrun.rundir import FAILURES, REPAIRS, RESULTS, TASKS, USAGE
+from batchrun.structured import Checker, OutputSpec
 from batchrun.usage import COUNTERS, Usage
-from tools.bench import PY, Simulator, write_prompts
+from tools.bench import BENCH_SCHEMA, PY, Simulator, write_prompts
 
 KEY_ENV = "BATCHRUN_SIM_API_KEY"
 CONCURRENCY = 32
@@ -124,11 +125,16 @@ def start_submit(job: Path, key: str, log: Path, **popen: Any) -> subprocess.Pop
     )
 
 
-def crash_torture(work: Path, rows: int, kills: int, *, mode: str = "sync", seed: int = 1) -> Outcome:
-    """Kill a run with SIGKILL at `kills` random moments, resume it each time, then check everything."""
+def crash_torture(
+    work: Path, rows: int, kills: int, *, mode: str = "sync", seed: int = 1, structured: bool = False
+) -> Outcome:
+    """Kill a run with SIGKILL at `kills` random moments, resume it each time, then check everything. With
+    `structured`, the job has an output schema and 20 % of first answers do not fit it: every row must end valid,
+    each repair going on from its last step rather than asking the first question again."""
     rng = random.Random(seed)
-    name = f"crash-{mode}"
-    out = Outcome(f"crash torture, {mode}", rows=rows)
+    name = f"crash-{mode}" + ("-structured" if structured else "")
+    out = Outcome(f"crash torture, {mode}" + (", structured output" if structured else ""), rows=rows)
+    shaped: dict[str, Any] = {"output": {"schema": BENCH_SCHEMA}, "params": {"max_tokens": 256}} if structured else {}
     log = work / f"{name}.log"
     run_dir = work / "runs" / name
     with provider(
@@ -147,8 +153,9 @@ def crash_torture(work: Path, rows: int, kills: int, *, mode: str = "sync", seed
         "--task-s",
         "0.2",
         "1.0",
+        *(["--invalid-json-rate", "0.2"] if structured else []),
     ) as (key, sim):
-        job = job_spec(work, name, sim.url, write_prompts(work / f"{name}.jsonl", rows, _prompt), mode=mode)
+        job = job_spec(work, name, sim.url, write_prompts(work / f"{name}.jsonl", rows, _prompt), mode=mode, **shaped)
         while out.kills < kills:
             proc = start_submit(job, key, log)
             time.sleep(rng.uniform(0.3, 2.5))
@@ -165,6 +172,8 @@ def crash_torture(work: Path, rows: int, kills: int, *, mode: str = "sync", seed
         stats = sim.stats()
     out.extra_bills = int(stats["billed_requests"]) - int(stats["billed_prompts"])
     out.faults.update({k: int(v) for k, v in stats["injected"].items()})
+    if structured:
+        out.extra_bills -= check_outputs(run_dir, out)
     # A row may be paid for again only if its request was in flight at a kill (the client can have at most
     # CONCURRENCY out, and some answers were on their way back, unseen by the provider's count) or was
     # answered after the client's timeout.
@@ -267,6 +276,22 @@ def check_records(run_dir: Path, rows: int, out: Outcome) -> None:
     out.duplicated = sum(1 for n in seen.values() if n > 1) + sum(1 for n in ids.values() if n > 1)
     saved = orjson.loads((run_dir / USAGE).read_bytes())
     out.usage_disagrees = [c for c in COUNTERS if saved.get(c, 0) != getattr(usage, c)]
+
+
+def check_outputs(run_dir: Path, out: Outcome) -> int:
+    """Every result's output fits the schema, no row is invalid; returns the questions asked again with more
+    max_tokens (the same prompt billed twice, rightly)."""
+    checker = Checker(OutputSpec(schema=BENCH_SCHEMA))
+    for line in (run_dir / RESULTS).read_bytes().splitlines():
+        record = orjson.loads(line)
+        if "output" not in record or checker.judge(record["response"]["body"]).value != record["output"]:
+            out.problems.append(f"row {record['row']}: its output is missing or does not fit the schema")
+    for line in (run_dir / FAILURES).read_bytes().splitlines() if (run_dir / FAILURES).exists() else []:
+        out.problems.append(f"row {orjson.loads(line)['row']} failed: {orjson.loads(line)['error']['code']}")
+    steps = [orjson.loads(line) for line in (run_dir / REPAIRS).read_bytes().splitlines() if line.endswith(b"}")]
+    kinds = Counter(step.get("kind") for step in steps)
+    out.faults.update({f"spoilt ({kind})": n for kind, n in kinds.items()})
+    return kinds.get("length", 0)
 
 
 def resubmitted_tasks(run_dir: Path) -> int:
@@ -503,6 +528,7 @@ def main(rows: int, kills: int, seed: int | None) -> None:
         for suite in (
             lambda w: crash_torture(w, rows, kills, seed=seed),
             lambda w: crash_torture(w, rows, kills, mode="async", seed=seed + 1),
+            lambda w: crash_torture(w, rows // 4, kills, seed=seed + 3, structured=True),
             lambda w: batch_torture(w, rows, kills, seed=seed + 2),
             fault_suite,
             disk_full,
