@@ -58,10 +58,10 @@ class Repairs:
             request = build(raw)
             steps = held.get(raw.row) if held else None
             if steps and isinstance(request, Request):
-                body = orjson.loads(request.payload)
+                first = body = orjson.loads(request.payload)
                 for step in steps:
                     body = repaired_body(body, step)
-                request = with_body(request, body)
+                request = with_body(request, first, body)
             return request
 
         return built
@@ -75,7 +75,7 @@ class Repairs:
         it has had all the repairs it may."""
         asked = orjson.loads(request.payload)
         entry = self._step(request.row, judged, body, body_max_tokens(asked))
-        return None if entry is None else with_body(request, repaired_body(asked, entry))
+        return None if entry is None else with_body(request, asked, repaired_body(asked, entry))
 
     def note(self, row: int, judged: Judged, body: Any, batch_id: str) -> bool:
         """The batch lane: write the step of an answer a batch brought back; the row's next question is built

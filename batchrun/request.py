@@ -91,12 +91,14 @@ def max_output_tokens(body: Mapping[str, Any]) -> int:
     return DEFAULT_MAX_OUTPUT_TOKENS
 
 
-def with_body(request: Request, body: dict[str, Any]) -> Request:
-    """The same row's chat request with another body (a repair step), its token estimates made anew."""
+def with_body(request: Request, before: dict[str, Any], body: dict[str, Any]) -> Request:
+    """The same row's chat request with another body (a repair step: `before` with messages added or max_tokens
+    changed); the prompt estimate grows by the messages added."""
+    added = estimate_messages(body["messages"]) - estimate_messages(before["messages"])
     return replace(
         request,
         payload=orjson.dumps(body),
-        prompt_tokens=estimate_messages(body["messages"]),
+        prompt_tokens=request.prompt_tokens + added,
         max_output=max_output_tokens(body),
     )
 
@@ -178,6 +180,9 @@ class RequestBuilder:
         self.params = dict(spec.params)
         output = spec.output
         self.asking = Asking.of(output, output.ask) if output is not None else None
+        # a json_schema response_format is prompt the provider reads (and bills): the TPM estimate counts it
+        self.format = self.asking.response_format if self.asking is not None else None
+        self.format_tokens = estimate_tokens(orjson.dumps(self.format).decode()) if self.format is not None else 0
         if first is not None:
             self._preflight(first)
 
@@ -232,6 +237,8 @@ class RequestBuilder:
         if self.endpoint != "embeddings":
             prompt = body["messages"] if self.endpoint == "chat" else body["prompt"]
             tokens = estimate_messages(prompt) if self.endpoint == "chat" else estimate_input(prompt)
+            if self.format is not None and body.get("response_format") is self.format:
+                tokens += self.format_tokens
             stream = body.get("stream") is True
             return Request(row, custom_id, model, orjson.dumps(body), tokens, max_output_tokens(body), stream=stream)
         text = body.pop("input")

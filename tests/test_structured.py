@@ -16,6 +16,7 @@ import pytest
 
 from batchrun.errors import SpecError
 from batchrun.export import arrow_type, coerce, output_fields
+from batchrun.request import BadRow
 from batchrun.spec import parse_spec
 from batchrun.structured import (
     Checker,
@@ -450,3 +451,24 @@ def test_arrow_types_and_coercion_for_the_common_schema_shapes() -> None:
     assert coerce({"a": 1}, {"anyOf": []}) == '{"a":1}'
     fields = output_fields({"type": "object", "properties": {"answer": {"type": "string"}, "x": {}}})
     assert [column for column, _, _ in fields] == ["output_answer", "x"]  # `answer` is batchrun's own column
+
+
+def test_the_tpm_estimate_counts_the_schema_the_provider_reads(tmp_path: Path) -> None:
+    from batchrun.request import RequestBuilder
+    from batchrun.sources import RawRow
+
+    def tokens(**extra: Any) -> int:
+        spec = parse_spec(
+            {"input": "in.jsonl", "model": "m", "provider": {"name": "openai"}, **extra},
+            spec_path=tmp_path / "job.yaml",
+            source="job.yaml",
+        )
+        built = RequestBuilder(spec, {"prompt": "x"}).build(RawRow(1, {"prompt": "label this"}))
+        assert not isinstance(built, BadRow)
+        return built.prompt_tokens
+
+    write_jsonl(tmp_path / "in.jsonl", [{"prompt": "x"}])
+    plain, shaped = tokens(), tokens(output={"schema": SCHEMA})
+    assert shaped - plain >= len(orjson.dumps(SCHEMA)) // 4  # about a token per 4 characters of schema
+    told = tokens(output={"schema": SCHEMA, "ask": "instruction"})  # the schema in the system message instead
+    assert told - plain >= len(orjson.dumps(SCHEMA)) // 4
