@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .cache import Cache
 from .checkpoint import Checkpoint, ResumeState
 from .errors import BatchrunError, FatalProviderError
 from .job import Prepared
@@ -61,8 +62,9 @@ class BatchRun(RunControl):
         progress: Progress,
         log: Callable[[str], None],
         last_row: int | None = None,
+        cache: Cache | None = None,
     ) -> None:
-        super().__init__(prepared, checkpoint, state, progress, log, last_row)
+        super().__init__(prepared, checkpoint, state, progress, log, last_row, cache)
         preset = PRESETS[self.spec.provider.name]
         assert preset.batch is not None
         self.api, self.errors = preset.batch, preset.errors
@@ -200,6 +202,8 @@ class BatchRun(RunControl):
             if isinstance(built, BadRow):
                 self.ledger.record_bad(built)
                 continue
+            if self.ledger.from_cache(built):  # an earlier run paid for this answer
+                continue
             if self.past_deadline or (self.online_after and self.tries[built.row]):
                 continue  # left pending: the online lane takes it once the batches are done
             if self.tries[built.row] >= limit:
@@ -315,7 +319,7 @@ class BatchRun(RunControl):
                     continue
                 message = f"the batch refused line {number} of {shard.path}: {item.get('message')}"
                 code = str(item.get("code") or "invalid_batch_line")
-                self._commit(row, *ids, None, error(code, message, None, self.tries[row]))
+                self._commit(row, ids.custom_id, ids.model, None, error(code, message, None, self.tries[row]))
                 recorded += 1
         index.close()
         rows = index.rows
@@ -356,7 +360,7 @@ class BatchRun(RunControl):
         ids = index.ids(row) if row is not None and row not in self.state.done else None
         if row is None or ids is None:
             return 0
-        custom_id, model = ids
+        custom_id, model, cache_key = ids
         resp = line.get("response") if isinstance(line.get("response"), dict) else None
         status = resp.get("status_code") if resp else None
         body = resp.get("body") if resp else None
@@ -375,15 +379,10 @@ class BatchRun(RunControl):
                     err = error(decision.code, decision.message, 200, self.tries[row])
                     err["path"] = path
                 output = judged.value if err is None else NO_OUTPUT
-            self._commit(
-                row,
-                custom_id,
-                model,
-                response(200, resp.get("request_id") if resp else None, body),
-                err,
-                batch_id=batch_id,
-                output=output,
-            )
+            answer = response(200, resp.get("request_id") if resp else None, body)
+            self._commit(row, custom_id, model, answer, err, batch_id=batch_id, output=output)
+            if err is None:
+                self.ledger.remember(cache_key, model, answer, output)
             return 1
         if decision.verdict is Verdict.RETRY and self.tries[row] < self.spec.retry.max_attempts:
             return 0  # a 429 or 5xx inside the batch: the row goes into a later shard

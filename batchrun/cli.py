@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import os
 import signal
 import ssl
@@ -18,6 +19,7 @@ import click
 import orjson
 
 from . import __version__
+from . import cache as response_cache
 from .errors import BatchrunError, SpecError
 from .job import display_path, job_of_run, prepare
 from .presets import PRESETS, batch_share
@@ -25,7 +27,7 @@ from .pricing import Prices, load_prices
 from .rundir import RunState
 from .session import EXIT_INTERRUPTED, RunOutcome, cancel_run, list_provider_models, run_job
 from .spec import LATENCY_DISTS, SimulateSpec, load_spec
-from .usage import outputs, outputs_line
+from .usage import cached_line, outputs, outputs_line
 from .validate import validate, validation_lines
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -80,8 +82,11 @@ def _terminate(signum: int, frame: object) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="The run directory, instead of the spec's output_dir.",
 )
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the response cache shared across runs.")
 @_friendly
-def submit(job: str, fresh: bool, no_progress: bool, limit: int | None, output_dir: Path | None) -> None:
+def submit(
+    job: str, fresh: bool, no_progress: bool, limit: int | None, output_dir: Path | None, no_cache: bool
+) -> None:
     """Run JOB (a job spec YAML), or resume it where it stopped.
 
     Exit status: 0 all rows succeeded (or all of --limit's), 3 some rows failed, 1 stopped by an error that
@@ -90,7 +95,9 @@ def submit(job: str, fresh: bool, no_progress: bool, limit: int | None, output_d
     spec = load_spec(job)
     if output_dir is not None:
         spec = replace(spec, output_dir=output_dir.resolve())
-    outcome = asyncio.run(run_job(spec, fresh=fresh, progress=not no_progress, log=_log, limit=limit))
+    outcome = asyncio.run(
+        run_job(spec, fresh=fresh, progress=not no_progress, log=_log, limit=limit, use_cache=not no_cache)
+    )
     for line in summary_lines(outcome):
         click.echo(line)
     sys.exit(outcome.exit_code)
@@ -101,11 +108,12 @@ def submit(job: str, fresh: bool, no_progress: bool, limit: int | None, output_d
 @click.option("--code", "codes", multiple=True, help="Only failures with this error code (repeatable).")
 @click.option("--job", type=click.Path(dir_okay=False), help="The job spec, if not where the run recorded it.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the response cache shared across runs.")
 @_friendly
-def retry_failed(run_dir: Path, codes: tuple[str, ...], job: str | None, no_progress: bool) -> None:
+def retry_failed(run_dir: Path, codes: tuple[str, ...], job: str | None, no_progress: bool, no_cache: bool) -> None:
     """Send RUN_DIR's failed rows (or those with --code) again; each row keeps exactly one final record."""
     spec = job_of_run(run_dir, job)
-    outcome = asyncio.run(run_job(spec, progress=not no_progress, log=_log, retry_codes=codes))
+    outcome = asyncio.run(run_job(spec, progress=not no_progress, log=_log, retry_codes=codes, use_cache=not no_cache))
     for line in summary_lines(outcome):
         click.echo(line)
     sys.exit(outcome.exit_code)
@@ -266,6 +274,42 @@ def status(run_dir: Path, prices: str | None, as_json: bool) -> None:
         click.echo(orjson.dumps(status_json(run_dir, table), option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo("\n".join(status_lines(run_dir, table)))
+
+
+@main.group()
+def cache() -> None:
+    """The response cache shared across runs (default $XDG_CACHE_HOME/batchrun/cache.sqlite3)."""
+
+
+CACHE_PATH = click.option(
+    "--path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The cache file, if not the default (a job's cache.path).",
+)
+
+
+@cache.command(name="stats")
+@CACHE_PATH
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@_friendly
+def cache_stats(path: Path | None, as_json: bool) -> None:
+    """Entries, file size and bytes per entry, the oldest and newest, and entries per model."""
+    found = response_cache.stats(path or response_cache.default_path())
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    click.echo("\n".join(response_cache.stats_lines(found)))
+
+
+@cache.command(name="prune")
+@CACHE_PATH
+@click.option("--older-than", required=True, help="Delete entries written longer ago than this: 30d, 12h, 90m.")
+@_friendly
+def cache_prune(path: Path | None, older_than: str) -> None:
+    """Delete old entries and give their space back to the disk."""
+    where = path or response_cache.default_path()
+    deleted, freed = response_cache.prune(where, response_cache.parse_age(older_than))
+    click.echo(f"{where}: deleted {deleted:,} entries written more than {older_than} ago, freed {freed:,} bytes")
 
 
 @main.command()
@@ -449,6 +493,8 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
     ]
     if (shaped := outputs_line(outputs(u.models))) is not None:
         lines.append(f"  output: {shaped}")
+    if (hits := cached_line(u.models, Prices(spec.pricing))) is not None:
+        lines.append(f"  cache: {hits}")
     if u.failures_by_code:
         codes = ", ".join(f"{c} ×{n}" for c, n in sorted(u.failures_by_code.items(), key=lambda kv: -kv[1])[:5])
         lines.append(f"  failures by code: {codes}")

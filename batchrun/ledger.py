@@ -9,13 +9,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .cache import Cache
 from .checkpoint import Checkpoint, ResumeState
 from .errors import CheckpointWriteError
 from .ids import DUPLICATE_ID, repeated_ids
 from .job import Prepared
 from .lanes import Row
 from .progress import Progress
-from .records import NO_OUTPUT, Record, error, now_iso, record, response
+from .records import NO_OUTPUT, Record, Response, error, now_iso, record, response
 from .repairs import Repairs
 from .request import BadRow, Request
 from .retry import Decision
@@ -27,7 +28,14 @@ RATE_WINDOW_S = 30.0
 
 
 class Ledger:
-    def __init__(self, prepared: Prepared, checkpoint: Checkpoint, state: ResumeState, progress: Progress) -> None:
+    def __init__(
+        self,
+        prepared: Prepared,
+        checkpoint: Checkpoint,
+        state: ResumeState,
+        progress: Progress,
+        cache: Cache | None = None,
+    ) -> None:
         self.spec, self.prepared, self.checkpoint, self.state, self.progress = (
             prepared.spec,
             prepared,
@@ -40,6 +48,7 @@ class Ledger:
         self.rate_samples: deque[tuple[float, int]] = deque([(self.t0, state.done.count)])
         output = self.spec.output
         self.repairs = Repairs(output, self.spec.params, checkpoint, state.repairs) if output is not None else None
+        self.cache = cache
 
     def record(
         self,
@@ -73,12 +82,32 @@ class Ledger:
         )
         if batch is not None:
             rec["batch"] = batch
+        if decision is None and resp is not None:
+            self.remember(req.cache_key, req.model, resp, output)
         if row.shared is not None:
             rec["shared_request"] = row.shared
         if row.retried_usage is not None and not (batch and batch["index"]):  # a shared request's: counted once
             rec["retried_usage"] = row.retried_usage
         annotate(row, rec)
         self.commit(rec, failed=decision is not None)
+
+    def from_cache(self, request: Request) -> bool:
+        """Record the row from the response cache, if it holds the answer to this question (costing nothing)."""
+        if self.cache is None or request.cache_key is None:
+            return False
+        hit = self.cache.get(request.cache_key)
+        if hit is None:
+            return False
+        output = hit.output if hit.has_output else NO_OUTPUT
+        rec = record(request.row, request.custom_id, request.model, hit.response, None, attempts=0, output=output)
+        rec["cached"] = True
+        self.commit(rec, failed=False)
+        return True
+
+    def remember(self, key: bytes | None, model: str, resp: Response, output: Any = NO_OUTPUT) -> None:
+        """Keep a good answer in the response cache for later runs."""
+        if self.cache is not None and key is not None:
+            self.cache.put(key, model, resp, output, has_output=output is not NO_OUTPUT)
 
     def record_bad(self, bad: BadRow) -> None:
         """A row that is never sent (it cannot become a request, or repeats an id)."""
@@ -125,6 +154,8 @@ class Ledger:
 
     def flush(self, state: RunState, extra: dict[str, Any], *, final: bool = False) -> None:
         """usage.json: the totals, where the run is, and `extra` (what the throttle and the lane report)."""
+        if self.cache is not None:
+            self.cache.commit()
         prev = self.state.previous
         data: dict[str, Any] = {
             "job": self.spec.name,

@@ -25,7 +25,7 @@ import orjson
 from .pricing import Price, Prices, money, parse_prices
 from .records import line_timing
 from .rundir import MANIFEST, RECORD_FILES, RunDir, covered_offsets, fold_set_aside
-from .usage import Usage, outputs, outputs_line
+from .usage import Usage, cached, cached_line, outputs, outputs_line
 
 
 @dataclass
@@ -124,6 +124,7 @@ class Report:
     latencies: list[tuple[float, int]]  # (latency, rows), ordered by latency (the histogram)
     batch_share: float = 1.0  # the Batch API's price as a share of online, for answers with a batch_id
     batch_tokens: int = 0  # tokens answered through a Batch API
+    prices: Prices = field(default_factory=Prices)  # online prices (what the response cache saved is priced so)
 
     @property
     def saved(self) -> dict[str, float]:
@@ -205,6 +206,7 @@ def build_report(paths: Iterable[Path], prices: Mapping[str, Price] | None = Non
         latencies,
         share,
         sum(m.batch_prompt_tokens + m.batch_completion_tokens for m in usage.models.values()),
+        online,
     )
 
 
@@ -324,6 +326,9 @@ def report_table(report: Report) -> list[str]:
             f"  no price for {', '.join(report.unpriced)}: their cost is unknown, not zero; add them "
             "with --prices FILE or a pricing: block in the job spec"
         )
+    if (hits := cached_line(u.models, report.prices)) is not None:
+        lines.append("")
+        lines.append(f"  cache       {hits}")
     shaped = [(name, outputs({name: m})) for name, m in sorted(u.models.items())]
     if any(outputs_line(counts) for _, counts in shaped):
         lines.append("")
@@ -378,6 +383,7 @@ def report_json(report: Report) -> dict[str, Any]:
         "cost": report.totals(),
         "unpriced_models": report.unpriced,
         "failures_by_code": dict(sorted(u.failures_by_code.items())),
+        "cache": dict(zip(("rows", "saved"), cached(u.models, report.prices), strict=True)),
     }
 
 

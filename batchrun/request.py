@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -34,6 +35,7 @@ class Request:
     group: bytes | None = None
     parts: tuple[Request, ...] = ()
     stream: bool = False  # the body asks for server-sent events (mode stream, or a line's own "stream": true)
+    cache_key: bytes | None = None  # the response cache's key of this row's first question (None: not cached)
 
     @property
     def tokens(self) -> int:
@@ -183,6 +185,9 @@ class RequestBuilder:
         # a json_schema response_format is prompt the provider reads (and bills): the TPM estimate counts it
         self.format = self.asking.response_format if self.asking is not None else None
         self.format_tokens = estimate_tokens(orjson.dumps(self.format).decode()) if self.format is not None else 0
+        cache = spec.cache
+        self.cache_scope = spec.cache_scope if cache.mode != "off" else None
+        self.cache_sampled = cache.sampled
         if first is not None:
             self._preflight(first)
 
@@ -240,20 +245,33 @@ class RequestBuilder:
             if self.format is not None and body.get("response_format") is self.format:
                 tokens += self.format_tokens
             stream = body.get("stream") is True
-            return Request(row, custom_id, model, orjson.dumps(body), tokens, max_output_tokens(body), stream=stream)
+            payload = orjson.dumps(body)
+            key = self._cache_key(payload, body)
+            return Request(
+                row, custom_id, model, payload, tokens, max_output_tokens(body), stream=stream, cache_key=key
+            )
         text = body.pop("input")
         alike = orjson.dumps(body, option=orjson.OPT_SORT_KEYS) if isinstance(text, str) else None
         body["input"] = text
+        payload = orjson.dumps(body)
         return Request(
             row,
             custom_id,
             model,
-            orjson.dumps(body),
+            payload,
             estimate_input(text),
             0,
             text if isinstance(text, str) else None,
             alike,
+            cache_key=self._cache_key(payload, body),
         )
+
+    def _cache_key(self, payload: bytes, body: Mapping[str, Any]) -> bytes | None:
+        """The response cache's key: base URL, endpoint and the exact body, hashed; None when the job does not
+        cache, or does not cache sampled answers and this one is (any temperature but an explicit 0)."""
+        if self.cache_scope is None or (not self.cache_sampled and body.get("temperature") != 0):
+            return None
+        return hashlib.blake2b(self.cache_scope + payload, digest_size=16).digest()
 
     def _body(self, data: Mapping[str, Any]) -> dict[str, Any]:
         inp = self.spec.input

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from .cache import Cache
 from .checkpoint import Checkpoint, ResumeState
 from .errors import BatchrunError
 from .job import Prepared
@@ -26,11 +27,12 @@ class RunControl:
         progress: Progress,
         log: Callable[[str], None],
         last_row: int | None,
+        cache: Cache | None = None,
     ) -> None:
         self.spec, self.prepared, self.checkpoint, self.state = prepared.spec, prepared, checkpoint, state
         self.progress, self.log = progress, log
         self.last_row = last_row  # submit --limit: rows after this one wait for a later run
-        self.ledger = Ledger(prepared, checkpoint, state, progress)
+        self.ledger = Ledger(prepared, checkpoint, state, progress, cache)
         self.repairs = self.ledger.repairs  # structured output: judges answers and asks again
         # a row as a request: with structured output, the question it is at (its repair steps applied)
         self.build = self.repairs.build(prepared.builder.build) if self.repairs else prepared.builder.build

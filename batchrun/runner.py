@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
+from .cache import Cache
 from .checkpoint import Checkpoint, ResumeState
 from .errors import BatchrunError, FatalProviderError
 from .job import Prepared
@@ -48,8 +49,9 @@ class RunLoop(RunControl):
         progress: Progress,
         log: Callable[[str], None],
         last_row: int | None = None,
+        cache: Cache | None = None,
     ) -> None:
-        super().__init__(prepared, checkpoint, state, progress, log, last_row)
+        super().__init__(prepared, checkpoint, state, progress, log, last_row, cache)
         spec = self.spec
         self.t_wall0 = time.time()
         self.errors = PRESETS[spec.provider.name].errors
@@ -159,7 +161,11 @@ class RunLoop(RunControl):
         last = self.last_row
         if last is not None:
             raws = itertools.takewhile(lambda raw: raw.row <= last, raws)
-        return batched((build(raw) for raw in raws), self.spec.limits.batch_size)
+        built: Iterator[Request | BadRow] = (build(raw) for raw in raws)
+        if self.ledger.cache is not None:  # answers an earlier run paid for are recorded, not asked again
+            cached = self.ledger.from_cache
+            built = (r for r in built if not (isinstance(r, Request) and cached(r)))
+        return batched(built, self.spec.limits.batch_size)
 
     async def _attempt(self, row: Row, ticket: Ticket) -> None:
         row.attempts += 1

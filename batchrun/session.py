@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import signal
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .batch_run import BatchRun
+from .cache import Cache, CacheSpec
 from .checkpoint import Checkpoint, ResumeState
 from .errors import BatchrunError, SpecError
 from .ids import DUPLICATE_ID
@@ -60,11 +62,15 @@ async def run_job(
     log: Callable[[str], None] = print,
     retry_codes: Collection[str] | None = None,
     limit: int | None = None,
+    use_cache: bool = True,
 ) -> RunOutcome:
     """Run (or resume) a job to the end, an interrupt, or an error that dooms every row.
 
     `retry_codes` (retry-failed): first drop the failure records with these error codes (empty: all of them),
-    so that their rows are sent again. `limit`: only the input's first rows; a later run does the rest."""
+    so that their rows are sent again. `limit`: only the input's first rows; a later run does the rest.
+    `use_cache=False` (--no-cache): neither read nor write the response cache."""
+    if not use_cache:
+        spec = dataclasses.replace(spec, cache=CacheSpec(mode="off"))
     key = provider_key(spec.provider)
     if retry_codes:
         _check_codes(spec.output_dir, retry_codes)
@@ -73,7 +79,12 @@ async def run_job(
     pick = None if retry_codes is None else functools.partial(_failure_with_code, frozenset(retry_codes))
     state = checkpoint.open(prepared.fingerprint, spec.describe(), fresh=fresh, retry=pick)
     try:
-        return await _run_opened(prepared, checkpoint, state, key, progress, log, limit)
+        cache = Cache(spec.cache) if spec.cache.mode != "off" else None
+        try:
+            return await _run_opened(prepared, checkpoint, state, key, progress, log, limit, cache)
+        finally:
+            if cache is not None:
+                cache.close()
     finally:
         checkpoint.close()
 
@@ -105,6 +116,7 @@ async def _run_opened(
     show_progress: bool,
     log: Callable[[str], None],
     limit: int | None,
+    cache: Cache | None,
 ) -> RunOutcome:
     spec = prepared.spec
     total = prepared.scan.rows
@@ -144,14 +156,16 @@ async def _run_opened(
 
     async with _provider_url(spec.provider.base_url, spec.provider.simulate) as base_url:
         loop_kind = BatchRun if spec.provider.mode == "batch" else RunLoop
-        runner: BatchRun | RunLoop = loop_kind(prepared, checkpoint, state, base_url, key, progress, say, last_row)
+        runner: BatchRun | RunLoop = loop_kind(
+            prepared, checkpoint, state, base_url, key, progress, say, last_row, cache
+        )
         try:
             await _run_interruptibly(runner)
             if isinstance(runner, BatchRun) and runner.leaves_rows_online and not runner.stopping:
                 left = goal - state.done.count_upto(last_row) if last_row is not None else runner.ledger.pending
                 if left > 0:
                     say(f"sending the {left:,} rows the batches did not finish through the online lane")
-                    runner = RunLoop(prepared, checkpoint, state, base_url, key, progress, say, last_row)
+                    runner = RunLoop(prepared, checkpoint, state, base_url, key, progress, say, last_row, cache)
                     await _run_interruptibly(runner)
         finally:
             progress.close(state.done.count_upto(last_row) if last_row is not None else min(state.done.count, total))

@@ -3,7 +3,8 @@ and the durable story of each shard (`batches.jsonl`) read back into what a resu
 
 A shard line's `custom_id` is batchrun's own, `row-N`: unique in the file whatever the input's ids are, and it
 maps an output line straight back to its row. The row's own id and model go in a sidecar, `shard-N.rows`, one
-`[row, custom_id, model]` per line, so memory stays flat however many rows a shard holds.
+`[row, custom_id, model]` per line (and the response cache's key, when the job caches), so memory stays flat
+however many rows a shard holds.
 
 `batches.jsonl` is append-only, one event a line, fsynced before the run waits on what it says:
 
@@ -26,7 +27,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -108,7 +109,10 @@ class ShardWriter:
         if self._file is None:
             self._open(request.model)
         self._file.write(line)
-        self._rows.write(orjson.dumps([request.row, request.custom_id, request.model]) + b"\n")
+        entry = [request.row, request.custom_id, request.model]
+        if request.cache_key is not None:  # so that a harvested answer goes into the response cache
+            entry.append(request.cache_key.hex())
+        self._rows.write(orjson.dumps(entry) + b"\n")
         self._lines += 1
         self._bytes += len(line)
         return closed
@@ -133,6 +137,12 @@ class ShardWriter:
         self._rows = open(stem.with_suffix(".rows"), "wb")  # noqa: SIM115
         self._lines = self._bytes = 0
         self._model = model
+
+
+class ShardLine(NamedTuple):
+    custom_id: str
+    model: str
+    cache_key: bytes | None  # the response cache's key of the row's first question
 
 
 class ShardIndex:
@@ -162,14 +172,14 @@ class ShardIndex:
         i = bisect_left(self.rows, row)
         return i < len(self.rows) and self.rows[i] == row
 
-    def ids(self, row: int) -> tuple[str, str] | None:
-        """(custom_id, model) of the row, or None when the shard does not hold it."""
+    def ids(self, row: int) -> ShardLine | None:
+        """The row's ids (and cache key), or None when the shard does not hold it."""
         i = bisect_left(self.rows, row)
         if i == len(self.rows) or self.rows[i] != row:
             return None
         self._f.seek(self.offsets[i])
-        _, custom_id, model = orjson.loads(self._f.readline())
-        return str(custom_id), str(model)
+        _, custom_id, model, *key = orjson.loads(self._f.readline())
+        return ShardLine(str(custom_id), str(model), bytes.fromhex(key[0]) if key else None)
 
     def close(self) -> None:
         self._f.close()
@@ -180,7 +190,7 @@ def shard_rows(rows_path: Path) -> Iterator[tuple[int, str, str]]:
     with open(rows_path, "rb") as f:
         for line in f:
             if line.endswith(b"\n"):
-                row, custom_id, model = orjson.loads(line)
+                row, custom_id, model, *_ = orjson.loads(line)
                 yield int(row), str(custom_id), str(model)
 
 

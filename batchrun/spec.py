@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from .cache import CACHE_MODES, CacheSpec
 from .errors import InputError, SpecError
 from .presets import (
     ASK_FORMS,
@@ -139,6 +140,14 @@ class JobSpec:
     pricing: Mapping[str, Price] = field(default_factory=dict)  # overrides of the built-in prices
     batch: BatchSettings = field(default_factory=BatchSettings)
     output: OutputSpec | None = None  # structured output: the schema every answer must fit
+    cache: CacheSpec = field(default_factory=CacheSpec)  # the response cache shared across runs
+
+    @property
+    def cache_scope(self) -> bytes:
+        """What besides the body decides an answer: the provider's base URL (an in-process simulator's port is
+        new each run, so it is named by the preset) and the endpoint."""
+        where = self.provider.base_url or f"{self.provider.name}:in-process"
+        return f"{where}\n{self.endpoint}\n".encode()
 
     def describe(self) -> dict[str, Any]:
         """The job as recorded in the manifest: paths as strings, never a key."""
@@ -165,6 +174,7 @@ class JobSpec:
             "output_dir": str(self.output_dir),
             "pricing": {model: vars(price) for model, price in self.pricing.items()},
             **({"output": {**vars(self.output), "schema": dict(self.output.schema)}} if self.output else {}),
+            "cache": {"mode": self.cache.mode, "path": str(self.cache.file()), "sampled": self.cache.sampled},
         }
 
 
@@ -217,6 +227,7 @@ def parse_spec(data: Any, *, spec_path: Path, source: str) -> JobSpec:
             "pricing",
             "batch",
             "output",
+            "cache",
         },
         source,
     )
@@ -270,6 +281,28 @@ def parse_spec(data: Any, *, spec_path: Path, source: str) -> JobSpec:
         pricing=parse_prices(top.data["pricing"], source, "pricing.") if top.data.get("pricing") else {},
         batch=_parse_batch(top.data.get("batch"), source, provider.mode),
         output=_parse_output(top.data.get("output"), source, base, preset, endpoint, params),
+        cache=_parse_cache(top.data.get("cache"), source, base),
+    )
+
+
+def _parse_cache(raw: Any, source: str, base: Path) -> CacheSpec:
+    """`cache: {mode, path, sampled}`; YAML reads a bare `off` as false, so false is off (and true the default)."""
+    if raw is None or raw is True:
+        return CacheSpec()
+    if raw is False:
+        return CacheSpec(mode="off")
+    if isinstance(raw, str):
+        raw = {"mode": raw}
+    if isinstance(raw, Mapping) and raw.get("mode") is False:
+        raw = {**raw, "mode": "off"}
+    sec = Section("cache", raw, {"mode", "path", "sampled"}, source)
+    text = sec.text("path")
+    path = None
+    if text is not None:
+        path = Path(os.path.expanduser(text))
+        path = path if path.is_absolute() else base / path
+    return CacheSpec(
+        mode=choice(sec, "mode", CACHE_MODES, "read_write"), path=path, sampled=sec.boolean("sampled", True)
     )
 
 

@@ -10,12 +10,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .pricing import Price, Prices, spent_text
+from .pricing import Price, Prices, money, spent_text
 from .records import iso_epoch
 from .report import read_run
 from .rundir import BATCHES, complete_lines
 from .shards import read_shards
-from .usage import outputs, outputs_line
+from .usage import cached, outputs, outputs_line
 
 
 def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[str, Any]:
@@ -48,6 +48,7 @@ def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[s
         "unpriced_models": unpriced,
         "failures_by_code": dict(u.failures_by_code),
         "outputs": outputs(u.models),
+        "cached": dict(zip(("rows", "saved"), cached(u.models, table), strict=True)),
         "updated_at": run.updated_at,
         "updated_s_ago": _age(run.updated_at),
         "batches": _batches(path),
@@ -86,6 +87,11 @@ def status_lines(path: Path, prices: Mapping[str, Price] | None = None) -> list[
         lines.append("  failures " + ", ".join(f"{c} ×{n}" for c, n in top))
     if (shaped := outputs_line(st["outputs"])) is not None:
         lines.append(f"  output   {shaped}")
+    if st["cached"]["rows"]:
+        saved = ", ".join(money(v, c) for c, v in sorted(st["cached"]["saved"].items()))
+        lines.append(
+            f"  cache    {st['cached']['rows']:,} rows from the response cache" + (f", saved {saved}" if saved else "")
+        )
     if st["updated_s_ago"] is not None:
         lines.append(f"  updated  {_duration(st['updated_s_ago'])} ago")
     if st["state"] == "stopped" and st["reason"]:

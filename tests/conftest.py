@@ -24,6 +24,7 @@ def _hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.endswith(("_API_KEY", "_ACCESS_TOKEN")) or name.lower() in PROXY_VARIABLES:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))  # each test its own response cache
 
 
 @pytest.fixture

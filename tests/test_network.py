@@ -79,7 +79,7 @@ def test_proxy_credentials_from_the_environment(tmp_path: Path, sim: SimServer) 
         assert result.exit_code == 0, result.output
         assert guarded.requests_to(_target(sim)) == 3
         refused = submit(
-            make_job(tmp_path, sim.base_url, n=2, name="nokey"), env={"HTTP_PROXY": guarded.url}
+            make_job(tmp_path, sim.base_url, n=2, name="nokey"), "--no-cache", env={"HTTP_PROXY": guarded.url}
         )  # the proxy wants credentials: 407 on every request, and the run stops rather than fail each row
         assert refused.exit_code == 1 and "HTTP 407 from the proxy" in refused.output
         assert not read_jsonl(tmp_path / "runs/nokey/failures.jsonl")  # every row still pending

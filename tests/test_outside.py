@@ -194,7 +194,10 @@ def test_the_readme_command_table_lists_every_command_and_option() -> None:
     rows = {line.split("`")[1].split()[1]: line for line in readme.splitlines() if line.startswith("| `batchrun ")}
     assert set(rows) == set(main.commands), "commands missing from (or stale in) the README's table"
     for name, command in main.commands.items():
-        for param in command.params:
+        subcommands = list(command.commands.values()) if isinstance(command, click.Group) else []
+        for sub in subcommands:
+            assert sub.name in rows[name], f"README: `batchrun {name}` does not list {sub.name}"
+        for param in [p for c in (command, *subcommands) for p in c.params]:
             if isinstance(param, click.Option) and param.name != "help":
                 flag = max(param.opts, key=len)
                 assert flag in rows[name], f"README: `batchrun {name}` does not list {flag}"

@@ -52,6 +52,7 @@ def mixed_job(tmp_path: Path, sim: SimServer, name: str = "job", n: int = 12) ->
         rows,
         name=name,
         retry={"max_attempts": 2, "timeout_s": 10, "backoff_s": 0, "max_backoff_s": 0},
+        cache={"mode": "off"},  # each run asks its own questions: the report adds up what was billed
     )
 
 
@@ -452,6 +453,7 @@ def test_retry_failed_on_an_async_run_submits_afresh(tmp_path: Path, sim: SimSer
         provider={"name": "zhipu", "base_url": root + "/api/paas/v4", "mode": "async"},
         limits={"poll_rps": 100},
         retry={"max_attempts": 2, "timeout_s": 10, "backoff_s": 0, "max_backoff_s": 0},
+        cache={"mode": "off"},  # each run asks its own questions: the report adds up what was billed
     )
     env = {"ZHIPUAI_API_KEY": "test-key-not-secret"}
     assert submit(job, env=env).exit_code == 3

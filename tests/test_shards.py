@@ -48,7 +48,7 @@ def test_a_shard_index_finds_each_rows_ids_by_its_row(tmp_path: Path) -> None:
     (shard,) = write(tmp_path, api, [request(r) for r in (3, 8, 9, 20, 41)])
     index = ShardIndex(shard.rows_path)
     assert list(index.rows) == [3, 8, 9, 20, 41] and len(index) == 5
-    assert index.ids(20) == ("id-20", "sim-small") and index.ids(3) == ("id-3", "sim-small")
+    assert index.ids(20) == ("id-20", "sim-small", None) and index.ids(3) == ("id-3", "sim-small", None)
     assert index.ids(4) is None and index.ids(99) is None and 9 in index and 10 not in index
     index.close()
 

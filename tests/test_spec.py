@@ -138,7 +138,7 @@ def test_rows_failing_for_their_own_reasons_stay_failure_records(tmp_path: Path,
     assert result.exit_code == 3, result.output  # some rows failed
     assert sim.stats()["requests"] == 1
     # 150 rows failing the same way, then one that fits: the spec fits, the rows are at fault
-    rows = [{"id": i, "prompt": ""} for i in range(150)] + [{"id": 150, "prompt": "fine"}]
+    rows = [{"id": i, "prompt": ""} for i in range(150)] + [{"id": 150, "prompt": "fine too"}]
     result = submit(make_job(tmp_path, sim.base_url, rows, name="sorted"))
     assert result.exit_code == 3 and "150 failed" in result.stdout
     assert sim.stats()["requests"] == 2

@@ -293,7 +293,7 @@ def test_a_cut_answer_is_asked_again_with_more_max_tokens_up_to_the_cap(
     capped = make_job(
         tmp_path, sim.base_url, rows, name="capped", output={"schema": SCHEMA, "max_tokens_cap": 20}, params=small
     )
-    assert submit(capped).exit_code == 3
+    assert submit(capped, "--no-cache").exit_code == 3
     (failed,) = read_jsonl(tmp_path / "runs" / "capped" / "failures.jsonl")
     assert failed["error"]["code"] == "invalid_output" and "cut at max_tokens 20" in failed["error"]["message"]
 

@@ -278,7 +278,7 @@ def test_jwt_auth_end_to_end(tmp_path: Path, start_sim: Callable[..., SimServer]
     assert server.stats()["responses"] == {"200": 3}
     run_dir = tmp_path / "runs" / "job"
     assert all(b"s3cr3t" not in p.read_bytes() for p in run_dir.iterdir() if p.is_file())
-    result = submit(job, "--fresh", env={"ZHIPUAI_API_KEY": "abc123.wrong"})  # signed with the wrong secret
+    result = submit(job, "--fresh", "--no-cache", env={"ZHIPUAI_API_KEY": "abc123.wrong"})  # the wrong secret
     assert result.exit_code == 1 and "bad signature" in result.output
 
 
