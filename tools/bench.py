@@ -433,6 +433,81 @@ def bench_structured(work: Path, rows: int) -> list[Figure]:
     ]
 
 
+def bench_cache(work: Path, entries: int, rows: int) -> list[Figure]:
+    """The response cache at size: lookups in a cache of `entries` answers, the file's size per entry, and a
+    re-run of a job whose every answer is in it."""
+    import hashlib
+    import random
+
+    from batchrun.cache import Cache, CacheSpec
+    from batchrun.cache import stats as cache_stats
+
+    path = work / "cache.sqlite3"
+    cache = Cache(CacheSpec(path=path))
+    t0 = time.perf_counter()
+    for i in range(entries):  # answers shaped as the simulator's, about as long as a short chat answer
+        key = hashlib.blake2b(f"filler {i}".encode(), digest_size=16).digest()
+        body = {
+            "id": f"chatcmpl-sim-{i:024d}",
+            "object": "chat.completion",
+            "created": 1795500000,
+            "model": "sim-small",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": f"[simulated sim-small] item {i} in five words"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 30, "completion_tokens": 12, "total_tokens": 42},
+        }
+        cache.put(key, "sim-small", {"status_code": 200, "request_id": f"sim-{i}", "body": body}, has_output=False)
+        if len(cache.pending) >= 50_000:
+            cache.commit()
+    cache.close()
+    fill_s = time.perf_counter() - t0
+    size = int(cache_stats(path)["bytes"])
+    cache = Cache(CacheSpec(path=path, mode="read"))
+    keys = [
+        hashlib.blake2b(f"filler {i}".encode(), digest_size=16).digest() for i in random.sample(range(entries), rows)
+    ]
+    t0 = time.perf_counter()
+    hits = sum(1 for key in keys if cache.get(key) is not None)
+    lookup_ms = 1000 * (time.perf_counter() - t0) / rows
+    cache.close()
+    sim = Simulator("--latency", "0")
+    try:
+        prompts = write_prompts(work / "cached.jsonl", rows, short_prompt)
+        extra = {"cache": {"path": str(path)}}
+        run_client(work, sim, prompts, name="cache-first", extra=extra)
+        before = sim.stats()["requests"]
+        again = run_client(work, sim, prompts, name="cache-again", extra=extra)
+        sent = sim.stats()["requests"] - before
+    finally:
+        sim.close()
+    cached_rows = again.usage["models"]["sim-small"]["cached_rows"]
+    return [
+        Figure(
+            f"10 response cache of {entries:,} entries: lookup per row (random hits, {hits:,} of {rows:,})",
+            "<= 0.05 ms",
+            f"{lookup_ms:.4f} ms",
+            lookup_ms <= 0.05 and hits == rows,
+        ),
+        Figure(
+            "10 response cache: file size per entry",
+            "",
+            f"{size / entries:,.0f} bytes ({size / 1e6:,.0f} MB; filled at {entries / fill_s:,.0f} entries/s)",
+            None,
+        ),
+        Figure(
+            f"10 re-run of a {rows:,}-row job from the cache: requests sent, rows cached, rows/s",
+            f"0, {rows:,}",
+            f"{sent}, {cached_rows:,}, {again.rows_per_s:,.0f} rows/s ({1000 * again.cpu_s / rows:.3f} ms CPU a row)",
+            sent == 0 and cached_rows == rows,
+        ),
+    ]
+
+
 def bench_memory(work: Path, big: int, small: int) -> list[Figure]:
     figures = []
     for kind in ("jsonl", "parquet"):
@@ -661,11 +736,13 @@ def main(quick: bool, only: str | None) -> None:
         ("7", lambda w: bench_operations(w, 100_000 if q else 1_000_000)),
         ("8", lambda w: bench_batch(w, 20_000 if q else 100_000, 2_000 if q else 10_000)),
         ("9", lambda w: bench_structured(w, 5_000 if q else 20_000)),
+        ("10", lambda w: bench_cache(w, 100_000 if q else 1_000_000, 5_000 if q else 20_000)),
     ]
     numbers = set(only.split(",")) if only else None
     figures: list[Figure] = []
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="batchrun-bench-") as tmp:
+        os.environ["XDG_CACHE_HOME"] = f"{tmp}/xdg-cache"  # a response cache of this bench's own, empty at start
         for number, scenario in scenarios:
             if numbers and number not in numbers:
                 continue

@@ -525,6 +525,7 @@ def main(rows: int, kills: int, seed: int | None) -> None:
     t0 = time.monotonic()
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="batchrun-torture-") as tmp:
+        os.environ["XDG_CACHE_HOME"] = f"{tmp}/xdg-cache"  # a response cache of this run's own, empty at start
         for suite in (
             lambda w: crash_torture(w, rows, kills, seed=seed),
             lambda w: crash_torture(w, rows, kills, mode="async", seed=seed + 1),
