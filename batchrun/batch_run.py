@@ -76,6 +76,9 @@ class BatchRun(RunControl):
         self.base_url, self.auth = base_url, make_auth(key, self.spec.provider.auth)
         self.line_url = self.spec.batch.line_url or self.api.line_url(self.spec.endpoint)
         self.shards = read_shards(line for _, line in complete_lines(checkpoint.path / BATCHES))
+        # shards an earlier session uploaded but never learnt a batch of: a kill may have come between the create
+        # call and its event, so the provider is asked for a batch of that file before one is made
+        self.unsure = {s.index for s in self.shards.values() if s.file_id is not None and s.batch_id is None}
         self.tries = Tries()  # shards each row has been in, to cap resubmission
         self.held = 0  # rows in batches at the provider (the progress line's `rows in batches`)
         self._wake = asyncio.Event()
@@ -87,12 +90,15 @@ class BatchRun(RunControl):
         # a new batch: with batch.fallback: online, and for everything once the deadline has passed
         self.online_after = self.spec.batch.fallback == "online"
         self.repairing = 0  # answers of the shard being harvested that did not fit the schema
+        self.over_budget = False  # the last round of shards stopped at limits.max_cost
 
     # --- what the session calls ------------------------------------------------------------------------
 
     async def run(self) -> None:
         try:
             self.ledger.refuse_repeated_ids()
+            if self.budget is not None:
+                self.budget.price(self.spec.model)  # a model with no price and a budget: exit 2, nothing sent
         except BatchrunError as exc:
             self.failed(exc)
             return
@@ -152,6 +158,9 @@ class BatchRun(RunControl):
                 if self._write_shards():
                     delay = self.spec.batch.poll_s
                     continue
+                if self.over_budget:  # the rows left would pass limits.max_cost
+                    assert self.budget is not None
+                    self.failed(self.budget.reached())
                 return  # every row recorded (or left for a later submit, past --limit)
             delay = self.spec.batch.poll_s if progressed else min(delay * 1.5, self.spec.batch.max_poll_s)
             self._wake.clear()
@@ -193,6 +202,7 @@ class BatchRun(RunControl):
         writer = ShardWriter(self.checkpoint.path / SHARDS, self.api, self.spec.endpoint, first, self.line_url)
         written: list[Any] = []
         build = self.build  # with structured output, a row being repaired is asked its next question
+        self.over_budget = False
         caps: dict[str, int] = dict(self.api.queue_caps)
         queued: dict[str, int] = {}  # rows of each capped model in this round's batches
         for raw in iter_rows(self.spec.input, skip=done.__contains__):
@@ -214,6 +224,9 @@ class BatchRun(RunControl):
                 if queued.get(built.model, 0) >= cap:
                     continue  # the provider queues no more of this model at once: a later round takes it
                 queued[built.model] = queued.get(built.model, 0) + 1
+            if self.budget is not None and not self.budget.reserve(built):
+                self.over_budget = True  # the rest wait: what is out may cost less than its worst case
+                break
             if not writer.fits(built):
                 self._fail_row(
                     built,
@@ -269,6 +282,14 @@ class BatchRun(RunControl):
 
     async def _create(self, shard: ShardState) -> None:
         assert shard.file_id is not None
+        if shard.index in self.unsure:
+            self.unsure.discard(shard.index)
+            found = await self.client.find(shard.file_id)
+            if found is not None:
+                self._event(shard, "created", batch_id=found)
+                shard.batch_id = found
+                self.log(f"shard {shard.index}: found its batch {found}, created before the run was stopped")
+                return
         metadata = {"batchrun_job": self.spec.name, "shard": str(shard.index)}
         reply = await self.client.create(
             shard.file_id, self.line_url, self.spec.batch.completion_window, metadata, dict(self.api.create_extra)

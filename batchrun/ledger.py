@@ -9,12 +9,15 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .budget import Budget
 from .cache import Cache
 from .checkpoint import Checkpoint, ResumeState
 from .errors import CheckpointWriteError
 from .ids import DUPLICATE_ID, repeated_ids
 from .job import Prepared
 from .lanes import Row
+from .presets import batch_share
+from .pricing import Prices
 from .progress import Progress
 from .records import NO_OUTPUT, Record, Response, error, now_iso, record, response
 from .repairs import Repairs
@@ -49,6 +52,18 @@ class Ledger:
         output = self.spec.output
         self.repairs = Repairs(output, self.spec.params, checkpoint, state.repairs) if output is not None else None
         self.cache = cache
+        budget, prices = self.spec.limits.max_cost, Prices(self.spec.pricing, batch_share(self.spec.provider.name))
+        self.budget = (
+            Budget(
+                budget,
+                prices,
+                lambda: prices.spent(self.usage.models)[0],
+                batch=self.spec.provider.mode == "batch",
+                source=self.spec.spec_path.name,
+            )
+            if budget
+            else None
+        )
 
     def record(
         self,
@@ -133,6 +148,8 @@ class Ledger:
         if self.repairs is not None and (steps := self.repairs.finish(rec["row"])):
             rec["repairs"] = steps
         self.checkpoint.append(rec, failed=failed)
+        if self.budget is not None:
+            self.budget.release(rec["row"])
         self.state.done.add(rec["row"])
         before = self.usage.total_tokens
         self.usage.add(rec)

@@ -34,6 +34,7 @@ class RunControl:
         self.last_row = last_row  # submit --limit: rows after this one wait for a later run
         self.ledger = Ledger(prepared, checkpoint, state, progress, cache)
         self.repairs = self.ledger.repairs  # structured output: judges answers and asks again
+        self.budget = self.ledger.budget  # limits.max_cost: every row's worst case held against it
         # a row as a request: with structured output, the question it is at (its repair steps applied)
         self.build = self.repairs.build(prepared.builder.build) if self.repairs else prepared.builder.build
         self.stopping: RunState | None = None  # INTERRUPTED | STOPPED

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
+from .budget import BudgetReached
 from .cache import Cache
 from .checkpoint import Checkpoint, ResumeState
 from .errors import BatchrunError, FatalProviderError
@@ -88,6 +89,8 @@ class RunLoop(RunControl):
     async def run(self) -> None:
         try:
             self.ledger.refuse_repeated_ids()
+            if self.budget is not None:
+                self.budget.price(self.spec.model)  # a model with no price and a budget: exit 2, nothing sent
         except BatchrunError as exc:
             self.failed(exc)
             return
@@ -103,7 +106,11 @@ class RunLoop(RunControl):
             if self.unproven and not self.stopping:  # the rows ran out (submit --limit) before the proof did
                 self._wrong_endpoint()
             if self.attempts:
-                _, pending = await asyncio.wait(self.attempts, timeout=STOP_GRACE_S if self.interrupts < 2 else 0)
+                # at the budget, what is in flight is paid for: let it finish (and be recorded) in its own time
+                grace = (
+                    self.spec.retry.timeout_s + STOP_GRACE_S if isinstance(self.error, BudgetReached) else STOP_GRACE_S
+                )
+                _, pending = await asyncio.wait(self.attempts, timeout=grace if self.interrupts < 2 else 0)
                 for attempt in pending:
                     attempt.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
@@ -141,10 +148,24 @@ class RunLoop(RunControl):
                     return
                 await self._sleep()
                 continue
+            if self.budget is not None and not self._within_budget(row):
+                return
             ticket = await self.throttle.admit(row.request)
             attempt = asyncio.ensure_future(self._attempt(row, ticket))
             self.attempts.add(attempt)
             attempt.add_done_callback(self.attempts.discard)
+
+    def _within_budget(self, row: Row) -> bool:
+        """Hold the row's worst case against limits.max_cost; at the budget, stop taking rows (the row stays
+        pending) and let what is in flight finish."""
+        assert self.budget is not None
+        try:
+            if self.budget.reserve(row.request):
+                return True
+            self.failed(self.budget.reached())
+        except BatchrunError as exc:  # a row's own model has no price
+            self.failed(exc)
+        return False
 
     async def _sleep(self) -> None:
         self._wake.clear()

@@ -107,6 +107,7 @@ class BatchDesk:
         add.add_get("/{base:.*}/files/{file}", self._guard(self.file))
         add.add_delete("/{base:.*}/files/{file}", self._guard(self.delete))
         add.add_post("/{base:.*}/batches", self._guard(self.create))
+        add.add_get("/{base:.*}/batches", self._guard(self.list_batches))
         add.add_get("/{base:.*}/batches/{batch}", self._guard(self.retrieve))
         add.add_post("/{base:.*}/batches/{batch}/cancel", self._guard(self.cancel))
 
@@ -196,6 +197,28 @@ class BatchDesk:
         self.batches_per_file[source.id] = self.batches_per_file.get(source.id, 0) + 1
         self.batches[batch.id] = batch
         return _ok(self._describe(batch))
+
+    async def list_batches(self, request: web.Request) -> web.Response:
+        """`GET /batches?limit=&after=`: newest first, a page at a time, as OpenAI lists them."""
+        try:
+            limit = max(1, min(100, int(request.query.get("limit", "20"))))
+        except ValueError:
+            return _error(400, "invalid_request_error", "limit must be a whole number")
+        newest = sorted(self.batches.values(), key=lambda b: b.id, reverse=True)
+        after = request.query.get("after")
+        if after:
+            newest = [b for b in newest if b.id < after]
+        page = newest[:limit]
+        data = [self._describe(b) for b in page]
+        return _ok(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": page[0].id if page else None,
+                "last_id": page[-1].id if page else None,
+                "has_more": len(newest) > limit,
+            }
+        )
 
     async def retrieve(self, request: web.Request) -> web.Response:
         batch = self.batches.get(request.match_info["batch"])

@@ -101,6 +101,7 @@ class Limits:
     poll_rps: float = 20.0  # async mode: result polls per second, across all pending tasks
     max_pending: int = 1000  # async mode: tasks submitted and not yet finished
     batch_size: int = 1  # inputs per request: 1 unless embeddings (then the spec's, or else the preset's)
+    max_cost: Mapping[str, float] | None = None  # the budget per currency ({"CNY": 50}): never spend past it
 
 
 @dataclass(frozen=True)
@@ -521,7 +522,7 @@ def _parse_limits(raw: Any, source: str, preset: Preset, endpoint: Endpoint) -> 
     sec = Section(
         "limits",
         {} if raw is None else raw,
-        {"rpm", "tpm", "concurrency", "tpm_accounting", "poll_rps", "max_pending", "batch_size"},
+        {"rpm", "tpm", "concurrency", "tpm_accounting", "poll_rps", "max_pending", "batch_size", "max_cost"},
         source,
     )
     d = Limits()
@@ -534,7 +535,23 @@ def _parse_limits(raw: Any, source: str, preset: Preset, endpoint: Endpoint) -> 
         poll_rps=sec.number("poll_rps", d.poll_rps) or d.poll_rps,
         max_pending=sec.integer("max_pending", d.max_pending) or d.max_pending,
         batch_size=batch_size,
+        max_cost=_parse_budget(sec),
     )
+
+
+def _parse_budget(sec: Section) -> dict[str, float] | None:
+    raw = sec.mapping("max_cost")
+    if raw is None:
+        return None
+    budget = Section(sec.key("max_cost"), raw, set(raw), sec.source)
+    out = {}
+    for currency in raw:
+        if not (isinstance(currency, str) and len(currency) == 3 and currency.isalpha() and currency.isupper()):
+            raise sec.fail("max_cost", f"takes currencies such as CNY or USD as keys, got {currency!r}")
+        out[currency] = budget.number(currency) or 0.0
+    if not out:
+        raise sec.fail("max_cost", "is empty: give a budget per currency, e.g. {CNY: 50}")
+    return out
 
 
 def _parse_batch(raw: Any, source: str, mode: str) -> BatchSettings:

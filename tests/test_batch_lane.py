@@ -110,6 +110,30 @@ def test_a_kill_while_polling_resumes_without_uploading_or_creating_again(
     assert (stats["files_uploaded"], stats["batches_created"], stats["billed_twice"]) == (1, 1, 0)
 
 
+def test_a_kill_between_creating_a_batch_and_writing_its_id_finds_that_batch(
+    tmp_path: Path, start_sim: Callable[..., SimServer]
+) -> None:
+    sim = start_sim(batch_s=2.0)
+    job = batch_job(tmp_path, sim, [{"id": f"r{i}", "prompt": f"q{i}"} for i in range(20)])
+    proc = spawn_submit(job)
+    events = tmp_path / "runs/job/batches.jsonl"
+    deadline = time.monotonic() + 30
+    while b'"created"' not in (events.read_bytes() if events.exists() else b""):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    # as if the kill had come after the provider made the batch but before its id reached the disk
+    kept = [line for line in events.read_bytes().splitlines(keepends=True) if b'"created"' not in line]
+    events.write_bytes(b"".join(line for line in kept if b'"polled"' not in line))
+    result = submit(job)
+    assert result.exit_code == 0, result.output
+    assert "found its batch" in result.output
+    assert len(records(tmp_path)[0]) == 20
+    stats = sim.stats()
+    assert (stats["batches_created"], stats["files_with_two_batches"], stats["billed_twice"]) == (1, 0, 0)
+
+
 def test_batch_prices_in_the_summary_report_and_estimate(tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:
     sim = start_sim(batch_s=0.2)
     pricing = {"sim-small": {"input": 10, "output": 20, "currency": "CNY"}}

@@ -63,6 +63,23 @@ class BatchAPIClient:
             self.http, "POST", f"{self.base}/batches", self.headers(), self.timeout, orjson.dumps(body)
         )
 
+    async def find(self, file_id: str, pages: int = 10) -> str | None:
+        """The id of a batch already made from this file (`GET /batches`, newest first, up to `pages` pages of
+        100), or None: none, or the provider does not list batches."""
+        after = None
+        for _ in range(pages):
+            query = "?limit=100" + (f"&after={after}" if after else "")
+            reply = await fetch_json(self.http, "GET", f"{self.base}/batches{query}", self.headers(), self.timeout)
+            body = reply.body if reply.status == 200 and isinstance(reply.body, dict) else {}
+            data = body.get("data")
+            for batch in data if isinstance(data, list) else []:
+                if isinstance(batch, dict) and batch.get("input_file_id") == file_id and batch.get("id"):
+                    return str(batch["id"])
+            after = body.get("last_id")
+            if not (body.get("has_more") and isinstance(after, str)):
+                return None
+        return None
+
     async def retrieve(self, batch_id: str) -> Reply:
         return await fetch_json(self.http, "GET", f"{self.base}/batches/{batch_id}", self.headers(), self.timeout)
 
