@@ -88,8 +88,3 @@ class Budget:
             f"budget reached: {'; '.join(parts)}; no more rows were sent. Raise limits.max_cost in {self.source} "
             "and run the same command to go on from here"
         )
-
-
-def over_budget(limits: Mapping[str, float], costs: Mapping[str, float]) -> list[str]:
-    """The currencies in which `costs` pass the budget (`estimate`)."""
-    return [c for c, limit in sorted(limits.items()) if costs.get(c, 0.0) > limit]

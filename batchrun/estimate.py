@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .job import Prepared, display_path
@@ -114,6 +115,8 @@ def estimate_lines(prepared: Prepared, est: Estimate, prices: Prices, share: flo
                 f"  batch          {_ranges(batch)} with provider.mode: batch ({prices.batch_share:.0%} of online, "
                 "answers within 24 h)"
             )
+    if spec.limits.max_cost:
+        lines.append(budget_line(spec.limits.max_cost, cost_ranges(est, prices, share, spec.provider.mode == "batch")))
     if spec.provider.mode == "batch":
         lines.append(
             f"  time           the provider's: within the completion window ({spec.batch.completion_window}); "
@@ -140,6 +143,21 @@ def estimate_lines(prepared: Prepared, est: Estimate, prices: Prices, share: flo
             f"  tasks          the time above is for submitting; each task then runs {runs} before its result is polled"
         )
     return lines
+
+
+def budget_line(budget: Mapping[str, float], ranges: Mapping[str, tuple[float, float]]) -> str:
+    """Whether the job fits limits.max_cost: at max_tokens on every row, at a typical share, or not even then."""
+    parts = []
+    for currency, limit in sorted(budget.items()):
+        low, high = ranges.get(currency, (0.0, 0.0))
+        if high <= limit:
+            verdict = "fits, even at max_tokens on every row"
+        elif low <= limit:
+            verdict = f"fits at a typical output length, not at max_tokens ({high:,.4f})"
+        else:
+            verdict = f"does not fit: the run would stop about {limit / low:.0%} of the way through"
+        parts.append(f"{limit:,.4f} {currency}: {verdict}")
+    return "  budget         " + "; ".join(parts)
 
 
 def _ranges(ranges: dict[str, tuple[float, float]]) -> str:
