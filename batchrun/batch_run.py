@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ class BatchRun(RunControl):
         checkpoint: Checkpoint,
         state: ResumeState,
         base_url: str,
-        key: str | None,
+        keys: Sequence[tuple[str, str | None]],
         progress: Progress,
         log: Callable[[str], None],
         last_row: int | None = None,
@@ -73,7 +73,7 @@ class BatchRun(RunControl):
             self.api = dataclasses.replace(
                 self.api, max_lines=cap, max_embedding_lines=min(cap, self.api.lines_for("embeddings"))
             )
-        self.base_url, self.auth = base_url, make_auth(key, self.spec.provider.auth)
+        self.base_url, self.auth = base_url, make_auth(keys[0][1], self.spec.provider.auth)  # one account's batches
         self.line_url = self.spec.batch.line_url or self.api.line_url(self.spec.endpoint)
         self.shards = read_shards(line for _, line in complete_lines(checkpoint.path / BATCHES))
         # shards an earlier session uploaded but never learnt a batch of: a kill may have come between the create

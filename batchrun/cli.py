@@ -391,6 +391,13 @@ def models(name: str, base_url: str | None, api_key_env: str | None, allow_insec
     help="Serve https:// with this certificate and private key (PEM), to try provider.ca_bundle.",
 )
 @click.option(
+    "--key-rpm",
+    multiple=True,
+    metavar="VAR=RPM",
+    help="Key pools: the key in $VAR has its own RPM limit (repeatable; name the variable, never the key).",
+)
+@click.option("--revoked-key", multiple=True, metavar="VAR", help="Answer 401 to the key in $VAR (repeatable).")
+@click.option(
     "--require-key",
     is_flag=True,
     help="Answer 401 unless requests carry $BATCHRUN_SIM_API_KEY "
@@ -417,6 +424,8 @@ def simulate(
     batch_s: float,
     models: str | None,
     tls: tuple[str, str] | None,
+    key_rpm: tuple[str, ...],
+    revoked_key: tuple[str, ...],
     require_key: bool,
 ) -> None:
     """Serve a simulated OpenAI-compatible provider on 127.0.0.1 until Ctrl-C."""
@@ -453,6 +462,8 @@ def simulate(
         models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
         batch_s=batch_s,
         invalid_json_rate=invalid_json_rate,
+        key_rpm=tuple(_key_rpm(pair) for pair in key_rpm),
+        revoked=revoked_key,
     )
 
     def announce(url: str) -> None:
@@ -474,6 +485,17 @@ def simulate(
         raise SpecError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}; choose another --port") from None
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM is how a server is meant to stop
         click.echo("simulated provider stopped")
+
+
+def _key_rpm(pair: str) -> tuple[str, float]:
+    env, _, rpm = pair.partition("=")
+    try:
+        value = float(rpm)
+    except ValueError:
+        value = -1.0
+    if not env or value <= 0:
+        raise SpecError(f"--key-rpm takes VAR=RPM, such as TEAM_KEY_1=600, got {pair!r}")
+    return env, value
 
 
 def summary_lines(outcome: RunOutcome) -> list[str]:

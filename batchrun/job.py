@@ -115,9 +115,17 @@ def api_key(preset_name: str, env: str) -> str | None:
 
 def provider_key(provider: ProviderSpec) -> str | None:
     """The job's key, from its environment variable, and only when it would not cross the network in the clear."""
-    key = api_key(provider.name, provider.api_key_env)
-    refuse_plain_http(provider.base_url, key, provider.allow_insecure_http)
-    return key
+    return provider_keys(provider)[0][1]
+
+
+def provider_keys(provider: ProviderSpec) -> list[tuple[str, str | None]]:
+    """(variable, key) for each variable of the job (several: a key pool); every one must be set."""
+    keys = [(env, api_key(provider.name, env)) for env in provider.key_envs]
+    for env, key in keys:
+        if key is None and provider.key_pool:  # a pool of keys, one of them missing: not a pool of one fewer
+            raise SpecError(f"the environment variable {env} is not set: a key pool needs a key in each variable")
+        refuse_plain_http(provider.base_url, key, provider.allow_insecure_http)
+    return keys
 
 
 def refuse_plain_http(base_url: str, key: str | None, allowed: bool) -> None:

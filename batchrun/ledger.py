@@ -99,6 +99,8 @@ class Ledger:
             rec["batch"] = batch
         if decision is None and resp is not None:
             self.remember(req.cache_key, req.model, resp, output)
+        if row.member is not None and self.spec.provider.key_pool:
+            rec["api_key_env"] = row.member.env  # which key of the pool answered: its variable, never the key
         if row.shared is not None:
             rec["shared_request"] = row.shared
         if row.retried_usage is not None and not (batch and batch["index"]):  # a shared request's: counted once

@@ -148,6 +148,21 @@ class Throttle:
         self.rates.on_sent(now)
         return Ticket(now, charge, self.gate.inflight)
 
+    def wait_estimate(self, request: Request) -> float:
+        """About how long `admit(request)` would wait now (inf: every slot is taken); for a key pool's choice."""
+        if self.gate.inflight >= self.gate.limit:
+            return math.inf
+        now = self.clock()
+        wait = max(0.0, self.paused_until - now)
+        if self.rpm is not None:
+            wait = max(wait, self.rpm.bucket.wait_for(1, now))
+        if self.tpm is not None:
+            wait = max(
+                wait,
+                self.tpm.bucket.wait_for(self.tokens.charge(request.prompt_tokens, request.max_output).amount, now),
+            )
+        return wait
+
     def done(self, ticket: Ticket, reply: Reply | None, *, settle: bool = True) -> None:
         """Release the ticket's slot and learn from the answer (None: the attempt was cancelled).
 

@@ -17,8 +17,9 @@ OpenAI Batch API output line, so other tools read it as they read a batch output
   from), `retried_usage` (tokens billed for answers that were retried: usage counts them), `task_id`, `polls` and
   `resubmitted` (async tasks); with structured output, `output` (the answer's JSON, valid against the schema)
   and `repairs` (the answers before it that did not fit, and their usage). `error` adds `status` and `attempts`
-  to OpenAI's pair, and `path` for `invalid_output`; `cached: true` when the answer came from the response cache
-  (its usage is what it cost when first asked; usage.json does not count it again).
+  to OpenAI's pair, and `path` for `invalid_output`; `api_key_env` with a key pool (the variable, never the
+  key); `cached: true` when the answer came from the response cache (its usage is what it cost when first
+  asked; usage.json does not count it again).
 
 The bytes, which readers of a million-row run rely on without parsing whole lines:
 - every line starts with `{"row":N,`: resuming reads row numbers from that prefix alone;
@@ -82,6 +83,7 @@ class Record(_RecordKeys, total=False):
     batch_id: str  # the batch lane: the provider's batch this row's answer came from
     polls: int
     resubmitted: list[dict[str, Any]]  # async tasks given up on: {"task_id", "reason", "message", "polls"}
+    api_key_env: str  # a key pool: the variable holding the key that answered (never the key itself)
     cached: bool  # the answer came from the response cache (asked in an earlier run): it cost nothing here
     output: Any  # structured output: the answer's JSON, parsed and valid against the job's schema
     repairs: list[dict[str, Any]]  # structured output: answers that did not fit, each {"kind", "path", "message",

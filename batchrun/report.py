@@ -336,6 +336,14 @@ def report_table(report: Report) -> list[str]:
         for name, counts in shaped:
             if (line := outputs_line(counts)) is not None:
                 lines.append(f"    {name}: {line}")
+    if u.keys:
+        lines.append("")
+        lines.append("  by key (the variable holding it)")
+        for env, k in sorted(u.keys.items()):
+            lines.append(
+                f"    ${env:<28} {k['rows_succeeded']:,} rows ok, {k['rows_failed']:,} failed, {k['requests']:,} "
+                f"requests, {k['prompt_tokens']:,} + {k['completion_tokens']:,} tokens"
+            )
     if u.failures_by_code:
         lines.append("")
         lines.append("  failures by code")
@@ -384,6 +392,7 @@ def report_json(report: Report) -> dict[str, Any]:
         "unpriced_models": report.unpriced,
         "failures_by_code": dict(sorted(u.failures_by_code.items())),
         "cache": dict(zip(("rows", "saved"), cached(u.models, report.prices), strict=True)),
+        "keys": {env: dict(k) for env, k in sorted(u.keys.items())},
     }
 
 

@@ -13,7 +13,7 @@ import itertools
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 from .budget import BudgetReached
@@ -25,6 +25,7 @@ from .lanes import Lane, Row
 from .lanes.online import OnlineLane
 from .lanes.tasks import TaskLane
 from .limiter import Throttle, Ticket
+from .pool import KeyPool, Member
 from .presets import PRESETS
 from .progress import Progress
 from .providers import make_auth
@@ -46,7 +47,7 @@ class RunLoop(RunControl):
         checkpoint: Checkpoint,
         state: ResumeState,
         base_url: str,
-        key: str | None,
+        keys: Sequence[tuple[str, str | None]],
         progress: Progress,
         log: Callable[[str], None],
         last_row: int | None = None,
@@ -56,17 +57,25 @@ class RunLoop(RunControl):
         spec = self.spec
         self.t_wall0 = time.time()
         self.errors = PRESETS[spec.provider.name].errors
-        auth = make_auth(key, spec.provider.auth)
+        # A submission holds no slot while its task runs: what an async provider's "too many in flight" counts
+        # is unknown (running tasks, most likely, which limits.max_pending caps), so there it is a plain 429.
+        in_flight_codes = self.errors.concurrency if spec.provider.mode != "async" else frozenset()
+        self.pool = KeyPool(
+            [
+                Member(
+                    env,
+                    make_auth(key, spec.provider.auth),
+                    Throttle(spec.limits, spec.limits.tpm_accounting, log, concurrency_codes=in_flight_codes),
+                )
+                for env, key in keys
+            ]
+        )
+        auth = self.pool.members[0].auth
         self.lane: Lane = (
             TaskLane(self, base_url, auth, self.build, self._record_bad)
             if spec.provider.mode == "async"
             else OnlineLane(self, base_url, auth)
         )
-        # A submission holds no slot while its task runs: what an async provider's "too many in flight" counts
-        # is unknown (running tasks, most likely, which limits.max_pending caps), so there it is a plain 429.
-        in_flight_codes = self.errors.concurrency if spec.provider.mode != "async" else frozenset()
-        self.throttle = Throttle(spec.limits, spec.limits.tpm_accounting, log, concurrency_codes=in_flight_codes)
-        self.gate = self.throttle.gate
         self.ready: deque[Row] = deque()  # retries whose backoff is over
         self.backoffs: set[asyncio.TimerHandle] = set()
         self.attempts: set[asyncio.Future[None]] = set()  # attempts on the wire
@@ -96,8 +105,10 @@ class RunLoop(RunControl):
             return
         provider = self.spec.provider
         network = Network(provider.proxy, provider.ca_bundle, trust_env=provider.simulate is None)
-        self._http = Http(self.throttle.concurrency.maximum + self.lane.connections, network)
-        loops = [self.flush_forever(), self.throttle.tick_forever(), *self.lane.background()]
+        slots = sum(m.throttle.concurrency.maximum for m in self.pool.members)
+        self._http = Http(slots + self.lane.connections, network)
+        ticks = [m.throttle.tick_forever() for m in self.pool.members]
+        loops = [self.flush_forever(), *ticks, *self.lane.background()]
         background = [asyncio.ensure_future(loop) for loop in loops]
         self.dispatcher = asyncio.create_task(self._dispatch())
         try:
@@ -127,7 +138,7 @@ class RunLoop(RunControl):
         rows = self._rows()
         exhausted = False
         while not self.stopping:
-            if not self.lane.has_room(self.gate.inflight):
+            if not self.lane.has_room(self.pool.inflight):
                 await self._sleep()
                 continue
             if self.ready:
@@ -144,13 +155,16 @@ class RunLoop(RunControl):
                     continue
                 row = Row(nxt, attempts=self.repairs.steps(nxt.row) if self.repairs else 0)
             else:
-                if self.gate.inflight == 0 and not self.backoffs and not self.lane.held:
+                if self.pool.inflight == 0 and not self.backoffs and not self.lane.held:
                     return
                 await self._sleep()
                 continue
             if self.budget is not None and not self._within_budget(row):
                 return
-            ticket = await self.throttle.admit(row.request)
+            if not self.pool.live:  # every key refused: the run is stopping
+                return
+            member = row.member = self.pool.pick(row.request)
+            ticket = await member.throttle.admit(row.request)
             attempt = asyncio.ensure_future(self._attempt(row, ticket))
             self.attempts.add(attempt)
             attempt.add_done_callback(self.attempts.discard)
@@ -192,9 +206,11 @@ class RunLoop(RunControl):
         row.attempts += 1
         reply: Reply | None = None
         held = False
+        member = row.member
+        assert member is not None
         try:
             with self.guard():
-                reply = await self.lane.call(row.request)
+                reply = await self.lane.call(row.request, member.auth)
                 if reply.status == 429:
                     row.rate_limited += 1
                 self.progress.attempt(retried=row.attempts > 1, rate_limited=reply.status == 429)
@@ -202,7 +218,7 @@ class RunLoop(RunControl):
                     return
                 held = await self.lane.answer(row, reply, ticket)
         finally:
-            self.throttle.done(ticket, reply, settle=not held)
+            member.throttle.done(ticket, reply, settle=not held)
             self.wake()  # after the slot is free: the dispatcher may be waiting for the last one
 
     @contextlib.contextmanager
@@ -265,7 +281,7 @@ class RunLoop(RunControl):
             else:
                 self.record(row, reply, None)
         elif decision.verdict is Verdict.STOP_RUN:
-            self._fatal(decision, reply.status)
+            self._refused(row, decision, reply.status)
         elif decision.verdict is Verdict.RETRY and row.attempts < self.spec.retry.max_attempts:
             row.billed(reply)
             self.retry_later(row, decision)
@@ -340,19 +356,36 @@ class RunLoop(RunControl):
 
     # --- stopping ------------------------------------------------------------------------------------
 
-    def _fatal(self, decision: Decision, status: int | None) -> None:
+    def _refused(self, row: Row, decision: Decision, status: int | None) -> None:
+        """The provider refused the key or its account (401/403, no money, no quota). In a key pool that key is
+        retired and the row goes to another; the run stops (resumable) when no key is left."""
+        member = row.member
+        key_problem = status in (401, 403)
+        what = (
+            f"refused the key ({decision.message})"
+            if key_problem
+            else f"refused the account ({decision.code}: {decision.message})"
+        )
+        if self.pool.pooled and member is not None:
+            if self.pool.retire(member, f"{status} {decision.code}"):
+                left = len(self.pool.live)
+                self.log(f"the provider {what} in ${member.env}: that key is retired, {left} key(s) left")
+            if self.pool.live:
+                self.retry_later(row, decision, immediately=True)
+                return
         if self.stopping is RunState.STOPPED:
             return
-        env = self.spec.provider.api_key_env
-        if status in (401, 403):
-            why = f"the provider refused the key ({decision.message}); check ${env}"
+        if self.pool.pooled:
+            why = f"the provider refused every key of the pool ({self._retired()}); check them, then resume"
+        elif key_problem:
+            why = f"the provider {what}; check ${self.spec.provider.api_key_env}"
         else:
-            why = (
-                f"the provider refused the account ({decision.code}: {decision.message}); top up or wait "
-                "for the quota to reset"
-            )
+            why = f"the provider {what}; top up or wait for the quota to reset"
         self.error = FatalProviderError(why)
         self.stop(RunState.STOPPED, why)
+
+    def _retired(self) -> str:
+        return ", ".join(f"${m.env}: {m.retired}" for m in self.pool.members if m.retired)
 
     def stopped(self) -> None:
         self.wake()
@@ -364,7 +397,7 @@ class RunLoop(RunControl):
         self.interrupts += 1
         if self.interrupts == 1:
             again = " (Ctrl-C again to stop at once)" if terminal else ""  # a SIGTERM comes from no keyboard
-            self.log(f"stopping: waiting up to {STOP_GRACE_S:.0f} s for {self.gate.inflight} requests in flight{again}")
+            self.log(f"stopping: waiting up to {STOP_GRACE_S:.0f} s for {self.pool.inflight} requests in flight{again}")
             self.stop(RunState.INTERRUPTED, "interrupted")
         else:
             for attempt in self.attempts:
@@ -377,4 +410,10 @@ class RunLoop(RunControl):
             self.progress.tasks = self.lane.held
 
     def facts(self) -> dict[str, Any]:
-        return {"throttle": self.throttle.snapshot(), **self.lane.totals()}
+        members = self.pool.members
+        keys = {m.env: {**m.throttle.snapshot(), "retired": m.retired} for m in members} if self.pool.pooled else {}
+        return {
+            "throttle": members[0].throttle.snapshot(),
+            **({"key_throttles": keys} if keys else {}),
+            **self.lane.totals(),
+        }

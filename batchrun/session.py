@@ -19,7 +19,7 @@ from .cache import Cache, CacheSpec
 from .checkpoint import Checkpoint, ResumeState
 from .errors import BatchrunError, SpecError
 from .ids import DUPLICATE_ID
-from .job import Prepared, api_key, display_path, prepare, provider_key, refuse_plain_http
+from .job import Prepared, api_key, display_path, prepare, provider_key, provider_keys, refuse_plain_http
 from .presets import PRESETS
 from .progress import Progress
 from .providers import make_auth
@@ -71,17 +71,17 @@ async def run_job(
     `use_cache=False` (--no-cache): neither read nor write the response cache."""
     if not use_cache:
         spec = dataclasses.replace(spec, cache=CacheSpec(mode="off"))
-    key = provider_key(spec.provider)
+    keys = provider_keys(spec.provider)
     if retry_codes:
         _check_codes(spec.output_dir, retry_codes)
     prepared = prepare(spec)
-    checkpoint = Checkpoint(spec.output_dir, secrets=[key] if key else [])
+    checkpoint = Checkpoint(spec.output_dir, secrets=[key for _, key in keys if key])
     pick = None if retry_codes is None else functools.partial(_failure_with_code, frozenset(retry_codes))
     state = checkpoint.open(prepared.fingerprint, spec.describe(), fresh=fresh, retry=pick)
     try:
         cache = Cache(spec.cache) if spec.cache.mode != "off" else None
         try:
-            return await _run_opened(prepared, checkpoint, state, key, progress, log, limit, cache)
+            return await _run_opened(prepared, checkpoint, state, keys, progress, log, limit, cache)
         finally:
             if cache is not None:
                 cache.close()
@@ -112,7 +112,7 @@ async def _run_opened(
     prepared: Prepared,
     checkpoint: Checkpoint,
     state: ResumeState,
-    key: str | None,
+    keys: list[tuple[str, str | None]],
     show_progress: bool,
     log: Callable[[str], None],
     limit: int | None,
@@ -157,7 +157,7 @@ async def _run_opened(
     async with _provider_url(spec.provider.base_url, spec.provider.simulate) as base_url:
         loop_kind = BatchRun if spec.provider.mode == "batch" else RunLoop
         runner: BatchRun | RunLoop = loop_kind(
-            prepared, checkpoint, state, base_url, key, progress, say, last_row, cache
+            prepared, checkpoint, state, base_url, keys, progress, say, last_row, cache
         )
         try:
             await _run_interruptibly(runner)
@@ -165,7 +165,7 @@ async def _run_opened(
                 left = goal - state.done.count_upto(last_row) if last_row is not None else runner.ledger.pending
                 if left > 0:
                     say(f"sending the {left:,} rows the batches did not finish through the online lane")
-                    runner = RunLoop(prepared, checkpoint, state, base_url, key, progress, say, last_row, cache)
+                    runner = RunLoop(prepared, checkpoint, state, base_url, keys, progress, say, last_row, cache)
                     await _run_interruptibly(runner)
         finally:
             progress.close(state.done.count_upto(last_row) if last_row is not None else min(state.done.count, total))

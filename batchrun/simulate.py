@@ -46,6 +46,7 @@ import functools
 import hashlib
 import heapq
 import math
+import os
 import random
 import ssl
 import time
@@ -58,6 +59,7 @@ import orjson
 from aiohttp import web
 
 from .control import TokenBucket
+from .errors import SpecError
 from .providers.zhipu import verify_jwt
 from .request import estimate_messages, estimate_tokens, max_output_tokens
 from .sim_answers import (
@@ -135,6 +137,11 @@ class SimProvider:
         self.running: list[float] = []  # due times of tasks still running (a heap)
         self.storm_until = -math.inf  # a 429 storm (#sim:storm) turns every request away until then
         self.batch_desk = BatchDesk(self._batch_answer, self._auth, clock, cfg.batch_s)
+        # key pools: the keys in the named variables, each with its own RPM bucket, or refused
+        self.key_names = {_env_key(env): env for env, _ in cfg.key_rpm} | {_env_key(env): env for env in cfg.revoked}
+        self.key_rpm = {_env_key(env): (rpm, TokenBucket.per_minute(rpm, now)) for env, rpm in cfg.key_rpm}
+        self.revoked = {_env_key(env) for env in cfg.revoked}
+        self.by_key: Counter[str] = Counter()  # answers by key (its variable's name) and status: "VAR 200"
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=256 * 1024 * 1024)  # batch files: 200 MB at most
@@ -163,6 +170,7 @@ class SimProvider:
             "inflight": self.inflight,
             "injected": dict(self.injected),
             "structured": dict(self.structured),
+            "by_key": dict(self.by_key),
             "max_tokens_asked": dict(self.max_tokens_asked),
             "tasks_submitted": self.tasks_submitted,
             "tasks_running": self._tasks_running(self.clock()),
@@ -197,11 +205,17 @@ class SimProvider:
         return _json(200, model_entry(name))
 
     def _auth(self, request: web.Request) -> web.Response | None:
-        """With a key configured, accept it as a bearer token, or (an `id.secret` key) a Zhipu JWT signed with it."""
+        """With a key configured, accept it as a bearer token, or (an `id.secret` key) a Zhipu JWT signed with it.
+        A revoked key (simulate.revoked) is refused whatever is configured."""
+        if self.revoked and self._token(request) in self.revoked:
+            self.by_key[f"{self.key_names[self._token(request)]} 401"] += 1
+            return self._answer(
+                401, error_body("invalid_api_key", "This API key has been revoked", "authentication_error")
+            )
         key = self.cfg.api_key
         if not key:
             return None
-        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        token = self._token(request)
         if token == key:
             return None
         why = ""
@@ -212,6 +226,10 @@ class SimProvider:
             why = f" ({reason})"
         refused = error_body("invalid_api_key", f"Incorrect API key provided{why}", "authentication_error")
         return self._answer(401, refused)
+
+    @staticmethod
+    def _token(request: web.Request) -> str:
+        return request.headers.get("Authorization", "").removeprefix("Bearer ")
 
     def _answer(self, status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
         self.responses[status] += 1
@@ -305,7 +323,7 @@ class SimProvider:
         if self.cfg.max_inflight is not None and self.inflight > self.cfg.max_inflight:
             busy = error_body("1302", "您当前使用该API的并发数过高，请降低并发，或联系客服增加限额。")
             return self._answer(429, busy, {"Retry-After": "1"} if self.cfg.retry_after else None)
-        limited = self._rate_limit(prompt_tokens + max_output)
+        limited = self._key_limit(request) or self._rate_limit(prompt_tokens + max_output)
         if limited is not None:
             return limited
         if self.cfg.error_rate and self.rng.random() < self.cfg.error_rate:
@@ -485,6 +503,27 @@ class SimProvider:
         await resp.write_eof()
         return resp
 
+    def _key_limit(self, request: web.Request) -> web.Response | None:
+        """A key pool's key: its own RPM bucket (429 naming its limit beyond it), counted by its variable."""
+        token = self._token(request)
+        found = self.key_rpm.get(token)
+        if found is None:
+            return None
+        rpm, bucket = found
+        env = self.key_names[token]
+        wait = bucket.wait_for(1, self.clock())
+        if wait > 0:
+            self.by_key[f"{env} 429"] += 1
+            message = (
+                f"Rate limit reached on requests per min (RPM): Limit {int(rpm)}, Requested 1. Please try again in "
+                f"{wait * 1000:.0f}ms."
+            )
+            headers = {"Retry-After": str(max(1, math.ceil(wait)))} if self.cfg.retry_after else None
+            return self._answer(429, error_body("rate_limit_exceeded", message), headers)
+        bucket.take(1)
+        self.by_key[f"{env} 200"] += 1
+        return None
+
     def _rate_limit(self, tokens: int) -> web.Response | None:
         """Admit or answer 429. TPM counted on admission charges prompt + max_tokens now; counted on
         usage, it only needs the bucket out of debt now and is charged when the answer is ready."""
@@ -512,6 +551,14 @@ class SimProvider:
             self.tpm.take(tokens)
             self.tpm_charged += tokens
         return None
+
+
+def _env_key(env: str) -> str:
+    """The key a variable holds: key pools are configured by the variables' names, never the keys."""
+    key = os.environ.get(env, "").strip()
+    if not key:
+        raise SpecError(f"the simulated provider's key_rpm or revoked names ${env}, which is not set")
+    return key
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:

@@ -73,13 +73,16 @@ class SimulateSpec:
     models: tuple[str, ...] | None = None  # the models it serves (others: 404 model_not_found); None: any name
     batch_s: float = 3.0  # how long a Batch API batch runs once validated (its lines are answered as it goes)
     invalid_json_rate: float = 0.0  # share of first answers to a response_format request spoilt (repairs never are)
+    # key pools: each key's own RPM limit, and keys refused (401), named by the variables holding them
+    key_rpm: tuple[tuple[str, float], ...] = ()
+    revoked: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class ProviderSpec:
     name: str
     base_url: str  # empty for an in-process simulated provider, filled in when it starts
-    api_key_env: str
+    api_key_env: str  # the first (or only) variable holding a key
     key_required: bool
     simulate: SimulateSpec | None = None
     mode: Mode = "sync"  # sync: one answer per request; stream: server-sent events; async: submit, then poll
@@ -87,6 +90,11 @@ class ProviderSpec:
     proxy: str | None = None  # every request through this HTTP proxy (else HTTPS_PROXY / HTTP_PROXY / NO_PROXY)
     ca_bundle: Path | None = None  # CA certificates to trust instead of the system's (else SSL_CERT_FILE)
     allow_insecure_http: bool = False  # send the key over plain http:// to a host that is not this machine
+    key_pool: tuple[str, ...] = ()  # api_key_env given as a list: every variable, each key its own limits
+
+    @property
+    def key_envs(self) -> tuple[str, ...]:
+        return self.key_pool or (self.api_key_env,)
 
 
 LATENCY_DISTS = ("lognormal", "uniform", "fixed")
@@ -162,7 +170,7 @@ class JobSpec:
             "provider": {
                 "name": self.provider.name,
                 "base_url": self.provider.base_url,
-                "api_key_env": self.provider.api_key_env,
+                "api_key_env": list(self.provider.key_pool) if self.provider.key_pool else self.provider.api_key_env,
                 "mode": self.provider.mode,
                 "auth": self.provider.auth,
                 "proxy": self.provider.proxy,
@@ -413,10 +421,8 @@ def _parse_provider(raw: Any, source: str, spec_dir: Path) -> ProviderSpec:
     base_url = (sec.text("base_url") or preset.base_url).rstrip("/")
     if base_url and not base_url.startswith(("http://", "https://")):
         raise sec.fail("base_url", f"must start with http:// or https://, got {base_url!r}")
-    api_key_env = sec.text("api_key_env", preset.api_key_env)
-    assert api_key_env is not None
-    if not api_key_env.replace("_", "").isalnum():
-        raise sec.fail("api_key_env", "must name an environment variable (the key itself never goes in the spec)")
+    envs = _key_envs(sec, preset.api_key_env)
+    api_key_env = envs[0]
     simulate = None
     sim_raw = sec.mapping("simulate")
     if sim_raw is not None:
@@ -462,7 +468,31 @@ def _parse_provider(raw: Any, source: str, spec_dir: Path) -> ProviderSpec:
         proxy=proxy,
         ca_bundle=ca_bundle,
         allow_insecure_http=sec.boolean("allow_insecure_http", False),
+        key_pool=envs if len(envs) > 1 else (),
     )
+
+
+def _key_envs(sec: Section, default: str) -> tuple[str, ...]:
+    """`api_key_env`: one variable's name, or a list of them (a key pool)."""
+    raw = sec.data.get("api_key_env", default)
+    names = raw if isinstance(raw, list) else [raw]
+    if not names:
+        raise sec.fail("api_key_env", "is an empty list: name at least one environment variable")
+    for name in names:
+        if not isinstance(name, str) or not name.replace("_", "").isalnum():
+            raise sec.fail(
+                "api_key_env",
+                f"must name an environment variable, or a list of them (keys never go in the spec), got {name!r}",
+            )
+    if len(set(names)) < len(names):
+        raise sec.fail("api_key_env", "names a variable twice")
+    if len(names) > 1 and sec.data.get("mode") == "batch":
+        raise sec.fail(
+            "api_key_env",
+            "is a key pool, which the online and async lanes use: a batch job's files and batches live in one "
+            "account, so give it one variable",
+        )
+    return tuple(names)
 
 
 def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
@@ -487,6 +517,8 @@ def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
             "models",
             "batch_s",
             "invalid_json_rate",
+            "key_rpm",
+            "revoked",
         },
         source,
     )
@@ -514,7 +546,18 @@ def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
         models=names(sec, "models"),
         batch_s=sec.number("batch_s", 3.0, inclusive=True) or 0.0,
         invalid_json_rate=shares["invalid_json_rate"],
+        key_rpm=_key_rpm(sec),
+        revoked=names(sec, "revoked") or (),
     )
+
+
+def _key_rpm(sec: Section) -> tuple[tuple[str, float], ...]:
+    """`key_rpm: {VAR: 600}`: the RPM limit of the key in each variable (the variable's name, never the key)."""
+    raw = sec.mapping("key_rpm")
+    if raw is None:
+        return ()
+    each = Section(sec.key("key_rpm"), raw, set(raw), sec.source)
+    return tuple((str(env), each.number(str(env)) or 0.0) for env in raw)
 
 
 def _parse_limits(raw: Any, source: str, preset: Preset, endpoint: Endpoint) -> Limits:

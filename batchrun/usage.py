@@ -32,6 +32,7 @@ class ModelUsage:
     cached_completion_tokens: int = 0
 
 
+KEY_COUNTERS = ("rows_succeeded", "rows_failed", "requests", "prompt_tokens", "completion_tokens")
 OUTPUT_COUNTERS = ("outputs_first_try", "outputs_repaired", "outputs_invalid", "repairs")
 
 
@@ -97,6 +98,7 @@ class Usage:
     total_tokens: int = 0
     models: dict[str, ModelUsage] = field(default_factory=dict)
     failures_by_code: dict[str, int] = field(default_factory=dict)
+    keys: dict[str, dict[str, int]] = field(default_factory=dict)  # a key pool: per variable, KEY_COUNTERS
 
     def add(self, record: Mapping[str, Any], *, rows: bool = True) -> None:
         """Count one final record (the shape `records` defines; older run directories' records too).
@@ -114,6 +116,9 @@ class Usage:
             retries += count(split.get("attempts"))
             rate_limited += count(split.get("rate_limited"))
         model = self.models.setdefault(str(record.get("model") or "unknown"), ModelUsage())
+        env = record.get("api_key_env")
+        if isinstance(env, str):
+            self._per_key(env, record, attempts, rows)
         self.requests += attempts
         model.requests += attempts
         self.retries += retries
@@ -152,6 +157,19 @@ class Usage:
         elif rows and code == "invalid_output":
             model.outputs_invalid += 1
 
+    def _per_key(self, env: str, record: Mapping[str, Any], attempts: int, rows: bool) -> None:
+        """A key pool's row, counted for the key that answered it (its earlier attempts may have gone out with
+        another key: the row's requests count here all the same)."""
+        counts = self.keys.setdefault(env, dict.fromkeys(KEY_COUNTERS, 0))
+        failed = error_code(record) is not None
+        counts["rows_failed" if failed else "rows_succeeded"] += 1 if rows else 0
+        counts["requests"] += attempts
+        body = body_of(record)
+        usage = body.get("usage") if body is not None else None
+        if isinstance(usage, Mapping):
+            counts["prompt_tokens"] += count(usage.get("prompt_tokens"))
+            counts["completion_tokens"] += count(usage.get("completion_tokens"))
+
     def _tokens(self, model: ModelUsage, usage: Any, batch_price: bool) -> None:
         if not isinstance(usage, Mapping):
             return
@@ -178,12 +196,17 @@ class Usage:
                 setattr(mine, key, getattr(mine, key) + value)
         for code, n in other.failures_by_code.items():
             self.failures_by_code[code] = self.failures_by_code.get(code, 0) + n
+        for env, counts in other.keys.items():
+            mine_key = self.keys.setdefault(env, dict.fromkeys(KEY_COUNTERS, 0))
+            for name in KEY_COUNTERS:
+                mine_key[name] += counts.get(name, 0)
 
     def totals(self) -> dict[str, Any]:
         return {
             **{name: getattr(self, name) for name in COUNTERS},
             "models": {name: vars(m).copy() for name, m in sorted(self.models.items())},
             "failures_by_code": dict(sorted(self.failures_by_code.items())),
+            **({"keys": {env: dict(c) for env, c in sorted(self.keys.items())}} if self.keys else {}),
         }
 
     @classmethod
@@ -194,6 +217,9 @@ class Usage:
         for name, m in (data.get("models") or {}).items():
             usage.models[name] = ModelUsage(**{k: count(m.get(k)) for k in vars(ModelUsage())})
         usage.failures_by_code = {str(k): count(v) for k, v in (data.get("failures_by_code") or {}).items()}
+        usage.keys = {
+            str(env): {n: count(c.get(n)) for n in KEY_COUNTERS} for env, c in (data.get("keys") or {}).items()
+        }
         return usage
 
 

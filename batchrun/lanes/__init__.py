@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from ..checkpoint import Checkpoint, ResumeState
     from ..errors import BatchrunError
-    from ..limiter import Throttle, Ticket
+    from ..limiter import Ticket
+    from ..pool import KeyPool, Member
     from ..records import Record
     from ..request import Request
     from ..retry import Decision, ErrorTable
@@ -34,6 +35,7 @@ class Row:
     rate_limited: int = 0
     shared: dict[str, int] | None = None  # the failed shared request this row was split from
     retried_usage: dict[str, int] | None = None  # tokens billed for answers that were not kept (retried)
+    member: Member | None = None  # the key (of the pool) its last attempt went out with
     lane: Any = None  # what the lane keeps for this row (the task lane: its task)
 
     def billed(self, reply: Reply) -> None:
@@ -56,7 +58,7 @@ class Host(Protocol):
     errors: ErrorTable
     checkpoint: Checkpoint
     state: ResumeState
-    throttle: Throttle
+    pool: KeyPool
     log: Callable[[str], None]
     t_wall0: float  # when this session started (epoch seconds)
 
@@ -112,8 +114,9 @@ class Lane(Protocol):
         """Rows the lane already holds from an earlier session: the dispatcher does not send them again."""
         ...
 
-    async def call(self, request: Request) -> Reply:
-        """One attempt on the wire: never raises for what the network or the provider does."""
+    async def call(self, request: Request, auth: Callable[[], str | None]) -> Reply:
+        """One attempt on the wire, with the key `auth` gives: never raises for what the network or the provider
+        does."""
         ...
 
     async def answer(self, row: Row, reply: Reply, ticket: Ticket) -> bool:

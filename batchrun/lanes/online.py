@@ -41,9 +41,9 @@ class OnlineLane:
     def skip(self, row: int) -> bool:
         return False
 
-    async def call(self, request: Request) -> Reply:
+    async def call(self, request: Request, auth: Callable[[], str | None]) -> Reply:
         path = self.stream if request.stream else self.plain
-        return await path.call(self.host.http, request, self.host.spec.retry.timeout_s)
+        return await path.call(self.host.http, request, self.host.spec.retry.timeout_s, auth)
 
     async def answer(self, row: Row, reply: Reply, ticket: Ticket) -> bool:
         decision = classify(reply.status, reply.body, reply.headers, reply.error, self.host.errors)

@@ -91,8 +91,8 @@ class TaskLane:
 
     # --- submitting ----------------------------------------------------------------------------------------
 
-    async def call(self, request: Request) -> Reply:
-        return await self.path.call(self.host.http, request, self.host.spec.retry.timeout_s)
+    async def call(self, request: Request, auth: Callable[[], str | None]) -> Reply:
+        return await self.path.call(self.host.http, request, self.host.spec.retry.timeout_s, auth)
 
     async def answer(self, row: Row, reply: Reply, ticket: Ticket) -> bool:
         decision = self._classify_submission(reply)
@@ -123,6 +123,8 @@ class TaskLane:
             "submitted_at": now_iso(),
             "t": round(task.submitted_at, 3),
         }
+        if self.host.pool.pooled and task.row.member is not None:  # its polls must go out with the same key
+            entry["key_env"] = task.row.member.env
         if task.resubmitted:  # so that a resumed run's record still says why the row was submitted again
             entry["resubmitted"] = task.resubmitted
         self.host.checkpoint.append_task(entry)
@@ -142,15 +144,20 @@ class TaskLane:
                 self.record_bad(request)
                 continue
             entry = held[raw.row]
-            task = task_of(Row(request, attempts=int(entry.get("attempt") or 1)))
+            member = self.host.pool.by_env(entry.get("key_env")) or self.host.pool.live[0]
+            task = task_of(Row(request, attempts=int(entry.get("attempt") or 1), member=member))
             task.task_id, task.submitted_at = entry["task_id"], float(entry.get("t") or time.time())
             task.resubmitted = list(entry.get("resubmitted") or [])
             self.poller.add(task, delay=0.0)
 
     # --- polling -------------------------------------------------------------------------------------------
 
-    async def _poll(self, task: str) -> Reply:
-        return await self.path.poll(self.host.http, task, self.host.spec.retry.timeout_s)
+    async def _poll(self, task: Task) -> Reply:
+        assert task.task_id is not None
+        member = task.row.member
+        return await self.path.poll(
+            self.host.http, task.task_id, self.host.spec.retry.timeout_s, member.auth if member else None
+        )
 
     def _on_poll(self, task: Task, reply: Reply) -> None:
         with self.host.guard():
@@ -169,8 +176,8 @@ class TaskLane:
         if verdict.action is TaskAction.EXPIRED:
             self._expired(task, reply)
             return
-        if task.charge is not None:
-            self.host.throttle.settle(task.charge, reply)
+        if task.charge is not None and task.row.member is not None:
+            task.row.member.throttle.settle(task.charge, reply)
             task.charge = None
         if verdict.action is TaskAction.RESUBMIT:
             self._give_up(task, reply, verdict.decision)
@@ -227,7 +234,7 @@ class Poller:
 
     def __init__(
         self,
-        poll: Callable[[str], Awaitable[Reply]],
+        poll: Callable[[Task], Awaitable[Reply]],
         on_answer: Callable[[Task, Reply], None],
         rps: float,
         *,
@@ -288,8 +295,7 @@ class Poller:
 
     async def _poll(self, item: Task) -> None:
         try:
-            assert item.task_id is not None
-            reply = await self.poll(item.task_id)
+            reply = await self.poll(item)
             self.polls += 1
             item.polls += 1
         finally:

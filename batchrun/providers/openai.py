@@ -23,6 +23,8 @@ from ..transport import (
     parse_body,
 )
 
+Auth = Callable[[], str | None]  # the Authorization header's value at each call
+
 
 class ChatCompletions:
     """Synchronous call path: one POST per request to `{base_url}/chat/completions` (or the endpoint's path).
@@ -34,12 +36,13 @@ class ChatCompletions:
         self.auth = auth
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
 
-    def headers(self) -> dict[str, str]:
-        value = self.auth()
+    def headers(self, auth: Auth | None = None) -> dict[str, str]:
+        value = (auth or self.auth)()
         return {**self._headers, "Authorization": value} if value else self._headers
 
-    async def call(self, http: Http, request: Request, timeout: float) -> Reply:
-        return await fetch_json(http, "POST", self.url, self.headers(), timeout, request.payload)
+    async def call(self, http: Http, request: Request, timeout: float, auth: Auth | None = None) -> Reply:
+        """One attempt; `auth` is the key pool member's sending it (else the path's own)."""
+        return await fetch_json(http, "POST", self.url, self.headers(auth), timeout, request.payload)
 
 
 class ChatCompletionsStream(ChatCompletions):
@@ -48,10 +51,10 @@ class ChatCompletionsStream(ChatCompletions):
     A stream that ends without `[DONE]` or a finish_reason was cut off: it comes back as a transport error
     (retried), never as a short answer."""
 
-    async def call(self, http: Http, request: Request, timeout: float) -> Reply:
+    async def call(self, http: Http, request: Request, timeout: float, auth: Auth | None = None) -> Reply:
         start = time.monotonic()
         try:
-            async with http.request("POST", self.url, self.headers(), timeout, request.payload) as resp:
+            async with http.request("POST", self.url, self.headers(auth), timeout, request.payload) as resp:
                 if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
                     raw = await resp.read()
                     return Reply(resp.status, resp.headers, parse_body(raw), time.monotonic() - start)

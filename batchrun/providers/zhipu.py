@@ -128,8 +128,8 @@ class AsyncCompletions(ChatCompletions):
         self.url = root + "/async/chat/completions"
         self.result_url = root + "/async-result/"
 
-    async def poll(self, http: Http, task: str, timeout: float) -> Reply:
-        return await fetch_json(http, "GET", self.result_url + task, self.headers(), timeout)
+    async def poll(self, http: Http, task: str, timeout: float, auth: Callable[[], str | None] | None = None) -> Reply:
+        return await fetch_json(http, "GET", self.result_url + task, self.headers(auth), timeout)
 
 
 class ZhipuJWT:
