@@ -167,6 +167,40 @@ def bench_configured_rpm(work: Path, rows: int) -> list[Figure]:
     ]
 
 
+def bench_key_pool(work: Path, rows: int, *, learned: bool) -> list[Figure]:
+    """Three keys, each limited to 2000 RPM by the provider: the pool should fill the sum, 6000 RPM. Either each
+    key's limit is given (limits.rpm applies per key) or none is, and each key learns its own from its 429s."""
+    per_key, envs = 2000, ("BENCH_KEY_A", "BENCH_KEY_B", "BENCH_KEY_C")
+    for i, env in enumerate(envs):
+        os.environ[env] = f"sk-bench-pool-{i}-{os.getpid()}"
+    args = [arg for env in envs for arg in ("--key-rpm", f"{env}={per_key}")]
+    sim = Simulator(*args, *PROVIDER_LIKE)
+    name = "pool-learned" if learned else "pool"
+    try:
+        run = run_client(
+            work,
+            sim,
+            write_prompts(work / f"{name}.jsonl", rows, short_prompt),
+            limits=None if learned else {"rpm": per_key},
+            name=name,
+            extra={"provider": {"name": "simulated", "base_url": sim.url, "api_key_env": list(envs)}},
+        )
+    finally:
+        sim.close()
+    total = per_key * len(envs)
+    share = run.rows_per_s / (total / 60)
+    how = "no limits given, each learnt" if learned else f"limits.rpm {per_key} per key"
+    ok = (share >= 0.97 and run.share_429 <= 0.01) if not learned else (share >= 0.95 and run.share_429 <= 0.02)
+    return [
+        Figure(
+            f"11 key pool, 3 keys of {per_key} RPM ({how}, {rows} rows): rows/s vs the sum, 429s",
+            ">= 97 %, <= 1 %" if not learned else ">= 95 %, <= 2 %",
+            f"{run.rows_per_s:.1f}/s = {pct(share)}, {pct(run.share_429)} 429s",
+            ok,
+        )
+    ]
+
+
 def bench_configured_tpm(work: Path, rows: int, accounting: str) -> list[Figure]:
     tpm = 6_000_000
     sim = Simulator("--tpm", str(tpm), "--tpm-accounting", accounting, *PROVIDER_LIKE)
@@ -737,6 +771,8 @@ def main(quick: bool, only: str | None) -> None:
         ("8", lambda w: bench_batch(w, 20_000 if q else 100_000, 2_000 if q else 10_000)),
         ("9", lambda w: bench_structured(w, 5_000 if q else 20_000)),
         ("10", lambda w: bench_cache(w, 100_000 if q else 1_000_000, 5_000 if q else 20_000)),
+        ("11", lambda w: bench_key_pool(w, 1500 if q else 6000, learned=False)),
+        ("11", lambda w: bench_key_pool(w, 1500 if q else 6000, learned=True)),
     ]
     numbers = set(only.split(",")) if only else None
     figures: list[Figure] = []
