@@ -6,8 +6,9 @@ only answers that fit the schema), under the key of the row's first question, so
 job with three rows changed asks only what it has not asked before.
 
 SQLite from the standard library, in WAL mode: crash-safe, one file, readers never blocked, several runs may share
-it. New entries are written in one transaction a second (with the run's usage.json), so a run never holds the
-write lock for long; a kill loses at most that second's entries, never the file.
+it. New entries are written a few hundred at a time, and at least once a second (with the run's usage.json), so a
+run never holds the write lock for long; a kill loses at most those entries, never the file. Writing costs about
+0.05 ms of CPU a row (an insert among many random keys); reading, 0.013 ms.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from .records import Response
 CacheMode = Literal["read_write", "read", "write", "off"]
 CACHE_MODES: tuple[CacheMode, ...] = ("read_write", "read", "write", "off")
 FILE_NAME = "cache.sqlite3"
+# New entries are written this many at a time (and at least once a second): a larger transaction costs SQLite
+# tens of megabytes of memory while it lasts (measured: 22 MB for 5,000 entries, 4 MB for 500) and saves no time,
+# since entries with random keys land on pages of their own either way.
+COMMIT_EVERY = 500
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
     key BLOB PRIMARY KEY,   -- blake2b-128 of base URL, endpoint and request body
@@ -97,6 +102,8 @@ class Cache:
             return
         answer = {"response": response, "output": output} if has_output else {"response": response}
         self.pending.append((key, model, time.time(), orjson.dumps(answer)))
+        if len(self.pending) >= COMMIT_EVERY:
+            self.commit()
 
     def commit(self) -> None:
         """Write the entries gathered since the last commit, in one transaction."""
