@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import jsonschema_rs
 import orjson
 
 from .presets import AskForm
@@ -51,6 +50,8 @@ def schema_problem(schema: Any) -> str | None:
     """Why `schema` is not a usable JSON Schema (None when it is): checked against its meta-schema, then compiled."""
     if not isinstance(schema, Mapping):
         return f"must be a JSON Schema object, got {type(schema).__name__}"
+    import jsonschema_rs  # loaded by jobs with an output schema only: 6 MB the others need not carry
+
     try:
         jsonschema_rs.meta.validate(dict(schema))
         jsonschema_rs.validator_for(dict(schema))
@@ -192,6 +193,8 @@ class Checker:
 
     def __init__(self, output: OutputSpec) -> None:
         self.output = output
+        import jsonschema_rs
+
         self.validator = jsonschema_rs.validator_for(dict(output.schema))
 
     def judge(self, body: Any) -> Judged:
