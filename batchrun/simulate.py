@@ -323,7 +323,9 @@ class SimProvider:
         if self.cfg.max_inflight is not None and self.inflight > self.cfg.max_inflight:
             busy = error_body("1302", "您当前使用该API的并发数过高，请降低并发，或联系客服增加限额。")
             return self._answer(429, busy, {"Retry-After": "1"} if self.cfg.retry_after else None)
-        limited = self._key_limit(request) or self._rate_limit(prompt_tokens + max_output)
+        limited = self._key_limit(request)  # not `or`: an aiohttp Response is a mapping, and empty is falsy
+        if limited is None:
+            limited = self._rate_limit(prompt_tokens + max_output)
         if limited is not None:
             return limited
         if self.cfg.error_rate and self.rng.random() < self.cfg.error_rate:
