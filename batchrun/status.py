@@ -10,12 +10,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .pricing import Price, Prices, money, spent_text
+from .pricing import Price, Prices, spent_text
 from .records import iso_epoch
 from .report import read_run
 from .rundir import BATCHES, complete_lines
 from .shards import read_shards
-from .usage import cached, outputs, outputs_line
+from .usage import cached, cached_text, outputs, outputs_line
 
 
 def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[str, Any]:
@@ -87,11 +87,8 @@ def status_lines(path: Path, prices: Mapping[str, Price] | None = None) -> list[
         lines.append("  failures " + ", ".join(f"{c} ×{n}" for c, n in top))
     if (shaped := outputs_line(st["outputs"])) is not None:
         lines.append(f"  output   {shaped}")
-    if st["cached"]["rows"]:
-        saved = ", ".join(money(v, c) for c, v in sorted(st["cached"]["saved"].items()))
-        lines.append(
-            f"  cache    {st['cached']['rows']:,} rows from the response cache" + (f", saved {saved}" if saved else "")
-        )
+    if (hits := cached_text(st["cached"]["rows"], st["cached"]["saved"])) is not None:
+        lines.append(f"  cache    {hits}")
     if st["updated_s_ago"] is not None:
         lines.append(f"  updated  {_duration(st['updated_s_ago'])} ago")
     if st["state"] == "stopped" and st["reason"]:

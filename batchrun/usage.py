@@ -65,7 +65,11 @@ def cached(models: Mapping[str, ModelUsage], prices: Prices) -> tuple[int, dict[
 
 def cached_line(models: Mapping[str, ModelUsage], prices: Prices) -> str | None:
     """`120 rows from the response cache, which saved 0.0312 CNY`; None when it answered none."""
-    rows, saved = cached(models, prices)
+    return cached_text(*cached(models, prices))
+
+
+def cached_text(rows: int, saved: Mapping[str, float]) -> str | None:
+    """`cached_line` from what `cached` found (status keeps that in its JSON)."""
     if not rows:
         return None
     money_saved = ", ".join(money(v, c) for c, v in sorted(saved.items()))

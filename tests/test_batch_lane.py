@@ -29,6 +29,19 @@ def batch_job(
     return make_job(tmp_path, sim.base_url, rows, provider=provider, batch={**FAST, **(batch or {})}, **extra)
 
 
+def stop_at(tmp_path: Path, job: Path, event: bytes, sig: signal.Signals) -> Path:
+    """Run `submit` in its own process and send it `sig` once batches.jsonl holds `event`; the events file."""
+    proc = spawn_submit(job)
+    events = tmp_path / "runs/job/batches.jsonl"
+    deadline = time.monotonic() + 30
+    while event not in (events.read_bytes() if events.exists() else b""):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    assert proc.wait(20) == (-signal.SIGKILL if sig == signal.SIGKILL else 130)
+    return events
+
+
 def records(tmp_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     run = tmp_path / "runs" / "job"
     return read_jsonl(run / "results.jsonl"), read_jsonl(run / "failures.jsonl")
@@ -95,14 +108,7 @@ def test_a_kill_while_polling_resumes_without_uploading_or_creating_again(
 ) -> None:
     sim = start_sim(batch_s=3.0)
     job = batch_job(tmp_path, sim, [{"id": f"r{i}", "prompt": f"q{i}"} for i in range(40)])
-    proc = spawn_submit(job)
-    events = tmp_path / "runs/job/batches.jsonl"
-    deadline = time.monotonic() + 30
-    while b'"created"' not in (events.read_bytes() if events.exists() else b""):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
+    stop_at(tmp_path, job, b'"created"', signal.SIGKILL)
     result = submit(job)
     assert result.exit_code == 0, result.output
     assert sorted(r["custom_id"] for r in records(tmp_path)[0]) == sorted(f"r{i}" for i in range(40))
@@ -115,14 +121,7 @@ def test_a_kill_between_creating_a_batch_and_writing_its_id_finds_that_batch(
 ) -> None:
     sim = start_sim(batch_s=2.0)
     job = batch_job(tmp_path, sim, [{"id": f"r{i}", "prompt": f"q{i}"} for i in range(20)])
-    proc = spawn_submit(job)
-    events = tmp_path / "runs/job/batches.jsonl"
-    deadline = time.monotonic() + 30
-    while b'"created"' not in (events.read_bytes() if events.exists() else b""):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
+    events = stop_at(tmp_path, job, b'"created"', signal.SIGKILL)
     # as if the kill had come after the provider made the batch but before its id reached the disk
     kept = [line for line in events.read_bytes().splitlines(keepends=True) if b'"created"' not in line]
     events.write_bytes(b"".join(line for line in kept if b'"polled"' not in line))
@@ -168,14 +167,7 @@ def test_a_full_queue_of_enqueued_tokens_means_wait_and_create_later(
 def test_cancel_then_resume_keeps_what_was_finished(tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:
     sim = start_sim(batch_s=4.0)
     job = batch_job(tmp_path, sim, [{"id": f"r{i}", "prompt": f"q{i}"} for i in range(40)])
-    proc = spawn_submit(job)
-    events = tmp_path / "runs/job/batches.jsonl"
-    deadline = time.monotonic() + 30
-    while b'"in_progress"' not in (events.read_bytes() if events.exists() else b""):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)  # the run stops polling; its batch goes on at the provider
-    assert proc.wait(20) == 130
+    stop_at(tmp_path, job, b'"in_progress"', signal.SIGTERM)  # the run stops polling; its batch goes on
     time.sleep(0.5)
     (shard,) = orjson.loads(cli("status", str(tmp_path / "runs/job"), "--json").stdout)["batches"]
     assert shard["status"] == "in_progress" and shard["lines"] == 40 and shard["batch_id"].startswith("batch-")
