@@ -327,9 +327,18 @@ class Checkpoint:
 
     def append(self, record: Record, *, failed: bool) -> None:
         """Write one final record for a row; it is on disk (page cache) when this returns."""
-        line = encode(record)
+        self.append_line(encode(record), failed=failed)
+
+    def append_line(self, line: bytes, *, failed: bool) -> None:
+        """A final record already encoded (by a worker of a scaled-out run)."""
         name = FAILURES if failed else RESULTS
         self.sizes[name] += self._write(name, line)
+        self._dirty = True
+
+    def append_side(self, name: str, line: bytes) -> None:
+        """A tasks.jsonl or repairs.jsonl line already encoded (by a worker of a scaled-out run)."""
+        self._open_side(name)
+        self._write(name, line)
         self._dirty = True
 
     def _open_side(self, name: str) -> int:
@@ -383,10 +392,15 @@ class Checkpoint:
             self._task_sync = None
         self._task_synced = max(self._task_synced, upto)
 
-    def _write(self, name: str, line: bytes) -> int:
+    def redact(self, line: bytes) -> bytes:
+        """A line with every key of the run blanked out: no key reaches a file, whoever wrote the line."""
         for secret in self.secrets:
             if secret in line:
                 line = line.replace(secret, REDACTED)
+        return line
+
+    def _write(self, name: str, line: bytes) -> int:
+        line = self.redact(line)
         fd = self._fds[name]
         try:
             view = memoryview(line)

@@ -26,7 +26,7 @@ from .presets import PRESETS, batch_share
 from .pricing import Prices, load_prices
 from .rundir import RunState
 from .session import EXIT_INTERRUPTED, RunOutcome, cancel_run, list_provider_models, run_job
-from .spec import LATENCY_DISTS, SimulateSpec, load_spec
+from .spec import LATENCY_DISTS, ScaleSpec, SimulateSpec, load_spec
 from .usage import cached_line, outputs, outputs_line
 from .validate import validate, validation_lines
 
@@ -83,9 +83,27 @@ def _terminate(signum: int, frame: object) -> None:
     help="The run directory, instead of the spec's output_dir.",
 )
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the response cache shared across runs.")
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run the job's slices on Ray workers under one shared limit: a local Ray, or the cluster at ADDRESS "
+    "('auto': the one `ray start` made). Needs pip install 'batchrun[ray]'.",
+)
+@click.option("--workers", type=click.IntRange(min=1), help="With --ray: slices at a time (default: the CPUs).")
 @_friendly
 def submit(
-    job: str, fresh: bool, no_progress: bool, limit: int | None, output_dir: Path | None, no_cache: bool
+    job: str,
+    fresh: bool,
+    no_progress: bool,
+    limit: int | None,
+    output_dir: Path | None,
+    no_cache: bool,
+    ray_address: str | None,
+    workers: int | None,
 ) -> None:
     """Run JOB (a job spec YAML), or resume it where it stopped.
 
@@ -95,8 +113,22 @@ def submit(
     spec = load_spec(job)
     if output_dir is not None:
         spec = replace(spec, output_dir=output_dir.resolve())
+    scale = spec.scale
+    if ray_address is not None or (workers is not None and scale is not None):
+        scale = replace(scale or ScaleSpec(), **({"ray": ray_address} if ray_address else {}))
+        scale = replace(scale, workers=workers or scale.workers)
+    elif workers is not None:
+        raise SpecError("--workers goes with --ray (or a scale: block in the spec)")
     outcome = asyncio.run(
-        run_job(spec, fresh=fresh, progress=not no_progress, log=_log, limit=limit, use_cache=not no_cache)
+        run_job(
+            spec,
+            fresh=fresh,
+            progress=not no_progress,
+            log=_log,
+            limit=limit,
+            use_cache=not no_cache,
+            scale=scale,
+        )
     )
     for line in summary_lines(outcome):
         click.echo(line)

@@ -9,6 +9,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from .budget import Budget
 from .cache import Cache
 from .checkpoint import Checkpoint, ResumeState
@@ -19,7 +21,7 @@ from .lanes import Row
 from .presets import batch_share
 from .pricing import Prices
 from .progress import Progress
-from .records import NO_OUTPUT, Record, Response, error, now_iso, record, response
+from .records import NO_OUTPUT, Record, Response, error, now_iso, record, record_row, response
 from .repairs import Repairs
 from .request import BadRow, Request
 from .retry import Decision
@@ -150,6 +152,21 @@ class Ledger:
         if self.repairs is not None and (steps := self.repairs.finish(rec["row"])):
             rec["repairs"] = steps
         self.checkpoint.append(rec, failed=failed)
+        self._count(rec, failed)
+
+    def commit_line(self, line: bytes, *, failed: bool) -> bool:
+        """A final record a worker of a scaled-out run made: written, unless its row holds one already (a slice
+        resumed after its worker died may answer a row whose record was on its way)."""
+        row = record_row(line)
+        if row is None or row in self.state.done:
+            return False
+        self.checkpoint.append_line(line, failed=failed)
+        self.state.tasks.pop(row, None)
+        self.state.repairs.pop(row, None)
+        self._count(orjson.loads(line), failed)
+        return True
+
+    def _count(self, rec: Record, failed: bool) -> None:
         if self.budget is not None:
             self.budget.release(rec["row"])
         self.state.done.add(rec["row"])

@@ -134,6 +134,13 @@ class Throttle:
 
     async def admit(self, request: Request) -> Ticket:
         await self.gate.enter()
+        charge = await self.take(request)
+        now = self.clock()
+        self.rates.on_sent(now)
+        return Ticket(now, charge, self.gate.inflight)
+
+    async def take(self, request: Request) -> Charge | None:
+        """Wait for the request's share of the rate and token limits; returns its TPM charge (None: no TPM)."""
         wait = self.paused_until - self.clock()
         if wait > 0:
             await asyncio.sleep(wait)
@@ -144,9 +151,7 @@ class Throttle:
         if self.tpm is not None:
             charge = self.tokens.charge(request.prompt_tokens, request.max_output)
             await self.tpm.take(charge.amount)
-        now = self.clock()
-        self.rates.on_sent(now)
-        return Ticket(now, charge, self.gate.inflight)
+        return charge
 
     def wait_estimate(self, request: Request) -> float:
         """About how long `admit(request)` would wait now (inf: every slot is taken); for a key pool's choice."""
@@ -187,17 +192,7 @@ class Throttle:
             # it admits is its limit over the latency. Slow start ends here: doubling past a limit only sends
             # more into it.
             self.concurrency.on_rate_limited()
-            named = named_limit(error_details(reply.body)[1] or "")
-            if named is not None:
-                self._apply_named(*named)
-            self.rates.on_rate_limited(ticket.sent_at, now)
-            if self.tpm is not None and self.tokens.on_rate_limited(now):
-                self.rates.reset(now, grace=BURST_S)
-                self.tpm.drain()  # the provider's bucket is empty: so is ours now
-                self.log(
-                    "429s while under the TPM limit: counting max_tokens against TPM from now on "
-                    "(set limits.tpm_accounting: reserve to start that way)"
-                )
+            self.rate_limited(ticket.sent_at, reply, now)
         elif status is None and reply.error == "timeout":
             # A request sent later has been answered: the provider is serving, and this row is slow on its
             # own (a long generation, a stuck connection). Only a timeout with nothing answered since is load.
@@ -213,8 +208,26 @@ class Throttle:
             self.settle(ticket.charge, reply, rate_limited=status == 429)
         hints = rate_hints(reply.headers) if status is not None else None
         if hints is not None:
-            self._apply_hints(hints, now)
+            self.hinted(hints, now)
         self.gate.resize(self.concurrency.value)
+
+    def rate_limited(self, sent_at: float, reply: Reply, now: float) -> None:
+        """Learn from a 429 that is not about requests in flight: a limit it names, the rate, the TPM accounting."""
+        named = named_limit(error_details(reply.body)[1] or "")
+        if named is not None:
+            self._apply_named(*named)
+        self.rates.on_rate_limited(sent_at, now)
+        if self.tpm is not None and self.tokens.on_rate_limited(now):
+            self.rates.reset(now, grace=BURST_S)
+            self.tpm.drain()  # the provider's bucket is empty: so is ours now
+            self.log(
+                "429s while under the TPM limit: counting max_tokens against TPM from now on "
+                "(set limits.tpm_accounting: reserve to start that way)"
+            )
+
+    def hinted(self, hints: RateHints, now: float) -> None:
+        """What the x-ratelimit-* headers of an answer say."""
+        self._apply_hints(hints, now)
 
     async def tick_forever(self) -> None:
         """Let time alone move the rate (an episode ends even when no answers come back to end it)."""
@@ -225,15 +238,15 @@ class Throttle:
 
     def settle(self, charge: Charge, reply: Reply, *, rate_limited: bool = False) -> None:
         """Square a TPM charge with the usage the answer reports (or give back what was not used)."""
-        if self.tpm is None:
-            return
+        if self.tpm is not None:
+            self.tpm.settle(self.settlement(charge, reply, rate_limited=rate_limited))
+
+    def settlement(self, charge: Charge, reply: Reply, *, rate_limited: bool = False) -> float:
+        """Tokens to give back (negative: to charge on top) for `charge`, from what the answer says it used."""
         usage = reply.body.get("usage") if isinstance(reply.body, dict) and reply.status == 200 else None
         if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
-            self.tpm.settle(
-                self.tokens.settle(charge, usage["prompt_tokens"], _int_or_none(usage.get("completion_tokens")))
-            )
-        else:
-            self.tpm.settle(self.tokens.release(charge, rate_limited=rate_limited))
+            return self.tokens.settle(charge, usage["prompt_tokens"], _int_or_none(usage.get("completion_tokens")))
+        return self.tokens.release(charge, rate_limited=rate_limited)
 
     def _apply_named(self, kind: str, per_minute: float) -> None:
         """A 429 that named the limit it hit: that limit is the ceiling from now on, and the provider's bucket is

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import random
 import time
@@ -33,7 +34,7 @@ from .request import BadRow, Request, batched
 from .retry import Decision, Verdict, backoff_delay, endpoint_sign
 from .run_control import RunControl
 from .rundir import RunState
-from .sources import iter_rows
+from .sources import RawRow, iter_rows
 from .transport import Http, Network, Reply
 
 STOP_GRACE_S = 5.0
@@ -52,7 +53,12 @@ class RunLoop(RunControl):
         log: Callable[[str], None],
         last_row: int | None = None,
         cache: Cache | None = None,
+        *,
+        throttle: Callable[[str, frozenset[str]], Throttle] | None = None,
+        source: Callable[[Callable[[int], bool]], Iterator[RawRow]] | None = None,
     ) -> None:
+        """`throttle` (a scaled-out worker's): each key's throttle, by its variable and the codes that mean too
+        many in flight; `source`: the rows to take (by default the whole input), given which to pass over."""
         super().__init__(prepared, checkpoint, state, progress, log, last_row, cache)
         spec = self.spec
         self.t_wall0 = time.time()
@@ -60,15 +66,12 @@ class RunLoop(RunControl):
         # A submission holds no slot while its task runs: what an async provider's "too many in flight" counts
         # is unknown (running tasks, most likely, which limits.max_pending caps), so there it is a plain 429.
         in_flight_codes = self.errors.concurrency if spec.provider.mode != "async" else frozenset()
+        throttle = throttle or (
+            lambda env, codes: Throttle(spec.limits, spec.limits.tpm_accounting, log, concurrency_codes=codes)
+        )
+        self.source = source or functools.partial(iter_rows, spec.input)
         self.pool = KeyPool(
-            [
-                Member(
-                    env,
-                    make_auth(key, spec.provider.auth),
-                    Throttle(spec.limits, spec.limits.tpm_accounting, log, concurrency_codes=in_flight_codes),
-                )
-                for env, key in keys
-            ]
+            [Member(env, make_auth(key, spec.provider.auth), throttle(env, in_flight_codes)) for env, key in keys]
         )
         auth = self.pool.members[0].auth
         self.lane: Lane = (
@@ -192,7 +195,7 @@ class RunLoop(RunControl):
         """The input's rows without a final record (nor a task held for them), embeddings rows alike batched."""
         build, done, skip_held = self.build, self.state.done, self.lane.skip
         skip = (lambda row: row in done or skip_held(row)) if self.state.tasks else done.__contains__
-        raws = iter_rows(self.spec.input, skip=skip)
+        raws = self.source(skip)
         last = self.last_row
         if last is not None:
             raws = itertools.takewhile(lambda raw: raw.row <= last, raws)

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .batch_run import BatchRun
 from .cache import Cache, CacheSpec
@@ -29,9 +29,12 @@ from .rundir import BATCHES, RunDir, RunState, complete_lines
 from .runner import RunLoop
 from .shards import read_shards
 from .sources import nth_row
-from .spec import JobSpec, SimulateSpec
+from .spec import JobSpec, ScaleSpec, SimulateSpec
 from .transport import Http, Network
 from .usage import Usage
+
+if TYPE_CHECKING:
+    from .ray.driver import RayRun
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_FAILED_ROWS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -63,14 +66,18 @@ async def run_job(
     retry_codes: Collection[str] | None = None,
     limit: int | None = None,
     use_cache: bool = True,
+    scale: ScaleSpec | None = None,
 ) -> RunOutcome:
     """Run (or resume) a job to the end, an interrupt, or an error that dooms every row.
 
     `retry_codes` (retry-failed): first drop the failure records with these error codes (empty: all of them),
     so that their rows are sent again. `limit`: only the input's first rows; a later run does the rest.
-    `use_cache=False` (--no-cache): neither read nor write the response cache."""
+    `use_cache=False` (--no-cache): neither read nor write the response cache. `scale` (--ray): run on Ray,
+    whatever the spec's `scale:` says."""
     if not use_cache:
         spec = dataclasses.replace(spec, cache=CacheSpec(mode="off"))
+    if scale is not None:
+        spec = dataclasses.replace(spec, scale=scale)
     keys = provider_keys(spec.provider)
     if retry_codes:
         _check_codes(spec.output_dir, retry_codes)
@@ -155,10 +162,14 @@ async def _run_opened(
             log(message)
 
     async with _provider_url(spec.provider.base_url, spec.provider.simulate) as base_url:
-        loop_kind = BatchRun if spec.provider.mode == "batch" else RunLoop
-        runner: BatchRun | RunLoop = loop_kind(
-            prepared, checkpoint, state, base_url, keys, progress, say, last_row, cache
-        )
+        runner: BatchRun | RunLoop | RayRun
+        if spec.scale is not None:
+            from .ray.driver import RayRun
+
+            runner = RayRun(prepared, checkpoint, state, base_url, keys, progress, say, last_row, cache, spec.scale)
+        else:
+            loop_kind = BatchRun if spec.provider.mode == "batch" else RunLoop
+            runner = loop_kind(prepared, checkpoint, state, base_url, keys, progress, say, last_row, cache)
         try:
             await _run_interruptibly(runner)
             if isinstance(runner, BatchRun) and runner.leaves_rows_online and not runner.stopping:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -106,22 +106,108 @@ def nth_row(spec: InputSpec, n: int) -> int:
 
 
 def _iter_jsonl(path: Path, skip: Callable[[int], bool] | None) -> Iterator[RawRow]:
-    loads = orjson.loads
     with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if skip is not None and skip(lineno):
+        yield from _jsonl_rows(f, 1, skip)
+
+
+def _jsonl_rows(lines: Iterable[bytes], first: int, skip: Callable[[int], bool] | None) -> Iterator[RawRow]:
+    """JSONL lines as rows, the first numbered `first`."""
+    loads = orjson.loads
+    for lineno, line in enumerate(lines, first):
+        if skip is not None and skip(lineno):
+            continue
+        if not line.strip():
+            continue
+        try:
+            data = loads(line)
+        except orjson.JSONDecodeError as exc:
+            yield RawRow(lineno, None, f"line {lineno}: {_why_not_json(line, exc)}")
+            continue
+        if not isinstance(data, dict):
+            yield RawRow(lineno, None, f"line {lineno}: expected a JSON object, got {type(data).__name__}")
+            continue
+        yield RawRow(lineno, data)
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """A contiguous part of the input: rows `first` to `last`, at bytes `start` to `end` (JSONL) or in row groups
+    `groups` (Parquet). What one worker of a scaled-out run reads on its own."""
+
+    index: int
+    first: int
+    last: int
+    count: int  # its rows (blank lines are not rows)
+    start: int = 0
+    end: int = 0
+    groups: tuple[int, ...] = ()
+
+
+def slices(spec: InputSpec, rows_per_slice: int) -> list[Slice]:
+    """Cut the input into slices of about `rows_per_slice` rows: JSONL at line ends, Parquet at row groups (a row
+    group is never split: it is the unit Parquet reads)."""
+    if spec.format == "csv":
+        raise InputError(
+            f"{spec.path}: a CSV input cannot be cut into parts that workers read on their own; convert it to "
+            "Parquet or JSONL first (pyarrow.csv.read_csv, then pyarrow.parquet.write_table)"
+        )
+    cut: list[Slice] = []
+    if spec.format == "parquet":
+        meta = _open_parquet(spec.path).metadata
+        first, groups, count = 1, [], 0
+        for g in range(meta.num_row_groups):
+            groups.append(g)
+            count += meta.row_group(g).num_rows
+            if count >= rows_per_slice or g == meta.num_row_groups - 1:
+                cut.append(Slice(len(cut), first, first + count - 1, count, groups=tuple(groups)))
+                first, groups, count = first + count, [], 0
+        return cut
+    with open(spec.path, "rb") as f:
+        start = offset = rows = 0
+        first = lineno = 1
+        for line in f:
+            offset += len(line)
+            if not line.isspace():
+                rows += 1
+            if lineno - first + 1 >= rows_per_slice:
+                cut.append(Slice(len(cut), first, lineno, rows, start, offset))
+                start, first, rows = offset, lineno + 1, 0
+            lineno += 1
+        if offset > start:
+            cut.append(Slice(len(cut), first, lineno - 1, rows, start, offset))
+    return cut
+
+
+def slice_rows(spec: InputSpec, part: Slice, skip: Callable[[int], bool] | None = None) -> Iterator[RawRow]:
+    """The rows of one slice, numbered as in the whole input."""
+    if spec.format == "parquet":
+        parquet = _open_parquet(spec.path)
+        columns = parquet_columns(spec, list(parquet.schema_arrow.names))
+        row = part.first - 1
+        for batch in parquet.iter_batches(
+            batch_size=PARQUET_BATCH_ROWS, row_groups=list(part.groups), columns=columns, use_threads=False
+        ):
+            first = row + 1
+            row += batch.num_rows
+            if skip is not None and all(skip(r) for r in range(first, row + 1)):
                 continue
-            if not line.strip():
-                continue
-            try:
-                data = loads(line)
-            except orjson.JSONDecodeError as exc:
-                yield RawRow(lineno, None, f"line {lineno}: {_why_not_json(line, exc)}")
-                continue
-            if not isinstance(data, dict):
-                yield RawRow(lineno, None, f"line {lineno}: expected a JSON object, got {type(data).__name__}")
-                continue
-            yield RawRow(lineno, data)
+            for offset, data in enumerate(batch.to_pylist()):
+                if skip is None or not skip(first + offset):
+                    yield RawRow(first + offset, data)
+        return
+    with open(spec.path, "rb") as f:
+        f.seek(part.start)
+        yield from _jsonl_rows(_upto(f, part.end), part.first, skip)
+
+
+def _upto(f: BinaryIO, end: int) -> Iterator[bytes]:
+    """Lines of an open file from where it stands up to byte `end`."""
+    at = f.tell()
+    for line in f:
+        if at >= end:
+            return
+        at += len(line)
+        yield line
 
 
 def _why_not_json(line: bytes, exc: orjson.JSONDecodeError) -> str:

@@ -52,6 +52,18 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
+class ScaleSpec:
+    """`scale:` (or `submit --ray`): the job's slices run on Ray workers under one shared limit.
+
+    `ray`: "local" starts a Ray on this machine (or joins the one this process already started); "auto" joins the
+    cluster `ray start` or RAY_ADDRESS names; anything else is a cluster address (ray://head:10001)."""
+
+    ray: str = "local"
+    workers: int | None = None  # slices running at a time; by default the cluster's CPUs
+    slice_rows: int = 10_000  # rows per slice (a Parquet row group is never split)
+
+
+@dataclass(frozen=True)
 class SimulateSpec:
     """How the simulated provider behaves: shared by `batchrun simulate` and `provider: {name: simulated}`."""
 
@@ -150,6 +162,7 @@ class JobSpec:
     batch: BatchSettings = field(default_factory=BatchSettings)
     output: OutputSpec | None = None  # structured output: the schema every answer must fit
     cache: CacheSpec = field(default_factory=CacheSpec)  # the response cache shared across runs
+    scale: ScaleSpec | None = None  # run on Ray: not part of the fingerprint (the records are the same)
 
     @property
     def cache_scope(self) -> bytes:
@@ -184,6 +197,7 @@ class JobSpec:
             "pricing": {model: vars(price) for model, price in self.pricing.items()},
             **({"output": {**vars(self.output), "schema": dict(self.output.schema)}} if self.output else {}),
             "cache": {"mode": self.cache.mode, "path": str(self.cache.file()), "sampled": self.cache.sampled},
+            **({"scale": vars(self.scale)} if self.scale else {}),
         }
 
 
@@ -237,6 +251,7 @@ def parse_spec(data: Any, *, spec_path: Path, source: str) -> JobSpec:
             "batch",
             "output",
             "cache",
+            "scale",
         },
         source,
     )
@@ -291,6 +306,22 @@ def parse_spec(data: Any, *, spec_path: Path, source: str) -> JobSpec:
         batch=_parse_batch(top.data.get("batch"), source, provider.mode),
         output=_parse_output(top.data.get("output"), source, base, preset, endpoint, params),
         cache=_parse_cache(top.data.get("cache"), source, base),
+        scale=_parse_scale(top.data.get("scale"), source),
+    )
+
+
+def _parse_scale(raw: Any, source: str) -> ScaleSpec | None:
+    """`scale: {ray: local|auto|ADDRESS, workers, slice_rows}`; `scale: true` is a local Ray."""
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return ScaleSpec()
+    sec = Section("scale", raw, {"ray", "workers", "slice_rows"}, source)
+    ray = sec.data.get("ray", "local")
+    return ScaleSpec(
+        ray="local" if ray is True or ray is None else str(ray),
+        workers=sec.integer("workers"),
+        slice_rows=sec.integer("slice_rows", 10_000) or 10_000,
     )
 
 

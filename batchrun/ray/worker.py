@@ -1,0 +1,199 @@
+"""A worker of a scaled-out run: one slice of the input through batchrun's own run loop and lanes, under the
+shared limit, its records shipped to the driver as they are made (the driver alone writes the run directory).
+
+The run loop runs on an event loop in a thread of its own; the Ray task is a generator that yields what that
+loop ships, every SHIP_S: final records, the tasks.jsonl and repairs.jsonl lines a resumed slice needs, log lines,
+and counters. The last message says how the slice ended."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..cache import Cache
+from ..checkpoint import Checkpoint, ResumeState
+from ..errors import BatchrunError
+from ..job import Prepared, provider_keys
+from ..limiter import Throttle
+from ..progress import Progress
+from ..rundir import RunState
+from ..runner import RunLoop
+from ..sources import InputScan, Slice, slice_rows
+from ..spec import Limits
+from ..usage import peak_rss_mb
+from .limit import Call, Lease, LeasedThrottle
+
+SHIP_S = 0.1
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One slice for one worker, with what the run directory already holds of it."""
+
+    part: Slice
+    base_url: str
+    done: tuple[int, ...] = ()  # its rows that hold a final record
+    tasks: Mapping[int, dict[str, Any]] = field(default_factory=dict)  # async: tasks to poll, not submit again
+    repairs: Mapping[int, list[dict[str, Any]]] = field(default_factory=dict)  # repair steps to go on from
+    last_row: int | None = None  # submit --limit
+    concurrency: int | None = None  # this worker's share of limits.concurrency
+
+
+class Outbox:
+    """What the worker has made since the last shipment; filled on the run's loop, emptied there too."""
+
+    def __init__(self) -> None:
+        self.lines: dict[str, list[bytes]] = {"results": [], "failures": [], "tasks": [], "repairs": []}
+        self.logs: list[str] = []
+
+    def take(self, progress: Progress, **extra: Any) -> dict[str, Any]:
+        lines, self.lines = self.lines, {name: [] for name in self.lines}
+        logs, self.logs = self.logs, []
+        counts = {"requests": progress.requests, "retries": progress.retries, "rate_limited": progress.rate_limited}
+        return {**lines, "logs": logs, "counts": counts, **extra}
+
+
+class ShippingCheckpoint(Checkpoint):
+    """A checkpoint whose lines go to the driver instead of a file: the run directory has one writer."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__(Path(os.devnull), secrets)
+        self.out = Outbox()
+        self.manifest = {"ids_checked": True}  # the driver checked the ids before any slice went out
+
+    def append_line(self, line: bytes, *, failed: bool) -> None:
+        self.out.lines["failures" if failed else "results"].append(self.redact(line))
+
+    def append_task(self, entry: Mapping[str, Any]) -> None:
+        self.out.lines["tasks"].append(self.redact(orjson.dumps(entry) + b"\n"))
+
+    async def tasks_durable(self) -> None:
+        """Durable once the driver has it: a worker killed before its next shipment sends those rows again."""
+
+    def append_repair(self, entry: Mapping[str, Any]) -> None:
+        self.out.lines["repairs"].append(self.redact(orjson.dumps(entry) + b"\n"))
+
+    def write_usage(self, data: dict[str, Any]) -> None:
+        """The driver keeps usage.json."""
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        self.manifest = manifest
+
+    def close(self) -> None:
+        """Nothing is open."""
+
+
+def run_slice(prepared: Prepared, job: Assignment, call: Call) -> Iterator[dict[str, Any]]:
+    """The body of a worker's Ray task: its messages, the last with `end: true`."""
+    shipped: queue.Queue[dict[str, Any]] = queue.Queue()
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=lambda: asyncio.run(_run(prepared, job, call, shipped.put, stop)), name="batchrun-slice", daemon=True
+    )
+    thread.start()
+    try:
+        while True:
+            message = shipped.get()
+            yield message
+            if message.get("end"):
+                break
+    finally:
+        stop.set()  # cancelled (Ray's cancel, the driver gone): stop sending; what is in flight is lost with us
+        thread.join(timeout=2.0)
+
+
+async def _run(
+    prepared: Prepared, job: Assignment, call: Call, ship: Callable[[dict[str, Any]], None], stop: threading.Event
+) -> None:
+    part = job.part
+    ship({"hello": {"pid": os.getpid(), "slice": part.index}})
+    checkpoint: ShippingCheckpoint | None = None
+    progress = Progress(part.count, len(job.done), enabled=False, desc=prepared.spec.name)
+    runner: RunLoop | None = None
+    try:
+        spec = prepared.spec
+        keys = provider_keys(spec.provider)  # from this worker's environment: keys never travel with the job
+        checkpoint = ShippingCheckpoint([key for _, key in keys if key])
+        box = checkpoint.out
+        state = ResumeState(tasks=dict(job.tasks), repairs={row: list(steps) for row, steps in job.repairs.items()})
+        for row in job.done:
+            state.done.add(row)
+        cache = Cache(spec.cache) if spec.cache.mode != "off" else None
+        limits = replace(spec.limits, concurrency=job.concurrency) if job.concurrency else spec.limits
+        leases: list[Lease] = []
+
+        def throttle(env: str, codes: frozenset[str]) -> Throttle:
+            lease = Lease(env, call, lambda: runner.stop(RunState.INTERRUPTED, "stopped") if runner else None)
+            leases.append(lease)
+            return LeasedThrottle(limits, spec.limits.tpm_accounting, lease, box.logs.append, codes)
+
+        runner = RunLoop(
+            replace(prepared, scan=InputScan(part.count, prepared.scan.digest)),
+            checkpoint,
+            state,
+            job.base_url,
+            keys,
+            progress,
+            box.logs.append,
+            job.last_row,
+            cache,
+            throttle=throttle,
+            source=lambda skip: slice_rows(spec.input, part, skip),
+        )
+        shipper = asyncio.ensure_future(_ship_forever(box, progress, ship, stop, runner))
+        try:
+            await runner.run()
+        finally:
+            shipper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await shipper
+            for lease in leases:
+                with contextlib.suppress(Exception):
+                    await lease.close()
+            if cache is not None:
+                cache.close()
+        error = runner.error
+        ship(
+            box.take(
+                progress,
+                end=True,
+                state=(runner.stopping or RunState.FINISHED).value,
+                error=str(error) if error else None,
+                exit_code=error.exit_code if error else None,
+                crash=repr(runner.crash) if runner.crash else None,
+                rss_mb=peak_rss_mb(),
+            )
+        )
+    except BatchrunError as exc:  # this worker cannot run the slice (no key in its environment, no input)
+        box = checkpoint.out if checkpoint else Outbox()
+        ship(box.take(progress, end=True, state="stopped", error=str(exc), exit_code=exc.exit_code))
+    except Exception as exc:
+        box = checkpoint.out if checkpoint else Outbox()
+        ship(box.take(progress, end=True, state="stopped", crash=repr(exc)))
+
+
+async def _ship_forever(
+    box: Outbox, progress: Progress, ship: Callable[[dict[str, Any]], None], stop: threading.Event, runner: RunLoop
+) -> None:
+    while True:
+        await asyncio.sleep(SHIP_S)
+        ship(box.take(progress))
+        if stop.is_set():
+            runner.interrupt(terminal=False)
+            runner.interrupt(terminal=False)  # at once: nobody is left to take the records
+
+
+def limits_share(limits: Limits, workers: int) -> int | None:
+    """A worker's share of limits.concurrency (the provider counts requests in flight across all of them)."""
+    if not limits.concurrency:
+        return None
+    return max(1, -(-limits.concurrency // workers))
