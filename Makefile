@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
 	touch $(STAMP)
 
 demo: setup
@@ -32,8 +32,8 @@ test-floors:
 	$(PYTHON) -m venv $(FLOORS)
 	$(FLOORS)/bin/python -m pip install --quiet --upgrade pip
 	$(PYTHON) tools/floors.py > $(FLOORS)/constraints.txt
-	$(FLOORS)/bin/python -m pip install --quiet -c $(FLOORS)/constraints.txt -e '.[dev]'
-	$(FLOORS)/bin/python -m pip list --format=freeze | grep -iE '^(aiohttp|aiolimiter|orjson|click|tqdm|pyarrow|pyyaml|numpy|jsonschema.rs)=='
+	$(FLOORS)/bin/python -m pip install --quiet -c $(FLOORS)/constraints.txt -e '.[dev,ray]'
+	$(FLOORS)/bin/python -m pip list --format=freeze | grep -iE '^(aiohttp|aiolimiter|orjson|click|tqdm|pyarrow|pyyaml|numpy|jsonschema.rs|ray)=='
 	$(FLOORS)/bin/python -m pytest
 
 clean:

@@ -115,8 +115,8 @@ def submit(
         spec = replace(spec, output_dir=output_dir.resolve())
     scale = spec.scale
     if ray_address is not None or (workers is not None and scale is not None):
-        scale = replace(scale or ScaleSpec(), **({"ray": ray_address} if ray_address else {}))
-        scale = replace(scale, workers=workers or scale.workers)
+        scale = scale or ScaleSpec()
+        scale = replace(scale, ray=ray_address or scale.ray, workers=workers or scale.workers)
     elif workers is not None:
         raise SpecError("--workers goes with --ray (or a scale: block in the spec)")
     outcome = asyncio.run(

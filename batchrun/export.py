@@ -364,9 +364,7 @@ def _write_parquet(to: Path, batches: Iterator[Batch], fields: Sequence[OutputFi
     with _atomic(to) as f:
         try:
             for rows, table in batches:
-                columns: dict[str, Any] = {name: [r[name] for r in rows] for name in rows[0] if name != "input"}
-                types = {**_types(), **typed}
-                arrays = {name: pa.array(values, type=types.get(name)) for name, values in columns.items()}
+                arrays = output_arrays(rows, fields)
                 if table is not None:  # Parquet input: its own columns, types kept
                     for name, column in zip(table.schema.names, table.columns, strict=True):
                         arrays[INPUT_PREFIX + name] = column
@@ -390,6 +388,14 @@ def _write_parquet(to: Path, batches: Iterator[Batch], fields: Sequence[OutputFi
             if writer is not None:
                 writer.close()
     return written
+
+
+def output_arrays(rows: Sequence[Mapping[str, Any]], fields: Sequence[OutputField] = ()) -> dict[str, Any]:
+    """Flattened rows' output columns as Arrow arrays of their types (structured output's by its schema)."""
+    import pyarrow as pa
+
+    types = {**_types(), **{column: arrow_type(sub) for column, _, sub in fields}}
+    return {name: pa.array([r[name] for r in rows], type=types.get(name)) for name in rows[0] if name != "input"}
 
 
 def _text(value: Any) -> str | None:

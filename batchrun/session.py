@@ -78,6 +78,10 @@ async def run_job(
         spec = dataclasses.replace(spec, cache=CacheSpec(mode="off"))
     if scale is not None:
         spec = dataclasses.replace(spec, scale=scale)
+    if spec.scale is not None:
+        from .ray.driver import refuse
+
+        refuse(spec)  # before the run directory is touched
     keys = provider_keys(spec.provider)
     if retry_codes:
         _check_codes(spec.output_dir, retry_codes)
@@ -258,7 +262,7 @@ async def cancel_batches(spec: JobSpec, key: str | None) -> list[str]:
     return lines
 
 
-async def _run_interruptibly(runner: BatchRun | RunLoop) -> None:
+async def _run_interruptibly(runner: BatchRun | RunLoop | RayRun) -> None:
     """Run with Ctrl-C and SIGTERM handed to the runner (on the main thread: a run in another thread, the Python
     API in a worker, is stopped by whoever owns the process)."""
     loop = asyncio.get_running_loop()

@@ -233,7 +233,8 @@ def load_spec(path: str | Path) -> JobSpec:
     return parse_spec(data, spec_path=spec_path.resolve(), source=source)
 
 
-def parse_spec(data: Any, *, spec_path: Path, source: str) -> JobSpec:
+def parse_spec(data: Any, *, spec_path: Path, source: str, rows_given: bool = False) -> JobSpec:
+    """`rows_given`: the rows come from elsewhere (a Ray Dataset), so input says only how a row becomes a request."""
     top = Section(
         "",
         data,
@@ -294,7 +295,7 @@ def parse_spec(data: Any, *, spec_path: Path, source: str) -> JobSpec:
     return JobSpec(
         name=name,
         spec_path=spec_path,
-        input=_parse_input(top, base, source),
+        input=_parse_input(top, base, source, rows_given),
         model=model,
         params=dict(params),
         provider=provider,
@@ -389,15 +390,20 @@ def _parse_output(
     )
 
 
-def _parse_input(top: Section, base: Path, source: str) -> InputSpec:
+def _parse_input(top: Section, base: Path, source: str, rows_given: bool = False) -> InputSpec:
     raw = top.data.get("input")
+    if raw is None and rows_given:
+        raw = {}
     if raw is None:
         raise top.fail("input", "is required: a path to a .jsonl, .parquet or .csv file, or a mapping with 'path'")
     if isinstance(raw, str):
         raw = {"path": raw}
-    sec = Section(
-        "input", raw, {"path", "format", "id_field", "messages_field", "prompt_field", "template", "system"}, source
-    )
+    keys = {"path", "format", "id_field", "messages_field", "prompt_field", "template", "system"}
+    sec = Section("input", raw, keys, source)
+    if rows_given:
+        if sec.data.get("path") is not None:
+            raise sec.fail("path", "is not used here: the rows are the dataset's")
+        sec = Section("input", {**sec.data, "path": os.devnull, "format": "jsonl"}, keys, source)
     rel = sec.text("path", required=True)
     assert rel is not None
     path = (base / rel).resolve()
@@ -408,7 +414,7 @@ def _parse_input(top: Section, base: Path, source: str) -> InputSpec:
             raise sec.fail("path", f"must end in .jsonl, .parquet or .csv (or set input.format), got {rel!r}")
     elif fmt not in {"jsonl", "parquet", "csv"}:
         raise sec.fail("format", f"must be 'jsonl', 'parquet' or 'csv', got {fmt!r}")
-    if not path.is_file():
+    if not path.is_file() and not rows_given:
         raise InputError(f"{source}: input.path: no such file {rel!r} (looked for {path})")
 
     chosen = [k for k in ("messages_field", "prompt_field", "template") if sec.data.get(k) is not None]

@@ -113,6 +113,7 @@ def run_client(
     name: str = "bench",
     mode: str = "sync",
     extra: dict[str, Any] | None = None,
+    args: tuple[str, ...] = (),
 ) -> ClientRun:
     spec = {
         "name": name,
@@ -129,7 +130,7 @@ def run_client(
     job = workdir / f"{name}.yaml"
     job.write_text(yaml.safe_dump(spec))
     proc = subprocess.Popen(
-        [*PY, "submit", str(job), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [*PY, "submit", str(job), "--no-progress", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     assert proc.stdout is not None
     output = proc.stdout.read().decode()
@@ -311,6 +312,84 @@ def bench_overhead(work: Path, rows: int) -> list[Figure]:
         ),
         Figure("3 client CPU per row (user + system)", "", f"{1000 * run.cpu_s / rows:.3f} ms", None),
     ]
+
+
+def answered_rate(run_dir: Path) -> float:
+    """Rows answered per second from the first answer to the last: a Ray run's start-up (a few seconds to start
+    Ray and its workers) left out, as it would be in a long run."""
+    stamps = sorted(
+        iso_epoch(orjson.loads(line)["completed_at"])
+        for line in (run_dir / "results.jsonl").read_bytes().splitlines()
+        if line.strip()
+    )
+    return (len(stamps) - 1) / max(stamps[-1] - stamps[0], 1e-9)
+
+
+def bench_ray_limit(work: Path, rows: int, *, learned: bool) -> list[Figure]:
+    """Four Ray workers against one provider limited to 6000 RPM: together they should fill it, as one client."""
+    rpm = 6000
+    sim = Simulator("--rpm", str(rpm), *PROVIDER_LIKE)
+    name = "ray-learned" if learned else "ray"
+    try:
+        run = run_client(
+            work,
+            sim,
+            write_prompts(work / f"{name}.jsonl", rows, short_prompt),
+            limits=None if learned else {"rpm": rpm},
+            name=name,
+            extra={"scale": {"slice_rows": rows // 8}},
+            args=("--ray", "--workers", "4"),
+        )
+    finally:
+        sim.close()
+    rate = answered_rate(work / "runs" / name)
+    share = rate / (rpm / 60)
+    how = "no limits given, learnt together" if learned else f"limits.rpm {rpm}"
+    ok = share >= 0.95 and run.share_429 <= (0.02 if learned else 0.01)
+    return [
+        Figure(
+            f"12 Ray, 4 workers, one provider of {rpm} RPM ({how}, {rows} rows): answered/s vs RPM/60, 429s",
+            ">= 95 %, " + ("<= 2 %" if learned else "<= 1 %"),
+            f"{rate:.1f}/s = {pct(share)}, {pct(run.share_429)} 429s",
+            ok,
+        )
+    ]
+
+
+def bench_ray_overhead(work: Path, rows: int) -> list[Figure]:
+    """1, 2 and 4 Ray workers against a zero-latency provider on this machine: what the shared limit and the
+    shipping of records cost, beside one process without Ray; and the memory of each worker."""
+    sim = Simulator("--latency", "0")
+    figures = []
+    try:
+        source = write_prompts(work / "ray-overhead.jsonl", rows, short_prompt)
+        alone = run_client(work, sim, source, name="no-ray")
+        figures.append(Figure(f"12 zero-latency, no Ray ({rows} rows): rows/s", "", f"{alone.rows_per_s:.0f}", None))
+        for workers in (1, 2, 4):
+            name = f"ray-{workers}"
+            run = run_client(
+                work,
+                sim,
+                source,
+                name=name,
+                limits={"rpm": 6_000_000},  # a limit to lease, far above what this machine can send
+                extra={"scale": {"slice_rows": rows // 8}},
+                args=("--ray", "--workers", str(workers)),
+            )
+            rate = answered_rate(work / "runs" / name)
+            ray_facts = run.usage["ray"]
+            figures.append(
+                Figure(
+                    f"12 zero-latency, Ray with {workers} worker(s): rows/s; peak RSS per worker, driver",
+                    "",
+                    f"{rate:.0f}/s; {ray_facts['worker_peak_rss_mb']:.0f} MB, {run.peak_rss_mb:.0f} MB; "
+                    f"{ray_facts['lease_calls']:,} lease calls",
+                    None,
+                )
+            )
+    finally:
+        sim.close()
+    return figures
 
 
 def bench_async(work: Path, rows: int) -> list[Figure]:
@@ -773,6 +852,9 @@ def main(quick: bool, only: str | None) -> None:
         ("10", lambda w: bench_cache(w, 100_000 if q else 1_000_000, 5_000 if q else 20_000)),
         ("11", lambda w: bench_key_pool(w, 1500 if q else 6000, learned=False)),
         ("11", lambda w: bench_key_pool(w, 1500 if q else 6000, learned=True)),
+        ("12", lambda w: bench_ray_limit(w, 3000 if q else 9000, learned=False)),
+        ("12", lambda w: bench_ray_limit(w, 3000 if q else 9000, learned=True)),
+        ("12", lambda w: bench_ray_overhead(w, 10_000 if q else 40_000)),
     ]
     numbers = set(only.split(",")) if only else None
     figures: list[Figure] = []

@@ -23,10 +23,20 @@ def _toml(text: str) -> dict[str, Any]:
     sys.exit("floors: needs Python 3.11 or later (tomllib)")
 
 
+# name[extras]>=version
+REQUIREMENT = re.compile(r"\s*([A-Za-z0-9_.-]+)(?:\[[A-Za-z0-9_,.-]+\])?\s*>=\s*([0-9][0-9A-Za-z.]*)\s*")
+# The optional extras whose floors are tested too (`make test-floors` installs them).
+EXTRAS = ("ray",)
+
+
 def floors(pyproject: Path) -> list[str]:
     pins = []
-    for requirement in _toml(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"]:
-        found = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*>=\s*([0-9][0-9A-Za-z.]*)\s*", requirement)
+    project = _toml(pyproject.read_text(encoding="utf-8"))["project"]
+    extras = [r for name in EXTRAS for r in project["optional-dependencies"][name]]
+    for requirement in [*project["dependencies"], *extras]:
+        found = re.fullmatch(
+            r"\s*([A-Za-z0-9_.-]+)(?:\[[A-Za-z0-9_,.-]+\])?\s*>=\s*([0-9][0-9A-Za-z.]*)\s*", requirement
+        )
         if found is None:
             sys.exit(f"floors: {requirement!r} has no plain '>=' floor; give it one")
         name, version = found.groups()

@@ -2,3 +2,7 @@
 pipelines that are Ray Datasets already. Needs the extra: pip install 'batchrun[ray]'."""
 
 from __future__ import annotations
+
+from .data import map_rows
+
+__all__ = ["map_rows"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,12 +22,12 @@ from typing import Any
 import orjson
 
 from ..cache import Cache
-from ..checkpoint import Checkpoint, ResumeState
+from ..checkpoint import Checkpoint, DoneRows, ResumeState
 from ..errors import BatchrunError, SpecError
 from ..job import Prepared
 from ..progress import Progress
-from ..rundir import REPAIRS, TASKS, RunState
 from ..run_control import RunControl
+from ..rundir import REPAIRS, TASKS, RunState
 from ..runner import STOP_GRACE_S
 from ..sources import Slice, slices
 from ..spec import JobSpec, ScaleSpec
@@ -39,6 +40,8 @@ SNAPSHOT_S = 1.0
 
 def refuse(spec: JobSpec) -> None:
     """What does not scale out (yet), as a spec error before Ray starts."""
+    if importlib.util.find_spec("ray") is None:
+        raise SpecError("--ray needs Ray, an optional extra: pip install 'batchrun[ray]'")
     if spec.provider.mode == "batch":
         raise SpecError(
             f"{spec.spec_path.name}: provider.mode: batch runs at the provider already; submit it without --ray"
@@ -57,10 +60,8 @@ def refuse(spec: JobSpec) -> None:
 
 def connect(scale: ScaleSpec) -> bool:
     """Join or start Ray; True when this call started it (and so should shut it down)."""
-    try:
-        import ray
-    except ImportError:
-        raise SpecError("--ray needs Ray, an optional extra: pip install 'batchrun[ray]'") from None
+    import ray
+
     if ray.is_initialized():
         return False
     address = None if scale.ray == "local" else scale.ray
@@ -120,7 +121,6 @@ class RayRun(RunControl):
 
     async def run(self) -> None:
         try:
-            refuse(self.spec)
             self.ledger.refuse_repeated_ids()
             self.started_ray = connect(self.scale)
         except BatchrunError as exc:
@@ -139,9 +139,7 @@ class RayRun(RunControl):
         workers = self.scale.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         cpus = min(1.0, max(0.01, float(ray.cluster_resources().get("CPU", 1)) / workers))
         self.limit = (
-            ray.remote(SharedLimit)
-            .options(num_cpus=0)
-            .remote(spec.limits, spec.limits.tpm_accounting, self.key_envs)
+            ray.remote(SharedLimit).options(num_cpus=0).remote(spec.limits, spec.limits.tpm_accounting, self.key_envs)
         )
         limit = self.limit
 
@@ -337,9 +335,7 @@ class RayRun(RunControl):
                 "slices_done": self.slices_done,
                 "slices_resumed": self.resumed,
                 "duplicates_dropped": self.duplicates,
-                "workers": [
-                    {"slice": w.part.index, "pid": w.pid} for w in self.workers.values() if w.pid is not None
-                ],
+                "workers": [{"slice": w.part.index, "pid": w.pid} for w in self.workers.values() if w.pid is not None],
                 "worker_peak_rss_mb": max(self.worker_rss) if self.worker_rss else None,
                 "lease_calls": self.shared.get("calls"),
             },
@@ -354,11 +350,10 @@ class _WorkerError(BatchrunError):
         self.exit_code = exit_code
 
 
-def _done_in(done: Any, part: Slice) -> int:
+def _done_in(done: DoneRows, part: Slice) -> int:
     return done.count_upto(part.last) - (done.count_upto(part.first - 1) if part.first > 1 else 0)
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else ""
-

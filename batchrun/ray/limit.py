@@ -168,7 +168,6 @@ class Lease:
         self._turn = asyncio.Lock()
         self._stocked = asyncio.Event()
         self._asked = asyncio.Event()
-        self._serving = False
         self._last_take = clock()
         self.stopped = False
 
@@ -218,15 +217,9 @@ class Lease:
         self.report.tokens += tokens
 
     async def serve(self) -> None:
-        """Keep the stock filled and the shared limit told, until cancelled; a second caller just waits."""
-        if self._serving:
-            await asyncio.Event().wait()
-        self._serving = True
-        try:
-            while True:
-                await self._step()
-        finally:
-            self._serving = False
+        """Keep the stock filled and the shared limit told, until cancelled (one such loop per lease)."""
+        while True:
+            await self._step()
 
     async def _step(self) -> None:
         now = self.clock()
@@ -326,4 +319,5 @@ class LeasedThrottle(Throttle):
         """The rate is the shared limit's."""
 
     async def tick_forever(self) -> None:
-        await self.lease.serve()
+        """The lease's own loop (`Lease.serve`, run by the worker) moves the rate."""
+        await asyncio.Event().wait()

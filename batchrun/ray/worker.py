@@ -27,7 +27,7 @@ from ..limiter import Throttle
 from ..progress import Progress
 from ..rundir import RunState
 from ..runner import RunLoop
-from ..sources import InputScan, Slice, slice_rows
+from ..sources import InputScan, RawRow, Slice, slice_rows
 from ..spec import Limits
 from ..usage import peak_rss_mb
 from .limit import Call, Lease, LeasedThrottle
@@ -111,56 +111,108 @@ def run_slice(prepared: Prepared, job: Assignment, call: Call) -> Iterator[dict[
         thread.join(timeout=2.0)
 
 
+class WorkerRun:
+    """batchrun's run loop on rows handed over by a driver, under the shared limit: one per worker process, its
+    leases (and the stock they hold) kept from one run to the next."""
+
+    def __init__(self, prepared: Prepared, call: Call, concurrency: int | None) -> None:
+        spec = prepared.spec
+        self.keys = provider_keys(spec.provider)  # from this worker's environment: keys never travel with the job
+        self.secrets = [key for _, key in self.keys if key]
+        self.checkpoint = ShippingCheckpoint(self.secrets)
+        self.cache = Cache(spec.cache) if spec.cache.mode != "off" else None
+        self.limits = replace(spec.limits, concurrency=concurrency) if concurrency else spec.limits
+        self.accounting = spec.limits.tpm_accounting
+        self.call = call
+        self.leases: dict[str, Lease] = {}
+        self.serving: list[asyncio.Future[None]] = []
+        self.runners: set[RunLoop] = set()
+
+    def throttle(self, env: str, codes: frozenset[str]) -> Throttle:
+        lease = self.leases.get(env)
+        if lease is None:
+            lease = self.leases[env] = Lease(env, self.call, self._stop)
+            self.serving.append(asyncio.ensure_future(lease.serve()))
+        return LeasedThrottle(self.limits, self.accounting, lease, self.checkpoint.out.logs.append, codes)
+
+    def _stop(self) -> None:
+        """The driver is stopping the run: take no more rows, finish (and ship) what is in flight."""
+        for runner in self.runners:
+            runner.stop(RunState.INTERRUPTED, "stopped by the driver")
+
+    async def run(
+        self,
+        prepared: Prepared,
+        state: ResumeState,
+        source: Callable[[Callable[[int], bool]], Iterator[RawRow]],
+        base_url: str,
+        progress: Progress,
+        last_row: int | None = None,
+        checkpoint: ShippingCheckpoint | None = None,
+    ) -> RunLoop:
+        """Run the rows to their records, shipped through `checkpoint` (by default the worker's own)."""
+        checkpoint = checkpoint or self.checkpoint
+        runner = RunLoop(
+            prepared,
+            checkpoint,
+            state,
+            base_url,
+            self.keys,
+            progress,
+            checkpoint.out.logs.append,
+            last_row,
+            self.cache,
+            throttle=self.throttle,
+            source=source,
+        )
+        self.runners.add(runner)
+        try:
+            await runner.run()
+        finally:
+            self.runners.discard(runner)
+        return runner
+
+    async def close(self) -> None:
+        """Give back every lease's stock; close the cache."""
+        for task in self.serving:
+            task.cancel()
+        await asyncio.gather(*self.serving, return_exceptions=True)
+        for lease in self.leases.values():
+            with contextlib.suppress(Exception):
+                await lease.close()
+        if self.cache is not None:
+            self.cache.close()
+
+
 async def _run(
     prepared: Prepared, job: Assignment, call: Call, ship: Callable[[dict[str, Any]], None], stop: threading.Event
 ) -> None:
     part = job.part
     ship({"hello": {"pid": os.getpid(), "slice": part.index}})
-    checkpoint: ShippingCheckpoint | None = None
+    box = Outbox()
     progress = Progress(part.count, len(job.done), enabled=False, desc=prepared.spec.name)
-    runner: RunLoop | None = None
     try:
-        spec = prepared.spec
-        keys = provider_keys(spec.provider)  # from this worker's environment: keys never travel with the job
-        checkpoint = ShippingCheckpoint([key for _, key in keys if key])
-        box = checkpoint.out
+        worker = WorkerRun(prepared, call, job.concurrency)
+        box = worker.checkpoint.out
         state = ResumeState(tasks=dict(job.tasks), repairs={row: list(steps) for row, steps in job.repairs.items()})
         for row in job.done:
             state.done.add(row)
-        cache = Cache(spec.cache) if spec.cache.mode != "off" else None
-        limits = replace(spec.limits, concurrency=job.concurrency) if job.concurrency else spec.limits
-        leases: list[Lease] = []
-
-        def throttle(env: str, codes: frozenset[str]) -> Throttle:
-            lease = Lease(env, call, lambda: runner.stop(RunState.INTERRUPTED, "stopped") if runner else None)
-            leases.append(lease)
-            return LeasedThrottle(limits, spec.limits.tpm_accounting, lease, box.logs.append, codes)
-
-        runner = RunLoop(
-            replace(prepared, scan=InputScan(part.count, prepared.scan.digest)),
-            checkpoint,
-            state,
-            job.base_url,
-            keys,
-            progress,
-            box.logs.append,
-            job.last_row,
-            cache,
-            throttle=throttle,
-            source=lambda skip: slice_rows(spec.input, part, skip),
-        )
-        shipper = asyncio.ensure_future(_ship_forever(box, progress, ship, stop, runner))
+        spec = prepared.spec
+        shipper = asyncio.ensure_future(_ship_forever(box, progress, ship, stop, worker))
         try:
-            await runner.run()
+            runner = await worker.run(
+                replace(prepared, scan=InputScan(part.count, prepared.scan.digest)),
+                state,
+                lambda skip: slice_rows(spec.input, part, skip),
+                job.base_url,
+                progress,
+                job.last_row,
+            )
         finally:
             shipper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await shipper
-            for lease in leases:
-                with contextlib.suppress(Exception):
-                    await lease.close()
-            if cache is not None:
-                cache.close()
+            await worker.close()
         error = runner.error
         ship(
             box.take(
@@ -174,22 +226,21 @@ async def _run(
             )
         )
     except BatchrunError as exc:  # this worker cannot run the slice (no key in its environment, no input)
-        box = checkpoint.out if checkpoint else Outbox()
         ship(box.take(progress, end=True, state="stopped", error=str(exc), exit_code=exc.exit_code))
     except Exception as exc:
-        box = checkpoint.out if checkpoint else Outbox()
         ship(box.take(progress, end=True, state="stopped", crash=repr(exc)))
 
 
 async def _ship_forever(
-    box: Outbox, progress: Progress, ship: Callable[[dict[str, Any]], None], stop: threading.Event, runner: RunLoop
+    box: Outbox, progress: Progress, ship: Callable[[dict[str, Any]], None], stop: threading.Event, worker: WorkerRun
 ) -> None:
     while True:
         await asyncio.sleep(SHIP_S)
         ship(box.take(progress))
-        if stop.is_set():
-            runner.interrupt(terminal=False)
-            runner.interrupt(terminal=False)  # at once: nobody is left to take the records
+        if stop.is_set():  # nobody is left to take the records: stop at once
+            for runner in worker.runners:
+                runner.interrupt(terminal=False)
+                runner.interrupt(terminal=False)
 
 
 def limits_share(limits: Limits, workers: int) -> int | None:
