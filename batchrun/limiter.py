@@ -128,7 +128,7 @@ class Throttle:
         )
         self.gate = ConcurrencyGate(self.concurrency.value)
         self.rpm: Bucket | None = None
-        self.tpm: Bucket | None = Bucket(limits.tpm / 60 * HEADROOM, clock=clock) if limits.tpm else None
+        self.tpm: Bucket | None = Bucket(limits.tpm / 60 * HEADROOM) if limits.tpm else None
         self.paused_until = 0.0
         self._answered_sent_at = -math.inf  # the latest send time of a request the provider answered (not 429)
 
@@ -288,7 +288,7 @@ class Throttle:
             if self.configured.tpm:
                 per_second = min(per_second, self.configured.tpm / 60 * HEADROOM)
             if self.tpm is None:
-                self.tpm = Bucket(per_second, clock=self.clock)
+                self.tpm = Bucket(per_second)
             elif abs(self.tpm.per_second - per_second) > 1e-6:
                 self.tpm.retune(per_second)
         if hints.remaining_requests == 0 and hints.limit_requests:
@@ -303,7 +303,7 @@ class Throttle:
                 self.rpm.retune(1e9)
             self.rpm = None
         elif self.rpm is None:
-            self.rpm = Bucket(rate, burst=self.rates.ceiling is not None and not self.rates.learned, clock=self.clock)
+            self.rpm = Bucket(rate, burst=self.rates.ceiling is not None and not self.rates.learned)
         elif abs(self.rpm.per_second - rate) > 1e-9:
             self.rpm.retune(rate)
 

@@ -79,17 +79,18 @@ class Clock:
 
 
 def test_the_shared_limit_grants_what_its_bucket_holds_and_takes_back_what_was_not_used() -> None:
-    clock = Clock()
-    shared = SharedLimit(Limits(rpm=600), "reserve", ["K"], clock)  # 10 a second, a bucket of 1 s
+    shared = SharedLimit(Limits(rpm=600), "reserve", ["K"])  # 10 a second, a bucket of about 1 s
+    t0 = time.monotonic()
     first = shared.lease("K", 8, 0.0, Report())
     assert first.requests == 8 and first.tokens is None  # no TPM known: tokens are not held back
     second = shared.lease("K", 8, 0.0, Report())
     assert second.requests is not None and second.requests < 8 and second.wait_s > 0
-    assert shared.lease("K", 1, 0.0, Report()).requests == 0  # the bucket is empty
+    elapsed = time.monotonic() - t0
+    assert 8 + second.requests <= 10 + 10 * elapsed  # a bucket's worth, and what accrued meanwhile
     shared.lease("K", 0, 0.0, Report(returned_requests=5))  # a worker gives back what it did not use
-    assert shared.lease("K", 8, 0.0, Report()).requests == 5
-    clock.now += 0.5
-    assert shared.lease("K", 8, 0.0, Report()).requests == 5  # refilled at the rate
+    assert 5 <= (shared.lease("K", 8, 0.0, Report()).requests or 0) <= 8  # those five, and what accrued
+    time.sleep(0.5)
+    assert shared.lease("K", 8, 0.0, Report()).requests >= 4  # refilled at the rate
 
 
 def test_no_known_limit_leases_without_bound_until_429s_teach_one() -> None:

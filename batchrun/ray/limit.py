@@ -96,17 +96,17 @@ class SharedLimit:
             return Grant(0, 0.0, throttle.paused_until - now, accounting)
         requests: int | None = None
         wait = 0.0
-        if throttle.rpm is not None:
-            bucket = throttle.rpm.bucket
-            bucket.refill(now)
+        if throttle.rpm is not None:  # (a bucket keeps the time by its own clock)
+            bucket, at = throttle.rpm.bucket, throttle.rpm.clock()
+            bucket.refill(at)
             requests = max(0, min(want_requests, math.floor(bucket.level)))
             bucket.take(requests)
             if requests < want_requests:
-                wait = bucket.wait_for(1, now)
+                wait = bucket.wait_for(1, at)
         tokens: float | None = None
         if throttle.tpm is not None:
-            bucket = throttle.tpm.bucket
-            bucket.refill(now)
+            bucket, at = throttle.tpm.bucket, throttle.tpm.clock()
+            bucket.refill(at)
             # all or nothing, as a local bucket: a request larger than the bucket goes once it is full (a debt)
             if want_tokens > 0 and bucket.level >= min(want_tokens, bucket.capacity):
                 tokens = want_tokens
@@ -114,7 +114,7 @@ class SharedLimit:
             else:
                 tokens = 0.0
                 if want_tokens > 0:
-                    wait = max(wait, bucket.wait_for(want_tokens, now))
+                    wait = max(wait, bucket.wait_for(want_tokens, at))
         return Grant(requests, tokens, wait, accounting)
 
     def _learn(self, throttle: Throttle, report: Report, now: float) -> None:
@@ -127,9 +127,9 @@ class SharedLimit:
         if report.hints is not None:
             throttle.hinted(report.hints, now)
         if throttle.tpm is not None and (report.tokens or report.returned_tokens):
-            throttle.tpm.bucket.give(report.tokens + report.returned_tokens, now)
+            throttle.tpm.settle(report.tokens + report.returned_tokens)
         if throttle.rpm is not None and report.returned_requests:
-            throttle.rpm.bucket.give(report.returned_requests, now)
+            throttle.rpm.settle(report.returned_requests)
 
     def stop(self) -> None:
         """Every worker's next call hears that the run is stopping."""
