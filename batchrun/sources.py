@@ -183,17 +183,10 @@ def slice_rows(spec: InputSpec, part: Slice, skip: Callable[[int], bool] | None 
     if spec.format == "parquet":
         parquet = _open_parquet(spec.path)
         columns = parquet_columns(spec, list(parquet.schema_arrow.names))
-        row = part.first - 1
-        for batch in parquet.iter_batches(
+        batches = parquet.iter_batches(
             batch_size=PARQUET_BATCH_ROWS, row_groups=list(part.groups), columns=columns, use_threads=False
-        ):
-            first = row + 1
-            row += batch.num_rows
-            if skip is not None and all(skip(r) for r in range(first, row + 1)):
-                continue
-            for offset, data in enumerate(batch.to_pylist()):
-                if skip is None or not skip(first + offset):
-                    yield RawRow(first + offset, data)
+        )
+        yield from _batch_rows(batches, part.first, skip)
         return
     with open(spec.path, "rb") as f:
         f.seek(part.start)
@@ -239,8 +232,14 @@ def parquet_id_columns(spec: InputSpec) -> list[str]:
 def _iter_table(spec: InputSpec, skip: Callable[[int], bool] | None, columns: list[str] | None) -> Iterator[RawRow]:
     if columns is None:
         columns = parquet_columns(spec, table_columns(spec))
-    row = 0
-    for batch in table_batches(spec, columns):
+    yield from _batch_rows(table_batches(spec, columns), 1, skip)
+
+
+def _batch_rows(batches: Iterable[Any], first_row: int, skip: Callable[[int], bool] | None) -> Iterator[RawRow]:
+    """Arrow record batches as rows, the first numbered `first_row`; a batch whose rows are all passed over is
+    never decoded."""
+    row = first_row - 1
+    for batch in batches:
         first = row + 1
         row += batch.num_rows
         if skip is not None and all(skip(r) for r in range(first, row + 1)):

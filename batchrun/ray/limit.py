@@ -164,6 +164,7 @@ class Lease:
         self._sends: dict[int, int] = {}
         self._hints: RateHints | None = None
         self._recent: deque[tuple[float, float]] = deque()  # (when, tokens) of the last second's takes
+        self._recent_tokens = 0.0
         self._want: float | None = None  # the tokens the request at the head of the queue waits for
         self._turn = asyncio.Lock()
         self._stocked = asyncio.Event()
@@ -186,10 +187,11 @@ class Lease:
             if self.limited_tokens:
                 self.tokens -= tokens
             self._recent.append((now, tokens))
+            self._recent_tokens += tokens
             slot = int(now / SLOT_S)
             self._sends[slot] = self._sends.get(slot, 0) + 1
             self._last_take = now
-            if self._needs(now, waiting=False) != (0, 0.0):
+            if (self.limited_requests or self.limited_tokens) and self._needs(now, waiting=False) != (0, 0.0):
                 self._asked.set()
 
     def _enough(self, tokens: float) -> bool:
@@ -197,10 +199,11 @@ class Lease:
 
     def _wanted(self, now: float) -> tuple[int, float]:
         """The stock to hold: LEASE_S of the last second's use (one request at least, and what the head waits for)."""
-        while self._recent and self._recent[0][0] < now - 1.0:
-            self._recent.popleft()
-        used = len(self._recent)
-        per_request = sum(t for _, t in self._recent) / used if used else (self._want or 0.0)
+        recent = self._recent
+        while recent and recent[0][0] < now - 1.0:
+            self._recent_tokens -= recent.popleft()[1]
+        used = len(recent)
+        per_request = self._recent_tokens / used if used else (self._want or 0.0)
         requests = max(1, math.ceil(used * LEASE_S))
         tokens = max(self._want or 0.0, requests * per_request)
         return requests, tokens
