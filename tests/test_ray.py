@@ -342,6 +342,27 @@ def test_a_ray_data_pipeline_gets_every_row_back_with_its_answer_or_its_error(lo
 
 
 @needs_ray
+def test_ray_data_workers_share_one_limit(local_ray: Any, start_sim: Any) -> None:
+    """Two actors running four batches each would send eight times the limit if each paced itself."""
+    import batchrun.ray
+
+    server = start_sim(rpm=6000, latency=0.05)
+    spec = {
+        "model": "sim-small",
+        "provider": {"name": "simulated", "base_url": server.base_url},
+        "input": {"template": "Say: {text}"},
+        "limits": {"rpm": 6000},
+        "retry": {"max_attempts": 5, "backoff_s": 0.1},
+        "cache": "off",
+    }
+    rows = [{"text": f"item {i}"} for i in range(600)]
+    out = batchrun.ray.map_rows(local_ray.data.from_items(rows), spec, workers=2, batch_size=50).take_all()
+    assert len(out) == 600 and all(r["status"] == "succeeded" for r in out)
+    stats = server.stats()
+    assert stats["responses"].get("429", 0) <= 0.01 * stats["requests"]
+
+
+@needs_ray
 def test_structured_output_on_ray_data_comes_back_as_typed_columns(local_ray: Any) -> None:
     import batchrun.ray
 
