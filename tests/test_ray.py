@@ -284,6 +284,32 @@ def test_a_killed_driver_resumes_on_ray_without_sending_a_recorded_row_again(
 
 
 @needs_ray
+def test_ctrl_c_on_ray_records_what_was_in_flight_and_the_same_command_resumes(
+    tmp_path: Path, local_ray: Any, start_sim: Any
+) -> None:
+    server = start_sim(latency=0.1, latency_dist="fixed")
+    job = _job(tmp_path, server.base_url, 800, limits={"concurrency": 8}, scale={"slice_rows": 200, "workers": 2})
+    run = tmp_path / "runs" / "job"
+    address = local_ray.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "batchrun.cli", "submit", str(job), "--no-progress", "--ray", address]
+    driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(_final_rows(run)) < 100:
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=60)
+    assert driver.returncode == 130, err
+    assert "stopping: the workers finish what is in flight and ship it" in err
+    recorded = _final_rows(run)
+    assert 100 <= len(recorded) < 800 and max(recorded.values()) == 1
+    assert server.stats()["requests"] == len(recorded)  # every request sent has its record: none was lost
+    assert orjson.loads((run / "manifest.json").read_bytes())["state"] == "interrupted"
+    resumed = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _final_rows(run) == Counter(range(1, 801)) and server.stats()["requests"] == 800
+
+
+@needs_ray
 def test_zhipu_async_tasks_with_structured_repairs_run_on_ray_and_usage_is_the_bill(
     tmp_path: Path, local_ray: Any, start_sim: Any
 ) -> None:

@@ -117,7 +117,8 @@ class RayRun(RunControl):
         self.said: set[str] = set()
         self.started_ray = False
         self.limit: Any = None
-        self.stopped_at: float | None = None
+        self.flights: dict[asyncio.Task[str], Slice] = {}  # a slice's driving, by the slice
+        self.interrupts = 0
 
     async def run(self) -> None:
         try:
@@ -159,7 +160,7 @@ class RayRun(RunControl):
         self.slices_total = len(todo)
         self.log(f"on Ray: {len(todo):,} slices of up to {self.scale.slice_rows:,} rows, {workers} at a time")
         background = [asyncio.ensure_future(self.flush_forever()), asyncio.ensure_future(self._watch())]
-        running: dict[asyncio.Task[str], Slice] = {}
+        running = self.flights
         try:
             while (todo or running) and not self.stopping:
                 while todo and len(running) < workers:
@@ -168,7 +169,7 @@ class RayRun(RunControl):
                 finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for flight in finished:
                     part = running.pop(flight)
-                    if flight.result() == "died":
+                    if not flight.cancelled() and flight.result() == "died":
                         self._died(part, todo)
             if running:  # stopping: every worker hears it at its next lease, finishes what is in flight, ships it
                 await self._stop_workers(ray, running)
@@ -209,6 +210,10 @@ class RayRun(RunControl):
         except ray.exceptions.RayError as exc:
             self.log(f"the worker running slice {part.index} stopped ({type(exc).__name__}): {_first_line(exc)}")
             return "died"
+        except asyncio.CancelledError:  # a second Ctrl-C: what the worker has in flight is given up
+            with contextlib.suppress(Exception):
+                ray.cancel(stream, force=True)
+            raise
         finally:
             self.workers.pop(part.index, None)
         return "died"
@@ -315,10 +320,16 @@ class RayRun(RunControl):
             self.crashed(exc)
 
     def interrupt(self, terminal: bool = True) -> None:
-        """Ctrl-C / SIGTERM: every worker stops taking rows and ships what is in flight."""
-        if self.stopping is None:
-            self.log("stopping: the workers finish what is in flight and ship it (Ctrl-C again to stop at once)")
-        self.stop(RunState.INTERRUPTED, "interrupted")
+        """Ctrl-C / SIGTERM: every worker stops taking rows and ships what is in flight; a second one stops the
+        workers at once."""
+        self.interrupts += 1
+        if self.interrupts == 1:
+            again = " (Ctrl-C again to stop at once)" if terminal else ""
+            self.log(f"stopping: the workers finish what is in flight and ship it{again}")
+            self.stop(RunState.INTERRUPTED, "interrupted")
+        else:
+            for flight in self.flights:
+                flight.cancel()
 
     def stopped(self) -> None:
         if self.limit is not None:
