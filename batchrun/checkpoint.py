@@ -82,6 +82,22 @@ class ResumeState:
     repairs: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # row → its repair steps, if not final
     released: int = 0  # failure records dropped by retry-failed: their rows are pending again
 
+    def note_task(self, row: int, entry: dict[str, Any]) -> None:
+        """A tasks.jsonl entry of a row without a final record: the task it holds (polled, not submitted again),
+        or none (cleared by retry-failed: the row is submitted afresh)."""
+        if isinstance(entry.get("task_id"), str):
+            self.tasks[row] = entry
+        else:
+            self.tasks.pop(row, None)
+
+    def note_repair(self, row: int, entry: dict[str, Any]) -> None:
+        """A repairs.jsonl entry of a row without a final record: one more step (a resumed run asks its next
+        question, not its first), or cleared by retry-failed."""
+        if entry.get("cleared"):
+            self.repairs.pop(row, None)
+        else:
+            self.repairs.setdefault(row, []).append(entry)
+
 
 def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -290,15 +306,9 @@ class Checkpoint:
         if covers is None:
             fold_set_aside(self.path, state.usage)
         for row, entry in self._side_entries(TASKS, state):
-            if isinstance(entry.get("task_id"), str):  # the task each unfinished row holds: polled, not resubmitted
-                state.tasks[row] = entry
-            else:  # cleared (retry-failed): submit the row afresh
-                state.tasks.pop(row, None)
+            state.note_task(row, entry)
         for row, entry in self._side_entries(REPAIRS, state):
-            if entry.get("cleared"):
-                state.repairs.pop(row, None)
-            else:  # an unfinished row's repair steps so far: a resumed run asks its next question, not its first
-                state.repairs.setdefault(row, []).append(entry)
+            state.note_repair(row, entry)
         return state
 
     def _side_entries(self, name: str, state: ResumeState) -> Iterator[tuple[int, dict[str, Any]]]:

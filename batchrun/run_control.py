@@ -4,7 +4,8 @@ ledger, how a run stops and why, and usage.json flushed every second while it ru
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .cache import Cache
@@ -59,6 +60,22 @@ class RunControl:
     def crashed(self, exc: Exception) -> None:
         self.crash = self.crash or exc
         self.stop(RunState.STOPPED, f"internal error: {exc!r}")
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Around anything that acts on an answer: a checkpoint that cannot be written stops the run cleanly
+        (resumable); anything else is a bug, and stops the run rather than leave a row silently unrecorded."""
+        try:
+            yield
+        except BatchrunError as exc:
+            self.failed(exc)
+        except Exception as exc:
+            self.crashed(exc)
+        finally:
+            self.wake()
+
+    def wake(self) -> None:
+        """Wake whatever waits for a slot or a row, now that an answer was acted on."""
 
     def flush(self, state: RunState, *, final: bool = False) -> None:
         self.ledger.flush(state, self.facts(), final=final)

@@ -224,19 +224,6 @@ class RunLoop(RunControl):
             member.throttle.done(ticket, reply, settle=not held)
             self.wake()  # after the slot is free: the dispatcher may be waiting for the last one
 
-    @contextlib.contextmanager
-    def guard(self) -> Iterator[None]:
-        """Around anything that acts on an answer: a checkpoint that cannot be written stops the run cleanly
-        (resumable); anything else is a bug, and stops the run rather than leave a row silently unrecorded."""
-        try:
-            yield
-        except BatchrunError as exc:
-            self.failed(exc)
-        except Exception as exc:
-            self.crashed(exc)
-        finally:
-            self.wake()
-
     def _park(self, row: Row, reply: Reply, ticket: Ticket) -> bool:
         """Hold an answer that says the endpoint is wrong until another proves it right (then act on every held
         one) or the first rows all say so (then stop: exit 1, the rows still pending)."""

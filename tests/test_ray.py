@@ -189,6 +189,18 @@ def _final_rows(run: Path) -> Counter[int]:
     return Counter(rec["row"] for name in ("results.jsonl", "failures.jsonl") for rec in read_jsonl(run / name))
 
 
+def _driver_at(ray: Any, job: Path, run: Path, *, rows: int) -> tuple[list[str], subprocess.Popen[str]]:
+    """`submit --ray` in a process of its own, joining the test's cluster, once it has recorded `rows` rows; and
+    the command, to run again."""
+    address = ray.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "batchrun.cli", "submit", str(job), "--no-progress", "--ray", address]
+    driver = subprocess.Popen(cmd, cwd=job.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(_final_rows(run)) < rows:
+        time.sleep(0.05)
+    return cmd, driver
+
+
 @needs_ray
 def test_a_job_on_ray_writes_one_final_record_per_row_that_every_command_reads(
     tmp_path: Path, local_ray: Any, start_sim: Any
@@ -264,14 +276,9 @@ def test_a_killed_driver_resumes_on_ray_without_sending_a_recorded_row_again(
     server = start_sim(latency=0.05, latency_dist="fixed")
     job = _job(tmp_path, server.base_url, 1000, limits={"concurrency": 8}, scale={"slice_rows": 200, "workers": 2})
     run = tmp_path / "runs" / "job"
-    address = local_ray.get_runtime_context().gcs_address
-    cmd = [sys.executable, "-m", "batchrun.cli", "submit", str(job), "--no-progress", "--ray", address]
-    driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(_final_rows(run)) < 200:
-        time.sleep(0.05)
+    cmd, driver = _driver_at(local_ray, job, run, rows=200)
     driver.send_signal(signal.SIGKILL)
-    driver.wait()
+    driver.communicate()
     assert 200 <= len(_final_rows(run)) < 1000
     time.sleep(1.0)  # the dead driver's workers die with it (Ray's fate sharing)
     before = server.stats()["requests"]
@@ -290,12 +297,7 @@ def test_ctrl_c_on_ray_records_what_was_in_flight_and_the_same_command_resumes(
     server = start_sim(latency=0.1, latency_dist="fixed")
     job = _job(tmp_path, server.base_url, 800, limits={"concurrency": 8}, scale={"slice_rows": 200, "workers": 2})
     run = tmp_path / "runs" / "job"
-    address = local_ray.get_runtime_context().gcs_address
-    cmd = [sys.executable, "-m", "batchrun.cli", "submit", str(job), "--no-progress", "--ray", address]
-    driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(_final_rows(run)) < 100:
-        time.sleep(0.05)
+    cmd, driver = _driver_at(local_ray, job, run, rows=100)
     driver.send_signal(signal.SIGINT)
     _, err = driver.communicate(timeout=60)
     assert driver.returncode == 130, err

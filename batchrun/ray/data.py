@@ -35,7 +35,7 @@ from ..request import RequestBuilder
 from ..sources import InputScan, RawRow
 from ..spec import JobSpec, SimulateSpec, parse_spec
 from ..yamlfile import load_yaml
-from .limit import Grant, Report, SharedLimit
+from .limit import SharedLimit, lease_from
 from .worker import ShippingCheckpoint, WorkerRun, limits_share
 
 BATCH_ROWS = 256
@@ -113,11 +113,6 @@ class RowMapper:
 
     def __init__(self, job: JobSpec, limit: Any, base_url: str, concurrency: int | None, simulator: Any = None) -> None:
         self.job, self.base_url, self.simulator = job, base_url, simulator
-
-        async def call(key: str, requests: int, tokens: float, report: Report) -> Grant:
-            grant: Grant = await limit.lease.remote(key, requests, tokens, report)
-            return grant
-
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="batchrun-rows", daemon=True)
         self.thread.start()
@@ -128,7 +123,7 @@ class RowMapper:
             typed=True,
         )
         prepared = Prepared(job, InputScan(0, ""), RequestBuilder(job, None), {})
-        self.worker = WorkerRun(prepared, call, concurrency)
+        self.worker = WorkerRun(prepared, lease_from(limit), concurrency)
 
     def __call__(self, batch: Any) -> Any:
         rows = batch.to_pylist()

@@ -31,7 +31,7 @@ from ..rundir import REPAIRS, TASKS, RunState
 from ..runner import STOP_GRACE_S
 from ..sources import Slice, slices
 from ..spec import JobSpec, ScaleSpec
-from .limit import Grant, Report, SharedLimit
+from .limit import SharedLimit, lease_from
 from .worker import Assignment, limits_share, run_slice
 
 MAX_RESTARTS = 3  # a slice whose worker died this many times stops the run (it is killing its workers)
@@ -142,12 +142,7 @@ class RayRun(RunControl):
         self.limit = (
             ray.remote(SharedLimit).options(num_cpus=0).remote(spec.limits, spec.limits.tpm_accounting, self.key_envs)
         )
-        limit = self.limit
-
-        async def call(key: str, requests: int, tokens: float, report: Report) -> Grant:
-            grant: Grant = await limit.lease.remote(key, requests, tokens, report)
-            return grant
-
+        call = lease_from(self.limit)
         prepared = ray.put(self.prepared)
         task = ray.remote(run_slice).options(num_cpus=cpus, max_retries=0)
         done = self.state.done
@@ -179,7 +174,7 @@ class RayRun(RunControl):
                 with contextlib.suppress(asyncio.CancelledError):
                     await loop
             with contextlib.suppress(Exception):
-                self.shared = await limit.snapshot.remote()
+                self.shared = await self.limit.snapshot.remote()
             self._say(self.shared.get("messages") or [])
 
     async def _drive(self, task: Any, prepared: Any, call: Any, part: Slice, workers: int) -> str:
@@ -230,24 +225,12 @@ class RayRun(RunControl):
         for line in message.get("failures", ()):
             if not ledger.commit_line(line, failed=True):
                 self.duplicates += 1
-        for line in message.get("tasks", ()):
-            entry = orjson.loads(line)
-            if entry["row"] in state.done:
-                continue
-            checkpoint.append_side(TASKS, line)
-            if isinstance(entry.get("task_id"), str):
-                state.tasks[entry["row"]] = entry
-            else:
-                state.tasks.pop(entry["row"], None)
-        for line in message.get("repairs", ()):
-            entry = orjson.loads(line)
-            if entry["row"] in state.done:
-                continue
-            checkpoint.append_side(REPAIRS, line)
-            if entry.get("cleared"):
-                state.repairs.pop(entry["row"], None)
-            else:
-                state.repairs.setdefault(entry["row"], []).append(entry)
+        for key, name, note in (("tasks", TASKS, state.note_task), ("repairs", REPAIRS, state.note_repair)):
+            for line in message.get(key, ()):  # what a resumed slice needs: written and held as a resume reads it
+                entry = orjson.loads(line)
+                if entry["row"] not in state.done:
+                    checkpoint.append_side(name, line)
+                    note(entry["row"], entry)
         counts = message.get("counts")
         if counts:
             before = worker.counts or dict.fromkeys(counts, 0)
@@ -309,15 +292,6 @@ class RayRun(RunControl):
             if line not in self.said:
                 self.said.add(line)
                 self.log(line)
-
-    @contextlib.contextmanager
-    def guard(self) -> Any:
-        try:
-            yield
-        except BatchrunError as exc:
-            self.failed(exc)
-        except Exception as exc:
-            self.crashed(exc)
 
     def interrupt(self, terminal: bool = True) -> None:
         """Ctrl-C / SIGTERM: every worker stops taking rows and ships what is in flight; a second one stops the

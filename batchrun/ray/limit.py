@@ -48,10 +48,6 @@ class Report:
     returned_requests: int = 0
     returned_tokens: float = 0.0
 
-    @property
-    def empty(self) -> bool:
-        return not (self.sends or self.limited or self.tokens or self.hints or self.returned_requests)
-
 
 @dataclass(frozen=True)
 class Grant:
@@ -149,6 +145,16 @@ class SharedLimit:
 
 
 Call = Callable[[str, int, float, Report], Awaitable[Grant]]
+
+
+def lease_from(actor: Any) -> Call:
+    """How a worker asks the shared limit's actor (a `SharedLimit` behind `ray.remote`) for a slice."""
+
+    async def call(key: str, requests: int, tokens: float, report: Report) -> Grant:
+        grant: Grant = await actor.lease.remote(key, requests, tokens, report)
+        return grant
+
+    return call
 
 
 class Lease:
