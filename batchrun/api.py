@@ -122,10 +122,8 @@ def failures(run_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
 
 
 def _read(run_dir: str | os.PathLike[str], name: str) -> Iterator[dict[str, Any]]:
-    for _, line in RunDir(Path(run_dir)).lines(name):
-        record = orjson.loads(line)
-        if isinstance(record, dict):
-            yield record
+    for entry in RunDir(Path(run_dir)).entries((name,)):  # whole records only, the first of each row
+        yield entry.parsed()
 
 
 def _quiet(message: str) -> None:

@@ -28,7 +28,7 @@ from .providers import make_auth
 from .providers.batches import BatchAPIClient, DownloadError
 from .records import NO_OUTPUT, error, record, response
 from .request import BadRow, Request
-from .retry import Verdict, classify, error_details
+from .retry import PROXY_AUTH, Verdict, classify, error_details, proxy_failure
 from .run_control import RunControl
 from .rundir import BATCHES, SHARDS, RunState, complete_lines
 from .shards import (
@@ -47,6 +47,7 @@ from .transport import NO_ANSWER, Http, Network, Reply
 NOT_FINISHED = "batch_unfinished"
 LIVE = ("upload", "create", "poll", "harvest")  # steps that wait on the provider: the shard's rows are out
 REFUSED = frozenset({400, 405, 413, 415, 422})  # an upload or create refused for what it is, not for now
+DEAD_AFTER = 3  # calls in a row without any HTTP answer, before any came, that stop the run (a dead endpoint)
 
 
 class BatchRun(RunControl):
@@ -91,6 +92,8 @@ class BatchRun(RunControl):
         self.online_after = self.spec.batch.fallback == "online"
         self.repairing = 0  # answers of the shard being harvested that did not fit the schema
         self.over_budget = False  # the last round of shards stopped at limits.max_cost
+        self.answered = False  # some call of this session got an HTTP answer: the endpoint (and proxy) are there
+        self.unanswered = 0  # calls in a row that got none, before any did
 
     # --- what the session calls ------------------------------------------------------------------------
 
@@ -445,7 +448,19 @@ class BatchRun(RunControl):
     def _id_of(self, reply: Reply, what: str) -> str | None:
         """The `id` of a good answer; a refusal that dooms every call stops the run, anything else waits a round."""
         if reply.status == 200 and isinstance(reply.body, dict) and isinstance(reply.body.get("id"), str):
+            self.answered = True
             return str(reply.body["id"])
+        self.answered = self.answered or reply.status is not None
+        self.unanswered = 0 if self.answered else self.unanswered + 1
+        if self.unanswered >= DEAD_AFTER:  # as the online lane's first rows: nothing there answers at all
+            at = "the proxy" if proxy_failure(reply.error) else self.base_url
+            raise FatalProviderError(
+                f"{what}: {reply.error}, {self.unanswered} times and never an answer: check {at} and the network; "
+                "nothing was recorded, so the same command resumes once it answers"
+            )
+        refused = classify(reply.status, reply.body, reply.headers, reply.error)
+        if refused.code == PROXY_AUTH:  # a proxy that wants credentials: no call gets past it
+            raise FatalProviderError(f"{what}: {refused.message}")
         if reply.status in (401, 403):
             code, message = error_details(reply.body)
             raise FatalProviderError(

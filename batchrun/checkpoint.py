@@ -1,8 +1,9 @@
 """The run directory: append-only record files, an atomic usage.json and manifest, and a lock.
 
 Each record is written with one os.write as soon as its row is final, so a killed process loses at most
-the rows in flight. Records start with `{"row":N,` so resuming a million-row run reads row numbers
-without parsing whole lines; a torn last line (crash mid-write) is cut off before appending again.
+the rows in flight; a write cut part-way (a full disk) is cut back off, so the next line never lands on a torn
+one. usage.json keeps each record file's size, CRC-32 and lines as written, so that a resume (`resume`) can
+trust the totals without parsing a million records.
 """
 
 from __future__ import annotations
@@ -13,15 +14,20 @@ import errno
 import fcntl
 import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from .errors import CheckpointWriteError, RunDirError
-from .records import Record, encode, now_iso, record_row
+from .errors import BatchrunError, CheckpointWriteError, RunDirError
+from .recordfile import CRC_KEY, LINES_KEY
+from .records import Record, encode, now_iso
+from .redaction import MIN_SECRET_LEN, redact
+from .resume import ResumeState as ResumeState
+from .resume import atomic_write as atomic_write
+from .resume import read_state, write_error
 from .rundir import (
     BATCHES,
     FAILURES,
@@ -35,100 +41,10 @@ from .rundir import (
     SHARDS,
     TASKS,
     USAGE,
-    covered_offsets,
-    fold_set_aside,
     read_json,
 )
-from .usage import Usage
 
-REDACTED = b"[redacted]"
-MIN_SECRET_LEN = 8
-
-
-class DoneRows:
-    """Which rows hold a final record: one byte per row, so a million rows cost a megabyte."""
-
-    def __init__(self) -> None:
-        self._flags = bytearray()
-        self.count = 0
-
-    def add(self, row: int) -> None:
-        if row < 0:
-            return
-        if row >= len(self._flags):
-            self._flags.extend(bytes(row + 1 - len(self._flags) + 4096))
-        if not self._flags[row]:
-            self._flags[row] = 1
-            self.count += 1
-
-    def __contains__(self, row: int) -> bool:
-        return 0 <= row < len(self._flags) and self._flags[row] == 1
-
-    def count_upto(self, row: int) -> int:
-        """How many rows up to and including `row` are done."""
-        return self._flags.count(1, 0, row + 1)
-
-
-@dataclass
-class ResumeState:
-    done: DoneRows = field(default_factory=DoneRows)
-    usage: Usage = field(default_factory=Usage)
-    previous: dict[str, Any] = field(default_factory=dict)  # the last usage.json, if any
-    repaired_lines: int = 0  # torn tails cut off
-    unreadable_lines: int = 0  # complete lines that are not records (ignored: their rows are sent again)
-    archived_to: Path | None = None  # where --fresh moved an earlier run's files
-    abandoned_tasks: int = 0  # async tasks --fresh gave up on: submitted (paid for), never answered
-    tasks: dict[int, dict[str, Any]] = field(default_factory=dict)  # async: row → its last task, if not final
-    repairs: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # row → its repair steps, if not final
-    released: int = 0  # failure records dropped by retry-failed: their rows are pending again
-
-    def note_task(self, row: int, entry: dict[str, Any]) -> None:
-        """A tasks.jsonl entry of a row without a final record: the task it holds (polled, not submitted again),
-        or none (cleared by retry-failed: the row is submitted afresh)."""
-        if isinstance(entry.get("task_id"), str):
-            self.tasks[row] = entry
-        else:
-            self.tasks.pop(row, None)
-
-    def note_repair(self, row: int, entry: dict[str, Any]) -> None:
-        """A repairs.jsonl entry of a row without a final record: one more step (a resumed run asks its next
-        question, not its first), or cleared by retry-failed."""
-        if entry.get("cleared"):
-            self.repairs.pop(row, None)
-        else:
-            self.repairs.setdefault(row, []).append(entry)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _scan(path: Path, covered: int, state: ResumeState, fold: bool) -> int:
-    """Mark the rows recorded in one record file; fold lines past `covered` into usage. Returns its size."""
-    if not path.exists():
-        return 0
-    with open(path, "r+b") as f:
-        offset = 0
-        for line in f:
-            if not line.endswith(b"\n"):  # torn tail: the process died mid-write
-                f.truncate(offset)
-                state.repaired_lines += 1
-                break
-            row = record_row(line)
-            if row is None:
-                state.unreadable_lines += 1
-            else:
-                state.done.add(row)
-                if fold or offset >= covered:
-                    with contextlib.suppress(orjson.JSONDecodeError):
-                        state.usage.add(orjson.loads(line))
-            offset += len(line)
-        return offset
+RUN_FILES = (RESULTS, FAILURES, TASKS, REPAIRS, BATCHES, SHARDS, USAGE, MANIFEST)  # what --fresh moves aside
 
 
 class Checkpoint:
@@ -141,6 +57,10 @@ class Checkpoint:
         self._lock_fd: int | None = None
         self._fds: dict[str, int] = {}
         self.sizes: dict[str, int] = {RESULTS: 0, FAILURES: 0}
+        self.crcs: dict[str, int] = {RESULTS: 0, FAILURES: 0}  # CRC-32 of each record file's bytes, in usage.json
+        self.lines: dict[str, int] = {RESULTS: 0, FAILURES: 0}
+        self._ends: dict[str, int] = {}  # each open file's size after its last whole line
+        self._torn: set[str] = set()  # files whose cut-back after a failed write failed too
         self._dirty = False
         self.manifest: dict[str, Any] = {}
         self._task_writes = self._task_synced = 0
@@ -155,8 +75,10 @@ class Checkpoint:
         *,
         fresh: bool,
         retry: Callable[[Mapping[str, Any]], bool] | None = None,
+        rows: int | None = None,
     ) -> ResumeState:
-        """Lock the directory, check it holds this job, repair torn tails and read what is done.
+        """Lock the directory, check it holds this job, repair torn tails and read what is done. `rows`: the
+        input's, kept in the manifest for readers when usage.json is not there yet.
 
         `retry` picks failure records to drop first, so that their rows are sent again (retry-failed)."""
         try:
@@ -167,9 +89,15 @@ class Checkpoint:
                     f"{self.path} is a file, where the run directory should be: move it, or set output_dir to a folder"
                 ) from None
             raise RunDirError(f"cannot create the run directory {self.path}: {exc.strerror}") from None
-        self._lock()
         try:
-            return self._open_locked(fingerprint, job, fresh, retry)
+            self._lock()
+        except OSError as exc:
+            raise _open_error(self.path, exc) from None
+        try:
+            return self._open_locked(fingerprint, job, fresh, retry, rows)
+        except OSError as exc:
+            self.close()
+            raise _open_error(self.path, exc) from None
         except BaseException:
             self.close()
             raise
@@ -180,17 +108,28 @@ class Checkpoint:
         job: Mapping[str, Any],
         fresh: bool,
         retry: Callable[[Mapping[str, Any]], bool] | None,
+        rows: int | None,
     ) -> ResumeState:
         manifest = read_json(self.path / MANIFEST)
+        held = [n for n in RUN_FILES if n != MANIFEST and _holds(self.path / n)]
         archived, abandoned = None, 0
-        if manifest is not None and fresh:
-            abandoned = len(self._read_state().tasks) if (self.path / TASKS).exists() else 0
+        if fresh and (manifest is not None or held):
+            abandoned = len(read_state(self.path, repair=False).tasks) if (self.path / TASKS).exists() else 0
             archived = self._archive()
-            manifest = None
+            manifest, held = None, []
         if manifest is not None:
             self._check_fingerprint(manifest.get("fingerprint") or {}, fingerprint)
+        elif held:  # records without the job they belong to: never taken as this job's
+            what = "is damaged (not a JSON object)" if (self.path / MANIFEST).exists() else "is missing"
+            raise RunDirError(
+                f"{self.path / MANIFEST} {what}, but the folder holds a run's files ({', '.join(held)}): it cannot "
+                "tell whether they are this job's; rerun with --fresh to start over (they are moved aside, not "
+                "deleted), or set output_dir to a new folder"
+            )
         released = self._release_failures(retry) if retry is not None else 0
-        state = self._read_state()
+        state = read_state(self.path)
+        for name, (end, crc, lines) in state.ends.items():
+            self.sizes[name], self.crcs[name], self.lines[name] = end, crc, lines
         state.archived_to, state.released, state.abandoned_tasks = archived, released, abandoned
         self.write_manifest(
             {
@@ -202,10 +141,11 @@ class Checkpoint:
                 "pid": os.getpid(),
                 "updated_at": now_iso(),
                 "ids_checked": bool((manifest or {}).get("ids_checked")),  # repeated ids have their failure records
+                **({"rows_total": rows} if rows is not None else {}),
             }
         )
         for name in RECORD_FILES:
-            self._fds[name] = os.open(self.path / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._open_append(name)
         return state
 
     def _lock(self) -> None:
@@ -233,9 +173,7 @@ class Checkpoint:
             )
 
     def _archive(self) -> Path | None:
-        names = [
-            n for n in (RESULTS, FAILURES, TASKS, REPAIRS, BATCHES, SHARDS, USAGE, MANIFEST) if (self.path / n).exists()
-        ]
+        names = [n for n in RUN_FILES if (self.path / n).exists()]
         if not names:
             return None
         dest = self.path / PREVIOUS / now_iso().replace(":", "-")
@@ -289,49 +227,8 @@ class Checkpoint:
                         )
                         os.fsync(f.fileno())
         except OSError as exc:
-            raise CheckpointWriteError(_write_error(path, exc)) from None
+            raise CheckpointWriteError(write_error(path, exc)) from None
         return len(released)
-
-    def _read_state(self) -> ResumeState:
-        state = ResumeState()
-        previous = read_json(self.path / USAGE)
-        covers = covered_offsets(self.path, previous)
-        if covers is not None and previous is not None:
-            state.previous = previous
-            state.usage = Usage.from_totals(previous)
-        elif previous is not None:
-            state.previous = {k: previous[k] for k in ("started_at", "active_s") if k in previous}
-        for name in RECORD_FILES:
-            self.sizes[name] = _scan(self.path / name, covers[name] if covers else 0, state, fold=covers is None)
-        if covers is None:
-            fold_set_aside(self.path, state.usage)
-        for row, entry in self._side_entries(TASKS, state):
-            state.note_task(row, entry)
-        for row, entry in self._side_entries(REPAIRS, state):
-            state.note_repair(row, entry)
-        return state
-
-    def _side_entries(self, name: str, state: ResumeState) -> Iterator[tuple[int, dict[str, Any]]]:
-        """The entries of a side file (`{"row": N, ...}` a line) whose rows hold no final record yet; a torn tail
-        is cut off."""
-        path = self.path / name
-        if not path.exists():
-            return
-        with open(path, "r+b") as f:
-            offset = 0
-            for line in f:
-                if not line.endswith(b"\n"):
-                    f.truncate(offset)
-                    state.repaired_lines += 1
-                    break
-                offset += len(line)
-                row = record_row(line)
-                if row is None or row in state.done:
-                    continue
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    entry = orjson.loads(line)
-                    if isinstance(entry, dict):
-                        yield row, entry
 
     # --- writing -------------------------------------------------------------------------------------
 
@@ -342,7 +239,10 @@ class Checkpoint:
     def append_line(self, line: bytes, *, failed: bool) -> None:
         """A final record already encoded (by a worker of a scaled-out run)."""
         name = FAILURES if failed else RESULTS
-        self.sizes[name] += self._write(name, line)
+        line = self._write(name, line)
+        self.sizes[name] += len(line)
+        self.crcs[name] = zlib.crc32(line, self.crcs[name])
+        self.lines[name] += 1
         self._dirty = True
 
     def append_side(self, name: str, line: bytes) -> None:
@@ -352,13 +252,22 @@ class Checkpoint:
         self._dirty = True
 
     def _open_side(self, name: str) -> int:
-        """A file only some lanes write (tasks.jsonl, batches.jsonl), opened for appending on first use."""
+        """A file only some lanes write (tasks.jsonl, batches.jsonl), opened for appending on first use (a torn
+        last line, which a reader would glue to the next, cut off first)."""
         if name not in self._fds:
-            try:
-                self._fds[name] = os.open(self.path / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            except OSError as exc:
-                raise CheckpointWriteError(_write_error(self.path / name, exc)) from None
+            self._open_append(name)
         return self._fds[name]
+
+    def _open_append(self, name: str) -> None:
+        path = self.path / name
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            end = _last_line_end(fd)
+            if end < os.fstat(fd).st_size:
+                os.ftruncate(fd, end)
+        except OSError as exc:
+            raise CheckpointWriteError(write_error(path, exc)) from None
+        self._fds[name], self._ends[name] = fd, end
 
     def append_task(self, entry: Mapping[str, Any]) -> None:
         """Note a submitted task (`{"row": N, "task_id": ...}`); `tasks_durable` makes it survive a power cut."""
@@ -381,7 +290,7 @@ class Checkpoint:
         try:
             os.fsync(fd)
         except OSError as exc:
-            raise CheckpointWriteError(_write_error(self.path / BATCHES, exc)) from None
+            raise CheckpointWriteError(write_error(self.path / BATCHES, exc)) from None
 
     async def tasks_durable(self) -> None:
         """Return once every task line written so far is fsync'd: one fdatasync serves all who wait (group
@@ -397,28 +306,36 @@ class Checkpoint:
         try:
             await asyncio.to_thread(os.fdatasync, self._fds[TASKS])
         except OSError as exc:
-            raise CheckpointWriteError(_write_error(self.path / TASKS, exc)) from None
+            raise CheckpointWriteError(write_error(self.path / TASKS, exc)) from None
         finally:
             self._task_sync = None
         self._task_synced = max(self._task_synced, upto)
 
     def redact(self, line: bytes) -> bytes:
-        """A line with every key of the run blanked out: no key reaches a file, whoever wrote the line."""
-        for secret in self.secrets:
-            if secret in line:
-                line = line.replace(secret, REDACTED)
-        return line
+        """A line with every key of the run blanked out: no key reaches a file, whoever wrote the line (the response
+        cache blanks them out of its answers the same way)."""
+        return redact(line, self.secrets)
 
-    def _write(self, name: str, line: bytes) -> int:
+    def _write(self, name: str, line: bytes) -> bytes:
+        """Append one whole line, or nothing: a write cut part-way (a full disk) is cut back off the file, so the
+        next line never lands on a torn one. Returns the line as written (keys blanked out)."""
         line = self.redact(line)
-        fd = self._fds[name]
+        fd, end = self._fds[name], self._ends[name]
         try:
+            if name in self._torn:  # an earlier cut-back failed: try it again before writing anything
+                os.ftruncate(fd, end)
+                self._torn.discard(name)
             view = memoryview(line)
             while view:
                 view = view[os.write(fd, view) :]
         except OSError as exc:
-            raise CheckpointWriteError(_write_error(self.path / name, exc)) from None
-        return len(line)
+            try:
+                os.ftruncate(fd, end)
+            except OSError:
+                self._torn.add(name)
+            raise CheckpointWriteError(write_error(self.path / name, exc)) from None
+        self._ends[name] = end + len(line)
+        return line
 
     def write_usage(self, data: dict[str, Any]) -> None:
         """Make the records durable, then write usage.json saying how much of them it covers."""
@@ -427,16 +344,17 @@ class Checkpoint:
                 for fd in self._fds.values():
                     os.fsync(fd)
                 self._dirty = False
-            data["checkpoint"] = dict(self.sizes)
-            atomic_write(self.path / USAGE, orjson.dumps(data, option=orjson.OPT_INDENT_2))
+            data["checkpoint"] = {**self.sizes, CRC_KEY: dict(self.crcs), LINES_KEY: dict(self.lines)}
+            atomic_write(self.path / USAGE, self.redact(orjson.dumps(data, option=orjson.OPT_INDENT_2)))
         except OSError as exc:
-            raise CheckpointWriteError(_write_error(self.path / USAGE, exc)) from None
+            raise CheckpointWriteError(write_error(self.path / USAGE, exc)) from None
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         try:
-            atomic_write(self.path / MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+            # why a run stopped may quote a provider's message, and that may quote the key
+            atomic_write(self.path / MANIFEST, self.redact(orjson.dumps(manifest, option=orjson.OPT_INDENT_2)))
         except OSError as exc:
-            raise CheckpointWriteError(_write_error(self.path / MANIFEST, exc)) from None
+            raise CheckpointWriteError(write_error(self.path / MANIFEST, exc)) from None
         self.manifest = manifest
 
     def set_state(self, state: str, **extra: Any) -> None:
@@ -457,10 +375,36 @@ class Checkpoint:
             self._lock_fd = None
 
 
-def _write_error(path: Path, exc: OSError) -> str:
+def _holds(path: Path) -> bool:
+    """Whether a run file is there with something in it (an empty one holds nothing to lose)."""
+    try:
+        return path.is_dir() or path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def _open_error(path: Path, exc: OSError) -> BatchrunError:
+    """An OSError opening the run directory as the one line that says what to fix."""
     if exc.errno == errno.ENOSPC:
-        return (
-            f"the disk is full writing {path}: free some space, then run the same command again to "
-            "resume (rows already recorded are kept)"
+        return CheckpointWriteError(write_error(path, exc))
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        where = "it is on a read-only file system" if exc.errno == errno.EROFS else "permission denied"
+        return RunDirError(
+            f"cannot write to the run directory {path} ({where}): make it writable by this user, or set "
+            "output_dir (or --output-dir) to a folder you can write"
         )
-    return f"cannot write {path}: {exc.strerror}; fix that, then run the same command again to resume"
+    return CheckpointWriteError(write_error(path, exc))
+
+
+def _last_line_end(fd: int) -> int:
+    """The size of a file up to and including its last newline."""
+    size = os.fstat(fd).st_size
+    at = size
+    while at > 0:
+        start = max(0, at - 65536)
+        block = os.pread(fd, at - start, start)
+        nl = block.rfind(b"\n")
+        if nl >= 0:
+            return start + nl + 1
+        at = start
+    return 0

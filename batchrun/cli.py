@@ -26,7 +26,7 @@ from .presets import PRESETS, batch_share
 from .pricing import Prices, load_prices
 from .rundir import RunState
 from .session import EXIT_INTERRUPTED, RunOutcome, cancel_run, list_provider_models, run_job
-from .spec import LATENCY_DISTS, ScaleSpec, SimulateSpec, load_spec
+from .spec import LATENCY_DISTS, SIM_GATEWAYS, ScaleSpec, SimulateSpec, load_spec
 from .usage import cached_line, outputs, outputs_line
 from .validate import validate, validation_lines
 
@@ -177,7 +177,7 @@ def export(run_dir: Path, to: Path, with_input: bool) -> None:
     """One row per input row of RUN_DIR, in input order: id, answer, reasoning, finish_reason, usage, error."""
     from .export import export_run
 
-    rows = export_run(run_dir, to, with_input=with_input)
+    rows = export_run(run_dir, to, with_input=with_input, warn=lambda line: _log(f"warning: {line}"))
     _log(f"wrote {rows:,} rows to {to}")
 
 
@@ -233,13 +233,17 @@ def show(run_dir: Path, row_id: str, job: str | None, as_json: bool) -> None:
     from .rundir import RunDir
 
     run = RunDir(run_dir)
-    if as_json:
-        found = find_record(run, row_id)
-        if found is None:
-            raise SpecError(f"{run_dir}: no final record with id {row_id!r} (the row may still be pending)")
-        click.echo(orjson.dumps(found[1], option=orjson.OPT_INDENT_2).decode())
-        return
-    click.echo("\n".join(show_lines(run, prepare(job_of_run(run_dir, job)), row_id)))
+    try:
+        if as_json:
+            found = find_record(run, row_id)
+            if found is None:
+                raise SpecError(f"{run_dir}: no final record with id {row_id!r} (the row may still be pending)")
+            click.echo(orjson.dumps(found[1], option=orjson.OPT_INDENT_2).decode())
+            return
+        click.echo("\n".join(show_lines(run, prepare(job_of_run(run_dir, job)), row_id)))
+    finally:
+        for line in run.warnings():
+            _log(f"warning: {line}")
 
 
 @main.command(name="estimate")
@@ -276,6 +280,9 @@ def report(run_dirs: tuple[Path, ...], fmt: str, prices: str | None, html: Path 
     from .report import build_report, report_csv, report_json, report_table
 
     built = build_report(run_dirs, load_prices(prices) if prices else None)
+    for run in built.runs:
+        for line in run.warnings:
+            _log(f"warning: {run.path}: {line}")
     if fmt == "json":
         click.echo(orjson.dumps(report_json(built), option=orjson.OPT_INDENT_2).decode())
     elif fmt == "csv":
@@ -383,6 +390,14 @@ def models(name: str, base_url: str | None, api_key_env: str | None, allow_insec
 @click.option("--bare-429", is_flag=True, help="Send 429s without Retry-After, as Zhipu does.")
 @click.option("--rate-headers", is_flag=True, help="Send x-ratelimit-* headers on every answer, as OpenAI does.")
 @click.option(
+    "--gateway",
+    type=click.Choice(SIM_GATEWAYS),
+    default="none",
+    show_default=True,
+    help="Answer as through a gateway: litellm (LiteLLM's proxy: the provider's headers renamed llm_provider-*), "
+    "litellm-key (and --rpm/--tpm are a LiteLLM virtual key's limits: limit and remaining headers, no reset).",
+)
+@click.option(
     "--tpm-accounting",
     type=click.Choice(["reserve", "actual"]),
     default="reserve",
@@ -450,6 +465,7 @@ def simulate(
     max_inflight: int | None,
     bare_429: bool,
     rate_headers: bool,
+    gateway: str,
     tpm_accounting: str,
     task_s: tuple[float, float],
     invalid_json_rate: float,
@@ -485,6 +501,7 @@ def simulate(
         api_key=key,
         retry_after=not bare_429,
         rate_headers=rate_headers,
+        gateway=gateway,
         tpm_accounting=tpm_accounting,
         task_s=task_s,
         drop_rate=drop_rate,

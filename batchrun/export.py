@@ -20,9 +20,8 @@ from typing import Any
 import orjson
 
 from .errors import InputError, SpecError
-from .records import record_row
 from .rundir import RECORD_FILES, RunDir
-from .sources import table_batches
+from .sources import input_lines, table_batches
 from .spec import InputSpec
 
 EXPORT_BATCH = 10_000
@@ -55,15 +54,16 @@ class RecordIndex:
         self.index = array("q")
         self.fds: list[int] = []
         self.windows: list[tuple[bytes, int]] = [(b"", 0), (b"", 0)]  # per file: bytes read, and where from
-        for bit, name in enumerate(RECORD_FILES):
+        for name in RECORD_FILES:
             path = run.path / name
             self.fds.append(os.open(path, os.O_RDONLY) if path.exists() else -1)
-            for offset, line in run.lines(name):
-                row = record_row(line)
-                if row is not None and row >= 0:
-                    if row >= len(self.index):
-                        self.index.extend([NONE] * (row + 1 - len(self.index) + 4096))
-                    self.index[row] = offset * 2 + bit
+        bits = {name: bit for bit, name in enumerate(RECORD_FILES)}
+        for entry in run.entries():  # whole records only, the first of each row
+            row = entry.row
+            if row >= len(self.index):
+                self.index.extend([NONE] * (row + 1 - len(self.index) + 4096))
+            self.index[row] = entry.offset * 2 + bits[entry.name]
+        self.warnings = run.warnings()
 
     def get(self, row: int) -> dict[str, Any] | None:
         where = self.index[row] if 0 <= row < len(self.index) else NONE
@@ -165,8 +165,11 @@ def _count(value: Any) -> int | None:
     return value if type(value) is int else None
 
 
-def export_run(run_dir: Path, to: Path, *, with_input: bool = False) -> int:
-    """Write `to` (.parquet, .jsonl or .csv): one row per input row, in input order. Returns the rows written."""
+def export_run(
+    run_dir: Path, to: Path, *, with_input: bool = False, warn: Callable[[str], None] = lambda _: None
+) -> int:
+    """Write `to` (.parquet, .jsonl or .csv): one row per input row, in input order. Returns the rows written;
+    `warn` hears of each record line that counts for nothing (damaged, or a row's second record)."""
     run = RunDir(run_dir)
     spec = run.input_spec()
     if not spec.path.is_file():
@@ -183,6 +186,8 @@ def export_run(run_dir: Path, to: Path, *, with_input: bool = False) -> int:
         raise SpecError(f"--to must end in .parquet, .jsonl or .csv, got {to.name!r}")
     embeddings = run.job.get("endpoint") == "embeddings"
     index = RecordIndex(run)
+    for line in index.warnings:
+        warn(line)
     try:
         shape = Shape(embeddings, fields, typed=kind == ".parquet")
         return writers[kind](to, _batches(spec, index, shape, with_input))
@@ -290,8 +295,10 @@ def _batches(spec: InputSpec, index: RecordIndex, shape: Shape, with_input: bool
             row += batch.num_rows
         return
     rows: list[dict[str, Any]] = []
-    with open(spec.path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
+    lineno = 0
+    for lines in input_lines(spec):  # a byte order mark before the first line is no part of its JSON
+        for line in lines:
+            lineno += 1
             if not line.strip():
                 continue
             out = flatten(lineno, index.get(lineno), shape)

@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 
 from .request import ID_FIELDS, BadRow, row_id
-from .sources import iter_rows, parquet_id_columns
+from .sources import input_lines, iter_rows, parquet_id_columns
 from .spec import InputSpec
 
 DUPLICATE_ID = "duplicate_id"
@@ -44,8 +44,10 @@ def _ids(spec: InputSpec) -> Iterator[tuple[int, str, int]]:
         names = [f'"{name}"'.encode() for name in ((spec.id_field,) if spec.id_field else ID_FIELDS)]
         first, *others = names
         loads = orjson.loads
-        with open(spec.path, "rb") as f:
-            for row, line in enumerate(f, 1):
+        row = 0
+        for lines in input_lines(spec):  # the run's snapshot of the input, as the rows are read
+            for line in lines:
+                row += 1
                 if first not in line and not any(name in line for name in others):
                     if line.strip():
                         text = str(row)

@@ -17,18 +17,55 @@ import orjson
 
 from .errors import SpecError
 from .presets import PRESETS
+from .proxies import route
+from .render import NULL_FIELD
 from .request import BadRow, RequestBuilder
-from .rundir import RunDir
+from .rundir import MANIFEST, RunDir, read_json
 from .sources import InputScan, first_row, iter_rows, scan_input
 from .spec import JobSpec, ProviderSpec, load_spec
 
 
 @dataclass(frozen=True)
+class Growth:
+    """The input grew since the run in the run directory started: rows appended, the ones before unchanged."""
+
+    before: int  # rows in the run's snapshot
+    after: int  # rows now
+
+    def line(self, spec: JobSpec) -> str:
+        new = self.after - self.before
+        return (
+            f"{spec.input.path.name} grew by {new:,} rows since this run started ({self.before:,} -> "
+            f"{self.after:,}): the {new:,} new rows will be sent"
+        )
+
+
+@dataclass(frozen=True)
 class Prepared:
-    spec: JobSpec
+    spec: JobSpec  # its input.snapshot set: every read of the run stops where the scan did
     scan: InputScan
     builder: RequestBuilder
     fingerprint: dict[str, str]
+    # The fingerprint the run directory holds when it is not `fingerprint` but the run goes on all the same: the
+    # input grew (`growth`), or an older batchrun wrote it. Checkpoint.open is given it; then `fingerprint` is
+    # recorded in its place (and, the input grown, the ids checked again).
+    held: dict[str, str] | None = None
+    growth: Growth | None = None
+
+    def input_notes(self, *, fresh: bool = False) -> list[str]:
+        """What a run says of its input before it starts: that it grew since the run began (unless the run starts
+        over), that its last line is still being written."""
+        notes = [self.growth.line(self.spec)] if self.growth is not None and not fresh else []
+        if self.scan.held_back is not None:
+            notes.append(unfinished_line(self.spec, self.scan.held_back))
+        return notes
+
+
+def unfinished_line(spec: JobSpec, line: int) -> str:
+    return (
+        f"{spec.input.path.name}: line {line} has no newline at its end and is not whole JSON: taken as still being "
+        "written, it is left for a later run"
+    )
 
 
 _HINTS = {
@@ -36,14 +73,39 @@ _HINTS = {
     "input.prompt_field or input.messages_field",
     "missing_id": "name the field that holds each row's id with input.id_field",
     "invalid_id": "name the field that holds each row's id with input.id_field",
+    NULL_FIELD: "",  # the reason says what to do
 }
+SNAPSHOT_KEY = "input_bytes"  # the fingerprint's record of the snapshot's size, beside its digest ("input")
 
 
 def prepare(spec: JobSpec) -> Prepared:
-    scan = scan_input(spec.input)
+    """The job against its input as it is now: the snapshot the run reads, its requests proven buildable, and how
+    it stands to the run already in its run directory."""
+    held = _held_fingerprint(spec)
+    upto = held.get(SNAPSHOT_KEY) if held is not None and spec.input.format != "parquet" else None
+    scan = scan_input(spec.input, int(upto) if isinstance(upto, str) and upto.isdigit() else None)
+    spec = replace(spec, input=replace(spec.input, snapshot=scan.size))
     builder = RequestBuilder(spec, first_row(spec.input))
     prove_rows(spec, builder)
-    return Prepared(spec, scan, builder, fingerprint(spec, scan))
+    found = fingerprint(spec, scan)
+    if held is None or held == found:
+        return Prepared(spec, scan, builder, found)
+    if SNAPSHOT_KEY not in held:  # an older batchrun's run: the same job if all else matches, as it always was
+        older = {k: v for k, v in found.items() if k != SNAPSHOT_KEY}
+        return Prepared(spec, scan, builder, found, older if held == older else None)
+    grown = scan.prefix is not None and scan.prefix.digest == held.get("input")
+    same = all(held.get(k) == v for k, v in found.items() if k not in ("input", SNAPSHOT_KEY))
+    if grown and same and len(held) == len(found) and scan.prefix is not None:
+        return Prepared(spec, scan, builder, found, held, Growth(scan.prefix.rows, scan.rows))
+    return Prepared(spec, scan, builder, found)  # a different job: Checkpoint.open says so
+
+
+def _held_fingerprint(spec: JobSpec) -> dict[str, str] | None:
+    """The fingerprint of the run already in the job's run directory, if there is one (read without its lock:
+    Checkpoint.open checks again under it)."""
+    manifest = read_json(spec.output_dir / MANIFEST)
+    held = manifest.get("fingerprint") if manifest is not None else None
+    return {str(k): str(v) for k, v in held.items()} if isinstance(held, dict) else None
 
 
 def prove_rows(spec: JobSpec, builder: RequestBuilder) -> None:
@@ -64,7 +126,10 @@ def prove_rows(spec: JobSpec, builder: RequestBuilder) -> None:
     ((code, reason),) = reasons
     which = f"all {rows:,} rows" if rows > 1 else "its one row"
     hint = _HINTS.get(code, "see batchrun validate")
-    raise SpecError(f"{spec.spec_path.name}: no row can become a request: {which} fail the same way ({reason}); {hint}")
+    raise SpecError(
+        f"{spec.spec_path.name}: no row can become a request: {which} fail the same way ({reason})"
+        + (f"; {hint}" if hint else "")
+    )
 
 
 def fingerprint(spec: JobSpec, scan: InputScan) -> dict[str, str]:
@@ -77,9 +142,13 @@ def fingerprint(spec: JobSpec, scan: InputScan) -> dict[str, str]:
         "prompt_field": inp.prompt_field,
         "template": inp.template,
         "system": inp.system,
+        **({"null": inp.null} if inp.null != "fail" else {}),  # only when not the default, as below
     }
     found = {
         "input": scan.digest,
+        # always: an input that grew is told from one that changed; a run directory without it is an older
+        # batchrun's, which prepare lets resume as it did (and then records it)
+        SNAPSHOT_KEY: str(scan.size),
         "input_mapping": _digest(mapping),
         "model": spec.model,
         "params": _digest(dict(spec.params)),
@@ -124,29 +193,61 @@ def provider_keys(provider: ProviderSpec) -> list[tuple[str, str | None]]:
     for env, key in keys:
         if key is None and provider.key_pool:  # a pool of keys, one of them missing: not a pool of one fewer
             raise SpecError(f"the environment variable {env} is not set: a key pool needs a key in each variable")
-        refuse_plain_http(provider.base_url, key, provider.allow_insecure_http)
+        refuse_plain_http(
+            provider.base_url, key, provider.allow_insecure_http, provider.proxy, trust_env=provider.simulate is None
+        )
     return keys
 
 
-def refuse_plain_http(base_url: str, key: str | None, allowed: bool) -> None:
-    """A key sent over plain http:// can be read by anyone on the way; only this machine's own servers (a local
-    vLLM, the simulator) are spared the question, and `provider.allow_insecure_http: true` answers it."""
+def refuse_plain_http(
+    base_url: str,
+    key: str | None,
+    allowed: bool,
+    proxy: str | None = None,
+    *,
+    trust_env: bool = True,
+    option: bool = False,
+) -> None:
+    """A key sent over plain http:// can be read by anyone on the way, and the way is every hop it crosses in the
+    clear: to an http:// proxy (provider.proxy, else HTTP_PROXY / ALL_PROXY unless NO_PROXY exempts the host),
+    then to base_url's host. Only this machine's own servers (a local vLLM, the simulator, a proxy on loopback)
+    are spared the question, and `provider.allow_insecure_http: true` (`option`: batchrun models'
+    `--allow-insecure-http`) answers it. An https:// request is tunnelled through any proxy (CONNECT), its key
+    encrypted end to end; an https:// proxy encrypts the hop to itself, so an http:// request through one is
+    judged by the hop after it. `trust_env=False`: the in-process simulator, never proxied.
+
+    The proxy is resolved as the transport resolves it, so a proxy setting that cannot work is a spec error here,
+    before anything is sent, key or no key."""
+    via = route(base_url, proxy, trust_env)
     parts = urlsplit(base_url)
-    if key is None or allowed or parts.scheme != "http" or _loopback(parts.hostname or ""):
+    if key is None or allowed or parts.scheme != "http":
         return
-    raise SpecError(
-        f"provider.base_url {base_url} is plain http:// to {parts.hostname}: the API key would cross the network "
-        "unencrypted; use https://, or set provider.allow_insecure_http: true if this network is yours"
-    )
+    where = "the base URL" if option else "provider.base_url"
+    allow = "pass --allow-insecure-http" if option else "set provider.allow_insecure_http: true"
+    if via is not None and via.scheme == "http" and not _loopback(via.host):
+        exempt = f"add {parts.hostname} to NO_PROXY" if via.from_env else "leave provider.proxy out"
+        raise SpecError(
+            f"{where} {base_url} is plain http:// and goes through the plain http:// proxy {via.shown} (from "
+            f"{via.source}): the API key would cross the network unencrypted to {via.host}; use https://, {exempt}, "
+            f"or {allow} if this network is yours"
+        )
+    if not _loopback(parts.hostname or ""):
+        raise SpecError(
+            f"{where} {base_url} is plain http:// to {parts.hostname}: the API key would cross the network "
+            f"unencrypted; use https://, or {allow} if this network is yours"
+        )
 
 
 def _loopback(host: str) -> bool:
+    """This machine itself: localhost, 127.0.0.0/8, ::1 (also written as ::ffff:127.x.y.z)."""
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def job_of_run(run_dir: Path, job: str | None = None) -> JobSpec:

@@ -23,6 +23,7 @@ from .control import (
     RateHints,
     TokenAccounting,
     TokenBucket,
+    exhausted_until,
     named_limit,
     rate_hints,
 )
@@ -291,10 +292,17 @@ class Throttle:
                 self.tpm = Bucket(per_second)
             elif abs(self.tpm.per_second - per_second) > 1e-6:
                 self.tpm.retune(per_second)
-        if hints.remaining_requests == 0 and hints.limit_requests:
-            # Out of requests: wait for the next one to come back, not for the whole window to reset.
-            wait = min(hints.reset_requests_s or 0.0, 60 / hints.limit_requests)
-            self.paused_until = max(self.paused_until, now + wait)
+        if hints.remaining_tokens is not None and hints.remaining_tokens <= 0 and self.tpm is not None:
+            self.tpm.drain()  # the provider's bucket is empty (another client of the key, say): so is ours
+        until = exhausted_until(hints, now, self._known_rpm(), tokens_paced=self.tpm is not None)
+        if until is not None:
+            self.paused_until = max(self.paused_until, until)
+
+    def _known_rpm(self) -> float | None:
+        """The RPM the provider is held to: configured or announced, else measured from its 429s."""
+        rates = self.rates
+        per_second = rates.ceiling or (rates.rate if rates.learned else None)
+        return per_second * 60 if per_second else None
 
     def _apply_rate(self) -> None:
         rate = self.rates.rate

@@ -6,6 +6,7 @@ fingerprint guarantees the input and mapping are the ones the run used).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from itertools import islice
 from typing import Any
@@ -17,11 +18,14 @@ from .job import Prepared
 from .presets import ENDPOINT_URLS
 from .records import body_of, count
 from .request import BadRow, Request
-from .rundir import RECORD_FILES, RESULTS, RunDir
+from .rundir import RESULTS, RunDir
 from .sources import iter_rows
 
 TEXT_KEYS = ("messages", "prompt", "input")
 MAX_SHOWN = 4000  # characters of one text shown; the rest is counted, not printed
+# What a terminal obeys instead of showing: C0 controls but tab (ESC starts ANSI sequences that clear the screen or
+# retitle the window; CR and BS overwrite what the line said), DEL, and C1 (0x9b is an escape sequence on its own).
+CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
 def first_requests(prepared: Prepared, n: int) -> list[Request | BadRow]:
@@ -38,14 +42,18 @@ def batch_line(prepared: Prepared, built: Request) -> dict[str, Any]:
 def preview_lines(prepared: Prepared, built: Request | BadRow) -> list[str]:
     spec = prepared.spec
     if isinstance(built, BadRow):
-        return [f"row {built.row}, id {built.custom_id}: cannot be sent: {built.message} [{built.code}]"]
+        return printable_lines(
+            [f"row {built.row}, id {built.custom_id}: cannot be sent: {built.message} [{built.code}]"]
+        )
     path = ENDPOINT_URLS[spec.endpoint]
     url = spec.provider.base_url.rstrip("/") + path if spec.provider.base_url else f"{path} (built-in simulator)"
     head = f"row {built.row}, id {built.custom_id}: POST {url}"
-    return [
-        head + f"  (~{built.prompt_tokens:,} prompt tokens, max {built.max_output:,} out)",
-        *_body_lines(orjson.loads(built.payload)),
-    ]
+    return printable_lines(
+        [
+            head + f"  (~{built.prompt_tokens:,} prompt tokens, max {built.max_output:,} out)",
+            *_body_lines(orjson.loads(built.payload)),
+        ]
+    )
 
 
 def _body_lines(body: Mapping[str, Any]) -> list[str]:
@@ -72,26 +80,38 @@ def _text_lines(label: str, content: Any, message: Mapping[str, Any]) -> list[st
     extra = {k: v for k, v in message.items() if k not in ("role", "content")}
     if extra:
         content += ("\n" if content else "") + orjson.dumps(extra).decode()
-    return [f"  {label}:"] + [f"    {line}" for line in _clip(content).splitlines() or [""]]
+    return [f"  {label}:"] + [f"    {line}" for line in _split(_clip(content))]
 
 
 def _clip(text: str) -> str:
     return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + f"… ({len(text) - MAX_SHOWN:,} more characters)"
 
 
+def _split(text: str) -> list[str]:
+    """Lines at newlines only (a CRLF's CR goes with it): the other breaks `splitlines` knows are controls, shown
+    escaped by `printable_lines`, not obeyed."""
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    return lines[:-1] if len(lines) > 1 and not lines[-1] else lines
+
+
+def printable_lines(lines: list[str]) -> list[str]:
+    """The lines as a terminal shows them rather than obeys them: ids, prompts and answers are anyone's text, and
+    a control character in one (ANSI escapes, carriage returns, C1) is written as a \\x.. escape; tabs stay."""
+    return [CONTROLS.sub(lambda found: f"\\x{ord(found.group()):02x}", line) for line in lines]
+
+
 # --- show ----------------------------------------------------------------------------------------------------
 
 
 def find_record(run: RunDir, custom_id: str) -> tuple[str, dict[str, Any]] | None:
-    """The final record of the row with this id, and the file it is in; the id is looked for as bytes first, so a
-    million-row run is read without parsing every line."""
+    """The record that counts of the row with this id, and the file it is in; the id is looked for as bytes
+    first, so a million-row run is read without parsing every line it need not."""
     needle = b'"custom_id":' + orjson.dumps(custom_id) + b","
-    for name in RECORD_FILES:
-        for _, line in run.lines(name):
-            if needle in line:
-                rec = orjson.loads(line)
-                if isinstance(rec, dict) and rec.get("custom_id") == custom_id:
-                    return name, rec
+    for entry in run.entries():
+        if needle in entry.line:
+            rec = entry.parsed()
+            if rec.get("custom_id") == custom_id:
+                return entry.name, rec
     return None
 
 
@@ -126,7 +146,7 @@ def show_lines(run: RunDir, prepared: Prepared, custom_id: str) -> list[str]:
         lines.append(f"request: none, the row cannot be sent: {built.message}")
     if rec is not None:
         lines += _answer_lines(rec)
-    return lines
+    return printable_lines(lines)
 
 
 def _headline(custom_id: str, found: tuple[str, dict[str, Any]] | None) -> str:
@@ -164,14 +184,14 @@ def _answer_lines(rec: Mapping[str, Any]) -> list[str]:
             if value:
                 text = value if isinstance(value, str) else orjson.dumps(value).decode()
                 prefix = "" if key in ("content", "text") else key + ": "
-                lines += [f"  {prefix}{line}" for line in _clip(text).split("\n")]
+                lines += [f"  {prefix}{line}" for line in _split(_clip(text))]
     data = body.get("data")
     if isinstance(data, list):
         sizes = [len(d.get("embedding") or ()) for d in data if isinstance(d, Mapping)]
         lines.append(f"answer: {len(sizes)} embedding(s) of {', '.join(map(str, sizes))} numbers; {tokens} tokens")
     if not lines or (err and not _choices(body) and not isinstance(data, list)):
         lines.append("provider's answer:")
-        lines += [f"  {line}" for line in _clip(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()).splitlines()]
+        lines += [f"  {line}" for line in _split(_clip(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()))]
     return lines
 
 

@@ -7,7 +7,6 @@ plus the records written since; latencies and completion times come from one pas
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import heapq
 import io
@@ -20,11 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from .pricing import Price, Prices, money, parse_prices
 from .records import line_timing
-from .rundir import MANIFEST, RECORD_FILES, RunDir, covered_offsets, fold_set_aside
+from .rundir import MANIFEST, RECORD_FILES, RunDir, fold_set_aside
 from .usage import Usage, cached, cached_line, outputs, outputs_line
 
 
@@ -46,6 +43,7 @@ class RunData:
     batch_share: float = 1.0  # the provider's Batch API price as a share of its online price
     latencies: Counter[float] = field(default_factory=Counter)  # exact: records round them to 0.1 ms
     completed: list[array[float]] = field(default_factory=list)  # epoch seconds, one array per record file
+    warnings: list[str] = field(default_factory=list)  # damaged or repeated record lines, which count for nothing
 
     @property
     def rows_done(self) -> int:
@@ -59,9 +57,9 @@ class RunData:
 def read_run(path: Path, *, records: bool = True) -> RunData:
     run = RunDir(path)
     saved = run.usage()
-    covers = covered_offsets(run.path, saved or None)
-    usage = Usage.from_totals(saved) if covers else Usage()
-    if not covers:
+    trusted = run.trusted()
+    usage = Usage.from_totals(saved) if trusted else Usage()
+    if not trusted:
         fold_set_aside(run.path, usage)
     data = RunData(
         run.path,
@@ -69,7 +67,7 @@ def read_run(path: Path, *, records: bool = True) -> RunData:
         run.live,
         run.job,
         usage,
-        int(saved.get("rows_total") or 0),
+        int(saved.get("rows_total") or run.manifest.get("rows_total") or 0),
         float(saved.get("active_s") or 0.0),
         saved.get("updated_at"),
         saved.get("rate_rows_per_s"),
@@ -77,22 +75,21 @@ def read_run(path: Path, *, records: bool = True) -> RunData:
         run.manifest.get("reason") if isinstance(run.manifest.get("reason"), str) else None,
         run.batch_share,
     )
-    for name in RECORD_FILES:
-        covered = covers[name] if covers else 0
-        completed: array[float] = array("d")
-        for offset, line in run.lines(name, 0 if records else covered):
-            if records:
-                latency, done_at = line_timing(line)
-                if latency is not None:
-                    data.latencies[latency] += 1
-                if done_at is not None:
-                    completed.append(done_at)
-            if offset >= covered:
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    usage.add(orjson.loads(line))
+    completed: dict[str, array[float]] = {name: array("d") for name in RECORD_FILES}
+    for entry in run.entries(from_covered=not records):
+        if records:
+            latency, done_at = line_timing(entry.line)
+            if latency is not None:
+                data.latencies[latency] += 1
+            if done_at is not None:
+                completed[entry.name].append(done_at)
+        if entry.record is not None:  # past what usage.json counts (or all of it, when it is not trusted)
+            usage.add(entry.record)
+    for times in completed.values():
         # Appended as rows finish, so already in order unless the clock was set back: sorted only then.
-        ordered = all(a <= b for a, b in itertools.pairwise(completed))
-        data.completed.append(completed if ordered else array("d", sorted(completed)))
+        ordered = all(a <= b for a, b in itertools.pairwise(times))
+        data.completed.append(times if ordered else array("d", sorted(times)))
+    data.warnings = run.warnings()
     return data
 
 

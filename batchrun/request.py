@@ -11,6 +11,7 @@ import orjson
 
 from .errors import SpecError
 from .presets import ENDPOINT_URLS, Endpoint
+from .render import INVALID_INPUT, NULL_FIELD, RowProblem, Template, is_null
 from .sources import RawRow
 from .spec import JobSpec
 from .structured import Asking
@@ -188,6 +189,8 @@ class RequestBuilder:
         cache = spec.cache
         self.cache_scope = spec.cache_scope if cache.mode != "off" else None
         self.cache_sampled = cache.sampled
+        inp = spec.input
+        self.template = Template(inp.template, inp.null) if inp.template is not None else None
         if first is not None:
             self._preflight(first)
 
@@ -229,15 +232,15 @@ class RequestBuilder:
 
     def build(self, raw: RawRow) -> Request | BadRow:
         if raw.data is None:
-            return BadRow(raw.row, str(raw.row), "invalid_input", raw.error or f"row {raw.row}: unreadable")
+            return BadRow(raw.row, str(raw.row), INVALID_INPUT, raw.error or f"row {raw.row}: unreadable")
         row, data = raw.row, raw.data
         custom_id = row_id(data, row, self.id_field)
         if isinstance(custom_id, BadRow):
             return custom_id
         try:
             body = self._body(data)
-        except _RowProblem as exc:
-            return BadRow(row, custom_id, "invalid_input", f"row {row}: {exc}")
+        except RowProblem as exc:
+            return BadRow(row, custom_id, exc.code, f"row {row}: {exc}")
         model = str(body.get("model") or self.spec.model)
         if self.endpoint != "embeddings":
             prompt = body["messages"] if self.endpoint == "chat" else body["prompt"]
@@ -277,23 +280,17 @@ class RequestBuilder:
         inp = self.spec.input
         if not (inp.messages_field or inp.prompt_field or inp.template) and isinstance(data.get("body"), Mapping):
             return self._batch_row_body(data)
-        if inp.template is not None:
-            try:
-                text = inp.template.format_map(data)
-            except KeyError as exc:
-                raise _RowProblem(f"input.template names {{{exc.args[0]}}}, which this row lacks") from None
-            except (IndexError, AttributeError, ValueError, TypeError) as exc:
-                raise _RowProblem(f"input.template cannot be filled from this row ({exc})") from None
-            return self._text_body(text)
+        if self.template is not None:
+            return self._text_body(self.template.fill(data))
         if self.endpoint != "chat":
             fields = ("prompt",) if self.endpoint == "completions" else ("input", "prompt", "text")
             name = inp.prompt_field or next((f for f in fields if f in data), fields[0])
-            return self._text_body(_text(data.get(name), name))
+            return self._text_body(_text(data.get(name, _MISSING), name))
         if inp.prompt_field is not None or (inp.messages_field is None and "messages" not in data):
             name = inp.prompt_field or "prompt"
-            return self._text_body(_text(data.get(name), name))
+            return self._text_body(_text(data.get(name, _MISSING), name))
         name = inp.messages_field or "messages"
-        return self._chat_body(_check_messages(data.get(name), name))
+        return self._chat_body(_check_messages(data.get(name, _MISSING), name))
 
     def _text_body(self, text: str) -> dict[str, Any]:
         if self.endpoint == "chat":
@@ -311,16 +308,16 @@ class RequestBuilder:
         """An OpenAI Batch API line: `{"custom_id", "url", "body"}`; its url must be this job's endpoint."""
         url = data.get("url")
         if isinstance(url, str) and url_endpoint(url) != self.endpoint:
-            raise _RowProblem(
+            raise RowProblem(
                 f"url {url!r} is not this job's endpoint ({ENDPOINT_URLS[self.endpoint]}); set "
                 "endpoint: in the job spec, or split the input by url"
             )
         body = {"model": self.spec.model, **self.params, **data["body"]}
         if self.endpoint == "chat":
-            _check_messages(body.get("messages"), "body.messages")
+            _check_messages(body.get("messages", _MISSING), "body.messages")
         else:
             key = "prompt" if self.endpoint == "completions" else "input"
-            _check_input(body.get(key), f"body.{key}")
+            _check_input(body.get(key, _MISSING), f"body.{key}")
         return self._mode(body)
 
     def _mode(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -334,9 +331,9 @@ class RequestBuilder:
             body["stream"] = True
         if body.get("stream") is True:
             if mode == "batch":
-                raise _RowProblem("asks for stream: true, which a Batch API cannot do: remove it")
+                raise RowProblem("asks for stream: true, which a Batch API cannot do: remove it")
             if mode == "async":
-                raise _RowProblem(
+                raise RowProblem(
                     "asks for stream: true, which Zhipu's async tasks cannot do: remove it, or use "
                     "provider.mode: stream"
                 )
@@ -345,24 +342,27 @@ class RequestBuilder:
         return body
 
 
-class _RowProblem(Exception):
-    pass
+_MISSING: Any = object()  # a field the row does not have (told apart from one it has, holding null)
 
 
 def _text(value: Any, name: str) -> str:
+    if is_null(value):
+        raise RowProblem(f"{name!r} is null in this row, where the prompt should be", NULL_FIELD)
     if not isinstance(value, str) or not value.strip():
-        raise _RowProblem(f"{name!r} must be a non-empty string, got {_kind(value)}")
+        raise RowProblem(f"{name!r} must be a non-empty string, got {_kind(value)}")
     return value
 
 
 def _check_messages(messages: Any, name: str) -> list[Any]:
     """A non-empty list of objects with a role; what else a message holds (content, tool_calls, name) is the
     provider's to judge, as the OpenAI API does (an assistant message with tool_calls has no content)."""
+    if is_null(messages):
+        raise RowProblem(f"{name!r} is null in this row, where the messages should be", NULL_FIELD)
     if not isinstance(messages, list) or not messages:
-        raise _RowProblem(f"{name!r} must be a non-empty list of messages, got {_kind(messages)}")
+        raise RowProblem(f"{name!r} must be a non-empty list of messages, got {_kind(messages)}")
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
-            raise _RowProblem(f"{name}[{i}] must be an object with a 'role'")
+            raise RowProblem(f"{name}[{i}] must be an object with a 'role'")
     return messages
 
 
@@ -385,12 +385,14 @@ def _check_input(value: Any, name: str) -> None:
         )
     ):
         return
-    raise _RowProblem(f"{name!r} must be a non-empty string, a list of strings, or token ids, got {_kind(value)}")
+    raise RowProblem(f"{name!r} must be a non-empty string, a list of strings, or token ids, got {_kind(value)}")
 
 
 def _kind(value: Any) -> str:
-    if value is None:
+    if value is _MISSING:
         return "nothing"
+    if is_null(value):
+        return "null"
     if isinstance(value, str):
         return "an empty string" if not value.strip() else "a string"
     if isinstance(value, list):

@@ -17,6 +17,12 @@ RETRY_STATUSES = frozenset({408, 409, 429})
 MAX_SERVER_WAIT_S = 900.0  # a Retry-After longer than this is treated as "later", not obeyed literally
 FILTERED_FINISH = frozenset({"content_filter", "sensitive"})  # the answer was cut by moderation
 ERNIE_HIDDEN_FLAG = 3  # ERNIE's flag: 0 safe, 1 low risk, 2 stop the chat (shown), 3 do not show, 4 retract
+# A proxy's own failures, as the transport names them (`code (what the proxy did)`): every request goes through
+# the same proxy, so they doom every row. Credentials wanted stop the run at once; the others are an endpoint
+# that is not there, proved by the first rows as a wrong base_url is (endpoint_sign).
+PROXY_AUTH = "proxy_auth_required"
+PROXY_UNREACHABLE, PROXY_ERROR = "proxy_unreachable", "proxy_error"
+PROXY_CODES = frozenset({PROXY_AUTH, PROXY_UNREACHABLE, PROXY_ERROR})
 
 
 class Verdict(enum.Enum):
@@ -68,6 +74,8 @@ def classify(
     """Sort one attempt's outcome into OK / RETRY / FAIL_ROW / STOP_RUN, by the provider's table first."""
     if status is None:  # the code is one token (`connection_error`); the detail goes in the message
         error = transport_error or "connection_error (the connection failed)"
+        if error.startswith(PROXY_AUTH):  # the message names the proxy and what to set
+            return Decision(Verdict.STOP_RUN, PROXY_AUTH, proxy_failure(error) or error)
         return Decision(Verdict.RETRY, error.split(" ", 1)[0], "no answer: " + error)
     code, message = error_details(body)
     if status == 200:
@@ -93,7 +101,7 @@ def classify(
     if status == 407:  # every request goes through the same proxy: none will get past it
         return Decision(
             Verdict.STOP_RUN,
-            "proxy_auth_required",
+            PROXY_AUTH,
             "HTTP 407 from the proxy: it wants credentials; give them in the proxy URL of HTTPS_PROXY / HTTP_PROXY "
             "(http://user:pass@host:port), never in the spec",
         )
@@ -104,6 +112,12 @@ TLS_HINT = (
     "the server's TLS certificate is not trusted; on a network that inspects TLS, point provider.ca_bundle "
     "(or SSL_CERT_FILE) at its CA bundle"
 )
+
+
+def proxy_failure(transport_error: str | None) -> str | None:
+    """What the proxy did, when a transport error says the proxy (not the provider) failed the request."""
+    code, _, detail = (transport_error or "").partition(" ")
+    return detail[1:-1] if code in PROXY_CODES and detail.startswith("(") else None
 
 
 def is_tls_error(error: str | None) -> bool:
@@ -119,6 +133,8 @@ def endpoint_sign(status: int | None, body: Any, transport_error: str | None) ->
     every row would, and the run stops instead of writing a failure record per row."""
     if status is None:
         error = transport_error or ""
+        if not error.startswith(PROXY_AUTH) and (proxied := proxy_failure(error)):  # the proxy: refused, no tunnel
+            return proxied
         if is_tls_error(error):
             return f"cannot connect: {TLS_HINT}"
         if "ClientConnector" in error:
@@ -170,15 +186,28 @@ def error_details(body: Any) -> tuple[str | None, str]:
     return None, ""
 
 
+# Where a server's wait is found: its own headers, and those a gateway relays from the provider behind it
+# (LiteLLM's proxy renames every upstream header `llm_provider-<name>`, so an upstream 429's Retry-After
+# reaches the client only as `llm_provider-retry-after`).
+GATEWAY_PREFIXES = ("", "llm_provider-")
+
+
 def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """The wait a server asked for: `retry-after-ms`, then `retry-after` (seconds or an HTTP date)."""
-    ms = headers.get("retry-after-ms") or headers.get("Retry-After-Ms")
+    """The wait a server asked for: `retry-after-ms`, else `retry-after` (seconds or an HTTP date), each also as a
+    gateway relays it (`llm_provider-retry-after`); when both the gateway and the provider ask, the longer wait."""
+    waits = [wait for prefix in GATEWAY_PREFIXES if (wait := _asked_wait(headers, prefix, now)) is not None]
+    return max(waits) if waits else None
+
+
+def _asked_wait(headers: Mapping[str, str], prefix: str, now: float | None) -> float | None:
+    """The wait one source (the server's own headers, or a gateway's relayed copies) asked for."""
+    ms = header(headers, prefix + "retry-after-ms")
     if ms:
         try:
             return max(0.0, float(ms) / 1000.0)
         except ValueError:
             pass
-    value = headers.get("retry-after") or headers.get("Retry-After")
+    value = header(headers, prefix + "retry-after")
     if not value:
         return None
     try:
@@ -190,6 +219,14 @@ def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) ->
     except (TypeError, ValueError):
         return None
     return max(0.0, float(when.timestamp()) - (time.time() if now is None else now))
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """The header `name` (lowercase) whatever its case: aiohttp's headers ignore case, a plain dict does not."""
+    value = headers.get(name)
+    if value is None:
+        value = next((v for k, v in headers.items() if k.lower() == name), None)
+    return value
 
 
 def backoff_delay(

@@ -23,11 +23,13 @@ import orjson
 
 from .errors import RunDirError
 from .presets import batch_share
+from .recordfile import LINES_KEY, Entry, RecordReader, trusted_offsets
 from .spec import InputSpec
 
 RESULTS = "results.jsonl"
 FAILURES = "failures.jsonl"
 RECORD_FILES = (RESULTS, FAILURES)
+ROW_COUNTERS = {RESULTS: "rows_succeeded", FAILURES: "rows_failed"}  # usage.json's count of each file's lines
 TASKS = "tasks.jsonl"
 REPAIRS = "repairs.jsonl"  # structured output: every answer that did not fit the schema, and how it is repaired
 BATCHES = "batches.jsonl"  # the batch lane: each shard's story (see shards.py)
@@ -37,6 +39,7 @@ MANIFEST = "manifest.json"
 LOCK = "run.lock"
 PREVIOUS = "previous"
 RETRIED = "retried-"  # previous/retried-<time>/failures.jsonl: failure records retry-failed set aside
+DAMAGED = "damaged-"  # previous/damaged-<time>/<file>: record lines that were not whole, or repeated a row
 
 
 class RunState(str, enum.Enum):
@@ -78,24 +81,6 @@ def complete_lines(path: Path, start: int = 0) -> Iterator[tuple[int, bytes]]:
                 return
             yield offset, line
             offset += len(line)
-
-
-def covered_offsets(run_dir: Path, saved: Mapping[str, Any] | None) -> dict[str, int] | None:
-    """How far into each record file usage.json's totals reach, or None when they cannot be trusted.
-
-    usage.json is written after an fsync of the records, so it must cover no more than what is on disk;
-    if it claims more (or says nothing), its totals are recounted from the records."""
-    if saved is None:
-        return None
-    covers = saved.get("checkpoint") or {}
-    out = {}
-    for name in RECORD_FILES:
-        path = run_dir / name
-        size = path.stat().st_size if path.exists() else 0
-        if not isinstance(covers.get(name), int) or covers[name] > size:
-            return None
-        out[name] = int(covers[name])
-    return out
 
 
 def set_aside(run_dir: Path) -> list[Path]:
@@ -148,12 +133,16 @@ class RunDir:
             )
         manifest = read_json(self.path / MANIFEST)
         if manifest is None:
+            what = f"its {MANIFEST} is damaged" if (self.path / MANIFEST).exists() else f"no {MANIFEST}"
             raise RunDirError(
-                f"{self.path} is not a batchrun run directory (no {MANIFEST}): pass the folder that "
+                f"{self.path} is not a batchrun run directory ({what}): pass the folder that "
                 f"holds {RESULTS}, e.g. runs/<job name>"
             )
         self.manifest = manifest
         self.job: dict[str, Any] = manifest.get("job") or {}
+        self.reader = RecordReader(self.path)  # what the record files held, as read so far
+        self._saved: dict[str, Any] | None = None
+        self._trusted: dict[str, int] | bool | None = False
 
     @property
     def live(self) -> bool:
@@ -176,7 +165,37 @@ class RunDir:
         return str(path) if path else None
 
     def usage(self) -> dict[str, Any]:
-        return read_json(self.path / USAGE) or {}
+        """usage.json as it was when first asked for (a live run rewrites it every second)."""
+        if self._saved is None:
+            self._saved = read_json(self.path / USAGE) or {}
+        return self._saved
+
+    def trusted(self) -> dict[str, int] | None:
+        """How far into each record file usage.json's totals hold, unread (None: recount from the records)."""
+        if self._trusted is False:
+            self._trusted = trusted_offsets(self.path, self.usage() or None, ROW_COUNTERS)
+        return self._trusted if isinstance(self._trusted, dict) else None
+
+    def entries(self, names: tuple[str, ...] = RECORD_FILES, *, from_covered: bool = False) -> Iterator[Entry]:
+        """Each row's record that counts (the first whole one, results.jsonl before failures.jsonl); damaged and
+        repeated lines end up in `self.reader.damage`. `from_covered`: only those past what usage.json counts."""
+        trusted = self.trusted() or {}
+        lines = (self.usage().get("checkpoint") or {}).get(LINES_KEY) or {}
+        for name in RECORD_FILES:
+            covered = trusted.get(name, 0)
+            if from_covered:
+                first = lines.get(name, 0) if name in trusted else 0
+                found = self.reader.entries(name, trusted=covered, start=covered, start_line=first)
+            else:
+                found = self.reader.entries(name, trusted=covered)
+            if name in names:
+                yield from found
+            else:
+                for _ in found:  # its rows are taken: a later file's record of one of them does not count
+                    pass
+
+    def warnings(self) -> list[str]:
+        return self.reader.warnings()
 
     def input_spec(self) -> InputSpec:
         """The input as the job read it (the manifest records every field of the spec's input)."""
@@ -186,6 +205,3 @@ class RunDir:
         return InputSpec(
             **{**values, "path": Path(str(recorded.get("path"))), "format": str(recorded.get("format") or "jsonl")}
         )
-
-    def lines(self, name: str, start: int = 0) -> Iterator[tuple[int, bytes]]:
-        return complete_lines(self.path / name, start)

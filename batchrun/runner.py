@@ -31,7 +31,7 @@ from .presets import PRESETS
 from .progress import Progress
 from .providers import make_auth
 from .request import BadRow, Request, batched
-from .retry import Decision, Verdict, backoff_delay, endpoint_sign
+from .retry import PROXY_AUTH, Decision, Verdict, backoff_delay, endpoint_sign, proxy_failure
 from .run_control import RunControl
 from .rundir import RunState
 from .sources import RawRow, iter_rows
@@ -246,6 +246,15 @@ class RunLoop(RunControl):
         assert self.unproven
         rows = {parked.request.row for parked, _, _, _ in self.unproven}
         signs = sorted({seen for _, _, _, seen in self.unproven})
+        if all(proxy_failure(reply.error) for _, reply, _, _ in self.unproven):  # the signs name the proxy
+            self.failed(
+                FatalProviderError(
+                    f"the first {len(rows)} rows' requests all failed at the proxy ({'; '.join(signs)}): check that "
+                    "proxy, or fix the setting named (NO_PROXY exempts a host); no row was recorded, so the same "
+                    "command resumes once it is fixed"
+                )
+            )
+            return
         self.failed(
             FatalProviderError(
                 f"the first {len(rows)} rows' requests to {self.base_url} all failed as if the endpoint were wrong "
@@ -348,7 +357,11 @@ class RunLoop(RunControl):
 
     def _refused(self, row: Row, decision: Decision, status: int | None) -> None:
         """The provider refused the key or its account (401/403, no money, no quota). In a key pool that key is
-        retired and the row goes to another; the run stops (resumable) when no key is left."""
+        retired and the row goes to another; the run stops (resumable) when no key is left. A proxy that wants
+        credentials refuses every key alike: the run stops, no key retired."""
+        if decision.code == PROXY_AUTH:
+            self.failed(FatalProviderError(decision.message))
+            return
         member = row.member
         key_problem = status in (401, 403)
         what = (
@@ -381,6 +394,8 @@ class RunLoop(RunControl):
         self.wake()
         if self.dispatcher is not None:
             self.dispatcher.cancel()
+        if self.stopping is RunState.STOPPED and self.pool.inflight:  # Ctrl-C says so itself
+            self.log(f"stopping: waiting up to {STOP_GRACE_S:.0f} s for {self.pool.inflight} requests in flight")
 
     def interrupt(self, terminal: bool = True) -> None:
         """Ctrl-C / SIGTERM: stop taking rows and let in-flight requests finish; a second one cancels them."""

@@ -9,7 +9,7 @@ import dataclasses
 import functools
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,7 @@ from .progress import Progress
 from .providers import make_auth
 from .providers.batches import BatchAPIClient
 from .records import error_code
+from .redaction import redact, secret_bytes
 from .rundir import BATCHES, RunDir, RunState, complete_lines
 from .runner import RunLoop
 from .shards import read_shards
@@ -83,14 +84,53 @@ async def run_job(
 
         refuse(spec)  # before the run directory is touched
     keys = provider_keys(spec.provider)
+    hidden = secret_bytes(key for _, key in keys)
+    with _redacted_errors(hidden):
+        outcome = await _run_job(spec, keys, fresh, progress, _redacting(log, hidden), retry_codes, limit)
+    if outcome.reason and hidden:
+        outcome = dataclasses.replace(outcome, reason=_blank(outcome.reason, hidden))
+    return outcome
+
+
+def _blank(text: str, hidden: list[bytes]) -> str:
+    return redact(text.encode(), hidden).decode(errors="replace")
+
+
+def _redacting(log: Callable[[str], None], hidden: list[bytes]) -> Callable[[str], None]:
+    return (lambda line: log(_blank(line, hidden))) if hidden else log
+
+
+@contextlib.contextmanager
+def _redacted_errors(hidden: list[bytes]) -> Iterator[None]:
+    """A provider's message may quote the key: an error that carries it never shows it."""
+    try:
+        yield
+    except BatchrunError as exc:
+        exc.args = (_blank(str(exc), hidden),)
+        raise
+
+
+async def _run_job(
+    spec: JobSpec,
+    keys: list[tuple[str, str | None]],
+    fresh: bool,
+    progress: bool,
+    log: Callable[[str], None],
+    retry_codes: Collection[str] | None,
+    limit: int | None,
+) -> RunOutcome:
     if retry_codes:
         _check_codes(spec.output_dir, retry_codes)
     prepared = prepare(spec)
     checkpoint = Checkpoint(spec.output_dir, secrets=[key for _, key in keys if key])
     pick = None if retry_codes is None else functools.partial(_failure_with_code, frozenset(retry_codes))
-    state = checkpoint.open(prepared.fingerprint, spec.describe(), fresh=fresh, retry=pick)
+    held = prepared.held or prepared.fingerprint  # what the run directory may hold for the run to go on
+    state = checkpoint.open(held, spec.describe(), fresh=fresh, retry=pick, rows=prepared.scan.rows)
     try:
-        cache = Cache(spec.cache) if spec.cache.mode != "off" else None
+        if prepared.held is not None:  # the input grew (its new rows' ids to check), or an older batchrun's run
+            checkpoint.note(fingerprint=prepared.fingerprint, **({"ids_checked": False} if prepared.growth else {}))
+        secrets = [key for _, key in keys]
+        cache = Cache(spec.cache, secrets=secrets, warn=log) if spec.cache.mode != "off" else None
         try:
             return await _run_opened(prepared, checkpoint, state, keys, progress, log, limit, cache)
         finally:
@@ -139,6 +179,8 @@ async def _run_opened(
                 f"warning: --fresh gave up {state.abandoned_tasks} async task(s) of the earlier run that were "
                 f"still pending (already paid for); their ids are in {state.archived_to / 'tasks.jsonl'}"
             )
+    for line in prepared.input_notes(fresh=state.archived_to is not None):  # grown, or a last line being written
+        log(line)
     if state.released:
         log(
             f"sending {state.released} failed row(s) again (their old failure records are kept in "
@@ -146,8 +188,8 @@ async def _run_opened(
         )
     if state.repaired_lines:
         log(f"repaired {state.repaired_lines} torn line(s) left by an interrupted write")
-    if state.unreadable_lines:
-        log(f"warning: {state.unreadable_lines} unreadable line(s) in the record files were ignored")
+    for note in state.notes:  # damaged or repeated record lines set aside (their rows go again), a recount
+        log(f"warning: {note}")
     done_before = state.done.count
     where = display_path(spec.output_dir)
     if state.previous or done_before:
@@ -164,6 +206,9 @@ async def _run_opened(
     def say(message: str) -> None:  # above the bar, never glued to its line
         with progress.above():
             log(message)
+
+    if cache is not None:
+        cache.warn = say  # a cache that fails mid-run says so above the bar
 
     async with _provider_url(spec.provider.base_url, spec.provider.simulate) as base_url:
         runner: BatchRun | RunLoop | RayRun
@@ -287,9 +332,10 @@ async def list_provider_models(
     preset = PRESETS[name]
     key = api_key(name, api_key_env or preset.api_key_env)
     url = (base_url or preset.base_url).rstrip("/")
-    refuse_plain_http(url, key, allow_insecure_http)
-    async with _provider_url(url, None if url else SimulateSpec()) as reachable:
-        return await list_models(reachable, key)
+    refuse_plain_http(url, key, allow_insecure_http, option=True)
+    with _redacted_errors(secret_bytes([key])):
+        async with _provider_url(url, None if url else SimulateSpec()) as reachable:
+            return await list_models(reachable, key, Network(trust_env=bool(url)))  # in process: never proxied
 
 
 @contextlib.asynccontextmanager

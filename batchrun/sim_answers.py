@@ -12,6 +12,7 @@ import struct
 import time
 import uuid
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -207,6 +208,39 @@ def go_duration(seconds: float) -> str:
     minutes, rest = divmod(seconds, 60)
     text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
     return f"{int(minutes)}m{text}" if minutes else text
+
+
+# The headers LiteLLM's proxy passes on as they are (litellm.types.utils.OPENAI_RESPONSE_HEADERS); it relays every
+# header of the provider's answer, these too, renamed `llm_provider-<name>` (process_response_headers).
+LITELLM_PASSED = frozenset(
+    f"x-ratelimit-{part}-{kind}" for part in ("limit", "remaining", "reset") for kind in ("requests", "tokens")
+)
+
+
+def through_gateway(
+    gateway: str, upstream: Mapping[str, str] | None, own: Mapping[str, str] | None = None
+) -> dict[str, str] | None:
+    """The headers a client gets when the simulator's answer (`upstream`) comes through `gateway`, with the
+    gateway's `own` (a LiteLLM virtual key's limits, its own 429's retry-after) in place of any relayed ones."""
+    if gateway == "none":
+        return {**(upstream or {}), **(own or {})} or None
+    out: dict[str, str] = {}
+    for name, value in (upstream or {}).items():
+        low = name.lower()
+        if low in LITELLM_PASSED:
+            out[low] = value
+        out[f"llm_provider-{low}"] = value
+    return {**out, **(own or {})} or None
+
+
+def litellm_limit_body(kind: str, limit: float) -> dict[str, Any]:
+    """The 429 body of LiteLLM's own limiter (`kind` rpm or tpm: a virtual key's rpm_limit or tpm_limit), in the
+    proxy's error shape."""
+    message = (
+        "LiteLLM Rate Limit Handler for rate limit type = key. Max parallel request limit reached. "
+        f"current {kind}: {limit:.0f}, {kind} limit: {limit:.0f}"
+    )
+    return {"error": {"message": message, "type": "None", "param": "None", "code": "429"}}
 
 
 def model_entry(name: str) -> dict[str, Any]:

@@ -4,7 +4,7 @@ It enforces RPM/TPM with continuous token buckets holding about one second of th
 beyond, with or without Retry-After and x-ratelimit-* headers), counts TPM either way providers do
 (prompt + max_tokens on admission, or the tokens used once answered), can refuse requests beyond a number
 in flight (Zhipu's 429 code 1302), injects HTTP 500s, draws latency from a distribution, and answers
-deterministically from the prompt.
+deterministically from the prompt. `gateway` sends its headers as LiteLLM's proxy would in front of it.
 Directives in a prompt reproduce a quirk for that one row, so tests and users can stage any failure:
 
     #sim:status=400     always answer that HTTP status with an error body
@@ -74,10 +74,12 @@ from .sim_answers import (
     encode_task,
     error_body,
     go_duration,
+    litellm_limit_body,
     model_entry,
     prompt_texts,
     stream_events,
     structured_content,
+    through_gateway,
     unknown_model,
 )
 from .sim_batches import BatchDesk
@@ -142,6 +144,10 @@ class SimProvider:
         self.key_rpm = {_env_key(env): (rpm, TokenBucket.per_minute(rpm, now)) for env, rpm in cfg.key_rpm}
         self.revoked = {_env_key(env) for env in cfg.revoked}
         self.by_key: Counter[str] = Counter()  # answers by key (its variable's name) and status: "VAR 200"
+        # whether clients wait as a 429 asks: when each prompt was last answered 429, and the shortest wait seen
+        self.limited_at: dict[bytes, float] = {}
+        self._last_key: bytes | None = None
+        self.retried_after_429, self.min_retry_gap_s = 0, math.inf
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=256 * 1024 * 1024)  # batch files: 200 MB at most
@@ -176,6 +182,8 @@ class SimProvider:
             "tasks_running": self._tasks_running(self.clock()),
             "max_tasks_running": self.max_tasks_running,
             "polls": self.polls,
+            "retried_after_429": self.retried_after_429,  # attempts of a prompt whose last attempt was answered 429
+            "min_retry_gap_s": round(self.min_retry_gap_s, 3) if self.retried_after_429 else None,
             **self.batch_desk.stats(),
         }
 
@@ -231,20 +239,39 @@ class SimProvider:
     def _token(request: web.Request) -> str:
         return request.headers.get("Authorization", "").removeprefix("Bearer ")
 
-    def _answer(self, status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+    def _answer(
+        self, status: int, body: Any, headers: dict[str, str] | None = None, own: dict[str, str] | None = None
+    ) -> web.Response:
         self.responses[status] += 1
-        if self.cfg.rate_headers:
-            headers = {**self._rate_headers(), **(headers or {})}
-        return _json(status, body, headers)
+        return _json(status, body, self._headers(status, headers, own))
 
-    def _rate_headers(self) -> dict[str, str]:
+    def _headers(
+        self, status: int, headers: dict[str, str] | None, own: dict[str, str] | None = None
+    ) -> dict[str, str] | None:
+        """The provider's headers (x-ratelimit-* too when asked), as the gateway, if any, passes them on, with the
+        gateway's `own` (LiteLLM's virtual-key limits on its answers, with no reset header: LiteLLM sends none)."""
+        key_limits = self.cfg.gateway == "litellm-key"
+        if self.cfg.rate_headers and not key_limits:
+            headers = {**self._rate_headers(), **(headers or {})}
+        if key_limits and status == 200:
+            own = {**self._rate_headers(reset=False), **(own or {})}
+        return through_gateway(self.cfg.gateway, headers, own)
+
+    def _refused(self, answer: web.StreamResponse) -> web.StreamResponse:
+        """Note when a prompt was answered 429: its next attempt shows how long its client waited (the stats)."""
+        if answer.status == 429 and self._last_key is not None:
+            self.limited_at[self._last_key] = self.clock()
+        return answer
+
+    def _rate_headers(self, reset: bool = True) -> dict[str, str]:
         now, headers = self.clock(), {}
         for kind, bucket, per_minute in (("requests", self.rpm, self.cfg.rpm), ("tokens", self.tpm, self.cfg.tpm)):
             if bucket is not None and per_minute:
                 bucket.refill(now)
                 headers[f"x-ratelimit-limit-{kind}"] = str(int(per_minute))
                 headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, int(bucket.level)))
-                headers[f"x-ratelimit-reset-{kind}"] = go_duration(bucket.reset_s())
+                if reset:
+                    headers[f"x-ratelimit-reset-{kind}"] = go_duration(bucket.reset_s())
         return headers
 
     def _latency(self) -> float:
@@ -282,6 +309,10 @@ class SimProvider:
         key = hashlib.blake2b(text.encode(), digest_size=8).digest()
         self.attempts[key] += 1
         attempt = self.attempts[key]
+        self._last_key = key  # every 429 below is answered before another request gets this far (no await)
+        if (limited_at := self.limited_at.pop(key, None)) is not None:
+            self.retried_after_429 += 1
+            self.min_retry_gap_s = min(self.min_retry_gap_s, self.clock() - limited_at)
         directives = {name: value for name, value in DIRECTIVE.findall(text)}
 
         if "status" in directives:
@@ -428,7 +459,7 @@ class SimProvider:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         call = await self._accept(request)
         if not isinstance(call, _Call):
-            return call
+            return self._refused(call)
         directives = call.directives
         delay = float(directives["sleep"]) if directives.get("sleep") else self._latency()
         await self._work(delay)
@@ -446,7 +477,7 @@ class SimProvider:
         """Zhipu's asyncCompletions: billed now, answered by polls once the task's time is up."""
         call = await self._accept(request)
         if not isinstance(call, _Call):
-            return call
+            return self._refused(call)
         await self._work(self._latency())
         answer, directives = self._bill(call), call.directives
         self.tasks_submitted += 1
@@ -484,7 +515,8 @@ class SimProvider:
         """The answer as server-sent chat.completion.chunk events: role, reasoning, content in pieces,
         finish_reason, then usage (when asked) and [DONE]."""
         self.responses[200] += 1
-        resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", "x-request-id": request_id})
+        headers = self._headers(200, {"x-request-id": request_id}) or {}
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", **headers})
         try:
             return await self._send_events(request, resp, answer, include_usage, cut)
         except ConnectionError:  # the client went away (timed out, killed): nothing to tell it
@@ -535,6 +567,10 @@ class SimProvider:
         waits = [b.wait_for(n, now) for b, n in ((self.rpm, 1), (self.tpm, need)) if b is not None]
         wait = max(waits, default=0.0)
         if wait > 0:
+            if self.cfg.gateway == "litellm-key":  # the virtual key's limit: LiteLLM's own 429, plain retry-after
+                rpm_full = self.rpm is not None and self.rpm.wait_for(1, now) > 0
+                kind, limit = ("rpm", self.cfg.rpm) if rpm_full else ("tpm", self.cfg.tpm)
+                return self._answer(429, litellm_limit_body(kind, limit or 0), own={"retry-after": f"{wait:.3f}"})
             if not self.cfg.retry_after:  # Zhipu's way: a bare 429 that says nothing of the limit
                 return self._answer(429, error_body("rate_limit_exceeded", "Rate limit reached, please retry later"))
             # OpenAI's way: Retry-After, and the message names the limit that was hit

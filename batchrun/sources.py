@@ -1,10 +1,16 @@
-"""Streaming input readers: JSONL line by line, Parquet by record batches, so memory stays flat in N."""
+"""Streaming input readers: JSONL line by line, Parquet by record batches, so memory stays flat in N.
+
+A run reads its input as it was when the run started: `scan_input` says how many bytes that is (the snapshot), and
+every later read of a JSONL or CSV input stops there (`InputSpec.snapshot`), so rows an upstream job appends while
+the run goes are left for the next run, which sees them as the input grown (job.prepare).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -15,6 +21,8 @@ from .spec import InputSpec
 
 PARQUET_BATCH_ROWS = 1024
 HASH_CHUNK = 1 << 20
+LINES_HINT = 1 << 16  # bytes of whole lines read at a time
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark, which some editors put at the start of a file
 # Columns a row may be read through when the spec names none (see request.RequestBuilder).
 DEFAULT_COLUMNS = ("custom_id", "id", "messages", "prompt", "body", "method", "url")
 
@@ -29,9 +37,20 @@ class RawRow:
 
 
 @dataclass(frozen=True)
+class Prefix:
+    """The first bytes of the input an earlier run read (its snapshot), as they are now."""
+
+    digest: str
+    rows: int
+
+
+@dataclass(frozen=True)
 class InputScan:
     rows: int
-    digest: str  # sha256 of the file's bytes: part of the run fingerprint
+    digest: str  # sha256 of the snapshot's bytes: part of the run fingerprint
+    size: int = 0  # the snapshot: bytes hashed, where every later read of the run stops
+    held_back: int | None = None  # JSONL: the number of an unfinished last line left out (still being written)
+    prefix: Prefix | None = None  # when asked for: the first `upto` bytes
 
 
 def _open_parquet(path: Path) -> Any:
@@ -47,14 +66,42 @@ def _open_parquet(path: Path) -> Any:
         raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
 
 
-def _open_csv(path: Path, columns: list[str] | None = None) -> Any:
+class _Head(io.RawIOBase):
+    """The first `size` bytes of a file, as pyarrow reads a CSV input: a run's snapshot of it."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        super().__init__()
+        self._file = open(path, "rb")  # noqa: SIM115 (closed with this stream, which pyarrow owns)
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self._left)
+        if n <= 0:
+            return 0
+        got = self._file.readinto(memoryview(buffer)[:n])
+        self._left -= got
+        return got
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def _csv_source(spec: InputSpec) -> Path | _Head:
+    return spec.path if spec.snapshot is None else _Head(spec.path, spec.snapshot)
+
+
+def _open_csv(spec: InputSpec, columns: list[str] | None = None) -> Any:
     """A streaming CSV reader (pyarrow's), every column read as text: an id `007` stays `007`, and a prompt is
     never turned into a number. Rows are numbered from 1, the header not counted."""
     import pyarrow as pa
     import pyarrow.csv as pc
 
     try:
-        names = pc.open_csv(path).schema.names
+        names = pc.open_csv(_csv_source(spec)).schema.names
         wanted = names if columns is None else [c for c in names if c in columns]
         convert = pc.ConvertOptions(
             column_types={n: pa.string() for n in names},
@@ -62,22 +109,22 @@ def _open_csv(path: Path, columns: list[str] | None = None) -> Any:
             quoted_strings_can_be_null=False,
             include_columns=wanted or names[:1],
         )
-        return pc.open_csv(path, read_options=pc.ReadOptions(block_size=1 << 20), convert_options=convert)
+        return pc.open_csv(_csv_source(spec), read_options=pc.ReadOptions(block_size=1 << 20), convert_options=convert)
     except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{path}: not a readable CSV file with a header row ({exc})") from None
+        raise InputError(f"{spec.path}: not a readable CSV file with a header row ({exc})") from None
 
 
 def table_columns(spec: InputSpec) -> list[str]:
     """The column names of a Parquet or CSV input."""
     if spec.format == "csv":
-        return list(_open_csv(spec.path).schema.names)
+        return list(_open_csv(spec).schema.names)
     return list(_open_parquet(spec.path).schema_arrow.names)
 
 
 def table_batches(spec: InputSpec, columns: list[str] | None, batch_rows: int = PARQUET_BATCH_ROWS) -> Iterator[Any]:
     """A Parquet or CSV input as arrow record batches, in order (`columns`: only these; [] for none)."""
     if spec.format == "csv":
-        for batch in _open_csv(spec.path, columns):
+        for batch in _open_csv(spec, columns):
             yield batch if columns is None or columns else batch.select([])
         return
     yield from _open_parquet(spec.path).iter_batches(batch_size=batch_rows, columns=columns, use_threads=False)
@@ -91,7 +138,7 @@ def iter_rows(
     if spec.format in ("parquet", "csv"):
         yield from _iter_table(spec, skip, columns)
     else:
-        yield from _iter_jsonl(spec.path, skip)
+        yield from _jsonl_rows(input_lines(spec), 1, skip)
 
 
 def nth_row(spec: InputSpec, n: int) -> int:
@@ -105,28 +152,69 @@ def nth_row(spec: InputSpec, n: int) -> int:
     return last
 
 
-def _iter_jsonl(path: Path, skip: Callable[[int], bool] | None) -> Iterator[RawRow]:
-    with open(path, "rb") as f:
-        yield from _jsonl_rows(f, 1, skip)
+def input_lines(spec: InputSpec, start: int = 0, end: int | None = None) -> Iterator[list[bytes]]:
+    """A JSONL input's lines from byte `start` to byte `end` (by default, to the end of the run's snapshot), a list
+    at a time; a byte order mark before the first line is dropped (it is no part of the JSON)."""
+    with open(spec.path, "rb") as f:
+        f.seek(start)
+        batches = _line_batches(f, spec.snapshot if end is None else end)
+        if start == 0:
+            first = next(batches, None)
+            if first is None:
+                return
+            if first[0].startswith(BOM):
+                first[0] = first[0][len(BOM) :]
+            yield first
+        yield from batches
 
 
-def _jsonl_rows(lines: Iterable[bytes], first: int, skip: Callable[[int], bool] | None) -> Iterator[RawRow]:
+def _line_batches(f: BinaryIO, end: int | None) -> Iterator[list[bytes]]:
+    """Whole lines from where `f` stands up to byte `end` of the file (None: its end), a list at a time: a loop
+    over them costs what a loop over the file would, and bytes appended past `end` are never read."""
+    if end is None:
+        while lines := f.readlines(LINES_HINT):
+            yield lines
+        return
+    left = end - f.tell()
+    while left > 0 and (lines := f.readlines(min(left, LINES_HINT))):
+        size = sum(map(len, lines))
+        if size > left:  # the file grew past the snapshot (which ends at a line end, or where the file ended)
+            lines = _cut(lines, left)
+        left -= size
+        yield lines
+
+
+def _cut(lines: list[bytes], left: int) -> list[bytes]:
+    """The lines within the first `left` bytes of `lines`."""
+    kept = []
+    for line in lines:
+        if left <= 0:
+            break
+        kept.append(line[:left])
+        left -= len(line)
+    return kept
+
+
+def _jsonl_rows(batches: Iterable[list[bytes]], first: int, skip: Callable[[int], bool] | None) -> Iterator[RawRow]:
     """JSONL lines as rows, the first numbered `first`."""
     loads = orjson.loads
-    for lineno, line in enumerate(lines, first):
-        if skip is not None and skip(lineno):
-            continue
-        if not line.strip():
-            continue
-        try:
-            data = loads(line)
-        except orjson.JSONDecodeError as exc:
-            yield RawRow(lineno, None, f"line {lineno}: {_why_not_json(line, exc)}")
-            continue
-        if not isinstance(data, dict):
-            yield RawRow(lineno, None, f"line {lineno}: expected a JSON object, got {type(data).__name__}")
-            continue
-        yield RawRow(lineno, data)
+    lineno = first - 1
+    for lines in batches:
+        for line in lines:
+            lineno += 1
+            if skip is not None and skip(lineno):
+                continue
+            if not line.strip():
+                continue
+            try:
+                data = loads(line)
+            except orjson.JSONDecodeError as exc:
+                yield RawRow(lineno, None, f"line {lineno}: {_why_not_json(line, exc)}")
+                continue
+            if not isinstance(data, dict):
+                yield RawRow(lineno, None, f"line {lineno}: expected a JSON object, got {type(data).__name__}")
+                continue
+            yield RawRow(lineno, data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,14 +253,15 @@ def slices(spec: InputSpec, rows_per_slice: int) -> list[Slice]:
     with open(spec.path, "rb") as f:
         start = offset = rows = 0
         first = lineno = 1
-        for line in f:
-            offset += len(line)
-            if not line.isspace():
-                rows += 1
-            if lineno - first + 1 >= rows_per_slice:
-                cut.append(Slice(len(cut), first, lineno, rows, start, offset))
-                start, first, rows = offset, lineno + 1, 0
-            lineno += 1
+        for lines in _line_batches(f, spec.snapshot):
+            for line in lines:
+                offset += len(line)
+                if not line.isspace():
+                    rows += 1
+                if lineno - first + 1 >= rows_per_slice:
+                    cut.append(Slice(len(cut), first, lineno, rows, start, offset))
+                    start, first, rows = offset, lineno + 1, 0
+                lineno += 1
         if offset > start:
             cut.append(Slice(len(cut), first, lineno - 1, rows, start, offset))
     return cut
@@ -188,19 +277,7 @@ def slice_rows(spec: InputSpec, part: Slice, skip: Callable[[int], bool] | None 
         )
         yield from _batch_rows(batches, part.first, skip)
         return
-    with open(spec.path, "rb") as f:
-        f.seek(part.start)
-        yield from _jsonl_rows(_upto(f, part.end), part.first, skip)
-
-
-def _upto(f: BinaryIO, end: int) -> Iterator[bytes]:
-    """Lines of an open file from where it stands up to byte `end`."""
-    at = f.tell()
-    for line in f:
-        if at >= end:
-            return
-        at += len(line)
-        yield line
+    yield from _jsonl_rows(input_lines(spec, part.start, part.end), part.first, skip)
 
 
 def _why_not_json(line: bytes, exc: orjson.JSONDecodeError) -> str:
@@ -262,24 +339,83 @@ def first_row(spec: InputSpec) -> dict[str, Any] | None:
     return None
 
 
-def scan_input(spec: InputSpec) -> InputScan:
-    """Count rows and hash the file in one pass (the fingerprint must change when the input does)."""
-    h = hashlib.sha256()
-    if spec.format == "parquet":
-        with open(spec.path, "rb") as f:
-            while chunk := f.read(HASH_CHUNK):
-                h.update(chunk)
-        return InputScan(rows=_open_parquet(spec.path).metadata.num_rows, digest=h.hexdigest())
-    if spec.format == "csv":
-        with open(spec.path, "rb") as f:
-            while chunk := f.read(HASH_CHUNK):
-                h.update(chunk)
-        first = table_columns(spec)[:1]
-        return InputScan(rows=sum(b.num_rows for b in table_batches(spec, first)), digest=h.hexdigest())
-    rows = 0
+def scan_input(spec: InputSpec, upto: int | None = None) -> InputScan:
+    """Count rows and hash the file in one pass (the fingerprint must change when the input does): the bytes hashed
+    are the run's snapshot. `upto` (an earlier run's snapshot): also hash and count the first `upto` bytes, to
+    tell an input that grew from one that changed."""
+    if spec.format == "jsonl":
+        return _scan_jsonl(spec, upto)
+    h, size, prefix = _hash_file(spec.path, upto)
+    if spec.format == "parquet":  # written whole: it never grows, and is read as it is
+        return InputScan(_open_parquet(spec.path).metadata.num_rows, h.hexdigest(), size)
+    rows = _csv_rows(replace(spec, snapshot=size))
+    found = Prefix(prefix.hexdigest(), _csv_rows(replace(spec, snapshot=upto))) if prefix and upto else None
+    return InputScan(rows, h.hexdigest(), size, prefix=found)
+
+
+def _hash_file(path: Path, upto: int | None) -> tuple[Any, int, Any]:
+    """The sha256 of the file as it is, its size, and the sha256 of its first `upto` bytes (None: not asked, or the
+    file is not longer)."""
+    h, size, prefix = hashlib.sha256(), 0, None
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            if upto is not None and prefix is None and size + len(chunk) > upto:
+                prefix = h.copy()
+                prefix.update(chunk[: upto - size])
+            h.update(chunk)
+            size += len(chunk)
+    return h, size, prefix
+
+
+def _csv_rows(spec: InputSpec) -> int:
+    first = table_columns(spec)[:1]
+    return sum(b.num_rows for b in table_batches(spec, first))
+
+
+def _scan_jsonl(spec: InputSpec, upto: int | None) -> InputScan:
+    """A JSONL input's snapshot: every line there is, but an unfinished last one (no newline, not whole JSON: an
+    upstream job is writing it) is left for the next run rather than read as a broken row."""
+    h, size, rows, count, last = hashlib.sha256(), 0, 0, 0, b""
+    prefix: Prefix | None = None
     with open(spec.path, "rb") as f:
-        for line in f:
-            h.update(line)
-            if not line.isspace():
-                rows += 1
-    return InputScan(rows=rows, digest=h.hexdigest())
+        for lines in _line_batches(f, None):
+            if size == 0 and lines[0].startswith(BOM) and lines[0][len(BOM) :].isspace():
+                rows -= 1  # a line holding only the byte order mark is blank once that is dropped
+            chunk = b"".join(lines)
+            if upto is not None and prefix is None and size + len(chunk) > upto:
+                prefix = _prefix(h.copy(), lines, upto - size, rows)
+            h.update(chunk)
+            size += len(chunk)
+            rows += len(lines) - sum(map(bytes.isspace, lines))
+            count += len(lines)
+            last = lines[-1]
+    if last and not last.endswith(b"\n") and not last.isspace() and not _whole_json(last, count == 1):
+        size -= len(last)
+        return InputScan(rows - 1, _sha256(spec.path, size), size, count, prefix)
+    return InputScan(rows, h.hexdigest(), size, prefix=prefix)
+
+
+def _prefix(h: Any, lines: list[bytes], left: int, rows: int) -> Prefix:
+    """The digest and rows of the bytes hashed into `h` and the first `left` bytes of `lines`."""
+    for line in _cut(lines, left):
+        h.update(line)
+        rows += not line.isspace()
+    return Prefix(h.hexdigest(), rows)
+
+
+def _sha256(path: Path, size: int) -> str:
+    """The sha256 of a file's first `size` bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while size > 0 and (chunk := f.read(min(HASH_CHUNK, size))):
+            h.update(chunk)
+            size -= len(chunk)
+    return h.hexdigest()
+
+
+def _whole_json(line: bytes, first: bool) -> bool:
+    try:
+        orjson.loads(line.removeprefix(BOM) if first else line)
+    except orjson.JSONDecodeError:
+        return False
+    return True

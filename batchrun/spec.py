@@ -28,11 +28,13 @@ from .presets import (
     TpmAccounting,
 )
 from .pricing import Price, parse_prices
+from .proxies import proxy_problem, without_credentials
 from .spec_section import Section, choice, names, seconds_range
 from .structured import DEFAULT_MAX_REPAIRS, DEFAULT_MAX_TOKENS_CAP, OutputSpec, body_max_tokens, schema_problem
 from .yamlfile import load_yaml
 
 INPUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+NULLS = ("fail", "empty")  # input.null
 RESERVED_PARAMS = {"model": "model", "messages": "input.messages_field / input.prompt_field / input.template"}
 
 
@@ -45,6 +47,10 @@ class InputSpec:
     prompt_field: str | None = None
     template: str | None = None
     system: str | None = None
+    null: str = "fail"  # a null in a field the template names: "fail" (a failure record) or "empty" (empty text)
+    # Not a key of the spec: the bytes of the file a run reads, set by job.prepare from its scan, so that rows
+    # appended while the run goes wait for the next one (None: the whole file).
+    snapshot: int | None = None
 
     @property
     def template_fields(self) -> tuple[str, ...]:
@@ -76,6 +82,9 @@ class SimulateSpec:
     api_key: str | None = None  # when set, requests must carry it (to try auth failures)
     retry_after: bool = True  # send Retry-After with 429s (False: bare 429s, as Zhipu does)
     rate_headers: bool = False  # send x-ratelimit-* headers on every answer, as OpenAI does
+    # answer as through a gateway: "litellm" (LiteLLM's proxy relaying it: headers renamed llm_provider-*), or
+    # "litellm-key" (and rpm/tpm are a LiteLLM virtual key's own limits: limit and remaining headers, no reset)
+    gateway: str = "none"
     tpm_accounting: str = "reserve"  # reserve: prompt + max_tokens on admission; actual: tokens used, after
     task_s: tuple[float, float] = (2.0, 20.0)  # how long an async task runs: uniform between the two
     drop_rate: float = 0.0  # share of requests whose connection is dropped without an answer
@@ -110,6 +119,7 @@ class ProviderSpec:
 
 
 LATENCY_DISTS = ("lognormal", "uniform", "fixed")
+SIM_GATEWAYS = ("none", "litellm", "litellm-key")
 
 
 @dataclass(frozen=True)
@@ -176,7 +186,9 @@ class JobSpec:
         return {
             "name": self.name,
             "spec": str(self.spec_path),
-            "input": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.input).items()},
+            "input": {
+                k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.input).items() if k != "snapshot"
+            },
             "model": self.model,
             "endpoint": self.endpoint,
             "params": dict(self.params),
@@ -398,7 +410,7 @@ def _parse_input(top: Section, base: Path, source: str, rows_given: bool = False
         raise top.fail("input", "is required: a path to a .jsonl, .parquet or .csv file, or a mapping with 'path'")
     if isinstance(raw, str):
         raw = {"path": raw}
-    keys = {"path", "format", "id_field", "messages_field", "prompt_field", "template", "system"}
+    keys = {"path", "format", "id_field", "messages_field", "prompt_field", "template", "system", "null"}
     sec = Section("input", raw, keys, source)
     if rows_given:
         if sec.data.get("path") is not None:
@@ -436,6 +448,7 @@ def _parse_input(top: Section, base: Path, source: str, rows_given: bool = False
         prompt_field=sec.text("prompt_field"),
         template=template,
         system=sec.text("system"),
+        null=choice(sec, "null", NULLS, "fail"),
     )
 
 
@@ -476,11 +489,14 @@ def _parse_provider(raw: Any, source: str, spec_dir: Path) -> ProviderSpec:
         raise sec.fail("auth", f"{auth!r} is not offered by {preset.title} (it offers: {', '.join(preset.auths)})")
     proxy = sec.text("proxy")
     if proxy is not None:
-        parts = urlsplit(proxy)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        problem = proxy_problem(proxy)  # what the transport could not use: said now, not by every row
+        if problem is not None:
             raise sec.fail(
-                "proxy", f"must be an http:// or https:// proxy URL such as http://proxy:3128, got {proxy!r}"
+                "proxy",
+                f"must be an http:// or https:// proxy URL such as http://proxy:3128 ({problem}), got "
+                f"{without_credentials(proxy)!r}",
             )
+        parts = urlsplit(proxy)
         if parts.username or parts.password:
             raise sec.fail(
                 "proxy",
@@ -545,6 +561,7 @@ def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
             "seed",
             "retry_after",
             "rate_headers",
+            "gateway",
             "tpm_accounting",
             "task_s",
             "drop_rate",
@@ -577,6 +594,7 @@ def parse_simulate(raw: Any, where: str, source: str) -> SimulateSpec:
         seed=sec.integer("seed", 0, minimum=0) or 0,
         retry_after=sec.boolean("retry_after", True),
         rate_headers=sec.boolean("rate_headers", False),
+        gateway=choice(sec, "gateway", SIM_GATEWAYS, "none"),
         latency_dist=choice(sec, "latency_dist", LATENCY_DISTS, "lognormal"),
         tpm_accounting=choice(sec, "tpm_accounting", ("reserve", "actual"), "reserve"),
         task_s=seconds_range(sec, "task_s", SimulateSpec.task_s),

@@ -52,6 +52,7 @@ def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[s
         "updated_at": run.updated_at,
         "updated_s_ago": _age(run.updated_at),
         "batches": _batches(path),
+        "warnings": run.warnings,
         "resume_command": (
             f"batchrun submit {run.job.get('spec', 'JOB.yaml')}"
             if run.state in ("died", "interrupted", "stopped") and run.rows_pending
@@ -104,6 +105,7 @@ def status_lines(path: Path, prices: Mapping[str, Price] | None = None) -> list[
         )
     if len(batches) > MAX_BATCHES_SHOWN:
         lines.append(f"  batch    ... and {len(batches) - MAX_BATCHES_SHOWN} earlier shard(s); status --json lists all")
+    lines += [f"  warning  {line}" for line in st["warnings"]]
     if st["resume_command"]:
         lines.append(f"  resume with: {st['resume_command']}")
     return lines

@@ -7,9 +7,8 @@ import contextlib
 import os
 import ssl
 import time
-import urllib.request
 from base64 import b64encode
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
+
+from .proxies import Route, env_route, route
 
 NO_HEADERS: Mapping[str, str] = {}
 
@@ -45,7 +46,17 @@ class Network:
 
     proxy: str | None = None  # provider.proxy: every request through it, whatever the environment says
     ca_bundle: Path | None = None  # provider.ca_bundle: the CAs to trust instead of the system's
-    trust_env: bool = True  # False for the in-process simulator: a loopback server is never proxied
+    trust_env: bool = True  # False for the in-process simulator: never proxied, not even by provider.proxy
+
+
+class ProxyError(aiohttp.ClientConnectionError):
+    """The proxy, not the provider, failed the request: refused or unknown (`proxy_unreachable`), wants
+    credentials (`proxy_auth_required`), or would not open the tunnel (`proxy_error`). The message names the
+    proxy and the setting it came from, never its credentials; retry.py reads it off the Reply's error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Http:
@@ -70,34 +81,46 @@ class Http:
             raise_for_status=False,
         )
         self.network = network
-        self._proxies: dict[str, tuple[str | None, dict[str, str] | None]] = {}
+        self._routes: dict[str, tuple[Route | None, str | None, dict[str, str] | None]] = {}
 
-    def proxy_for(self, url: str) -> tuple[str | None, dict[str, str] | None]:
-        """The proxy (and its credentials) for `url`'s host: provider.proxy, else the environment's, else none."""
+    def _resolved(self, url: str) -> tuple[Route | None, str | None, dict[str, str] | None]:
+        """The route for `url`'s host, and the proxy URL and Proxy-Authorization aiohttp is given for it."""
         origin = url.split("/", 3)
         key = "/".join(origin[:3])
-        found = self._proxies.get(key)
+        found = self._routes.get(key)
         if found is None:
-            proxy = self.network.proxy or (env_proxy(url) if self.network.trust_env else None)
-            found = _with_auth(proxy) if proxy else (None, None)
-            self._proxies[key] = found
+            via = route(url, self.network.proxy, self.network.trust_env)  # a SpecError for a proxy that cannot work
+            found = (via, *_with_auth(via.url)) if via else (None, None, None)
+            self._routes[key] = found
         return found
+
+    def route_for(self, url: str) -> Route | None:
+        """The proxy `url`'s requests go through, and the setting that named it (None: straight there)."""
+        return self._resolved(url)[0]
+
+    def proxy_args(self, url: str, headers: Mapping[str, str]) -> dict[str, Any]:
+        """`headers`, `proxy` and `proxy_headers` for a request to `url` on `session`. aiohttp sends proxy_headers
+        only with a CONNECT: to a plain http:// request the proxy's credentials are added as ordinary headers."""
+        _, proxy, proxy_headers = self._resolved(url)
+        if proxy_headers and url.startswith("http://"):  # no tunnel: the proxy reads them off the request itself
+            headers, proxy_headers = {**headers, **proxy_headers}, None
+        return {"headers": headers, "proxy": proxy, "proxy_headers": proxy_headers}
 
     def request(
         self, method: str, url: str, headers: Mapping[str, str], timeout: float, payload: bytes | None = None
     ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
-        proxy, proxy_headers = self.proxy_for(url)
-        if proxy_headers and url.startswith("http://"):  # no tunnel: the proxy reads them off the request itself
-            headers, proxy_headers = {**headers, **proxy_headers}, None
-        return self.session.request(
-            method,
-            url,
-            data=payload,
-            headers=headers,
-            proxy=proxy,
-            proxy_headers=proxy_headers,
-            timeout=aiohttp.ClientTimeout(total=timeout),
+        sent = self.session.request(
+            method, url, data=payload, timeout=aiohttp.ClientTimeout(total=timeout), **self.proxy_args(url, headers)
         )
+        return self.proxied(url, sent)
+
+    def proxied(
+        self, url: str, sent: contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]
+    ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """`sent`, a request to `url` made on `session` (with `proxy_args`), the proxy's own failures raised as a
+        ProxyError that names it."""
+        via = self.route_for(url)
+        return sent if via is None else _through(via, url, sent)
 
     async def close(self) -> None:
         await self.session.close()
@@ -106,11 +129,70 @@ class Http:
 def env_proxy(url: str) -> str | None:
     """The proxy HTTPS_PROXY / HTTP_PROXY / ALL_PROXY name for `url`, unless NO_PROXY exempts its host: what
     the openai and zhipuai SDKs (httpx) and curl would use."""
-    parts = urlsplit(url)
-    if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
-        return None
-    proxies = urllib.request.getproxies_environment()
-    return proxies.get(parts.scheme) or proxies.get("all")
+    found = env_route(url)
+    return found.url if found else None
+
+
+@contextlib.asynccontextmanager
+async def _through(
+    via: Route, url: str, sent: contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """`sent`, a request through the proxy `via`, with the proxy's own failures raised as a ProxyError that
+    names it: as told apart from the provider's, they stop a run instead of failing every row."""
+    try:
+        async with sent as resp:
+            if resp.status == 407:  # only a proxy says 407; to a plain http:// request it answers itself
+                raise ProxyError("proxy_auth_required", _auth_wanted(via, url, "a plain http:// request"))
+            yield resp
+    except ProxyError:
+        raise
+    except aiohttp.ClientError as exc:
+        failure = proxy_failure(exc, via, url)
+        if failure is None:
+            raise
+        raise failure from exc
+
+
+def proxy_failure(exc: BaseException, via: Route | None = None, url: str = "") -> ProxyError | None:
+    """`exc` as a ProxyError when the proxy caused it (None: it did not). Without `via` (a request made on the
+    session directly) the proxy is named by what aiohttp's exception knows of it."""
+    if isinstance(exc, ProxyError):
+        return exc
+    if isinstance(exc, aiohttp.ClientHttpProxyError):  # its answer to CONNECT, for an https:// URL
+        if exc.status == 407:
+            return ProxyError("proxy_auth_required", _auth_wanted(via, url, "CONNECT"))
+        return ProxyError("proxy_error", f"the proxy {_named(via)} answered HTTP {exc.status} {exc.message} to CONNECT")
+    # Through a proxy, the proxy is the only host connected to; a TLS error is the provider's, inside the tunnel.
+    proxied = via is not None or isinstance(exc, aiohttp.ClientProxyConnectionError)
+    if proxied and isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(exc, aiohttp.ClientSSLError):
+        where = _named(via) if via is not None else f"{exc.host}:{exc.port}"
+        return ProxyError("proxy_unreachable", f"cannot connect to the proxy {where}: {_reason(exc.os_error)}")
+    return None
+
+
+def _named(via: Route | None) -> str:
+    return f"{via.shown} (from {via.source})" if via is not None else "(from HTTPS_PROXY / HTTP_PROXY)"
+
+
+def _auth_wanted(via: Route | None, url: str, what: str) -> str:
+    """A 407: the credentials to give, and where (the environment's proxy URL; never the spec)."""
+    head = f"HTTP 407 from the proxy {_named(via)} to {what}"
+    if via is not None and via.has_credentials:
+        return f"{head}: it refused the credentials in {via.source}; check the user and password there"
+    variable = via.source if via is not None and via.from_env else f"{urlsplit(url).scheme.upper() or 'HTTPS'}_PROXY"
+    leave = " (and leave provider.proxy out)" if via is not None and not via.from_env else ""
+    return (
+        f"{head}: it wants credentials; set {variable}=http://user:pass@host:port in the environment{leave}, "
+        "never in the spec"
+    )
+
+
+def _reason(error: OSError) -> str:
+    """`Connection refused`, `Name or service not known`: the OS's words for why a connection failed."""
+    number = error.errno
+    if isinstance(number, int) and number > 0:
+        return os.strerror(number)
+    return error.strerror or str(error) or type(error).__name__
 
 
 def _with_auth(proxy: str) -> tuple[str, dict[str, str] | None]:
@@ -118,7 +200,8 @@ def _with_auth(proxy: str) -> tuple[str, dict[str, str] | None]:
     parts = urlsplit(proxy)
     if not parts.username:
         return proxy, None
-    netloc = parts.hostname or ""
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
     if parts.port:
         netloc += f":{parts.port}"
     pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
@@ -147,8 +230,15 @@ NO_ANSWER = (asyncio.TimeoutError, aiohttp.ClientError)
 
 
 def no_answer(exc: BaseException, start: float) -> Reply:
-    """A timeout or a dropped connection, as the Reply that retry.classify retries."""
-    error = "timeout" if isinstance(exc, asyncio.TimeoutError) else f"connection_error ({type(exc).__name__})"
+    """A timeout or a dropped connection, as the Reply that retry.classify retries; a proxy's failure as one
+    that retry.py tells apart (its code, then what the proxy did)."""
+    failure = proxy_failure(exc)
+    if failure is not None:
+        error = f"{failure.code} ({failure})"
+    elif isinstance(exc, asyncio.TimeoutError):
+        error = "timeout"
+    else:
+        error = f"connection_error ({type(exc).__name__})"
     return Reply(None, NO_HEADERS, None, time.monotonic() - start, error)
 
 

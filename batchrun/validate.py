@@ -52,6 +52,10 @@ class Validation:
 def validate(prepared: Prepared) -> Validation:
     """Every row built as submit builds it, and every repeated id, each problem named by its row."""
     report = Validation()
+    if prepared.scan.held_back is not None:  # not read (a submit says so too), but a run may never read it either
+        report._problem(
+            f"line {prepared.scan.held_back}: no newline at its end and not whole JSON: left out as still being written"
+        )
     for sent in batched(_built(prepared, report), prepared.spec.limits.batch_size):
         if isinstance(sent, BadRow):
             report._problem(f"{sent.message} [{sent.code}]")
@@ -103,9 +107,11 @@ def validation_lines(prepared: Prepared, report: Validation) -> list[str]:
         if builder.id_field
         else "each row's own custom_id or id (its row number when it has none)"
     )
+    grown = prepared.growth
     lines = [
         f"{display_path(spec.spec_path)}: {'ok' if report.ok else 'problems found'}",
-        f"  input: {display_path(spec.input.path)} ({spec.input.format}), {report.rows} rows",
+        f"  input: {display_path(spec.input.path)} ({spec.input.format}), {report.rows} rows"
+        + (f", {grown.after - grown.before:,} of them new since the run started (submit sends them)" if grown else ""),
         f"  requests: {_requests(report)} to {spec.provider.name} {_models(report, spec.model)}, about "
         f"{report.tokens:,} tokens charged to TPM (prompt estimate + max_tokens)",
         f"  ids: {ids}" + (f", {report.duplicate_ids} duplicated" if report.duplicate_ids else ", all unique"),

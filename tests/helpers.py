@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,18 @@ def cli(*args: str, env: dict[str, str] | None = None) -> Ran:
 
 def submit(job: Path, *extra: str, env: dict[str, str] | None = None) -> Ran:
     return cli("submit", str(job), "--no-progress", *extra, env=env)
+
+
+def wait_for_lines(path: Path, at_least: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
+    """Wait until a running submit has written `at_least` lines to `path` (it must still be running)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        n = path.read_bytes().count(b"\n") if path.exists() else 0
+        if n >= at_least:
+            return n
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {at_least} lines in {path} after {timeout} s")
 
 
 def spawn_submit(job: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -5,8 +5,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchrun.checkpoint import Checkpoint, DoneRows
+from batchrun.checkpoint import Checkpoint
 from batchrun.errors import RunDirError
+from batchrun.recordfile import DoneRows
 from batchrun.records import record_row
 from batchrun.rundir import FAILURES, RESULTS, USAGE
 

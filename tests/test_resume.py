@@ -4,28 +4,16 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 
-from .helpers import make_job, read_jsonl, spawn_submit, submit
+from .helpers import make_job, read_jsonl, spawn_submit, submit, wait_for_lines
 from .simserver import SimServer
 
 CONCURRENCY = 8
-
-
-def wait_for_results(path: Path, at_least: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-        n = path.read_bytes().count(b"\n") if path.exists() else 0
-        if n >= at_least:
-            return n
-        time.sleep(0.05)
-    raise AssertionError(f"fewer than {at_least} results after {timeout} s")
 
 
 def slow_job(tmp_path: Path, base_url: str, n: int = 300) -> Path:
@@ -49,7 +37,7 @@ def start_run(
     job = slow_job(tmp_path, server.base_url)
     results = tmp_path / "runs" / "job" / "results.jsonl"
     proc = spawn_submit(job)
-    wait_for_results(results, at_least, proc)
+    wait_for_lines(results, at_least, proc)
     return server, job, results, proc
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchrun.checkpoint import Checkpoint
-from batchrun.rundir import FAILURES, RESULTS
+from batchrun.rundir import FAILURES, MANIFEST, RESULTS
 from batchrun.sources import iter_rows
 from batchrun.spec import InputSpec
 from tools.torture import (
@@ -23,6 +23,7 @@ from tools.torture import (
     fault_suite,
     sigterm_storm,
 )
+from tools.torture_files import disk_frees_in_grace, torn_lines
 
 
 def assert_survived(out: Outcome) -> None:
@@ -73,6 +74,18 @@ def test_a_full_disk_stops_cleanly_and_resumes(tmp_path: Path) -> None:
     assert_survived(disk_full(tmp_path, rows=300, limit_bytes=40_000))
 
 
+def test_space_freed_in_the_grace_never_glues_a_record_to_a_torn_one(tmp_path: Path) -> None:
+    out = disk_frees_in_grace(tmp_path, rows=300, limit_bytes=20_000)
+    assert_survived(out)
+    assert out.faults["space freed in the grace"] == 1
+
+
+def test_torn_lines_in_a_finished_run(tmp_path: Path) -> None:
+    out = torn_lines(tmp_path, rows=300, count=12, seed=3)
+    assert_survived(out)
+    assert sum(out.faults.values()) >= 12
+
+
 def test_sigterm_storm(tmp_path: Path) -> None:
     out = sigterm_storm(tmp_path, rows=1200, terms=3)
     assert_survived(out)
@@ -107,13 +120,20 @@ def line_for(row: int, failed: bool) -> bytes:
 @settings(max_examples=150, deadline=None)
 @given(
     records=st.lists(record, max_size=60),
+    glued=st.lists(st.tuples(record, st.integers(min_value=1, max_value=ROWS), st.integers(1, 80)), max_size=4),
     torn=st.dictionaries(st.sampled_from([RESULTS, FAILURES]), st.integers(min_value=1, max_value=ROWS)),
-    cut=st.integers(min_value=1, max_value=30),
+    cut=st.integers(min_value=1, max_value=200),
     garbage=st.booleans(),
 )
 def test_resume_sends_exactly_the_rows_without_a_final_record(
-    records: list[tuple[str, int]], torn: dict[str, int], cut: int, garbage: bool
+    records: list[tuple[str, int]],
+    glued: list[tuple[tuple[str, int], int, int]],
+    torn: dict[str, int],
+    cut: int,
+    garbage: bool,
 ) -> None:
+    """Whole lines, repeated rows, garbage, torn records with a whole one glued after them (a write cut part-way
+    by an older version), and a torn tail: a row is done only by a whole record, counted once."""
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         (base / "in.jsonl").write_bytes(
@@ -121,10 +141,15 @@ def test_resume_sends_exactly_the_rows_without_a_final_record(
         )
         run = base / "run"
         run.mkdir()
+        (run / MANIFEST).write_bytes(orjson.dumps({"fingerprint": {"k": "v"}}))
         final: set[int] = set()
         files = {RESULTS: bytearray(), FAILURES: bytearray()}
         for name, row in records:  # whole lines, in any order, rows possibly repeated across files
             files[name] += line_for(row, failed=name == FAILURES)
+            final.add(row)
+        for (name, row), torn_row, at in glued:  # part of one record, then a whole one on the same line
+            partial = line_for(torn_row, failed=name == FAILURES)
+            files[name] += partial[: min(at, len(partial) - 2)] + line_for(row, failed=name == FAILURES)
             final.add(row)
         if garbage:  # a whole line that is not a record: ignored, its row is not done by it
             files[RESULTS] += b"not a record\n"
@@ -141,6 +166,13 @@ def test_resume_sends_exactly_the_rows_without_a_final_record(
         to_send = {raw.row for raw in iter_rows(spec, skip=state.done.__contains__)}
         assert to_send == set(range(1, ROWS + 1)) - final
         assert state.done.count == len(final)
+        assert state.usage.rows_succeeded + state.usage.rows_failed == len(final)  # each row counted once
         for name in (RESULTS, FAILURES):  # torn tails are cut off, so the next append starts a whole line
             data = (run / name).read_bytes()
             assert not data or data.endswith(b"\n")
+            for line in data.splitlines():  # what is left is whole records, one per row
+                assert isinstance(orjson.loads(line)["row"], int)
+        reopened = Checkpoint(run)
+        again = reopened.open({"k": "v"}, {}, fresh=False)  # damage is reported once: it was set aside
+        reopened.close()
+        assert not again.notes and again.done.count == len(final)

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -558,7 +559,7 @@ def bench_cache(work: Path, entries: int, rows: int) -> list[Figure]:
     from batchrun.cache import stats as cache_stats
 
     path = work / "cache.sqlite3"
-    cache = Cache(CacheSpec(path=path))
+    cache = Cache(CacheSpec(path=path), secrets=(), warn=print)
     t0 = time.perf_counter()
     for i in range(entries):  # answers shaped as the simulator's, about as long as a short chat answer
         key = hashlib.blake2b(f"filler {i}".encode(), digest_size=16).digest()
@@ -582,7 +583,7 @@ def bench_cache(work: Path, entries: int, rows: int) -> list[Figure]:
     cache.close()
     fill_s = time.perf_counter() - t0
     size = int(cache_stats(path)["bytes"])
-    cache = Cache(CacheSpec(path=path, mode="read"))
+    cache = Cache(CacheSpec(path=path, mode="read"), secrets=(), warn=print)
     keys = [
         hashlib.blake2b(f"filler {i}".encode(), digest_size=16).digest() for i in random.sample(range(entries), rows)
     ]
@@ -660,11 +661,19 @@ def bench_memory(work: Path, big: int, small: int) -> list[Figure]:
     return figures
 
 
-def write_done_run(work: Path, done: int, extra: int, sim_url: str) -> tuple[Path, Path]:
-    """A job over `done + extra` prompts whose run directory already holds `done` results, written directly."""
+def _digests(crc: int, lines: int) -> dict[str, Any]:
+    from batchrun.recordfile import CRC_KEY, LINES_KEY
+    from batchrun.rundir import FAILURES, RESULTS
+
+    return {CRC_KEY: {RESULTS: crc, FAILURES: 0}, LINES_KEY: {RESULTS: lines, FAILURES: 0}}
+
+
+def write_done_run(work: Path, done: int, extra: int, sim_url: str, *, legacy: bool = False) -> tuple[Path, Path]:
+    """A job over `done + extra` prompts whose run directory already holds `done` results, written directly;
+    `legacy`: its usage.json as versions before the CRC left it (its totals are recounted on resume)."""
     from batchrun.checkpoint import atomic_write
     from batchrun.job import prepare
-    from batchrun.rundir import MANIFEST, RESULTS, USAGE
+    from batchrun.rundir import FAILURES, MANIFEST, RESULTS, USAGE
     from batchrun.spec import load_spec
 
     path = write_prompts(work / "done.jsonl", done + extra, short_prompt)
@@ -712,6 +721,7 @@ def write_done_run(work: Path, done: int, extra: int, sim_url: str) -> tuple[Pat
                 + b"\n"
             )
     size = (run_dir / RESULTS).stat().st_size
+    crc = zlib.crc32((run_dir / RESULTS).read_bytes())
     atomic_write(
         run_dir / MANIFEST,
         # as a real run that recorded rows left it: its first session checked the input's ids
@@ -744,21 +754,23 @@ def write_done_run(work: Path, done: int, extra: int, sim_url: str) -> tuple[Pat
                     }
                 },
                 "active_s": 100.0,
-                "checkpoint": {RESULTS: size, "failures.jsonl": 0},
+                # as this version's writer leaves it: sizes, and each file's CRC-32 and lines (`recordfile`)
+                "checkpoint": {RESULTS: size, FAILURES: 0, **({} if legacy else _digests(crc, done))},
             }
         ),
     )
     return spec_path, run_dir
 
 
-def bench_resume(work: Path, done: int) -> list[Figure]:
-    """A run directory with `done` rows recorded: how long until the resumed run sends its first request."""
+def bench_resume(work: Path, done: int, *, legacy: bool = False) -> list[Figure]:
+    """A run directory with `done` rows recorded: how long until the resumed run sends its first request.
+    `legacy`: one left by a version before usage.json kept the CRC of the records (read whole once)."""
     from batchrun.rundir import RESULTS
 
     extra = 1000
     sim = Simulator("--latency", "0")
     try:
-        spec_path, run_dir = write_done_run(work, done, extra, sim.url)
+        spec_path, run_dir = write_done_run(work, done, extra, sim.url, legacy=legacy)
         started = time.time()
         proc = subprocess.Popen(
             [*PY, "submit", str(spec_path), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -775,8 +787,9 @@ def bench_resume(work: Path, done: int) -> list[Figure]:
     finally:
         sim.close()
     startup = first - started
+    which = "an older version's run directory" if legacy else f"{done:,} rows done"
     return [
-        Figure(f"5 resume with {done:,} rows done: time to first request", "< 5 s", f"{startup:.2f} s", startup < 5),
+        Figure(f"5 resume with {which}: time to first request", "< 5 s", f"{startup:.2f} s", startup < 5),
         Figure(
             "5 resumed run: rows recorded at the end (done + new)",
             f"{done + extra:,}",
@@ -847,6 +860,7 @@ def main(quick: bool, only: str | None) -> None:
         ("3", lambda w: bench_overhead(w, 10_000 if q else 50_000)),
         ("4", lambda w: bench_memory(w, 50_000 if q else 1_000_000, 5_000 if q else 100_000)),
         ("5", lambda w: bench_resume(w, 100_000 if q else 1_000_000)),
+        ("5", lambda w: bench_resume(w, 100_000 if q else 1_000_000, legacy=True)),
         ("6", lambda w: bench_async(w, 300 if q else 1200)),
         ("7", lambda w: bench_operations(w, 100_000 if q else 1_000_000)),
         ("8", lambda w: bench_batch(w, 20_000 if q else 100_000, 2_000 if q else 10_000)),

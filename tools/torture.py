@@ -521,6 +521,8 @@ def print_table(outcomes: list[Outcome]) -> None:
 def main(rows: int, kills: int, seed: int | None) -> None:
     import tempfile
 
+    from tools.torture_files import disk_frees_in_grace, torn_lines
+
     seed = int(time.time()) % 10_000 if seed is None else seed
     t0 = time.monotonic()
     outcomes: list[Outcome] = []
@@ -533,6 +535,8 @@ def main(rows: int, kills: int, seed: int | None) -> None:
             lambda w: batch_torture(w, rows, kills, seed=seed + 2),
             fault_suite,
             disk_full,
+            disk_frees_in_grace,
+            lambda w: torn_lines(w, seed=seed + 4),
             sigterm_storm,
             bad_input_suite,
         ):

@@ -30,20 +30,18 @@ class BatchAPIClient:
         """`POST /files`, multipart, `purpose=batch`: a file of up to a few hundred MB, read from disk as it goes."""
         start = time.monotonic()
         url = f"{self.base}/files"
-        proxy, proxy_headers = self.http.proxy_for(url)
         try:
             with open(path, "rb") as f:
                 form = aiohttp.FormData()
                 form.add_field("purpose", "batch")
                 form.add_field("file", f, filename=path.name, content_type="application/jsonl")
-                async with self.http.session.post(
+                sent = self.http.session.post(
                     url,
                     data=form,
-                    headers=self.headers(json=False),
-                    proxy=proxy,
-                    proxy_headers=proxy_headers,
                     timeout=aiohttp.ClientTimeout(total=max(self.timeout, 600.0)),
-                ) as resp:
+                    **self.http.proxy_args(url, self.headers(json=False)),
+                )
+                async with self.http.proxied(url, sent) as resp:
                     raw = await resp.read()
                     return Reply(resp.status, resp.headers, parse_body(raw), time.monotonic() - start)
         except NO_ANSWER as exc:
@@ -95,10 +93,8 @@ class BatchAPIClient:
         """A result file's lines, parsed one at a time as they arrive: a 200 MB file is never held whole."""
         url = f"{self.base}/files/{file_id}/content"
         timeout = aiohttp.ClientTimeout(total=None, sock_read=max(self.timeout, 300.0))
-        proxy, proxy_headers = self.http.proxy_for(url)
-        async with self.http.session.get(
-            url, headers=self.headers(json=False), proxy=proxy, proxy_headers=proxy_headers, timeout=timeout
-        ) as resp:
+        sent = self.http.session.get(url, timeout=timeout, **self.http.proxy_args(url, self.headers(json=False)))
+        async with self.http.proxied(url, sent) as resp:
             if resp.status != 200:
                 raise DownloadError(f"HTTP {resp.status} downloading {file_id}: {(await resp.read())[:200]!r}")
             async for raw in resp.content:

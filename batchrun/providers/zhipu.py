@@ -78,6 +78,9 @@ def judge_task(reply: Reply, table: ErrorTable) -> TaskVerdict:
     submission reports those, where an old task would stop every resumed run that polls it."""
     state = task_state(reply.status, reply.body)
     if state is TaskState.NO_ANSWER:
+        unanswered = classify(None, None, {}, reply.error) if reply.status is None else None
+        if unanswered is not None and unanswered.verdict is Verdict.STOP_RUN:  # a proxy that wants credentials
+            return TaskVerdict(TaskAction.DECIDE, unanswered)
         pause = (retry_after_seconds(reply.headers) or 1.0) if reply.status == 429 else None
         return TaskVerdict(TaskAction.POLL, pause=pause)
     if state is TaskState.PENDING:

@@ -22,10 +22,11 @@ from typing import Any
 import orjson
 
 from ..cache import Cache
-from ..checkpoint import Checkpoint, DoneRows, ResumeState
+from ..checkpoint import Checkpoint, ResumeState
 from ..errors import BatchrunError, SpecError
 from ..job import Prepared
 from ..progress import Progress
+from ..recordfile import DoneRows
 from ..run_control import RunControl
 from ..rundir import REPAIRS, TASKS, RunState
 from ..runner import STOP_GRACE_S

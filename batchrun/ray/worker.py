@@ -120,7 +120,11 @@ class WorkerRun:
         self.keys = provider_keys(spec.provider)  # from this worker's environment: keys never travel with the job
         self.secrets = [key for _, key in self.keys if key]
         self.checkpoint = ShippingCheckpoint(self.secrets)
-        self.cache = Cache(spec.cache) if spec.cache.mode != "off" else None
+
+        def warn(line: str) -> None:  # the outbox's list as it is then: take() swaps it for a new one
+            self.checkpoint.out.logs.append(line)
+
+        self.cache = Cache(spec.cache, secrets=self.secrets, warn=warn) if spec.cache.mode != "off" else None
         self.limits = replace(spec.limits, concurrency=concurrency) if concurrency else spec.limits
         self.accounting = spec.limits.tpm_accounting
         self.call = call
