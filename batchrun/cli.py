@@ -24,6 +24,7 @@ from .errors import BatchrunError, SpecError
 from .job import display_path, job_of_run, prepare
 from .presets import PRESETS, batch_share
 from .pricing import Prices, load_prices
+from .redaction import printable_lines
 from .rundir import RunState
 from .session import EXIT_INTERRUPTED, RunOutcome, cancel_run, list_provider_models, run_job
 from .spec import LATENCY_DISTS, SIM_GATEWAYS, ScaleSpec, SimulateSpec, load_spec
@@ -33,10 +34,16 @@ from .validate import validate, validation_lines
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _echo(text: str, *, err: bool = False) -> None:
+    """Text for a person: ids, answers and providers' messages are anyone's, so a control character in them (an
+    ANSI escape) is shown escaped, not obeyed. JSON and CSV output goes out as it is."""
+    click.echo("\n".join(printable_lines(text.split("\n"))), err=err)
+
+
 def _log(message: str) -> None:
     # stderr may be closed (`2>&1 | head`, a closed terminal): a lost log line must not break the run.
     with contextlib.suppress(OSError):
-        click.echo(f"batchrun: {message}", err=True)
+        _echo(f"batchrun: {message}", err=True)
 
 
 def _friendly(fn: F) -> F:
@@ -47,7 +54,7 @@ def _friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except BatchrunError as exc:
-            click.echo(f"batchrun: error: {exc}", err=True)
+            _echo(f"batchrun: error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("batchrun: interrupted", err=True)
@@ -131,7 +138,7 @@ def submit(
         )
     )
     for line in summary_lines(outcome):
-        click.echo(line)
+        _echo(line)
     sys.exit(outcome.exit_code)
 
 
@@ -147,7 +154,7 @@ def retry_failed(run_dir: Path, codes: tuple[str, ...], job: str | None, no_prog
     spec = job_of_run(run_dir, job)
     outcome = asyncio.run(run_job(spec, progress=not no_progress, log=_log, retry_codes=codes, use_cache=not no_cache))
     for line in summary_lines(outcome):
-        click.echo(line)
+        _echo(line)
     sys.exit(outcome.exit_code)
 
 
@@ -159,7 +166,7 @@ def cancel(run_dir: Path, job: str | None) -> None:
     """Cancel RUN_DIR's batches still going (provider.mode: batch); what they finished stays billed and is
     recorded by the next submit."""
     for line in asyncio.run(cancel_run(job_of_run(run_dir, job))):
-        click.echo(line)
+        _echo(line)
 
 
 @main.command()
@@ -189,7 +196,7 @@ def validate_cmd(job: str) -> None:
     prepared = prepare(load_spec(job))
     report = validate(prepared)
     for line in validation_lines(prepared, report):
-        click.echo(line)
+        _echo(line)
     sys.exit(0 if report.ok else SpecError.exit_code)
 
 
@@ -218,7 +225,7 @@ def preview(job: str, rows: int, fmt: str) -> None:
             else:
                 _log(f"row {built.row}: cannot be sent: {built.message} [{built.code}]")
         else:
-            click.echo("\n".join(preview_lines(prepared, built)))
+            _echo("\n".join(preview_lines(prepared, built)))
 
 
 @main.command()
@@ -240,7 +247,7 @@ def show(run_dir: Path, row_id: str, job: str | None, as_json: bool) -> None:
                 raise SpecError(f"{run_dir}: no final record with id {row_id!r} (the row may still be pending)")
             click.echo(orjson.dumps(found[1], option=orjson.OPT_INDENT_2).decode())
             return
-        click.echo("\n".join(show_lines(run, prepare(job_of_run(run_dir, job)), row_id)))
+        _echo("\n".join(show_lines(run, prepare(job_of_run(run_dir, job)), row_id)))
     finally:
         for line in run.warnings():
             _log(f"warning: {line}")
@@ -266,7 +273,7 @@ def estimate_cmd(job: str, output_share: float, prices: str | None) -> None:
     table = Prices(
         {**prepared.spec.pricing, **(load_prices(prices) if prices else {})}, batch_share(prepared.spec.provider.name)
     )
-    click.echo("\n".join(estimate_lines(prepared, estimate(prepared), table, output_share)))
+    _echo("\n".join(estimate_lines(prepared, estimate(prepared), table, output_share)))
 
 
 @main.command()
@@ -288,7 +295,7 @@ def report(run_dirs: tuple[Path, ...], fmt: str, prices: str | None, html: Path 
     elif fmt == "csv":
         click.echo(report_csv(built), nl=False)
     else:
-        click.echo("\n".join(report_table(built)))
+        _echo("\n".join(report_table(built)))
     if html is not None:
         from .report_html import render_html
 
@@ -312,7 +319,7 @@ def status(run_dir: Path, prices: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(orjson.dumps(status_json(run_dir, table), option=orjson.OPT_INDENT_2).decode())
     else:
-        click.echo("\n".join(status_lines(run_dir, table)))
+        _echo("\n".join(status_lines(run_dir, table)))
 
 
 @main.group()
@@ -337,7 +344,7 @@ def cache_stats(path: Path | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return
-    click.echo("\n".join(response_cache.stats_lines(found)))
+    _echo("\n".join(response_cache.stats_lines(found)))
 
 
 @cache.command(name="prune")
@@ -362,7 +369,7 @@ def cache_prune(path: Path | None, older_than: str) -> None:
 def models(name: str, base_url: str | None, api_key_env: str | None, allow_insecure_http: bool) -> None:
     """List the provider's models (GET /models): a quick check that the key works."""
     for model in asyncio.run(list_provider_models(name, base_url, api_key_env, allow_insecure_http)):
-        click.echo(model)
+        _echo(model)
 
 
 @main.command()

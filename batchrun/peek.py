@@ -6,7 +6,6 @@ fingerprint guarantees the input and mapping are the ones the run used).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from itertools import islice
 from typing import Any
@@ -17,6 +16,7 @@ from .errors import SpecError
 from .job import Prepared
 from .presets import ENDPOINT_URLS
 from .records import body_of, count
+from .redaction import printable_lines
 from .request import BadRow, Request
 from .rundir import RESULTS, RunDir
 from .sources import iter_rows
@@ -25,9 +25,6 @@ TEXT_KEYS = ("messages", "prompt", "input")
 MAX_SHOWN = 4000  # characters of one text shown; the rest is counted, not printed
 # What a terminal obeys instead of showing: C0 controls but tab (ESC starts ANSI sequences that clear the screen or
 # retitle the window; CR and BS overwrite what the line said), DEL, and C1 (0x9b is an escape sequence on its own).
-CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
-
-
 def first_requests(prepared: Prepared, n: int) -> list[Request | BadRow]:
     build = prepared.builder.build
     return [build(raw) for raw in islice(iter_rows(prepared.spec.input), n)]
@@ -94,12 +91,6 @@ def _split(text: str) -> list[str]:
     return lines[:-1] if len(lines) > 1 and not lines[-1] else lines
 
 
-def printable_lines(lines: list[str]) -> list[str]:
-    """The lines as a terminal shows them rather than obeys them: ids, prompts and answers are anyone's text, and
-    a control character in one (ANSI escapes, carriage returns, C1) is written as a \\x.. escape; tabs stay."""
-    return [CONTROLS.sub(lambda found: f"\\x{ord(found.group()):02x}", line) for line in lines]
-
-
 # --- show ----------------------------------------------------------------------------------------------------
 
 
@@ -137,7 +128,8 @@ def show_lines(run: RunDir, prepared: Prepared, custom_id: str) -> list[str]:
             "input.id_field, else its row number)"
         )
     lines = [_headline(custom_id, found)]
-    if run.manifest.get("fingerprint", {}).get("input") not in (None, prepared.fingerprint["input"]):
+    ran = (prepared.held or prepared.fingerprint)["input"]  # a grown input still holds the rows the run read
+    if run.manifest.get("fingerprint", {}).get("input") not in (None, ran):
         lines.append("warning: the input file changed after this run: the request below may not be the one sent")
     if isinstance(built, Request):
         lines.append("request (rebuilt from the input):")

@@ -106,7 +106,7 @@ def whole(line: bytes) -> tuple[int, dict[str, Any]] | None:
     if type(obj) is not dict:
         return None
     row = obj.get("row")
-    return (row, obj) if type(row) is int else None
+    return (row, obj) if type(row) is int and row >= 0 else None
 
 
 def salvage(line: bytes) -> tuple[int, int, dict[str, Any]] | None:

@@ -1,11 +1,14 @@
-"""Keys blanked out of whatever batchrun writes: the run directory's records and the response cache alike.
+"""Other people's text made safe to keep and to show: keys blanked out of whatever batchrun writes (the run
+directory's records and the response cache alike), and control characters escaped in what it prints.
 
 A provider or gateway may echo the caller's key in an answer; whoever stores that answer replaces the key with
-REDACTED first. Depends on nothing else of batchrun, so that every layer can use it."""
+REDACTED first. Ids, prompts, answers and providers' messages are anyone's text: a terminal shows them rather
+than obeys them. Depends on nothing else of batchrun, so that every layer can use it."""
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Sequence
 
 import orjson
@@ -46,3 +49,12 @@ def redact(data: bytes, secrets: Sequence[bytes]) -> bytes:
 def holds(data: bytes, secrets: Sequence[bytes]) -> bool:
     """Whether `data` holds any key in `secrets`, as it is or JSON-escaped."""
     return bool(secrets) and any(needle in data for needle in _needles(tuple(secrets)))
+
+
+CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def printable_lines(lines: list[str]) -> list[str]:
+    """The lines as a terminal shows them rather than obeys them: a control character (ANSI escapes, carriage
+    returns, C1) is written as a \\x.. escape; tabs stay."""
+    return [CONTROLS.sub(lambda found: f"\\x{ord(found.group()):02x}", line) for line in lines]

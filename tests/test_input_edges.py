@@ -195,6 +195,23 @@ def test_a_byte_order_mark_does_not_cost_the_first_row(tmp_path: Path, sim: SimS
     assert sorted((r["row"], r["custom_id"]) for r in results) == [(1, "a"), (2, "b")]
     assert "第一行" in answer(next(r for r in results if r["row"] == 1))
     assert [(f["row"], f["error"]["code"]) for f in failures] == [(3, "duplicate_id")]
+    exported = cli("export", str(run_dir(tmp_path)), "--to", str(tmp_path / "x.jsonl"), "--with-input")
+    assert exported.exit_code == 0, exported.output  # the BOM costs the export's first row its input neither
+    first = read_jsonl(tmp_path / "x.jsonl")[0]
+    assert (first["input_id"], first["input_prompt"]) == ("a", "第一行")
+
+
+def test_show_on_a_grown_input_says_nothing_changed_but_on_a_changed_one_it_does(
+    tmp_path: Path, sim: SimServer
+) -> None:
+    job = make_job(tmp_path, sim.base_url, rows(1, 5))
+    assert submit(job).exit_code == 0
+    append_jsonl(tmp_path / "job.jsonl", rows(6, 7))  # grown: the rows the run read are all still there
+    shown = cli("show", str(run_dir(tmp_path)), "r2")
+    assert shown.exit_code == 0 and "changed" not in shown.output
+    (tmp_path / "job.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows(1, 5, lambda i: f"x{i}")))
+    changed = cli("show", str(run_dir(tmp_path)), "r2")
+    assert "the input file changed after this run" in changed.output
 
 
 def test_nulls_in_template_fields_fail_their_rows_naming_the_field(tmp_path: Path, sim: SimServer) -> None:

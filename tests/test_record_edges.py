@@ -232,12 +232,13 @@ def test_a_failure_record_glued_in_failures_jsonl_counts(tmp_path: Path) -> None
 
 
 def test_a_key_quoted_in_a_refusal_reaches_no_file_and_no_terminal(tmp_path: Path) -> None:
-    """A gateway that refuses the key and quotes it whole in its message (as some do, in 401 bodies)."""
+    """A gateway that refuses the key and quotes it whole in its message (as some do, in 401 bodies), with a
+    terminal escape after it."""
     key = "sk-echoed-" + "k" * 24
 
     async def refuse(request: web.Request) -> web.Response:
         sent = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        message = f"Incorrect API key provided: {sent}. You can find your API key at your dashboard."
+        message = f"Incorrect API key provided: {sent}. You can find your API key at your dashboard.\x1b[2J"
         return web.json_response({"error": {"message": message, "type": "invalid_request_error"}}, status=401)
 
     app = web.Application()
@@ -254,6 +255,8 @@ def test_a_key_quoted_in_a_refusal_reaches_no_file_and_no_terminal(tmp_path: Pat
     assert "Incorrect API key" in ran.output and "[redacted]" in ran.output  # the message is kept, the key not
     assert key not in ran.output
     assert models.exit_code == 1 and "Incorrect API key" in models.output and key not in models.output
+    for said in (ran.output, models.output):  # the gateway's ANSI escape is shown, not obeyed
+        assert "\x1b" not in said and "\\x1b[2J" in said
     for path in (tmp_path / "runs" / "job").rglob("*"):
         if path.is_file():
             assert key.encode() not in path.read_bytes(), path.name

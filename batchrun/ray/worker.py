@@ -55,6 +55,10 @@ class Outbox:
         self.lines: dict[str, list[bytes]] = {"results": [], "failures": [], "tasks": [], "repairs": []}
         self.logs: list[str] = []
 
+    def log(self, line: str) -> None:
+        """A line for the driver to print: into the list of the next shipment, whichever list that is by then."""
+        self.logs.append(line)
+
     def take(self, progress: Progress, **extra: Any) -> dict[str, Any]:
         lines, self.lines = self.lines, {name: [] for name in self.lines}
         logs, self.logs = self.logs, []
@@ -121,9 +125,7 @@ class WorkerRun:
         self.secrets = [key for _, key in self.keys if key]
         self.checkpoint = ShippingCheckpoint(self.secrets)
 
-        def warn(line: str) -> None:  # the outbox's list as it is then: take() swaps it for a new one
-            self.checkpoint.out.logs.append(line)
-
+        warn = self.checkpoint.out.log
         self.cache = Cache(spec.cache, secrets=self.secrets, warn=warn) if spec.cache.mode != "off" else None
         self.limits = replace(spec.limits, concurrency=concurrency) if concurrency else spec.limits
         self.accounting = spec.limits.tpm_accounting
@@ -137,7 +139,7 @@ class WorkerRun:
         if lease is None:
             lease = self.leases[env] = Lease(env, self.call, self._stop)
             self.serving.append(asyncio.ensure_future(lease.serve()))
-        return LeasedThrottle(self.limits, self.accounting, lease, self.checkpoint.out.logs.append, codes)
+        return LeasedThrottle(self.limits, self.accounting, lease, self.checkpoint.out.log, codes)
 
     def _stop(self) -> None:
         """The driver is stopping the run: take no more rows, finish (and ship) what is in flight."""
@@ -163,7 +165,7 @@ class WorkerRun:
             base_url,
             self.keys,
             progress,
-            checkpoint.out.logs.append,
+            checkpoint.out.log,  # bound to the outbox: take() swaps its list for a new one
             last_row,
             self.cache,
             throttle=self.throttle,
