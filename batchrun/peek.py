@@ -23,8 +23,8 @@ from .sources import iter_rows
 
 TEXT_KEYS = ("messages", "prompt", "input")
 MAX_SHOWN = 4000  # characters of one text shown; the rest is counted, not printed
-# What a terminal obeys instead of showing: C0 controls but tab (ESC starts ANSI sequences that clear the screen or
-# retitle the window; CR and BS overwrite what the line said), DEL, and C1 (0x9b is an escape sequence on its own).
+
+
 def first_requests(prepared: Prepared, n: int) -> list[Request | BadRow]:
     build = prepared.builder.build
     return [build(raw) for raw in islice(iter_rows(prepared.spec.input), n)]

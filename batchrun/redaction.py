@@ -51,6 +51,8 @@ def holds(data: bytes, secrets: Sequence[bytes]) -> bool:
     return bool(secrets) and any(needle in data for needle in _needles(tuple(secrets)))
 
 
+# What a terminal obeys instead of showing: C0 controls but tab (ESC starts ANSI sequences that clear the screen or
+# retitle the window; CR and BS overwrite what the line said), DEL, and C1 (0x9b is an escape sequence on its own).
 CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
