@@ -588,5 +588,16 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
     return lines
 
 
+def entry() -> None:
+    """The `batchrun` command. Once a command has done its work and said so, a SIGTERM is held back until the
+    process exits: the interpreter's finalization puts the default handler back, and a SIGTERM then would end a
+    finished run with -15 instead of its exit status."""
+    try:
+        main()  # click's standalone mode ends in SystemExit
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
 if __name__ == "__main__":
-    main()
+    entry()

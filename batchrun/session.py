@@ -314,13 +314,16 @@ async def _run_interruptibly(runner: BatchRun | RunLoop | RayRun) -> None:
     handled = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
+            before = signal.getsignal(sig)
             loop.add_signal_handler(sig, runner.interrupt, sig == signal.SIGINT)
-            handled.append(sig)
+            handled.append((sig, before))
     try:
         await runner.run()
     finally:
-        for sig in handled:
-            loop.remove_signal_handler(sig)
+        for sig, before in handled:
+            loop.remove_signal_handler(sig)  # this sets the default (a SIGTERM would kill us mid-flush)...
+            if before is not None:  # ...so the handler from before the run is put back (the CLI's: exit 130)
+                signal.signal(sig, before)
 
 
 async def list_provider_models(

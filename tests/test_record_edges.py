@@ -260,3 +260,25 @@ def test_a_key_quoted_in_a_refusal_reaches_no_file_and_no_terminal(tmp_path: Pat
     for path in (tmp_path / "runs" / "job").rglob("*"):
         if path.is_file():
             assert key.encode() not in path.read_bytes(), path.name
+
+
+def test_a_sigterm_after_the_run_loop_still_stops_cleanly() -> None:
+    """asyncio's remove_signal_handler leaves SIGTERM at its default, so a SIGTERM while the session flushes and
+    closes killed the process (exit -15, `make torture`'s SIGTERM storm): the handler from before is put back."""
+    import asyncio
+
+    from batchrun.session import _run_interruptibly
+
+    class Runner:
+        def interrupt(self, terminal: bool = True) -> None: ...
+
+        async def run(self) -> None: ...
+
+    def before(signum: int, frame: object) -> None: ...
+
+    previous = signal.signal(signal.SIGTERM, before)
+    try:
+        asyncio.run(_run_interruptibly(Runner()))  # type: ignore[arg-type]
+        assert signal.getsignal(signal.SIGTERM) is before
+    finally:
+        signal.signal(signal.SIGTERM, previous)
