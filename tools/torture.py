@@ -11,18 +11,14 @@ storms. `tests/test_torture.py` runs short versions of the same functions in `ma
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import resource
-import secrets
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,99 +26,20 @@ import click
 import orjson
 import yaml
 
-from batchrun.rundir import FAILURES, REPAIRS, RESULTS, TASKS, USAGE
+from batchrun.rundir import FAILURES, REPAIRS, RESULTS, TASKS
 from batchrun.structured import Checker, OutputSpec
-from batchrun.usage import COUNTERS, Usage
-from tools.bench import BENCH_SCHEMA, PY, Simulator, write_prompts
-
-KEY_ENV = "BATCHRUN_SIM_API_KEY"
-CONCURRENCY = 32
-
-
-@dataclass
-class Outcome:
-    """What one suite tried and what survived."""
-
-    name: str
-    rows: int = 0
-    kills: int = 0
-    lost: int = 0  # input rows without a final record
-    duplicated: int = 0  # rows with more than one final record
-    torn: int = 0  # record lines that are not whole JSON lines
-    usage_disagrees: list[str] = field(default_factory=list)  # usage.json counters that differ from the records
-    extra_bills: int = 0  # answers the provider billed beyond one per row
-    bill_bound: int = 0  # requests that can be in flight at the kills + answers slower than the client's timeout
-    inflight_at_kills: int = 0  # requests the provider was handling when the client was killed
-    resubmitted_tasks: int = 0  # async: rows submitted again while their recorded task was still good
-    faults: Counter[str] = field(default_factory=Counter)
-    secret_hits: int = 0  # places the API key was found in the run directory or the logs
-    notes: list[str] = field(default_factory=list)  # what the table cannot say
-    problems: list[str] = field(default_factory=list)  # what went wrong besides the counted failures
-
-    @property
-    def ok(self) -> bool:
-        return not (
-            self.lost
-            or self.duplicated
-            or self.torn
-            or self.usage_disagrees
-            or self.secret_hits
-            or self.resubmitted_tasks
-            or self.extra_bills > self.bill_bound
-            or self.problems
-        )
-
-
-def new_key() -> str:
-    return "sk-torture-" + secrets.token_hex(12)
-
-
-@contextlib.contextmanager
-def provider(*args: str) -> Iterator[tuple[str, Simulator]]:
-    """A simulated provider in its own process that requires a fresh key: (the key, the provider)."""
-    key = new_key()
-    sim = Simulator(*args, "--require-key", env={**os.environ, KEY_ENV: key})
-    try:
-        yield key, sim
-    finally:
-        sim.close()
-
-
-def finish(out: Outcome, run_dir: Path, rows: int, key: str, log: Path) -> Outcome:
-    """The checks every suite ends with: its records, and the key nowhere in the run directory or the log."""
-    check_records(run_dir, rows, out)
-    out.secret_hits = secret_hits(key, [run_dir, log])
-    return out
-
-
-def job_spec(
-    work: Path, name: str, sim_url: str, input_path: Path, *, mode: str = "sync", timeout_s: float = 1.5, **extra: Any
-) -> Path:
-    spec: dict[str, Any] = {
-        "name": name,
-        "input": str(input_path),
-        "model": "sim-small",
-        "params": {"max_tokens": 16},
-        "provider": {"name": "simulated", "base_url": sim_url, "mode": mode},
-        "limits": {"concurrency": CONCURRENCY, "poll_rps": 1000, "max_pending": 2000},
-        "retry": {"max_attempts": 30, "timeout_s": timeout_s, "backoff_s": 0.05, "max_backoff_s": 1},
-        "output_dir": str(work / "runs" / name),
-    }
-    spec.update(extra)
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def start_submit(job: Path, key: str, log: Path, **popen: Any) -> subprocess.Popen[bytes]:
-    out = open(log, "ab")  # noqa: SIM115 (the child keeps it; closed when the process is reaped)
-    return subprocess.Popen(
-        [*PY, "submit", str(job), "--no-progress"],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, KEY_ENV: key},
-        **popen,
-    )
+from tools.bench import BENCH_SCHEMA, PY, write_prompts
+from tools.torture_files import disk_frees_in_grace, torn_lines
+from tools.torture_kit import (
+    CONCURRENCY,
+    KEY_ENV,
+    Outcome,
+    finish,
+    job_spec,
+    prompt,
+    provider,
+    start_submit,
+)
 
 
 def crash_torture(
@@ -155,7 +72,7 @@ def crash_torture(
         "1.0",
         *(["--invalid-json-rate", "0.2"] if structured else []),
     ) as (key, sim):
-        job = job_spec(work, name, sim.url, write_prompts(work / f"{name}.jsonl", rows, _prompt), mode=mode, **shaped)
+        job = job_spec(work, name, sim.url, write_prompts(work / f"{name}.jsonl", rows, prompt), mode=mode, **shaped)
         while out.kills < kills:
             proc = start_submit(job, key, log)
             time.sleep(rng.uniform(0.3, 2.5))
@@ -208,7 +125,7 @@ def batch_torture(
             work,
             name,
             sim.url,
-            write_prompts(work / f"{name}.jsonl", rows, _prompt),
+            write_prompts(work / f"{name}.jsonl", rows, prompt),
             mode="batch",
             batch={"poll_s": 0.1, "max_poll_s": 0.5, "max_lines": lines},
         )
@@ -245,39 +162,6 @@ def batch_torture(
     return finish(out, run_dir, rows, key, log)
 
 
-def _prompt(i: int) -> str:
-    return f"torture question {i}: summarise this row in a few words"
-
-
-def check_records(run_dir: Path, rows: int, out: Outcome) -> None:
-    """Every input row exactly once, no id twice in results.jsonl, no torn lines, and usage.json equal to a fold
-    over the records."""
-    seen: Counter[int] = Counter()
-    usage = Usage()
-    ids: Counter[str] = Counter()
-    for name in (RESULTS, FAILURES):
-        path = run_dir / name
-        if not path.exists():
-            continue
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            out.torn += 1
-        for line in data.splitlines():
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                out.torn += 1
-                continue
-            seen[record["row"]] += 1
-            usage.add(record)
-            if name == RESULTS:
-                ids[record["custom_id"]] += 1
-    out.lost = sum(1 for row in range(1, rows + 1) if row not in seen)
-    out.duplicated = sum(1 for n in seen.values() if n > 1) + sum(1 for n in ids.values() if n > 1)
-    saved = orjson.loads((run_dir / USAGE).read_bytes())
-    out.usage_disagrees = [c for c in COUNTERS if saved.get(c, 0) != getattr(usage, c)]
-
-
 def check_outputs(run_dir: Path, out: Outcome) -> int:
     """Every result's output fits the schema, no row is invalid; returns the questions asked again with more
     max_tokens (the same prompt billed twice, rightly)."""
@@ -307,14 +191,6 @@ def resubmitted_tasks(run_dir: Path) -> int:
             if not set(t["task_id"] for t in tasks[: tasks.index(later)]) <= set(reasons):
                 bad += 1
     return bad
-
-
-def secret_hits(key: str, places: list[Path]) -> int:
-    needle, hits = key.encode(), 0
-    for place in places:
-        files = [place] if place.is_file() else [p for p in place.rglob("*") if p.is_file()]
-        hits += sum(1 for f in files if needle in f.read_bytes())
-    return hits
 
 
 # --- staged faults -------------------------------------------------------------------------------------------
@@ -363,7 +239,7 @@ def disk_full(work: Path, rows: int = 400, limit_bytes: int = 60_000) -> Outcome
     out = Outcome("disk fills up", rows=rows)
     log = work / "disk.log"
     with provider("--latency", "0.01") as (key, sim):
-        job = job_spec(work, "disk", sim.url, write_prompts(work / "disk.jsonl", rows, _prompt))
+        job = job_spec(work, "disk", sim.url, write_prompts(work / "disk.jsonl", rows, prompt))
 
         def small_disk() -> None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes fail with EFBIG instead of killing us
@@ -385,7 +261,7 @@ def sigterm_storm(work: Path, rows: int = 3000, terms: int = 6, seed: int = 2) -
     out = Outcome("SIGTERM storm", rows=rows)
     log = work / "term.log"
     with provider("--latency", "0.05") as (key, sim):
-        job = job_spec(work, "term", sim.url, write_prompts(work / "term.jsonl", rows, _prompt))
+        job = job_spec(work, "term", sim.url, write_prompts(work / "term.jsonl", rows, prompt))
         for _ in range(terms):
             sent = int(sim.stats()["requests"])
             said = log.stat().st_size if log.exists() else 0  # this session's lines come after
@@ -523,8 +399,6 @@ def print_table(outcomes: list[Outcome]) -> None:
 @click.option("--seed", type=int, help="Seed of the random moments (default: from the clock).")
 def main(rows: int, kills: int, seed: int | None) -> None:
     import tempfile
-
-    from tools.torture_files import disk_frees_in_grace, torn_lines
 
     seed = int(time.time()) % 10_000 if seed is None else seed
     t0 = time.monotonic()

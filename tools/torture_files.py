@@ -19,7 +19,7 @@ import orjson
 
 from batchrun.rundir import FAILURES, RESULTS
 from tools.bench import PY, write_prompts
-from tools.torture import KEY_ENV, Outcome, _prompt, finish, job_spec, provider, start_submit
+from tools.torture_kit import KEY_ENV, Outcome, finish, job_spec, prompt, provider, start_submit
 
 
 def disk_frees_in_grace(work: Path, rows: int = 400, limit_bytes: int = 30_000) -> Outcome:
@@ -29,7 +29,7 @@ def disk_frees_in_grace(work: Path, rows: int = 400, limit_bytes: int = 30_000) 
     out = Outcome("disk fills, then frees in the grace", rows=rows)
     log = work / "frees.log"
     with provider("--latency", "1.5") as (key, sim):  # rows still in flight a while after the disk fills
-        prompts = write_prompts(work / "frees.jsonl", rows, _prompt)
+        prompts = write_prompts(work / "frees.jsonl", rows, prompt)
         job = job_spec(work, "frees", sim.url, prompts, timeout_s=10, cache={"mode": "off"})
         results = work / "runs" / "frees" / RESULTS
         hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
@@ -97,7 +97,7 @@ def torn_lines(work: Path, rows: int = 600, count: int = 20, seed: int = 5) -> O
     out = Outcome("torn lines in a finished run", rows=rows)
     log = work / "torn.log"
     with provider("--latency", "0", "--error-rate", "0.02") as (key, sim):
-        job = job_spec(work, "torn", sim.url, write_prompts(work / "torn.jsonl", rows, _prompt), cache={"mode": "off"})
+        job = job_spec(work, "torn", sim.url, write_prompts(work / "torn.jsonl", rows, prompt), cache={"mode": "off"})
         run_dir = work / "runs" / "torn"
         if start_submit(job, key, log).wait(120) not in (0, 3):
             out.problems.append("the first run did not finish")
