@@ -141,7 +141,10 @@ def test_an_alias_bomb_in_a_spec_is_refused_before_it_grows(tmp_path: Path) -> N
         try:
             main(["validate", sys.argv[1]])
         finally:
-            sys.stderr.write(f"\\npeak_kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n")
+            # VmHWM, not ru_maxrss: Linux carries the parent's peak into ru_maxrss across exec, so a large
+            # pytest process would be counted as this one's
+            hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+            sys.stderr.write(f"\\npeak_kb={hwm.split()[1]}\\n")
         """
     )
     done = subprocess.run(
