@@ -18,24 +18,21 @@ lookups: a cache is worth a request, never a run.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import orjson
 
 from .errors import SpecError
 from .records import Response
 from .redaction import holds, redact, secret_bytes
+from .spec import CacheSpec
 
-CacheMode = Literal["read_write", "read", "write", "off"]
-CACHE_MODES: tuple[CacheMode, ...] = ("read_write", "read", "write", "off")
-FILE_NAME = "cache.sqlite3"
 # New entries are written this many at a time (and at least once a second): a larger transaction costs SQLite
 # tens of megabytes of memory while it lasts (measured: 22 MB for 5,000 entries, 4 MB for 500) and saves no time,
 # since entries with random keys land on pages of their own either way. For the same reason SQLite's own page
@@ -52,32 +49,6 @@ CREATE TABLE IF NOT EXISTS answers (
 """
 _BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
 _DAMAGED = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
-
-
-def default_path() -> Path:
-    """`$XDG_CACHE_HOME/batchrun/cache.sqlite3` (`~/.cache/...` when it is not set)."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "batchrun" / FILE_NAME
-
-
-@dataclass(frozen=True)
-class CacheSpec:
-    """The spec's `cache:` block."""
-
-    mode: CacheMode = "read_write"
-    path: Path | None = None  # None: default_path()
-    sampled: bool = True  # cache answers sampled with temperature > 0 (or no temperature) too
-
-    @property
-    def reads(self) -> bool:
-        return self.mode in ("read_write", "read")
-
-    @property
-    def writes(self) -> bool:
-        return self.mode in ("read_write", "write")
-
-    def file(self) -> Path:
-        return self.path or default_path()
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from .pricing import Prices, load_prices
 from .redaction import printable_lines
 from .rundir import RunState
 from .session import EXIT_INTERRUPTED, RunOutcome, cancel_run, list_provider_models, run_job
-from .spec import LATENCY_DISTS, SIM_GATEWAYS, ScaleSpec, SimulateSpec, load_spec
+from .spec import LATENCY_DISTS, SIM_GATEWAYS, ScaleSpec, SimulateSpec, default_path, load_spec
 from .usage import cached_line, outputs, outputs_line
 from .validate import validate, validation_lines
 
@@ -340,7 +340,7 @@ CACHE_PATH = click.option(
 @_friendly
 def cache_stats(path: Path | None, as_json: bool) -> None:
     """Entries, file size and bytes per entry, the oldest and newest, and entries per model."""
-    found = response_cache.stats(path or response_cache.default_path())
+    found = response_cache.stats(path or default_path())
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return
@@ -353,7 +353,7 @@ def cache_stats(path: Path | None, as_json: bool) -> None:
 @_friendly
 def cache_prune(path: Path | None, older_than: str) -> None:
     """Delete old entries and give their space back to the disk."""
-    where = path or response_cache.default_path()
+    where = path or default_path()
     deleted, freed = response_cache.prune(where, response_cache.parse_age(older_than))
     click.echo(f"{where}: deleted {deleted:,} entries written more than {older_than} ago, freed {freed:,} bytes")
 

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from .checkpoint import Checkpoint
+from .output import OutputSpec, body_max_tokens
 from .records import count
 from .request import BadRow, Request, with_body
 from .retry import Decision, Verdict
@@ -23,8 +24,6 @@ from .sources import RawRow
 from .structured import (
     Checker,
     Judged,
-    OutputSpec,
-    body_max_tokens,
     grown_max_tokens,
     repair_message,
     repaired_body,

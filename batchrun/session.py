@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .batch_run import BatchRun
-from .cache import Cache, CacheSpec
+from .cache import Cache
 from .checkpoint import Checkpoint, ResumeState
 from .errors import BatchrunError, SpecError
 from .ids import DUPLICATE_ID
@@ -30,7 +30,7 @@ from .rundir import BATCHES, RunDir, RunState, complete_lines
 from .runner import RunLoop
 from .shards import read_shards
 from .sources import nth_row
-from .spec import JobSpec, ScaleSpec, SimulateSpec
+from .spec import CacheSpec, JobSpec, ScaleSpec, SimulateSpec
 from .transport import Http, Network
 from .usage import Usage
 

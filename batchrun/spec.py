@@ -7,13 +7,13 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
 
-from .cache import CACHE_MODES, CacheSpec
 from .errors import InputError, SpecError
+from .output import DEFAULT_MAX_REPAIRS, DEFAULT_MAX_TOKENS_CAP, OutputSpec, body_max_tokens, schema_problem
 from .presets import (
     ASK_FORMS,
     AUTHS,
@@ -30,8 +30,38 @@ from .presets import (
 from .pricing import Price, parse_prices
 from .proxies import proxy_problem, without_credentials
 from .spec_section import Section, choice, names, seconds_range
-from .structured import DEFAULT_MAX_REPAIRS, DEFAULT_MAX_TOKENS_CAP, OutputSpec, body_max_tokens, schema_problem
 from .yamlfile import load_yaml
+
+CacheMode = Literal["read_write", "read", "write", "off"]
+CACHE_MODES: tuple[CacheMode, ...] = ("read_write", "read", "write", "off")
+FILE_NAME = "cache.sqlite3"
+
+
+def default_path() -> Path:
+    """`$XDG_CACHE_HOME/batchrun/cache.sqlite3` (`~/.cache/...` when it is not set)."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "batchrun" / FILE_NAME
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """The spec's `cache:` block."""
+
+    mode: CacheMode = "read_write"
+    path: Path | None = None  # None: default_path()
+    sampled: bool = True  # cache answers sampled with temperature > 0 (or no temperature) too
+
+    @property
+    def reads(self) -> bool:
+        return self.mode in ("read_write", "read")
+
+    @property
+    def writes(self) -> bool:
+        return self.mode in ("read_write", "write")
+
+    def file(self) -> Path:
+        return self.path or default_path()
+
 
 INPUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 NULLS = ("fail", "empty")  # input.null

@@ -17,49 +17,20 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 
+from .output import OutputSpec, json_path
 from .presets import AskForm
 
-DEFAULT_MAX_REPAIRS = 2
-DEFAULT_MAX_TOKENS_CAP = 4096  # a cut answer's max_tokens grows to at most this, unless params set more
 SCHEMA_INTRO = "Answer with one JSON object, and nothing else, that fits this JSON Schema:"
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
 _SCHEMA_IN_TEXT = re.compile(re.escape(SCHEMA_INTRO) + r"\s*```json\s*\n(.*?)\n```", re.S)
 _THINK = re.compile(r"^\s*<think>.*?</think>", re.S)
 MAX_LISTED = 5  # errors named in one repair message
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    """The spec's `output:` block: the schema every answer must fit, and how hard to try."""
-
-    schema: Mapping[str, Any]
-    name: str = "output"
-    ask: AskForm = "json_schema"  # the spec's output.ask, else the provider's strongest form
-    max_repairs: int = DEFAULT_MAX_REPAIRS
-    max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP
-    schema_file: str | None = None  # where the schema came from, as the spec named it
-
-
-def schema_problem(schema: Any) -> str | None:
-    """Why `schema` is not a usable JSON Schema (None when it is): checked against its meta-schema, then compiled."""
-    if not isinstance(schema, Mapping):
-        return f"must be a JSON Schema object, got {type(schema).__name__}"
-    import jsonschema_rs  # loaded by jobs with an output schema only: 6 MB the others need not carry
-
-    try:
-        jsonschema_rs.meta.validate(dict(schema))
-        jsonschema_rs.validator_for(dict(schema))
-    except jsonschema_rs.ValidationError as exc:
-        return f"is not a valid JSON Schema: at {json_path(exc.instance_path)}: {exc.message}"
-    except (ValueError, jsonschema_rs.ReferencingError) as exc:
-        return f"is not a valid JSON Schema: {str(exc).splitlines()[0]}"
-    return None
 
 
 # --- asking ------------------------------------------------------------------------------------------------------
@@ -157,14 +128,6 @@ class Judged:
     cut: bool = False  # finish_reason length
 
 
-def json_path(parts: Sequence[str | int]) -> str:
-    """`$.entities[0].name` from jsonschema-rs's instance path."""
-    out = "$"
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if part.isidentifier() else f"[{part!r}]")
-    return out
-
-
 def parse_answer(text: str) -> Any:
     """The JSON in a model's answer: the whole text, else a ```json fence, else the first JSON value in the
     text (models wrap JSON in talk). Raises ValueError with what was wrong."""
@@ -255,11 +218,3 @@ def grown_max_tokens(current: int | None, completion_tokens: int, cap: int) -> i
     now = current if current is not None else completion_tokens
     grown = min(cap, max(2 * now, 2 * completion_tokens, 16))
     return grown if grown > now else None
-
-
-def body_max_tokens(body: Mapping[str, Any]) -> int | None:
-    for key in ("max_tokens", "max_completion_tokens"):
-        value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None

@@ -17,10 +17,11 @@ import orjson
 import pytest
 from aiohttp import ClientSession, web
 
-from batchrun.cache import Cache, CacheSpec
+from batchrun.cache import Cache
 from batchrun.checkpoint import Checkpoint
 from batchrun.records import response
 from batchrun.redaction import redact
+from batchrun.spec import CacheSpec
 
 from .helpers import cli, make_job, read_jsonl, submit
 from .simserver import AppServer, SimServer, ThreadServer

@@ -16,18 +16,17 @@ import pytest
 
 from batchrun.errors import SpecError
 from batchrun.export import arrow_type, coerce, output_fields
+from batchrun.output import OutputSpec, schema_problem
 from batchrun.request import BadRow
 from batchrun.spec import parse_spec
 from batchrun.structured import (
     Checker,
-    OutputSpec,
     ask,
     grown_max_tokens,
     instruction,
     parse_answer,
     repair_message,
     schema_in_text,
-    schema_problem,
     strict_ok,
 )
 

@@ -501,7 +501,8 @@ BENCH_SCHEMA: dict[str, Any] = {
 def bench_structured(work: Path, rows: int) -> list[Figure]:
     """Structured output with 10 % of first answers spoilt (bad JSON, a wrong type, a missing field, a cut answer):
     every row valid at the end, what the repairs cost, and the CPU judging an answer takes."""
-    from batchrun.structured import Checker, OutputSpec
+    from batchrun.output import OutputSpec
+    from batchrun.structured import Checker
 
     sim = Simulator("--latency", "0", "--invalid-json-rate", "0.1")
     try:
@@ -555,8 +556,9 @@ def bench_cache(work: Path, entries: int, rows: int) -> list[Figure]:
     import hashlib
     import random
 
-    from batchrun.cache import Cache, CacheSpec
+    from batchrun.cache import Cache
     from batchrun.cache import stats as cache_stats
+    from batchrun.spec import CacheSpec
 
     path = work / "cache.sqlite3"
     cache = Cache(CacheSpec(path=path), secrets=(), warn=print)

@@ -26,8 +26,9 @@ import click
 import orjson
 import yaml
 
+from batchrun.output import OutputSpec
 from batchrun.rundir import FAILURES, REPAIRS, RESULTS, TASKS
-from batchrun.structured import Checker, OutputSpec
+from batchrun.structured import Checker
 from tools.bench import BENCH_SCHEMA, PY, write_prompts
 from tools.torture_files import disk_frees_in_grace, torn_lines
 from tools.torture_kit import (
