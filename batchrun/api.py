@@ -23,9 +23,9 @@ import orjson
 import yaml
 
 from .errors import SpecError
-from .rundir import FAILURES, RESULTS, RunDir
 from .session import RunOutcome, run_job
-from .spec import JobSpec, load_spec
+from .spec.model import JobSpec, load_spec
+from .store.rundir import FAILURES, RESULTS, RunDir
 
 SpecLike = str | os.PathLike[str] | Mapping[str, Any]
 

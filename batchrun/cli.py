@@ -19,17 +19,17 @@ import click
 import orjson
 
 from . import __version__
-from . import cache as response_cache
+from .commands.validate import validate, validation_lines
+from .engine.job import display_path, job_of_run, prepare
 from .errors import BatchrunError, SpecError
-from .job import display_path, job_of_run, prepare
-from .presets import PRESETS, batch_share
-from .pricing import Prices, load_prices
 from .redaction import printable_lines
-from .rundir import RunState
 from .session import EXIT_INTERRUPTED, RunOutcome, cancel_run, list_provider_models, run_job
-from .spec import LATENCY_DISTS, SIM_GATEWAYS, ScaleSpec, SimulateSpec, default_path, load_spec
-from .usage import cached_line, outputs, outputs_line
-from .validate import validate, validation_lines
+from .spec.model import LATENCY_DISTS, SIM_GATEWAYS, ScaleSpec, SimulateSpec, default_path, load_spec
+from .spec.presets import PRESETS, batch_share
+from .spec.pricing import Prices, load_prices
+from .store import cache as response_cache
+from .store.rundir import RunState
+from .store.usage import cached_line, outputs, outputs_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -182,7 +182,7 @@ def cancel(run_dir: Path, job: str | None) -> None:
 @_friendly
 def export(run_dir: Path, to: Path, with_input: bool) -> None:
     """One row per input row of RUN_DIR, in input order: id, answer, reasoning, finish_reason, usage, error."""
-    from .export import export_run
+    from .commands.export import export_run
 
     rows = export_run(run_dir, to, with_input=with_input, warn=lambda line: _log(f"warning: {line}"))
     _log(f"wrote {rows:,} rows to {to}")
@@ -214,8 +214,8 @@ def validate_cmd(job: str) -> None:
 @_friendly
 def preview(job: str, rows: int, fmt: str) -> None:
     """The requests JOB's first rows become (template, system message, params), sending nothing."""
-    from .peek import batch_line, first_requests, preview_lines
-    from .request import Request
+    from .commands.show import batch_line, first_requests, preview_lines
+    from .rows.request import Request
 
     prepared = prepare(load_spec(job))
     for built in first_requests(prepared, rows):
@@ -236,8 +236,8 @@ def preview(job: str, rows: int, fmt: str) -> None:
 @_friendly
 def show(run_dir: Path, row_id: str, job: str | None, as_json: bool) -> None:
     """One row of RUN_DIR by its id: the request it was sent as and its answer (or failure)."""
-    from .peek import find_record, show_lines
-    from .rundir import RunDir
+    from .commands.show import find_record, show_lines
+    from .store.rundir import RunDir
 
     run = RunDir(run_dir)
     try:
@@ -266,8 +266,8 @@ def show(run_dir: Path, row_id: str, job: str | None, as_json: bool) -> None:
 @_friendly
 def estimate_cmd(job: str, output_share: float, prices: str | None) -> None:
     """Rows, tokens, cost range and time the limits allow for JOB, without calling any API."""
-    from .estimate import estimate, estimate_lines
-    from .pricing import Prices
+    from .commands.estimate import estimate, estimate_lines
+    from .spec.pricing import Prices
 
     prepared = prepare(load_spec(job))
     table = Prices(
@@ -284,7 +284,7 @@ def estimate_cmd(job: str, output_share: float, prices: str | None) -> None:
 @_friendly
 def report(run_dirs: tuple[Path, ...], fmt: str, prices: str | None, html: Path | None) -> None:
     """What RUN_DIRS did and cost (several are summed); reads the run directories only, calls no API."""
-    from .report import build_report, report_csv, report_json, report_table
+    from .commands.report import build_report, report_csv, report_json, report_table
 
     built = build_report(run_dirs, load_prices(prices) if prices else None)
     for run in built.runs:
@@ -297,7 +297,7 @@ def report(run_dirs: tuple[Path, ...], fmt: str, prices: str | None, html: Path 
     else:
         _echo("\n".join(report_table(built)))
     if html is not None:
-        from .report_html import render_html
+        from .commands.report_html import render_html
 
         try:
             html.write_text(render_html(built), encoding="utf-8")
@@ -313,7 +313,7 @@ def report(run_dirs: tuple[Path, ...], fmt: str, prices: str | None, html: Path 
 @_friendly
 def status(run_dir: Path, prices: str | None, as_json: bool) -> None:
     """State, progress, rate, ETA and cost so far of RUN_DIR, live or not."""
-    from .status import status_json, status_lines
+    from .commands.status import status_json, status_lines
 
     table = load_prices(prices) if prices else None
     if as_json:
@@ -526,7 +526,7 @@ def simulate(
         click.echo(f"simulated provider at {url}  (spec: provider: {{name: simulated, base_url: {url}}})")
         click.echo(f"counters at {url.rsplit('/v1', 1)[0]}/_sim/stats; Ctrl-C to stop")
 
-    from .simulate import run_forever  # the server side of aiohttp: only this command needs it
+    from .sim.server import run_forever  # the server side of aiohttp: only this command needs it
 
     context = None
     if tls:

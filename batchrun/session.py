@@ -14,25 +14,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .batch_run import BatchRun
-from .cache import Cache
-from .checkpoint import Checkpoint, ResumeState
+from .engine.batch import BatchRun
+from .engine.job import Prepared, api_key, display_path, prepare, provider_key, provider_keys, refuse_plain_http
+from .engine.online import RunLoop
+from .engine.progress import Progress
+from .engine.shards import read_shards
 from .errors import BatchrunError, SpecError
-from .ids import DUPLICATE_ID
-from .job import Prepared, api_key, display_path, prepare, provider_key, provider_keys, refuse_plain_http
-from .presets import PRESETS
-from .progress import Progress
 from .providers import make_auth
 from .providers.batches import BatchAPIClient
+from .providers.transport import Http, Network
 from .records import error_code
 from .redaction import redact, secret_bytes
-from .rundir import BATCHES, RunDir, RunState, complete_lines
-from .runner import RunLoop
-from .shards import read_shards
-from .sources import nth_row
-from .spec import CacheSpec, JobSpec, ScaleSpec, SimulateSpec
-from .transport import Http, Network
-from .usage import Usage
+from .rows.ids import DUPLICATE_ID
+from .rows.sources import nth_row
+from .spec.model import CacheSpec, JobSpec, ScaleSpec, SimulateSpec
+from .spec.presets import PRESETS
+from .store.cache import Cache
+from .store.checkpoint import Checkpoint, ResumeState
+from .store.rundir import BATCHES, RunDir, RunState, complete_lines
+from .store.usage import Usage
 
 if TYPE_CHECKING:
     from .ray.driver import RayRun
@@ -347,7 +347,7 @@ async def _provider_url(base_url: str, simulate: SimulateSpec | None) -> AsyncIt
     if simulate is None:
         yield base_url
         return
-    from .simulate import serve
+    from .sim.server import serve
 
     async with serve(simulate) as sim_url:
         yield sim_url

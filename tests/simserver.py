@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
-from batchrun.simulate import SimProvider, serve
-from batchrun.spec import SimulateSpec
+from batchrun.sim.server import SimProvider, serve
+from batchrun.spec.model import SimulateSpec
 
 S = TypeVar("S", bound="ThreadServer")
 

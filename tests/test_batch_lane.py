@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun import presets
+from batchrun.spec import presets
 
 from .helpers import cli, make_job, read_jsonl, spawn_submit, submit
 from .simserver import SimServer

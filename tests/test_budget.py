@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from batchrun.errors import SpecError
-from batchrun.pricing import Prices, parse_prices
-from batchrun.spec import parse_spec
-from batchrun.usage import Usage
+from batchrun.spec.model import parse_spec
+from batchrun.spec.pricing import Prices, parse_prices
+from batchrun.store.usage import Usage
 
 from .helpers import cli, make_job, read_jsonl, submit, write_jsonl
 from .simserver import SimServer

@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun.cache import parse_age
 from batchrun.errors import SpecError
-from batchrun.spec import default_path
+from batchrun.spec.model import default_path
+from batchrun.store.cache import parse_age
 
 from .helpers import cli, make_job, read_jsonl, spawn_submit, submit
 from .simserver import SimServer

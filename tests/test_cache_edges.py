@@ -17,11 +17,11 @@ import orjson
 import pytest
 from aiohttp import ClientSession, web
 
-from batchrun.cache import Cache
-from batchrun.checkpoint import Checkpoint
 from batchrun.records import response
 from batchrun.redaction import redact
-from batchrun.spec import CacheSpec
+from batchrun.spec.model import CacheSpec
+from batchrun.store.cache import Cache
+from batchrun.store.checkpoint import Checkpoint
 
 from .helpers import cli, make_job, read_jsonl, submit
 from .simserver import AppServer, SimServer, ThreadServer

@@ -5,11 +5,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchrun.checkpoint import Checkpoint
 from batchrun.errors import RunDirError
-from batchrun.recordfile import DoneRows
 from batchrun.records import record_row
-from batchrun.rundir import FAILURES, RESULTS, USAGE
+from batchrun.store.checkpoint import Checkpoint
+from batchrun.store.recordfile import DoneRows
+from batchrun.store.rundir import FAILURES, RESULTS, USAGE
 
 FP = {"input": "abc", "model": "m"}
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from batchrun.control import (
+from batchrun.limits.controllers import (
     HEADROOM,
     ConcurrencyController,
     RateController,
@@ -18,10 +18,10 @@ from batchrun.control import (
     parse_duration,
     rate_hints,
 )
-from batchrun.limiter import Throttle, Ticket
-from batchrun.request import Request
-from batchrun.spec import Limits
-from batchrun.transport import Reply
+from batchrun.limits.throttle import Throttle, Ticket
+from batchrun.providers.transport import Reply
+from batchrun.rows.request import Request
+from batchrun.spec.model import Limits
 
 
 def test_slot_counter_counts_ranges_and_forgets_old_slots() -> None:
@@ -303,7 +303,7 @@ def test_token_bucket_debt_refunds_and_retunes() -> None:
 
 def test_limiter_bucket_waits_its_turn_and_wakes_on_a_refund() -> None:
     async def scenario() -> list[str]:
-        from batchrun.limiter import Bucket
+        from batchrun.limits.throttle import Bucket
 
         bucket = Bucket(1.0)  # one per second, holds one
         order: list[str] = []

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from batchrun.control import RateHints, exhausted_until, rate_hints
 from batchrun.errors import SpecError
-from batchrun.limiter import Throttle, Ticket
+from batchrun.limits.controllers import RateHints, exhausted_until, rate_hints
+from batchrun.limits.throttle import Throttle, Ticket
+from batchrun.providers.transport import Reply
 from batchrun.retry import classify, retry_after_seconds
-from batchrun.spec import Limits, SimulateSpec, load_spec
-from batchrun.transport import Reply
+from batchrun.spec.model import Limits, SimulateSpec, load_spec
 
 from .helpers import make_job, read_jsonl, submit, write_jsonl
 from .simserver import SimServer

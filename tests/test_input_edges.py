@@ -13,10 +13,10 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchrun.ids import repeated_ids
-from batchrun.job import prepare
-from batchrun.sources import iter_rows, nth_row, slices
-from batchrun.spec import load_spec
+from batchrun.engine.job import prepare
+from batchrun.rows.ids import repeated_ids
+from batchrun.rows.sources import iter_rows, nth_row, slices
+from batchrun.spec.model import load_spec
 
 from .helpers import cli, make_job, read_jsonl, spawn_submit, submit, wait_for_lines, write_jsonl
 from .simserver import SimServer

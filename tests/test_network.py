@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import trustme
 
+from batchrun.engine.job import refuse_plain_http
 from batchrun.errors import SpecError
-from batchrun.job import refuse_plain_http
-from batchrun.spec import SimulateSpec
+from batchrun.spec.model import SimulateSpec
 
 from .helpers import make_job, read_jsonl, submit
 from .simserver import SimServer

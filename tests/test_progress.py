@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from batchrun.progress import LINE_EVERY_S, Progress, fit
+from batchrun.engine.progress import LINE_EVERY_S, Progress, fit
 
 from .helpers import make_job
 from .simserver import SimServer

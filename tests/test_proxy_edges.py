@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from batchrun.engine.job import refuse_plain_http
 from batchrun.errors import SpecError
-from batchrun.job import refuse_plain_http
 
 from .helpers import FAST_RETRY, cli, make_job, read_jsonl, submit
 from .simserver import SimServer, ThreadServer
@@ -365,9 +365,9 @@ def test_proxy_failures_are_told_apart_from_the_providers() -> None:
 
 def test_a_poll_through_a_proxy_that_wants_credentials_stops_the_run() -> None:
     """Tasks held from an earlier session are only polled: the 407 must stop the run there too, not poll forever."""
+    from batchrun.providers.transport import Reply
     from batchrun.providers.zhipu import TaskAction, judge_task
     from batchrun.retry import GENERIC, Verdict
-    from batchrun.transport import Reply
 
     wants = "proxy_auth_required (HTTP 407 from the proxy http://p:3128 (from HTTPS_PROXY) to CONNECT: ...)"
     verdict = judge_task(Reply(None, {}, None, 0.0, wants), GENERIC)
@@ -378,7 +378,7 @@ def test_a_poll_through_a_proxy_that_wants_credentials_stops_the_run() -> None:
 
 
 def test_a_proxy_is_named_without_its_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    from batchrun.proxies import route, without_credentials
+    from batchrun.spec.proxies import route, without_credentials
 
     assert without_credentials(f"http://team:{SECRET}@[bad") == "http://***@[bad"
     assert without_credentials(f"team:{SECRET}@proxy:3128") == "***@proxy:3128"
@@ -391,7 +391,7 @@ def test_a_proxy_is_named_without_its_credentials(monkeypatch: pytest.MonkeyPatc
 
 
 def test_proxy_credentials_become_a_header_beside_an_ipv6_proxy_too() -> None:
-    from batchrun.transport import _with_auth
+    from batchrun.providers.transport import _with_auth
 
     url, headers = _with_auth(f"http://team:{SECRET}@[::1]:3128")
     assert url == "http://[::1]:3128" and headers is not None and "Proxy-Authorization" in headers

@@ -22,11 +22,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.control import RateHints
+from batchrun.limits.controllers import RateHints
 from batchrun.ray.limit import Grant, Lease, Report, SharedLimit
+from batchrun.rows.sources import iter_rows, slice_rows, slices
 from batchrun.session import run_job
-from batchrun.sources import iter_rows, slice_rows, slices
-from batchrun.spec import InputSpec, Limits, load_spec
+from batchrun.spec.model import InputSpec, Limits, load_spec
 
 from .helpers import cli, make_job, read_jsonl, submit
 from .simserver import SimServer

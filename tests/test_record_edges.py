@@ -14,9 +14,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from batchrun.checkpoint import Checkpoint
 from batchrun.records import error, record
-from batchrun.rundir import FAILURES, MANIFEST, PREVIOUS, RESULTS, USAGE
+from batchrun.store.checkpoint import Checkpoint
+from batchrun.store.rundir import FAILURES, MANIFEST, PREVIOUS, RESULTS, USAGE
 
 from .helpers import cli, make_job, read_jsonl, submit
 from .simserver import AppServer, SimServer
@@ -137,7 +137,7 @@ def test_a_failed_write_is_cut_back_so_the_next_record_starts_a_whole_line(tmp_p
     script = f"""
 import resource, signal, sys
 from pathlib import Path
-from batchrun.checkpoint import Checkpoint
+from batchrun.store.checkpoint import Checkpoint
 from batchrun.errors import CheckpointWriteError
 from batchrun.records import record
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

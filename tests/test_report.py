@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from batchrun.estimate import cost_range, limit_seconds
-from batchrun.pricing import BUILT_IN, Price, Prices, parse_prices
-from batchrun.report import percentile, rate_series
+from batchrun.commands.estimate import cost_range, limit_seconds
+from batchrun.commands.report import percentile, rate_series
+from batchrun.spec.pricing import BUILT_IN, Price, Prices, parse_prices
 
 from .helpers import cli, make_job, read_jsonl, spawn_submit, submit
 from .simserver import SimServer
@@ -186,7 +186,7 @@ def html_report(tmp_path: Path, sim: SimServer) -> Path:
 def test_html_report_is_one_self_contained_page(
     tmp_path: Path, sim: SimServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("batchrun.report.IDLE_GAP_S", 1.0)  # the helper's 1.2 s pause counts as idle
+    monkeypatch.setattr("batchrun.commands.report.IDLE_GAP_S", 1.0)  # the helper's 1.2 s pause counts as idle
     text = html_report(tmp_path, sim).read_text(encoding="utf-8")
     root = ET.fromstring(text.split("\n", 1)[1])  # well-formed XML after the doctype
     svg = "{http://www.w3.org/2000/svg}svg"

@@ -7,9 +7,9 @@ import orjson
 import pytest
 
 from batchrun.errors import SpecError
-from batchrun.request import DEFAULT_MAX_OUTPUT_TOKENS, BadRow, Request, RequestBuilder, estimate_tokens
-from batchrun.sources import RawRow
-from batchrun.spec import InputSpec, JobSpec, ProviderSpec
+from batchrun.rows.request import DEFAULT_MAX_OUTPUT_TOKENS, BadRow, Request, RequestBuilder, estimate_tokens
+from batchrun.rows.sources import RawRow
+from batchrun.spec.model import InputSpec, JobSpec, ProviderSpec
 
 
 def job(tmp_path: Path, **inp: Any) -> JobSpec:
@@ -197,7 +197,7 @@ def test_stream_assembler_joins_chunks_and_spots_a_cut_stream() -> None:
 
 
 def test_url_endpoint_tells_chat_from_completions() -> None:
-    from batchrun.request import url_endpoint
+    from batchrun.rows.request import url_endpoint
 
     assert url_endpoint("/v1/chat/completions") == "chat"
     assert url_endpoint("/v4/chat/completions/") == "chat"

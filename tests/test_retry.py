@@ -4,8 +4,8 @@ import email.utils
 
 import pytest
 
-from batchrun.presets import PRESETS
 from batchrun.retry import MAX_SERVER_WAIT_S, Verdict, backoff_delay, classify, retry_after_seconds
+from batchrun.spec.presets import PRESETS
 
 OK_BODY = {"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 1}}
 

@@ -11,9 +11,9 @@ import openai
 import orjson
 import pytest
 
-from batchrun.presets import PRESETS, BatchAPI
-from batchrun.request import Request
-from batchrun.shards import ShardIndex, ShardWriter, custom_id_row, read_shards, shard_rows
+from batchrun.engine.shards import ShardIndex, ShardWriter, custom_id_row, read_shards, shard_rows
+from batchrun.rows.request import Request
+from batchrun.spec.presets import PRESETS, BatchAPI
 
 from .simserver import SimServer
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchrun.control import TokenBucket, parse_duration
-from batchrun.request import DEFAULT_MAX_OUTPUT_TOKENS
-from batchrun.sim_answers import go_duration
-from batchrun.spec import SimulateSpec
+from batchrun.limits.controllers import TokenBucket, parse_duration
+from batchrun.rows.request import DEFAULT_MAX_OUTPUT_TOKENS
+from batchrun.sim.answers import go_duration
+from batchrun.spec.model import SimulateSpec
 
 from .helpers import cli, make_job, read_jsonl, submit
 from .simserver import SimServer

@@ -6,11 +6,11 @@ from typing import Any
 import pytest
 import yaml
 
+from batchrun.commands.validate import validate
+from batchrun.engine.job import prepare
 from batchrun.errors import InputError, SpecError
-from batchrun.job import prepare
-from batchrun.presets import PRESETS
-from batchrun.spec import load_spec
-from batchrun.validate import validate
+from batchrun.spec.model import load_spec
+from batchrun.spec.presets import PRESETS
 
 from .helpers import cli, make_job, submit, write_jsonl
 from .simserver import SimServer

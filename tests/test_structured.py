@@ -14,12 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from batchrun.commands.export import arrow_type, coerce, output_fields
 from batchrun.errors import SpecError
-from batchrun.export import arrow_type, coerce, output_fields
-from batchrun.output import OutputSpec, schema_problem
-from batchrun.request import BadRow
-from batchrun.spec import parse_spec
-from batchrun.structured import (
+from batchrun.rows.request import BadRow
+from batchrun.rows.structured import (
     Checker,
     ask,
     grown_max_tokens,
@@ -29,6 +27,8 @@ from batchrun.structured import (
     schema_in_text,
     strict_ok,
 )
+from batchrun.spec.model import parse_spec
+from batchrun.spec.output import OutputSpec, schema_problem
 
 from .helpers import cli, make_job, read_jsonl, submit, write_jsonl
 from .simserver import SimServer
@@ -453,8 +453,8 @@ def test_arrow_types_and_coercion_for_the_common_schema_shapes() -> None:
 
 
 def test_the_tpm_estimate_counts_the_schema_the_provider_reads(tmp_path: Path) -> None:
-    from batchrun.request import RequestBuilder
-    from batchrun.sources import RawRow
+    from batchrun.rows.request import RequestBuilder
+    from batchrun.rows.sources import RawRow
 
     def tokens(**extra: Any) -> int:
         spec = parse_spec(

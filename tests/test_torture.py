@@ -10,10 +10,10 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchrun.checkpoint import Checkpoint
-from batchrun.rundir import FAILURES, MANIFEST, RESULTS
-from batchrun.sources import iter_rows
-from batchrun.spec import InputSpec
+from batchrun.rows.sources import iter_rows
+from batchrun.spec.model import InputSpec
+from batchrun.store.checkpoint import Checkpoint
+from batchrun.store.rundir import FAILURES, MANIFEST, RESULTS
 from tools.torture import (
     Outcome,
     bad_input_suite,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from batchrun.errors import SpecError
-from batchrun.yamlfile import MAX_VALUES, load_yaml
+from batchrun.spec.yamlfile import MAX_VALUES, load_yaml
 
 from .helpers import cli, make_job, write_jsonl
 from .simserver import SimServer

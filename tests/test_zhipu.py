@@ -14,7 +14,7 @@ import orjson
 import pytest
 import yaml
 
-from batchrun.presets import PRESETS
+from batchrun.providers.transport import Reply
 from batchrun.providers.zhipu import (
     TaskAction,
     TaskState,
@@ -26,7 +26,7 @@ from batchrun.providers.zhipu import (
     verify_jwt,
 )
 from batchrun.retry import Verdict
-from batchrun.transport import Reply
+from batchrun.spec.presets import PRESETS
 
 from .helpers import make_job, read_jsonl, spawn_submit, submit
 from .simserver import SimServer

@@ -26,7 +26,7 @@ import orjson
 import yaml
 
 from batchrun.records import iso_epoch
-from batchrun.request import estimate_messages
+from batchrun.rows.request import estimate_messages
 
 PY = [sys.executable, "-m", "batchrun.cli"]
 PROVIDER_LIKE = ["--latency", "0.3", "--error-rate", "0.02"]  # median latency and 2 % HTTP 500, as hosted APIs
@@ -501,8 +501,8 @@ BENCH_SCHEMA: dict[str, Any] = {
 def bench_structured(work: Path, rows: int) -> list[Figure]:
     """Structured output with 10 % of first answers spoilt (bad JSON, a wrong type, a missing field, a cut answer):
     every row valid at the end, what the repairs cost, and the CPU judging an answer takes."""
-    from batchrun.output import OutputSpec
-    from batchrun.structured import Checker
+    from batchrun.rows.structured import Checker
+    from batchrun.spec.output import OutputSpec
 
     sim = Simulator("--latency", "0", "--invalid-json-rate", "0.1")
     try:
@@ -556,9 +556,9 @@ def bench_cache(work: Path, entries: int, rows: int) -> list[Figure]:
     import hashlib
     import random
 
-    from batchrun.cache import Cache
-    from batchrun.cache import stats as cache_stats
-    from batchrun.spec import CacheSpec
+    from batchrun.spec.model import CacheSpec
+    from batchrun.store.cache import Cache
+    from batchrun.store.cache import stats as cache_stats
 
     path = work / "cache.sqlite3"
     cache = Cache(CacheSpec(path=path), secrets=(), warn=print)
@@ -664,8 +664,8 @@ def bench_memory(work: Path, big: int, small: int) -> list[Figure]:
 
 
 def _digests(crc: int, lines: int) -> dict[str, Any]:
-    from batchrun.recordfile import CRC_KEY, LINES_KEY
-    from batchrun.rundir import FAILURES, RESULTS
+    from batchrun.store.recordfile import CRC_KEY, LINES_KEY
+    from batchrun.store.rundir import FAILURES, RESULTS
 
     return {CRC_KEY: {RESULTS: crc, FAILURES: 0}, LINES_KEY: {RESULTS: lines, FAILURES: 0}}
 
@@ -673,10 +673,10 @@ def _digests(crc: int, lines: int) -> dict[str, Any]:
 def write_done_run(work: Path, done: int, extra: int, sim_url: str, *, legacy: bool = False) -> tuple[Path, Path]:
     """A job over `done + extra` prompts whose run directory already holds `done` results, written directly;
     `legacy`: its usage.json as versions before the CRC left it (its totals are recounted on resume)."""
-    from batchrun.checkpoint import atomic_write
-    from batchrun.job import prepare
-    from batchrun.rundir import FAILURES, MANIFEST, RESULTS, USAGE
-    from batchrun.spec import load_spec
+    from batchrun.engine.job import prepare
+    from batchrun.spec.model import load_spec
+    from batchrun.store.checkpoint import atomic_write
+    from batchrun.store.rundir import FAILURES, MANIFEST, RESULTS, USAGE
 
     path = write_prompts(work / "done.jsonl", done + extra, short_prompt)
     spec_path = work / "done.yaml"
@@ -767,7 +767,7 @@ def write_done_run(work: Path, done: int, extra: int, sim_url: str, *, legacy: b
 def bench_resume(work: Path, done: int, *, legacy: bool = False) -> list[Figure]:
     """A run directory with `done` rows recorded: how long until the resumed run sends its first request.
     `legacy`: one left by a version before usage.json kept the CRC of the records (read whole once)."""
-    from batchrun.rundir import RESULTS
+    from batchrun.store.rundir import RESULTS
 
     extra = 1000
     sim = Simulator("--latency", "0")
@@ -807,7 +807,7 @@ def bench_operations(work: Path, done: int) -> list[Figure]:
     figures = []
     # The command's own VmHWM, printed at exit: rusage would carry over this process's high-water mark.
     wrapper = (
-        "import atexit, sys\nfrom batchrun.usage import peak_rss_mb\n"
+        "import atexit, sys\nfrom batchrun.store.usage import peak_rss_mb\n"
         "atexit.register(lambda: print(f'PEAK_RSS_MB={peak_rss_mb()}', file=sys.stderr))\n"
         "from batchrun.cli import main\nmain(sys.argv[1:])"
     )

@@ -26,9 +26,9 @@ import click
 import orjson
 import yaml
 
-from batchrun.output import OutputSpec
-from batchrun.rundir import FAILURES, REPAIRS, RESULTS, TASKS
-from batchrun.structured import Checker
+from batchrun.rows.structured import Checker
+from batchrun.spec.output import OutputSpec
+from batchrun.store.rundir import FAILURES, REPAIRS, RESULTS, TASKS
 from tools.bench import BENCH_SCHEMA, PY, write_prompts
 from tools.torture_files import disk_frees_in_grace, torn_lines
 from tools.torture_kit import (

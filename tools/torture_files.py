@@ -17,7 +17,7 @@ from pathlib import Path
 
 import orjson
 
-from batchrun.rundir import FAILURES, RESULTS
+from batchrun.store.rundir import FAILURES, RESULTS
 from tools.bench import PY, write_prompts
 from tools.torture_kit import KEY_ENV, Outcome, finish, job_spec, prompt, provider, start_submit
 

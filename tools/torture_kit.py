@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 import yaml
 
-from batchrun.rundir import FAILURES, RESULTS, USAGE
-from batchrun.usage import COUNTERS, Usage
+from batchrun.store.rundir import FAILURES, RESULTS, USAGE
+from batchrun.store.usage import COUNTERS, Usage
 from tools.bench import PY, Simulator
 
 KEY_ENV = "BATCHRUN_SIM_API_KEY"

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint, ResumeState
     from ..errors import BatchrunError
-    from ..limiter import Ticket
-    from ..pool import KeyPool, Member
+    from ..limits.keypool import KeyPool, Member
+    from ..limits.throttle import Ticket
+    from ..providers.transport import Http, Reply
     from ..records import Record
-    from ..request import Request
     from ..retry import Decision, ErrorTable
-    from ..spec import JobSpec
-    from ..transport import Http, Reply
+    from ..rows.request import Request
+    from ..spec.model import JobSpec
+    from ..store.checkpoint import Checkpoint, ResumeState
 
 
 @dataclass(eq=False, slots=True)

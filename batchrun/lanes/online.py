@@ -7,12 +7,12 @@ from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
-from ..limiter import Ticket
+from ..limits.throttle import Ticket
 from ..providers.openai import ChatCompletions, ChatCompletionsStream, split_embeddings
+from ..providers.transport import Reply
 from ..records import Record
-from ..request import Request
 from ..retry import Decision, Verdict, classify
-from ..transport import Reply
+from ..rows.request import Request
 from . import Host, Row
 
 

@@ -20,15 +20,15 @@ from typing import Any
 
 from aiolimiter import AsyncLimiter
 
-from ..control import Charge
 from ..errors import FatalProviderError
-from ..limiter import Ticket
+from ..limits.controllers import Charge
+from ..limits.throttle import Ticket
+from ..providers.transport import Reply
 from ..providers.zhipu import EXPIRED, AsyncCompletions, TaskAction, judge_task, poll_delay, task_id
 from ..records import Record, now_iso
-from ..request import BadRow, Request
 from ..retry import Decision, Verdict, classify, error_details
-from ..sources import RawRow, iter_rows
-from ..transport import Reply
+from ..rows.request import BadRow, Request
+from ..rows.sources import RawRow, iter_rows
 from . import Host, Row
 
 MAX_POLLS_IN_FLIGHT = 64

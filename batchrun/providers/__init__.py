@@ -1,13 +1,13 @@
 """The call paths to a provider, one module per provider family (openai: chat, completions, embeddings, stream;
 zhipu: async tasks and JWT), and the Authorization header they send.
 
-The presets (where each API lives, its error codes) are facts in `batchrun.presets`, below the spec."""
+The presets (where each API lives, its error codes) are facts in `batchrun.spec.presets`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..presets import Auth
+from ..spec.presets import Auth
 
 
 def make_auth(key: str | None, kind: Auth = "bearer") -> Callable[[], str | None]:

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ..transport import NO_ANSWER, Http, Reply, fetch_json, no_answer, parse_body
+from .transport import NO_ANSWER, Http, Reply, fetch_json, no_answer, parse_body
 
 
 class BatchAPIClient:

@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 
 from ..errors import FatalProviderError
-from ..presets import ENDPOINT_URLS, Endpoint
-from ..request import Request
 from ..retry import TLS_HINT, error_details, is_tls_error
-from ..transport import (
+from ..rows.request import Request
+from ..spec.presets import ENDPOINT_URLS, Endpoint
+from .transport import (
     NO_ANSWER,
     NO_HEADERS,
     Http,

@@ -19,8 +19,8 @@ import orjson
 
 from ..errors import SpecError
 from ..retry import Decision, ErrorTable, Verdict, classify, error_details, retry_after_seconds
-from ..transport import Http, Reply, fetch_json
 from .openai import ChatCompletions
+from .transport import Http, Reply, fetch_json
 
 JWT_LIFETIME_MS = 210_000  # what the official SDK signs: exp = now + 210 s
 JWT_REUSE_S = 180.0  # and how long it reuses one token

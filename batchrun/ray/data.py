@@ -26,15 +26,15 @@ from typing import Any
 
 import orjson
 
-from ..checkpoint import ResumeState
+from ..commands.export import Shape, flatten, output_arrays, output_fields
+from ..engine.job import Prepared
+from ..engine.progress import Progress
 from ..errors import SpecError
-from ..export import Shape, flatten, output_arrays, output_fields
-from ..job import Prepared
-from ..progress import Progress
-from ..request import RequestBuilder
-from ..sources import InputScan, RawRow
-from ..spec import JobSpec, SimulateSpec, parse_spec
-from ..yamlfile import load_yaml
+from ..rows.request import RequestBuilder
+from ..rows.sources import InputScan, RawRow
+from ..spec.model import JobSpec, SimulateSpec, parse_spec
+from ..spec.yamlfile import load_yaml
+from ..store.checkpoint import ResumeState
 from .limit import SharedLimit, lease_from
 from .worker import ShippingCheckpoint, WorkerRun, limits_share
 
@@ -184,7 +184,7 @@ class SimulatedProvider:
         self._url = asyncio.run_coroutine_threadsafe(self._start(cfg, host), self.loop).result()
 
     async def _start(self, cfg: SimulateSpec, host: str) -> str:
-        from ..simulate import serve
+        from ..sim.server import serve
 
         self._serving = serve(cfg, host=host)
         url: str = await self._serving.__aenter__()

@@ -21,17 +21,17 @@ from typing import Any
 
 import orjson
 
-from ..cache import Cache
-from ..checkpoint import Checkpoint, ResumeState
+from ..engine.job import Prepared
+from ..engine.online import STOP_GRACE_S
+from ..engine.progress import Progress
+from ..engine.shared import RunControl
 from ..errors import BatchrunError, SpecError
-from ..job import Prepared
-from ..progress import Progress
-from ..recordfile import DoneRows
-from ..run_control import RunControl
-from ..rundir import REPAIRS, TASKS, RunState
-from ..runner import STOP_GRACE_S
-from ..sources import Slice, slices
-from ..spec import JobSpec, ScaleSpec
+from ..rows.sources import Slice, slices
+from ..spec.model import JobSpec, ScaleSpec
+from ..store.cache import Cache
+from ..store.checkpoint import Checkpoint, ResumeState
+from ..store.recordfile import DoneRows
+from ..store.rundir import REPAIRS, TASKS, RunState
 from .limit import SharedLimit, lease_from
 from .worker import Assignment, limits_share, run_slice
 

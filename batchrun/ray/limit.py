@@ -21,12 +21,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..control import Charge, RateHints
-from ..limiter import Throttle
-from ..presets import TpmAccounting
-from ..request import Request
-from ..spec import Limits
-from ..transport import Reply
+from ..limits.controllers import Charge, RateHints
+from ..limits.throttle import Throttle
+from ..providers.transport import Reply
+from ..rows.request import Request
+from ..spec.model import Limits
+from ..spec.presets import TpmAccounting
 
 LEASE_S = 0.1  # a worker's stock: about this long of what it has been using
 REPORT_S = 0.05  # how often a worker reports what it sent and heard (when it has something to report)

@@ -19,17 +19,17 @@ from typing import Any
 
 import orjson
 
-from ..cache import Cache
-from ..checkpoint import Checkpoint, ResumeState
+from ..engine.job import Prepared, provider_keys
+from ..engine.online import RunLoop
+from ..engine.progress import Progress
 from ..errors import BatchrunError
-from ..job import Prepared, provider_keys
-from ..limiter import Throttle
-from ..progress import Progress
-from ..rundir import RunState
-from ..runner import RunLoop
-from ..sources import InputScan, RawRow, Slice, slice_rows
-from ..spec import Limits
-from ..usage import peak_rss_mb
+from ..limits.throttle import Throttle
+from ..rows.sources import InputScan, RawRow, Slice, slice_rows
+from ..spec.model import Limits
+from ..store.cache import Cache
+from ..store.checkpoint import Checkpoint, ResumeState
+from ..store.rundir import RunState
+from ..store.usage import peak_rss_mb
 from .limit import Call, Lease, LeasedThrottle
 
 SHIP_S = 0.1

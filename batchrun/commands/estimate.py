@@ -1,0 +1,172 @@
+"""`batchrun estimate`: what a job will cost and how long its limits make it take, before sending anything."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..engine.job import Prepared, display_path
+from ..spec.presets import PRESETS
+from ..spec.pricing import Price, Prices
+from .validate import ModelLoad, validate
+
+TYPICAL_OUTPUT_SHARE = 0.3  # answers use about this share of max_tokens, unless told otherwise
+
+
+@dataclass
+class Estimate:
+    rows: int
+    bad_rows: int
+    requests: int  # what will be sent: embedding rows alike share requests
+    prompt_tokens: int
+    max_output_tokens: int  # every answer as long as max_tokens allows
+    models: dict[str, ModelLoad] = field(default_factory=dict)  # each model's share, priced at its own price
+
+    def output_tokens(self, share: float) -> int:
+        return round(self.max_output_tokens * share)
+
+
+def estimate(prepared: Prepared) -> Estimate:
+    """Read the whole input as submit would (validate's pass) and add up the requests' token estimates."""
+    checked = validate(prepared)
+    return Estimate(
+        checked.rows,
+        checked.rows - checked.requests,
+        checked.sent,
+        checked.prompt_tokens,
+        checked.max_output_tokens,
+        checked.models,
+    )
+
+
+def cost_ranges(est: Estimate, prices: Prices, share: float, batch: bool = False) -> dict[str, tuple[float, float]]:
+    """(typical, at max_tokens) cost per currency, each model at its own price (its Batch API price if `batch`)."""
+    out: dict[str, tuple[float, float]] = {}
+    for model, load in est.models.items():
+        price = prices.batch(model) if batch else prices.get(model)
+        if price is not None:
+            a, b = cost_range(price, load.prompt_tokens, round(load.max_output_tokens * share), load.max_output_tokens)
+            low, high = out.get(price.currency, (0.0, 0.0))
+            out[price.currency] = (low + a, high + b)
+    return out
+
+
+def cost_lines(est: Estimate, prices: Prices, share: float, label: str = "cost", batch: bool = False) -> list[str]:
+    """The cost range per currency, each model at its own price (a Batch API line may name its own model)."""
+    priced: list[str] = []
+    unpriced: list[str] = []
+    for model, load in sorted(est.models.items(), key=lambda kv: -kv[1].rows):
+        price = prices.batch(model) if batch else prices.get(model)
+        if price is None:
+            unpriced.append(model)
+            continue
+        rows = f" ({load.rows:,} rows)" if len(est.models) > 1 else ""
+        priced.append(f"                 {model}{rows} at {price.describe()}")
+    ranges = cost_ranges(est, prices, share, batch)
+    lines = [
+        f"  {label:<15}{lo:,.4f} to {hi:,.4f} {c} (typical to max_tokens)" for c, (lo, hi) in sorted(ranges.items())
+    ]
+    lines += priced
+    if unpriced:
+        lines.append(
+            f"  cost           unknown for {', '.join(unpriced)}: no price (not free: add it with --prices FILE "
+            "or a pricing: block in the job spec)"
+        )
+    return lines
+
+
+def cost_range(price: Price, prompt_tokens: int, low_output: int, high_output: int) -> tuple[float, float]:
+    return price.cost(prompt_tokens, low_output), price.cost(prompt_tokens, high_output)
+
+
+def limit_seconds(requests: int, tokens: int, rpm: float | None, tpm: float | None) -> dict[str, float]:
+    """The least time each configured limit allows for the job: requests / RPM, tokens / TPM."""
+    out = {}
+    if rpm:
+        out["rpm"] = requests / rpm * 60
+    if tpm:
+        out["tpm"] = tokens / tpm * 60
+    return out
+
+
+def estimate_lines(prepared: Prepared, est: Estimate, prices: Prices, share: float) -> list[str]:
+    spec = prepared.spec
+    typical, most = est.output_tokens(share), est.max_output_tokens
+    lines = [
+        f"estimate for {spec.name} ({display_path(spec.spec_path)}): {est.rows:,} rows"
+        + (f", {est.bad_rows:,} that cannot be sent (see batchrun validate)" if est.bad_rows else "")
+        + f", {est.requests:,} requests to {spec.provider.name}",
+        f"  prompt tokens  ~{est.prompt_tokens:,} (estimated without a tokenizer: about 1 per CJK character, "
+        "1 per 4 other characters)",
+    ]
+    if spec.endpoint != "embeddings":
+        lines.append(
+            f"  output tokens  up to {most:,} (max_tokens on every row); ~{typical:,} at a typical {share:.0%} of it"
+        )
+    api = PRESETS[spec.provider.name].batch
+    if spec.provider.mode == "batch" and api is not None:
+        lines += cost_lines(est, prices, share, "cost (batch)", batch=True)
+        lines.append(f"  online         {_ranges(cost_ranges(est, prices, share))} for the same rows in mode sync")
+    else:
+        lines += cost_lines(est, prices, share)
+        if api is not None and spec.endpoint in api.endpoints:
+            batch = cost_ranges(est, prices, share, batch=True)
+            lines.append(
+                f"  batch          {_ranges(batch)} with provider.mode: batch ({prices.batch_share:.0%} of online, "
+                "answers within 24 h)"
+            )
+    if spec.limits.max_cost:
+        lines.append(budget_line(spec.limits.max_cost, cost_ranges(est, prices, share, spec.provider.mode == "batch")))
+    if spec.provider.mode == "batch":
+        lines.append(
+            f"  time           the provider's: within the completion window ({spec.batch.completion_window}); "
+            "rows a batch does not finish go into a new one"
+        )
+        return lines
+    tokens = est.prompt_tokens + (most if spec.limits.tpm_accounting == "reserve" else typical)
+    times = limit_seconds(est.requests, tokens, spec.limits.rpm, spec.limits.tpm)
+    if times:
+        binding = max(times, key=lambda k: times[k])
+        detail = ", ".join(f"{k.upper()} {v / 60:,.1f} min" for k, v in sorted(times.items()))
+        lines.append(
+            f"  time           at least {_minutes(times[binding])}: the {binding.upper()} limit binds ({detail})"
+        )
+    else:
+        lines.append(
+            "  time           no limits.rpm or limits.tpm given: the provider's limits decide (batchrun "
+            "learns them from its 429s)"
+        )
+    if spec.provider.mode == "async":
+        sim = spec.provider.simulate
+        runs = f"up to {_minutes(sim.task_s[1])} (simulated)" if sim else "for a time not known in advance"
+        lines.append(
+            f"  tasks          the time above is for submitting; each task then runs {runs} before its result is polled"
+        )
+    return lines
+
+
+def budget_line(budget: Mapping[str, float], ranges: Mapping[str, tuple[float, float]]) -> str:
+    """Whether the job fits limits.max_cost: at max_tokens on every row, at a typical share, or not even then."""
+    parts = []
+    for currency, limit in sorted(budget.items()):
+        low, high = ranges.get(currency, (0.0, 0.0))
+        if high <= limit:
+            verdict = "fits, even at max_tokens on every row"
+        elif low <= limit:
+            verdict = f"fits at a typical output length, not at max_tokens ({high:,.4f})"
+        else:
+            verdict = f"does not fit: the run would stop about {limit / low:.0%} of the way through"
+        parts.append(f"{limit:,.4f} {currency}: {verdict}")
+    return "  budget         " + "; ".join(parts)
+
+
+def _ranges(ranges: dict[str, tuple[float, float]]) -> str:
+    return ", ".join(f"{lo:,.4f} to {hi:,.4f} {c}" for c, (lo, hi) in sorted(ranges.items())) or "unknown (no price)"
+
+
+def _minutes(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:,.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:,.1f} min"
+    return f"{seconds / 3600:,.1f} h"

@@ -1,0 +1,141 @@
+"""`batchrun validate`: read the whole input as submit would, without calling any API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ..engine.job import Prepared, display_path
+from ..rows.ids import DUPLICATE_ID, repeated_ids
+from ..rows.request import BadRow, Request, batched
+from ..rows.sources import iter_rows
+
+MAX_LISTED = 20
+
+
+@dataclass
+class ModelLoad:
+    """What the rows asking for one model add up to (a Batch API line may name its own model)."""
+
+    rows: int = 0
+    prompt_tokens: int = 0  # estimated
+    max_output_tokens: int = 0  # max_tokens (or the default) of every row
+
+
+@dataclass
+class Validation:
+    rows: int = 0
+    requests: int = 0  # rows that become a request
+    sent: int = 0  # requests as they would be sent: embeddings rows alike share one, as submit batches them
+    prompt_tokens: int = 0  # estimated
+    max_output_tokens: int = 0  # max_tokens (or the default) of every row
+    models: dict[str, ModelLoad] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # the first MAX_LISTED, each naming its row
+    problem_count: int = 0
+    duplicate_ids: int = 0
+
+    @property
+    def tokens(self) -> int:
+        """Prompt estimate + max output, as the TPM limiter charges them."""
+        return self.prompt_tokens + self.max_output_tokens
+
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0 and self.duplicate_ids == 0
+
+    def _problem(self, text: str) -> None:
+        self.problem_count += 1
+        if len(self.problems) < MAX_LISTED:
+            self.problems.append(text)
+
+
+def validate(prepared: Prepared) -> Validation:
+    """Every row built as submit builds it, and every repeated id, each problem named by its row."""
+    report = Validation()
+    if prepared.scan.held_back is not None:  # not read (a submit says so too), but a run may never read it either
+        report._problem(
+            f"line {prepared.scan.held_back}: no newline at its end and not whole JSON: left out as still being written"
+        )
+    for sent in batched(_built(prepared, report), prepared.spec.limits.batch_size):
+        if isinstance(sent, BadRow):
+            report._problem(f"{sent.message} [{sent.code}]")
+            continue
+        report.sent += 1
+        for built in sent.parts or (sent,):
+            report.requests += 1
+            report.prompt_tokens += built.prompt_tokens
+            report.max_output_tokens += built.max_output
+            load = report.models.setdefault(built.model, ModelLoad())
+            load.rows += 1
+            load.prompt_tokens += built.prompt_tokens
+            load.max_output_tokens += built.max_output
+    return report
+
+
+def _built(prepared: Prepared, report: Validation) -> Iterator[Request | BadRow]:
+    """Every row built as submit builds it; a repeated id is all that is said of its row, as in submit."""
+    repeats = repeated_ids(prepared.spec.input)
+    repeat = next(repeats, None)
+    build = prepared.builder.build
+    for raw in iter_rows(prepared.spec.input):
+        report.rows += 1
+        if repeat is not None and repeat.row == raw.row:
+            report.duplicate_ids += 1
+            report._problem(f"{repeat.message()} [{DUPLICATE_ID}]")
+            repeat = next(repeats, None)
+            continue
+        yield build(raw)
+
+
+def _requests(report: Validation) -> str:
+    if report.sent == report.requests:
+        return f"{report.sent:,}"
+    return f"{report.sent:,} (embeddings: {report.requests:,} rows, those alike sharing a request)"
+
+
+def _models(report: Validation, default: str) -> str:
+    names = sorted(report.models, key=lambda m: -report.models[m].rows) or [default]
+    if len(names) == 1:
+        return f"model {names[0]}"
+    return "models " + ", ".join(f"{m} ({report.models[m].rows:,} rows)" for m in names)
+
+
+def validation_lines(prepared: Prepared, report: Validation) -> list[str]:
+    spec, builder = prepared.spec, prepared.builder
+    ids = (
+        f"from field {builder.id_field!r}"
+        if builder.id_field
+        else "each row's own custom_id or id (its row number when it has none)"
+    )
+    grown = prepared.growth
+    lines = [
+        f"{display_path(spec.spec_path)}: {'ok' if report.ok else 'problems found'}",
+        f"  input: {display_path(spec.input.path)} ({spec.input.format}), {report.rows} rows"
+        + (f", {grown.after - grown.before:,} of them new since the run started (submit sends them)" if grown else ""),
+        f"  requests: {_requests(report)} to {spec.provider.name} {_models(report, spec.model)}, about "
+        f"{report.tokens:,} tokens charged to TPM (prompt estimate + max_tokens)",
+        f"  ids: {ids}" + (f", {report.duplicate_ids} duplicated" if report.duplicate_ids else ", all unique"),
+        f"  run directory: {display_path(spec.output_dir)}",
+    ]
+    if (out := spec.output) is not None:
+        props = out.schema.get("properties")
+        fields = f"{len(props)} properties" if isinstance(props, dict) else "a schema"
+        how = {"json_schema": "response_format json_schema", "json_object": "response_format json_object"}
+        asked = how.get(out.ask, "the schema in the system message")
+        if out.ask == "json_object":
+            asked += " and the schema in the system message"
+        if out.ask == "json_schema" and builder.asking and builder.asking.response_format:
+            strict = builder.asking.response_format["json_schema"]["strict"]
+            asked += " (strict)" if strict else " (not strict: the schema does not meet strict mode's rules)"
+        lines.append(
+            f"  output: {fields}, asked for with {asked}; an answer that does not fit is repaired up to "
+            f"{out.max_repairs} time(s)"
+        )
+    if report.problem_count:
+        lines.append(
+            f"  {report.problem_count} problem(s)"
+            + (f", the first {MAX_LISTED}:" if report.problem_count > MAX_LISTED else ":")
+        )
+        lines += [f"    {p}" for p in report.problems]
+        lines.append("  submit would record rows with problems in failures.jsonl and send the rest")
+    return lines

@@ -1,0 +1,1 @@
+"""How fast rows may go: the throttle, the rate controllers, key pools, budgets."""

@@ -1,0 +1,1 @@
+"""Rows on their way to a request: input sources, ids, templates, request bodies, structured-output judging."""

@@ -1,0 +1,1 @@
+"""The simulated provider: its HTTP server, its answers, its Batch API."""

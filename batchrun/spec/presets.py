@@ -1,0 +1,237 @@
+"""Provider presets: where each hosted API lives, which variable holds its key, what it offers, and its error codes.
+
+A leaf of the house (it imports only the pure error table): the spec validates against it, and every layer above
+reads the same facts. Sources of the tables: docs/providers.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..retry import GENERIC, ErrorTable
+
+Mode = Literal["sync", "stream", "async", "batch"]
+Endpoint = Literal["chat", "completions", "embeddings"]
+TpmAccounting = Literal["auto", "reserve", "actual"]
+Auth = Literal["bearer", "jwt"]
+AskForm = Literal["json_schema", "json_object", "instruction"]  # how a job with `output:` asks for JSON
+MODES: tuple[Mode, ...] = ("sync", "stream", "async", "batch")
+ENDPOINTS: tuple[Endpoint, ...] = ("chat", "completions", "embeddings")
+TPM_ACCOUNTING: tuple[TpmAccounting, ...] = ("auto", "reserve", "actual")
+AUTHS: tuple[Auth, ...] = ("bearer", "jwt")
+ASK_FORMS: tuple[AskForm, ...] = ("json_schema", "json_object", "instruction")
+ENDPOINT_URLS: dict[Endpoint, str] = {
+    "chat": "/chat/completions",
+    "completions": "/completions",
+    "embeddings": "/embeddings",
+}
+
+
+@dataclass(frozen=True)
+class BatchAPI:
+    """A provider's Batch API (the OpenAI shape: upload a JSONL file, create a batch, poll, download), with the
+    limits a shard file must keep, checked before upload rather than found out from a rejection."""
+
+    line_prefix: str  # what a line's `url` starts with: "/v1" + "/chat/completions"
+    max_lines: int = 50_000
+    max_bytes: int = 100 * 1024 * 1024
+    max_embedding_lines: int | None = None  # a lower line cap for embeddings files
+    endpoints: tuple[Endpoint, ...] = ("chat",)
+    one_model_per_file: bool = False
+    price_share: float = 0.5  # batch price / online price
+    source: str = ""  # where the figures come from, and when
+    create_extra: tuple[tuple[str, object], ...] = ()  # fields the provider's create call takes beyond OpenAI's
+    queue_caps: tuple[tuple[str, int], ...] = ()  # (model, rows) the provider queues at most at once, per model
+
+    def line_url(self, endpoint: Endpoint) -> str:
+        return self.line_prefix + ENDPOINT_URLS[endpoint]
+
+    def lines_for(self, endpoint: Endpoint) -> int:
+        return self.max_embedding_lines or self.max_lines if endpoint == "embeddings" else self.max_lines
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    base_url: str
+    api_key_env: str
+    title: str
+    key_required: bool = True  # False: send the key only when the variable is set (vLLM, the simulator)
+    # How the provider counts TPM: "reserve" charges prompt + max_tokens on admission (OpenAI's way),
+    # "actual" the tokens used once answered; "auto" assumes actual until 429s show otherwise.
+    tpm_accounting: TpmAccounting = "auto"
+    errors: ErrorTable = field(default=GENERIC)  # the provider's own codes (docs/providers.md)
+    modes: tuple[Mode, ...] = ("sync", "stream")
+    endpoints: tuple[Endpoint, ...] = ("chat", "embeddings")
+    embedding_batch: int = 16  # inputs per /embeddings request the provider accepts
+    auths: tuple[Auth, ...] = ("bearer",)
+    batch: BatchAPI | None = None  # the provider's Batch API, where it has one
+    # structured output: the strongest way the provider documents to ask for JSON (structured.py)
+    ask: AskForm = "instruction"
+
+
+MB = 1024 * 1024
+BATCH_APIS: dict[str, BatchAPI] = {
+    "openai": BatchAPI(
+        "/v1",
+        max_bytes=200 * MB,
+        endpoints=("chat", "completions", "embeddings"),
+        source="OpenAI Batch API guide (50,000 requests, 200 MB per file; 50 % off), 2025",
+    ),
+    "zhipu": BatchAPI(
+        "/v4",
+        max_bytes=100 * MB,
+        max_embedding_lines=10_000,
+        endpoints=("chat", "embeddings"),
+        one_model_per_file=True,
+        create_extra=(("auto_delete_input_file", True),),
+        queue_caps=(("glm-4-plus", 2_000_000),),
+        source="bigmodel.cn Batch API (50,000 lines, 100 MB, embeddings 10,000; one model per file; 50 % off), 2025",
+    ),
+    "dashscope": BatchAPI(
+        "/v1",
+        max_bytes=100 * MB,  # the documents say 100 MB in one place and 500 MB in another: the smaller
+        endpoints=("chat", "embeddings"),
+        source="Aliyun Model Studio batch inference (50,000 lines, 100-500 MB; 50 % off), 2025",
+    ),
+    "qianfan": BatchAPI(
+        "/v2",
+        price_share=0.4,
+        source="Qianfan batch inference (priced at 40 % of online, per the batch-lane issue; limits unverified)",
+    ),
+    "genstudio": BatchAPI(
+        "/v1", max_bytes=200 * MB, source="Infini-AI GenStudio batch API (50,000 lines, 200 MB; 50 % off), 2025"
+    ),
+    "simulated": BatchAPI(
+        "/v1",
+        endpoints=("chat", "completions", "embeddings"),
+        source="batchrun's simulated provider (the OpenAI shape and limits)",
+    ),
+}
+
+
+BAIDU_ERRORS = ErrorTable(
+    retry=frozenset(
+        {
+            "rpm_rate_limit_exceeded",
+            "tpm_rate_limit_exceeded",
+            "input_tpm_rate_limit_exceeded",
+            "output_tpm_rate_limit_exceeded",
+            "user_rate_limit_exceeded",
+            "cluster_rate_limit_exceeded",
+            "preemptible_rate_limit_exceeded",
+            "336501",
+            "336502",
+            "18",
+        }
+    ),
+    fail_row=frozenset({"system_unsafe", "user_setting_unsafe", "functions_unsafe"}),
+    stop=frozenset({"account_overdue", "model_offline"}),
+)
+ERRORS = {
+    "openai": ErrorTable(stop=frozenset({"insufficient_quota"})),
+    "zhipu": ErrorTable(
+        retry=frozenset({"1303", "1305", "1312"}),
+        concurrency=frozenset({"1302"}),
+        fail_row=frozenset({"1210", "1211", "1212", "1213", "1214", "1215", "1301"}),
+        stop=frozenset({"1113", "1304", "1308", "1310"}),
+    ),
+    "dashscope": ErrorTable(
+        retry=frozenset({"Throttling", "Throttling.RateQuota", "LimitRequests", "insufficient_quota"}),
+        fail_row=frozenset({"DataInspectionFailed", "data_inspection_failed"}),
+        stop=frozenset({"PrepaidBillOverdue", "PostpaidBillOverdue", "CommodityNotPurchased"}),
+    ),
+    "aistudio": BAIDU_ERRORS,
+    "qianfan": BAIDU_ERRORS,
+    "simulated": ErrorTable(concurrency=frozenset({"1302"})),  # its --max-inflight answers as Zhipu does
+    "modelarts": ErrorTable(
+        retry=frozenset({"ModelArts.81101", "ModelArts.81103"}),
+        fail_row=frozenset({"ModelArts.81011", "ModelArts.4910"}),
+        stop=frozenset({"ModelArts.81005"}),
+    ),
+}
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: dataclasses.replace(
+        p,
+        errors=ERRORS.get(p.name, GENERIC),
+        batch=BATCH_APIS.get(p.name),
+        modes=(*p.modes, "batch") if p.name in BATCH_APIS else p.modes,
+    )
+    for p in (
+        Preset(
+            "openai",
+            "https://api.openai.com/v1",
+            "OPENAI_API_KEY",
+            "OpenAI",
+            tpm_accounting="reserve",
+            endpoints=("chat", "completions", "embeddings"),
+            embedding_batch=256,
+            ask="json_schema",
+        ),
+        Preset(
+            "zhipu",
+            "https://open.bigmodel.cn/api/paas/v4",
+            "ZHIPUAI_API_KEY",
+            "Zhipu GLM",
+            modes=("sync", "stream", "async"),
+            embedding_batch=64,
+            auths=("bearer", "jwt"),
+            ask="json_object",
+        ),
+        Preset(
+            "dashscope",
+            "https://dashscope.aliyuncs.com/compatible-mode/v1",
+            "DASHSCOPE_API_KEY",
+            "Alibaba DashScope (Qwen)",
+            embedding_batch=10,
+            ask="json_object",
+        ),
+        Preset(
+            "aistudio",
+            "https://aistudio.baidu.com/llm/lmapi/v3",
+            "AISTUDIO_ACCESS_TOKEN",
+            "Baidu AI Studio",
+            ask="json_object",
+        ),
+        Preset("qianfan", "https://qianfan.baidubce.com/v2", "QIANFAN_API_KEY", "Baidu Qianfan", ask="json_object"),
+        Preset("genstudio", "https://cloud.infini-ai.com/maas/v1", "GENSTUDIO_API_KEY", "Infini-AI GenStudio"),
+        Preset(
+            "modelarts",
+            "https://api.modelarts-maas.com/v1",
+            "MODELARTS_API_KEY",
+            "Huawei ModelArts MaaS",
+            endpoints=("chat", "completions"),
+        ),
+        Preset(
+            "vllm",
+            "http://127.0.0.1:8000/v1",
+            "VLLM_API_KEY",
+            "self-hosted vLLM / SGLang",
+            key_required=False,
+            endpoints=("chat", "completions", "embeddings"),
+            embedding_batch=64,
+            ask="json_schema",
+        ),
+        Preset(
+            "simulated",
+            "",
+            "BATCHRUN_SIM_API_KEY",
+            "batchrun's built-in simulated provider",
+            key_required=False,
+            modes=("sync", "stream", "async"),
+            endpoints=("chat", "completions", "embeddings"),
+            ask="json_schema",
+        ),
+    )
+}
+
+
+def batch_share(provider: str) -> float:
+    """The provider's Batch API price as a share of its online price (answers with a batch_id cost this); 1 for
+    a provider without a Batch API, or one unknown (a run directory of an older batchrun)."""
+    preset = PRESETS.get(provider)
+    return preset.batch.price_share if preset is not None and preset.batch is not None else 1.0

@@ -1,0 +1,240 @@
+"""Usage totals as a fold over the run's records, so usage.json always agrees with results and failures."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..records import body_of, count, error_code
+from ..spec.pricing import Prices, money
+
+
+@dataclass
+class ModelUsage:
+    rows_succeeded: int = 0
+    rows_failed: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    # of those tokens, what came back from a provider's Batch API (records with a batch_id): the batch price
+    batch_prompt_tokens: int = 0
+    batch_completion_tokens: int = 0
+    # structured output: rows whose first answer fit the schema, rows that fit after repairs, rows that never did
+    outputs_first_try: int = 0
+    outputs_repaired: int = 0
+    outputs_invalid: int = 0
+    repairs: int = 0  # answers that did not fit and were asked about again (each billed)
+    # the response cache: rows answered from it, and the tokens their answers cost when first asked (not again)
+    cached_rows: int = 0
+    cached_prompt_tokens: int = 0
+    cached_completion_tokens: int = 0
+
+
+KEY_COUNTERS = ("rows_succeeded", "rows_failed", "requests", "prompt_tokens", "completion_tokens")
+OUTPUT_COUNTERS = ("outputs_first_try", "outputs_repaired", "outputs_invalid", "repairs")
+
+
+def outputs(models: Mapping[str, ModelUsage]) -> dict[str, int]:
+    """Structured output across models: rows that fit at the first answer, after repairs, never; repairs asked."""
+    return {name: sum(getattr(m, name) for m in models.values()) for name in OUTPUT_COUNTERS}
+
+
+def outputs_line(counts: Mapping[str, int]) -> str | None:
+    """`266 fit at the first answer, 34 after repairs (34 repair requests), 0 invalid`; None without any."""
+    if not any(counts.values()):
+        return None
+    return (
+        f"{counts['outputs_first_try']:,} fit at the first answer, {counts['outputs_repaired']:,} after repairs "
+        f"({counts['repairs']:,} repair requests), {counts['outputs_invalid']:,} invalid"
+    )
+
+
+def cached(models: Mapping[str, ModelUsage], prices: Prices) -> tuple[int, dict[str, float]]:
+    """Rows the response cache answered, and what their answers would have cost asked again (online price)."""
+    rows, saved = 0, dict[str, float]()
+    for name, m in models.items():
+        rows += m.cached_rows
+        price = prices.get(name)
+        if price is not None and m.cached_rows:
+            cost = price.cost(m.cached_prompt_tokens, m.cached_completion_tokens)
+            saved[price.currency] = saved.get(price.currency, 0.0) + cost
+    return rows, saved
+
+
+def cached_line(models: Mapping[str, ModelUsage], prices: Prices) -> str | None:
+    """`120 rows from the response cache, which saved 0.0312 CNY`; None when it answered none."""
+    return cached_text(*cached(models, prices))
+
+
+def cached_text(rows: int, saved: Mapping[str, float]) -> str | None:
+    """`cached_line` from what `cached` found (status keeps that in its JSON)."""
+    if not rows:
+        return None
+    money_saved = ", ".join(money(v, c) for c, v in sorted(saved.items()))
+    return f"{rows:,} rows from the response cache" + (f", which saved {money_saved}" if money_saved else "")
+
+
+COUNTERS = (
+    "rows_succeeded",
+    "rows_failed",
+    "requests",
+    "retries",
+    "rate_limited",
+    "polls",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+)
+
+
+@dataclass
+class Usage:
+    rows_succeeded: int = 0
+    rows_failed: int = 0
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0  # attempts answered 429
+    polls: int = 0  # async mode: result polls of the rows' tasks
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    models: dict[str, ModelUsage] = field(default_factory=dict)
+    failures_by_code: dict[str, int] = field(default_factory=dict)
+    keys: dict[str, dict[str, int]] = field(default_factory=dict)  # a key pool: per variable, KEY_COUNTERS
+
+    def add(self, record: Mapping[str, Any], *, rows: bool = True) -> None:
+        """Count one final record (the shape `records` defines; older run directories' records too).
+
+        `rows=False` counts only what was billed: a failure record that retry-failed set aside, whose row is
+        counted again by its new record."""
+        batch = record.get("batch")  # rows that shared one request: its attempts are counted once
+        shared = isinstance(batch, Mapping) and bool(batch.get("index"))
+        attempts = 0 if shared else count(record.get("attempts"))
+        rate_limited = 0 if shared else count(record.get("rate_limited"))
+        retries = max(0, attempts - 1)
+        split = record.get("shared_request")  # the failed request this row shared before it was sent alone
+        if isinstance(split, Mapping):
+            attempts += count(split.get("attempts"))
+            retries += count(split.get("attempts"))
+            rate_limited += count(split.get("rate_limited"))
+        model = self.models.setdefault(str(record.get("model") or "unknown"), ModelUsage())
+        env = record.get("api_key_env")
+        if isinstance(env, str):
+            self._per_key(env, record, attempts, rows)
+        self.requests += attempts
+        model.requests += attempts
+        self.retries += retries
+        self.rate_limited += rate_limited
+        self.polls += count(record.get("polls"))
+        code = error_code(record)
+        if rows and code is not None:
+            self.rows_failed += 1
+            model.rows_failed += 1
+            self.failures_by_code[code] = self.failures_by_code.get(code, 0) + 1
+        elif rows:
+            self.rows_succeeded += 1
+            model.rows_succeeded += 1
+        body = body_of(record)
+        if record.get("cached"):  # paid for in an earlier run: counted apart, and never billed here
+            usage = body.get("usage") if body is not None else None
+            model.cached_rows += 1
+            if isinstance(usage, Mapping):
+                model.cached_prompt_tokens += count(usage.get("prompt_tokens"))
+                model.cached_completion_tokens += count(usage.get("completion_tokens"))
+            return
+        batch_price = bool(record.get("batch_id"))
+        self._tokens(model, body.get("usage") if body is not None else None, batch_price)
+        self._tokens(model, record.get("retried_usage"), batch_price)
+        steps = record.get("repairs")
+        if isinstance(steps, list):  # structured output: answers that did not fit, billed where they came from
+            model.repairs += len(steps)
+            for step in steps:
+                if isinstance(step, Mapping):
+                    self._tokens(model, step.get("usage"), bool(step.get("batch_id")))
+        if rows and "output" in record and code is None:
+            if steps:
+                model.outputs_repaired += 1
+            else:
+                model.outputs_first_try += 1
+        elif rows and code == "invalid_output":
+            model.outputs_invalid += 1
+
+    def _per_key(self, env: str, record: Mapping[str, Any], attempts: int, rows: bool) -> None:
+        """A key pool's row, counted for the key that answered it (its earlier attempts may have gone out with
+        another key: the row's requests count here all the same)."""
+        counts = self.keys.setdefault(env, dict.fromkeys(KEY_COUNTERS, 0))
+        failed = error_code(record) is not None
+        counts["rows_failed" if failed else "rows_succeeded"] += 1 if rows else 0
+        counts["requests"] += attempts
+        body = body_of(record)
+        usage = body.get("usage") if body is not None else None
+        if isinstance(usage, Mapping):
+            counts["prompt_tokens"] += count(usage.get("prompt_tokens"))
+            counts["completion_tokens"] += count(usage.get("completion_tokens"))
+
+    def _tokens(self, model: ModelUsage, usage: Any, batch_price: bool) -> None:
+        if not isinstance(usage, Mapping):
+            return
+        prompt = count(usage.get("prompt_tokens"))
+        completion = count(usage.get("completion_tokens"))
+        total = count(usage.get("total_tokens")) or prompt + completion
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        self.total_tokens += total
+        model.prompt_tokens += prompt
+        model.completion_tokens += completion
+        model.total_tokens += total
+        if batch_price:
+            model.batch_prompt_tokens += prompt
+            model.batch_completion_tokens += completion
+
+    def merge(self, other: Usage) -> None:
+        """Add another run's totals to these (a report over several run directories)."""
+        for name in COUNTERS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name, m in other.models.items():
+            mine = self.models.setdefault(name, ModelUsage())
+            for key, value in vars(m).items():
+                setattr(mine, key, getattr(mine, key) + value)
+        for code, n in other.failures_by_code.items():
+            self.failures_by_code[code] = self.failures_by_code.get(code, 0) + n
+        for env, counts in other.keys.items():
+            mine_key = self.keys.setdefault(env, dict.fromkeys(KEY_COUNTERS, 0))
+            for name in KEY_COUNTERS:
+                mine_key[name] += counts.get(name, 0)
+
+    def totals(self) -> dict[str, Any]:
+        return {
+            **{name: getattr(self, name) for name in COUNTERS},
+            "models": {name: vars(m).copy() for name, m in sorted(self.models.items())},
+            "failures_by_code": dict(sorted(self.failures_by_code.items())),
+            **({"keys": {env: dict(c) for env, c in sorted(self.keys.items())}} if self.keys else {}),
+        }
+
+    @classmethod
+    def from_totals(cls, data: Mapping[str, Any]) -> Usage:
+        usage = cls()
+        for name in COUNTERS:
+            setattr(usage, name, count(data.get(name)))
+        for name, m in (data.get("models") or {}).items():
+            usage.models[name] = ModelUsage(**{k: count(m.get(k)) for k in vars(ModelUsage())})
+        usage.failures_by_code = {str(k): count(v) for k, v in (data.get("failures_by_code") or {}).items()}
+        usage.keys = {
+            str(env): {n: count(c.get(n)) for n in KEY_COUNTERS} for env, c in (data.get("keys") or {}).items()
+        }
+        return usage
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory. VmHWM, not getrusage: the latter carries over the high-water
+    mark of whatever process forked us (a benchmark that has just built a million-row file, say)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
