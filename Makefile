@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint test-floors clean bench bench-quick torture
+.PHONY: setup demo test lint docs test-floors clean bench bench-quick torture
 
 setup: $(STAMP)
 
@@ -25,6 +25,14 @@ lint: setup
 	$(BIN)/ruff format --check batchrun tests tools
 	$(BIN)/mypy batchrun tools
 	$(BIN)/lint-imports
+	@# The docs site, --strict: a broken link or anchor, or a page missing from mkdocs.yml's nav, fails. Built into a
+	@# throwaway directory (no --quiet: it hides the warnings that --strict counts).
+	site=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir "$$site"; \
+	status=$$?; rm -rf "$$site"; exit $$status
+
+# The docs site on http://127.0.0.1:8000, rebuilt as pages change.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 # The suite again with every runtime dependency at the lowest version pyproject.toml allows.
 FLOORS := .venv-floors
@@ -37,7 +45,7 @@ test-floors:
 	$(FLOORS)/bin/python -m pytest
 
 clean:
-	rm -rf $(VENV) $(FLOORS) runs .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(FLOORS) runs site .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
 bench: setup
 	$(BIN)/python -m tools.bench
