@@ -148,3 +148,12 @@ def test_docs_pages_are_all_in_the_nav() -> None:
     nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     pages = [p.relative_to(ROOT / "docs").as_posix() for p in PAGES[1:]]
     assert [p for p in pages if f": {p}" not in nav] == []
+
+
+def test_readme_links_point_at_files() -> None:
+    """The README is not part of the mkdocs build, so its links to docs/ are checked here."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)\s]+)\)", readme)
+    local = [t.split("#")[0] for t in targets if not re.match(r"[a-z]+:", t) and not t.startswith("#")]
+    assert local, "no links found: the pattern is broken"
+    assert [t for t in local if not (ROOT / t).is_file()] == []
