@@ -157,3 +157,21 @@ def test_readme_links_point_at_files() -> None:
     local = [t.split("#")[0] for t in targets if not re.match(r"[a-z]+:", t) and not t.startswith("#")]
     assert local, "no links found: the pattern is broken"
     assert [t for t in local if not (ROOT / t).is_file()] == []
+
+
+def test_architecture_names_every_module() -> None:
+    """docs/architecture.md's tables name every module of the package, each in its package's row, so a module
+    added or moved shows up here rather than as a stale page."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `batchrun/(\w+)/` \|.*$", text, re.MULTILINE)}
+    package = ROOT / "batchrun"
+    missing = []
+    for sub in sorted(p for p in package.iterdir() if (p / "__init__.py").is_file()):
+        row = rows.get(sub.name, "")
+        missing += [
+            f"{sub.name}/{m.name}"
+            for m in sorted(sub.glob("*.py"))
+            if m.stem != "__init__" and f"`{m.stem}`" not in row
+        ]
+    missing += [m.name for m in sorted(package.glob("*.py")) if m.stem != "__init__" and f"| `{m.name}` |" not in text]
+    assert not missing, f"docs/architecture.md does not name: {', '.join(missing)}"
