@@ -267,7 +267,8 @@ def rate_series(ascending: Sequence[Sequence[float]], buckets: int = 60, max_gap
     return RateSeries([(i * width, c / widths[i]) for i, c in enumerate(counts)], breaks, span)
 
 
-def _seconds(value: float | None) -> str:
+def latency_text(value: float | None) -> str:
+    """A latency as both reports show it (the table and the HTML page): milliseconds while they matter."""
     return "-" if value is None else f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
 
 
@@ -285,7 +286,7 @@ def report_table(report: Report) -> list[str]:
         + ")",
         f"  tokens      {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion = {u.total_tokens:,}",
         "  throughput  " + (f"{rate:,.1f} rows/s over {report.active_s:,.1f} s active" if rate else "-"),
-        f"  latency     p50 {_seconds(lat['p50'])}   p90 {_seconds(lat['p90'])}   p99 {_seconds(lat['p99'])}",
+        "  latency     " + "   ".join(f"{k} {latency_text(lat[k])}" for k in ("p50", "p90", "p99")),
         f"  lane        {report.lane}"
         + (f"; saved {', '.join(money(v, c) for c, v in sorted(report.saved.items()))}" if report.saved else ""),
         "",
