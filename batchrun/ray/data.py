@@ -34,7 +34,7 @@ from ..rows.request import RequestBuilder
 from ..rows.sources import InputScan, RawRow
 from ..spec.model import JobSpec, SimulateSpec, parse_spec
 from ..spec.yamlfile import load_yaml
-from ..store.checkpoint import ResumeState
+from ..store.resume import ResumeState
 from .limit import SharedLimit, lease_from
 from .worker import ShippingCheckpoint, WorkerRun, limits_share
 
