@@ -26,7 +26,7 @@ import orjson
 import yaml
 
 from batchrun.records import iso_epoch
-from batchrun.rows.request import estimate_messages
+from batchrun.rows.tokens import estimate_messages
 
 PY = [sys.executable, "-m", "batchrun.cli"]
 PROVIDER_LIKE = ["--latency", "0.3", "--error-rate", "0.02"]  # median latency and 2 % HTTP 500, as hosted APIs

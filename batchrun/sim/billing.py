@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from ..rows.request import estimate_messages, estimate_tokens, max_output_tokens
+from ..rows.tokens import estimate_messages, estimate_tokens, max_output_tokens
 from .answers import (
     DIRECTIVE,
     SPOILS,
