@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from ..commands.export import Shape, flatten, output_arrays, output_fields
+from ..commands.columns import Shape, flatten, output_arrays, output_fields
 from ..engine.job import Prepared
 from ..engine.progress import Progress
 from ..errors import SpecError
