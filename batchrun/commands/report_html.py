@@ -14,7 +14,8 @@ from collections.abc import Callable
 from html import escape
 
 from ..spec.pricing import money
-from .report import RateSeries, Report, latency_text, percentile
+from .report import RateSeries, Report, percentile
+from .report_text import latency_text
 
 WIDTH, HEIGHT = 720, 260
 LEFT, RIGHT, TOP, BOTTOM = 64, 24, 28, 48  # plot margins: tick labels and axis titles live there
