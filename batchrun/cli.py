@@ -284,7 +284,8 @@ def estimate_cmd(job: str, output_share: float, prices: str | None) -> None:
 @_friendly
 def report(run_dirs: tuple[Path, ...], fmt: str, prices: str | None, html: Path | None) -> None:
     """What RUN_DIRS did and cost (several are summed); reads the run directories only, calls no API."""
-    from .commands.report import build_report, report_csv, report_json, report_table
+    from .commands.report import build_report
+    from .commands.report_text import report_csv, report_json, report_table
 
     built = build_report(run_dirs, load_prices(prices) if prices else None)
     for run in built.runs:

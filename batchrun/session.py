@@ -30,7 +30,8 @@ from .rows.sources import nth_row
 from .spec.model import CacheSpec, JobSpec, ScaleSpec, SimulateSpec
 from .spec.presets import PRESETS
 from .store.cache import Cache
-from .store.checkpoint import Checkpoint, ResumeState
+from .store.checkpoint import Checkpoint
+from .store.resume import ResumeState
 from .store.rundir import BATCHES, RunDir, RunState, complete_lines
 from .store.usage import Usage
 

@@ -14,10 +14,8 @@ from batchrun.limits.controllers import (
     SlotCounter,
     TokenAccounting,
     TokenBucket,
-    named_limit,
-    parse_duration,
-    rate_hints,
 )
+from batchrun.limits.hints import named_limit, parse_duration, rate_hints
 from batchrun.limits.throttle import Throttle, Ticket
 from batchrun.providers.transport import Reply
 from batchrun.rows.request import Request

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from batchrun.errors import SpecError
-from batchrun.limits.controllers import RateHints, exhausted_until, rate_hints
+from batchrun.limits.hints import RateHints, exhausted_until, rate_hints
 from batchrun.limits.throttle import Throttle, Ticket
 from batchrun.providers.transport import Reply
 from batchrun.retry import classify, retry_after_seconds

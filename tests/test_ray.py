@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.limits.controllers import RateHints
+from batchrun.limits.hints import RateHints
 from batchrun.ray.limit import Grant, Lease, Report, SharedLimit
 from batchrun.rows.sources import iter_rows, slice_rows, slices
 from batchrun.session import run_job

@@ -7,8 +7,9 @@ import orjson
 import pytest
 
 from batchrun.errors import SpecError
-from batchrun.rows.request import DEFAULT_MAX_OUTPUT_TOKENS, BadRow, Request, RequestBuilder, estimate_tokens
+from batchrun.rows.request import BadRow, Request, RequestBuilder
 from batchrun.rows.sources import RawRow
+from batchrun.rows.tokens import DEFAULT_MAX_OUTPUT_TOKENS, estimate_tokens
 from batchrun.spec.model import InputSpec, JobSpec, ProviderSpec
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchrun.limits.controllers import TokenBucket, parse_duration
-from batchrun.rows.request import DEFAULT_MAX_OUTPUT_TOKENS
+from batchrun.limits.controllers import TokenBucket
+from batchrun.limits.hints import parse_duration
+from batchrun.rows.tokens import DEFAULT_MAX_OUTPUT_TOKENS
 from batchrun.sim.answers import go_duration
 from batchrun.spec.model import SimulateSpec
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.commands.export import arrow_type, coerce, output_fields
+from batchrun.commands.columns import arrow_type, coerce, output_fields
 from batchrun.errors import SpecError
 from batchrun.rows.request import BadRow
 from batchrun.rows.structured import (

@@ -26,7 +26,7 @@ import orjson
 import yaml
 
 from batchrun.records import iso_epoch
-from batchrun.rows.request import estimate_messages
+from batchrun.rows.tokens import estimate_messages
 
 PY = [sys.executable, "-m", "batchrun.cli"]
 PROVIDER_LIKE = ["--latency", "0.3", "--error-rate", "0.02"]  # median latency and 2 % HTTP 500, as hosted APIs
@@ -675,7 +675,7 @@ def write_done_run(work: Path, done: int, extra: int, sim_url: str, *, legacy: b
     `legacy`: its usage.json as versions before the CRC left it (its totals are recounted on resume)."""
     from batchrun.engine.job import prepare
     from batchrun.spec.model import load_spec
-    from batchrun.store.checkpoint import atomic_write
+    from batchrun.store.durable import atomic_write
     from batchrun.store.rundir import FAILURES, MANIFEST, RESULTS, USAGE
 
     path = write_prompts(work / "done.jsonl", done + extra, short_prompt)

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..engine.job import Prepared, display_path
+from ..engine.progress import duration
 from ..spec.presets import PRESETS
 from ..spec.pricing import Price, Prices
 from .validate import ModelLoad, validate
@@ -129,7 +130,7 @@ def estimate_lines(prepared: Prepared, est: Estimate, prices: Prices, share: flo
         binding = max(times, key=lambda k: times[k])
         detail = ", ".join(f"{k.upper()} {v / 60:,.1f} min" for k, v in sorted(times.items()))
         lines.append(
-            f"  time           at least {_minutes(times[binding])}: the {binding.upper()} limit binds ({detail})"
+            f"  time           at least {duration(times[binding])}: the {binding.upper()} limit binds ({detail})"
         )
     else:
         lines.append(
@@ -138,7 +139,7 @@ def estimate_lines(prepared: Prepared, est: Estimate, prices: Prices, share: flo
         )
     if spec.provider.mode == "async":
         sim = spec.provider.simulate
-        runs = f"up to {_minutes(sim.task_s[1])} (simulated)" if sim else "for a time not known in advance"
+        runs = f"up to {duration(sim.task_s[1])} (simulated)" if sim else "for a time not known in advance"
         lines.append(
             f"  tasks          the time above is for submitting; each task then runs {runs} before its result is polled"
         )
@@ -162,11 +163,3 @@ def budget_line(budget: Mapping[str, float], ranges: Mapping[str, tuple[float, f
 
 def _ranges(ranges: dict[str, tuple[float, float]]) -> str:
     return ", ".join(f"{lo:,.4f} to {hi:,.4f} {c}" for c, (lo, hi) in sorted(ranges.items())) or "unknown (no price)"
-
-
-def _minutes(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:,.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:,.1f} min"
-    return f"{seconds / 3600:,.1f} h"

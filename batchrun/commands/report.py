@@ -1,4 +1,5 @@
-"""`batchrun report` and `batchrun status`: what a run did and cost, from its run directory alone.
+"""`batchrun report` and `batchrun status`: what a run did and cost, from its run directory alone. What is read
+and reckoned here is shown by `report_text` (the table, JSON and CSV) and `report_html` (the page).
 
 Nothing here writes to a run directory or calls an API, so both work on a finished, interrupted or still
 running run. Totals come from usage.json (a fold over the records, trusted up to the byte offsets it covers)
@@ -7,9 +8,7 @@ plus the records written since; latencies and completion times come from one pas
 
 from __future__ import annotations
 
-import csv
 import heapq
-import io
 import itertools
 import math
 from array import array
@@ -20,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ..records import line_timing
-from ..spec.pricing import Price, Prices, money, parse_prices
+from ..spec.pricing import Price, Prices, parse_prices
 from ..store.rundir import MANIFEST, RECORD_FILES, RunDir, fold_set_aside
-from ..store.usage import Usage, cached, cached_line, outputs, outputs_line
+from ..store.usage import Usage
 
 
 @dataclass
@@ -265,173 +264,3 @@ def rate_series(ascending: Sequence[Sequence[float]], buckets: int = 60, max_gap
     # the last bucket is only as wide as what is left of the span (a rate over empty time would dip at the end)
     widths = [min(width, span - i * width) for i in range(n)]
     return RateSeries([(i * width, c / widths[i]) for i, c in enumerate(counts)], breaks, span)
-
-
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
-
-
-def report_table(report: Report) -> list[str]:
-    u = report.usage
-    names = ", ".join(f"{r.path} ({r.state})" for r in report.runs)
-    rate = report.rows_per_s
-    lat = report.latency
-    lines = [
-        f"report: {names}",
-        f"  rows        {u.rows_succeeded:,} succeeded, {u.rows_failed:,} failed, {report.rows_pending:,} pending "
-        f"of {report.rows_total:,}",
-        f"  requests    {u.requests:,} (retries {u.retries:,}, 429s {u.rate_limited:,}"
-        + (f", polls {u.polls:,}" if u.polls else "")
-        + ")",
-        f"  tokens      {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion = {u.total_tokens:,}",
-        "  throughput  " + (f"{rate:,.1f} rows/s over {report.active_s:,.1f} s active" if rate else "-"),
-        f"  latency     p50 {_seconds(lat['p50'])}   p90 {_seconds(lat['p90'])}   p99 {_seconds(lat['p99'])}",
-        f"  lane        {report.lane}"
-        + (f"; saved {', '.join(money(v, c) for c, v in sorted(report.saved.items()))}" if report.saved else ""),
-        "",
-    ]
-    header = ("model", "rows ok", "failed", "requests", "prompt tok", "compl. tok", "price (in / out per 1M)", "cost")
-    body = [
-        (
-            m.model,
-            f"{m.rows_succeeded:,}",
-            f"{m.rows_failed:,}",
-            f"{m.requests:,}",
-            f"{m.prompt_tokens:,}",
-            f"{m.completion_tokens:,}",
-            f"{m.price.input:g} / {m.price.output:g} {m.price.currency}" if m.price else "no price",
-            money(m.cost, m.price.currency if m.price else ""),
-        )
-        for m in report.models
-    ]
-    totals = report.totals()
-    for currency, amount in sorted(totals.items()):
-        body.append(("total", "", "", "", "", "", "", money(amount, currency)))
-    widths = [max(len(row[i]) for row in (header, *body)) for i in range(len(header))]
-    for row in (header, *body):
-        lines.append(
-            "  "
-            + "  ".join(
-                c.ljust(w) if i in (0, 6) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            ).rstrip()
-        )
-    for m in report.models:
-        if m.price is not None:
-            lines.append(f"  price of {m.model}: {m.price.source}")
-    if report.unpriced:
-        lines.append(
-            f"  no price for {', '.join(report.unpriced)}: their cost is unknown, not zero; add them "
-            "with --prices FILE or a pricing: block in the job spec"
-        )
-    if (hits := cached_line(u.models, report.prices)) is not None:
-        lines.append("")
-        lines.append(f"  cache       {hits}")
-    shaped = [(name, outputs({name: m})) for name, m in sorted(u.models.items())]
-    if any(outputs_line(counts) for _, counts in shaped):
-        lines.append("")
-        lines.append("  structured output (rows that fit the schema)")
-        for name, counts in shaped:
-            if (line := outputs_line(counts)) is not None:
-                lines.append(f"    {name}: {line}")
-    if u.keys:
-        lines.append("")
-        lines.append("  by key (the variable holding it)")
-        for env, k in sorted(u.keys.items()):
-            lines.append(
-                f"    ${env:<28} {k['rows_succeeded']:,} rows ok, {k['rows_failed']:,} failed, {k['requests']:,} "
-                f"requests, {k['prompt_tokens']:,} + {k['completion_tokens']:,} tokens"
-            )
-    if u.failures_by_code:
-        lines.append("")
-        lines.append("  failures by code")
-        for code, n in sorted(u.failures_by_code.items(), key=lambda kv: (-kv[1], kv[0])):
-            lines.append(f"    {code:<32} {n:,}")
-    return lines
-
-
-def report_json(report: Report) -> dict[str, Any]:
-    u = report.usage
-    return {
-        "runs": [{"path": str(r.path), "state": r.state, "rows_total": r.rows_total} for r in report.runs],
-        "rows_total": report.rows_total,
-        "lane": report.lane,
-        "batch_share": report.batch_share,
-        "saved": report.saved,
-        "rows_succeeded": u.rows_succeeded,
-        "rows_failed": u.rows_failed,
-        "rows_pending": report.rows_pending,
-        "requests": u.requests,
-        "retries": u.retries,
-        "rate_limited": u.rate_limited,
-        "polls": u.polls,
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.total_tokens,
-        "active_s": round(report.active_s, 3),
-        "rows_per_s": None if report.rows_per_s is None else round(report.rows_per_s, 3),
-        "latency_s": report.latency,
-        "models": [
-            {
-                "model": m.model,
-                "rows_succeeded": m.rows_succeeded,
-                "rows_failed": m.rows_failed,
-                "requests": m.requests,
-                "prompt_tokens": m.prompt_tokens,
-                "completion_tokens": m.completion_tokens,
-                "price": None if m.price is None else vars(m.price),
-                "cost": m.cost,
-                "currency": m.price.currency if m.price else None,
-                "outputs": outputs({m.model: u.models[m.model]}) if m.model in u.models else None,
-            }
-            for m in report.models
-        ],
-        "cost": report.totals(),
-        "unpriced_models": report.unpriced,
-        "failures_by_code": dict(sorted(u.failures_by_code.items())),
-        "cache": dict(zip(("rows", "saved"), cached(u.models, report.prices), strict=True)),
-        "keys": {env: dict(k) for env, k in sorted(u.keys.items())},
-    }
-
-
-def report_csv(report: Report) -> str:
-    """One line per model, then one total line per currency."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(
-        [
-            "model",
-            "rows_succeeded",
-            "rows_failed",
-            "requests",
-            "prompt_tokens",
-            "completion_tokens",
-            "input_price_per_1m",
-            "output_price_per_1m",
-            "currency",
-            "cost",
-            "price_source",
-        ]
-    )
-    for m in report.models:
-        p = m.price
-        writer.writerow(
-            [
-                m.model,
-                m.rows_succeeded,
-                m.rows_failed,
-                m.requests,
-                m.prompt_tokens,
-                m.completion_tokens,
-                "" if p is None else p.input,
-                "" if p is None else p.output,
-                "" if p is None else p.currency,
-                "" if m.cost is None else round(m.cost, 6),
-                "no price" if p is None else p.source,
-            ]
-        )
-    for currency, amount in sorted(report.totals().items()):
-        writer.writerow(["TOTAL", "", "", "", "", "", "", "", currency, round(amount, 6), ""])
-    return out.getvalue()
-
-
-# --- status ------------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from html import escape
 
 from ..spec.pricing import money
-from .report import RateSeries, Report, _seconds, percentile
+from .report import RateSeries, Report, percentile
+from .report_text import latency_text
 
 WIDTH, HEIGHT = 720, 260
 LEFT, RIGHT, TOP, BOTTOM = 64, 24, 28, 48  # plot margins: tick labels and axis titles live there
@@ -47,7 +48,7 @@ def render_html(report: Report) -> str:
         ("requests", f"{u.requests:,} (retries {u.retries:,}, 429s {u.rate_limited:,})"),
         ("tokens", f"{u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion"),
         ("throughput", f"{rate:,.1f} rows/s over {report.active_s:,.1f} s active" if rate else "-"),
-        ("latency", "   ".join(f"{k} {_seconds(v)}" for k, v in report.latency.items())),
+        ("latency", "   ".join(f"{k} {latency_text(v)}" for k, v in report.latency.items())),
         ("cost", ", ".join(money(v, c) for c, v in sorted(report.totals().items())) or "no priced tokens"),
     ]
     parts = [
@@ -192,7 +193,7 @@ def histogram(latencies: list[tuple[float, int]], bins: int = 30) -> str:
         if c
     )
     marks = "".join(
-        plot.marker(value, f"{name} {_seconds(value)}", row)
+        plot.marker(value, f"{name} {latency_text(value)}", row)
         for row, (name, q) in enumerate((("p50", 0.5), ("p90", 0.9), ("p99", 0.99)))
         if (value := percentile(latencies, q)) is not None
     )

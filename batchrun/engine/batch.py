@@ -28,7 +28,8 @@ from ..rows.request import BadRow, Request
 from ..rows.sources import iter_rows
 from ..spec.presets import PRESETS
 from ..store.cache import Cache
-from ..store.checkpoint import Checkpoint, ResumeState
+from ..store.checkpoint import Checkpoint
+from ..store.resume import ResumeState
 from ..store.rundir import BATCHES, SHARDS, RunState, complete_lines
 from .job import Prepared
 from .progress import Progress

@@ -22,7 +22,8 @@ from ..rows.request import BadRow, Request
 from ..spec.presets import batch_share
 from ..spec.pricing import Prices
 from ..store.cache import Cache
-from ..store.checkpoint import Checkpoint, ResumeState
+from ..store.checkpoint import Checkpoint
+from ..store.resume import ResumeState
 from ..store.rundir import RunState
 from ..store.usage import peak_rss_mb
 from .job import Prepared

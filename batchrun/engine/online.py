@@ -31,7 +31,8 @@ from ..rows.request import BadRow, Request, batched
 from ..rows.sources import RawRow, iter_rows
 from ..spec.presets import PRESETS
 from ..store.cache import Cache
-from ..store.checkpoint import Checkpoint, ResumeState
+from ..store.checkpoint import Checkpoint
+from ..store.resume import ResumeState
 from ..store.rundir import RunState
 from .job import Prepared
 from .progress import Progress

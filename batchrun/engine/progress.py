@@ -115,7 +115,7 @@ class Progress:
         elapsed = max(1e-6, self.clock() - self._start)
         rate = (self.done - self._done_at_start) / elapsed
         share = self.done / self.total if self.total else 1.0
-        eta = f", ~{_duration((self.total - self.done) / rate)} to go" if rate > 0 and self.done < self.total else ""
+        eta = f", ~{duration((self.total - self.done) / rate)} to go" if rate > 0 and self.done < self.total else ""
         return f"{self.desc}: {self.done:,}/{self.total:,} rows ({share:.0%}), {rate:,.1f} rows/s{eta}; " + ", ".join(
             self.stats()
         )
@@ -168,12 +168,14 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+def duration(seconds: float) -> str:
+    """A time to go, in the unit that keeps the figure small; one formatter for the progress line's ETA and
+    `estimate`, so both say a time the same way."""
+    if seconds < 120:
+        return f"{seconds:,.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:,.1f} min"
+    return f"{seconds / 3600:,.1f} h"
 
 
 def _human(n: float) -> str:

@@ -10,7 +10,8 @@ from typing import Any
 
 from ..errors import BatchrunError
 from ..store.cache import Cache
-from ..store.checkpoint import Checkpoint, ResumeState
+from ..store.checkpoint import Checkpoint
+from ..store.resume import ResumeState
 from ..store.rundir import RunState
 from .job import Prepared
 from .ledger import Ledger

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from ..retry import Decision, ErrorTable
     from ..rows.request import Request
     from ..spec.model import JobSpec
-    from ..store.checkpoint import Checkpoint, ResumeState
+    from ..store.checkpoint import Checkpoint
+    from ..store.resume import ResumeState
 
 
 @dataclass(eq=False, slots=True)

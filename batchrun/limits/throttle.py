@@ -1,5 +1,5 @@
-"""Admission control: RPM and TPM token buckets (`control.TokenBucket`, waited on here) and a concurrency gate,
-steered by the pure controllers in `control` from what each answer says.
+"""Admission control: RPM and TPM token buckets (`controllers.TokenBucket`, waited on here) and a concurrency gate,
+steered by the pure controllers in `controllers` from what each answer says (read by `hints`).
 
 Buckets hold about one second of their rate, as hosted providers' own buckets do: a bucket holding a
 full minute would let the first second burst to the whole RPM and collect 429s.
@@ -20,18 +20,8 @@ from ..retry import error_details
 from ..rows.request import Request
 from ..spec.model import Limits
 from ..spec.presets import TpmAccounting
-from .controllers import (
-    HEADROOM,
-    Charge,
-    ConcurrencyController,
-    RateController,
-    RateHints,
-    TokenAccounting,
-    TokenBucket,
-    exhausted_until,
-    named_limit,
-    rate_hints,
-)
+from .controllers import HEADROOM, Charge, ConcurrencyController, RateController, TokenAccounting, TokenBucket
+from .hints import RateHints, exhausted_until, named_limit, rate_hints
 
 INITIAL_CONCURRENCY = 32
 MAX_CONCURRENCY = 256  # in flight by default: ~850 requests/s at 0.3 s latency; limits.concurrency raises it

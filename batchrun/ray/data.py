@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from ..commands.export import Shape, flatten, output_arrays, output_fields
+from ..commands.columns import Shape, flatten, output_arrays, output_fields
 from ..engine.job import Prepared
 from ..engine.progress import Progress
 from ..errors import SpecError
@@ -34,7 +34,7 @@ from ..rows.request import RequestBuilder
 from ..rows.sources import InputScan, RawRow
 from ..spec.model import JobSpec, SimulateSpec, parse_spec
 from ..spec.yamlfile import load_yaml
-from ..store.checkpoint import ResumeState
+from ..store.resume import ResumeState
 from .limit import SharedLimit, lease_from
 from .worker import ShippingCheckpoint, WorkerRun, limits_share
 

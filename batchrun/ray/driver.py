@@ -29,8 +29,9 @@ from ..errors import BatchrunError, SpecError
 from ..rows.sources import Slice, slices
 from ..spec.model import JobSpec, ScaleSpec
 from ..store.cache import Cache
-from ..store.checkpoint import Checkpoint, ResumeState
+from ..store.checkpoint import Checkpoint
 from ..store.recordfile import DoneRows
+from ..store.resume import ResumeState
 from ..store.rundir import REPAIRS, TASKS, RunState
 from .limit import SharedLimit, lease_from
 from .worker import Assignment, limits_share, run_slice

@@ -21,7 +21,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..limits.controllers import Charge, RateHints
+from ..limits.controllers import Charge
+from ..limits.hints import RateHints
 from ..limits.throttle import Throttle
 from ..providers.transport import Reply
 from ..rows.request import Request

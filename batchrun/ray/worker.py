@@ -27,7 +27,8 @@ from ..limits.throttle import Throttle
 from ..rows.sources import InputScan, RawRow, Slice, slice_rows
 from ..spec.model import Limits
 from ..store.cache import Cache
-from ..store.checkpoint import Checkpoint, ResumeState
+from ..store.checkpoint import Checkpoint
+from ..store.resume import ResumeState
 from ..store.rundir import RunState
 from ..store.usage import peak_rss_mb
 from .limit import Call, Lease, LeasedThrottle

@@ -1,1 +1,2 @@
-"""Rows on their way to a request: input sources, ids, templates, request bodies, structured-output judging."""
+"""Rows on their way to a request: input sources, ids, templates, request bodies and their token estimates,
+structured-output judging."""

@@ -1,4 +1,4 @@
-"""Turning input rows into request bodies, and the token estimate the TPM limiter charges for them."""
+"""Turning input rows into request bodies; what each is estimated to cost against TPM is reckoned in `tokens`."""
 
 from __future__ import annotations
 
@@ -15,10 +15,8 @@ from ..spec.presets import ENDPOINT_URLS, Endpoint
 from .render import INVALID_INPUT, NULL_FIELD, RowProblem, Template, is_null
 from .sources import RawRow
 from .structured import Asking
+from .tokens import estimate_input, estimate_messages, estimate_tokens, max_output_tokens
 
-# Output tokens charged to the TPM budget when neither the spec nor the row sets max_tokens.
-DEFAULT_MAX_OUTPUT_TOKENS = 512
-MESSAGE_OVERHEAD_TOKENS = 4
 ID_FIELDS = ("custom_id", "id")
 
 
@@ -52,46 +50,6 @@ class BadRow:
     custom_id: str  # the row's id when it could be read, else its row number
     code: str
     message: str
-
-
-def estimate_tokens(text: str) -> int:
-    """Rough token count without a tokenizer: ~1 token per CJK character, ~4 ASCII characters per token."""
-    chars = len(text)
-    if not chars:
-        return 0
-    wide = (len(text.encode("utf-8")) - chars) // 2  # 3-byte UTF-8 characters (CJK) add two bytes each
-    return wide + (chars - wide + 3) // 4
-
-
-def estimate_input(value: Any) -> int:
-    """Tokens of a prompt or embeddings input: text, a list of texts, token ids, or lists of token ids."""
-    if isinstance(value, str):
-        return estimate_tokens(value)
-    if isinstance(value, list):
-        return sum(1 if isinstance(v, int) else estimate_input(v) for v in value)
-    return 0
-
-
-def estimate_messages(messages: list[Any]) -> int:
-    total = 3
-    for message in messages:
-        total += MESSAGE_OVERHEAD_TOKENS
-        content = message.get("content") if isinstance(message, Mapping) else None
-        if isinstance(content, str):
-            total += estimate_tokens(content)
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, Mapping) and isinstance(part.get("text"), str):
-                    total += estimate_tokens(part["text"])
-    return total
-
-
-def max_output_tokens(body: Mapping[str, Any]) -> int:
-    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-        value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return DEFAULT_MAX_OUTPUT_TOKENS
 
 
 def with_body(request: Request, before: dict[str, Any], body: dict[str, Any]) -> Request:

@@ -1,1 +1,1 @@
-"""The simulated provider: its HTTP server, its answers, its Batch API."""
+"""The simulated provider: its HTTP routes, its admission and billing, its answers, its Batch API."""

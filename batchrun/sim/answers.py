@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from ..rows.request import estimate_tokens, max_output_tokens
 from ..rows.structured import schema_in_text
+from ..rows.tokens import estimate_tokens, max_output_tokens
 
 DIRECTIVE = re.compile(r"#sim:([a-z0-9-]+)(?:=([\w.:-]+))?")
 MODELS = ("sim-small", "sim-large", "glm-4-flash", "qwen-plus", "ernie-3.5-8k", "gpt-4o-mini")

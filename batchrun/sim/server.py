@@ -36,6 +36,9 @@ Task ids carry their task, so polls are answered correctly even by a restarted s
 
 It serves any base path (`/v1`, `/api/paas/v4`, ...), so a preset's own error table can be tried on it, and
 Zhipu's asyncCompletions: `POST .../async/chat/completions` and `GET .../async-result/{id}`.
+
+This module holds the routes, which only map HTTP to calls: whether a request is let in (keys, limits, staged and
+random faults) is decided in `admission`, what it is answered and billed in `billing`, both without HTTP.
 """
 
 from __future__ import annotations
@@ -43,62 +46,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import heapq
 import math
-import os
 import random
 import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from ..errors import SpecError
-from ..limits.controllers import TokenBucket
-from ..providers.zhipu import verify_jwt
-from ..rows.request import estimate_messages, estimate_tokens, max_output_tokens
 from ..spec.model import SimulateSpec
+from .admission import Admission, Fault, Outcome, Refusal
 from .answers import (
-    DIRECTIVE,
     MODELS,
-    SPOILS,
-    apply_answer_quirks,
-    choice_count,
-    completion_answer,
     decode_task,
-    embeddings_answer,
     encode_task,
     error_body,
-    go_duration,
-    litellm_limit_body,
     model_entry,
     prompt_texts,
     stream_events,
-    structured_content,
     through_gateway,
     unknown_model,
 )
 from .batches import BatchDesk
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """A request the simulator accepted: what answering it needs."""
-
-    kind: str  # chat | completions | embeddings
-    body: dict[str, Any]
-    texts: list[str]  # the prompt's texts: message contents (the last user message last), prompts, or inputs
-    key: bytes  # the prompt's digest: which attempts and bills belong together
-    attempt: int
-    directives: dict[str, str]
-    prompt_tokens: int
-    request_id: str  # this request's own, fixed when it arrived
-
+from .billing import Billing, Call, directives_of, max_output, prompt_key, prompt_tokens
 
 Handler = Callable[["SimProvider", web.Request], Awaitable[web.StreamResponse]]
 
@@ -118,32 +92,22 @@ def _counted(handler: Handler) -> Handler:
 
 
 class SimProvider:
+    """The routes: each maps an HTTP request to admission (`admission`) and billing (`billing`), and what they
+    decide back to HTTP."""
+
     def __init__(self, cfg: SimulateSpec, clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg, self.clock = cfg, clock
         now = clock()
-        self.rpm = TokenBucket.per_minute(cfg.rpm, now) if cfg.rpm else None
-        self.tpm = TokenBucket.per_minute(cfg.tpm, now) if cfg.tpm else None
         self.rng = random.Random(cfg.seed)
-        self.attempts: Counter[bytes] = Counter()
-        self.billed: Counter[bytes] = Counter()
+        self.admission = Admission(cfg, self.rng, now)
+        self.billing = Billing(self.rng, cfg.invalid_json_rate)
         self.responses: Counter[int] = Counter()
         self.requests = self.dropped = 0
-        self.billed_prompt_tokens = self.billed_completion_tokens = 0
-        self.tpm_charged = 0.0  # what the TPM bucket was charged, in the configured accounting
         self.first_request_at: float | None = None  # wall-clock time, for start-up measurements
         self.tasks_submitted = self.polls = self.max_tasks_running = 0
         self.inflight = 0  # requests being handled: read, waited on, not yet answered (billed when answered)
-        self.injected: Counter[str] = Counter()  # random faults: 500, drop, slow
-        self.structured: Counter[str] = Counter()  # JSON asked for, repairs seen, answers spoilt, by kind
-        self.max_tokens_asked: Counter[str] = Counter()  # of requests asking for JSON
         self.running: list[float] = []  # due times of tasks still running (a heap)
-        self.storm_until = -math.inf  # a 429 storm (#sim:storm) turns every request away until then
         self.batch_desk = BatchDesk(self._batch_answer, self._auth, clock, cfg.batch_s)
-        # key pools: the keys in the named variables, each with its own RPM bucket, or refused
-        self.key_names = {_env_key(env): env for env, _ in cfg.key_rpm} | {_env_key(env): env for env in cfg.revoked}
-        self.key_rpm = {_env_key(env): (rpm, TokenBucket.per_minute(rpm, now)) for env, rpm in cfg.key_rpm}
-        self.revoked = {_env_key(env) for env in cfg.revoked}
-        self.by_key: Counter[str] = Counter()  # answers by key (its variable's name) and status: "VAR 200"
         # whether clients wait as a 429 asks: when each prompt was last answered 429, and the shortest wait seen
         self.limited_at: dict[bytes, float] = {}
         self._last_key: bytes | None = None
@@ -162,22 +126,23 @@ class SimProvider:
         return app
 
     def stats(self) -> dict[str, Any]:
+        billing, admission = self.billing, self.admission
         return {
             "requests": self.requests,
             "responses": {str(k): v for k, v in sorted(self.responses.items())},
             "dropped": self.dropped,
-            "billed_requests": sum(self.billed.values()),
-            "billed_prompts": len(self.billed),
-            "billed_twice": sum(1 for n in self.billed.values() if n > 1),
-            "billed_prompt_tokens": self.billed_prompt_tokens,
-            "billed_completion_tokens": self.billed_completion_tokens,
-            "tpm_charged": round(self.tpm_charged),
+            "billed_requests": sum(billing.billed.values()),
+            "billed_prompts": len(billing.billed),
+            "billed_twice": sum(1 for n in billing.billed.values() if n > 1),
+            "billed_prompt_tokens": billing.billed_prompt_tokens,
+            "billed_completion_tokens": billing.billed_completion_tokens,
+            "tpm_charged": round(admission.tpm_charged),
             "first_request_at": self.first_request_at,
             "inflight": self.inflight,
-            "injected": dict(self.injected),
-            "structured": dict(self.structured),
-            "by_key": dict(self.by_key),
-            "max_tokens_asked": dict(self.max_tokens_asked),
+            "injected": dict(admission.injected),
+            "structured": dict(billing.structured),
+            "by_key": dict(admission.by_key),
+            "max_tokens_asked": dict(billing.max_tokens_asked),
             "tasks_submitted": self.tasks_submitted,
             "tasks_running": self._tasks_running(self.clock()),
             "max_tasks_running": self.max_tasks_running,
@@ -213,27 +178,8 @@ class SimProvider:
         return _json(200, model_entry(name))
 
     def _auth(self, request: web.Request) -> web.Response | None:
-        """With a key configured, accept it as a bearer token, or (an `id.secret` key) a Zhipu JWT signed with it.
-        A revoked key (simulate.revoked) is refused whatever is configured."""
-        if self.revoked and self._token(request) in self.revoked:
-            self.by_key[f"{self.key_names[self._token(request)]} 401"] += 1
-            return self._answer(
-                401, error_body("invalid_api_key", "This API key has been revoked", "authentication_error")
-            )
-        key = self.cfg.api_key
-        if not key:
-            return None
-        token = self._token(request)
-        if token == key:
-            return None
-        why = ""
-        if "." in key and token.count(".") == 2:
-            reason = verify_jwt(token, key, int(time.time() * 1000))
-            if reason is None:
-                return None
-            why = f" ({reason})"
-        refused = error_body("invalid_api_key", f"Incorrect API key provided{why}", "authentication_error")
-        return self._answer(401, refused)
+        refused = self.admission.auth(self._token(request), int(time.time() * 1000))
+        return None if refused is None else self._refusal(refused)
 
     @staticmethod
     def _token(request: web.Request) -> str:
@@ -245,6 +191,24 @@ class SimProvider:
         self.responses[status] += 1
         return _json(status, body, self._headers(status, headers, own))
 
+    def _refusal(self, refusal: Refusal) -> web.Response:
+        return self._answer(refusal.status, refusal.body, refusal.headers, refusal.own)
+
+    def _outcome(self, outcome: Outcome, request: web.Request) -> web.Response:
+        """What admission decided, as HTTP: a JSON answer, or none at all."""
+        if isinstance(outcome, Refusal):
+            return self._refusal(outcome)
+        if outcome is Fault.DROP:
+            return self._drop(request)
+        if outcome is Fault.GARBAGE:
+            return web.Response(status=200, body=b'{"id": "x", "choices": [{"mess', content_type="application/json")
+        self.responses[500] += 1
+        return web.Response(
+            status=500,
+            content_type="text/html",
+            text="<html><body><h1>500 Internal Server Error</h1><p>nginx</p></body></html>",
+        )
+
     def _headers(
         self, status: int, headers: dict[str, str] | None, own: dict[str, str] | None = None
     ) -> dict[str, str] | None:
@@ -252,9 +216,9 @@ class SimProvider:
         gateway's `own` (LiteLLM's virtual-key limits on its answers, with no reset header: LiteLLM sends none)."""
         key_limits = self.cfg.gateway == "litellm-key"
         if self.cfg.rate_headers and not key_limits:
-            headers = {**self._rate_headers(), **(headers or {})}
+            headers = {**self.admission.rate_headers(self.clock()), **(headers or {})}
         if key_limits and status == 200:
-            own = {**self._rate_headers(reset=False), **(own or {})}
+            own = {**self.admission.rate_headers(self.clock(), reset=False), **(own or {})}
         return through_gateway(self.cfg.gateway, headers, own)
 
     def _refused(self, answer: web.StreamResponse) -> web.StreamResponse:
@@ -263,26 +227,7 @@ class SimProvider:
             self.limited_at[self._last_key] = self.clock()
         return answer
 
-    def _rate_headers(self, reset: bool = True) -> dict[str, str]:
-        now, headers = self.clock(), {}
-        for kind, bucket, per_minute in (("requests", self.rpm, self.cfg.rpm), ("tokens", self.tpm, self.cfg.tpm)):
-            if bucket is not None and per_minute:
-                bucket.refill(now)
-                headers[f"x-ratelimit-limit-{kind}"] = str(int(per_minute))
-                headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, int(bucket.level)))
-                if reset:
-                    headers[f"x-ratelimit-reset-{kind}"] = go_duration(bucket.reset_s())
-        return headers
-
-    def _latency(self) -> float:
-        median, dist = self.cfg.latency, self.cfg.latency_dist
-        if median <= 0 or dist == "fixed":
-            return max(0.0, median)
-        if dist == "uniform":
-            return median * (0.5 + self.rng.random())
-        return median * math.exp(0.5 * self.rng.gauss(0.0, 1.0))
-
-    async def _accept(self, request: web.Request) -> _Call | web.StreamResponse:
+    async def _accept(self, request: web.Request) -> Call | web.StreamResponse:
         """Everything before the answer: auth, the body, the prompt's directives, rate limits, injected errors."""
         self.requests += 1
         request_id = f"sim-{self.requests}"  # taken now: other requests arrive while this one is read
@@ -306,81 +251,27 @@ class SimProvider:
         if self.cfg.models is not None and body.get("model") not in self.cfg.models:
             return self._answer(404, unknown_model(str(body.get("model"))))
         text = "\n".join(texts)
-        key = hashlib.blake2b(text.encode(), digest_size=8).digest()
-        self.attempts[key] += 1
-        attempt = self.attempts[key]
+        key = prompt_key(text)
+        attempt = self.billing.attempt(key)
         self._last_key = key  # every 429 below is answered before another request gets this far (no await)
         if (limited_at := self.limited_at.pop(key, None)) is not None:
             self.retried_after_429 += 1
             self.min_retry_gap_s = min(self.min_retry_gap_s, self.clock() - limited_at)
-        directives = {name: value for name, value in DIRECTIVE.findall(text)}
-
-        if "status" in directives:
-            status = int(float(directives["status"] or 400))
-            return self._answer(status, error_body(f"sim_{status}", f"simulated HTTP {status}"))
-        for name in ("error", "ma-error"):
-            if directives.get(name):
-                status_text, _, code = directives[name].partition(":")
-                body = (
-                    {"error_code": code, "error_msg": f"simulated {code}"}
-                    if name == "ma-error"
-                    else error_body(code, f"simulated {code}")
-                )
-                return self._answer(int(status_text), body)
-        if attempt <= int(float(directives.get("legacy") or 0)):
-            return self._answer(200, {"error_code": 336501, "error_msg": "Rate limit reached for RPM"})
-        if attempt <= int(float(directives.get("drop") or 0)):
-            return self._drop(request)
-        if attempt <= int(float(directives.get("fail") or 0)):
-            return self._answer(500, error_body("internal_error", "simulated server error", "server_error"))
-        now = self.clock()
-        if attempt == 1 and directives.get("storm"):
-            self.storm_until = max(self.storm_until, now + float(directives["storm"]))
-        if now < self.storm_until:
-            self.injected["storm 429"] += 1
-            headers = {"Retry-After": str(math.ceil(self.storm_until - now))} if self.cfg.retry_after else None
-            return self._answer(
-                429, error_body("1305", "The service may be temporarily overloaded, please try again later"), headers
-            )
-        if attempt <= int(float(directives.get("429") or 0)):
-            wait = directives.get("retry-after") or "1"
-            return self._answer(429, error_body("rate_limit_exceeded", "simulated rate limit"), {"Retry-After": wait})
-
-        if kind == "chat":
-            prompt_tokens, max_output = estimate_messages(body["messages"]), max_output_tokens(body)
-        else:
-            prompt_tokens = sum(estimate_tokens(t) for t in texts)
-            max_output = max_output_tokens(body) * choice_count(body) * len(texts) if kind == "completions" else 0
-        if self.cfg.max_inflight is not None and self.inflight > self.cfg.max_inflight:
-            busy = error_body("1302", "您当前使用该API的并发数过高，请降低并发，或联系客服增加限额。")
-            return self._answer(429, busy, {"Retry-After": "1"} if self.cfg.retry_after else None)
-        limited = self._key_limit(request)  # not `or`: an aiohttp Response is a mapping, and empty is falsy
-        if limited is None:
-            limited = self._rate_limit(prompt_tokens + max_output)
+        directives = directives_of(text)
+        if (staged := self.admission.staged(directives, attempt, self.clock())) is not None:
+            return self._outcome(staged, request)
+        tokens = prompt_tokens(kind, body, texts)
+        most = max_output(kind, body, texts)
+        limited = self.admission.admit(self._token(request), tokens + most, self.inflight, self.clock())
         if limited is not None:
-            return limited
-        if self.cfg.error_rate and self.rng.random() < self.cfg.error_rate:
-            self.injected["500"] += 1
-            return self._answer(500, error_body("internal_error", "simulated server error", "server_error"))
-        if self.cfg.drop_rate and self.rng.random() < self.cfg.drop_rate:
-            self.injected["drop"] += 1
-            return self._drop(request)
-        if attempt <= int(float(directives.get("garbage") or 0)):
-            return web.Response(status=200, body=b'{"id": "x", "choices": [{"mess', content_type="application/json")
-        if attempt <= int(float(directives.get("html") or 0)):
-            self.responses[500] += 1
-            return web.Response(
-                status=500,
-                content_type="text/html",
-                text="<html><body><h1>500 Internal Server Error</h1><p>nginx</p></body></html>",
-            )
-        return _Call(kind, body, texts, key, attempt, directives, prompt_tokens, request_id)
+            return self._refusal(limited)
+        if (fault := self.admission.fault(attempt, directives)) is not None:
+            return self._outcome(fault, request)
+        return Call(kind, body, texts, key, attempt, directives, tokens, request_id)
 
     async def _work(self, delay: float) -> None:
         """Take `delay` seconds to answer (or slow_s, for the share of requests that are slow)."""
-        if self.cfg.slow_rate and self.rng.random() < self.cfg.slow_rate:
-            self.injected["slow"] += 1
-            delay = self.cfg.slow_s
+        delay = self.admission.work_time(delay)
         if delay > 0:
             await asyncio.sleep(delay)
 
@@ -391,77 +282,24 @@ class SimProvider:
             request.transport.close()
         return web.Response(status=500)
 
-    def _bill(self, call: _Call) -> dict[str, Any]:
-        """The answer the prompt gets, charged to TPM (when counted on usage) and to the bill; a client that
-        has gone (killed, or timed out) is billed all the same, as providers do."""
-        if call.kind == "embeddings":
-            answer = embeddings_answer(call.body, call.texts, call.prompt_tokens)
-        else:
-            # chat answers the last user message; completions answer each prompt of a list, n times each
-            prompts = call.texts if call.kind == "completions" else call.texts[-1:]
-            text = call.kind == "completions"
-            answer = completion_answer(call.body, prompts, call.key, call.prompt_tokens, text=text)
-            apply_answer_quirks(answer, call.directives)
-            if call.kind == "chat":
-                self._structure(answer, call)
-        if self.tpm is not None and self.cfg.tpm_accounting == "actual":
-            self.tpm.refill(self.clock())
-            self.tpm.take(answer["usage"]["total_tokens"])
-            self.tpm_charged += answer["usage"]["total_tokens"]
-        self.billed[call.key] += 1
-        self.billed_prompt_tokens += answer["usage"]["prompt_tokens"]
-        self.billed_completion_tokens += answer["usage"].get("completion_tokens", 0)
+    def _bill(self, call: Call) -> dict[str, Any]:
+        """The answer the prompt gets, billed, and charged to TPM when TPM is counted on usage."""
+        answer = self.billing.answer(call)
+        self.admission.charge_used(answer["usage"]["total_tokens"], self.clock())
         return answer
 
     def _batch_answer(self, kind: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """One line of a batch, answered as the online endpoint answers it (no rate limit: a batch has none)."""
-        texts = prompt_texts(kind, body) or [""]
-        text = "\n".join(texts)
-        directives = {name: value for name, value in DIRECTIVE.findall(text)}
-        if "status" in directives:
-            status = int(float(directives["status"] or 400))
-            return status, error_body(f"sim_{status}", f"simulated HTTP {status}")
-        key = hashlib.blake2b(text.encode(), digest_size=8).digest()
-        self.attempts[key] += 1
-        if kind == "chat":
-            prompt_tokens = estimate_messages(body["messages"])
-        else:
-            prompt_tokens = sum(estimate_tokens(t) for t in texts)
-        call = _Call(kind, body, texts, key, self.attempts[key], directives, prompt_tokens, "")
-        return 200, self._bill(call)
-
-    def _structure(self, answer: dict[str, Any], call: _Call) -> None:
-        """Asked for JSON (a response_format, or a schema in the prompt): JSON that fits. A first answer may be
-        spoilt, as models spoil them (the prompt's `#sim:json=bad|type|missing|cut|fence`, or `invalid_json_rate`
-        of them at random); a repair (the conversation holds an assistant answer and what was wrong with it) and
-        the same question asked again are answered right."""
-        messages = call.body.get("messages") or []
-        # a first answer only: not a repair, nor the same question asked again (with more max_tokens, say)
-        repair = any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages)
-        first = (call.attempt == 1 and not repair) or "stubborn" in call.directives
-        spoil = call.directives.get("json") if first else None
-        if spoil is None and first and self.cfg.invalid_json_rate and self.rng.random() < self.cfg.invalid_json_rate:
-            spoil = SPOILS[self.rng.randrange(len(SPOILS))]
-        made = structured_content(call.body, call.key, spoil)
-        if made is None:
-            return
-        self.structured.update(["asked", *(["repairs"] if repair else []), *([f"spoilt_{spoil}"] if spoil else [])])
-        self.max_tokens_asked[str(call.body.get("max_tokens"))] += 1
-        content, finish = made
-        completion = estimate_tokens(content)
-        for choice in answer["choices"]:
-            choice["message"]["content"], choice["finish_reason"] = content, finish
-        usage = answer["usage"]
-        usage["completion_tokens"] = completion * len(answer["choices"])
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        call = self.billing.batch_call(kind, body)
+        return (200, self._bill(call)) if isinstance(call, Call) else call
 
     @_counted
     async def chat(self, request: web.Request) -> web.StreamResponse:
         call = await self._accept(request)
-        if not isinstance(call, _Call):
+        if not isinstance(call, Call):
             return self._refused(call)
         directives = call.directives
-        delay = float(directives["sleep"]) if directives.get("sleep") else self._latency()
+        delay = float(directives["sleep"]) if directives.get("sleep") else self.admission.latency()
         await self._work(delay)
         answer = self._bill(call)
         if call.attempt <= int(float(directives.get("nochoices") or 0)):  # billed, and no answer in it
@@ -476,9 +314,9 @@ class SimProvider:
     async def submit_task(self, request: web.Request) -> web.StreamResponse:
         """Zhipu's asyncCompletions: billed now, answered by polls once the task's time is up."""
         call = await self._accept(request)
-        if not isinstance(call, _Call):
+        if not isinstance(call, Call):
             return self._refused(call)
-        await self._work(self._latency())
+        await self._work(self.admission.latency())
         answer, directives = self._bill(call), call.directives
         self.tasks_submitted += 1
         low, high = self.cfg.task_s
@@ -536,67 +374,6 @@ class SimProvider:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
-
-    def _key_limit(self, request: web.Request) -> web.Response | None:
-        """A key pool's key: its own RPM bucket (429 naming its limit beyond it), counted by its variable."""
-        token = self._token(request)
-        found = self.key_rpm.get(token)
-        if found is None:
-            return None
-        rpm, bucket = found
-        env = self.key_names[token]
-        wait = bucket.wait_for(1, self.clock())
-        if wait > 0:
-            self.by_key[f"{env} 429"] += 1
-            message = (
-                f"Rate limit reached on requests per min (RPM): Limit {int(rpm)}, Requested 1. Please try again in "
-                f"{wait * 1000:.0f}ms."
-            )
-            headers = {"Retry-After": str(max(1, math.ceil(wait)))} if self.cfg.retry_after else None
-            return self._answer(429, error_body("rate_limit_exceeded", message), headers)
-        bucket.take(1)
-        self.by_key[f"{env} 200"] += 1
-        return None
-
-    def _rate_limit(self, tokens: int) -> web.Response | None:
-        """Admit or answer 429. TPM counted on admission charges prompt + max_tokens now; counted on
-        usage, it only needs the bucket out of debt now and is charged when the answer is ready."""
-        now = self.clock()
-        reserve = self.cfg.tpm_accounting == "reserve"
-        need = tokens if reserve else 1
-        waits = [b.wait_for(n, now) for b, n in ((self.rpm, 1), (self.tpm, need)) if b is not None]
-        wait = max(waits, default=0.0)
-        if wait > 0:
-            if self.cfg.gateway == "litellm-key":  # the virtual key's limit: LiteLLM's own 429, plain retry-after
-                rpm_full = self.rpm is not None and self.rpm.wait_for(1, now) > 0
-                kind, limit = ("rpm", self.cfg.rpm) if rpm_full else ("tpm", self.cfg.tpm)
-                return self._answer(429, litellm_limit_body(kind, limit or 0), own={"retry-after": f"{wait:.3f}"})
-            if not self.cfg.retry_after:  # Zhipu's way: a bare 429 that says nothing of the limit
-                return self._answer(429, error_body("rate_limit_exceeded", "Rate limit reached, please retry later"))
-            # OpenAI's way: Retry-After, and the message names the limit that was hit
-            rpm_wait = self.rpm.wait_for(1, now) if self.rpm is not None else 0.0
-            kind, limit = ("requests", self.cfg.rpm) if rpm_wait >= wait else ("tokens", self.cfg.tpm)
-            short = "RPM" if kind == "requests" else "TPM"
-            message = (
-                f"Rate limit reached on {kind} per min ({short}): Limit {int(limit or 0)}, Requested "
-                f"{1 if kind == 'requests' else need}. Please try again in {wait * 1000:.0f}ms."
-            )
-            headers = {"Retry-After": str(max(1, math.ceil(wait)))}
-            return self._answer(429, error_body("rate_limit_exceeded", message), headers)
-        if self.rpm is not None:
-            self.rpm.take(1)
-        if self.tpm is not None and reserve:
-            self.tpm.take(tokens)
-            self.tpm_charged += tokens
-        return None
-
-
-def _env_key(env: str) -> str:
-    """The key a variable holds: key pools are configured by the variables' names, never the keys."""
-    key = os.environ.get(env, "").strip()
-    if not key:
-        raise SpecError(f"the simulated provider's key_rpm or revoked names ${env}, which is not set")
-    return key
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:

@@ -3,7 +3,8 @@
 Each record is written with one os.write as soon as its row is final, so a killed process loses at most
 the rows in flight; a write cut part-way (a full disk) is cut back off, so the next line never lands on a torn
 one. usage.json keeps each record file's size, CRC-32 and lines as written, so that a resume (`resume`) can
-trust the totals without parsing a million records.
+trust the totals without parsing a million records. What a resume finds done is read in `resume`; this module
+only writes.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ import orjson
 from ..errors import BatchrunError, CheckpointWriteError, RunDirError
 from ..records import Record, encode, now_iso
 from ..redaction import MIN_SECRET_LEN, redact
+from .durable import atomic_write, write_error
 from .recordfile import CRC_KEY, LINES_KEY
-from .resume import ResumeState as ResumeState
-from .resume import atomic_write as atomic_write
-from .resume import read_state, write_error
+from .resume import ResumeState, read_state
 from .rundir import (
     BATCHES,
     FAILURES,

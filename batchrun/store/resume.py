@@ -8,7 +8,6 @@ record) are reported once and moved to previous/damaged-<time>/, so the files ho
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import orjson
 
 from ..errors import CheckpointWriteError
 from ..records import count, now_iso
+from .durable import atomic_write, write_error
 from .recordfile import CRC_KEY, DoneRows, RecordReader, salvage, trusted_offsets, whole
 from .rundir import (
     DAMAGED,
@@ -63,15 +63,6 @@ class ResumeState:
             self.repairs.pop(row, None)
         else:
             self.repairs.setdefault(row, []).append(entry)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_state(run_dir: Path, *, repair: bool = True) -> ResumeState:
@@ -200,12 +191,3 @@ def _legacy_covers(run_dir: Path, checkpoint: Any) -> dict[str, int] | None:
             return None
         out[name] = size
     return out
-
-
-def write_error(path: Path, exc: OSError) -> str:
-    if exc.errno == errno.ENOSPC:
-        return (
-            f"the disk is full writing {path}: free some space, then run the same command again to "
-            "resume (rows already recorded are kept)"
-        )
-    return f"cannot write {path}: {exc.strerror}; fix that, then run the same command again to resume"
