@@ -15,7 +15,7 @@ import pytest
 from batchrun.limits.controllers import TokenBucket, parse_duration
 from batchrun.rows.request import DEFAULT_MAX_OUTPUT_TOKENS
 from batchrun.sim.answers import go_duration
-from batchrun.spec.model import SimulateSpec
+from batchrun.spec.simulator import SimulateSpec
 
 from .helpers import cli, make_job, read_jsonl, submit
 from .simserver import SimServer

@@ -62,7 +62,7 @@ from ..errors import SpecError
 from ..limits.controllers import TokenBucket
 from ..providers.zhipu import verify_jwt
 from ..rows.request import estimate_messages, estimate_tokens, max_output_tokens
-from ..spec.model import SimulateSpec
+from ..spec.simulator import SimulateSpec
 from .answers import (
     DIRECTIVE,
     MODELS,
