@@ -432,6 +432,10 @@ def or_string(extra: dict[str, Any]) -> None:
     either(extra, {"type": "string", "minLength": 1})
 
 
+def or_preset(extra: dict[str, Any]) -> None:
+    either(extra, {"enum": PROVIDER_NAMES})
+
+
 def or_bool(extra: dict[str, Any]) -> None:
     either(extra, {"type": "boolean"})
 

@@ -313,16 +313,16 @@ class JobSpec(SpecModel):
     provider: Annotated[
         ProviderSpec,
         Expect(required="is required, e.g. provider: {name: simulated}"),
-        Field(json_schema_extra=checks.or_string),
+        Field(description="Where requests go (a preset's name, or a mapping).", json_schema_extra=checks.or_preset),
         AfterValidator(checks.provider_fits),
     ]
     input: Annotated[
         InputSpec,
         Expect(required="is required: a path to a .jsonl, .parquet or .csv file, or a mapping with 'path'"),
-        Field(json_schema_extra=checks.or_string),
+        Field(description="The rows (a file's path, or a mapping).", json_schema_extra=checks.or_string),
     ]
-    limits: Limits = Limits()
-    retry: RetrySpec = RetrySpec()
+    limits: Limits = Field(Limits(), description="How fast to go; what is left out is the preset's.")
+    retry: RetrySpec = Field(RetrySpec(), description="How often and how patiently a request is tried.")
     pricing: Annotated[
         Mapping[str, Price],
         Field(
@@ -331,11 +331,17 @@ class JobSpec(SpecModel):
         ),
         BeforeValidator(checks.prices),
     ] = {}
-    batch: BatchSettings = BatchSettings()
+    batch: BatchSettings = Field(BatchSettings(), description="provider.mode: batch only: polling, window, files.")
     output: Annotated[
         OutputSpec | None, Field(description="Structured output: the JSON Schema every answer must fit.")
     ] = None
-    cache: Annotated[CacheSpec, Field(json_schema_extra=checks.or_cache_words)] = CacheSpec()
+    cache: Annotated[
+        CacheSpec,
+        Field(
+            description="The response cache shared across runs (off, read, write, or a mapping).",
+            json_schema_extra=checks.or_cache_words,
+        ),
+    ] = CacheSpec()
     scale: Annotated[
         ScaleSpec | None,
         Field(

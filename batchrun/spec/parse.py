@@ -17,8 +17,6 @@ from .base import Derived, Expect, Internal, Reading, kind, marker
 from .model import JobSpec
 from .yamlfile import load_yaml
 
-SCHEMA_ID = "https://github.com/batchrun/batchrun/docs/job.schema.json"
-
 
 def load_spec(path: str | Path) -> JobSpec:
     """Read and check a job spec file; relative paths resolve against the spec's folder."""
@@ -139,10 +137,12 @@ def job_schema() -> dict[str, Any]:
         optional = hidden + [n for n in cls.model_fields if marker(cls, n, Derived) is not None]
         for name in hidden:
             node["properties"].pop(name, None)
+        for name in optional:  # derived from what else the spec says: the description tells how
+            node["properties"].get(name, {}).pop("default", None)
         node["required"] = [n for n in node.get("required", []) if n not in optional]
         if not node["required"]:
             del node["required"]
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **schema}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
 def _models(root: type[BaseModel]) -> list[type[BaseModel]]:

@@ -71,7 +71,7 @@ def _key_rpm(value: Any) -> Any:
 def _key_rpm_schema(extra: dict[str, Any]) -> None:
     for key in ("items", "type"):
         extra.pop(key, None)
-    extra.update(type="object", additionalProperties={"type": "number", "exclusiveMinimum": 0})
+    extra.update(type="object", additionalProperties={"type": "number", "exclusiveMinimum": 0}, default={})
 
 
 def _models(pair: str) -> list[str] | None:
