@@ -75,12 +75,11 @@ with warnings.catch_warnings():
         schema_file: Text | None = Field(
             None, description="A JSON file holding the schema, relative to the spec (instead of output.schema)."
         )
-        schema: Annotated[  # type: ignore[assignment]  # the spec's key, not BaseModel.schema (deprecated)
-            Mapping[str, Any],
-            Derived(),
-            Field(description="The JSON Schema every answer must fit (or give output.schema_file)."),
-            BeforeValidator(_schema),
-        ]
+        # The spec's key, not BaseModel.schema (deprecated); Field(...) assigned, so that no pydantic takes the
+        # inherited method for its default.
+        schema: Annotated[Mapping[str, Any], Derived(), BeforeValidator(_schema)] = Field(  # type: ignore[assignment]
+            description="The JSON Schema every answer must fit (or give output.schema_file)."
+        )
         name: Annotated[
             Text, Field(description="The schema's name, as response_format wants it."), AfterValidator(_name)
         ] = "output"

@@ -142,7 +142,24 @@ def job_schema() -> dict[str, Any]:
         node["required"] = [n for n in node.get("required", []) if n not in optional]
         if not node["required"]:
             del node["required"]
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **_same_everywhere(schema)}
+
+
+def _same_everywhere(node: Any) -> Any:
+    """The schema as every pydantic since the floor (2.7) writes it: bounds as written (0, not 0.0), and no
+    `additionalProperties: true` (what an object without it allows anyway), a $ref beside a description not
+    wrapped in allOf."""
+    if isinstance(node, list):
+        return [_same_everywhere(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _same_everywhere(v) for k, v in node.items() if not (k == "additionalProperties" and v is True)}
+    if "$ref" not in out and len(out.get("allOf", ())) == 1 and set(out["allOf"][0]) == {"$ref"}:
+        out = {"$ref": out.pop("allOf")[0]["$ref"], **out}
+    for key in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        if isinstance(out.get(key), float) and out[key].is_integer():
+            out[key] = int(out[key])
+    return out
 
 
 def _models(root: type[BaseModel]) -> list[type[BaseModel]]:
