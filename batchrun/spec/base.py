@@ -50,18 +50,15 @@ class Derived:
 
 @dataclass(frozen=True)
 class Expect:
-    """How the one-line error says what a key takes, when the type alone does not say it well."""
+    """What the one-line error says of a key where its type alone does not say it well."""
 
-    what: str = ""  # "must be a list of names": followed by ", got <what was given>"
     required: str = "is required"  # what a missing key's error says after its name
     keep_null: bool = False  # a null is an error (else a null is taken as the key left out)
 
 
 @dataclass(frozen=True)
 class LeftOut:
-    """What a Derived field's validator receives when the spec left the key out (`raw`: what it derives from)."""
-
-    raw: Any = None
+    """What a Derived field's validator receives when the spec left the key out."""
 
 
 def fail(what: str) -> NoReturn:
@@ -151,7 +148,7 @@ def _share(value: float) -> float:
     return value
 
 
-# The types of the spec's keys; the one-line error for each says what it takes (parse.expected).
+# The types of the spec's keys; the one-line error for each says what it takes (parse._expected).
 Text = Annotated[str, Field(min_length=1), AfterValidator(_text)]
 Positive = Annotated[float, Field(gt=0)]  # a number > 0 (an int is taken as a float)
 NonNegative = Annotated[float, Field(ge=0)]

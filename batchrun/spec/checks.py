@@ -36,12 +36,6 @@ def text(value: Any) -> str:
     return value
 
 
-def _spec(info: ValidationInfo) -> Reading:
-    spec = reading(info)
-    assert spec is not None
-    return spec
-
-
 # --- the job ---------------------------------------------------------------------------------------------------
 
 

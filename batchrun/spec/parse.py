@@ -104,9 +104,6 @@ def _expected(owner: type[BaseModel] | None, field: str, given: Any) -> str:
     got = f", got {kind(given)}"
     if owner is None or not field:
         return f"must be a mapping{got}"
-    expect = marker(owner, field, Expect)
-    if expect is not None and expect.what:
-        return f"{expect.what}{got}"
     (annotation, *_) = members(owner.model_fields[field].annotation)
     origin = typing.get_origin(annotation)
     if origin is Literal:
