@@ -164,8 +164,8 @@ def input_as_written(data: dict[str, Any], spec: Reading) -> dict[str, Any]:
             fail_line("input.path is not used here: the rows are the dataset's")
         data = {**data, "path": os.devnull, "format": "jsonl"}
     chosen = [k for k in ("messages_field", "prompt_field", "template") if data.get(k) is not None]
-    if len(chosen) > 1:
-        fail_line(f"input.{chosen[0]} and input.{chosen[1]} both given: choose one way to build the messages")
+    if len(chosen) > 1:  # said once the path and format are judged, as template is read
+        data["template"] = _Both(chosen)
     if "path" in data:
         data["format"] = _Format(data["format"], data["path"])
     return data
@@ -218,6 +218,20 @@ def template_fields(template: str) -> tuple[str, ...]:
         if top not in names:
             names.append(top)
     return tuple(names)
+
+
+class _Both:
+    """More than one way to build the messages was given (input.template stands for them)."""
+
+    def __init__(self, chosen: list[str]) -> None:
+        self.chosen = chosen
+
+
+def one_way(value: Any) -> Any:
+    if isinstance(value, _Both):
+        first, second = value.chosen[:2]
+        fail_line(f"input.{first} and input.{second} both given: choose one way to build the messages")
+    return value
 
 
 def template(value: str | None, info: ValidationInfo) -> str | None:

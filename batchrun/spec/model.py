@@ -92,6 +92,7 @@ class InputSpec(SpecModel):
         Text | None,
         Field(description="A str.format template of the row's fields, e.g. 'Summarise: {title}'."),
         AfterValidator(checks.template),
+        BeforeValidator(checks.one_way),
     ] = None
     id_field: Text | None = Field(None, description="The row field holding its id; default: the row's number.")
     messages_field: Text | None = Field(None, description="The row field holding a ready list of chat messages.")
