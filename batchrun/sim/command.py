@@ -76,7 +76,7 @@ def settings(values: dict[str, Any], api_key: str | None) -> SimulateSpec:
             value = not value
         elif flag.parse is not None:
             value = [flag.parse(v) for v in value] if flag.multiple else (flag.parse(value) if value else None)
-        if name == "key_rpm":
+        if flag.pairs:
             value = dict(value)
         data[name] = list(value) if isinstance(value, tuple) else value
     try:

@@ -30,6 +30,7 @@ class Flag:
     metavar: str | None = None
     multiple: bool = False
     parse: Callable[[str], Any] | None = None  # the option's text as the spec would hold it
+    pairs: bool = False  # each option given is a (key, value) pair of the spec's mapping
 
 
 def _seconds_range(value: Any, info: ValidationInfo) -> tuple[float, float]:
@@ -145,7 +146,7 @@ class SimulateSpec(SpecModel):
     )
     key_rpm: Annotated[
         tuple[tuple[str, float], ...],
-        Flag(metavar="VAR=RPM", multiple=True, parse=_key_rpm_option),
+        Flag(metavar="VAR=RPM", multiple=True, parse=_key_rpm_option, pairs=True),
         Field(
             description="Key pools: the key in $VAR has its own RPM limit (name the variable, never the key).",
             json_schema_extra=_key_rpm_schema,
