@@ -24,7 +24,8 @@ import yaml
 
 from .errors import SpecError
 from .session import RunOutcome, run_job
-from .spec.model import JobSpec, load_spec
+from .spec.model import JobSpec
+from .spec.parse import load_spec
 from .store.rundir import FAILURES, RESULTS, RunDir
 
 SpecLike = str | os.PathLike[str] | Mapping[str, Any]

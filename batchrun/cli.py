@@ -6,12 +6,9 @@ import asyncio
 import contextlib
 import functools
 import json
-import os
 import signal
-import ssl
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +21,9 @@ from .engine.job import display_path, job_of_run, prepare
 from .errors import BatchrunError, SpecError
 from .redaction import printable_lines
 from .session import EXIT_INTERRUPTED, RunOutcome, cancel_run, list_provider_models, run_job
-from .spec.model import LATENCY_DISTS, SIM_GATEWAYS, ScaleSpec, SimulateSpec, default_path, load_spec
+from .sim.command import command as simulate_command
+from .spec.model import ScaleSpec, default_path
+from .spec.parse import load_spec, schema_text
 from .spec.presets import PRESETS, batch_share
 from .spec.pricing import Prices, load_prices
 from .store import cache as response_cache
@@ -119,11 +118,11 @@ def submit(
     """
     spec = load_spec(job)
     if output_dir is not None:
-        spec = replace(spec, output_dir=output_dir.resolve())
+        spec = spec.model_copy(update={"output_dir": output_dir.resolve()})
     scale = spec.scale
     if ray_address is not None or (workers is not None and scale is not None):
         scale = scale or ScaleSpec()
-        scale = replace(scale, ray=ray_address or scale.ray, workers=workers or scale.workers)
+        scale = scale.model_copy(update={"ray": ray_address or scale.ray, "workers": workers or scale.workers})
     elif workers is not None:
         raise SpecError("--workers goes with --ray (or a scale: block in the spec)")
     outcome = asyncio.run(
@@ -373,186 +372,13 @@ def models(name: str, base_url: str | None, api_key_env: str | None, allow_insec
         _echo(model)
 
 
+main.add_command(simulate_command(_friendly))
+
+
 @main.command()
-@click.option("--port", default=8765, show_default=True, help="Port on 127.0.0.1 (0: any free port).")
-@click.option("--rpm", type=float, help="Requests per minute to allow; beyond it, 429.")
-@click.option("--tpm", type=float, help="Tokens per minute to allow (prompt + max_tokens); beyond it, 429.")
-@click.option("--latency", default=0.3, show_default=True, help="Median seconds to answer.")
-@click.option(
-    "--latency-dist",
-    type=click.Choice(LATENCY_DISTS),
-    default="lognormal",
-    show_default=True,
-    help="How answer times spread around the median.",
-)
-@click.option("--error-rate", default=0.0, show_default=True, help="Share of requests answered HTTP 500.")
-@click.option("--drop-rate", default=0.0, show_default=True, help="Share of requests whose connection is dropped.")
-@click.option("--slow-rate", default=0.0, show_default=True, help="Share of requests answered only after --slow-s.")
-@click.option("--slow-s", default=30.0, show_default=True, help="How long the slow answers take.")
-@click.option("--seed", default=0, show_default=True, help="Seed for injected errors and latency.")
-@click.option(
-    "--max-inflight",
-    type=click.IntRange(min=1),
-    help="Requests handled at once; beyond it, 429 with Zhipu's code 1302 (a concurrency limit).",
-)
-@click.option("--bare-429", is_flag=True, help="Send 429s without Retry-After, as Zhipu does.")
-@click.option("--rate-headers", is_flag=True, help="Send x-ratelimit-* headers on every answer, as OpenAI does.")
-@click.option(
-    "--gateway",
-    type=click.Choice(SIM_GATEWAYS),
-    default="none",
-    show_default=True,
-    help="Answer as through a gateway: litellm (LiteLLM's proxy: the provider's headers renamed llm_provider-*), "
-    "litellm-key (and --rpm/--tpm are a LiteLLM virtual key's limits: limit and remaining headers, no reset).",
-)
-@click.option(
-    "--tpm-accounting",
-    type=click.Choice(["reserve", "actual"]),
-    default="reserve",
-    show_default=True,
-    help="Charge TPM prompt + max_tokens on admission (reserve) or the tokens used, after (actual).",
-)
-@click.option(
-    "--task-s",
-    type=float,
-    nargs=2,
-    default=(2.0, 20.0),
-    show_default=True,
-    metavar="LOW HIGH",
-    help="Async tasks (Zhipu's asyncCompletions) take between LOW and HIGH seconds.",
-)
-@click.option(
-    "--invalid-json-rate",
-    default=0.0,
-    show_default=True,
-    help="Share of first answers to a response_format request given invalid JSON (repairs are answered right).",
-)
-@click.option(
-    "--batch-s",
-    default=3.0,
-    show_default=True,
-    help="How long a Batch API batch (POST /batches) runs once its file is validated.",
-)
-@click.option(
-    "--models",
-    help="Comma-separated models to serve; any other model is answered 404 model_not_found "
-    "(default: any name is served).",
-)
-@click.option(
-    "--tls",
-    nargs=2,
-    type=click.Path(dir_okay=False, exists=True),
-    metavar="CERT KEY",
-    help="Serve https:// with this certificate and private key (PEM), to try provider.ca_bundle.",
-)
-@click.option(
-    "--key-rpm",
-    multiple=True,
-    metavar="VAR=RPM",
-    help="Key pools: the key in $VAR has its own RPM limit (repeatable; name the variable, never the key).",
-)
-@click.option("--revoked-key", multiple=True, metavar="VAR", help="Answer 401 to the key in $VAR (repeatable).")
-@click.option(
-    "--require-key",
-    is_flag=True,
-    help="Answer 401 unless requests carry $BATCHRUN_SIM_API_KEY "
-    "(as a bearer token or, for an id.secret key, a Zhipu JWT signed with it).",
-)
-@_friendly
-def simulate(
-    port: int,
-    rpm: float | None,
-    tpm: float | None,
-    latency: float,
-    latency_dist: str,
-    error_rate: float,
-    drop_rate: float,
-    slow_rate: float,
-    slow_s: float,
-    seed: int,
-    max_inflight: int | None,
-    bare_429: bool,
-    rate_headers: bool,
-    gateway: str,
-    tpm_accounting: str,
-    task_s: tuple[float, float],
-    invalid_json_rate: float,
-    batch_s: float,
-    models: str | None,
-    tls: tuple[str, str] | None,
-    key_rpm: tuple[str, ...],
-    revoked_key: tuple[str, ...],
-    require_key: bool,
-) -> None:
-    """Serve a simulated OpenAI-compatible provider on 127.0.0.1 until Ctrl-C."""
-    key = os.environ.get("BATCHRUN_SIM_API_KEY") if require_key else None
-    if require_key and not key:
-        raise SpecError("--require-key needs the key in $BATCHRUN_SIM_API_KEY")
-    shares = (
-        ("--error-rate", error_rate),
-        ("--drop-rate", drop_rate),
-        ("--slow-rate", slow_rate),
-        ("--invalid-json-rate", invalid_json_rate),
-    )
-    for flag, share in shares:
-        if not 0 <= share <= 1:
-            raise SpecError(f"{flag} must be between 0 and 1, got {share}")
-    if not 0 <= task_s[0] <= task_s[1]:
-        raise SpecError(f"--task-s must be two seconds LOW <= HIGH, got {task_s[0]} {task_s[1]}")
-    cfg = SimulateSpec(
-        rpm=rpm,
-        tpm=tpm,
-        latency=latency,
-        latency_dist=latency_dist,
-        error_rate=error_rate,
-        seed=seed,
-        api_key=key,
-        retry_after=not bare_429,
-        rate_headers=rate_headers,
-        gateway=gateway,
-        tpm_accounting=tpm_accounting,
-        task_s=task_s,
-        drop_rate=drop_rate,
-        slow_rate=slow_rate,
-        slow_s=slow_s,
-        max_inflight=max_inflight,
-        models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
-        batch_s=batch_s,
-        invalid_json_rate=invalid_json_rate,
-        key_rpm=tuple(_key_rpm(pair) for pair in key_rpm),
-        revoked=revoked_key,
-    )
-
-    def announce(url: str) -> None:
-        click.echo(f"simulated provider at {url}  (spec: provider: {{name: simulated, base_url: {url}}})")
-        click.echo(f"counters at {url.rsplit('/v1', 1)[0]}/_sim/stats; Ctrl-C to stop")
-
-    from .sim.server import run_forever  # the server side of aiohttp: only this command needs it
-
-    context = None
-    if tls:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(*tls)
-        except (OSError, ssl.SSLError) as exc:
-            raise SpecError(f"--tls: cannot load {tls[0]} and {tls[1]} as a PEM certificate and key: {exc}") from None
-    try:
-        asyncio.run(run_forever(cfg, port, announce, context))
-    except OSError as exc:
-        raise SpecError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}; choose another --port") from None
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM is how a server is meant to stop
-        click.echo("simulated provider stopped")
-
-
-def _key_rpm(pair: str) -> tuple[str, float]:
-    env, _, rpm = pair.partition("=")
-    try:
-        value = float(rpm)
-    except ValueError:
-        value = -1.0
-    if not env or value <= 0:
-        raise SpecError(f"--key-rpm takes VAR=RPM, such as TEAM_KEY_1=600, got {pair!r}")
-    return env, value
+def schema() -> None:
+    """Print the job spec's JSON Schema (docs/job.schema.json holds the same), for editors to check specs against."""
+    click.echo(schema_text(), nl=False)
 
 
 def summary_lines(outcome: RunOutcome) -> list[str]:

@@ -27,8 +27,9 @@ from .records import error_code
 from .redaction import redact, secret_bytes
 from .rows.ids import DUPLICATE_ID
 from .rows.sources import nth_row
-from .spec.model import CacheSpec, JobSpec, ScaleSpec, SimulateSpec
+from .spec.model import CacheSpec, JobSpec, ScaleSpec
 from .spec.presets import PRESETS
+from .spec.simulator import SimulateSpec
 from .store.cache import Cache
 from .store.checkpoint import Checkpoint
 from .store.resume import ResumeState
@@ -77,9 +78,9 @@ async def run_job(
     `use_cache=False` (--no-cache): neither read nor write the response cache. `scale` (--ray): run on Ray,
     whatever the spec's `scale:` says."""
     if not use_cache:
-        spec = dataclasses.replace(spec, cache=CacheSpec(mode="off"))
+        spec = spec.model_copy(update={"cache": CacheSpec(mode="off")})
     if scale is not None:
-        spec = dataclasses.replace(spec, scale=scale)
+        spec = spec.model_copy(update={"scale": scale})
     if spec.scale is not None:
         from .ray.driver import refuse
 

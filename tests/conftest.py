@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from batchrun.spec.model import SimulateSpec
+from batchrun.spec.simulator import SimulateSpec
 
 from .simserver import SimServer
 

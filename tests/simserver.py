@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from batchrun.sim.server import SimProvider, serve
-from batchrun.spec.model import SimulateSpec
+from batchrun.spec.simulator import SimulateSpec
 
 S = TypeVar("S", bound="ThreadServer")
 

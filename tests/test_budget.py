@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from batchrun.errors import SpecError
-from batchrun.spec.model import parse_spec
+from batchrun.spec.parse import parse_spec
 from batchrun.spec.pricing import Prices, parse_prices
 from batchrun.store.usage import Usage
 

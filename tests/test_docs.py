@@ -26,9 +26,7 @@ from click import Group
 
 from batchrun.cli import main as cli
 from batchrun.errors import BatchrunError
-
-# parse_spec may move to batchrun.spec.parse with the pydantic spec model: this line is the one to change.
-from batchrun.spec.model import parse_spec
+from batchrun.spec.parse import parse_spec
 from batchrun.spec.yamlfile import parse_yaml
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,9 @@ from batchrun.limits.hints import RateHints, exhausted_until, rate_hints
 from batchrun.limits.throttle import Throttle, Ticket
 from batchrun.providers.transport import Reply
 from batchrun.retry import classify, retry_after_seconds
-from batchrun.spec.model import Limits, SimulateSpec, load_spec
+from batchrun.spec.model import Limits
+from batchrun.spec.parse import load_spec
+from batchrun.spec.simulator import SimulateSpec
 
 from .helpers import make_job, read_jsonl, submit, write_jsonl
 from .simserver import SimServer

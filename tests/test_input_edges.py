@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from batchrun.engine.job import prepare
 from batchrun.rows.ids import repeated_ids
 from batchrun.rows.sources import iter_rows, nth_row, slices
-from batchrun.spec.model import load_spec
+from batchrun.spec.parse import load_spec
 
 from .helpers import cli, make_job, read_jsonl, spawn_submit, submit, wait_for_lines, write_jsonl
 from .simserver import SimServer

@@ -17,7 +17,7 @@ import trustme
 
 from batchrun.engine.job import refuse_plain_http
 from batchrun.errors import SpecError
-from batchrun.spec.model import SimulateSpec
+from batchrun.spec.simulator import SimulateSpec
 
 from .helpers import make_job, read_jsonl, submit
 from .simserver import SimServer

@@ -177,7 +177,7 @@ def test_request_ids_are_each_requests_own(start_sim: Callable[..., SimServer]) 
 
 
 def test_sim_models_flag_is_a_spec_key_too(tmp_path: Path) -> None:
-    from batchrun.spec.model import load_spec
+    from batchrun.spec.parse import load_spec
 
     job = make_job(tmp_path, "", provider={"name": "simulated", "simulate": {"models": ["m1", "m2"]}})
     spec = load_spec(job)

@@ -26,7 +26,8 @@ from batchrun.limits.hints import RateHints
 from batchrun.ray.limit import Grant, Lease, Report, SharedLimit
 from batchrun.rows.sources import iter_rows, slice_rows, slices
 from batchrun.session import run_job
-from batchrun.spec.model import InputSpec, Limits, load_spec
+from batchrun.spec.model import InputSpec, Limits
+from batchrun.spec.parse import load_spec
 
 from .helpers import cli, make_job, read_jsonl, submit
 from .simserver import SimServer

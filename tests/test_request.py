@@ -20,7 +20,9 @@ def job(tmp_path: Path, **inp: Any) -> JobSpec:
         model="m",
         params={"temperature": 0.1, "max_tokens": 64},
         input=InputSpec(path=tmp_path / "in.jsonl", format="jsonl", **inp),
-        provider=ProviderSpec("simulated", "http://127.0.0.1:1/v1", "BATCHRUN_SIM_API_KEY", False),
+        provider=ProviderSpec(
+            name="simulated", base_url="http://127.0.0.1:1/v1", api_key_env="BATCHRUN_SIM_API_KEY", key_required=False
+        ),
         output_dir=tmp_path / "runs",
     )
 

@@ -16,7 +16,7 @@ from batchrun.limits.controllers import TokenBucket
 from batchrun.limits.hints import parse_duration
 from batchrun.rows.tokens import DEFAULT_MAX_OUTPUT_TOKENS
 from batchrun.sim.answers import go_duration
-from batchrun.spec.model import SimulateSpec
+from batchrun.spec.simulator import SimulateSpec
 
 from .helpers import cli, make_job, read_jsonl, submit
 from .simserver import SimServer

@@ -9,7 +9,7 @@ import yaml
 from batchrun.commands.validate import validate
 from batchrun.engine.job import prepare
 from batchrun.errors import InputError, SpecError
-from batchrun.spec.model import load_spec
+from batchrun.spec.parse import load_spec
 from batchrun.spec.presets import PRESETS
 
 from .helpers import cli, make_job, submit, write_jsonl

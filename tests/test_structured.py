@@ -27,8 +27,8 @@ from batchrun.rows.structured import (
     schema_in_text,
     strict_ok,
 )
-from batchrun.spec.model import parse_spec
 from batchrun.spec.output import OutputSpec, schema_problem
+from batchrun.spec.parse import parse_spec
 
 from .helpers import cli, make_job, read_jsonl, submit, write_jsonl
 from .simserver import SimServer

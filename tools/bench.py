@@ -674,7 +674,7 @@ def write_done_run(work: Path, done: int, extra: int, sim_url: str, *, legacy: b
     """A job over `done + extra` prompts whose run directory already holds `done` results, written directly;
     `legacy`: its usage.json as versions before the CRC left it (its totals are recounted on resume)."""
     from batchrun.engine.job import prepare
-    from batchrun.spec.model import load_spec
+    from batchrun.spec.parse import load_spec
     from batchrun.store.durable import atomic_write
     from batchrun.store.rundir import FAILURES, MANIFEST, RESULTS, USAGE
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,7 +19,8 @@ from ..errors import SpecError
 from ..rows.render import NULL_FIELD
 from ..rows.request import BadRow, RequestBuilder
 from ..rows.sources import InputScan, first_row, iter_rows, scan_input
-from ..spec.model import JobSpec, ProviderSpec, load_spec
+from ..spec.model import JobSpec, ProviderSpec
+from ..spec.parse import load_spec
 from ..spec.presets import PRESETS
 from ..spec.proxies import route
 from ..store.rundir import MANIFEST, RunDir, read_json
@@ -84,7 +85,7 @@ def prepare(spec: JobSpec) -> Prepared:
     held = _held_fingerprint(spec)
     upto = held.get(SNAPSHOT_KEY) if held is not None and spec.input.format != "parquet" else None
     scan = scan_input(spec.input, int(upto) if isinstance(upto, str) and upto.isdigit() else None)
-    spec = replace(spec, input=replace(spec.input, snapshot=scan.size))
+    spec = spec.model_copy(update={"input": spec.input.model_copy(update={"snapshot": scan.size})})
     builder = RequestBuilder(spec, first_row(spec.input))
     prove_rows(spec, builder)
     found = fingerprint(spec, scan)
@@ -256,7 +257,7 @@ def job_of_run(run_dir: Path, job: str | None = None) -> JobSpec:
     path = job or run.spec_path
     if not path or not Path(path).is_file():
         raise SpecError(f"the job spec {path or '(none recorded)'} of {run_dir} is not there: pass it with --job")
-    return replace(load_spec(path), output_dir=run.path.resolve())
+    return load_spec(path).model_copy(update={"output_dir": run.path.resolve()})
 
 
 def display_path(path: Path) -> str:

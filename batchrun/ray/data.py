@@ -32,7 +32,9 @@ from ..engine.progress import Progress
 from ..errors import SpecError
 from ..rows.request import RequestBuilder
 from ..rows.sources import InputScan, RawRow
-from ..spec.model import JobSpec, SimulateSpec, parse_spec
+from ..spec.model import JobSpec
+from ..spec.parse import parse_spec
+from ..spec.simulator import SimulateSpec
 from ..spec.yamlfile import load_yaml
 from ..store.resume import ResumeState
 from .limit import SharedLimit, lease_from

@@ -18,7 +18,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..limits.controllers import Charge
@@ -300,7 +300,9 @@ class LeasedThrottle(Throttle):
         log: Callable[[str], None],
         concurrency_codes: frozenset[str] = frozenset(),
     ) -> None:
-        super().__init__(replace(limits, rpm=None, tpm=None), accounting, log, concurrency_codes=concurrency_codes)
+        super().__init__(
+            limits.model_copy(update={"rpm": None, "tpm": None}), accounting, log, concurrency_codes=concurrency_codes
+        )
         self.lease = lease
 
     async def take(self, request: Request) -> Charge | None:

@@ -128,7 +128,7 @@ class WorkerRun:
 
         warn = self.checkpoint.out.log
         self.cache = Cache(spec.cache, secrets=self.secrets, warn=warn) if spec.cache.mode != "off" else None
-        self.limits = replace(spec.limits, concurrency=concurrency) if concurrency else spec.limits
+        self.limits = spec.limits.model_copy(update={"concurrency": concurrency}) if concurrency else spec.limits
         self.accounting = spec.limits.tpm_accounting
         self.call = call
         self.leases: dict[str, Lease] = {}

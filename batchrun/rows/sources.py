@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -348,8 +348,10 @@ def scan_input(spec: InputSpec, upto: int | None = None) -> InputScan:
     h, size, prefix = _hash_file(spec.path, upto)
     if spec.format == "parquet":  # written whole: it never grows, and is read as it is
         return InputScan(_open_parquet(spec.path).metadata.num_rows, h.hexdigest(), size)
-    rows = _csv_rows(replace(spec, snapshot=size))
-    found = Prefix(prefix.hexdigest(), _csv_rows(replace(spec, snapshot=upto))) if prefix and upto else None
+    rows = _csv_rows(spec.model_copy(update={"snapshot": size}))
+    found = (
+        Prefix(prefix.hexdigest(), _csv_rows(spec.model_copy(update={"snapshot": upto}))) if prefix and upto else None
+    )
     return InputScan(rows, h.hexdigest(), size, prefix=found)
 
 

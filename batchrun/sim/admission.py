@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import SpecError
 from ..limits.controllers import TokenBucket
 from ..providers.zhipu import verify_jwt
-from ..spec.model import SimulateSpec
+from ..spec.simulator import SimulateSpec
 from .answers import error_body, go_duration, litellm_limit_body
 
 

@@ -58,7 +58,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ..spec.model import SimulateSpec
+from ..spec.simulator import SimulateSpec
 from .admission import Admission, Fault, Outcome, Refusal
 from .answers import (
     MODELS,

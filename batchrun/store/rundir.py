@@ -15,7 +15,6 @@ import enum
 import fcntl
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -200,7 +199,7 @@ class RunDir:
     def input_spec(self) -> InputSpec:
         """The input as the job read it (the manifest records every field of the spec's input)."""
         recorded = self.job.get("input") or {}
-        known = {f.name for f in fields(InputSpec)}
+        known = set(InputSpec.model_fields)
         values = {k: v for k, v in recorded.items() if k in known and v is not None}
         return InputSpec(
             **{**values, "path": Path(str(recorded.get("path"))), "format": str(recorded.get("format") or "jsonl")}
