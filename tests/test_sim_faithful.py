@@ -6,6 +6,7 @@ that describe the per-minute window."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -15,6 +16,7 @@ from openai.types import Batch, FileObject
 
 from batchrun.spec.model import SimulateSpec
 
+from .helpers import make_job, read_jsonl, submit
 from .simserver import SimServer
 
 
@@ -130,3 +132,37 @@ def lines_of(client: openai.OpenAI, batch: Batch, which: str) -> list[dict[str, 
     if file_id is None:
         return []
     return [orjson.loads(line) for line in client.files.content(file_id).text.splitlines()]
+
+
+# --- request ids on every answer ---------------------------------------------------------------------------------
+
+
+def test_every_answer_errors_included_carries_a_request_id() -> None:
+    with SimServer(SimulateSpec(latency=0.0, api_key="right")) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="right", max_retries=0)
+        wrong = openai.OpenAI(base_url=server.base_url, api_key="wrong", max_retries=0)
+        ids: list[str | None] = []
+        for prompt in ("#sim:status=400", "#sim:429=1", "#sim:fail=1", "#sim:html=1", "#sim:error=403:system_unsafe"):
+            with pytest.raises(openai.APIStatusError) as raised:
+                client.chat.completions.create(model="sim-small", messages=[{"role": "user", "content": prompt}])
+            ids.append(raised.value.request_id)
+        for call in (
+            lambda: wrong.models.list(),  # 401
+            lambda: client.files.retrieve("file-none"),  # 404 from the Batch API
+            lambda: client.post("/nowhere", cast_to=object),  # the router's own 404
+        ):
+            with pytest.raises(openai.APIStatusError) as raised:
+                call()
+            ids.append(raised.value.request_id)
+        fine = client.files.with_raw_response.list().headers.get("x-request-id")
+    assert all(isinstance(i, str) and i.startswith("sim-") for i in [*ids, fine])
+    assert len(set([*ids, fine])) == len(ids) + 1
+
+
+def test_a_failure_record_carries_the_providers_request_id(tmp_path: Path) -> None:
+    with SimServer(SimulateSpec(latency=0.0)) as server:
+        job = make_job(tmp_path, server.base_url, [{"id": "bad", "prompt": "#sim:status=400"}])
+        assert submit(job).exit_code == 3
+        requests = server.stats()["requests"]
+    (failure,) = read_jsonl(tmp_path / "runs" / "job" / "failures.jsonl")
+    assert requests == 1 and failure["response"]["request_id"] == "sim-1"  # the one request's x-request-id
