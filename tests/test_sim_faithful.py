@@ -5,6 +5,7 @@ that describe the per-minute window."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import openai
 import orjson
 import pytest
 from openai.types import Batch, FileObject
+from openai.types.chat import ChatCompletion
 
 from batchrun.spec.model import SimulateSpec
 
@@ -166,3 +168,89 @@ def test_a_failure_record_carries_the_providers_request_id(tmp_path: Path) -> No
         requests = server.stats()["requests"]
     (failure,) = read_jsonl(tmp_path / "runs" / "job" / "failures.jsonl")
     assert requests == 1 and failure["response"]["request_id"] == "sim-1"  # the one request's x-request-id
+
+
+# --- logprobs and tool calls, judged by the SDK's own types -------------------------------------------------------
+
+
+@pytest.fixture
+def client() -> Iterator[openai.OpenAI]:
+    with SimServer(SimulateSpec(latency=0.0)) as server:
+        yield openai.OpenAI(base_url=server.base_url, api_key="sk-sim", max_retries=0)
+
+
+def test_logprobs_and_top_logprobs_come_in_openais_shape(client: openai.OpenAI) -> None:
+    import math
+
+    raw = client.chat.completions.with_raw_response.create(
+        model="sim-small", n=2, logprobs=True, top_logprobs=3, messages=[{"role": "user", "content": "新闻 news"}]
+    )
+    answer = ChatCompletion.model_validate(raw.http_response.json())
+    for choice in answer.choices:
+        assert choice.logprobs is not None and choice.logprobs.content and choice.message.content
+        tokens = choice.logprobs.content
+        assert "".join(t.token for t in tokens) == choice.message.content
+        for token in tokens:
+            assert token.bytes == list(token.token.encode()) and token.logprob < 0
+            assert len(token.top_logprobs) == 3 and token.top_logprobs[0].token == token.token
+            assert sum(math.exp(t.logprob) for t in token.top_logprobs) <= 1
+            assert [t.logprob for t in token.top_logprobs] == sorted(
+                (t.logprob for t in token.top_logprobs), reverse=True
+            )
+    bare = client.chat.completions.create(model="sim-small", logprobs=True, messages=[{"role": "user", "content": "x"}])
+    assert bare.choices[0].logprobs is not None and bare.choices[0].logprobs.content
+    assert all(t.top_logprobs == [] for t in bare.choices[0].logprobs.content)
+    plain = client.chat.completions.create(model="sim-small", messages=[{"role": "user", "content": "x"}])
+    assert plain.choices[0].logprobs is None
+
+
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+        "unit": {"type": "string", "enum": ["c", "f"]},
+    },
+    "required": ["city", "days", "unit"],
+    "additionalProperties": False,
+}
+TOOLS: list[Any] = [
+    {"type": "function", "function": {"name": "get_weather", "description": "a forecast", "parameters": WEATHER}},
+    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}},
+]
+
+
+def test_a_required_or_named_tool_is_called_with_arguments_that_fit(client: openai.OpenAI) -> None:
+    import jsonschema
+
+    messages: list[Any] = [{"role": "user", "content": "weather in Hangzhou?"}]
+    raw = client.chat.completions.with_raw_response.create(
+        model="sim-small", messages=messages, tools=TOOLS, tool_choice="required"
+    )
+    answer = ChatCompletion.model_validate(raw.http_response.json())
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls or []
+    assert call.type == "function" and call.id.startswith("call_") and call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER)
+    assert answer.usage is not None and answer.usage.completion_tokens > 0
+    named = client.chat.completions.create(
+        model="sim-small",
+        messages=messages,
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+    )
+    (time_call,) = named.choices[0].message.tool_calls or []
+    assert time_call.function.name == "get_time" and json.loads(time_call.function.arguments) == {}  # type: ignore[union-attr]
+    free = client.chat.completions.create(model="sim-small", messages=messages, tools=TOOLS, tool_choice="auto")
+    assert free.choices[0].finish_reason == "stop" and free.choices[0].message.content
+    streamed = ""
+    finish = None
+    for chunk in client.chat.completions.create(
+        model="sim-small", messages=messages, tools=TOOLS, tool_choice="required", stream=True
+    ):
+        for part in chunk.choices:
+            for delta in part.delta.tool_calls or []:
+                streamed += (delta.function.arguments or "") if delta.function else ""
+            finish = part.finish_reason or finish
+    assert streamed == call.function.arguments and finish == "tool_calls"
