@@ -16,6 +16,7 @@ import pytest
 from openai.types import Batch, FileObject
 from openai.types.chat import ChatCompletion
 
+from batchrun.limits.hints import parse_duration
 from batchrun.spec.model import SimulateSpec
 
 from .helpers import make_job, read_jsonl, submit
@@ -254,3 +255,35 @@ def test_a_required_or_named_tool_is_called_with_arguments_that_fit(client: open
                 streamed += (delta.function.arguments or "") if delta.function else ""
             finish = part.finish_reason or finish
     assert streamed == call.function.arguments and finish == "tool_calls"
+
+
+# --- x-ratelimit-* headers: the per-minute window ------------------------------------------------------------------
+
+
+def test_rate_headers_describe_the_minute_not_the_second() -> None:
+    """600 RPM is enforced a second at a time (10 at once, then 429s), as OpenAI may; its headers say what is
+    left of the minute's 600 and when the minute is whole again."""
+    clock = Clock()
+    with SimServer(SimulateSpec(latency=0.0, rpm=600, tpm=60_000, rate_headers=True), clock=clock) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="sk-sim", max_retries=0)
+
+        def ask(i: int) -> tuple[int, Any]:
+            raw = client.chat.completions.with_raw_response
+            try:
+                answer = raw.create(model="sim-small", max_tokens=10, messages=[{"role": "user", "content": f"q{i}"}])
+                return answer.http_response.status_code, answer.headers
+            except openai.RateLimitError as refused:
+                return refused.status_code, refused.response.headers
+
+        answers = [ask(i) for i in range(12)]
+        charged = server.stats()["tpm_charged"]
+        clock.now += 0.5
+        _, later = ask(99)
+    assert [status for status, _ in answers] == [200] * 10 + [429] * 2
+    last = answers[-1][1]
+    assert last["x-ratelimit-limit-requests"] == "600" and last["x-ratelimit-remaining-requests"] == "590"
+    assert parse_duration(last["x-ratelimit-reset-requests"]) == pytest.approx(1.0)  # 10 requests at 10 a second
+    assert last["x-ratelimit-limit-tokens"] == "60000"
+    assert int(last["x-ratelimit-remaining-tokens"]) == 60_000 - charged
+    assert parse_duration(last["x-ratelimit-reset-tokens"]) == pytest.approx(charged / 1000, abs=0.002)
+    assert later["x-ratelimit-remaining-requests"] == "594"  # 5 back in half a second, one more taken

@@ -241,7 +241,7 @@ class SimProvider:
         if self.cfg.rate_headers and not key_limits:
             headers = {**self.admission.rate_headers(self.clock()), **(headers or {})}
         if key_limits and status == 200:
-            own = {**self.admission.rate_headers(self.clock(), reset=False), **(own or {})}
+            own = {**self.admission.key_headers(self.clock()), **(own or {})}
         return through_gateway(self.cfg.gateway, headers, own)
 
     def _refused(self, answer: web.StreamResponse) -> web.StreamResponse:
