@@ -287,3 +287,27 @@ def test_rate_headers_describe_the_minute_not_the_second() -> None:
     assert int(last["x-ratelimit-remaining-tokens"]) == 60_000 - charged
     assert parse_duration(last["x-ratelimit-reset-tokens"]) == pytest.approx(charged / 1000, abs=0.002)
     assert later["x-ratelimit-remaining-requests"] == "594"  # 5 back in half a second, one more taken
+
+
+# --- jobs/batch-demo.yaml --------------------------------------------------------------------------------------
+
+
+def test_the_batch_demo_job_runs_on_the_in_process_simulator(tmp_path: Path) -> None:
+    """jobs/batch-demo.yaml as a user runs it (the in-process simulator's Batch API), its polls made quicker."""
+    import yaml
+
+    repo = Path(__file__).parent.parent
+    spec = yaml.safe_load((repo / "jobs/batch-demo.yaml").read_text(encoding="utf-8"))
+    assert (spec["provider"]["name"], spec["provider"]["mode"]) == ("simulated", "batch")
+    spec["input"]["path"] = str(repo / "sample_data/news.jsonl")
+    spec["provider"]["simulate"]["batch_s"] = 0.3
+    spec["batch"].update({"poll_s": 0.1, "max_poll_s": 0.2})
+    job = tmp_path / "batch-demo.yaml"
+    job.write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
+    result = submit(job)
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "batch-demo"
+    results = read_jsonl(run / "results.jsonl")
+    assert len(results) == 300 and all(r["batch_id"].startswith("batch-") for r in results)
+    events = read_jsonl(run / "batches.jsonl")
+    assert sum(e["event"] == "created" for e in events) == 3
