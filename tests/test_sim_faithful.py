@@ -203,6 +203,17 @@ def test_logprobs_and_top_logprobs_come_in_openais_shape(client: openai.OpenAI) 
     assert all(t.top_logprobs == [] for t in bare.choices[0].logprobs.content)
     plain = client.chat.completions.create(model="sim-small", messages=[{"role": "user", "content": "x"}])
     assert plain.choices[0].logprobs is None
+    streamed = [
+        part
+        for chunk in client.chat.completions.create(
+            model="sim-small", logprobs=True, stream=True, messages=[{"role": "user", "content": "x"}]
+        )
+        for part in chunk.choices
+        if part.logprobs is not None
+    ]
+    assert "".join(p.delta.content or "" for p in streamed) == bare.choices[0].message.content
+    streamed_tokens = [t for p in streamed for t in (p.logprobs.content if p.logprobs else None) or []]
+    assert streamed_tokens == bare.choices[0].logprobs.content  # the same tokens, logprobs and top_logprobs
 
 
 WEATHER = {

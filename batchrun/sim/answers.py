@@ -27,7 +27,8 @@ MODELS = ("sim-small", "sim-large", "glm-4-flash", "qwen-plus", "ernie-3.5-8k", 
 
 def stream_events(answer: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
     """An answer as the server-sent chunks a provider streams: for each choice its role, reasoning and content in
-    pieces (or text pieces, for /completions), then its finish_reason; usage last when asked for."""
+    pieces (a token a chunk, with its logprobs, when asked for them), its tool calls (or text pieces, for
+    /completions), then its finish_reason; usage last when asked for."""
     text = answer["object"] == "text_completion"
     head = {
         "id": answer["id"],
@@ -48,8 +49,12 @@ def stream_events(answer: dict[str, Any], include_usage: bool) -> list[dict[str,
             message = choice["message"]
             calls = message.get("tool_calls") or []
             deltas: list[dict[str, Any]] = [{"role": "assistant", "content": None if calls else ""}]
-            for field in ("reasoning_content", "content"):
-                deltas += [{field: t} for t in pieces(message.get(field) or "")]
+            deltas += [{"reasoning_content": t} for t in pieces(message.get("reasoning_content") or "")]
+            tokens = (choice.get("logprobs") or {}).get("content")
+            if tokens:  # asked for logprobs: a token a chunk, each with its own, as OpenAI streams them
+                deltas += [{"content": t["token"], "logprobs": {"content": [t], "refusal": None}} for t in tokens]
+            else:
+                deltas += [{"content": t} for t in pieces(message.get("content") or "")]
             for i, call in enumerate(calls):  # OpenAI's way: id, name and no arguments, then the arguments in pieces
                 function = call["function"]
                 head_call = {"index": i, "id": call["id"], "type": "function"}
@@ -57,7 +62,9 @@ def stream_events(answer: dict[str, Any], include_usage: bool) -> list[dict[str,
                 deltas += [
                     {"tool_calls": [{"index": i, "function": {"arguments": t}}]} for t in pieces(function["arguments"])
                 ]
-            events += [{**head, "choices": [{"index": index, "delta": d, "finish_reason": None}]} for d in deltas]
+            for d in deltas:  # a chunk's logprobs sit beside its delta, not in it
+                logprobs = {"logprobs": d.pop("logprobs")} if "logprobs" in d else {}
+                events.append({**head, "choices": [{"index": index, "delta": d, **logprobs, "finish_reason": None}]})
             last = {"index": index, "delta": {}, "finish_reason": choice["finish_reason"]}
         extra = {k: v for k, v in answer.items() if k not in (*head, "object", "choices", "usage")}
         events.append({**head, **extra, "choices": [last]})
