@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import ssl
 import threading
+import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -78,11 +79,17 @@ class SimServer(ThreadServer):
 
     what = "the simulated provider"
 
-    def __init__(self, cfg: SimulateSpec | None = None, port: int = 0, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        cfg: SimulateSpec | None = None,
+        port: int = 0,
+        tls: ssl.SSLContext | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self.cfg = cfg or SimulateSpec(latency=0.0)
         self.tls = tls
-        self.sim = SimProvider(self.cfg)
+        self.sim = SimProvider(self.cfg, clock)  # a test's own clock moves batches on at the moments it picks
         self.port = port
 
     def serving(self) -> contextlib.AbstractAsyncContextManager[str]:

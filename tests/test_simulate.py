@@ -111,7 +111,7 @@ def test_rate_headers_mode_reports_limits_like_openai() -> None:
     assert status == 200
     assert headers["x-ratelimit-limit-requests"] == "600"
     assert headers["x-ratelimit-limit-tokens"] == "60000"
-    assert int(headers["x-ratelimit-remaining-requests"]) == 9  # one second's bucket of 10, one taken
+    assert int(headers["x-ratelimit-remaining-requests"]) == 599  # the minute's 600, one taken
     assert parse_duration(headers["x-ratelimit-reset-requests"]) == pytest.approx(0.1, abs=0.02)
 
 

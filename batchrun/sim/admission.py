@@ -6,6 +6,10 @@ its prompt stages (`#sim:status`, `fail`, `storm`, `429`, ...), requests in flig
 per-key RPM, the RPM and TPM buckets (429 in OpenAI's, Zhipu's or LiteLLM's manner), then the faults drawn at
 random (500s, dropped connections, garbage) and how long the answer takes. TPM is counted either way providers
 count it: prompt + max_tokens on admission (`reserve`), or the tokens used once answered (`actual`).
+
+The buckets that enforce RPM and TPM hold about one second of the limit (OpenAI enforces over short periods too);
+the `x-ratelimit-*` headers describe the per-minute window, as OpenAI's do: a bucket of the whole minute's limit,
+charged as the enforcing one is, refilling continuously (`remaining` of `limit`; `reset`, until it is full again).
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ class Admission:
         self.cfg, self.rng = cfg, rng
         self.rpm = TokenBucket.per_minute(cfg.rpm, now) if cfg.rpm else None
         self.tpm = TokenBucket.per_minute(cfg.tpm, now) if cfg.tpm else None
+        # the minute the x-ratelimit-* headers describe: charged as the buckets above are, never refusing
+        self.rpm_window = TokenBucket(cfg.rpm / 60, now, burst_s=60.0) if cfg.rpm else None
+        self.tpm_window = TokenBucket(cfg.tpm / 60, now, burst_s=60.0) if cfg.tpm else None
         self.tpm_charged = 0.0  # what the TPM bucket was charged, in the configured accounting
         self.storm_until = -math.inf  # a 429 storm (#sim:storm) turns every request away until then
         self.injected: Counter[str] = Counter()  # random faults: 500, drop, slow
@@ -161,11 +168,23 @@ class Admission:
             self.tpm.refill(now)
             self.tpm.take(tokens)
             self.tpm_charged += tokens
+            self._charge_window(self.tpm_window, tokens, now)
 
-    def rate_headers(self, now: float, reset: bool = True) -> dict[str, str]:
-        """x-ratelimit-* as OpenAI sends them (LiteLLM's virtual keys send no reset)."""
+    def rate_headers(self, now: float) -> dict[str, str]:
+        """x-ratelimit-* as OpenAI sends them: what remains of the per-minute limits, and until when they are whole
+        again (one request of 600 RPM taken: `remaining` 599, `reset` 100ms)."""
+        return self._headers(now, self.rpm_window, self.tpm_window, reset=True)
+
+    def key_headers(self, now: float) -> dict[str, str]:
+        """A LiteLLM virtual key's: what its limiter (the enforcing buckets) has left, and no reset (LiteLLM sends
+        none)."""
+        return self._headers(now, self.rpm, self.tpm, reset=False)
+
+    def _headers(
+        self, now: float, requests: TokenBucket | None, tokens: TokenBucket | None, *, reset: bool
+    ) -> dict[str, str]:
         headers = {}
-        for kind, bucket, per_minute in (("requests", self.rpm, self.cfg.rpm), ("tokens", self.tpm, self.cfg.tpm)):
+        for kind, bucket, per_minute in (("requests", requests, self.cfg.rpm), ("tokens", tokens, self.cfg.tpm)):
             if bucket is not None and per_minute:
                 bucket.refill(now)
                 headers[f"x-ratelimit-limit-{kind}"] = str(int(per_minute))
@@ -173,6 +192,12 @@ class Admission:
                 if reset:
                     headers[f"x-ratelimit-reset-{kind}"] = go_duration(bucket.reset_s())
         return headers
+
+    @staticmethod
+    def _charge_window(window: TokenBucket | None, amount: float, now: float) -> None:
+        if window is not None:
+            window.refill(now)
+            window.take(amount)
 
     def _key_limit(self, token: str, now: float) -> Refusal | None:
         """A key pool's key: its own RPM bucket (429 naming its limit beyond it), counted by its variable."""
@@ -220,9 +245,11 @@ class Admission:
             return Refusal(429, error_body("rate_limit_exceeded", message), headers)
         if self.rpm is not None:
             self.rpm.take(1)
+            self._charge_window(self.rpm_window, 1, now)
         if self.tpm is not None and reserve:
             self.tpm.take(tokens)
             self.tpm_charged += tokens
+            self._charge_window(self.tpm_window, tokens, now)
         return None
 
 

@@ -1,6 +1,7 @@
 """What the simulated provider answers, as pure functions of the request: completions with `n` choices per
 prompt, embeddings (floats or base64), the chunks of a stream, provider quirks asked for by directives, error
-and model bodies, and task ids that carry their task."""
+and model bodies, task ids that carry their task, and what a chat request's `tools`/`tool_choice` and
+`logprobs`/`top_logprobs` add to its answer."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ MODELS = ("sim-small", "sim-large", "glm-4-flash", "qwen-plus", "ernie-3.5-8k", 
 
 def stream_events(answer: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
     """An answer as the server-sent chunks a provider streams: for each choice its role, reasoning and content in
-    pieces (or text pieces, for /completions), then its finish_reason; usage last when asked for."""
+    pieces (a token a chunk, with its logprobs, when asked for them), its tool calls (or text pieces, for
+    /completions), then its finish_reason; usage last when asked for."""
     text = answer["object"] == "text_completion"
     head = {
         "id": answer["id"],
@@ -45,10 +47,24 @@ def stream_events(answer: dict[str, Any], include_usage: bool) -> list[dict[str,
             last = {"index": index, "text": "", "logprobs": None, "finish_reason": choice["finish_reason"]}
         else:
             message = choice["message"]
-            deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
-            for field in ("reasoning_content", "content"):
-                deltas += [{field: t} for t in pieces(message.get(field) or "")]
-            events += [{**head, "choices": [{"index": index, "delta": d, "finish_reason": None}]} for d in deltas]
+            calls = message.get("tool_calls") or []
+            deltas: list[dict[str, Any]] = [{"role": "assistant", "content": None if calls else ""}]
+            deltas += [{"reasoning_content": t} for t in pieces(message.get("reasoning_content") or "")]
+            tokens = (choice.get("logprobs") or {}).get("content")
+            if tokens:  # asked for logprobs: a token a chunk, each with its own, as OpenAI streams them
+                deltas += [{"content": t["token"], "logprobs": {"content": [t], "refusal": None}} for t in tokens]
+            else:
+                deltas += [{"content": t} for t in pieces(message.get("content") or "")]
+            for i, call in enumerate(calls):  # OpenAI's way: id, name and no arguments, then the arguments in pieces
+                function = call["function"]
+                head_call = {"index": i, "id": call["id"], "type": "function"}
+                deltas.append({"tool_calls": [{**head_call, "function": {"name": function["name"], "arguments": ""}}]})
+                deltas += [
+                    {"tool_calls": [{"index": i, "function": {"arguments": t}}]} for t in pieces(function["arguments"])
+                ]
+            for d in deltas:  # a chunk's logprobs sit beside its delta, not in it
+                logprobs = {"logprobs": d.pop("logprobs")} if "logprobs" in d else {}
+                events.append({**head, "choices": [{"index": index, "delta": d, **logprobs, "finish_reason": None}]})
             last = {"index": index, "delta": {}, "finish_reason": choice["finish_reason"]}
         extra = {k: v for k, v in answer.items() if k not in (*head, "object", "choices", "usage")}
         events.append({**head, **extra, "choices": [last]})
@@ -340,3 +356,82 @@ def sample(schema: Any, seed: str, depth: int = 0) -> Any:
     names = re.findall(r"\.([A-Za-z_]\w*)", seed)
     text = f"{names[-1] if names else 'text'} {pick % 1000}"
     return text.ljust(int(schema.get("minLength") or 0), "x")[: schema.get("maxLength") or None]
+
+
+# --- tools and logprobs: what a chat request asks of its answer beyond its content ---------------------------
+
+
+def called_function(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The function a request makes the model call: the first of its `tools` with `tool_choice: "required"`, the
+    one `tool_choice` names; None when it leaves the model free (`auto`, `none`, no tools), so it answers text."""
+    tools = body.get("tools")
+    functions: list[dict[str, Any]] = [
+        t["function"]
+        for t in (tools if isinstance(tools, list) else [])
+        if isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict)
+    ]
+    choice = body.get("tool_choice")
+    if not functions:
+        return None
+    if choice == "required":
+        return functions[0]
+    named = choice.get("function") if isinstance(choice, dict) and choice.get("type") == "function" else None
+    name = named.get("name") if isinstance(named, dict) else None
+    return next((f for f in functions if f.get("name") == name), None) if name else None
+
+
+def call_tools(answer: dict[str, Any], body: dict[str, Any], key: bytes) -> None:
+    """The answer as a call of the function the request makes the model call (if any): each choice a `tool_calls`
+    message whose JSON arguments fit the function's parameters, finish_reason `tool_calls`."""
+    function = called_function(body)
+    if function is None:
+        return
+    name = str(function.get("name") or "function")
+    parameters = function.get("parameters")
+    schema = parameters if isinstance(parameters, dict) else {"type": "object", "properties": {}}
+    completion = 0
+    for choice in answer["choices"]:
+        arguments = orjson.dumps(sample(schema, f"{key.hex()}{choice['index']}")).decode()
+        call_id = "call_" + hashlib.blake2b(f"{key.hex()}{choice['index']}".encode(), digest_size=12).hexdigest()
+        choice["message"] = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}],
+        }
+        choice["finish_reason"] = "tool_calls"
+        completion += estimate_tokens(name + arguments)
+    usage = answer["usage"]
+    usage["completion_tokens"] = completion
+    usage["total_tokens"] = usage["prompt_tokens"] + completion
+
+
+TOKEN = re.compile(r"\s*(?:[^\s\x00-\x7f]|[^\s\x80-\U0010ffff]{1,4})|\s+")  # a CJK character, or up to 4 ASCII
+ALTERNATIVES = (" the", " a", ",", ".", " and", " of", " to", " in", " is", " that", "\n", " for", " it", " on")
+
+
+def add_logprobs(answer: dict[str, Any], body: dict[str, Any], key: bytes) -> None:
+    """With `logprobs: true`, each choice's `logprobs.content` as OpenAI's: its content's tokens (they join back
+    into it), each with a made-up but fixed logprob, its UTF-8 bytes, and `top_logprobs` of them, the token itself
+    the likeliest and the rest sharing what is left (their probabilities never add up past 1)."""
+    if body.get("logprobs") is not True:
+        return
+    given = body.get("top_logprobs")
+    top = given if isinstance(given, int) and not isinstance(given, bool) and 0 <= given <= 20 else 0
+    for choice in answer["choices"]:
+        content = choice["message"].get("content")
+        tokens = TOKEN.findall(content) if isinstance(content, str) else None
+        entries = None if tokens is None else [_token_entry(t, top, key, i) for i, t in enumerate(tokens)]
+        choice["logprobs"] = {"content": entries, "refusal": None}
+
+
+def _token_entry(token: str, top: int, key: bytes, index: int) -> dict[str, Any]:
+    pick = int.from_bytes(hashlib.blake2b(key + index.to_bytes(4, "big"), digest_size=4).digest(), "big")
+    chance = 0.4 + 0.55 * (pick % 1000) / 1000  # the token's probability, 0.4 to 0.95
+    logprob = round(math.log(chance), 6)
+    others = [a for a in ALTERNATIVES if a != token]
+    tops = [{"token": token, "logprob": logprob, "bytes": list(token.encode())}]
+    for k in range(1, top):
+        other = others[(pick + k) % len(others)] if k <= len(others) else f"<alt{k}>"
+        share = round(math.log((1 - chance) / 2**k), 6)
+        tops.append({"token": other, "logprob": share, "bytes": list(other.encode())})
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": tops[:top]}

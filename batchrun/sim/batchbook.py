@@ -2,7 +2,9 @@
 routes are in `batches`); the clock reading that moves a batch on is passed in.
 
 A batch validates its file, runs for `batch_s` seconds with `request_counts` rising as it goes (each line answered
-by `answer`, as the online endpoint answers it), and ends `completed`, or `failed`, `expired` or `cancelled`.
+by `answer`, as the online endpoint answers it), and ends `completed`, or `failed`, `expired` or `cancelled`. A
+cancelled batch is `cancelling` first (for as long as validation takes), as OpenAI's is: the lines it answered
+before the cancel stay in its output file, and no more are answered.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class SimFile:
     created_at: int
 
     def describe(self) -> dict[str, Any]:
+        """The file as OpenAI's FileObject (and Zhipu's) shows it."""
         return {
             "id": self.id,
             "object": "file",
@@ -64,7 +67,9 @@ class SimBatch:
     lines: list[dict[str, Any]]
     errors: list[dict[str, Any]] = field(default_factory=list)  # validation errors: {code, line, message}
     expire_share: float | None = None  # expires with this share of its lines done
-    cancel_at: float | None = None
+    cancel_at: float | None = None  # clock time the cancel arrived: no line is answered after it
+    cancelling_at: int | None = None
+    in_progress_at: int | None = None  # when validation passed (never, for a batch cancelled while validating)
     status: str = "validating"
     done: int = 0  # lines answered so far (their answers are in output/errors)
     output: list[bytes] = field(default_factory=list)
@@ -138,11 +143,24 @@ class BatchBook:
         self.batches[batch.id] = batch
         return batch
 
+    def list_files(self, purpose: str | None, after: str | None, limit: int, order: str) -> tuple[list[SimFile], bool]:
+        """`GET /files` as OpenAI pages it: oldest or newest first (`order`), those past the file `after`, at most
+        `limit`; and whether more remain. Ids rise as files are made, so they order the files as their creation."""
+        files = sorted(
+            (f for f in self.files.values() if purpose is None or f.purpose == purpose),
+            key=lambda f: f.id,
+            reverse=order == "desc",
+        )
+        if after:
+            files = [f for f in files if (f.id < after if order == "desc" else f.id > after)]
+        return files[:limit], len(files) > limit
+
     def cancel(self, batch: SimBatch, now: float) -> None:
+        """Cancel a batch still going: `cancelling` now, `cancelled` once the cancel has taken (`_advance`)."""
         self._advance(batch, now)
         if batch.status not in FINAL and batch.cancel_at is None:
             self.cancels += 1
-            batch.cancel_at = now
+            batch.cancel_at, batch.cancelling_at = now, int(time.time())
             batch.status = "cancelling"
 
     def read(self, content: bytes, endpoint: str) -> Reading:
@@ -191,29 +209,40 @@ class BatchBook:
             errors.insert(0, {"code": "too_many_lines", "line": None, "message": f"at most {self.max_lines} lines"})
         return lines, errors, expire, tokens
 
+    def _validate_s(self) -> float:
+        return min(0.2, self.batch_s / 10)
+
     def _advance(self, batch: SimBatch, now: float) -> None:
         """Move the batch on to where the clock says it is, answering the lines whose time has come."""
         if batch.status in FINAL:
             return
-        validate_s = min(0.2, self.batch_s / 10)
-        if now - batch.started < validate_s and batch.cancel_at is None:
-            return
-        if batch.errors:
-            batch.status, batch.finished_at = "failed", int(time.time())
-            return
-        share = min(1.0, (now - batch.started - validate_s) / self.batch_s) if self.batch_s > 0 else 1.0
-        if batch.cancel_at is not None:
-            share = min(share, max(0.0, (batch.cancel_at - batch.started - validate_s) / max(self.batch_s, 1e-9)))
+        validate_s = self._validate_s()
+        cancelled = batch.cancel_at is not None
+        validated = batch.started + validate_s <= (batch.cancel_at if batch.cancel_at is not None else now)
+        if validated:
+            if batch.errors:
+                batch.status, batch.finished_at = "failed", int(time.time())
+                return
+            if batch.in_progress_at is None:
+                batch.in_progress_at = int(time.time())
+        elif not cancelled:
+            return  # still validating
+        share = done_share(batch.started, now, batch.cancel_at, validate_s, self.batch_s)
         if batch.expire_share is not None:
             share = min(share, batch.expire_share)
-        target = math.floor(share * len(batch.lines) + 1e-9)
+        target = min(len(batch.lines), math.floor(share * len(batch.lines) + 1e-9))
         for line in batch.lines[batch.done : target]:
             self._answer_line(batch, line)
         batch.done = max(batch.done, target)
-        batch.status = "in_progress"
         if batch.cancel_at is not None:
-            self._finish(batch, "cancelled")
-        elif batch.expire_share is not None and share >= batch.expire_share:
+            # `cancelling` until validate_s after the cancel, and never on the reading the cancel was made at
+            if now > batch.cancel_at and now - batch.cancel_at >= validate_s:
+                self._finish(batch, "cancelled")
+            else:
+                batch.status = "cancelling"
+            return
+        batch.status = "in_progress"
+        if batch.expire_share is not None and share >= batch.expire_share:
             self._finish(batch, "expired")
         elif batch.done >= len(batch.lines):
             self._finish(batch, "completed")
@@ -239,14 +268,16 @@ class BatchBook:
             batch.error_lines.append(orjson.dumps(record) + b"\n")
 
     def _finish(self, batch: SimBatch, status: str) -> None:
-        batch.status, batch.finished_at = status, int(time.time())
+        now_s = int(time.time())
+        batch.status, batch.finished_at = status, now_s
         if batch.auto_delete and self.files.pop(batch.input_file_id, None) is not None:
             self.deletes += 1
         if batch.output:
-            out = SimFile(self._id("file"), f"{batch.id}_output.jsonl", "batch_output", b"".join(batch.output), 0)
+            out = SimFile(self._id("file"), f"{batch.id}_output.jsonl", "batch_output", b"".join(batch.output), now_s)
             self.files[out.id], batch.output_file_id = out, out.id
         if batch.error_lines:
-            err = SimFile(self._id("file"), f"{batch.id}_error.jsonl", "batch_output", b"".join(batch.error_lines), 0)
+            errors = b"".join(batch.error_lines)
+            err = SimFile(self._id("file"), f"{batch.id}_error.jsonl", "batch_output", errors, now_s)
             self.files[err.id], batch.error_file_id = err, err.id
 
     def describe(self, batch: SimBatch, now: float) -> dict[str, Any]:
@@ -264,11 +295,12 @@ class BatchBook:
             "output_file_id": batch.output_file_id,
             "error_file_id": batch.error_file_id,
             "created_at": batch.created_at,
-            "in_progress_at": batch.created_at if batch.status != "validating" else None,
+            "in_progress_at": batch.in_progress_at,
             "expires_at": batch.created_at + 86_400,
             "completed_at": batch.finished_at if batch.status == "completed" else None,
             "failed_at": batch.finished_at if batch.status == "failed" else None,
             "expired_at": batch.finished_at if batch.status == "expired" else None,
+            "cancelling_at": batch.cancelling_at,
             "cancelled_at": batch.finished_at if batch.status == "cancelled" else None,
             "finalizing_at": batch.finished_at if final else None,
             "request_counts": {
@@ -278,3 +310,13 @@ class BatchBook:
             },
             "metadata": batch.metadata,
         }
+
+
+def done_share(started: float, now: float, cancel_at: float | None, validate_s: float, batch_s: float) -> float:
+    """The share of a batch's lines answered by `now`, always within [0, 1]: none while it validates, then rising
+    evenly over `batch_s`, and none more after a cancel (a cancel during validation leaves none answered)."""
+    until = now if cancel_at is None else min(now, cancel_at)
+    running = until - started - validate_s
+    if running < 0:
+        return 0.0
+    return 1.0 if batch_s <= 0 else min(1.0, running / batch_s)

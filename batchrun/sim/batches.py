@@ -1,6 +1,6 @@
 """The simulated provider's Batch API, in the OpenAI shape every batch-capable preset shares (OpenAI, Zhipu `/v4`,
 DashScope, Qianfan `/v2`, GenStudio): upload a JSONL file, create a batch over it, poll it as it moves through
-its statuses, download the output and error files, cancel it.
+its statuses, download the output and error files, cancel it (`cancelling`, then `cancelled`), list the files.
 
 A batch validates its file (every line a request for the batch's endpoint, `custom_id`s unique, at most
 `batch_max_lines`), runs for `batch_s` seconds with `request_counts` rising as it goes, and ends `completed`.
@@ -41,6 +41,7 @@ class BatchDesk:
     def routes(self, app: web.Application) -> None:
         add = app.router
         add.add_post("/{base:.*}/files", self._guard(self.upload))
+        add.add_get("/{base:.*}/files", self._guard(self.list_files))
         add.add_get("/{base:.*}/files/{file}/content", self._guard(self.content))
         add.add_get("/{base:.*}/files/{file}", self._guard(self.file))
         add.add_delete("/{base:.*}/files/{file}", self._guard(self.delete))
@@ -69,6 +70,28 @@ class BatchDesk:
         if purpose != "batch":
             return _error(400, "invalid_request_error", f"purpose must be 'batch', got {purpose!r}")
         return _ok(self.book.upload(upload.filename, upload.file.read()).describe())
+
+    async def list_files(self, request: web.Request) -> web.Response:
+        """`GET /files?purpose=&limit=&after=&order=`: a page of files as OpenAI's SDK pages them (and Zhipu's
+        reads them): newest first unless `order=asc`, up to 10,000 at a time."""
+        query = request.query
+        try:
+            limit = int(query.get("limit", "10000"))
+        except ValueError:
+            return _error(400, "invalid_request_error", "limit must be a whole number")
+        order = query.get("order", "desc")
+        if not 1 <= limit <= 10_000 or order not in ("asc", "desc"):
+            return _error(400, "invalid_request_error", "limit must be 1 to 10000, and order asc or desc")
+        page, more = self.book.list_files(query.get("purpose") or None, query.get("after") or None, limit, order)
+        return _ok(
+            {
+                "object": "list",
+                "data": [f.describe() for f in page],
+                "first_id": page[0].id if page else None,
+                "last_id": page[-1].id if page else None,
+                "has_more": more,
+            }
+        )
 
     async def file(self, request: web.Request) -> web.Response:
         sim = self.book.files.get(request.match_info["file"])
@@ -133,8 +156,9 @@ class BatchDesk:
         batch = self.book.batches.get(request.match_info["batch"])
         if batch is None:
             return _error(404, "not_found", "no such batch")
-        self.book.cancel(batch, self.clock())
-        return _ok(self.book.describe(batch, self.clock()))
+        now = self.clock()  # one reading: the answer shows the batch `cancelling`, as OpenAI's does
+        self.book.cancel(batch, now)
+        return _ok(self.book.describe(batch, now))
 
 
 def _ok(body: dict[str, Any]) -> web.Response:

@@ -17,7 +17,9 @@ from ..rows.tokens import estimate_messages, estimate_tokens, max_output_tokens
 from .answers import (
     DIRECTIVE,
     SPOILS,
+    add_logprobs,
     apply_answer_quirks,
+    call_tools,
     choice_count,
     completion_answer,
     embeddings_answer,
@@ -90,6 +92,8 @@ class Billing:
             apply_answer_quirks(answer, call.directives)
             if call.kind == "chat":
                 self._structure(answer, call)
+                call_tools(answer, call.body, call.key)  # a function the request makes the model call
+                add_logprobs(answer, call.body, call.key)  # of the content as it ends up
         self.billed[call.key] += 1
         self.billed_prompt_tokens += answer["usage"]["prompt_tokens"]
         self.billed_completion_tokens += answer["usage"].get("completion_tokens", 0)

@@ -47,6 +47,7 @@ import asyncio
 import contextlib
 import functools
 import heapq
+import itertools
 import math
 import random
 import ssl
@@ -112,9 +113,12 @@ class SimProvider:
         self.limited_at: dict[bytes, float] = {}
         self._last_key: bytes | None = None
         self.retried_after_429, self.min_retry_gap_s = 0, math.inf
+        self._other_ids = itertools.count(1)  # request ids of the answers that are no completion
+        self._taken_ids: dict[int, str] = {}  # id(request) -> the request id a completion took on arrival
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=256 * 1024 * 1024)  # batch files: 200 MB at most
+        # batch files take 200 MB at most
+        app = web.Application(client_max_size=256 * 1024 * 1024, middlewares=[self._request_id])
         app.router.add_get("/_sim/stats", self.stats_view)
         app.router.add_post("/{base:.*}/async/chat/completions", self.submit_task)
         app.router.add_get("/{base:.*}/async-result/{task}", self.task_result)
@@ -124,6 +128,25 @@ class SimProvider:
         app.router.add_get("/{base:.*}/models/{model}", self.model)
         self.batch_desk.routes(app)
         return app
+
+    @web.middleware
+    async def _request_id(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        """Every answer carries an `x-request-id`, errors (4xx, 5xx, 429, an HTML page, the router's 404 and 405)
+        included, as OpenAI's do: a client's failure records name the provider's id, not one of their own. A
+        completion's is the one taken when it arrived (`_accept`); the rest are numbered apart."""
+        try:
+            response: web.StreamResponse = await handler(request)
+        except web.HTTPException as refused:
+            refused.headers.setdefault("x-request-id", self._request_id_of(request))
+            raise
+        finally:
+            taken = self._taken_ids.pop(id(request), None)
+        if not response.prepared and "x-request-id" not in response.headers:  # a stream has sent its own
+            response.headers["x-request-id"] = taken or self._request_id_of(request)
+        return response
+
+    def _request_id_of(self, request: web.Request) -> str:
+        return self._taken_ids.get(id(request)) or f"sim-api-{next(self._other_ids)}"
 
     def stats(self) -> dict[str, Any]:
         billing, admission = self.billing, self.admission
@@ -218,7 +241,7 @@ class SimProvider:
         if self.cfg.rate_headers and not key_limits:
             headers = {**self.admission.rate_headers(self.clock()), **(headers or {})}
         if key_limits and status == 200:
-            own = {**self.admission.rate_headers(self.clock(), reset=False), **(own or {})}
+            own = {**self.admission.key_headers(self.clock()), **(own or {})}
         return through_gateway(self.cfg.gateway, headers, own)
 
     def _refused(self, answer: web.StreamResponse) -> web.StreamResponse:
@@ -231,6 +254,7 @@ class SimProvider:
         """Everything before the answer: auth, the body, the prompt's directives, rate limits, injected errors."""
         self.requests += 1
         request_id = f"sim-{self.requests}"  # taken now: other requests arrive while this one is read
+        self._taken_ids[id(request)] = request_id  # its answer's x-request-id, whatever it is answered
         if self.first_request_at is None:
             self.first_request_at = time.time()
         if (denied := self._auth(request)) is not None:
