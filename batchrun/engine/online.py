@@ -14,7 +14,7 @@ import itertools
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from ..errors import BatchrunError, FatalProviderError
@@ -30,11 +30,8 @@ from ..retry import PROXY_AUTH, Decision, Verdict, backoff_delay, endpoint_sign,
 from ..rows.request import BadRow, Request, batched
 from ..rows.sources import RawRow, iter_rows
 from ..spec.presets import PRESETS
-from ..store.cache import Cache
-from ..store.checkpoint import Checkpoint, ResumeState
 from ..store.rundir import RunState
-from .job import Prepared
-from .progress import Progress
+from .context import RunContext
 from .shared import RunControl
 
 STOP_GRACE_S = 5.0
@@ -44,22 +41,15 @@ ENDPOINT_PROOF_ROWS = 8  # rows whose first answers all say the endpoint is wron
 class RunLoop(RunControl):
     def __init__(
         self,
-        prepared: Prepared,
-        checkpoint: Checkpoint,
-        state: ResumeState,
-        base_url: str,
-        keys: Sequence[tuple[str, str | None]],
-        progress: Progress,
-        log: Callable[[str], None],
-        last_row: int | None = None,
-        cache: Cache | None = None,
+        ctx: RunContext,
         *,
         throttle: Callable[[str, frozenset[str]], Throttle] | None = None,
         source: Callable[[Callable[[int], bool]], Iterator[RawRow]] | None = None,
     ) -> None:
         """`throttle` (a scaled-out worker's): each key's throttle, by its variable and the codes that mean too
         many in flight; `source`: the rows to take (by default the whole input), given which to pass over."""
-        super().__init__(prepared, checkpoint, state, progress, log, last_row, cache)
+        super().__init__(ctx)
+        log = ctx.log
         spec = self.spec
         self.t_wall0 = time.time()
         self.errors = PRESETS[spec.provider.name].errors
@@ -71,13 +61,13 @@ class RunLoop(RunControl):
         )
         self.source = source or functools.partial(iter_rows, spec.input)
         self.pool = KeyPool(
-            [Member(env, make_auth(key, spec.provider.auth), throttle(env, in_flight_codes)) for env, key in keys]
+            [Member(env, make_auth(key, spec.provider.auth), throttle(env, in_flight_codes)) for env, key in ctx.keys]
         )
         auth = self.pool.members[0].auth
         self.lane: Lane = (
-            TaskLane(self, base_url, auth, self.build, self._record_bad)
+            TaskLane(self, ctx.base_url, auth, self.build, self._record_bad)
             if spec.provider.mode == "async"
-            else OnlineLane(self, base_url, auth)
+            else OnlineLane(self, ctx.base_url, auth)
         )
         self.ready: deque[Row] = deque()  # retries whose backoff is over
         self.backoffs: set[asyncio.TimerHandle] = set()
@@ -86,7 +76,6 @@ class RunLoop(RunControl):
         self.interrupts = 0
         self.dispatcher: asyncio.Task[None] | None = None
         self._http: Http | None = None
-        self.base_url = base_url
         # Until some answer shows the endpoint is there, answers that say it is not are parked, not acted on: if
         # the first rows all get them, the run stops with every row still pending.
         self.unproven: list[tuple[Row, Reply, Ticket, str]] | None = []
@@ -257,7 +246,7 @@ class RunLoop(RunControl):
             return
         self.failed(
             FatalProviderError(
-                f"the first {len(rows)} rows' requests to {self.base_url} all failed as if the endpoint were wrong "
+                f"the first {len(rows)} rows' requests to {self.ctx.base_url} all failed as if the endpoint were wrong "
                 f"({'; '.join(signs)}): check provider.base_url (and the model name); no row was recorded, so the "
                 "same command resumes once it is fixed"
             )
