@@ -18,8 +18,9 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from ..errors import BatchrunError, FatalProviderError
-from ..lanes import Lane, Row
+from ..lanes import Lane, LaneContext, Row
 from ..lanes.online import OnlineLane
+from ..lanes.outcome import Answered, BadInput, Done, Failed, Held, Outcomes, RetryLater, SendAgain
 from ..lanes.tasks import TaskLane
 from ..limits.budget import BudgetReached
 from ..limits.keypool import KeyPool, Member
@@ -51,11 +52,10 @@ class RunLoop(RunControl):
         super().__init__(ctx)
         log = ctx.log
         spec = self.spec
-        self.t_wall0 = time.time()
-        self.errors = PRESETS[spec.provider.name].errors
+        errors = PRESETS[spec.provider.name].errors
         # A submission holds no slot while its task runs: what an async provider's "too many in flight" counts
         # is unknown (running tasks, most likely, which limits.max_pending caps), so there it is a plain 429.
-        in_flight_codes = self.errors.concurrency if spec.provider.mode != "async" else frozenset()
+        in_flight_codes = errors.concurrency if spec.provider.mode != "async" else frozenset()
         throttle = throttle or (
             lambda env, codes: Throttle(spec.limits, spec.limits.tpm_accounting, log, concurrency_codes=codes)
         )
@@ -63,27 +63,27 @@ class RunLoop(RunControl):
         self.pool = KeyPool(
             [Member(env, make_auth(key, spec.provider.auth), throttle(env, in_flight_codes)) for env, key in ctx.keys]
         )
-        auth = self.pool.members[0].auth
-        self.lane: Lane = (
-            TaskLane(self, ctx.base_url, auth, self.build, self._record_bad)
-            if spec.provider.mode == "async"
-            else OnlineLane(self, ctx.base_url, auth)
+        lane = LaneContext(
+            spec=spec,
+            base_url=ctx.base_url,
+            errors=errors,
+            pool=self.pool,
+            checkpoint=ctx.checkpoint,
+            tasks=ctx.state.tasks,
+            build=self.build,
+            log=log,
+            t_wall0=time.time(),
         )
+        self.lane: Lane = TaskLane(lane) if spec.provider.mode == "async" else OnlineLane(lane)
         self.ready: deque[Row] = deque()  # retries whose backoff is over
         self.backoffs: set[asyncio.TimerHandle] = set()
         self.attempts: set[asyncio.Future[None]] = set()  # attempts on the wire
         self._wake = asyncio.Event()
         self.interrupts = 0
         self.dispatcher: asyncio.Task[None] | None = None
-        self._http: Http | None = None
         # Until some answer shows the endpoint is there, answers that say it is not are parked, not acted on: if
         # the first rows all get them, the run stops with every row still pending.
         self.unproven: list[tuple[Row, Reply, Ticket, str]] | None = []
-
-    @property
-    def http(self) -> Http:
-        assert self._http is not None, "the run has not started"
-        return self._http
 
     # --- the run -------------------------------------------------------------------------------------
 
@@ -98,9 +98,10 @@ class RunLoop(RunControl):
         provider = self.spec.provider
         network = Network(provider.proxy, provider.ca_bundle, trust_env=provider.simulate is None)
         slots = sum(m.throttle.concurrency.maximum for m in self.pool.members)
-        self._http = Http(slots + self.lane.connections, network)
+        http = Http(slots + self.lane.connections, network)
         ticks = [m.throttle.tick_forever() for m in self.pool.members]
-        loops = [self.flush_forever(), *ticks, *self.lane.background()]
+        self.act(self.lane.begin(http))  # the tasks an earlier session left (a row of them that no longer builds)
+        loops = [self.flush_forever(), *ticks, *self.lane.background(self._deliver)]
         background = [asyncio.ensure_future(loop) for loop in loops]
         self.dispatcher = asyncio.create_task(self._dispatch())
         try:
@@ -124,7 +125,7 @@ class RunLoop(RunControl):
                 loop.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await loop
-            await self.http.close()
+            await http.close()
 
     async def _dispatch(self) -> None:
         rows = self._rows()
@@ -208,7 +209,7 @@ class RunLoop(RunControl):
                 self.progress.attempt(retried=row.attempts > 1, rate_limited=reply.status == 429)
                 if self.unproven is not None and self._park(row, reply, ticket):
                     return
-                held = await self.lane.answer(row, reply, ticket)
+                held = self.act(await self.lane.answer(row, reply, ticket))
         finally:
             member.throttle.done(ticket, reply, settle=not held)
             self.wake()  # after the slot is free: the dispatcher may be waiting for the last one
@@ -252,14 +253,43 @@ class RunLoop(RunControl):
             )
         )
 
-    def _later(self, step: Coroutine[Any, Any, bool]) -> None:
+    def _later(self, step: Coroutine[Any, Any, Outcomes]) -> None:
         async def run() -> None:
             with self.guard():
-                await step
+                self.act(await step)
 
         flight = asyncio.ensure_future(run())
         self.attempts.add(flight)
         flight.add_done_callback(self.attempts.discard)
+
+    # --- what answers mean -----------------------------------------------------------------------------
+
+    def act(self, outcomes: Outcomes) -> bool:
+        """Carry out what a lane says its answers mean, in order. True when one says the provider now holds its
+        row (the attempt's TPM charge then stands until the lane settles it)."""
+        held = False
+        for outcome in outcomes:
+            match outcome:
+                case Answered(row, reply, decision):
+                    self.decide(row, reply, decision)
+                case Done(row, reply, decision, part, batch):
+                    self.record(row, reply, decision, part=part, batch=batch)
+                case RetryLater(row, decision, immediately):
+                    self.retry_later(row, decision, immediately=immediately)
+                case SendAgain(rows):
+                    self.ready.extend(rows)
+                case Failed(error):
+                    self.failed(error)
+                case Held():
+                    held = True
+                case BadInput(bad):
+                    self._record_bad(bad)
+        return held
+
+    def _deliver(self, step: Callable[[], Outcomes]) -> None:
+        """What a lane's own loop learns (a task's poll answered): worked out and acted on under the guard."""
+        with self.guard():
+            self.act(step())
 
     def decide(self, row: Row, reply: Reply, decision: Decision) -> None:
         """Act on a classified answer: record it, retry the row, or stop the run."""
@@ -319,9 +349,6 @@ class RunLoop(RunControl):
 
         handle = asyncio.get_running_loop().call_later(delay, ready)
         self.backoffs.add(handle)
-
-    def send_again(self, rows: list[Row]) -> None:
-        self.ready.extend(rows)
 
     # --- records -------------------------------------------------------------------------------------
 
