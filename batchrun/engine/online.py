@@ -271,11 +271,11 @@ class RunLoop(RunControl):
         for outcome in outcomes:
             match outcome:
                 case Answered(row, reply, decision):
-                    self.decide(row, reply, decision)
+                    self._decide(row, reply, decision)
                 case Done(row, reply, decision, part, batch):
-                    self.record(row, reply, decision, part=part, batch=batch)
+                    self._record(row, reply, decision, part=part, batch=batch)
                 case RetryLater(row, decision, immediately):
-                    self.retry_later(row, decision, immediately=immediately)
+                    self._retry_later(row, decision, immediately=immediately)
                 case SendAgain(rows):
                     self.ready.extend(rows)
                 case Failed(error):
@@ -291,24 +291,24 @@ class RunLoop(RunControl):
         with self.guard():
             self.act(step())
 
-    def decide(self, row: Row, reply: Reply, decision: Decision) -> None:
+    def _decide(self, row: Row, reply: Reply, decision: Decision) -> None:
         """Act on a classified answer: record it, retry the row, or stop the run."""
         if decision.verdict is Verdict.OK:
             if self.repairs is not None and not row.request.parts:
                 self._check_output(row, reply)
             else:
-                self.record(row, reply, None)
+                self._record(row, reply, None)
         elif decision.verdict is Verdict.STOP_RUN:
             self._refused(row, decision, reply.status)
         elif decision.verdict is Verdict.RETRY and row.attempts < self.spec.retry.max_attempts:
             row.billed(reply)
-            self.retry_later(row, decision)
+            self._retry_later(row, decision)
         else:
             parts = row.request.parts
             for i, part in enumerate(parts):
-                self.record(row, reply, decision, part=part, batch={"index": i, "size": len(parts)})
+                self._record(row, reply, decision, part=part, batch={"index": i, "size": len(parts)})
             if not parts:
-                self.record(row, reply, decision)
+                self._record(row, reply, decision)
 
     def _check_output(self, row: Row, reply: Reply) -> None:
         """Structured output: keep an answer that fits the schema; ask again about one that does not (repairs.py),
@@ -328,7 +328,7 @@ class RunLoop(RunControl):
         decision, path = self.repairs.failure(judged)
         self.ledger.record(row, reply, decision, self.lane.annotate, path=path)
 
-    def retry_later(self, row: Row, decision: Decision, *, immediately: bool = False) -> None:
+    def _retry_later(self, row: Row, decision: Decision, *, immediately: bool = False) -> None:
         retry = self.spec.retry
         delay = (
             0.0
@@ -352,7 +352,7 @@ class RunLoop(RunControl):
 
     # --- records -------------------------------------------------------------------------------------
 
-    def record(
+    def _record(
         self,
         row: Row,
         reply: Reply,
@@ -390,7 +390,7 @@ class RunLoop(RunControl):
                 left = len(self.pool.live)
                 self.log(f"the provider {what} in ${member.env}: that key is retired, {left} key(s) left")
             if self.pool.live:
-                self.retry_later(row, decision, immediately=True)
+                self._retry_later(row, decision, immediately=True)
                 return
         if self.stopping is RunState.STOPPED:
             return
