@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .engine.batch import BatchRun
+from .engine.context import RunContext
 from .engine.job import Prepared, api_key, display_path, prepare, provider_key, provider_keys, refuse_plain_http
 from .engine.online import RunLoop
 from .engine.progress import Progress
@@ -213,21 +214,21 @@ async def _run_opened(
         cache.warn = say  # a cache that fails mid-run says so above the bar
 
     async with _provider_url(spec.provider.base_url, spec.provider.simulate) as base_url:
+        ctx = RunContext(prepared, checkpoint, state, base_url, keys, progress, say, last_row, cache)
         runner: BatchRun | RunLoop | RayRun
         if spec.scale is not None:
             from .ray.driver import RayRun
 
-            runner = RayRun(prepared, checkpoint, state, base_url, keys, progress, say, last_row, cache, spec.scale)
+            runner = RayRun(ctx)
         else:
-            loop_kind = BatchRun if spec.provider.mode == "batch" else RunLoop
-            runner = loop_kind(prepared, checkpoint, state, base_url, keys, progress, say, last_row, cache)
+            runner = BatchRun(ctx) if spec.provider.mode == "batch" else RunLoop(ctx)
         try:
             await _run_interruptibly(runner)
             if isinstance(runner, BatchRun) and runner.leaves_rows_online and not runner.stopping:
                 left = goal - state.done.count_upto(last_row) if last_row is not None else runner.ledger.pending
                 if left > 0:
                     say(f"sending the {left:,} rows the batches did not finish through the online lane")
-                    runner = RunLoop(prepared, checkpoint, state, base_url, keys, progress, say, last_row, cache)
+                    runner = RunLoop(ctx)  # the same run, its rows left over sent online
                     await _run_interruptibly(runner)
         finally:
             progress.close(state.done.count_upto(last_row) if last_row is not None else min(state.done.count, total))

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,8 @@ from ..retry import PROXY_AUTH, Verdict, classify, error_details, proxy_failure
 from ..rows.request import BadRow, Request
 from ..rows.sources import iter_rows
 from ..spec.presets import PRESETS
-from ..store.cache import Cache
-from ..store.checkpoint import Checkpoint
-from ..store.resume import ResumeState
 from ..store.rundir import BATCHES, SHARDS, RunState, complete_lines
-from .job import Prepared
-from .progress import Progress
+from .context import RunContext
 from .shards import (
     FINAL_STATUSES,
     ShardIndex,
@@ -54,19 +50,8 @@ DEAD_AFTER = 3  # calls in a row without any HTTP answer, before any came, that 
 class BatchRun(RunControl):
     """A run of the batch lane; the session drives it as it drives the online run loop."""
 
-    def __init__(
-        self,
-        prepared: Prepared,
-        checkpoint: Checkpoint,
-        state: ResumeState,
-        base_url: str,
-        keys: Sequence[tuple[str, str | None]],
-        progress: Progress,
-        log: Callable[[str], None],
-        last_row: int | None = None,
-        cache: Cache | None = None,
-    ) -> None:
-        super().__init__(prepared, checkpoint, state, progress, log, last_row, cache)
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
         preset = PRESETS[self.spec.provider.name]
         assert preset.batch is not None
         self.api, self.errors = preset.batch, preset.errors
@@ -75,9 +60,10 @@ class BatchRun(RunControl):
             self.api = dataclasses.replace(
                 self.api, max_lines=cap, max_embedding_lines=min(cap, self.api.lines_for("embeddings"))
             )
-        self.base_url, self.auth = base_url, make_auth(keys[0][1], self.spec.provider.auth)  # one account's batches
+        # one account's batches: the first key's
+        self.base_url, self.auth = ctx.base_url, make_auth(ctx.keys[0][1], self.spec.provider.auth)
         self.line_url = self.spec.batch.line_url or self.api.line_url(self.spec.endpoint)
-        self.shards = read_shards(line for _, line in complete_lines(checkpoint.path / BATCHES))
+        self.shards = read_shards(line for _, line in complete_lines(ctx.checkpoint.path / BATCHES))
         # shards an earlier session uploaded but never learnt a batch of: a kill may have come between the create
         # call and its event, so the provider is asked for a batch of that file before one is made
         self.unsure = {s.index for s in self.shards.values() if s.file_id is not None and s.batch_id is None}

@@ -14,12 +14,13 @@ import itertools
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from ..errors import BatchrunError, FatalProviderError
-from ..lanes import Lane, Row
+from ..lanes import Lane, LaneContext, Row
 from ..lanes.online import OnlineLane
+from ..lanes.outcome import Answered, BadInput, Done, Failed, Held, Outcomes, RetryLater, SendAgain
 from ..lanes.tasks import TaskLane
 from ..limits.budget import BudgetReached
 from ..limits.keypool import KeyPool, Member
@@ -30,12 +31,8 @@ from ..retry import PROXY_AUTH, Decision, Verdict, backoff_delay, endpoint_sign,
 from ..rows.request import BadRow, Request, batched
 from ..rows.sources import RawRow, iter_rows
 from ..spec.presets import PRESETS
-from ..store.cache import Cache
-from ..store.checkpoint import Checkpoint
-from ..store.resume import ResumeState
 from ..store.rundir import RunState
-from .job import Prepared
-from .progress import Progress
+from .context import RunContext
 from .shared import RunControl
 
 STOP_GRACE_S = 5.0
@@ -45,57 +42,48 @@ ENDPOINT_PROOF_ROWS = 8  # rows whose first answers all say the endpoint is wron
 class RunLoop(RunControl):
     def __init__(
         self,
-        prepared: Prepared,
-        checkpoint: Checkpoint,
-        state: ResumeState,
-        base_url: str,
-        keys: Sequence[tuple[str, str | None]],
-        progress: Progress,
-        log: Callable[[str], None],
-        last_row: int | None = None,
-        cache: Cache | None = None,
+        ctx: RunContext,
         *,
         throttle: Callable[[str, frozenset[str]], Throttle] | None = None,
         source: Callable[[Callable[[int], bool]], Iterator[RawRow]] | None = None,
     ) -> None:
         """`throttle` (a scaled-out worker's): each key's throttle, by its variable and the codes that mean too
         many in flight; `source`: the rows to take (by default the whole input), given which to pass over."""
-        super().__init__(prepared, checkpoint, state, progress, log, last_row, cache)
+        super().__init__(ctx)
+        log = ctx.log
         spec = self.spec
-        self.t_wall0 = time.time()
-        self.errors = PRESETS[spec.provider.name].errors
+        errors = PRESETS[spec.provider.name].errors
         # A submission holds no slot while its task runs: what an async provider's "too many in flight" counts
         # is unknown (running tasks, most likely, which limits.max_pending caps), so there it is a plain 429.
-        in_flight_codes = self.errors.concurrency if spec.provider.mode != "async" else frozenset()
+        in_flight_codes = errors.concurrency if spec.provider.mode != "async" else frozenset()
         throttle = throttle or (
             lambda env, codes: Throttle(spec.limits, spec.limits.tpm_accounting, log, concurrency_codes=codes)
         )
         self.source = source or functools.partial(iter_rows, spec.input)
         self.pool = KeyPool(
-            [Member(env, make_auth(key, spec.provider.auth), throttle(env, in_flight_codes)) for env, key in keys]
+            [Member(env, make_auth(key, spec.provider.auth), throttle(env, in_flight_codes)) for env, key in ctx.keys]
         )
-        auth = self.pool.members[0].auth
-        self.lane: Lane = (
-            TaskLane(self, base_url, auth, self.build, self._record_bad)
-            if spec.provider.mode == "async"
-            else OnlineLane(self, base_url, auth)
+        lane = LaneContext(
+            spec=spec,
+            base_url=ctx.base_url,
+            errors=errors,
+            pool=self.pool,
+            checkpoint=ctx.checkpoint,
+            tasks=ctx.state.tasks,
+            build=self.build,
+            log=log,
+            t_wall0=time.time(),
         )
+        self.lane: Lane = TaskLane(lane) if spec.provider.mode == "async" else OnlineLane(lane)
         self.ready: deque[Row] = deque()  # retries whose backoff is over
         self.backoffs: set[asyncio.TimerHandle] = set()
         self.attempts: set[asyncio.Future[None]] = set()  # attempts on the wire
         self._wake = asyncio.Event()
         self.interrupts = 0
         self.dispatcher: asyncio.Task[None] | None = None
-        self._http: Http | None = None
-        self.base_url = base_url
         # Until some answer shows the endpoint is there, answers that say it is not are parked, not acted on: if
         # the first rows all get them, the run stops with every row still pending.
         self.unproven: list[tuple[Row, Reply, Ticket, str]] | None = []
-
-    @property
-    def http(self) -> Http:
-        assert self._http is not None, "the run has not started"
-        return self._http
 
     # --- the run -------------------------------------------------------------------------------------
 
@@ -110,9 +98,10 @@ class RunLoop(RunControl):
         provider = self.spec.provider
         network = Network(provider.proxy, provider.ca_bundle, trust_env=provider.simulate is None)
         slots = sum(m.throttle.concurrency.maximum for m in self.pool.members)
-        self._http = Http(slots + self.lane.connections, network)
+        http = Http(slots + self.lane.connections, network)
         ticks = [m.throttle.tick_forever() for m in self.pool.members]
-        loops = [self.flush_forever(), *ticks, *self.lane.background()]
+        self.act(self.lane.begin(http))  # the tasks an earlier session left (a row of them that no longer builds)
+        loops = [self.flush_forever(), *ticks, *self.lane.background(self._deliver)]
         background = [asyncio.ensure_future(loop) for loop in loops]
         self.dispatcher = asyncio.create_task(self._dispatch())
         try:
@@ -136,7 +125,7 @@ class RunLoop(RunControl):
                 loop.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await loop
-            await self.http.close()
+            await http.close()
 
     async def _dispatch(self) -> None:
         rows = self._rows()
@@ -220,7 +209,7 @@ class RunLoop(RunControl):
                 self.progress.attempt(retried=row.attempts > 1, rate_limited=reply.status == 429)
                 if self.unproven is not None and self._park(row, reply, ticket):
                     return
-                held = await self.lane.answer(row, reply, ticket)
+                held = self.act(await self.lane.answer(row, reply, ticket))
         finally:
             member.throttle.done(ticket, reply, settle=not held)
             self.wake()  # after the slot is free: the dispatcher may be waiting for the last one
@@ -258,39 +247,68 @@ class RunLoop(RunControl):
             return
         self.failed(
             FatalProviderError(
-                f"the first {len(rows)} rows' requests to {self.base_url} all failed as if the endpoint were wrong "
+                f"the first {len(rows)} rows' requests to {self.ctx.base_url} all failed as if the endpoint were wrong "
                 f"({'; '.join(signs)}): check provider.base_url (and the model name); no row was recorded, so the "
                 "same command resumes once it is fixed"
             )
         )
 
-    def _later(self, step: Coroutine[Any, Any, bool]) -> None:
+    def _later(self, step: Coroutine[Any, Any, Outcomes]) -> None:
         async def run() -> None:
             with self.guard():
-                await step
+                self.act(await step)
 
         flight = asyncio.ensure_future(run())
         self.attempts.add(flight)
         flight.add_done_callback(self.attempts.discard)
 
-    def decide(self, row: Row, reply: Reply, decision: Decision) -> None:
+    # --- what answers mean -----------------------------------------------------------------------------
+
+    def act(self, outcomes: Outcomes) -> bool:
+        """Carry out what a lane says its answers mean, in order. True when one says the provider now holds its
+        row (the attempt's TPM charge then stands until the lane settles it)."""
+        held = False
+        for outcome in outcomes:
+            match outcome:
+                case Answered(row, reply, decision):
+                    self._decide(row, reply, decision)
+                case Done(row, reply, decision, part, batch):
+                    self._record(row, reply, decision, part=part, batch=batch)
+                case RetryLater(row, decision, immediately):
+                    self._retry_later(row, decision, immediately=immediately)
+                case SendAgain(rows):
+                    self.ready.extend(rows)
+                case Failed(error):
+                    self.failed(error)
+                case Held():
+                    held = True
+                case BadInput(bad):
+                    self._record_bad(bad)
+        return held
+
+    def _deliver(self, step: Callable[[], Outcomes]) -> None:
+        """What a lane's own loop learns (a task's poll answered): worked out and acted on under the guard."""
+        with self.guard():
+            self.act(step())
+
+    def _decide(self, row: Row, reply: Reply, decision: Decision) -> None:
         """Act on a classified answer: record it, retry the row, or stop the run."""
         if decision.verdict is Verdict.OK:
             if self.repairs is not None and not row.request.parts:
                 self._check_output(row, reply)
             else:
-                self.record(row, reply, None)
+                self._record(row, reply, None)
         elif decision.verdict is Verdict.STOP_RUN:
             self._refused(row, decision, reply.status)
         elif decision.verdict is Verdict.RETRY and row.attempts < self.spec.retry.max_attempts:
             row.billed(reply)
-            self.retry_later(row, decision)
+            self._retry_later(row, decision)
         else:
             parts = row.request.parts
             for i, part in enumerate(parts):
-                self.record(row, reply, decision, part=part, batch={"index": i, "size": len(parts)})
+                self._record(row, reply, decision, part=part, batch={"index": i, "size": len(parts)})
             if not parts:
-                self.record(row, reply, decision)
+                self._record(row, reply, decision)
 
     def _check_output(self, row: Row, reply: Reply) -> None:
         """Structured output: keep an answer that fits the schema; ask again about one that does not (repairs.py),
@@ -310,7 +328,7 @@ class RunLoop(RunControl):
         decision, path = self.repairs.failure(judged)
         self.ledger.record(row, reply, decision, self.lane.annotate, path=path)
 
-    def retry_later(self, row: Row, decision: Decision, *, immediately: bool = False) -> None:
+    def _retry_later(self, row: Row, decision: Decision, *, immediately: bool = False) -> None:
         retry = self.spec.retry
         delay = (
             0.0
@@ -332,12 +350,9 @@ class RunLoop(RunControl):
         handle = asyncio.get_running_loop().call_later(delay, ready)
         self.backoffs.add(handle)
 
-    def send_again(self, rows: list[Row]) -> None:
-        self.ready.extend(rows)
-
     # --- records -------------------------------------------------------------------------------------
 
-    def record(
+    def _record(
         self,
         row: Row,
         reply: Reply,
@@ -375,7 +390,7 @@ class RunLoop(RunControl):
                 left = len(self.pool.live)
                 self.log(f"the provider {what} in ${member.env}: that key is retired, {left} key(s) left")
             if self.pool.live:
-                self.retry_later(row, decision, immediately=True)
+                self._retry_later(row, decision, immediately=True)
                 return
         if self.stopping is RunState.STOPPED:
             return

@@ -5,36 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import BatchrunError
-from ..store.cache import Cache
-from ..store.checkpoint import Checkpoint
-from ..store.resume import ResumeState
 from ..store.rundir import RunState
-from .job import Prepared
+from .context import RunContext
 from .ledger import Ledger
-from .progress import Progress
 
 FLUSH_EVERY_S = 1.0
 
 
 class RunControl:
-    def __init__(
-        self,
-        prepared: Prepared,
-        checkpoint: Checkpoint,
-        state: ResumeState,
-        progress: Progress,
-        log: Callable[[str], None],
-        last_row: int | None,
-        cache: Cache | None = None,
-    ) -> None:
-        self.spec, self.prepared, self.checkpoint, self.state = prepared.spec, prepared, checkpoint, state
-        self.progress, self.log = progress, log
-        self.last_row = last_row  # submit --limit: rows after this one wait for a later run
-        self.ledger = Ledger(prepared, checkpoint, state, progress, cache)
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        # what every loop reads at every turn, at hand
+        prepared, self.spec, self.checkpoint, self.state = ctx.prepared, ctx.spec, ctx.checkpoint, ctx.state
+        self.progress, self.log, self.last_row = ctx.progress, ctx.log, ctx.last_row
+        self.ledger = Ledger(prepared, ctx.checkpoint, ctx.state, ctx.progress, ctx.cache)
         self.repairs = self.ledger.repairs  # structured output: judges answers and asks again
         self.budget = self.ledger.budget  # limits.max_cost: every row's worst case held against it
         # a row as a request: with structured output, the question it is at (its repair steps applied)

@@ -1,5 +1,5 @@
 """Lanes: the ways a row travels to its final record. The run loop admits rows and acts on decisions; a lane
-sends one attempt and says what its answer means.
+sends one attempt and says what its answer means, as outcomes (outcome.py) the loop acts on.
 
 - `online`: one request, one answer (sync or stream; embeddings rows may share a request);
 - `tasks`: Zhipu's asyncCompletions: submit, write the task id down, poll until the task ends.
@@ -9,22 +9,21 @@ Every lane keeps the same promises: one final record per row, resumable, and usa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ..errors import BatchrunError
     from ..limits.keypool import KeyPool, Member
     from ..limits.throttle import Ticket
     from ..providers.transport import Http, Reply
     from ..records import Record
-    from ..retry import Decision, ErrorTable
-    from ..rows.request import Request
+    from ..retry import ErrorTable
+    from ..rows.request import BadRow, Request
+    from ..rows.sources import RawRow
     from ..spec.model import JobSpec
     from ..store.checkpoint import Checkpoint
-    from ..store.resume import ResumeState
+    from .outcome import Deliver, Outcomes
 
 
 @dataclass(eq=False, slots=True)
@@ -52,54 +51,35 @@ class Row:
         self.retried_usage = kept or None
 
 
-class Host(Protocol):
-    """What a lane may ask of the run loop."""
+@dataclass(frozen=True, slots=True)
+class LaneContext:
+    """What a lane reads of its run. Nothing here calls back into the run loop: a lane says what an answer means
+    by the outcomes it returns (outcome.py), and the loop acts on them."""
 
-    spec: JobSpec
-    errors: ErrorTable
-    checkpoint: Checkpoint
-    state: ResumeState
-    pool: KeyPool
-    log: Callable[[str], None]
+    spec: JobSpec  # the job
+    base_url: str  # the provider to call
+    errors: ErrorTable  # what the provider's error codes mean
+    pool: KeyPool  # the keys: a task's polls go out with the key it was submitted with
+    checkpoint: Checkpoint  # where the task lane writes a task id down before waiting on it
+    tasks: Mapping[int, dict[str, Any]]  # tasks earlier sessions submitted, by row (gone once the row is recorded)
+    build: Callable[[RawRow], Request | BadRow]  # a row as a request (structured output: its repairs applied)
+    log: Callable[[str], None]  # a message for the user
     t_wall0: float  # when this session started (epoch seconds)
-
-    @property
-    def http(self) -> Http: ...
-
-    def decide(self, row: Row, reply: Reply, decision: Decision) -> None: ...
-
-    def record(
-        self,
-        row: Row,
-        reply: Reply,
-        decision: Decision | None,
-        *,
-        part: Request | None = None,
-        batch: dict[str, int] | None = None,
-    ) -> None: ...
-
-    def retry_later(self, row: Row, decision: Decision, *, immediately: bool = False) -> None: ...
-
-    def send_again(self, rows: list[Row]) -> None: ...
-
-    def failed(self, exc: BatchrunError) -> None: ...
-
-    def guard(self) -> AbstractContextManager[None]:
-        """Around acting on an answer: errors stop the run cleanly instead of escaping."""
-        ...
-
-    def crashed(self, exc: Exception) -> None: ...
-
-    def wake(self) -> None: ...
 
 
 class Lane(Protocol):
-    """One way to a final record. The run loop calls `send` for every admitted attempt."""
+    """One way to a final record. The run loop calls `call`, then `answer`, for every admitted attempt."""
 
     connections: int  # HTTP connections the lane needs beyond the run's concurrency (polls)
 
-    def background(self) -> list[Coroutine[Any, Any, None]]:
-        """Loops to run beside the dispatcher for the length of the run (the task lane's poller)."""
+    def begin(self, http: Http) -> Outcomes:
+        """The run has begun: the HTTP session to call with. What the lane takes up from earlier sessions (the task
+        lane: the tasks they left) comes back as outcomes (a held task's row that no longer builds)."""
+        ...
+
+    def background(self, deliver: Deliver) -> list[Coroutine[Any, Any, None]]:
+        """Loops to run beside the dispatcher for the length of the run (the task lane's poller); what they learn
+        goes to the run loop through `deliver`."""
         ...
 
     @property
@@ -120,9 +100,8 @@ class Lane(Protocol):
         does."""
         ...
 
-    async def answer(self, row: Row, reply: Reply, ticket: Ticket) -> bool:
-        """Act on one attempt's answer through the host. True when the provider now holds the row (its TPM
-        charge then stands until the lane settles it)."""
+    async def answer(self, row: Row, reply: Reply, ticket: Ticket) -> Outcomes:
+        """What one attempt's answer means, for the run loop to act on (`Held`: the provider now holds the row)."""
         ...
 
     def annotate(self, row: Row, record: Record) -> None:

@@ -9,26 +9,33 @@ from typing import Any
 
 from ..limits.throttle import Ticket
 from ..providers.openai import ChatCompletions, ChatCompletionsStream, split_embeddings
-from ..providers.transport import Reply
+from ..providers.transport import Http, Reply
 from ..records import Record
 from ..retry import Decision, Verdict, classify
 from ..rows.request import Request
-from . import Host, Row
+from . import LaneContext, Row
+from .outcome import Answered, Deliver, Done, Outcomes, SendAgain
 
 
 class OnlineLane:
     connections = 0
 
-    def __init__(self, host: Host, base_url: str, auth: Callable[[], str | None]) -> None:
-        self.host = host
-        endpoint = host.spec.endpoint
+    def __init__(self, ctx: LaneContext) -> None:
+        self.ctx = ctx
+        self.timeout_s = ctx.spec.retry.timeout_s
+        self.http: Http | None = None
+        auth, endpoint = ctx.pool.members[0].auth, ctx.spec.endpoint
         # Each request streams when its body asks (mode stream, or a line's own "stream": true).
         self.plain, self.stream = (
-            ChatCompletions(base_url, auth, endpoint),
-            ChatCompletionsStream(base_url, auth, endpoint),
+            ChatCompletions(ctx.base_url, auth, endpoint),
+            ChatCompletionsStream(ctx.base_url, auth, endpoint),
         )
 
-    def background(self) -> list[Coroutine[Any, Any, None]]:
+    def begin(self, http: Http) -> Outcomes:
+        self.http = http
+        return ()
+
+    def background(self, deliver: Deliver) -> list[Coroutine[Any, Any, None]]:
         return []
 
     @property
@@ -42,42 +49,39 @@ class OnlineLane:
         return False
 
     async def call(self, request: Request, auth: Callable[[], str | None]) -> Reply:
+        assert self.http is not None, "the run has not begun"
         path = self.stream if request.stream else self.plain
-        return await path.call(self.host.http, request, self.host.spec.retry.timeout_s, auth)
+        return await path.call(self.http, request, self.timeout_s, auth)
 
-    async def answer(self, row: Row, reply: Reply, ticket: Ticket) -> bool:
-        decision = classify(reply.status, reply.body, reply.headers, reply.error, self.host.errors)
+    async def answer(self, row: Row, reply: Reply, ticket: Ticket) -> Outcomes:
+        decision = classify(reply.status, reply.body, reply.headers, reply.error, self.ctx.errors)
         parts = row.request.parts
         if parts and decision.verdict is Verdict.FAIL_ROW:
-            self._split(row)
-        elif parts and decision.verdict is Verdict.OK:
-            self._shared_answer(row, reply, parts)
-        else:
-            self.host.decide(row, reply, decision)
-        return False
+            return (self._split(row),)
+        if parts and decision.verdict is Verdict.OK:
+            return self._shared_answer(row, reply, parts)
+        return (Answered(row, reply, decision),)
 
-    def _split(self, row: Row) -> None:
+    def _split(self, row: Row) -> SendAgain:
         """One bad input fails the whole request: send the rows one by one to find it. The first row's record
         carries the shared request's attempts, so that the request counts stay true."""
-        singles = [Row(part) for part in row.request.parts]
+        singles = tuple(Row(part) for part in row.request.parts)
         singles[0].shared = {"attempts": row.attempts, "rate_limited": row.rate_limited}
-        self.host.send_again(singles)
+        return SendAgain(singles)
 
-    def _shared_answer(self, row: Row, reply: Reply, parts: tuple[Request, ...]) -> None:
+    def _shared_answer(self, row: Row, reply: Reply, parts: tuple[Request, ...]) -> Outcomes:
         answers = split_embeddings(reply.body, [p.prompt_tokens for p in parts])
         if answers is None:
-            self.host.decide(
-                row,
-                reply,
-                Decision(
-                    Verdict.RETRY,
-                    "embedding_count_mismatch",
-                    f"the answer does not hold one embedding for each of the {len(parts)} inputs",
-                ),
+            mismatch = Decision(
+                Verdict.RETRY,
+                "embedding_count_mismatch",
+                f"the answer does not hold one embedding for each of the {len(parts)} inputs",
             )
-            return
-        for i, (part, body) in enumerate(zip(parts, answers, strict=True)):
-            self.host.record(row, replace(reply, body=body), None, part=part, batch={"index": i, "size": len(parts)})
+            return (Answered(row, reply, mismatch),)
+        return [
+            Done(row, replace(reply, body=body), part=part, batch={"index": i, "size": len(parts)})
+            for i, (part, body) in enumerate(zip(parts, answers, strict=True))
+        ]
 
     def annotate(self, row: Row, record: Record) -> None:
         return None

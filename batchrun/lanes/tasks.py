@@ -23,16 +23,18 @@ from aiolimiter import AsyncLimiter
 from ..errors import FatalProviderError
 from ..limits.controllers import Charge
 from ..limits.throttle import Ticket
-from ..providers.transport import Reply
+from ..providers.transport import Http, Reply
 from ..providers.zhipu import EXPIRED, AsyncCompletions, TaskAction, judge_task, poll_delay, task_id
 from ..records import Record, now_iso
 from ..retry import Decision, Verdict, classify, error_details
 from ..rows.request import BadRow, Request
-from ..rows.sources import RawRow, iter_rows
-from . import Host, Row
+from ..rows.sources import iter_rows
+from . import LaneContext, Row
+from .outcome import Answered, BadInput, Deliver, Done, Failed, Held, Outcome, Outcomes, RetryLater
 
 MAX_POLLS_IN_FLIGHT = 64
 UNCONFIRMED_LIMIT = 5  # unknown task ids, with no task ever found, that mean a wrong poll URL
+HELD = Held()
 
 
 @dataclass(eq=False)
@@ -57,23 +59,23 @@ def task_of(row: Row) -> Task:
 class TaskLane:
     connections = MAX_POLLS_IN_FLIGHT
 
-    def __init__(
-        self,
-        host: Host,
-        base_url: str,
-        auth: Callable[[], str | None],
-        build: Callable[[RawRow], Request | BadRow],
-        record_bad: Callable[[BadRow], None],
-    ) -> None:
-        self.host, self.build, self.record_bad = host, build, record_bad
-        self.path = AsyncCompletions(base_url, auth)
-        self.poller = Poller(self._poll, self._on_poll, host.spec.limits.poll_rps)
-        self.max_pending = host.spec.limits.max_pending
+    def __init__(self, ctx: LaneContext) -> None:
+        self.ctx = ctx
+        self.timeout_s = ctx.spec.retry.timeout_s
+        self.http: Http | None = None
+        self.deliver: Deliver | None = None
+        self.path = AsyncCompletions(ctx.base_url, ctx.pool.members[0].auth)
+        self.poller = Poller(self._poll, self._on_poll, ctx.spec.limits.poll_rps)
+        self.max_pending = ctx.spec.limits.max_pending
         self.polls_answered = 0  # polls that found their task: proof the poll URL is right
         self.unconfirmed: list[tuple[Task, Reply]] = []  # unknown task ids seen before that proof
 
-    def background(self) -> list[Coroutine[Any, Any, None]]:
-        self._resume()
+    def begin(self, http: Http) -> Outcomes:
+        self.http = http
+        return self._resume()
+
+    def background(self, deliver: Deliver) -> list[Coroutine[Any, Any, None]]:
+        self.deliver = deliver
         return [self.poller.run()]
 
     @property
@@ -84,7 +86,7 @@ class TaskLane:
         return self.poller.pending + inflight < self.max_pending
 
     def skip(self, row: int) -> bool:
-        return row in self.host.state.tasks
+        return row in self.ctx.tasks
 
     def totals(self) -> dict[str, Any]:
         return {"tasks_pending": self.poller.pending}
@@ -92,24 +94,24 @@ class TaskLane:
     # --- submitting ----------------------------------------------------------------------------------------
 
     async def call(self, request: Request, auth: Callable[[], str | None]) -> Reply:
-        return await self.path.call(self.host.http, request, self.host.spec.retry.timeout_s, auth)
+        assert self.http is not None, "the run has not begun"
+        return await self.path.call(self.http, request, self.timeout_s, auth)
 
-    async def answer(self, row: Row, reply: Reply, ticket: Ticket) -> bool:
+    async def answer(self, row: Row, reply: Reply, ticket: Ticket) -> Outcomes:
         decision = self._classify_submission(reply)
         if decision.verdict is not Verdict.OK:
-            self.host.decide(row, reply, decision)
-            return False
+            return (Answered(row, reply, decision),)
         task = task_of(row)
         task.charge = ticket.charge
         await self._hold(task, reply)
-        return True
+        return (HELD,)
 
     def _classify_submission(self, reply: Reply) -> Decision:
         if reply.status == 200 and isinstance(reply.body, dict) and error_details(reply.body)[0] is None:
             if task_id(reply.body) is None:
                 return Decision(Verdict.RETRY, "no_task_id", "the submission was accepted without a task id")
             return Decision(Verdict.OK, "ok", "")
-        return classify(reply.status, reply.body, reply.headers, reply.error, self.host.errors)
+        return classify(reply.status, reply.body, reply.headers, reply.error, self.ctx.errors)
 
     async def _hold(self, task: Task, reply: Reply) -> None:
         """Write the task id down durably before waiting on it: a resumed run polls it instead of paying again."""
@@ -123,101 +125,104 @@ class TaskLane:
             "submitted_at": now_iso(),
             "t": round(task.submitted_at, 3),
         }
-        if self.host.pool.pooled and task.row.member is not None:  # its polls must go out with the same key
+        if self.ctx.pool.pooled and task.row.member is not None:  # its polls must go out with the same key
             entry["key_env"] = task.row.member.env
         if task.resubmitted:  # so that a resumed run's record still says why the row was submitted again
             entry["resubmitted"] = task.resubmitted
-        self.host.checkpoint.append_task(entry)
-        await self.host.checkpoint.tasks_durable()
+        self.ctx.checkpoint.append_task(entry)
+        await self.ctx.checkpoint.tasks_durable()
         self.poller.add(task)
 
-    def _resume(self) -> None:
+    def _resume(self) -> Outcomes:
         """Poll the tasks an earlier session submitted; their rows are never submitted again unless the
         provider no longer knows the task."""
-        held = self.host.state.tasks
+        held, pool = self.ctx.tasks, self.ctx.pool
         if not held:
-            return
-        self.host.log(f"polling {len(held)} task(s) submitted by an earlier session")
-        for raw in iter_rows(self.host.spec.input, skip=lambda row: row not in held):
-            request = self.build(raw)
+            return ()
+        self.ctx.log(f"polling {len(held)} task(s) submitted by an earlier session")
+        bad: list[Outcome] = []
+        for raw in iter_rows(self.ctx.spec.input, skip=lambda row: row not in held):
+            request = self.ctx.build(raw)
             if isinstance(request, BadRow):  # cannot happen with an unchanged input; never lose the row
-                self.record_bad(request)
+                bad.append(BadInput(request))
                 continue
             entry = held[raw.row]
-            member = self.host.pool.by_env(entry.get("key_env")) or self.host.pool.live[0]
+            member = pool.by_env(entry.get("key_env")) or pool.live[0]
             task = task_of(Row(request, attempts=int(entry.get("attempt") or 1), member=member))
             task.task_id, task.submitted_at = entry["task_id"], float(entry.get("t") or time.time())
             task.resubmitted = list(entry.get("resubmitted") or [])
             self.poller.add(task, delay=0.0)
+        return bad
 
     # --- polling -------------------------------------------------------------------------------------------
 
     async def _poll(self, task: Task) -> Reply:
         assert task.task_id is not None
         member = task.row.member
-        return await self.path.poll(
-            self.host.http, task.task_id, self.host.spec.retry.timeout_s, member.auth if member else None
-        )
+        assert self.http is not None, "the run has not begun"
+        return await self.path.poll(self.http, task.task_id, self.timeout_s, member.auth if member else None)
 
     def _on_poll(self, task: Task, reply: Reply) -> None:
-        with self.host.guard():
-            self._task_answer(task, reply)
+        assert self.deliver is not None, "polls run in the lane's background loop"
+        self.deliver(lambda: self._task_answer(task, reply))
 
-    def _task_answer(self, task: Task, reply: Reply) -> None:
-        verdict = judge_task(reply, self.host.errors)
-        if verdict.found:
-            self._task_found()
+    def _task_answer(self, task: Task, reply: Reply) -> Outcomes:
+        verdict = judge_task(reply, self.ctx.errors)
+        outcomes = self._task_found() if verdict.found else []
         if verdict.action is TaskAction.POLL:
             if verdict.pause:
                 self.poller.pause(verdict.pause)
             self.poller.add(task)
-            return
+            return outcomes
         assert verdict.decision is not None
         if verdict.action is TaskAction.EXPIRED:
-            self._expired(task, reply)
-            return
+            return [*outcomes, *self._expired(task, reply)]
         if task.charge is not None and task.row.member is not None:
             task.row.member.throttle.settle(task.charge, reply)
             task.charge = None
         if verdict.action is TaskAction.RESUBMIT:
-            self._give_up(task, reply, verdict.decision)
+            outcomes.append(self._give_up(task, reply, verdict.decision))
         else:
-            self.host.decide(task.row, reply, verdict.decision)
+            outcomes.append(Answered(task.row, reply, verdict.decision))
+        return outcomes
 
-    def _expired(self, task: Task, reply: Reply) -> None:
+    def _expired(self, task: Task, reply: Reply) -> Outcomes:
         """An unknown task id: submit the row again. Until some poll has found a task, though, unknown ids of
         tasks just submitted may mean a wrong poll URL rather than expiry: hold them, and stop the run if several
         pile up. (Tasks from an earlier session may simply be gone, as an in-process simulator's are.)"""
-        if self.polls_answered or task.submitted_at < self.host.t_wall0:
-            self._give_up(task, reply, EXPIRED)
-            return
+        if self.polls_answered or task.submitted_at < self.ctx.t_wall0:
+            return (self._give_up(task, reply, EXPIRED),)
         self.unconfirmed.append((task, reply))
         if len(self.unconfirmed) >= UNCONFIRMED_LIMIT:
-            self.host.failed(
-                FatalProviderError(
-                    f"{len(self.unconfirmed)} tasks polled at {self.path.result_url}<id> were unknown to the "
-                    f"provider (HTTP {reply.status}) and none was found: check provider.base_url"
-                )
+            return (
+                Failed(
+                    FatalProviderError(
+                        f"{len(self.unconfirmed)} tasks polled at {self.path.result_url}<id> were unknown to the "
+                        f"provider (HTTP {reply.status}) and none was found: check provider.base_url"
+                    )
+                ),
             )
+        return ()
 
-    def _task_found(self) -> None:
+    def _task_found(self) -> list[Outcome]:
+        """A poll found its task: the poll URL is right, so the unknown ids held until now were expired."""
         self.polls_answered += 1
-        if self.polls_answered == 1:
-            for task, reply in self.unconfirmed:
-                self._give_up(task, reply, EXPIRED)
-            self.unconfirmed.clear()
+        if self.polls_answered > 1:
+            return []
+        given_up = [self._give_up(task, reply, EXPIRED) for task, reply in self.unconfirmed]
+        self.unconfirmed.clear()
+        return given_up
 
-    def _give_up(self, task: Task, reply: Reply, decision: Decision) -> None:
+    def _give_up(self, task: Task, reply: Reply, decision: Decision) -> Outcome:
         """Submit the row again (noted in its record), within retry.max_attempts."""
-        if task.row.attempts >= self.host.spec.retry.max_attempts:
-            self.host.record(task.row, reply, decision)
-            return
+        if task.row.attempts >= self.ctx.spec.retry.max_attempts:
+            return Done(task.row, reply, decision)
         task.row.billed(reply)
         task.resubmitted.append(
             {"task_id": task.task_id, "reason": decision.code, "message": decision.message, "polls": task.polls}
         )
         task.task_id, task.polls = None, 0
-        self.host.retry_later(task.row, decision, immediately=decision.code == EXPIRED.code)
+        return RetryLater(task.row, decision, immediately=decision.code == EXPIRED.code)
 
     def annotate(self, row: Row, record: Record) -> None:
         """The wait is submission to result, not the last poll; polls and given-up tasks are the row's too."""

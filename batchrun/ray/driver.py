@@ -15,21 +15,17 @@ import asyncio
 import contextlib
 import importlib.util
 from collections import deque
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from ..engine.job import Prepared
+from ..engine.context import RunContext
 from ..engine.online import STOP_GRACE_S
-from ..engine.progress import Progress
 from ..engine.shared import RunControl
 from ..errors import BatchrunError, SpecError
 from ..rows.sources import Slice, slices
 from ..spec.model import JobSpec, ScaleSpec
-from ..store.cache import Cache
-from ..store.checkpoint import Checkpoint
 from ..store.recordfile import DoneRows
 from ..store.resume import ResumeState
 from ..store.rundir import REPAIRS, TASKS, RunState
@@ -93,23 +89,12 @@ class _Held:
 
 
 class RayRun(RunControl):
-    def __init__(
-        self,
-        prepared: Prepared,
-        checkpoint: Checkpoint,
-        state: ResumeState,
-        base_url: str,
-        keys: Sequence[tuple[str, str | None]],
-        progress: Progress,
-        log: Callable[[str], None],
-        last_row: int | None,
-        cache: Cache | None,
-        scale: ScaleSpec,
-    ) -> None:
-        super().__init__(prepared, checkpoint, state, progress, log, last_row, cache)
-        self.base_url, self.scale = base_url, scale
-        self.key_envs = [env for env, _ in keys]
-        self.lane = _Held(state)
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        assert ctx.spec.scale is not None, "a scaled-out run's spec has its scale: block"
+        self.base_url, self.scale = ctx.base_url, ctx.spec.scale
+        self.key_envs = [env for env, _ in ctx.keys]
+        self.lane = _Held(ctx.state)
         self.workers: dict[int, Worker] = {}
         self.restarts: dict[int, int] = {}
         self.resumed = self.duplicates = 0
@@ -145,7 +130,7 @@ class RayRun(RunControl):
             ray.remote(SharedLimit).options(num_cpus=0).remote(spec.limits, spec.limits.tpm_accounting, self.key_envs)
         )
         call = lease_from(self.limit)
-        prepared = ray.put(self.prepared)
+        prepared = ray.put(self.ctx.prepared)
         task = ray.remote(run_slice).options(num_cpus=cpus, max_retries=0)
         done = self.state.done
         last = self.last_row

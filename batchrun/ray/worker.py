@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from ..engine.context import RunContext
 from ..engine.job import Prepared, provider_keys
 from ..engine.online import RunLoop
 from ..engine.progress import Progress
@@ -159,7 +160,7 @@ class WorkerRun:
     ) -> RunLoop:
         """Run the rows to their records, shipped through `checkpoint` (by default the worker's own)."""
         checkpoint = checkpoint or self.checkpoint
-        runner = RunLoop(
+        ctx = RunContext(
             prepared,
             checkpoint,
             state,
@@ -169,9 +170,8 @@ class WorkerRun:
             checkpoint.out.log,  # bound to the outbox: take() swaps its list for a new one
             last_row,
             self.cache,
-            throttle=self.throttle,
-            source=source,
         )
+        runner = RunLoop(ctx, throttle=self.throttle, source=source)
         self.runners.add(runner)
         try:
             await runner.run()
