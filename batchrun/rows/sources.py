@@ -439,7 +439,7 @@ def _scan_jsonl(spec: InputSpec, upto: int | None) -> InputScan:
             if size == 0 and lines[0].startswith(BOM) and lines[0][len(BOM) :].isspace():
                 rows -= 1  # a line holding only the byte order mark is blank once that is dropped
             chunk = b"".join(lines)
-            if gbk is None and not chunk.isascii() and plain_utf8(spec.encoding):
+            if gbk is None and not chunk.isascii() and plain_utf8(spec.encoding) and not _utf8(chunk):
                 line, why = first_undecodable([lines], spec.encoding, gbk_only=True)
                 gbk = f"line {count + line}: {why}" if line else None
             if upto is not None and prefix is None and size + len(chunk) > upto:
@@ -473,6 +473,14 @@ def _sha256(path: Path, size: int) -> str:
             h.update(chunk)
             size -= len(chunk)
     return h.hexdigest()
+
+
+def _utf8(chunk: bytes) -> bool:
+    try:
+        chunk.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _whole_json(line: bytes, first: bool, encoding: str) -> bool:
