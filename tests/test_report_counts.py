@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import pyarrow.parquet as pq
+import pytest
 
 from batchrun.commands.report import build_report
 from batchrun.records import encode, line_cached
@@ -91,6 +92,37 @@ def test_repairs_are_counted_apart_from_retries(tmp_path: Path, start_sim: Calla
     status = orjson.loads(cli("status", str(run), "--json").stdout)
     assert (status["retries"], status["repairs"]) == (2, 2)
     assert facts(html(tmp_path, run))["requests"] == f"{requests} (retries 2, repairs 2, 429s 0)"
+
+
+@pytest.mark.parametrize("lane", ["batch", "async"])
+def test_repairs_in_the_batch_and_task_lanes_are_not_retries(
+    tmp_path: Path, start_sim: Callable[..., SimServer], lane: str
+) -> None:
+    """A repair sent in a follow-up shard, or as a new async task, is a repair there too."""
+    sim = start_sim(batch_s=0.2, task_s=(0.05, 0.2))
+    rows = [{"id": f"r{i}", "prompt": f"label {i}" + (" #sim:json=bad" if i % 4 == 0 else "")} for i in range(8)]
+    extra: dict[str, Any] = (
+        {
+            "provider": {"name": "simulated", "base_url": sim.base_url, "mode": "batch"},
+            "batch": {"poll_s": 0.05, "max_poll_s": 0.2, "fallback": "batch"},
+        }
+        if lane == "batch"
+        else {
+            "provider": {
+                "name": "zhipu",
+                "base_url": sim.base_url.rsplit("/v1", 1)[0] + "/api/paas/v4",
+                "mode": "async",
+            },
+            "limits": {"concurrency": 8, "poll_rps": 200},
+        }
+    )
+    job = make_job(tmp_path, "", rows, output={"schema": SCHEMA}, params={"max_tokens": 200}, **extra)
+    ran = submit(job, env={"ZHIPUAI_API_KEY": "test-key-not-secret"})
+    assert ran.exit_code == 0, ran.output
+    run = tmp_path / "runs" / "job"
+    assert sum(len(r.get("repairs", [])) for r in records(run)) == 2
+    data = report_json(run)
+    assert (data["requests"], data["retries"], data["repairs"]) == (10, 0, 2)
 
 
 # --- answers from the cache ------------------------------------------------------------------------------------
