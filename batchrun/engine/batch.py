@@ -31,6 +31,7 @@ from ..store.cache import Cache
 from ..store.checkpoint import Checkpoint
 from ..store.resume import ResumeState
 from ..store.rundir import BATCHES, SHARDS, RunState, complete_lines
+from ..words import plural
 from .job import Prepared
 from .progress import Progress
 from .shards import (
@@ -249,7 +250,7 @@ class BatchRun(RunControl):
             self._event(state, "written", path=state.path, lines=shard.lines, bytes=shard.bytes)
             self.shards[shard.index] = state
         if written:
-            self.log(f"wrote {sum(s.lines for s in written):,} rows into {len(written)} batch file(s)")
+            self.log(f"wrote {plural(sum(s.lines for s in written), 'row')} into {plural(len(written), 'batch file')}")
         return bool(written)
 
     def _rows_path(self, shard: ShardState) -> Path:
@@ -302,7 +303,7 @@ class BatchRun(RunControl):
         if batch_id is not None:
             self._event(shard, "created", batch_id=batch_id)
             shard.batch_id = batch_id
-            self.log(f"shard {shard.index}: batch {batch_id} created ({shard.lines:,} rows)")
+            self.log(f"shard {shard.index}: batch {batch_id} created ({plural(shard.lines, 'row')})")
 
     async def _poll(self, shard: ShardState) -> None:
         assert shard.batch_id is not None

@@ -29,6 +29,7 @@ from ..records import Record, now_iso
 from ..retry import Decision, Verdict, classify, error_details
 from ..rows.request import BadRow, Request
 from ..rows.sources import RawRow, iter_rows
+from ..words import plural
 from . import Host, Row
 
 MAX_POLLS_IN_FLIGHT = 64
@@ -137,7 +138,7 @@ class TaskLane:
         held = self.host.state.tasks
         if not held:
             return
-        self.host.log(f"polling {len(held)} task(s) submitted by an earlier session")
+        self.host.log(f"polling {plural(len(held), 'task')} submitted by an earlier session")
         for raw in iter_rows(self.host.spec.input, skip=lambda row: row not in held):
             request = self.build(raw)
             if isinstance(request, BadRow):  # cannot happen with an unchanged input; never lose the row

@@ -154,7 +154,7 @@ class RequestBuilder:
 
     def _preflight(self, first: Mapping[str, Any]) -> None:
         """Settle, before anything is sent, that the spec fits the input's rows."""
-        inp, source = self.spec.input, self.spec.spec_path.name
+        inp, source = self.spec.input, self.spec.called
         if inp.id_field is not None and inp.id_field not in first:
             raise SpecError(
                 f"{source}: input.id_field: the first row has no field {inp.id_field!r} (it has: {_fields(first)})"
