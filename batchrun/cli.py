@@ -382,6 +382,26 @@ main.add_command(simulate_command(_friendly))
 
 
 @main.command()
+@click.option("--provider", default="simulated", show_default=True, metavar="NAME", help="The provider's preset.")
+@click.option(
+    "--input", "input_path", type=click.Path(dir_okay=False, path_type=Path), help="The rows: JSONL/CSV/Parquet."
+)
+@click.option("--model", help="The model every request names (default: one the provider offers).")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("job.yaml"), show_default=True
+)
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+@_friendly
+def init(provider: str, input_path: Path | None, model: str | None, output: Path, force: bool) -> None:
+    """Write a commented job spec to start from: the provider's preset and key variable, a template from the
+    input's columns (a sample input when none is given), and what to run next."""
+    from .commands.init import init_job
+
+    for line in init_job(output, provider, input_path, model, force=force).lines():
+        _echo(line)
+
+
+@main.command()
 def schema() -> None:
     """Print the job spec's JSON Schema (docs/job.schema.json holds the same), for editors to check specs against."""
     click.echo(schema_text(), nl=False)
