@@ -175,3 +175,15 @@ def test_one_row_reads_one_row(tmp_path: Path, sim: SimServer) -> None:
     assert "new run of job in runs/job: 1 row\n" in ran.stderr, ran.stderr
     assert "0 pending of 1 row\n" in ran.stdout and "this session: 1 row in" in ran.stdout, ran.stdout
     assert re.search(r"(?<![\d.,])1 rows", ran.output) is None, ran.output
+
+
+def test_a_field_the_rows_lack_suggests_the_one_they_have(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [{"doc": "d1", "title": "Floods", "body": "The river rose."}])
+    for given, meant in [
+        ({"template": "Sum up: {titel}"}, "has no field 'titel' (it has: doc, title, body): did you mean 'title'?"),
+        ({"id_field": "docs"}, "has no field 'docs' (it has: doc, title, body): did you mean 'doc'?"),
+        ({"template": "{summary}"}, "has no field 'summary' (it has: doc, title, body)\n"),
+    ]:
+        job = make_job(tmp_path, "http://127.0.0.1:9", input={"path": "in.jsonl", "template": "{title}", **given})
+        checked = cli("validate", str(job))
+        assert checked.exit_code == 2 and meant in checked.stderr, checked.stderr
