@@ -382,13 +382,20 @@ main.add_command(simulate_command(_friendly))
 
 
 @main.command()
-@click.option("--provider", default="simulated", show_default=True, metavar="NAME", help="The provider's preset.")
+@click.option(
+    "--provider", default="simulated", show_default=True, metavar="NAME", help=f"A preset: {', '.join(PRESETS)}."
+)
 @click.option(
     "--input", "input_path", type=click.Path(dir_okay=False, path_type=Path), help="The rows: JSONL/CSV/Parquet."
 )
 @click.option("--model", help="The model every request names (default: one the provider offers).")
 @click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("job.yaml"), show_default=True
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("job.yaml"),
+    show_default=True,
+    help="The job spec to write (its schema, and a sample input, go beside it).",
 )
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 @_friendly
