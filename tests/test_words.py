@@ -45,6 +45,9 @@ def _error(tmp_path: Path, **given: Any) -> str:
         ({"provider": {"name": "zhipu", "api_key": "x"}}, "did you mean 'provider.api_key_env'?"),
         ({"provider": {"name": "simulated", "simulate": {"rpn": 5}}}, "did you mean 'provider.simulate.rpm'?"),
         ({"input": {"path": "in.jsonl", "prompt": "p"}}, "did you mean 'input.prompt_field'?"),
+        # a top-level key written in a section: named as it is, beside any of the section's spelt alike
+        ({"provider": {"name": "zhipu", "model": "glm-4"}}, "did you mean 'provider.mode' or 'model'?"),
+        ({"input": {"path": "in.jsonl", "params": {}}}, "unknown key 'input.params': did you mean 'params'?"),
         # a key of a section written at the top, and a request parameter beside params
         ({"rpm": 60}, "unknown key 'rpm': did you mean 'limits.rpm'?"),
         ({"mode": "batch"}, "unknown key 'mode': did you mean 'provider.mode' or 'cache.mode'?"),

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import BatchrunError, InputError, SpecError
 from ..words import did_you_mean, suggestion
-from .base import Derived, Expect, Internal, Reading, kind, marker, model_of
+from .base import Derived, Expect, Internal, Reading, kind, marker, model_of, spec_keys
 from .base import members as members  # sim.command reads annotations with it too
 from .model import JobSpec
 from .yamlfile import load_yaml
@@ -50,7 +50,8 @@ def render(
     key = name(key) if name is not None else key
     if kind_ == "unknown_key":
         at = f"{key}." if key else ""
-        meant = did_you_mean(f"{at}{k}" for k in ctx.get("suggest", ()))
+        top = [ctx["key"]] if at and ctx["key"] in spec_keys(root) else []  # a top-level key written in a section
+        meant = did_you_mean([*(f"{at}{k}" for k in ctx.get("suggest", ())), *top])
         line = f"unknown key '{at}{ctx['key']}'{f': {meant}' if meant else ''} (allowed here: {ctx['allowed']})"
     elif kind_ == "spec_line":
         line = ctx["line"]
