@@ -134,3 +134,5 @@ def test_propose() -> None:
     ]
     found = propose(rows)
     assert found.id_field == "key" and found.template == "Summarise in one sentence:\n\n{review}"
+    # no column a template can name: no template proposed, rather than one batchrun would refuse
+    assert propose([{"Full text": "words", "page.no": "3"}]).template is None

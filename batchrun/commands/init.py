@@ -73,7 +73,8 @@ class Written:
         """What `batchrun init` prints: what it wrote and the command to run next."""
         job = _shown(self.job)
         how = f"template from {', '.join(_fields(self.proposal.template))}" if self.proposal.template else ""
-        how = how or f"each row's {self.proposal.ready!r} sent as it is"
+        ready = self.proposal.ready
+        how = how or (f"each row's {ready!r} sent as it is" if ready else "no template: see input in the file")
         out = [f"wrote {job}: provider {self.provider.name}, model {self.model}, {how}"]
         if self.sample is not None:
             out.append(f"wrote {_shown(self.sample)}: {len(SAMPLE_ROWS)} sample rows (point input.path at yours)")
@@ -154,7 +155,9 @@ def propose(rows: Sequence[Mapping[str, Any]]) -> Proposal:
         return Proposal(columns, None, id_field, ready)
     rest = [c for c in columns if c != id_field and c.isidentifier()]
     text = [c for c in rest if sum(1 for r in rows if _is_text(r.get(c))) >= len(rows) / 2]
-    chosen = (text or rest or columns)[:MAX_TEMPLATE_FIELDS]
+    chosen = (text or rest)[:MAX_TEMPLATE_FIELDS]
+    if not chosen:  # a template names a field by a name without spaces or dots: none here to name
+        return Proposal(columns, None, id_field)
     body = f"{{{chosen[0]}}}" if len(chosen) == 1 else "\n".join(f"{c}: {{{c}}}" for c in chosen)
     return Proposal(columns, f"Summarise in one sentence:\n\n{body}", id_field)
 
@@ -220,6 +223,12 @@ def job_text(preset: Preset, model: str, input_path: str, proposal: Proposal, jo
         lines += [
             "  # Each row's prompt, filled from its columns ({column}; write {{ and }} for a literal brace):",
             f"  template: {_q(proposal.template)}",
+        ]
+    elif proposal.ready is None:
+        lines += [
+            "  # No column can be named in a template ({title} names a column `title`; a name with a space or a dot",
+            "  # cannot be): rename the columns, or give each row a prompt field.",
+            f"  # template: {_q('Summarise in one sentence: {text}')}",
         ]
     else:
         example = next((c for c in proposal.columns if c not in READY_FIELDS and c != proposal.id_field), "text")
