@@ -25,7 +25,7 @@ import yaml
 from .errors import SpecError
 from .session import RunOutcome, run_job
 from .spec.model import JobSpec
-from .spec.parse import load_spec
+from .spec.parse import load_spec, parse_spec
 from .store.rundir import FAILURES, RESULTS, RunDir
 
 SpecLike = str | os.PathLike[str] | Mapping[str, Any]
@@ -49,10 +49,12 @@ def run(
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(
-            arun(spec, rows=rows, base_dir=base_dir, fresh=fresh, limit=limit, progress=progress, log=log)
-        )
-    raise SpecError("batchrun.run() was called inside a running event loop (Jupyter?): use await batchrun.arun()")
+        job = job_spec(spec, rows=rows, base_dir=base_dir, caller="batchrun.run(spec)")
+        return asyncio.run(run_job(job, fresh=fresh, progress=progress, log=log or _quiet, limit=limit))
+    raise SpecError(
+        "batchrun.run() was called inside a running event loop (Jupyter, an async function), where it cannot wait: "
+        "use `await batchrun.arun(...)` there, with the same arguments"
+    )
 
 
 async def arun(
@@ -66,14 +68,20 @@ async def arun(
     log: Callable[[str], None] | None = None,
 ) -> RunOutcome:
     """`run` for code that already has an event loop."""
-    job = job_spec(spec, rows=rows, base_dir=base_dir)
+    job = job_spec(spec, rows=rows, base_dir=base_dir, caller="batchrun.arun(spec)")
     return await run_job(job, fresh=fresh, progress=progress, log=log or _quiet, limit=limit)
 
 
 def job_spec(
-    spec: SpecLike, *, rows: Iterable[Mapping[str, Any]] | None = None, base_dir: str | os.PathLike[str] | None = None
+    spec: SpecLike,
+    *,
+    rows: Iterable[Mapping[str, Any]] | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+    caller: str = "batchrun.run(spec)",
 ) -> JobSpec:
-    """The checked spec, with a dict spec (and in-memory rows) written into its run directory first."""
+    """The checked spec; a dict spec (and in-memory rows) is written into its run directory, where `status`,
+    `show` and `retry-failed` find it. Its errors, then and while it runs, name the dict's keys after `caller`,
+    never the file written for it."""
     if not isinstance(spec, Mapping):
         if rows is not None:
             raise SpecError("rows= goes with a spec given as a dict; a spec file names its input.path")
@@ -90,20 +98,21 @@ def job_spec(
     out.mkdir(parents=True, exist_ok=True)
     if rows is not None:
         if source.get("path") is not None:
-            raise SpecError("give the input as rows= or as input.path in the spec, not both")
+            raise SpecError(f"{caller}: give the input as rows= or as input.path in the spec, not both")
         written = out / "input.jsonl"
         with open(written, "wb") as f:
             for row in rows:
                 f.write(orjson.dumps(row) + b"\n")
         source["path"] = str(written)
     elif source.get("path") is None:
-        raise SpecError("the spec has no input: set input.path, or pass rows=[...]")
+        raise SpecError(f"{caller}: the spec has no input: set input.path, or pass rows=[...]")
     elif not Path(str(source["path"])).is_absolute():
         source["path"] = str(base / str(source["path"]))
     data["input"] = source
     path = out / "job.yaml"
+    checked = parse_spec(data, spec_path=path, source=caller, origin=caller)
     path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    return load_spec(path)
+    return checked
 
 
 def final_records(run_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:

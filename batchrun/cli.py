@@ -24,11 +24,12 @@ from .session import EXIT_INTERRUPTED, RunOutcome, cancel_run, list_provider_mod
 from .sim.command import command as simulate_command
 from .spec.model import ScaleSpec, default_path
 from .spec.parse import load_spec, schema_text
-from .spec.presets import PRESETS, batch_share
+from .spec.presets import PRESETS, batch_share, unknown_preset
 from .spec.pricing import Prices, load_prices
 from .store import cache as response_cache
 from .store.rundir import RunState
 from .store.usage import cached_line, outputs, outputs_line
+from .words import plural
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -184,7 +185,7 @@ def export(run_dir: Path, to: Path, with_input: bool) -> None:
     from .commands.export import export_run
 
     rows = export_run(run_dir, to, with_input=with_input, warn=lambda line: _log(f"warning: {line}"))
-    _log(f"wrote {rows:,} rows to {to}")
+    _log(f"wrote {plural(rows, 'row')} to {to}")
 
 
 @main.command(name="validate")
@@ -355,11 +356,14 @@ def cache_prune(path: Path | None, older_than: str) -> None:
     """Delete old entries and give their space back to the disk."""
     where = path or default_path()
     deleted, freed = response_cache.prune(where, response_cache.parse_age(older_than))
-    click.echo(f"{where}: deleted {deleted:,} entries written more than {older_than} ago, freed {freed:,} bytes")
+    click.echo(
+        f"{where}: deleted {plural(deleted, 'entry', 'entries')} written more than {older_than} ago, freed "
+        f"{plural(freed, 'byte')}"
+    )
 
 
 @main.command()
-@click.option("--provider", "name", required=True, type=click.Choice(sorted(PRESETS)), help="A provider preset.")
+@click.option("--provider", "name", required=True, metavar="NAME", help=f"A provider preset: {', '.join(PRESETS)}.")
 @click.option("--base-url", help="Override the preset's base URL.")
 @click.option("--api-key-env", help="Read the key from this variable instead of the preset's.")
 @click.option(
@@ -368,11 +372,40 @@ def cache_prune(path: Path | None, older_than: str) -> None:
 @_friendly
 def models(name: str, base_url: str | None, api_key_env: str | None, allow_insecure_http: bool) -> None:
     """List the provider's models (GET /models): a quick check that the key works."""
+    if name not in PRESETS:
+        raise SpecError(f"--provider {unknown_preset(name)}")
     for model in asyncio.run(list_provider_models(name, base_url, api_key_env, allow_insecure_http)):
         _echo(model)
 
 
 main.add_command(simulate_command(_friendly))
+
+
+@main.command()
+@click.option(
+    "--provider", default="simulated", show_default=True, metavar="NAME", help=f"A preset: {', '.join(PRESETS)}."
+)
+@click.option(
+    "--input", "input_path", type=click.Path(dir_okay=False, path_type=Path), help="The rows: JSONL/CSV/Parquet."
+)
+@click.option("--model", help="The model every request names (default: one the provider offers).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("job.yaml"),
+    show_default=True,
+    help="The job spec to write (its schema, and a sample input, go beside it).",
+)
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+@_friendly
+def init(provider: str, input_path: Path | None, model: str | None, output: Path, force: bool) -> None:
+    """Write a commented job spec to start from: the provider's preset and key variable, a template from the
+    input's columns (a sample input when none is given), and what to run next."""
+    from .commands.init import init_job
+
+    for line in init_job(output, provider, input_path, model, force=force).lines():
+        _echo(line)
 
 
 @main.command()
@@ -390,11 +423,12 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
     cost = Prices(spec.pricing, batch_share(spec.provider.name)).spent_line(u.models)
     lines = [
         f"{spec.name}: {outcome.state.value.replace('_', ' ')}: {u.rows_succeeded:,} succeeded, {u.rows_failed:,} "
-        f"failed, {outcome.rows_pending:,} pending of {outcome.rows_total:,} rows",
+        f"failed, {outcome.rows_pending:,} pending of {plural(outcome.rows_total, 'row')}",
         f"  requests {u.requests:,}, retries {u.retries:,} (429s {u.rate_limited:,}), "
         + (f"repairs {u.repairs:,}, " if u.repairs else "")
         + f"tokens {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion; cost {cost}",
-        f"  this session: {outcome.rows_this_session:,} rows in {outcome.elapsed_s:,.1f} s ({rate:,.1f} rows/s)",
+        f"  this session: {plural(outcome.rows_this_session, 'row')} in {outcome.elapsed_s:,.1f} s "
+        f"({rate:,.1f} rows/s)",
         f"  results: {rel}/results.jsonl" + (f"   failures: {rel}/failures.jsonl" if u.rows_failed else ""),
     ]
     if (shaped := outputs_line(outputs(u.models))) is not None:
@@ -408,7 +442,7 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
         lines.append(f"  stopped: {outcome.reason}")
     if outcome.tasks_pending:
         lines.append(
-            f"  {outcome.tasks_pending} submitted tasks are still at the provider: resuming polls them "
+            f"  {plural(outcome.tasks_pending, 'submitted task')} still at the provider: resuming polls them "
             "(tasks.jsonl holds their ids), it does not submit them again"
         )
     if outcome.rows_pending:

@@ -36,6 +36,7 @@ from .store.checkpoint import Checkpoint
 from .store.resume import ResumeState
 from .store.rundir import BATCHES, RunDir, RunState, complete_lines
 from .store.usage import Usage
+from .words import plural
 
 if TYPE_CHECKING:
     from .ray.driver import RayRun
@@ -179,30 +180,33 @@ async def _run_opened(
         log(f"--fresh: the earlier run's files were moved to {state.archived_to}")
         if state.abandoned_tasks:
             log(
-                f"warning: --fresh gave up {state.abandoned_tasks} async task(s) of the earlier run that were "
+                f"warning: --fresh gave up {plural(state.abandoned_tasks, 'async task')} of the earlier run that were "
                 f"still pending (already paid for); their ids are in {state.archived_to / 'tasks.jsonl'}"
             )
     for line in prepared.input_notes(fresh=state.archived_to is not None):  # grown, or a last line being written
         log(line)
     if state.released:
         log(
-            f"sending {state.released} failed row(s) again (their old failure records are kept in "
+            f"sending {plural(state.released, 'failed row')} again (their old failure records are kept in "
             f"{display_path(spec.output_dir / 'previous')})"
         )
     if state.repaired_lines:
-        log(f"repaired {state.repaired_lines} torn line(s) left by an interrupted write")
+        log(f"repaired {plural(state.repaired_lines, 'torn line')} left by an interrupted write")
     for note in state.notes:  # damaged or repeated record lines set aside (their rows go again), a recount
         log(f"warning: {note}")
     done_before = state.done.count
     where = display_path(spec.output_dir)
     if state.previous or done_before:
-        log(f"resuming {spec.name} in {where}: {done_before:,} of {total:,} rows already done")
+        log(f"resuming {spec.name} in {where}: {done_before:,} of {plural(total, 'row')} already done")
     else:
-        log(f"new run of {spec.name} in {where}: {total:,} rows")
+        log(f"new run of {spec.name} in {where}: {plural(total, 'row')}")
     goal, goal_done = total, min(done_before, total)
     if limit is not None and last_row is not None:
         goal, goal_done = min(limit, total), state.done.count_upto(last_row)
-        log(f"--limit {limit:,}: this session takes the first {goal:,} rows ({goal_done:,} of them already done)")
+        log(
+            f"--limit {limit:,}: this session takes the first {plural(goal, 'row')} ({goal_done:,} of them "
+            "already done)"
+        )
     t0 = time.monotonic()
     progress = Progress(goal, goal_done, enabled=show_progress, desc=spec.name, failed=state.usage.rows_failed)
 
@@ -227,7 +231,7 @@ async def _run_opened(
             if isinstance(runner, BatchRun) and runner.leaves_rows_online and not runner.stopping:
                 left = goal - state.done.count_upto(last_row) if last_row is not None else runner.ledger.pending
                 if left > 0:
-                    say(f"sending the {left:,} rows the batches did not finish through the online lane")
+                    say(f"sending the {plural(left, 'row')} the batches did not finish through the online lane")
                     runner = RunLoop(ctx)  # the same run, its rows left over sent online
                     await _run_interruptibly(runner)
         finally:
@@ -241,10 +245,10 @@ async def _run_opened(
         final_state, code = RunState.INTERRUPTED, EXIT_INTERRUPTED
     elif pending and limit is not None:  # the rows past the limit wait for the next submit
         final_state, code = RunState.STOPPED, EXIT_FAILED_ROWS if state.usage.rows_failed else EXIT_OK
-        runner.reason = f"--limit {limit:,}: the other {pending:,} rows wait for a submit without --limit"
+        runner.reason = f"--limit {limit:,}: the other {plural(pending, 'row')} wait for a submit without --limit"
     elif pending:  # cannot happen unless the input changed under us; never claim success
         final_state, code = RunState.STOPPED, EXIT_FATAL
-        runner.reason = f"{pending} rows were not reached"
+        runner.reason = f"{plural(pending, 'row')} not reached"
     elif state.usage.rows_failed:
         final_state, code = RunState.FINISHED_WITH_FAILURES, EXIT_FAILED_ROWS
     else:
@@ -300,7 +304,7 @@ async def cancel_batches(spec: JobSpec, key: str | None) -> list[str]:
             if reply.status == 200:
                 lines.append(
                     f"shard {shard.index}: batch {shard.batch_id} {body.get('status')}; "
-                    f"{counts.get('completed', 0):,} of {counts.get('total', shard.lines):,} rows already done "
+                    f"{counts.get('completed', 0):,} of {plural(counts.get('total', shard.lines), 'row')} already done "
                     "(billed, and recorded by the next submit)"
                 )
             else:

@@ -350,9 +350,9 @@ def test_estimate_prices_each_batch_line_at_its_own_model(tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     # 108 prompt tokens + 100 output per line: m-big 108*10 + 100*20, m-small 2 * (108*1 + 100*2), per 1M
     assert f"{(1080 + 2000 + 2 * (108 + 200)) / 1e6:,.4f} to" in result.stdout
-    assert "m-big (1 rows) at 10 / 20 USD" in result.stdout and "m-small (2 rows) at 1 / 2 USD" in result.stdout
+    assert "m-big (1 row) at 10 / 20 USD" in result.stdout and "m-small (2 rows) at 1 / 2 USD" in result.stdout
     assert "unknown for m-none" in result.stdout
-    assert "models m-small (2 rows), m-big (1 rows), m-none (1 rows)" in cli("validate", str(job)).stdout
+    assert "models m-small (2 rows), m-big (1 row), m-none (1 row)" in cli("validate", str(job)).stdout
 
 
 def test_validate_estimate_and_submit_agree_on_embeddings_requests(tmp_path: Path, sim: SimServer) -> None:
@@ -417,7 +417,7 @@ def test_retry_failed_by_code_keeps_one_final_record_per_row(tmp_path: Path, sim
 
     result = cli("retry-failed", str(out), "--code", "internal_error", "--no-progress")
     assert result.exit_code == 3, result.output  # the 400 is still a failure
-    assert "sending 1 failed row(s) again" in result.output
+    assert "sending 1 failed row again" in result.output
     counts = Counter(r["custom_id"] for r in records(out))
     assert set(counts) == {r["id"] for r in rows} and max(counts.values()) == 1
     assert [f["custom_id"] for f in read_jsonl(out / "failures.jsonl")] == ["r2"]

@@ -95,7 +95,8 @@ def test_changed_job_is_refused_unless_fresh(tmp_path: Path, sim: SimServer) -> 
     assert submit(job).exit_code == 0
     changed = make_job(tmp_path, sim.base_url, n=5, params={"max_tokens": 64})
     refused = submit(changed)
-    assert refused.exit_code == 2 and "params changed" in refused.stderr and "--fresh" in refused.stderr
+    assert refused.exit_code == 2 and "--fresh" in refused.stderr
+    assert "(params.max_tokens changed since it started)" in refused.stderr
     fresh = submit(changed, "--fresh")
     assert fresh.exit_code == 0, fresh.output
     assert "moved to" in fresh.stderr

@@ -185,7 +185,7 @@ def test_bad_input_lines_become_failure_records(tmp_path: Path, sim: SimServer) 
         "row 5: duplicate id 'a' (first at row 1)",
         "row 6: 'prompt' must be a non-empty string",
         "line 7: not valid UTF-8 (byte 0xe9 at column 27)",
-        "5 problem(s)",
+        "5 problems",
     ):
         assert expected in checked.stdout
     assert sim.stats()["requests"] == 0

@@ -100,7 +100,7 @@ def test_a_killed_async_run_polls_its_tasks_and_never_submits_them_again(
 
     result = submit(job, env=KEY)
     assert result.exit_code == 0, result.output
-    assert "polling 20 task(s) submitted by an earlier session" in result.output
+    assert "polling 20 tasks submitted by an earlier session" in result.output
     assert sorted(r["custom_id"] for r in out(tmp_path, "results.jsonl")) == sorted(r["id"] for r in rows)
     stats = server.stats()
     assert stats["tasks_submitted"] == 20 and stats["billed_twice"] == 0
@@ -112,7 +112,7 @@ def test_a_killed_async_run_polls_its_tasks_and_never_submits_them_again(
     fresh.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "output_dir": str(abandoned / "runs" / "job")}))
     result = submit(fresh, "--fresh", env=KEY)
     assert result.exit_code == 0, result.output
-    assert "warning: --fresh gave up 20 async task(s) of the earlier run that were still pending" in result.output
+    assert "warning: --fresh gave up 20 async tasks of the earlier run that were still pending" in result.output
 
 
 def test_max_pending_caps_tasks_in_flight(tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:

@@ -9,6 +9,7 @@ from ..engine.job import Prepared, display_path
 from ..engine.progress import duration
 from ..spec.presets import PRESETS
 from ..spec.pricing import Price, Prices
+from ..words import plural
 from .validate import ModelLoad, validate
 
 TYPICAL_OUTPUT_SHARE = 0.3  # answers use about this share of max_tokens, unless told otherwise
@@ -61,7 +62,7 @@ def cost_lines(est: Estimate, prices: Prices, share: float, label: str = "cost",
         if price is None:
             unpriced.append(model)
             continue
-        rows = f" ({load.rows:,} rows)" if len(est.models) > 1 else ""
+        rows = f" ({plural(load.rows, 'row')})" if len(est.models) > 1 else ""
         priced.append(f"                 {model}{rows} at {price.describe()}")
     ranges = cost_ranges(est, prices, share, batch)
     lines = [
@@ -94,9 +95,9 @@ def estimate_lines(prepared: Prepared, est: Estimate, prices: Prices, share: flo
     spec = prepared.spec
     typical, most = est.output_tokens(share), est.max_output_tokens
     lines = [
-        f"estimate for {spec.name} ({display_path(spec.spec_path)}): {est.rows:,} rows"
+        f"estimate for {spec.name} ({display_path(spec.spec_path)}): {plural(est.rows, 'row')}"
         + (f", {est.bad_rows:,} that cannot be sent (see batchrun validate)" if est.bad_rows else "")
-        + f", {est.requests:,} requests to {spec.provider.name}",
+        + f", {plural(est.requests, 'request')} to {spec.provider.name}",
         f"  prompt tokens  ~{est.prompt_tokens:,} (estimated without a tokenizer: about 1 per CJK character, "
         "1 per 4 other characters)",
     ]

@@ -20,6 +20,7 @@ from ..rows.request import BadRow, Request
 from ..rows.sources import iter_rows
 from ..spec.presets import ENDPOINT_URLS
 from ..store.rundir import RESULTS, RunDir
+from ..words import plural
 
 TEXT_KEYS = ("messages", "prompt", "input")
 MAX_SHOWN = 4000  # characters of one text shown; the rest is counted, not printed
@@ -180,7 +181,9 @@ def _answer_lines(rec: Mapping[str, Any]) -> list[str]:
     data = body.get("data")
     if isinstance(data, list):
         sizes = [len(d.get("embedding") or ()) for d in data if isinstance(d, Mapping)]
-        lines.append(f"answer: {len(sizes)} embedding(s) of {', '.join(map(str, sizes))} numbers; {tokens} tokens")
+        lines.append(
+            f"answer: {plural(len(sizes), 'embedding')} of {', '.join(map(str, sizes))} numbers; {tokens} tokens"
+        )
     if not lines or (err and not _choices(body) and not isinstance(data, list)):
         lines.append("provider's answer:")
         lines += [f"  {line}" for line in _split(_clip(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()))]

@@ -12,6 +12,7 @@ from ..rows.sources import iter_rows
 from ..spec.model import JobSpec
 from ..store.cache import cache_problem
 from ..store.checkpoint import run_dir_problem
+from ..words import plural
 
 MAX_LISTED = 20
 
@@ -109,7 +110,7 @@ def _models(report: Validation, default: str) -> str:
     names = sorted(report.models, key=lambda m: -report.models[m].rows) or [default]
     if len(names) == 1:
         return f"model {names[0]}"
-    return "models " + ", ".join(f"{m} ({report.models[m].rows:,} rows)" for m in names)
+    return "models " + ", ".join(f"{m} ({plural(report.models[m].rows, 'row')})" for m in names)
 
 
 def validation_lines(prepared: Prepared, report: Validation) -> list[str]:
@@ -122,16 +123,16 @@ def validation_lines(prepared: Prepared, report: Validation) -> list[str]:
     grown = prepared.growth
     lines = [
         f"{display_path(spec.spec_path)}: {'ok' if report.ok else 'problems found'}",
-        f"  input: {display_path(spec.input.path)} ({spec.input.format}), {report.rows} rows"
+        f"  input: {display_path(spec.input.path)} ({spec.input.format}), {plural(report.rows, 'row')}"
         + (f", {grown.after - grown.before:,} of them new since the run started (submit sends them)" if grown else ""),
         f"  requests: {_requests(report)} to {spec.provider.name} {_models(report, spec.model)}, about "
-        f"{report.tokens:,} tokens charged to TPM (prompt estimate + max_tokens)",
+        f"{plural(report.tokens, 'token')} charged to TPM (prompt estimate + max_tokens)",
         f"  ids: {ids}" + (f", {report.duplicate_ids} duplicated" if report.duplicate_ids else ", all unique"),
         f"  run directory: {display_path(spec.output_dir)}",
     ]
     if (out := spec.output) is not None:
         props = out.schema.get("properties")
-        fields = f"{len(props)} properties" if isinstance(props, dict) else "a schema"
+        fields = plural(len(props), "property", "properties") if isinstance(props, dict) else "a schema"
         how = {"json_schema": "response_format json_schema", "json_object": "response_format json_object"}
         asked = how.get(out.ask, "the schema in the system message")
         if out.ask == "json_object":
@@ -141,12 +142,12 @@ def validation_lines(prepared: Prepared, report: Validation) -> list[str]:
             asked += " (strict)" if strict else " (not strict: the schema does not meet strict mode's rules)"
         lines.append(
             f"  output: {fields}, asked for with {asked}; an answer that does not fit is repaired up to "
-            f"{out.max_repairs} time(s)"
+            f"{plural(out.max_repairs, 'time')}"
         )
     lines += [f"  problem: {line}" for line in report.blockers]
     if report.problem_count:
         lines.append(
-            f"  {report.problem_count} problem(s)"
+            f"  {plural(report.problem_count, 'problem')}"
             + (f", the first {MAX_LISTED}:" if report.problem_count > MAX_LISTED else ":")
         )
         lines += [f"    {p}" for p in report.problems]

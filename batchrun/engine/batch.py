@@ -28,6 +28,7 @@ from ..rows.request import BadRow, Request
 from ..rows.sources import iter_rows
 from ..spec.presets import PRESETS
 from ..store.rundir import BATCHES, SHARDS, RunState, complete_lines
+from ..words import plural
 from .context import RunContext
 from .shards import (
     FINAL_STATUSES,
@@ -235,7 +236,7 @@ class BatchRun(RunControl):
             self._event(state, "written", path=state.path, lines=shard.lines, bytes=shard.bytes)
             self.shards[shard.index] = state
         if written:
-            self.log(f"wrote {sum(s.lines for s in written):,} rows into {len(written)} batch file(s)")
+            self.log(f"wrote {plural(sum(s.lines for s in written), 'row')} into {plural(len(written), 'batch file')}")
         return bool(written)
 
     def _rows_path(self, shard: ShardState) -> Path:
@@ -288,7 +289,7 @@ class BatchRun(RunControl):
         if batch_id is not None:
             self._event(shard, "created", batch_id=batch_id)
             shard.batch_id = batch_id
-            self.log(f"shard {shard.index}: batch {batch_id} created ({shard.lines:,} rows)")
+            self.log(f"shard {shard.index}: batch {batch_id} created ({plural(shard.lines, 'row')})")
 
     async def _poll(self, shard: ShardState) -> None:
         assert shard.batch_id is not None

@@ -24,6 +24,7 @@ from ..spec.parse import load_spec
 from ..spec.presets import PRESETS
 from ..spec.proxies import route
 from ..store.rundir import MANIFEST, RunDir, read_json
+from ..words import plural
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,8 @@ class Growth:
     def line(self, spec: JobSpec) -> str:
         new = self.after - self.before
         return (
-            f"{spec.input.path.name} grew by {new:,} rows since this run started ({self.before:,} -> "
-            f"{self.after:,}): the {new:,} new rows will be sent"
+            f"{spec.input.path.name} grew by {plural(new, 'row')} since this run started ({self.before:,} -> "
+            f"{self.after:,}): " + ("the new row will be sent" if new == 1 else f"the {new:,} new rows will be sent")
         )
 
 
@@ -128,7 +129,7 @@ def prove_rows(spec: JobSpec, builder: RequestBuilder) -> None:
     which = f"all {rows:,} rows" if rows > 1 else "its one row"
     hint = _HINTS.get(code, "see batchrun validate")
     raise SpecError(
-        f"{spec.spec_path.name}: no row can become a request: {which} fail the same way ({reason})"
+        f"{spec.called}: no row can become a request: {which} fail the same way ({reason})"
         + (f"; {hint}" if hint else "")
     )
 

@@ -62,7 +62,7 @@ class Ledger:
                 prices,
                 lambda: prices.spent(self.usage.models)[0],
                 batch=self.spec.provider.mode == "batch",
-                source=self.spec.spec_path.name,
+                source=self.spec.called,
             )
             if budget
             else None

@@ -32,6 +32,7 @@ from ..rows.request import BadRow, Request, batched
 from ..rows.sources import RawRow, iter_rows
 from ..spec.presets import PRESETS
 from ..store.rundir import RunState
+from ..words import plural
 from .context import RunContext
 from .shared import RunControl
 
@@ -389,7 +390,7 @@ class RunLoop(RunControl):
         if self.pool.pooled and member is not None:
             if self.pool.retire(member, f"{status} {decision.code}"):
                 left = len(self.pool.live)
-                self.log(f"the provider {what} in ${member.env}: that key is retired, {left} key(s) left")
+                self.log(f"the provider {what} in ${member.env}: that key is retired, {plural(left, 'key')} left")
             if self.pool.live:
                 self._retry_later(row, decision, immediately=True)
                 return
@@ -412,14 +413,19 @@ class RunLoop(RunControl):
         if self.dispatcher is not None:
             self.dispatcher.cancel()
         if self.stopping is RunState.STOPPED and self.pool.inflight:  # Ctrl-C says so itself
-            self.log(f"stopping: waiting up to {STOP_GRACE_S:.0f} s for {self.pool.inflight} requests in flight")
+            self.log(
+                f"stopping: waiting up to {STOP_GRACE_S:.0f} s for {plural(self.pool.inflight, 'request')} in flight"
+            )
 
     def interrupt(self, terminal: bool = True) -> None:
         """Ctrl-C / SIGTERM: stop taking rows and let in-flight requests finish; a second one cancels them."""
         self.interrupts += 1
         if self.interrupts == 1:
             again = " (Ctrl-C again to stop at once)" if terminal else ""  # a SIGTERM comes from no keyboard
-            self.log(f"stopping: waiting up to {STOP_GRACE_S:.0f} s for {self.pool.inflight} requests in flight{again}")
+            self.log(
+                f"stopping: waiting up to {STOP_GRACE_S:.0f} s for {plural(self.pool.inflight, 'request')} in "
+                f"flight{again}"
+            )
             self.stop(RunState.INTERRUPTED, "interrupted")
         else:
             for attempt in self.attempts:

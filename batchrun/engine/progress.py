@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
+from ..words import plural
+
 LINE_EVERY_S = 10.0
 BAR_MIN = 10  # columns the bar itself keeps, whatever the stats want
 # The stats go inside the brackets, after the time; the bar takes whatever width is left (tqdm sizes it).
@@ -92,11 +94,11 @@ class Progress:
         if self.tasks is not None:
             parts.append(f"{self.tasks:,} {self.tasks_label}")
         if self.repairs:
-            parts.append(f"{self.repairs:,} repairs")
+            parts.append(plural(self.repairs, "repair"))
         parts += [
             f"{self.requests / elapsed:,.1f} req/s",
             f"{self.rate_limited:,} 429s",
-            f"{self.retries:,} retries",
+            plural(self.retries, "retry", "retries"),
             f"{_human(self.tokens)} tok",
         ]
         return parts
@@ -116,8 +118,9 @@ class Progress:
         rate = (self.done - self._done_at_start) / elapsed
         share = self.done / self.total if self.total else 1.0
         eta = f", ~{duration((self.total - self.done) / rate)} to go" if rate > 0 and self.done < self.total else ""
-        return f"{self.desc}: {self.done:,}/{self.total:,} rows ({share:.0%}), {rate:,.1f} rows/s{eta}; " + ", ".join(
-            self.stats()
+        return (
+            f"{self.desc}: {self.done:,}/{plural(self.total, 'row')} ({share:.0%}), {rate:,.1f} rows/s{eta}; "
+            + ", ".join(self.stats())
         )
 
     @contextlib.contextmanager

@@ -29,6 +29,7 @@ from ..records import Record, now_iso
 from ..retry import Decision, Verdict, classify, error_details
 from ..rows.request import BadRow, Request
 from ..rows.sources import iter_rows
+from ..words import plural
 from . import LaneContext, Row
 from .outcome import Answered, BadInput, Deliver, Done, Failed, Held, Outcome, Outcomes, RetryLater
 
@@ -139,7 +140,7 @@ class TaskLane:
         held, pool = self.ctx.tasks, self.ctx.pool
         if not held:
             return ()
-        self.ctx.log(f"polling {len(held)} task(s) submitted by an earlier session")
+        self.ctx.log(f"polling {plural(len(held), 'task')} submitted by an earlier session")
         bad: list[Outcome] = []
         for raw in iter_rows(self.ctx.spec.input, skip=lambda row: row not in held):
             request = self.ctx.build(raw)

@@ -41,17 +41,15 @@ def refuse(spec: JobSpec) -> None:
     if importlib.util.find_spec("ray") is None:
         raise SpecError("--ray needs Ray, an optional extra: pip install 'batchrun[ray]'")
     if spec.provider.mode == "batch":
-        raise SpecError(
-            f"{spec.spec_path.name}: provider.mode: batch runs at the provider already; submit it without --ray"
-        )
+        raise SpecError(f"{spec.called}: provider.mode: batch runs at the provider already; submit it without --ray")
     if spec.limits.max_cost:
         raise SpecError(
-            f"{spec.spec_path.name}: limits.max_cost is not kept across Ray workers yet; run the job without --ray, "
+            f"{spec.called}: limits.max_cost is not kept across Ray workers yet; run the job without --ray, "
             "or drop the budget"
         )
     if spec.input.format == "csv":
         raise SpecError(
-            f"{spec.spec_path.name}: a CSV input cannot be cut into slices that workers read on their own; convert "
+            f"{spec.called}: a CSV input cannot be cut into slices that workers read on their own; convert "
             "it to Parquet or JSONL first"
         )
 

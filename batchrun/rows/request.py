@@ -12,6 +12,7 @@ import orjson
 from ..errors import SpecError
 from ..spec.model import JobSpec
 from ..spec.presets import ENDPOINT_URLS, Endpoint
+from ..words import suggestion
 from .render import INVALID_INPUT, NULL_FIELD, RowProblem, Template, is_null
 from .sources import RawRow
 from .structured import Asking
@@ -154,21 +155,19 @@ class RequestBuilder:
 
     def _preflight(self, first: Mapping[str, Any]) -> None:
         """Settle, before anything is sent, that the spec fits the input's rows."""
-        inp, source = self.spec.input, self.spec.spec_path.name
+        inp, source = self.spec.input, self.spec.called
         if inp.id_field is not None and inp.id_field not in first:
             raise SpecError(
-                f"{source}: input.id_field: the first row has no field {inp.id_field!r} (it has: {_fields(first)})"
+                f"{source}: input.id_field: the first row has no field {inp.id_field!r} {_has(first, inp.id_field)}"
             )
         for key, name in (("messages_field", inp.messages_field), ("prompt_field", inp.prompt_field)):
             if name is not None and name not in first:
-                raise SpecError(
-                    f"{source}: input.{key}: the first row has no field {name!r} (it has: {_fields(first)})"
-                )
+                raise SpecError(f"{source}: input.{key}: the first row has no field {name!r} {_has(first, name)}")
         for name in inp.template_fields:
             if name not in first:
                 raise SpecError(
                     f"{source}: input.template names {{{name}}}, but the first row has no field "
-                    f"{name!r} (it has: {_fields(first)})"
+                    f"{name!r} {_has(first, name)}"
                 )
         for key, value in (("messages_field", inp.messages_field), ("system", inp.system)):
             if self.endpoint != "chat" and value is not None:
@@ -356,6 +355,11 @@ def _kind(value: Any) -> str:
     if isinstance(value, list):
         return "an empty list" if not value else "a list"
     return type(value).__name__
+
+
+def _has(row: Mapping[str, Any], wanted: str) -> str:
+    """`(it has: title, body): did you mean 'title'?` for a field the row lacks."""
+    return f"(it has: {_fields(row)}){suggestion(wanted, [str(k) for k in row])}"
 
 
 def _fields(row: Mapping[str, Any]) -> str:

@@ -8,13 +8,17 @@ errors that `parse.render` turns into the one line a user reads.
 
 from __future__ import annotations
 
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NoReturn, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError
+
+from ..words import closest
 
 if TYPE_CHECKING:
     from .presets import Endpoint, Preset
@@ -54,6 +58,7 @@ class Expect:
 
     required: str = "is required"  # what a missing key's error says after its name
     keep_null: bool = False  # a null is an error (else a null is taken as the key left out)
+    aliases: tuple[tuple[str, tuple[str, ...]], ...] = ()  # values a user may write for one of the key's: suggested
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,8 @@ class SpecModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     # A section that may be given as a bare value: what that value stands for (`input: in.jsonl` is its path).
     shorthand_key: ClassVar[str | None] = None
+    # Keys a user may write for one of this section's, by habit or from another tool: suggested, never taken.
+    key_aliases: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     @model_validator(mode="before")
     @classmethod
@@ -115,13 +122,26 @@ class SpecModel(BaseModel):
         unknown = sorted((str(k) for k in data if k not in keys), key=str)
         if unknown:
             raise PydanticCustomError(
-                "unknown_key", "unknown key {key}", {"key": unknown[0], "allowed": ", ".join(sorted(keys))}
+                "unknown_key",
+                "unknown key {key}",
+                {"key": unknown[0], "allowed": ", ".join(sorted(keys)), "suggest": cls.suggest(unknown[0])},
             )
         kept = {k: v for k, v in data.items() if v is not None or _keeps_null(cls, k)}
         for name in cls.model_fields:
             if name not in kept and marker(cls, name, Derived) is not None:
                 kept[name] = LeftOut()
         return cls.as_written(kept, spec)
+
+    @classmethod
+    def suggest(cls, key: str) -> list[str]:
+        """The keys an unknown one was likely meant to be (relative to this section): the same key one section
+        down (`rpm` at the top is `limits.rpm`), else one spelt alike, or the key it is an alias of."""
+        below = [
+            f"{name}.{key}"
+            for name in spec_keys(cls)
+            if (inner := model_of(cls.model_fields[name].annotation)) is not None and key in spec_keys(inner)
+        ]
+        return below or closest(key, spec_keys(cls), cls.key_aliases)
 
     @classmethod
     def shorthand(cls, data: Any, spec: Reading) -> Any:
@@ -134,6 +154,23 @@ class SpecModel(BaseModel):
     def as_written(cls, data: dict[str, Any], spec: Reading) -> dict[str, Any]:
         """The section's keys (nulls dropped, Derived ones left out as LeftOut) before their validation."""
         return data
+
+
+def model_of(annotation: Any) -> type[BaseModel] | None:
+    """The section (a model) a field's annotation holds, if it holds one."""
+    for member in members(annotation):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            return member
+    return None
+
+
+def members(annotation: Any) -> list[Any]:
+    """The types an annotation allows, None left out (`X | None` is X), Annotated's metadata stripped."""
+    if typing.get_origin(annotation) is Annotated:
+        return members(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return [m for a in typing.get_args(annotation) if a is not type(None) for m in members(a)]
+    return [annotation]
 
 
 def _text(value: str) -> str:

@@ -19,8 +19,9 @@ from pydantic import ValidationInfo
 from pydantic_core import PydanticCustomError
 
 from ..errors import SpecError
+from ..words import suggestion
 from .base import LeftOut, Reading, either, fail, fail_at, fail_line, kind, reading
-from .presets import PRESETS
+from .presets import PRESETS, unknown_preset
 from .pricing import parse_prices
 from .proxies import proxy_problem, without_credentials
 
@@ -192,7 +193,7 @@ def input_format(value: Any, info: ValidationInfo) -> Any:
     else:
         fmt = text(value.given)
         if fmt not in {"jsonl", "parquet", "csv"}:
-            fail(f"must be 'jsonl', 'parquet' or 'csv', got {fmt!r}")
+            fail(f"must be 'jsonl', 'parquet' or 'csv', got {fmt!r}{suggestion(fmt, ('jsonl', 'parquet', 'csv'))}")
     if not spec.rows_given and not path.is_file():
         raise PydanticCustomError(
             "input_error", "{line}", {"line": f"input.path: no such file {value.path!r} (looked for {path})"}
@@ -268,7 +269,7 @@ def provider_name(name: str, info: ValidationInfo) -> str:
     if spec is not None:
         preset = PRESETS.get(name)
         if preset is None:
-            fail(f"must be one of {', '.join(PRESETS)}, got {name!r}")
+            fail(unknown_preset(name))
         spec.preset = preset
     return name
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
 from . import checks
 from .base import Count, Derived, Expect, Internal, NonNegative, Positive, Reading, SpecModel, Text
 from .output import OutputSpec
-from .presets import Auth, Endpoint, Mode, TpmAccounting
+from .presets import ENDPOINT_ALIASES, MODE_ALIASES, Auth, Endpoint, Mode, TpmAccounting
 from .pricing import Price
 from .simulator import SimulateSpec
 
@@ -26,6 +26,11 @@ CacheMode = Literal["read_write", "read", "write", "off"]
 CACHE_MODES: tuple[CacheMode, ...] = ("read_write", "read", "write", "off")
 FILE_NAME = "cache.sqlite3"
 InputFormat = Literal["jsonl", "parquet", "csv"]
+# Request parameters a spec may set at the top by mistake: the error points to params.
+REQUEST_PARAMS = (
+    *("temperature", "max_tokens", "max_completion_tokens", "top_p", "top_k", "stop", "seed", "n"),
+    *("presence_penalty", "frequency_penalty", "response_format", "tools", "tool_choice"),
+)
 template_fields = checks.template_fields  # the fields a template names: rows/render reads them from here
 
 
@@ -174,6 +179,7 @@ class ProviderSpec(SpecModel):
     ] = None
     mode: Annotated[
         Mode,
+        Expect(aliases=tuple(MODE_ALIASES.items())),
         Field(
             description="sync: one answer per request; stream: server-sent events; async: submit, then poll; "
             "batch: the provider's Batch API."
@@ -287,6 +293,8 @@ class BatchSettings(SpecModel):
 class JobSpec(SpecModel):
     """A job spec: which rows, which model, which provider, how fast; read strictly, so a typo fails at once."""
 
+    key_aliases: ClassVar[Mapping[str, tuple[str, ...]]] = {name: (f"params.{name}",) for name in REQUEST_PARAMS}
+
     name: Annotated[
         Text,
         Derived(),
@@ -307,6 +315,7 @@ class JobSpec(SpecModel):
     ]
     endpoint: Annotated[
         Endpoint,
+        Expect(aliases=tuple(ENDPOINT_ALIASES.items())),
         Field(description="chat (/chat/completions), completions (/completions) or embeddings (/embeddings)."),
         AfterValidator(checks.endpoint),
     ] = "chat"
@@ -350,10 +359,17 @@ class JobSpec(SpecModel):
         BeforeValidator(checks.scale),
     ] = None
     spec_path: Annotated[Path, Internal(), Derived(), BeforeValidator(checks.spec_path)]
+    # how messages name a spec not read from a file the user wrote: `batchrun.run(spec)` (parse_spec's origin)
+    origin: Annotated[str, Internal()] = ""
 
     @classmethod
     def as_written(cls, data: dict[str, Any], spec: Reading) -> dict[str, Any]:
         return checks.job_as_written(data, spec)
+
+    @property
+    def called(self) -> str:
+        """How a message names the spec: its file's name, or the Python API call it was given to."""
+        return self.origin or self.spec_path.name
 
     @property
     def cache_scope(self) -> bytes:

@@ -4,16 +4,17 @@ reads (`render`), and the JSON Schema editors check a spec file against (`job_sc
 from __future__ import annotations
 
 import json
-import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
 from ..errors import BatchrunError, InputError, SpecError
-from .base import Derived, Expect, Internal, Reading, kind, marker
+from ..words import did_you_mean, suggestion
+from .base import Derived, Expect, Internal, Reading, kind, marker, model_of, spec_keys
+from .base import members as members  # sim.command reads annotations with it too
 from .model import JobSpec
 from .yamlfile import load_yaml
 
@@ -26,12 +27,14 @@ def load_spec(path: str | Path) -> JobSpec:
     return parse_spec(data, spec_path=spec_path.resolve(), source=source)
 
 
-def parse_spec(data: Any, *, spec_path: Path, source: str, rows_given: bool = False) -> JobSpec:
-    """`rows_given`: the rows come from elsewhere (a Ray Dataset), so input says only how a row becomes a request."""
+def parse_spec(data: Any, *, spec_path: Path, source: str, rows_given: bool = False, origin: str = "") -> JobSpec:
+    """`rows_given`: the rows come from elsewhere (a Ray Dataset), so input says only how a row becomes a request.
+    `origin`: how later messages name a spec that is no file of the user's (`batchrun.run(spec)`)."""
     try:
-        return JobSpec.model_validate(data, context=Reading(source, spec_path, rows_given))
+        spec = JobSpec.model_validate(data, context=Reading(source, spec_path, rows_given))
     except ValidationError as exc:
         raise render(exc, JobSpec, source) from None
+    return spec.model_copy(update={"origin": origin}) if origin else spec
 
 
 def render(
@@ -46,7 +49,10 @@ def render(
     key, owner, field = _walk(root, loc)
     key = name(key) if name is not None else key
     if kind_ == "unknown_key":
-        line = f"unknown key '{f'{key}.' if key else ''}{ctx['key']}' (allowed here: {ctx['allowed']})"
+        at = f"{key}." if key else ""
+        top = [ctx["key"]] if at and ctx["key"] in spec_keys(root) else []  # a top-level key written in a section
+        meant = did_you_mean([*(f"{at}{k}" for k in ctx.get("suggest", ())), *top])
+        line = f"unknown key '{at}{ctx['key']}'{f': {meant}' if meant else ''} (allowed here: {ctx['allowed']})"
     elif kind_ == "spec_line":
         line = ctx["line"]
     elif kind_ == "input_error":
@@ -76,27 +82,11 @@ def _walk(root: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[str, type[
         if model is not None and isinstance(part, str) and part in model.model_fields:
             owner, field = model, part
             key = f"{key}.{part}" if key else part
-            model = _model_of(model.model_fields[part].annotation)
+            model = model_of(model.model_fields[part].annotation)
         else:
             key += f"[{part}]" if isinstance(part, int) else f".{part}"
             model = None
     return key, owner, field
-
-
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    for member in members(annotation):
-        if isinstance(member, type) and issubclass(member, BaseModel):
-            return member
-    return None
-
-
-def members(annotation: Any) -> list[Any]:
-    """The types an annotation allows, None left out (`X | None` is X), Annotated's metadata stripped."""
-    if typing.get_origin(annotation) is Annotated:
-        return members(typing.get_args(annotation)[0])
-    if typing.get_origin(annotation) in (Union, types.UnionType):
-        return [m for a in typing.get_args(annotation) if a is not type(None) for m in members(a)]
-    return [annotation]
 
 
 def _expected(owner: type[BaseModel] | None, field: str, given: Any) -> str:
@@ -108,7 +98,10 @@ def _expected(owner: type[BaseModel] | None, field: str, given: Any) -> str:
     origin = typing.get_origin(annotation)
     if origin is Literal:
         if isinstance(given, str) and given.strip():
-            return f"must be one of {', '.join(typing.get_args(annotation))}, got {given!r}"
+            expect = marker(owner, field, Expect)
+            names = typing.get_args(annotation)
+            meant = suggestion(given, names, dict(expect.aliases) if expect is not None else None)
+            return f"must be one of {', '.join(names)}, got {given!r}{meant}"
         return f"must be a non-empty string{got}"
     if annotation is bool:
         return f"must be true or false{got}"
@@ -163,7 +156,7 @@ def _models(root: type[BaseModel]) -> list[type[BaseModel]]:
     found = [root]
     for model in found:
         for field in model.model_fields.values():
-            inner = _model_of(field.annotation)
+            inner = model_of(field.annotation)
             if inner is not None and inner not in found:
                 found.append(inner)
     return found

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..retry import GENERIC, ErrorTable
+from ..words import suggestion
 
 Mode = Literal["sync", "stream", "async", "batch"]
 Endpoint = Literal["chat", "completions", "embeddings"]
@@ -228,6 +229,38 @@ PRESETS: dict[str, Preset] = {
         ),
     )
 }
+
+
+# Names a user may know a provider or a value by: suggested in the error, never taken for the preset's own name, so
+# that a spec (and its run's manifest) names each preset one way and the user learns it once. ERNIE is served by two
+# presets: both are named.
+PROVIDER_ALIASES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("qwen", "tongyi", "bailian", "aliyun", "alibaba", "modelstudio"), ("dashscope",)),
+    **dict.fromkeys(("glm", "chatglm", "bigmodel", "zhipuai", "zhipu_ai"), ("zhipu",)),
+    **dict.fromkeys(("ernie", "wenxin", "yiyan", "baidu"), ("aistudio", "qianfan")),
+    **dict.fromkeys(("infini", "infiniai", "infini_ai"), ("genstudio",)),
+    **dict.fromkeys(("huawei", "pangu", "maas"), ("modelarts",)),
+    **dict.fromkeys(("sglang", "local"), ("vllm",)),
+    **dict.fromkeys(("sim", "simulator", "simulate", "fake", "mock"), ("simulated",)),
+    **dict.fromkeys(("gpt", "chatgpt"), ("openai",)),
+}
+ENDPOINT_ALIASES: dict[str, tuple[str, ...]] = {
+    form: (endpoint,)
+    for endpoint, url in ENDPOINT_URLS.items()
+    for form in (url, url[1:], url[1:].replace("/", "_"), url[1:].replace("/", "."))
+    if form != endpoint
+}
+MODE_ALIASES: dict[str, tuple[str, ...]] = {
+    "synchronous": ("sync",),
+    "asynchronous": ("async",),
+    "online": ("sync", "stream"),
+    "offline": ("batch",),
+}
+
+
+def unknown_preset(name: str) -> str:
+    """What the error for a provider name that is no preset says after the key (provider.name, --provider)."""
+    return f"must be one of {', '.join(PRESETS)}, got {name!r}{suggestion(name, PRESETS, PROVIDER_ALIASES)}"
 
 
 def batch_share(provider: str) -> float:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import SpecError
+from ..words import suggestion
 from .yamlfile import load_yaml
 
 
@@ -137,7 +138,8 @@ def parse_prices(data: Any, source: str, prefix: str = "") -> dict[str, Price]:
             raise SpecError(f"{at}: must be a mapping with input, output and currency")
         unknown = sorted(set(entry) - {"input", "output", "currency", "source"})
         if unknown:
-            raise SpecError(f"{at}: unknown key {unknown[0]!r} (allowed: input, output, currency, source)")
+            meant = suggestion(unknown[0], ("input", "output", "currency", "source"))
+            raise SpecError(f"{at}: unknown key {unknown[0]!r}{meant} (allowed: input, output, currency, source)")
         values = []
         for key in ("input", "output"):
             value = entry.get(key)

@@ -41,6 +41,7 @@ from .rundir import (
     SHARDS,
     TASKS,
     USAGE,
+    changed_keys,
     read_json,
 )
 
@@ -118,7 +119,7 @@ class Checkpoint:
             archived = self._archive()
             manifest, held = None, []
         if manifest is not None:
-            self._check_fingerprint(manifest.get("fingerprint") or {}, fingerprint)
+            self._check_fingerprint(manifest.get("fingerprint") or {}, fingerprint, manifest.get("job"), job)
         elif held:  # records without the job they belong to: never taken as this job's
             what = "is damaged (not a JSON object)" if (self.path / MANIFEST).exists() else "is missing"
             raise RunDirError(
@@ -163,11 +164,14 @@ class Checkpoint:
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
 
-    def _check_fingerprint(self, old: Mapping[str, Any], new: Mapping[str, str]) -> None:
+    def _check_fingerprint(
+        self, old: Mapping[str, Any], new: Mapping[str, str], held: Any, job: Mapping[str, Any]
+    ) -> None:
         changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         if changed:
+            named = changed_keys(changed, held if isinstance(held, Mapping) else {}, job)
             raise RunDirError(
-                f"{self.path} holds a run of a different job ({', '.join(changed)} changed since it started): "
+                f"{self.path} holds a run of a different job ({', '.join(named)} changed since it started): "
                 "rerun with --fresh to start over (the earlier records are moved aside, not deleted), or set "
                 "output_dir to a new folder"
             )

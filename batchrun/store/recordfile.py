@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from ..records import ROW_PREFIX, count, record_row
+from ..words import plural
 
 CRC_KEY = "crc32"  # usage.json's checkpoint: {file: size, ..., "crc32": {file: crc}}
 LINES_KEY = "lines"  # and {"lines": {file: count}}
@@ -235,5 +236,5 @@ class RecordReader:
         """One line per damaged or repeated line (the first few; then how many more)."""
         out = [d.describe() for d in self.damage[:MAX_SHOWN]]
         if len(self.damage) > MAX_SHOWN:
-            out.append(f"... and {len(self.damage) - MAX_SHOWN:,} more such line(s)")
+            out.append(f"... and {plural(len(self.damage) - MAX_SHOWN, 'more such line')}")
         return out

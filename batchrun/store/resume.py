@@ -18,6 +18,7 @@ import orjson
 
 from ..errors import CheckpointWriteError
 from ..records import count, now_iso
+from ..words import plural
 from .durable import atomic_write, write_error
 from .recordfile import CRC_KEY, DoneRows, RecordReader, salvage, trusted_offsets, whole
 from .rundir import (
@@ -100,7 +101,7 @@ def read_state(run_dir: Path, *, repair: bool = True) -> ResumeState:
         notes = reader.warnings()
         dest = _set_damaged_aside(run_dir, reader)
         notes.append(
-            f"{len(reader.damage):,} record line(s) that count for nothing were moved to {dest}; rows left "
+            f"moved {plural(len(reader.damage), 'record line')} that count for nothing to {dest}; rows left "
             "without a whole record are sent again"
         )
         state = read_state(run_dir)

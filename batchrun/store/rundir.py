@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import fcntl
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +39,44 @@ LOCK = "run.lock"
 PREVIOUS = "previous"
 RETRIED = "retried-"  # previous/retried-<time>/failures.jsonl: failure records retry-failed set aside
 DAMAGED = "damaged-"  # previous/damaged-<time>/<file>: record lines that were not whole, or repeated a row
+
+
+# A fingerprint's entries (engine.job.fingerprint) in the spec's words, for the message that a run directory holds
+# another job; input_mapping, params and output are digests: which of their keys changed is read from the jobs the
+# manifests describe.
+FINGERPRINT_WORDS = {
+    "input": "the input file's rows",
+    "input_bytes": "the input file's rows",
+    "input_mapping": "input.template / input.*_field / input.system",
+    "tasks": "provider.mode",
+    "lane": "provider.mode",
+}
+DIGESTED: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "input_mapping": ("input", None),
+    "params": ("params", None),
+    "output": ("output", ("schema", "name", "ask")),
+}
+
+
+def changed_keys(changed: Sequence[str], held: Mapping[str, Any], job: Mapping[str, Any]) -> list[str]:
+    """The spec's keys behind the fingerprint entries that `changed` between the job a run directory `held` and
+    this `job` (each as the manifest describes it): `input.template`, `params.temperature`, never `input_mapping`."""
+    named: list[str] = []
+    for entry in changed:
+        keys: list[str] = []
+        if entry in DIGESTED:
+            section, only = DIGESTED[entry]
+            old, new = held.get(section), job.get(section)
+            if isinstance(old, Mapping) and isinstance(new, Mapping):
+                keys = [
+                    f"{section}.{k}"
+                    for k in sorted(set(old) | set(new), key=str)
+                    if k != "path" and (only is None or k in only) and old.get(k) != new.get(k)
+                ]
+        for key in keys or [FINGERPRINT_WORDS.get(entry, entry)]:
+            if key not in named:
+                named.append(key)
+    return named
 
 
 class RunState(str, enum.Enum):
