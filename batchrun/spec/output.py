@@ -39,7 +39,8 @@ def _schema(value: Any, info: ValidationInfo) -> Any:
         except OSError as exc:
             fail_line(f"output.schema_file cannot be read: {exc.strerror} ({path})")
         except orjson.JSONDecodeError as exc:
-            fail_line(f"output.schema_file is not JSON: {exc}")
+            # line and column only: the parser's own wording changes between orjson versions
+            fail_line(f"output.schema_file is not JSON: at line {exc.lineno} column {exc.colno} ({schema_file})")
     problem = schema_problem(value)
     if problem is not None:
         fail_line(f"{where} {problem}")
