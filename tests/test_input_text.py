@@ -83,7 +83,7 @@ def test_multi_line_values_across_the_readers_blocks_are_read(tmp_path: Path, si
     job = csv_job(tmp_path, sim.base_url, ["id,prompt", *rows])
     result = cli("validate", str(job))
     assert result.exit_code == 0, result.output
-    assert "40000 rows" in result.stdout
+    assert "40,000 rows" in result.stdout
 
 
 def test_a_row_with_too_many_fields_names_its_line(tmp_path: Path, sim: SimServer) -> None:
