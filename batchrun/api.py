@@ -26,6 +26,7 @@ from .errors import SpecError
 from .session import RunOutcome, run_job
 from .spec.model import JobSpec
 from .spec.parse import load_spec
+from .store.rerun import Rerun
 from .store.rundir import FAILURES, RESULTS, RunDir
 
 SpecLike = str | os.PathLike[str] | Mapping[str, Any]
@@ -67,7 +68,8 @@ async def arun(
 ) -> RunOutcome:
     """`run` for code that already has an event loop."""
     job = job_spec(spec, rows=rows, base_dir=base_dir)
-    return await run_job(job, fresh=fresh, progress=progress, log=log or _quiet, limit=limit)
+    rerun = Rerun(job.spec_path, limit=limit, api=True)  # the hints name this call, not a command
+    return await run_job(job, fresh=fresh, progress=progress, log=log or _quiet, limit=limit, rerun=rerun)
 
 
 def job_spec(
