@@ -1,26 +1,43 @@
-# Two commands on a fresh machine: `make demo` and `make test`. Each sets up .venv itself.
+# Two commands on a fresh machine: `make demo` and `make test`. Each sets up .venv itself, with what it needs.
+# One .venv, grown in steps, each step's stamp inside it: the demo's step installs batchrun and its runtime
+# dependencies only; the test tools (and Ray, for the Ray tests and benchmarks) are added to the same venv when a
+# target needs them, so `make demo` then `make test` installs nothing twice, and a re-run installs nothing at all.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed-runtime
+DEV := $(VENV)/.installed-dev
+DEV_RAY := $(VENV)/.installed-dev-ray
 
 .PHONY: setup demo test lint docs test-floors clean bench bench-quick torture
 
-setup: $(STAMP)
+# Everything a developer uses: the runtime, the test and lint tools, and Ray (what CI installs).
+setup: $(DEV_RAY)
 
-$(STAMP): pyproject.toml
+# batchrun and its runtime dependencies (pyproject.toml's `dependencies`): all the demo needs.
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
 
-demo: setup
+# The test, lint and docs tools added (the `dev` extra).
+$(DEV): $(RUNTIME)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Ray added as well (the `ray` extra): the suite's Ray tests and the Ray benchmarks need it.
+$(DEV_RAY): $(DEV)
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
+	touch $@
+
+demo: $(RUNTIME)
 	$(BIN)/batchrun submit jobs/demo.yaml
 
-test: setup
+test: $(DEV_RAY)
 	$(BIN)/python -m pytest
 
-lint: setup
+lint: $(DEV)
 	$(BIN)/ruff check batchrun tests tools
 	$(BIN)/ruff format --check batchrun tests tools
 	$(BIN)/mypy batchrun tools
@@ -31,7 +48,7 @@ lint: setup
 	status=$$?; rm -rf "$$site"; exit $$status
 
 # The docs site on http://127.0.0.1:8000, rebuilt as pages change.
-docs: setup
+docs: $(DEV)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 # The suite again with every runtime dependency at the lowest version pyproject.toml allows.
@@ -47,11 +64,11 @@ test-floors:
 clean:
 	rm -rf $(VENV) $(FLOORS) runs site .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
-bench: setup
+bench: $(DEV_RAY)
 	$(BIN)/python -m tools.bench
 
-bench-quick: setup
+bench-quick: $(DEV_RAY)
 	$(BIN)/python -m tools.bench --quick
 
-torture: setup
+torture: $(RUNTIME)
 	$(BIN)/python -m tools.torture

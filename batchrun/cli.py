@@ -411,8 +411,9 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
     lines = [
         f"{spec.name}: {outcome.state.value.replace('_', ' ')}: {u.rows_succeeded:,} succeeded, {u.rows_failed:,} "
         f"failed, {outcome.rows_pending:,} pending of {outcome.rows_total:,} rows",
-        f"  requests {u.requests:,}, retries {u.retries:,} (429s {u.rate_limited:,}), tokens {u.prompt_tokens:,} "
-        f"prompt + {u.completion_tokens:,} completion; cost {cost}",
+        f"  requests {u.requests:,}, retries {u.retries:,} (429s {u.rate_limited:,}), "
+        + (f"repairs {u.repairs:,}, " if u.repairs else "")
+        + f"tokens {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion; cost {cost}",
         f"  this session: {outcome.rows_this_session:,} rows in {outcome.elapsed_s:,.1f} s ({rate:,.1f} rows/s)",
         f"  results: {rel}/results.jsonl" + (f"   failures: {rel}/failures.jsonl" if u.rows_failed else ""),
     ]

@@ -25,7 +25,7 @@ The bytes, which readers of a million-row run rely on without parsing whole line
 - every line starts with `{"row":N,`: resuming reads row numbers from that prefix alone;
 - `"latency_s":` and `"completed_at":"` are top-level keys written after `response` and `output`, so the last
   occurrence in the line is batchrun's own (a body's or an output's copy would come earlier; inside a JSON string
-  it is escaped);
+  it is escaped); so is `"cached":true`, after `completed_at` (reports leave cached rows out of timings by it);
 - one record is one line, written with one write: a line without its newline is torn and cut off on resume.
 """
 
@@ -43,6 +43,7 @@ ROW_PREFIX = b'{"row":'
 NO_OUTPUT: Any = object()  # a record without structured output (`output` may be any JSON, null included)
 LATENCY_KEY = b'"latency_s":'
 COMPLETED_KEY = b'"completed_at":"'
+CACHED_KEY = b'"cached":true'
 
 
 class Response(TypedDict):
@@ -197,6 +198,20 @@ def line_timing(line: bytes) -> tuple[float | None, float | None]:
         with contextlib.suppress(ValueError):
             completed = iso_epoch(line[start : line.find(b'"', start)].decode())
     return latency, completed
+
+
+def line_cached(line: bytes) -> bool:
+    """Whether a record line's answer came from the response cache. `cached` is written after `completed_at`, so only
+    the line's tail is searched (no parse); a line with the bytes there is parsed to be sure (they might be a key of
+    a provider's usage in `repairs`)."""
+    tail = line.rfind(COMPLETED_KEY)
+    if tail < 0 or line.find(CACHED_KEY, tail) < 0:
+        return False
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and obj.get("cached") is True
 
 
 def error_code(rec: Mapping[str, Any]) -> str | None:

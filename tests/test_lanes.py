@@ -16,7 +16,7 @@ from batchrun.limits.throttle import Throttle, Ticket
 from batchrun.providers.transport import Reply
 from batchrun.retry import Verdict
 from batchrun.rows.request import Request
-from batchrun.spec.model import load_spec
+from batchrun.spec.parse import load_spec
 from batchrun.spec.presets import PRESETS
 from batchrun.store.checkpoint import Checkpoint
 

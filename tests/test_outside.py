@@ -184,23 +184,30 @@ def test_sim_models_flag_is_a_spec_key_too(tmp_path: Path) -> None:
     assert spec.provider.simulate is not None and spec.provider.simulate.models == ("m1", "m2")
 
 
-def test_the_readme_command_table_lists_every_command_and_option() -> None:
-    """The README's command table is the user's reference: every command and every option appears in its row."""
+def test_the_command_tables_list_every_command_and_option() -> None:
+    """The README's command table names every command; the commands page, the user's reference, lists every
+    command and every option in its row."""
     import click
 
     from batchrun.cli import main
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    rows = {line.split("`")[1].split()[1]: line for line in readme.splitlines() if line.startswith("| `batchrun ")}
-    assert set(rows) == set(main.commands), "commands missing from (or stale in) the README's table"
+    root = Path(__file__).parent.parent
+
+    def rows_of(page: str) -> dict[str, str]:
+        text = (root / page).read_text(encoding="utf-8")
+        return {line.split("`")[1].split()[1]: line for line in text.splitlines() if line.startswith("| `batchrun ")}
+
+    assert set(rows_of("README.md")) == set(main.commands), "commands missing from (or stale in) the README's table"
+    rows = rows_of("docs/commands.md")
+    assert set(rows) == set(main.commands), "commands missing from (or stale in) docs/commands.md's table"
     for name, command in main.commands.items():
         subcommands = list(command.commands.values()) if isinstance(command, click.Group) else []
         for sub in subcommands:
-            assert sub.name in rows[name], f"README: `batchrun {name}` does not list {sub.name}"
+            assert sub.name in rows[name], f"docs/commands.md: `batchrun {name}` does not list {sub.name}"
         for param in [p for c in (command, *subcommands) for p in c.params]:
             if isinstance(param, click.Option) and param.name != "help":
                 flag = max(param.opts, key=len)
-                assert flag in rows[name], f"README: `batchrun {name}` does not list {flag}"
+                assert flag in rows[name], f"docs/commands.md: `batchrun {name}` does not list {flag}"
 
 
 # --- the simulated provider's Batch API, driven by the official openai SDK ----------------------------------

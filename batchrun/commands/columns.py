@@ -27,6 +27,7 @@ OUTPUT_COLUMNS = (
     "error_message",
     "attempts",
     "latency_s",
+    "cached",
 )
 INPUT_PREFIX = "input_"
 OutputField = tuple[str, str, Any]  # structured output: column name, property name, the property's schema
@@ -84,6 +85,7 @@ def flatten(row: int, record: Mapping[str, Any] | None, shape: Shape = Shape()) 
         "error_message": error.get("message") if type(error) is dict else None,
         "attempts": record.get("attempts"),
         "latency_s": record.get("latency_s"),
+        "cached": record.get("cached") is True,  # answered from the response cache: no request, no latency
     }
     if shape.embeddings:
         data = body.get("data")
@@ -215,5 +217,6 @@ def column_types() -> dict[str, Any]:
         "error_message": pa.string(),
         "attempts": pa.int64(),
         "latency_s": pa.float64(),
+        "cached": pa.bool_(),
         "embedding": pa.list_(pa.float32()),
     }

@@ -20,6 +20,7 @@ import orjson
 
 from ..errors import InputError, SpecError
 from ..rows.sources import input_lines, table_batches
+from ..rows.textin import json_loads
 from ..spec.model import InputSpec
 from ..store.rundir import RECORD_FILES, RunDir
 from .columns import (
@@ -133,6 +134,7 @@ def _batches(spec: InputSpec, index: RecordIndex, shape: Shape, with_input: bool
         return
     rows: list[dict[str, Any]] = []
     lineno = 0
+    loads = json_loads(spec.encoding)
     for lines in input_lines(spec):  # a byte order mark before the first line is no part of its JSON
         for line in lines:
             lineno += 1
@@ -141,8 +143,8 @@ def _batches(spec: InputSpec, index: RecordIndex, shape: Shape, with_input: bool
             out = flatten(lineno, index.get(lineno), shape)
             if with_input:
                 try:
-                    data = orjson.loads(line)
-                except orjson.JSONDecodeError:
+                    data = loads(line)
+                except (orjson.JSONDecodeError, UnicodeDecodeError):
                     data = None
                 out["input"] = data if isinstance(data, dict) else {}
             rows.append(out)

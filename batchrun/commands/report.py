@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..records import line_timing
+from ..records import line_cached, line_timing
 from ..spec.pricing import Price, Prices, parse_prices
 from ..store.rundir import MANIFEST, RECORD_FILES, RunDir, fold_set_aside
 from ..store.usage import Usage
@@ -40,6 +40,7 @@ class RunData:
     prices: dict[str, Price]  # the job's own pricing block
     reason: str | None = None  # why the run stopped early, as its manifest says
     batch_share: float = 1.0  # the provider's Batch API price as a share of its online price
+    # Of rows answered by a request (a row the response cache answered took no time: neither is kept for it)
     latencies: Counter[float] = field(default_factory=Counter)  # exact: records round them to 0.1 ms
     completed: list[array[float]] = field(default_factory=list)  # epoch seconds, one array per record file
     warnings: list[str] = field(default_factory=list)  # damaged or repeated record lines, which count for nothing
@@ -76,7 +77,7 @@ def read_run(path: Path, *, records: bool = True) -> RunData:
     )
     completed: dict[str, array[float]] = {name: array("d") for name in RECORD_FILES}
     for entry in run.entries(from_covered=not records):
-        if records:
+        if records and not line_cached(entry.line):
             latency, done_at = line_timing(entry.line)
             if latency is not None:
                 data.latencies[latency] += 1
@@ -146,9 +147,15 @@ class Report:
         return max(0, self.rows_total - self.usage.rows_succeeded - self.usage.rows_failed)
 
     @property
+    def rows_asked(self) -> int:
+        """Rows done by a request: the rest the response cache answered, in no time."""
+        return max(0, self.usage.rows_succeeded + self.usage.rows_failed - self.usage.cached_rows)
+
+    @property
     def rows_per_s(self) -> float | None:
-        done = self.usage.rows_succeeded + self.usage.rows_failed
-        return done / self.active_s if self.active_s > 0 else None
+        """Throughput of the rows asked (answers from the cache would make it look as fast as a disk)."""
+        asked = self.rows_asked
+        return asked / self.active_s if self.active_s > 0 and asked else None
 
     def totals(self) -> dict[str, float]:
         """Cost per currency: CNY and USD are never added together."""
@@ -228,6 +235,7 @@ class RateSeries:
     points: list[tuple[float, float]]
     breaks: list[float]
     span: float  # active seconds from the first completion to the last
+    rows: list[int] = field(default_factory=list)  # rows finished in each point's bucket
 
 
 IDLE_GAP_S = 10.0  # no completion for longer than this: the run was stopped, or between run directories
@@ -263,4 +271,4 @@ def rate_series(ascending: Sequence[Sequence[float]], buckets: int = 60, max_gap
         counts[min(n - 1, int(t // width))] += 1
     # the last bucket is only as wide as what is left of the span (a rate over empty time would dip at the end)
     widths = [min(width, span - i * width) for i in range(n)]
-    return RateSeries([(i * width, c / widths[i]) for i, c in enumerate(counts)], breaks, span)
+    return RateSeries([(i * width, c / widths[i]) for i, c in enumerate(counts)], breaks, span, counts)

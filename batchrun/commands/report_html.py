@@ -1,9 +1,10 @@
 """`batchrun report --html`: one self-contained page (inline SVG and CSS, no scripts, no network).
 
 Charts: rows/s over active time (sessions joined, each start marked), the latency histogram with p50/p90/p99, cost
-by model on one scale per currency, and failures by code. Every chart has axis titles, ticks and gridlines, and
-scales with the page. The page is well-formed XML as well as HTML, so tests can parse it and any browser renders
-it offline.
+by model on one scale per currency, and failures by code. Rows the response cache answered are in neither of the
+first two (they took no time: they would draw a spike at the start and a bar at zero); the page says how many.
+Every chart has axis titles, ticks and gridlines, and scales with the page. The page is well-formed XML as well as
+HTML, so tests can parse it and any browser renders it offline.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from collections.abc import Callable
 from html import escape
 
 from ..spec.pricing import money
+from ..store.usage import cached_line
 from .report import RateSeries, Report, percentile
-from .report_text import latency_text
+from .report_text import latency_text, requests_text, throughput_text
 
 WIDTH, HEIGHT = 720, 260
 LEFT, RIGHT, TOP, BOTTOM = 64, 24, 28, 48  # plot margins: tick labels and axis titles live there
@@ -36,7 +38,6 @@ svg .title { font-size: 12px; fill: #1d2330; font-weight: 600; }
 
 def render_html(report: Report) -> str:
     u = report.usage
-    rate = report.rows_per_s
     runs = ", ".join(f"{r.path.name} ({r.state})" for r in report.runs)
     facts = [
         ("runs", runs),
@@ -45,21 +46,23 @@ def render_html(report: Report) -> str:
             f"{u.rows_succeeded:,} succeeded, {u.rows_failed:,} failed, {report.rows_pending:,} pending of "
             f"{report.rows_total:,}",
         ),
-        ("requests", f"{u.requests:,} (retries {u.retries:,}, 429s {u.rate_limited:,})"),
+        ("requests", requests_text(report)),
         ("tokens", f"{u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion"),
-        ("throughput", f"{rate:,.1f} rows/s over {report.active_s:,.1f} s active" if rate else "-"),
+        ("throughput", throughput_text(report)),
         ("latency", "   ".join(f"{k} {latency_text(v)}" for k, v in report.latency.items())),
         ("cost", ", ".join(money(v, c) for c, v in sorted(report.totals().items())) or "no priced tokens"),
     ]
+    if (hits := cached_line(u.models, report.prices)) is not None:
+        facts.append(("cache", f"{hits}; not in the charts below: they took no time"))
     parts = [
         '<!DOCTYPE html>\n<html xmlns="http://www.w3.org/1999/xhtml" lang="en"><head><meta charset="utf-8"/>',
         '<meta name="viewport" content="width=device-width, initial-scale=1"/>',
         f"<title>batchrun report: {escape(runs)}</title><style>{CSS}</style></head><body>",
         f"<h1>batchrun report</h1><table>{''.join(_row(k, v) for k, v in facts)}</table>",
         "<h2>Rows per second over time</h2>",
-        line_chart(report.series, report.active_s),
+        line_chart(report.series, report.active_s, u.cached_rows),
         "<h2>Latency</h2>",
-        histogram(report.latencies),
+        histogram(report.latencies, cached=u.cached_rows),
         "<h2>Cost by model</h2>",
         cost_charts(report),
         _price_notes(report),
@@ -154,30 +157,45 @@ def _empty(text: str) -> str:
     return f'<p class="muted">{escape(text)}</p>'
 
 
-def line_chart(series: RateSeries, active_s: float = 0.0) -> str:
-    """Rows/s over active time. The x axis runs to the table's active time (it counts each session from its start,
+def line_chart(series: RateSeries, active_s: float = 0.0, cached: int = 0) -> str:
+    """Rows/s over active time, of the rows asked (`cached` rows came from the response cache at once, and would
+    draw a spike at the start). The x axis runs to the table's active time (it counts each session from its start,
     before the first answer); each later session's start is marked, with no fall to zero for the pause."""
     points = series.points
     if len(points) < 2:
+        if cached and not points:
+            return _empty(f"no rows to draw: {cached:,} rows came from the response cache, which took no time")
         return _empty("too few completions to draw")
     x_top = max(series.span, active_s)
     plot = Plot(x_top, max(v for _, v in points), "active time (s), idle time between sessions left out", "rows/s")
     cuts = [0.0, *series.breaks, math.inf]
     lines = []
-    for start, end in itertools.pairwise(cuts):
-        segment = [(t, v) for t, v in points if start <= t < end]
+    counts = series.rows or [0] * len(points)
+    for session, (start, end) in enumerate(itertools.pairwise(cuts), 1):
+        segment = [(t, v, n) for (t, v), n in zip(points, counts, strict=True) if start <= t < end]
         if segment:
-            coords = " ".join(f"{plot.x(t):.1f},{plot.y(v):.1f}" for t, v in segment)
-            lines.append(f'<polyline points="{coords}" fill="none" stroke="{BAR}" stroke-width="2"/>')
+            coords = " ".join(f"{plot.x(t):.1f},{plot.y(v):.1f}" for t, v, _ in segment)
+            rows = sum(n for _, _, n in segment)
+            lines.append(
+                f'<polyline points="{coords}" fill="none" stroke="{BAR}" stroke-width="2">'
+                f"<title>session {session}: {rows:,} rows asked</title></polyline>"
+            )
     marks = "".join(plot.marker(at, f"session {i + 2}") for i, at in enumerate(series.breaks))
-    return _svg(plot.frame() + "".join(lines) + marks, plot.height, "rows per second over time")
+    chart = _svg(plot.frame() + "".join(lines) + marks, plot.height, "rows per second over time")
+    if cached:
+        chart += _empty(f"{cached:,} rows from the response cache are left out: they took no time")
+    return chart
 
 
-def histogram(latencies: list[tuple[float, int]], bins: int = 30) -> str:
+def histogram(latencies: list[tuple[float, int]], bins: int = 30, cached: int = 0) -> str:
     """Latencies ((value, rows), ordered) in equal bins up to the 99th percentile, slower ones in the last bin;
-    p50, p90 and p99 marked."""
+    p50, p90 and p99 marked. Rows from the response cache (`cached`) have none: they were not asked."""
     if not latencies:
-        return _empty("no latencies recorded")
+        return _empty(
+            f"no latencies recorded: {cached:,} rows came from the response cache, without a request"
+            if cached
+            else "no latencies recorded"
+        )
     top = percentile(latencies, 0.99) or latencies[-1][0] or 1.0
     width = top / bins
     counts = [0] * bins

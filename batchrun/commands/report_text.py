@@ -18,20 +18,43 @@ def latency_text(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
 
 
+def requests_text(report: Report) -> str:
+    """`1,234 (retries 12, repairs 30, 429s 3)`: retries follow a transient error or a 429, repairs an answer that
+    did not fit the schema; both reports show it so."""
+    u = report.usage
+    return (
+        f"{u.requests:,} (retries {u.retries:,}"
+        + (f", repairs {u.repairs:,}" if u.repairs else "")
+        + f", 429s {u.rate_limited:,}"
+        + (f", polls {u.polls:,}" if u.polls else "")
+        + ")"
+    )
+
+
+def throughput_text(report: Report) -> str:
+    """Rows/s of the rows asked; rows the response cache answered took no time, and are named apart."""
+    rate, cached = report.rows_per_s, report.usage.cached_rows
+    text = f"{rate:,.1f} rows/s over {report.active_s:,.1f} s active" if rate else "-"
+    if cached:
+        text += (
+            f" ({cached:,} rows from the response cache left out)"
+            if rate
+            else f" (all {cached:,} rows from the response cache)"
+        )
+    return text
+
+
 def report_table(report: Report) -> list[str]:
     u = report.usage
     names = ", ".join(f"{r.path} ({r.state})" for r in report.runs)
-    rate = report.rows_per_s
     lat = report.latency
     lines = [
         f"report: {names}",
         f"  rows        {u.rows_succeeded:,} succeeded, {u.rows_failed:,} failed, {report.rows_pending:,} pending "
         f"of {report.rows_total:,}",
-        f"  requests    {u.requests:,} (retries {u.retries:,}, 429s {u.rate_limited:,}"
-        + (f", polls {u.polls:,}" if u.polls else "")
-        + ")",
+        f"  requests    {requests_text(report)}",
         f"  tokens      {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion = {u.total_tokens:,}",
-        "  throughput  " + (f"{rate:,.1f} rows/s over {report.active_s:,.1f} s active" if rate else "-"),
+        f"  throughput  {throughput_text(report)}",
         "  latency     " + "   ".join(f"{k} {latency_text(lat[k])}" for k in ("p50", "p90", "p99")),
         f"  lane        {report.lane}"
         + (f"; saved {', '.join(money(v, c) for c, v in sorted(report.saved.items()))}" if report.saved else ""),
@@ -109,12 +132,14 @@ def report_json(report: Report) -> dict[str, Any]:
         "rows_pending": report.rows_pending,
         "requests": u.requests,
         "retries": u.retries,
+        "repairs": u.repairs,
         "rate_limited": u.rate_limited,
         "polls": u.polls,
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.total_tokens,
         "active_s": round(report.active_s, 3),
+        "rows_cached": u.cached_rows,
         "rows_per_s": None if report.rows_per_s is None else round(report.rows_per_s, 3),
         "latency_s": report.latency,
         "models": [
@@ -142,6 +167,7 @@ def report_json(report: Report) -> dict[str, Any]:
 
 def report_csv(report: Report) -> str:
     """One line per model, then one total line per currency."""
+    u = report.usage
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(
@@ -157,6 +183,8 @@ def report_csv(report: Report) -> str:
             "currency",
             "cost",
             "price_source",
+            "repairs",
+            "rows_cached",
         ]
     )
     for m in report.models:
@@ -174,8 +202,10 @@ def report_csv(report: Report) -> str:
                 "" if p is None else p.currency,
                 "" if m.cost is None else round(m.cost, 6),
                 "no price" if p is None else p.source,
+                u.models[m.model].repairs if m.model in u.models else 0,
+                u.models[m.model].cached_rows if m.model in u.models else 0,
             ]
         )
     for currency, amount in sorted(report.totals().items()):
-        writer.writerow(["TOTAL", "", "", "", "", "", "", "", currency, round(amount, 6), ""])
+        writer.writerow(["TOTAL", "", "", "", "", "", "", "", currency, round(amount, 6), "", "", ""])
     return out.getvalue()

@@ -27,6 +27,7 @@ def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[s
     u = run.usage
     costs, unpriced = table.spent(u.models)
     live_rate = run.rate if run.live and run.rate else None
+    asked = max(0, run.rows_done - u.cached_rows)
     return {
         "run_dir": str(path),
         "state": run.state,
@@ -40,9 +41,11 @@ def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[s
         "rate_rows_per_s": live_rate,
         "eta_s": run.rows_pending / live_rate if live_rate else None,
         "active_s": run.active_s,
-        "average_rows_per_s": run.rows_done / run.active_s if run.active_s else None,
+        # of the rows asked: rows from the response cache took no time (`cached` counts them)
+        "average_rows_per_s": asked / run.active_s if run.active_s and asked else None,
         "requests": u.requests,
         "retries": u.retries,
+        "repairs": u.repairs,
         "rate_limited": u.rate_limited,
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
@@ -75,7 +78,7 @@ def status_lines(path: Path, prices: Mapping[str, Price] | None = None) -> list[
         lines.append(
             f"  rate     {st['rate_rows_per_s']:,.1f} rows/s" + (f", about {_duration(eta)} to go" if eta else "")
         )
-    elif st["active_s"]:
+    elif st["average_rows_per_s"]:
         lines.append(
             f"  rate     {st['average_rows_per_s']:,.1f} rows/s on average over {_duration(st['active_s'])} active"
         )

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..engine.job import Prepared, display_path
+from ..engine.job import Prepared, display_path, key_problems
 from ..rows.ids import DUPLICATE_ID, repeated_ids
 from ..rows.request import BadRow, Request, batched
 from ..rows.sources import iter_rows
+from ..spec.model import JobSpec
+from ..store.cache import cache_problem
+from ..store.checkpoint import run_dir_problem
 
 MAX_LISTED = 20
 
@@ -33,6 +36,7 @@ class Validation:
     problems: list[str] = field(default_factory=list)  # the first MAX_LISTED, each naming its row
     problem_count: int = 0
     duplicate_ids: int = 0
+    blockers: list[str] = field(default_factory=list)  # what submit would stop at before sending a row
 
     @property
     def tokens(self) -> int:
@@ -41,7 +45,7 @@ class Validation:
 
     @property
     def ok(self) -> bool:
-        return self.problem_count == 0 and self.duplicate_ids == 0
+        return self.problem_count == 0 and self.duplicate_ids == 0 and not self.blockers
 
     def _problem(self, text: str) -> None:
         self.problem_count += 1
@@ -51,7 +55,7 @@ class Validation:
 
 def validate(prepared: Prepared) -> Validation:
     """Every row built as submit builds it, and every repeated id, each problem named by its row."""
-    report = Validation()
+    report = Validation(blockers=blockers(prepared.spec))
     if prepared.scan.held_back is not None:  # not read (a submit says so too), but a run may never read it either
         report._problem(
             f"line {prepared.scan.held_back}: no newline at its end and not whole JSON: left out as still being written"
@@ -70,6 +74,14 @@ def validate(prepared: Prepared) -> Validation:
             load.prompt_tokens += built.prompt_tokens
             load.max_output_tokens += built.max_output
     return report
+
+
+def blockers(spec: JobSpec) -> list[str]:
+    """What submit needs besides the rows, checked without calling any API or making anything: the key variables
+    set and not empty, the run directory writable (or creatable), the response cache usable."""
+    found = key_problems(spec.provider)
+    found += [p for p in (run_dir_problem(spec.output_dir), cache_problem(spec.cache)) if p is not None]
+    return found
 
 
 def _built(prepared: Prepared, report: Validation) -> Iterator[Request | BadRow]:
@@ -131,6 +143,7 @@ def validation_lines(prepared: Prepared, report: Validation) -> list[str]:
             f"  output: {fields}, asked for with {asked}; an answer that does not fit is repaired up to "
             f"{out.max_repairs} time(s)"
         )
+    lines += [f"  problem: {line}" for line in report.blockers]
     if report.problem_count:
         lines.append(
             f"  {report.problem_count} problem(s)"

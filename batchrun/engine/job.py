@@ -144,6 +144,7 @@ def fingerprint(spec: JobSpec, scan: InputScan) -> dict[str, str]:
         "template": inp.template,
         "system": inp.system,
         **({"null": inp.null} if inp.null != "fail" else {}),  # only when not the default, as below
+        **({"encoding": inp.encoding} if inp.encoding != "utf-8" else {}),
     }
     found = {
         "input": scan.digest,
@@ -176,11 +177,33 @@ def api_key(preset_name: str, env: str) -> str | None:
     preset = PRESETS[preset_name]
     key = os.environ.get(env, "").strip() or None
     if key is None and preset.key_required:
-        raise SpecError(
-            f"the environment variable {env} is not set: export {env}=<your {preset.title} key> "
-            "(keys never go in the job spec)"
-        )
+        raise SpecError(_no_key(env, f"export {env}=<your {preset.title} key> (keys never go in the job spec)"))
     return key
+
+
+def _no_key(env: str, fix: str) -> str:
+    """`KEY=""` is set, to nothing: told apart from a variable not set at all (a typo in its name, say)."""
+    return f"the environment variable {env} {'is empty' if env in os.environ else 'is not set'}: {fix}"
+
+
+def key_problems(provider: ProviderSpec) -> list[str]:
+    """What is wrong with the job's key variables, one line each, in the words submit stops with (batchrun
+    validate lists them all). Never the key itself."""
+    problems = []
+    for env in provider.key_envs:
+        try:
+            key = api_key(provider.name, env)
+        except SpecError as exc:
+            problems.append(str(exc))
+            continue
+        if key is None and provider.key_pool:
+            problems.append(_no_key(env, "a key pool needs a key in each variable"))
+    if not problems:
+        try:
+            provider_keys(provider)
+        except SpecError as exc:  # the key would cross the network in the clear
+            problems.append(str(exc))
+    return problems
 
 
 def provider_key(provider: ProviderSpec) -> str | None:
@@ -193,7 +216,7 @@ def provider_keys(provider: ProviderSpec) -> list[tuple[str, str | None]]:
     keys = [(env, api_key(provider.name, env)) for env in provider.key_envs]
     for env, key in keys:
         if key is None and provider.key_pool:  # a pool of keys, one of them missing: not a pool of one fewer
-            raise SpecError(f"the environment variable {env} is not set: a key pool needs a key in each variable")
+            raise SpecError(_no_key(env, "a key pool needs a key in each variable"))
         refuse_plain_http(
             provider.base_url, key, provider.allow_insecure_http, provider.proxy, trust_env=provider.simulate is None
         )

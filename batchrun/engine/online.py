@@ -206,7 +206,8 @@ class RunLoop(RunControl):
                 reply = await self.lane.call(row.request, member.auth)
                 if reply.status == 429:
                     row.rate_limited += 1
-                self.progress.attempt(retried=row.attempts > 1, rate_limited=reply.status == 429)
+                repairs = self.repairs.steps(row.request.row) if self.repairs else 0  # asked again, not retried
+                self.progress.attempt(retried=row.attempts > 1 + repairs, rate_limited=reply.status == 429)
                 if self.unproven is not None and self._park(row, reply, ticket):
                     return
                 held = self.act(await self.lane.answer(row, reply, ticket))

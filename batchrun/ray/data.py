@@ -7,8 +7,8 @@
     out.write_parquet("s3://bucket/labelled/")
 
 Each row comes back with its own columns and batchrun's: answer, reasoning, finish_reason, tokens, attempts,
-latency, status, and error_code/error_message for a row that failed (a failed row is a row, never a failed task),
-with structured output's fields as typed columns. Rows are retried, paced and repaired exactly as in a run; there
+latency, cached, status, and error_code/error_message for a row that failed (a failed row is a row, never a failed
+task), with structured output's fields as typed columns. Rows are retried, paced and repaired exactly as in a run; there
 is no run directory (Ray Data owns where the rows go), so a pipeline that is stopped starts over.
 """
 

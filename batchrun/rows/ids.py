@@ -21,6 +21,7 @@ import orjson
 from ..spec.model import InputSpec
 from .request import ID_FIELDS, BadRow, row_id
 from .sources import input_lines, iter_rows, parquet_id_columns
+from .textin import json_loads
 
 DUPLICATE_ID = "duplicate_id"
 
@@ -43,7 +44,7 @@ def _ids(spec: InputSpec) -> Iterator[tuple[int, str, int]]:
     if spec.format == "jsonl":
         names = [f'"{name}"'.encode() for name in ((spec.id_field,) if spec.id_field else ID_FIELDS)]
         first, *others = names
-        loads = orjson.loads
+        loads = json_loads(spec.encoding)
         row = 0
         for lines in input_lines(spec):  # the run's snapshot of the input, as the rows are read
             for line in lines:
@@ -53,7 +54,7 @@ def _ids(spec: InputSpec) -> Iterator[tuple[int, str, int]]:
                         text = str(row)
                         yield hash(text), text, row
                     continue
-                with contextlib.suppress(orjson.JSONDecodeError):
+                with contextlib.suppress(orjson.JSONDecodeError, UnicodeDecodeError):
                     data = loads(line)
                     if isinstance(data, dict):
                         found = row_id(data, row, spec.id_field)

@@ -18,6 +18,7 @@ import orjson
 
 from ..errors import InputError
 from ..spec.model import InputSpec
+from .textin import arrow_reason, bad_row, first_undecodable, json_loads, open_quote, plain_utf8, why_not_json
 
 PARQUET_BATCH_ROWS = 1024
 HASH_CHUNK = 1 << 20
@@ -94,14 +95,26 @@ def _csv_source(spec: InputSpec) -> Path | _Head:
     return spec.path if spec.snapshot is None else _Head(spec.path, spec.snapshot)
 
 
+def _csv_text(spec: InputSpec) -> io.TextIOWrapper:
+    """The run's snapshot of a CSV input as text, for the checks that name a line (rows/textin.py)."""
+    size = spec.path.stat().st_size if spec.snapshot is None else spec.snapshot
+    encoding = "utf-8-sig" if plain_utf8(spec.encoding) else spec.encoding
+    return io.TextIOWrapper(io.BufferedReader(_Head(spec.path, size)), encoding=encoding, newline="")
+
+
 def _open_csv(spec: InputSpec, columns: list[str] | None = None) -> Any:
     """A streaming CSV reader (pyarrow's), every column read as text: an id `007` stays `007`, and a prompt is
-    never turned into a number. Rows are numbered from 1, the header not counted."""
+    never turned into a number. Rows are numbered from 1, the header not counted. A quoted value may hold
+    newlines (the reader cuts its blocks between rows, not inside a value)."""
     import pyarrow as pa
     import pyarrow.csv as pc
 
+    encoding = "utf8" if plain_utf8(spec.encoding) else spec.encoding
+    parse = pc.ParseOptions(newlines_in_values=True)
     try:
-        names = pc.open_csv(_csv_source(spec)).schema.names
+        names = pc.open_csv(
+            _csv_source(spec), read_options=pc.ReadOptions(encoding=encoding), parse_options=parse
+        ).schema.names
         wanted = names if columns is None else [c for c in names if c in columns]
         convert = pc.ConvertOptions(
             column_types={n: pa.string() for n in names},
@@ -109,9 +122,47 @@ def _open_csv(spec: InputSpec, columns: list[str] | None = None) -> Any:
             quoted_strings_can_be_null=False,
             include_columns=wanted or names[:1],
         )
-        return pc.open_csv(_csv_source(spec), read_options=pc.ReadOptions(block_size=1 << 20), convert_options=convert)
-    except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{spec.path}: not a readable CSV file with a header row ({exc})") from None
+        return pc.open_csv(
+            _csv_source(spec),
+            read_options=pc.ReadOptions(block_size=1 << 20, encoding=encoding),
+            parse_options=parse,
+            convert_options=convert,
+        )
+    except (OSError, UnicodeError, pa.ArrowException) as exc:
+        raise _csv_error(spec, exc) from None
+
+
+def _csv_error(spec: InputSpec, exc: Exception) -> InputError:
+    """pyarrow's error, with the line it is on: its messages quote a row's text, never its line number."""
+    message = str(exc)
+    where = f"{spec.path}: not a readable CSV file with a header row ({exc})"
+    line_safe = plain_utf8(spec.encoding) or "\n".encode(spec.encoding) == b"\n"
+    if line_safe and ("invalid UTF8" in message or isinstance(exc, UnicodeError)):
+        with open(spec.path, "rb") as f:
+            line, why = first_undecodable(_line_batches(f, spec.snapshot), spec.encoding)
+        if line:
+            return InputError(f"{spec.path}: line {line}: {why}")
+    if plain_utf8(spec.encoding):
+        with open(spec.path, "rb") as f:
+            if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+                return InputError(f"{where}; it starts as UTF-16 text does: set input.encoding: utf-16")
+    if "CSV parse error" in message:
+        with _csv_text(spec) as text:
+            found = bad_row(text)
+        if found is not None:
+            line, end, row = found
+            spans = f" (this row runs to line {end:,}: is a quote left open?)" if end > line else ""
+            return InputError(f"{spec.path}: line {line:,} (row {row:,}): {arrow_reason(message)}{spans}")
+    return InputError(where)
+
+
+def _check_quotes(spec: InputSpec) -> None:
+    """A quoted value that swallows many lines, or runs to the end of the file, is almost always a quote left open
+    by mistake: rows merged into one, silently, unless this says so."""
+    with _csv_text(spec) as text:
+        found = open_quote(text, spec.max_value_lines)
+    if found is not None:
+        raise InputError(f"{spec.path}: {found.message(spec.max_value_lines)}")
 
 
 def table_columns(spec: InputSpec) -> list[str]:
@@ -124,8 +175,13 @@ def table_columns(spec: InputSpec) -> list[str]:
 def table_batches(spec: InputSpec, columns: list[str] | None, batch_rows: int = PARQUET_BATCH_ROWS) -> Iterator[Any]:
     """A Parquet or CSV input as arrow record batches, in order (`columns`: only these; [] for none)."""
     if spec.format == "csv":
-        for batch in _open_csv(spec, columns):
-            yield batch if columns is None or columns else batch.select([])
+        import pyarrow as pa
+
+        try:
+            for batch in _open_csv(spec, columns):
+                yield batch if columns is None or columns else batch.select([])
+        except (OSError, UnicodeError, pa.ArrowException) as exc:
+            raise _csv_error(spec, exc) from None
         return
     yield from _open_parquet(spec.path).iter_batches(batch_size=batch_rows, columns=columns, use_threads=False)
 
@@ -138,7 +194,7 @@ def iter_rows(
     if spec.format in ("parquet", "csv"):
         yield from _iter_table(spec, skip, columns)
     else:
-        yield from _jsonl_rows(input_lines(spec), 1, skip)
+        yield from _jsonl_rows(input_lines(spec), 1, skip, spec.encoding)
 
 
 def nth_row(spec: InputSpec, n: int) -> int:
@@ -195,9 +251,11 @@ def _cut(lines: list[bytes], left: int) -> list[bytes]:
     return kept
 
 
-def _jsonl_rows(batches: Iterable[list[bytes]], first: int, skip: Callable[[int], bool] | None) -> Iterator[RawRow]:
-    """JSONL lines as rows, the first numbered `first`."""
-    loads = orjson.loads
+def _jsonl_rows(
+    batches: Iterable[list[bytes]], first: int, skip: Callable[[int], bool] | None, encoding: str = "utf-8"
+) -> Iterator[RawRow]:
+    """JSONL lines as rows, the first numbered `first`, read as `encoding`."""
+    loads = json_loads(encoding)
     lineno = first - 1
     for lines in batches:
         for line in lines:
@@ -208,8 +266,8 @@ def _jsonl_rows(batches: Iterable[list[bytes]], first: int, skip: Callable[[int]
                 continue
             try:
                 data = loads(line)
-            except orjson.JSONDecodeError as exc:
-                yield RawRow(lineno, None, f"line {lineno}: {_why_not_json(line, exc)}")
+            except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
+                yield RawRow(lineno, None, f"line {lineno}: {why_not_json(line, exc, encoding)}")
                 continue
             if not isinstance(data, dict):
                 yield RawRow(lineno, None, f"line {lineno}: expected a JSON object, got {type(data).__name__}")
@@ -277,15 +335,7 @@ def slice_rows(spec: InputSpec, part: Slice, skip: Callable[[int], bool] | None 
         )
         yield from _batch_rows(batches, part.first, skip)
         return
-    yield from _jsonl_rows(input_lines(spec, part.start, part.end), part.first, skip)
-
-
-def _why_not_json(line: bytes, exc: orjson.JSONDecodeError) -> str:
-    try:
-        line.decode("utf-8")
-    except UnicodeDecodeError as bad:
-        return f"not valid UTF-8 (byte 0x{line[bad.start]:02x} at column {bad.start + 1}); save the file as UTF-8"
-    return f"not valid JSON ({exc.msg})"
+    yield from _jsonl_rows(input_lines(spec, part.start, part.end), part.first, skip, spec.encoding)
 
 
 def parquet_columns(spec: InputSpec, available: list[str]) -> list[str]:
@@ -345,20 +395,23 @@ def scan_input(spec: InputSpec, upto: int | None = None) -> InputScan:
     tell an input that grew from one that changed."""
     if spec.format == "jsonl":
         return _scan_jsonl(spec, upto)
-    h, size, prefix = _hash_file(spec.path, upto)
+    h, size, prefix, newlines = _hash_file(spec.path, upto)
     if spec.format == "parquet":  # written whole: it never grows, and is read as it is
         return InputScan(_open_parquet(spec.path).metadata.num_rows, h.hexdigest(), size)
-    rows = _csv_rows(spec.model_copy(update={"snapshot": size}))
+    snapshot = spec.model_copy(update={"snapshot": size})
+    rows = _csv_rows(snapshot)
+    if newlines > rows + 1:  # some value holds a newline (or there are blank lines): read it again, line by line
+        _check_quotes(snapshot)
     found = (
         Prefix(prefix.hexdigest(), _csv_rows(spec.model_copy(update={"snapshot": upto}))) if prefix and upto else None
     )
     return InputScan(rows, h.hexdigest(), size, prefix=found)
 
 
-def _hash_file(path: Path, upto: int | None) -> tuple[Any, int, Any]:
-    """The sha256 of the file as it is, its size, and the sha256 of its first `upto` bytes (None: not asked, or the
-    file is not longer)."""
-    h, size, prefix = hashlib.sha256(), 0, None
+def _hash_file(path: Path, upto: int | None) -> tuple[Any, int, Any, int]:
+    """The sha256 of the file as it is, its size, the sha256 of its first `upto` bytes (None: not asked, or the
+    file is not longer), and its newline bytes."""
+    h, size, prefix, newlines = hashlib.sha256(), 0, None, 0
     with open(path, "rb") as f:
         while chunk := f.read(HASH_CHUNK):
             if upto is not None and prefix is None and size + len(chunk) > upto:
@@ -366,7 +419,8 @@ def _hash_file(path: Path, upto: int | None) -> tuple[Any, int, Any]:
                 prefix.update(chunk[: upto - size])
             h.update(chunk)
             size += len(chunk)
-    return h, size, prefix
+            newlines += chunk.count(b"\n")
+    return h, size, prefix, newlines
 
 
 def _csv_rows(spec: InputSpec) -> int:
@@ -379,11 +433,15 @@ def _scan_jsonl(spec: InputSpec, upto: int | None) -> InputScan:
     upstream job is writing it) is left for the next run rather than read as a broken row."""
     h, size, rows, count, last = hashlib.sha256(), 0, 0, 0, b""
     prefix: Prefix | None = None
+    gbk: str | None = None  # a line that is not UTF-8 but reads as GBK: the file needs input.encoding
     with open(spec.path, "rb") as f:
         for lines in _line_batches(f, None):
             if size == 0 and lines[0].startswith(BOM) and lines[0][len(BOM) :].isspace():
                 rows -= 1  # a line holding only the byte order mark is blank once that is dropped
             chunk = b"".join(lines)
+            if gbk is None and not chunk.isascii() and plain_utf8(spec.encoding) and not _utf8(chunk):
+                line, why = first_undecodable([lines], spec.encoding, gbk_only=True)
+                gbk = f"line {count + line}: {why}" if line else None
             if upto is not None and prefix is None and size + len(chunk) > upto:
                 prefix = _prefix(h.copy(), lines, upto - size, rows)
             h.update(chunk)
@@ -391,7 +449,9 @@ def _scan_jsonl(spec: InputSpec, upto: int | None) -> InputScan:
             rows += len(lines) - sum(map(bytes.isspace, lines))
             count += len(lines)
             last = lines[-1]
-    if last and not last.endswith(b"\n") and not last.isspace() and not _whole_json(last, count == 1):
+    if gbk is not None:
+        raise InputError(f"{spec.path}: {gbk}")
+    if last and not last.endswith(b"\n") and not last.isspace() and not _whole_json(last, count == 1, spec.encoding):
         size -= len(last)
         return InputScan(rows - 1, _sha256(spec.path, size), size, count, prefix)
     return InputScan(rows, h.hexdigest(), size, prefix=prefix)
@@ -415,9 +475,18 @@ def _sha256(path: Path, size: int) -> str:
     return h.hexdigest()
 
 
-def _whole_json(line: bytes, first: bool) -> bool:
+def _utf8(chunk: bytes) -> bool:
     try:
-        orjson.loads(line.removeprefix(BOM) if first else line)
-    except orjson.JSONDecodeError:
+        chunk.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _whole_json(line: bytes, first: bool, encoding: str) -> bool:
+    loads = json_loads(encoding)
+    try:
+        loads(line.removeprefix(BOM) if first else line)
+    except (orjson.JSONDecodeError, UnicodeDecodeError):
         return False
     return True

@@ -7,6 +7,7 @@ it is. Their errors say what is wrong after the key's name (`fail`) or as a whol
 
 from __future__ import annotations
 
+import codecs
 import os
 import string
 from collections.abc import Mapping
@@ -197,6 +198,22 @@ def input_format(value: Any, info: ValidationInfo) -> Any:
             "input_error", "{line}", {"line": f"input.path: no such file {value.path!r} (looked for {path})"}
         )
     return fmt
+
+
+def input_encoding(value: str, info: ValidationInfo) -> str:
+    """A codec Python knows; JSONL is read line by line in bytes, so its codec must write a newline as one byte."""
+    if reading(info) is None:
+        return value
+    try:
+        name = codecs.lookup(value).name
+    except LookupError:
+        fail(f"must be a text encoding such as utf-8, gbk, gb18030 or utf-16, got {value!r}")
+    fmt = info.data.get("format")
+    if fmt == "parquet" and name != "utf-8":
+        fail(f"does not apply to a Parquet input (its text is always UTF-8), got {value!r}: leave it out")
+    if fmt == "jsonl" and name not in ("utf-8", "utf-8-sig") and "\n".encode(name) != b"\n":
+        fail(f"{value!r} cannot be read as JSONL line by line: convert the file (iconv -f {value} -t utf-8)")
+    return value
 
 
 def template_fields(template: str) -> tuple[str, ...]:

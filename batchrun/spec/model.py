@@ -100,6 +100,15 @@ class InputSpec(SpecModel):
     null: Literal["fail", "empty"] = Field(
         "fail", description="A null in a field the template names: fail (a failure record) or empty (empty text)."
     )
+    encoding: Annotated[
+        Text,
+        Field(description="The text encoding of a CSV or JSONL input (gbk, gb18030, utf-16, ...); default utf-8."),
+        AfterValidator(checks.input_encoding),
+    ] = "utf-8"
+    max_value_lines: Count = Field(
+        20,
+        description="CSV: the most lines one quoted value may span; more is taken as a quote left open by mistake.",
+    )
     # The bytes of the file a run reads, set by job.prepare from its scan, so that rows appended while the run goes
     # wait for the next one (None: the whole file).
     snapshot: Annotated[int | None, Internal()] = None

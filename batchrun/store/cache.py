@@ -32,6 +32,7 @@ from ..errors import SpecError
 from ..records import Response
 from ..redaction import holds, redact, secret_bytes
 from ..spec.model import CacheSpec
+from .durable import unwritable_dir
 
 # New entries are written this many at a time (and at least once a second): a larger transaction costs SQLite
 # tens of megabytes of memory while it lasts (measured: 22 MB for 5,000 entries, 4 MB for 500) and saves no time,
@@ -235,7 +236,26 @@ def _prepare(db: sqlite3.Connection) -> None:
         pause = min(pause * 2, 0.25)
 
 
-def _unusable(path: Path, exc: BaseException) -> SpecError:
+def cache_problem(spec: CacheSpec) -> str | None:
+    """Why a run could not use the cache file (None: it could), in the words a run uses; a file not there yet is
+    not made (batchrun validate). A damaged file is a problem too: a run goes on without it, paying again."""
+    if spec.mode == "off":
+        return None
+    path = spec.file()
+    if not path.exists():
+        why = unwritable_dir(path.parent)
+        return None if why is None else str(_unusable(path, why))
+    try:
+        _open(path).close()
+    except SpecError as exc:
+        return str(exc)
+    except sqlite3.DatabaseError as exc:
+        what, fix = _trouble(path, exc, "or run with --no-cache")
+        return f"{what}: a run would go on without it, asking every row again; {fix}"
+    return None
+
+
+def _unusable(path: Path, exc: BaseException | str) -> SpecError:
     return SpecError(
         f"cannot open the response cache {path} ({exc}): set cache.path to a writable file, or run with --no-cache"
     )

@@ -25,7 +25,7 @@ import orjson
 from ..errors import BatchrunError, CheckpointWriteError, RunDirError
 from ..records import Record, encode, now_iso
 from ..redaction import MIN_SECRET_LEN, redact
-from .durable import atomic_write, write_error
+from .durable import atomic_write, unwritable_dir, write_error
 from .recordfile import CRC_KEY, LINES_KEY
 from .rerun import Rerun
 from .resume import ResumeState, read_state
@@ -409,6 +409,22 @@ def _holds(path: Path) -> bool:
         return path.is_dir() or path.stat().st_size > 0
     except OSError:
         return False
+
+
+def run_dir_problem(path: Path) -> str | None:
+    """Why submit could not make or write the run directory (None: it could), in the words submit uses, found
+    without making anything (batchrun validate)."""
+    if path.exists() and not path.is_dir():
+        return f"{path} is a file, where the run directory should be: move it, or set output_dir to a folder"
+    why = unwritable_dir(path)
+    if why is None:
+        return None
+    if path.is_dir():
+        return (
+            f"cannot write to the run directory {path} ({why}): make it writable by this user, or set output_dir "
+            "(or --output-dir) to a folder you can write"
+        )
+    return f"cannot create the run directory {path} ({why}): set output_dir (or --output-dir) to a folder you can write"
 
 
 def _open_error(path: Path, exc: OSError) -> BatchrunError:

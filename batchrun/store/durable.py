@@ -26,3 +26,22 @@ def write_error(path: Path, exc: OSError) -> str:
             "resume (rows already recorded are kept)"
         )
     return f"cannot write {path}: {exc.strerror}; fix that, then run the same command again to resume"
+
+
+def unwritable_dir(path: Path) -> str | None:
+    """Why this user could not make or write the folder `path` (None: it could), found without making anything:
+    what batchrun validate says of the run directory and the cache's folder before submit needs them. The
+    nearest folder that is there must be writable (and be a folder: a path under a file is never one)."""
+    probe = path
+    try:
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            return f"{probe} is a file"
+        if os.statvfs(probe).f_flag & os.ST_RDONLY:
+            return f"{probe} is on a read-only file system"
+    except OSError as exc:
+        return f"{probe}: {exc.strerror}"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"permission denied in {probe}"
+    return None

@@ -106,6 +106,16 @@ class Usage:
     failures_by_code: dict[str, int] = field(default_factory=dict)
     keys: dict[str, dict[str, int]] = field(default_factory=dict)  # a key pool: per variable, KEY_COUNTERS
 
+    @property
+    def repairs(self) -> int:
+        """Requests that asked again about an answer that did not fit the schema (never counted as retries)."""
+        return sum(m.repairs for m in self.models.values())
+
+    @property
+    def cached_rows(self) -> int:
+        """Rows the response cache answered: no request, no time of their own."""
+        return sum(m.cached_rows for m in self.models.values())
+
     def add(self, record: Mapping[str, Any], *, rows: bool = True) -> None:
         """Count one final record (the shape `records` defines; older run directories' records too).
 
@@ -115,7 +125,9 @@ class Usage:
         shared = isinstance(batch, Mapping) and bool(batch.get("index"))
         attempts = 0 if shared else count(record.get("attempts"))
         rate_limited = 0 if shared else count(record.get("rate_limited"))
-        retries = max(0, attempts - 1)
+        steps = record.get("repairs")  # structured output: requests after an answer that did not fit the schema
+        # A row's requests: its first, one per repair, and the rest retries (after a transient error or a 429).
+        retries = max(0, attempts - 1 - (len(steps) if isinstance(steps, list) else 0))
         split = record.get("shared_request")  # the failed request this row shared before it was sent alone
         if isinstance(split, Mapping):
             attempts += count(split.get("attempts"))
@@ -149,7 +161,6 @@ class Usage:
         batch_price = bool(record.get("batch_id"))
         self._tokens(model, body.get("usage") if body is not None else None, batch_price)
         self._tokens(model, record.get("retried_usage"), batch_price)
-        steps = record.get("repairs")
         if isinstance(steps, list):  # structured output: answers that did not fit, billed where they came from
             model.repairs += len(steps)
             for step in steps:
