@@ -26,6 +26,7 @@ from .errors import SpecError
 from .session import RunOutcome, run_job
 from .spec.model import JobSpec
 from .spec.parse import load_spec, parse_spec
+from .store.rerun import Rerun
 from .store.rundir import FAILURES, RESULTS, RunDir
 
 SpecLike = str | os.PathLike[str] | Mapping[str, Any]
@@ -50,7 +51,8 @@ def run(
         asyncio.get_running_loop()
     except RuntimeError:
         job = job_spec(spec, rows=rows, base_dir=base_dir, caller="batchrun.run(spec)")
-        return asyncio.run(run_job(job, fresh=fresh, progress=progress, log=log or _quiet, limit=limit))
+        rerun = Rerun(job.spec_path, limit=limit, api=True)  # the hints name this call, not a command
+        return asyncio.run(run_job(job, fresh=fresh, progress=progress, log=log or _quiet, limit=limit, rerun=rerun))
     raise SpecError(
         "batchrun.run() was called inside a running event loop (Jupyter, an async function), where it cannot wait: "
         "use `await batchrun.arun(...)` there, with the same arguments"
@@ -69,7 +71,8 @@ async def arun(
 ) -> RunOutcome:
     """`run` for code that already has an event loop."""
     job = job_spec(spec, rows=rows, base_dir=base_dir, caller="batchrun.arun(spec)")
-    return await run_job(job, fresh=fresh, progress=progress, log=log or _quiet, limit=limit)
+    rerun = Rerun(job.spec_path, limit=limit, api=True)  # the hints name this call, not a command
+    return await run_job(job, fresh=fresh, progress=progress, log=log or _quiet, limit=limit, rerun=rerun)
 
 
 def job_spec(

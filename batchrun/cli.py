@@ -27,7 +27,8 @@ from .spec.parse import load_spec, schema_text
 from .spec.presets import PRESETS, batch_share, unknown_preset
 from .spec.pricing import Prices, load_prices
 from .store import cache as response_cache
-from .store.rundir import RunState
+from .store.rerun import Rerun, from_manifest, session_options
+from .store.rundir import RunDir, RunState
 from .store.usage import cached_line, outputs, outputs_line
 from .words import plural
 
@@ -77,7 +78,13 @@ def _terminate(signum: int, frame: object) -> None:
 
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
-@click.option("--fresh", is_flag=True, help="Start over even if the run directory holds this or another job.")
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Start over even if the run directory holds this or another job: its earlier files are moved aside (to "
+    "previous/), not deleted. Answers already in the response cache are still reused at no cost; add --no-cache "
+    "to have the provider answer every row again.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar (the closing summary is still printed).")
 @click.option(
     "--limit",
@@ -118,6 +125,7 @@ def submit(
     dooms every row, 2 spec or usage error, 130 interrupted.
     """
     spec = load_spec(job)
+    own_dir = spec.output_dir
     if output_dir is not None:
         spec = spec.model_copy(update={"output_dir": output_dir.resolve()})
     scale = spec.scale
@@ -135,6 +143,12 @@ def submit(
             limit=limit,
             use_cache=not no_cache,
             scale=scale,
+            rerun=Rerun(
+                spec.spec_path,
+                None if spec.output_dir == own_dir else spec.output_dir,
+                limit,
+                session_options(no_cache=no_cache, ray=ray_address, workers=workers),
+            ),
         )
     )
     for line in summary_lines(outcome):
@@ -152,7 +166,13 @@ def submit(
 def retry_failed(run_dir: Path, codes: tuple[str, ...], job: str | None, no_progress: bool, no_cache: bool) -> None:
     """Send RUN_DIR's failed rows (or those with --code) again; each row keeps exactly one final record."""
     spec = job_of_run(run_dir, job)
-    outcome = asyncio.run(run_job(spec, progress=not no_progress, log=_log, retry_codes=codes, use_cache=not no_cache))
+    recorded = from_manifest(RunDir(run_dir).manifest, run_dir)  # whether run_dir is its spec's own output_dir
+    rerun = Rerun(
+        spec.spec_path, recorded.output_dir if recorded else spec.output_dir, options=session_options(no_cache=no_cache)
+    )
+    outcome = asyncio.run(
+        run_job(spec, progress=not no_progress, log=_log, retry_codes=codes, use_cache=not no_cache, rerun=rerun)
+    )
     for line in summary_lines(outcome):
         _echo(line)
     sys.exit(outcome.exit_code)
@@ -433,7 +453,7 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
     ]
     if (shaped := outputs_line(outputs(u.models))) is not None:
         lines.append(f"  output: {shaped}")
-    if (hits := cached_line(u.models, Prices(spec.pricing))) is not None:
+    if (hits := cached_line(u.models, Prices(spec.pricing), _ask_again(outcome))) is not None:
         lines.append(f"  cache: {hits}")
     if u.failures_by_code:
         codes = ", ".join(f"{c} ×{n}" for c, n in sorted(u.failures_by_code.items(), key=lambda kv: -kv[1])[:5])
@@ -446,8 +466,17 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
             "(tasks.jsonl holds their ids), it does not submit them again"
         )
     if outcome.rows_pending:
-        lines.append(f"  resume with: batchrun submit {display_path(spec.spec_path)}")
+        lines.append(f"  resume with: {_resume(outcome).text()}")
     return lines
+
+
+def _resume(outcome: RunOutcome) -> Rerun:
+    return outcome.rerun or Rerun(outcome.spec.spec_path, outcome.spec.output_dir)
+
+
+def _ask_again(outcome: RunOutcome) -> str:
+    """The way out of answers taken from the response cache: the same run started over without it."""
+    return f"to have the provider answer every row instead: {_resume(outcome).text(fresh=True, no_cache=True)}"
 
 
 def entry() -> None:

@@ -33,6 +33,7 @@ from .spec.presets import PRESETS
 from .spec.simulator import SimulateSpec
 from .store.cache import Cache
 from .store.checkpoint import Checkpoint
+from .store.rerun import Rerun
 from .store.resume import ResumeState
 from .store.rundir import BATCHES, RunDir, RunState, complete_lines
 from .store.usage import Usage
@@ -56,6 +57,7 @@ class RunOutcome:
     rows_this_session: int
     reason: str | None = None  # why the run stopped early
     tasks_pending: int = 0  # async: tasks submitted and still to be collected by a resumed run
+    rerun: Rerun | None = None  # what resumes this run directory (the CLI's command, or the API's call)
 
     @property
     def run_dir(self) -> Path:
@@ -72,13 +74,15 @@ async def run_job(
     limit: int | None = None,
     use_cache: bool = True,
     scale: ScaleSpec | None = None,
+    rerun: Rerun | None = None,
 ) -> RunOutcome:
     """Run (or resume) a job to the end, an interrupt, or an error that dooms every row.
 
     `retry_codes` (retry-failed): first drop the failure records with these error codes (empty: all of them),
     so that their rows are sent again. `limit`: only the input's first rows; a later run does the rest.
     `use_cache=False` (--no-cache): neither read nor write the response cache. `scale` (--ray): run on Ray,
-    whatever the spec's `scale:` says."""
+    whatever the spec's `scale:` says. `rerun`: what resumes this run directory, for the hints (default: its
+    spec, with this `limit`)."""
     if not use_cache:
         spec = spec.model_copy(update={"cache": CacheSpec(mode="off")})
     if scale is not None:
@@ -90,7 +94,8 @@ async def run_job(
     keys = provider_keys(spec.provider)
     hidden = secret_bytes(key for _, key in keys)
     with _redacted_errors(hidden):
-        outcome = await _run_job(spec, keys, fresh, progress, _redacting(log, hidden), retry_codes, limit)
+        rerun = rerun or Rerun(spec.spec_path, limit=limit)
+        outcome = await _run_job(spec, keys, fresh, progress, _redacting(log, hidden), retry_codes, limit, rerun)
     if outcome.reason and hidden:
         outcome = dataclasses.replace(outcome, reason=_blank(outcome.reason, hidden))
     return outcome
@@ -122,6 +127,7 @@ async def _run_job(
     log: Callable[[str], None],
     retry_codes: Collection[str] | None,
     limit: int | None,
+    rerun: Rerun,
 ) -> RunOutcome:
     if retry_codes:
         _check_codes(spec.output_dir, retry_codes)
@@ -129,14 +135,24 @@ async def _run_job(
     checkpoint = Checkpoint(spec.output_dir, secrets=[key for _, key in keys if key])
     pick = None if retry_codes is None else functools.partial(_failure_with_code, frozenset(retry_codes))
     held = prepared.held or prepared.fingerprint  # what the run directory may hold for the run to go on
-    state = checkpoint.open(held, spec.describe(), fresh=fresh, retry=pick, rows=prepared.scan.rows)
+    state = checkpoint.open(held, spec.describe(), fresh=fresh, retry=pick, rows=prepared.scan.rows, rerun=rerun)
     try:
         if prepared.held is not None:  # the input grew (its new rows' ids to check), or an older batchrun's run
             checkpoint.note(fingerprint=prepared.fingerprint, **({"ids_checked": False} if prepared.growth else {}))
         secrets = [key for _, key in keys]
         cache = Cache(spec.cache, secrets=secrets, warn=log) if spec.cache.mode != "off" else None
         try:
-            return await _run_opened(prepared, checkpoint, state, keys, progress, log, limit, cache)
+            outcome = await _run_opened(prepared, checkpoint, state, keys, progress, log, limit, cache)
+            if (
+                limit is not None
+                and outcome.state is RunState.STOPPED
+                and outcome.exit_code in (EXIT_OK, EXIT_FAILED_ROWS)
+            ):
+                # --limit's rows are all done: what is left is the rest, for a submit without --limit
+                rerun = dataclasses.replace(rerun, limit=None)
+                with contextlib.suppress(BatchrunError):
+                    checkpoint.note(rerun=rerun.facts())
+            return dataclasses.replace(outcome, rerun=rerun)
         finally:
             if cache is not None:
                 cache.close()

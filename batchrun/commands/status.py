@@ -5,6 +5,7 @@ It reads usage.json and the manifest, and only the record lines written since us
 from __future__ import annotations
 
 import contextlib
+import shlex
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 from ..engine.shards import read_shards
 from ..records import iso_epoch
 from ..spec.pricing import Price, Prices, spent_text
-from ..store.rundir import BATCHES, complete_lines
+from ..store.rerun import from_manifest
+from ..store.rundir import BATCHES, MANIFEST, complete_lines, read_json
 from ..store.usage import cached, cached_text, outputs, outputs_line
 from .report import read_run
 
@@ -56,11 +58,9 @@ def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[s
         "updated_s_ago": _age(run.updated_at),
         "batches": _batches(path),
         "warnings": run.warnings,
-        "resume_command": (
-            f"batchrun submit {run.job.get('spec', 'JOB.yaml')}"
-            if run.state in ("died", "interrupted", "stopped") and run.rows_pending
-            else None
-        ),
+        "resume_command": resume_command(path)
+        if run.state in ("died", "interrupted", "stopped") and run.rows_pending
+        else None,
     }
 
 
@@ -115,6 +115,12 @@ def status_lines(path: Path, prices: Mapping[str, Price] | None = None) -> list[
 
 
 MAX_BATCHES_SHOWN = 8
+
+
+def resume_command(path: Path) -> str:
+    """What resumes this run directory, as its submit said it (its manifest keeps what the hint needs)."""
+    rerun = from_manifest(read_json(path / MANIFEST) or {}, path)
+    return rerun.text() if rerun is not None else f"batchrun submit JOB.yaml --output-dir {shlex.quote(str(path))}"
 
 
 def _batches(path: Path) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from ..records import Record, encode, now_iso
 from ..redaction import MIN_SECRET_LEN, redact
 from .durable import atomic_write, unwritable_dir, write_error
 from .recordfile import CRC_KEY, LINES_KEY
+from .rerun import Rerun
 from .resume import ResumeState, read_state
 from .rundir import (
     BATCHES,
@@ -77,9 +78,11 @@ class Checkpoint:
         fresh: bool,
         retry: Callable[[Mapping[str, Any]], bool] | None = None,
         rows: int | None = None,
+        rerun: Rerun | None = None,
     ) -> ResumeState:
         """Lock the directory, check it holds this job, repair torn tails and read what is done. `rows`: the
-        input's, kept in the manifest for readers when usage.json is not there yet.
+        input's, kept in the manifest for readers when usage.json is not there yet. `rerun`: what runs this
+        directory again, kept in the manifest for `status` and named by a refusal that wants --fresh.
 
         `retry` picks failure records to drop first, so that their rows are sent again (retry-failed)."""
         try:
@@ -95,7 +98,7 @@ class Checkpoint:
         except OSError as exc:
             raise _open_error(self.path, exc) from None
         try:
-            return self._open_locked(fingerprint, job, fresh, retry, rows)
+            return self._open_locked(fingerprint, job, fresh, retry, rows, rerun)
         except OSError as exc:
             self.close()
             raise _open_error(self.path, exc) from None
@@ -110,6 +113,7 @@ class Checkpoint:
         fresh: bool,
         retry: Callable[[Mapping[str, Any]], bool] | None,
         rows: int | None,
+        rerun: Rerun | None,
     ) -> ResumeState:
         manifest = read_json(self.path / MANIFEST)
         held = [n for n in RUN_FILES if n != MANIFEST and _holds(self.path / n)]
@@ -119,12 +123,12 @@ class Checkpoint:
             archived = self._archive()
             manifest, held = None, []
         if manifest is not None:
-            self._check_fingerprint(manifest.get("fingerprint") or {}, fingerprint, manifest.get("job"), job)
+            self._check_fingerprint(manifest, fingerprint, job, rerun)
         elif held:  # records without the job they belong to: never taken as this job's
             what = "is damaged (not a JSON object)" if (self.path / MANIFEST).exists() else "is missing"
             raise RunDirError(
                 f"{self.path / MANIFEST} {what}, but the folder holds a run's files ({', '.join(held)}): it cannot "
-                "tell whether they are this job's; rerun with --fresh to start over (they are moved aside, not "
+                f"tell whether they are this job's; {start_over(rerun)} to start over (they are moved aside, not "
                 "deleted), or set output_dir to a new folder"
             )
         released = self._release_failures(retry) if retry is not None else 0
@@ -143,6 +147,7 @@ class Checkpoint:
                 "updated_at": now_iso(),
                 "ids_checked": bool((manifest or {}).get("ids_checked")),  # repeated ids have their failure records
                 **({"rows_total": rows} if rows is not None else {}),
+                **({"rerun": rerun.facts()} if rerun is not None else {}),
             }
         )
         for name in RECORD_FILES:
@@ -165,15 +170,23 @@ class Checkpoint:
         self._lock_fd = fd
 
     def _check_fingerprint(
-        self, old: Mapping[str, Any], new: Mapping[str, str], held: Any, job: Mapping[str, Any]
+        self, manifest: Mapping[str, Any], new: Mapping[str, str], job: Mapping[str, Any], rerun: Rerun | None
     ) -> None:
+        old = manifest.get("fingerprint") or {}
         changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         if changed:
+            held = manifest.get("job")
             named = changed_keys(changed, held if isinstance(held, Mapping) else {}, job)
+            cached = ""
+            if _cache_mode(manifest.get("job")) in WRITES and _cache_mode(job) in READS:
+                cached = (
+                    "; the rows whose request did not change are answered from the response cache at no cost, "
+                    f"unless {rerun.no_cache if rerun is not None else '--no-cache'}"
+                )
             raise RunDirError(
                 f"{self.path} holds a run of a different job ({', '.join(named)} changed since it started): "
-                "rerun with --fresh to start over (the earlier records are moved aside, not deleted), or set "
-                "output_dir to a new folder"
+                f"{start_over(rerun)} to start over (the earlier records are moved aside, not deleted{cached}), "
+                "or set output_dir to a new folder"
             )
 
     def _archive(self) -> Path | None:
@@ -377,6 +390,20 @@ class Checkpoint:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+WRITES, READS = ("read_write", "write"), ("read_write", "read")
+
+
+def _cache_mode(job: Any) -> str:
+    """The response cache's mode a manifest's job ran with (an older batchrun's: the default)."""
+    cache = job.get("cache") if isinstance(job, Mapping) else None
+    return str(cache.get("mode") or "read_write") if isinstance(cache, Mapping) else "read_write"
+
+
+def start_over(rerun: Rerun | None) -> str:
+    """`rerun with --fresh`, as the command (or call) that starts this very run directory over."""
+    return f"rerun with `{rerun.text(fresh=True)}`" if rerun is not None else "rerun with --fresh"
 
 
 def _holds(path: Path) -> bool:

@@ -63,9 +63,11 @@ def cached(models: Mapping[str, ModelUsage], prices: Prices) -> tuple[int, dict[
     return rows, saved
 
 
-def cached_line(models: Mapping[str, ModelUsage], prices: Prices) -> str | None:
-    """`120 rows from the response cache, which saved 0.0312 CNY`; None when it answered none."""
-    return cached_text(*cached(models, prices))
+def cached_line(models: Mapping[str, ModelUsage], prices: Prices, way_out: str | None = None) -> str | None:
+    """`120 rows from the response cache, which saved 0.0312 CNY`; None when it answered none. `way_out`: how to
+    have the provider answer them instead, after a `; `."""
+    line = cached_text(*cached(models, prices))
+    return f"{line}; {way_out}" if line is not None and way_out else line
 
 
 def cached_text(rows: int, saved: Mapping[str, float]) -> str | None:
