@@ -28,7 +28,7 @@ from .spec.presets import PRESETS, batch_share
 from .spec.pricing import Prices, load_prices
 from .store import cache as response_cache
 from .store.rundir import RunState
-from .store.usage import cached_line, outputs, outputs_line
+from .store.usage import Usage, cached_line, outputs, outputs_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -262,8 +262,13 @@ def show(run_dir: Path, row_id: str, job: str | None, as_json: bool) -> None:
     help="Share of max_tokens a typical answer uses.",
 )
 @click.option("--prices", type=click.Path(dir_okay=False), help="YAML: model -> {input, output, currency} per 1M.")
+@click.option(
+    "--latency",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a request takes (default: assumed from the answer length; see docs/rate-limits.md).",
+)
 @_friendly
-def estimate_cmd(job: str, output_share: float, prices: str | None) -> None:
+def estimate_cmd(job: str, output_share: float, prices: str | None, latency: float | None) -> None:
     """Rows, tokens, cost range and time the limits allow for JOB, without calling any API."""
     from .commands.estimate import estimate, estimate_lines
     from .spec.pricing import Prices
@@ -272,7 +277,7 @@ def estimate_cmd(job: str, output_share: float, prices: str | None) -> None:
     table = Prices(
         {**prepared.spec.pricing, **(load_prices(prices) if prices else {})}, batch_share(prepared.spec.provider.name)
     )
-    _echo("\n".join(estimate_lines(prepared, estimate(prepared), table, output_share)))
+    _echo("\n".join(estimate_lines(prepared, estimate(prepared), table, output_share, latency)))
 
 
 @main.command()
@@ -391,8 +396,8 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
     lines = [
         f"{spec.name}: {outcome.state.value.replace('_', ' ')}: {u.rows_succeeded:,} succeeded, {u.rows_failed:,} "
         f"failed, {outcome.rows_pending:,} pending of {outcome.rows_total:,} rows",
-        f"  requests {u.requests:,}, retries {u.retries:,} (429s {u.rate_limited:,}), tokens {u.prompt_tokens:,} "
-        f"prompt + {u.completion_tokens:,} completion; cost {cost}",
+        f"  {_requests_text(u, spec.provider.mode)}, retries {u.retries:,} (429s {u.rate_limited:,}), tokens "
+        f"{u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion; cost {cost}",
         f"  this session: {outcome.rows_this_session:,} rows in {outcome.elapsed_s:,.1f} s ({rate:,.1f} rows/s)",
         f"  results: {rel}/results.jsonl" + (f"   failures: {rel}/failures.jsonl" if u.rows_failed else ""),
     ]
@@ -403,6 +408,8 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
     if u.failures_by_code:
         codes = ", ".join(f"{c} ×{n}" for c, n in sorted(u.failures_by_code.items(), key=lambda kv: -kv[1])[:5])
         lines.append(f"  failures by code: {codes}")
+    if outcome.bound_by is not None:
+        lines.append(f"  bound by: {outcome.bound_by}")
     if outcome.reason and outcome.state is RunState.STOPPED:
         lines.append(f"  stopped: {outcome.reason}")
     if outcome.tasks_pending:
@@ -413,6 +420,12 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
     if outcome.rows_pending:
         lines.append(f"  resume with: batchrun submit {display_path(spec.spec_path)}")
     return lines
+
+
+def _requests_text(u: Usage, mode: str) -> str:
+    """`requests 43`; in async mode what they were: tasks submitted and the polls of their results."""
+    text = f"requests {u.requests:,}"
+    return text + (f" (tasks submitted {u.tasks:,}, polls {u.polls:,})" if mode == "async" else "")
 
 
 def entry() -> None:

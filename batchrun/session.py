@@ -21,6 +21,7 @@ from .engine.online import RunLoop
 from .engine.progress import Progress
 from .engine.shards import read_shards
 from .errors import BatchrunError, SpecError
+from .limits.binding import limit_line
 from .providers import make_auth
 from .providers.batches import BatchAPIClient
 from .providers.transport import Http, Network
@@ -55,6 +56,7 @@ class RunOutcome:
     rows_this_session: int
     reason: str | None = None  # why the run stopped early
     tasks_pending: int = 0  # async: tasks submitted and still to be collected by a resumed run
+    bound_by: str | None = None  # which limit held the run back (limits/binding.py); None: no throttle
 
     @property
     def run_dir(self) -> Path:
@@ -265,6 +267,7 @@ async def _run_opened(
         state.done.count - done_before,
         runner.reason,
         runner.lane.held,
+        limit_line(runner.facts()),
     )
 
 
