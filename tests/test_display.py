@@ -181,7 +181,7 @@ def test_a_run_held_back_by_concurrency_says_so_in_the_summary_and_status(
     result = submit(job, "--no-cache")
     assert result.exit_code == 0, result.output
     line = next(x for x in result.stdout.splitlines() if x.startswith("  bound by: "))
-    assert re.fullmatch(r"  bound by: concurrency 2 × 0\.\d s latency ≈ [\d,]+ RPM(; .*)?", line), line
+    assert re.fullmatch(r"  bound by: concurrency 2 × [\d.,]+ s latency ≈ [\d,]+ RPM(; .*)?", line), line
     status = cli("status", str(tmp_path / "runs" / "job"))
     assert "  bound by concurrency 2 × " in status.stdout
     assert orjson.loads(cli("status", str(tmp_path / "runs" / "job"), "--json").stdout)["bound_by"].startswith(
@@ -228,6 +228,10 @@ def test_estimate_includes_concurrency_and_names_what_binds(tmp_path: Path, sim:
     result = cli("estimate", str(job))
     assert result.exit_code == 0, result.output
     assert "the concurrency limit binds" in result.stdout
-    assert re.search(r"  concurrency +2 × [\d.]+ s latency \(assumed; estimate --latency\)", result.stdout)
+    assert re.search(
+        r"  concurrency +2 × [\d.]+ s latency ≈ [\d,]+ RPM \(latency assumed: set it with --latency\)", result.stdout
+    )
+    simulated = make_job(tmp_path, "", n=3, name="sim0", provider={"name": "simulated", "simulate": {"latency": 0}})
+    assert "the RPM limit binds" not in cli("estimate", str(simulated)).stdout  # no RPM given, nothing divided by 0
     faster = cli("estimate", str(job), "--latency", "0.01")
     assert "the RPM limit binds" in faster.stdout

@@ -17,6 +17,7 @@ TYPICAL_OUTPUT_SHARE = 0.3  # answers use about this share of max_tokens, unless
 # second, then about 50 tokens a second. An assumption, not a provider's figure: it varies by model and load.
 ASSUMED_FIRST_TOKEN_S = 0.5
 ASSUMED_TOKENS_PER_S = 50.0
+ASSUMED = "assumed: set it with --latency"
 
 
 @dataclass
@@ -105,10 +106,10 @@ def assumed_latency(prepared: Prepared, typical_output: float) -> tuple[float, s
     assumption from the typical answer length (ASSUMED_*; `estimate --latency` gives the real one)."""
     sim = prepared.spec.provider.simulate
     if sim is not None:
-        return sim.latency, "the simulated provider's median"
-    if prepared.spec.endpoint == "embeddings":
-        return ASSUMED_FIRST_TOKEN_S, "assumed"
-    return ASSUMED_FIRST_TOKEN_S + typical_output / ASSUMED_TOKENS_PER_S, "assumed"
+        return max(sim.latency, 0.01), "simulated"  # a round trip takes some time, even to a simulator at 0
+    if prepared.spec.endpoint == "embeddings" or prepared.spec.provider.mode == "async":  # no answer to wait for
+        return ASSUMED_FIRST_TOKEN_S, ASSUMED
+    return ASSUMED_FIRST_TOKEN_S + typical_output / ASSUMED_TOKENS_PER_S, ASSUMED
 
 
 def estimate_lines(
@@ -153,10 +154,9 @@ def estimate_lines(
         (latency_s, "given") if latency_s is not None else assumed_latency(prepared, typical / max(1, est.requests))
     )
     times = limit_seconds(est.requests, tokens, spec.limits.rpm, spec.limits.tpm, slots, latency)
-    lines.append(
-        f"  concurrency    {slots:,}{'' if spec.limits.concurrency else ' (batchrun cap; limits.concurrency)'} × "
-        f"{latency:,.1f} s latency ({source}; estimate --latency) ≈ {slots / latency * 60 if latency else 0:,.0f} RPM"
-    )
+    cap = "" if spec.limits.concurrency else "batchrun's cap, "
+    at_most = slots / latency * 60
+    lines.append(f"  concurrency    {slots:,} × {latency:,.1f} s latency ≈ {at_most:,.0f} RPM ({cap}latency {source})")
     if times:
         binding = max(times, key=lambda k: times[k])
         name = "concurrency" if binding == "concurrency" else binding.upper()

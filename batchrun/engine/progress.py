@@ -110,10 +110,10 @@ class Progress:
     def stats(self) -> list[Stat]:
         """The figures after the bar, in the order shown; each says how long it stays as the terminal narrows."""
         elapsed = max(1e-6, self.clock() - self._start)
-        usage = self.usage
-        rate_limited, retries = (usage.rate_limited, usage.retries) if usage is not None else (0, 0)
-        if usage is None:  # a run loop without a ledger: this session's own counts
-            rate_limited, retries = self.rate_limited, self.retries
+        usage = self.usage  # None: a Progress without a ledger (a test's), this session's own counts
+        rate_limited, retries = (
+            (usage.rate_limited, usage.retries) if usage is not None else (self.rate_limited, self.retries)
+        )
         parts = [Stat(f"{self.failed:,} failed", KEEP["failed"])] if self.failed else []
         if self.tasks is not None:
             parts.append(Stat(f"{self.tasks:,} {self.tasks_label}", KEEP["tasks"]))
