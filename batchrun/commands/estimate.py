@@ -161,7 +161,7 @@ def estimate_lines(
         binding = max(times, key=lambda k: times[k])
         name = "concurrency" if binding == "concurrency" else binding.upper()
         detail = ", ".join(
-            f"{'concurrency' if k == 'concurrency' else k.upper()} {v / 60:,.1f} min" for k, v in sorted(times.items())
+            f"{'concurrency' if k == 'concurrency' else k.upper()} {duration(v)}" for k, v in sorted(times.items())
         )
         lines.append(f"  time           at least {duration(times[binding])}: the {name} limit binds ({detail})")
     if not (spec.limits.rpm or spec.limits.tpm):
