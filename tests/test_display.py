@@ -214,6 +214,8 @@ def test_bound_by_names_each_limit() -> None:
     assert bound_by(throttle("concurrency", given={"concurrency": 64})) == "concurrency 64 × 4.1 s latency ≈ 937 RPM"
     assert bound_by(throttle("rpm", rpm=597.0, pace={"rpm_source": "given"}, given={"rpm": 600})) == "RPM 600 (given)"
     assert bound_by(throttle("rpm", rpm=480.0, rpm_learned=True)) == "the provider's 429s (learned ceiling 480 RPM)"
+    named = throttle("rpm", rpm=298.5, rpm_ceiling=300.0, pace={"rpm_source": "named"})
+    assert bound_by(named) == "RPM 300 (the provider's, named in its 429s)"
     assert bound_by(throttle("tpm", pace={"tpm_source": "given"}, given={"tpm": 100_000})) == "TPM 100,000 (given)"
     assert bound_by(throttle("concurrency", concurrency_ceiling=12, concurrency=12)).startswith(
         "concurrency 12 (the provider's limit on requests in flight)"

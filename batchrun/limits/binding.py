@@ -107,7 +107,7 @@ def bound_by(throttle: Mapping[str, Any]) -> str | None:
         if source == "given" and given and rpm and rpm >= given * 0.98:
             return f"RPM {given:,.0f} (given)"
         if source in ("named", "headers") and not throttle.get("rpm_learned"):
-            return f"RPM {rpm or 0:,.0f} ({SOURCES[source]})"
+            return f"RPM {_num(throttle.get('rpm_ceiling')) or rpm or 0:,.0f} ({SOURCES[source]})"
         return f"the provider's 429s (learned ceiling {rpm or 0:,.0f} RPM)"
     if gate == "tpm":
         source = pace.get("tpm_source") or "given"

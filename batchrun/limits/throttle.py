@@ -335,6 +335,7 @@ class Throttle:
             "tpm": round(self.tpm.per_second * 60) if self.tpm else None,
             "tpm_accounting": self.tokens.effective,
             "concurrency": self.concurrency.value,
+            "rpm_ceiling": round(self.rates.ceiling * 60, 1) if self.rates.ceiling else None,
             "concurrency_ceiling": self.concurrency.ceiling,
             "pace": self.pace.facts(),
             "given": {
