@@ -29,7 +29,7 @@ from .spec.pricing import Prices, load_prices
 from .store import cache as response_cache
 from .store.rerun import Rerun, from_manifest, session_options
 from .store.rundir import RunDir, RunState
-from .store.usage import cached_line, outputs, outputs_line
+from .store.usage import Usage, cached_line, outputs, outputs_line
 from .words import plural
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -283,8 +283,13 @@ def show(run_dir: Path, row_id: str, job: str | None, as_json: bool) -> None:
     help="Share of max_tokens a typical answer uses.",
 )
 @click.option("--prices", type=click.Path(dir_okay=False), help="YAML: model -> {input, output, currency} per 1M.")
+@click.option(
+    "--latency",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a request takes (default: assumed from the answer length; see docs/rate-limits.md).",
+)
 @_friendly
-def estimate_cmd(job: str, output_share: float, prices: str | None) -> None:
+def estimate_cmd(job: str, output_share: float, prices: str | None, latency: float | None) -> None:
     """Rows, tokens, cost range and time the limits allow for JOB, without calling any API."""
     from .commands.estimate import estimate, estimate_lines
     from .spec.pricing import Prices
@@ -293,7 +298,7 @@ def estimate_cmd(job: str, output_share: float, prices: str | None) -> None:
     table = Prices(
         {**prepared.spec.pricing, **(load_prices(prices) if prices else {})}, batch_share(prepared.spec.provider.name)
     )
-    _echo("\n".join(estimate_lines(prepared, estimate(prepared), table, output_share)))
+    _echo("\n".join(estimate_lines(prepared, estimate(prepared), table, output_share, latency)))
 
 
 @main.command()
@@ -444,7 +449,7 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
     lines = [
         f"{spec.name}: {outcome.state.value.replace('_', ' ')}: {u.rows_succeeded:,} succeeded, {u.rows_failed:,} "
         f"failed, {outcome.rows_pending:,} pending of {plural(outcome.rows_total, 'row')}",
-        f"  requests {u.requests:,}, retries {u.retries:,} (429s {u.rate_limited:,}), "
+        f"  {_requests_text(u, spec.provider.mode)}, retries {u.retries:,} (429s {u.rate_limited:,}), "
         + (f"repairs {u.repairs:,}, " if u.repairs else "")
         + f"tokens {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion; cost {cost}",
         f"  this session: {plural(outcome.rows_this_session, 'row')} in {outcome.elapsed_s:,.1f} s "
@@ -458,6 +463,8 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
     if u.failures_by_code:
         codes = ", ".join(f"{c} ×{n}" for c, n in sorted(u.failures_by_code.items(), key=lambda kv: -kv[1])[:5])
         lines.append(f"  failures by code: {codes}")
+    if outcome.bound_by is not None:
+        lines.append(f"  bound by: {outcome.bound_by}")
     if outcome.reason and outcome.state is RunState.STOPPED:
         lines.append(f"  stopped: {outcome.reason}")
     if outcome.tasks_pending:
@@ -477,6 +484,12 @@ def _resume(outcome: RunOutcome) -> Rerun:
 def _ask_again(outcome: RunOutcome) -> str:
     """The way out of answers taken from the response cache: the same run started over without it."""
     return f"to have the provider answer every row instead: {_resume(outcome).text(fresh=True, no_cache=True)}"
+
+
+def _requests_text(u: Usage, mode: str) -> str:
+    """`requests 43`; in async mode what they were: tasks submitted and the polls of their results."""
+    text = f"requests {u.requests:,}"
+    return text + (f" (tasks submitted {u.tasks:,}, polls {u.polls:,})" if mode == "async" else "")
 
 
 def entry() -> None:

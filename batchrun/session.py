@@ -21,6 +21,7 @@ from .engine.online import RunLoop
 from .engine.progress import Progress
 from .engine.shards import read_shards
 from .errors import BatchrunError, SpecError
+from .limits.binding import limit_line
 from .providers import make_auth
 from .providers.batches import BatchAPIClient
 from .providers.transport import Http, Network
@@ -58,6 +59,7 @@ class RunOutcome:
     reason: str | None = None  # why the run stopped early
     tasks_pending: int = 0  # async: tasks submitted and still to be collected by a resumed run
     rerun: Rerun | None = None  # what resumes this run directory (the CLI's command, or the API's call)
+    bound_by: str | None = None  # which limit held the run back (limits/binding.py); None: no throttle
 
     @property
     def run_dir(self) -> Path:
@@ -285,6 +287,7 @@ async def _run_opened(
         state.done.count - done_before,
         runner.reason,
         runner.lane.held,
+        bound_by=limit_line(runner.facts()),
     )
 
 

@@ -99,3 +99,9 @@ def spawn_submit(job: Path, *extra: str, env: dict[str, str] | None = None) -> s
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
     )
+
+
+def out_dir_usage(tmp_path: Path, name: str = "job") -> dict[str, Any]:
+    """The usage.json of the job `make_job` wrote (its run directory under tmp_path/runs)."""
+    data: dict[str, Any] = orjson.loads((tmp_path / "runs" / name / "usage.json").read_bytes())
+    return data

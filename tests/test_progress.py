@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from batchrun.engine.progress import LINE_EVERY_S, Progress, fit
+from batchrun.engine.progress import KEEP, LINE_EVERY_S, Progress, Stat, fit
 
 from .helpers import make_job
 from .simserver import SimServer
@@ -29,9 +29,10 @@ class Terminal(io.StringIO):
 
 
 def test_fit_drops_whole_stats_never_cuts_one() -> None:
-    parts = ["3 failed", "98.3 req/s", "12 429s", "40 retries", "1.2M tok"]
+    parts = [Stat(text, KEEP[text.split()[-1]]) for text in ("3 failed", "98.3 req/s", "12 429s", "40 retries")]
+    parts.append(Stat("1.2M tok", KEEP["tok"]))
     assert fit(parts, 80) == "3 failed, 98.3 req/s, 12 429s, 40 retries, 1.2M tok"
-    assert fit(parts, 30) == "3 failed, 98.3 req/s, 12 429s"
+    assert fit(parts, 30) == "3 failed, 12 429s, 40 retries"  # the rate goes before the 429s (it used to stay)
     assert fit(parts, 7) == ""
     assert all(len(fit(parts, n)) <= n for n in range(60))
 
@@ -68,8 +69,8 @@ def test_on_a_terminal_the_bar_fits_and_messages_go_above_it(monkeypatch: pytest
     progress.close(done=10)
     text = screen.getvalue()
     assert "\rbatchrun: a message\n" in text  # on a line of its own: the bar was cleared first
-    assert "10 failed, 12 tasks out" in text
-    assert "| 10/3000 [" in text.split("\r")[-1]  # the last drawn state is what the run directory holds
+    assert "10 failed, 10 429s" in text  # 80 columns: the failures and 429s stay, the rest (tasks out) go first
+    assert "| 10/3,000 [" in text.split("\r")[-1]  # the last drawn state is what the run directory holds
     assert max(len(drawn.rstrip("\n")) for drawn in text.split("\r")) <= 80
 
 

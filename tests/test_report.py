@@ -327,7 +327,8 @@ def test_estimate_reads_the_input_without_calling_anything(tmp_path: Path) -> No
     # 1,070 * 0.8 / 1e6 + 1,000 (or 2,000) * 2 / 1e6
     assert "0.0029 to 0.0049 CNY" in out
     # RPM: 10 / 5 = 2 min; TPM (dashscope counts actual tokens): (1,070 + 1,000) / 1000 = 2.07 min
-    assert "at least 2.1 min: the TPM limit binds (RPM 2.0 min, TPM 2.1 min)" in out
+    # concurrency (new): 10 requests x an assumed latency / 256 at once, well under a second
+    assert "at least 2.1 min: the TPM limit binds (concurrency 0 s, RPM 2.0 min, TPM 2.1 min)" in out
     assert "tasks " not in out  # only async jobs wait on tasks after submitting
 
 

@@ -7,12 +7,18 @@ from dataclasses import dataclass, field
 
 from ..engine.job import Prepared, display_path
 from ..engine.progress import duration
+from ..limits.throttle import MAX_CONCURRENCY
 from ..spec.presets import PRESETS
 from ..spec.pricing import Price, Prices
 from ..words import plural
 from .validate import ModelLoad, validate
 
 TYPICAL_OUTPUT_SHARE = 0.3  # answers use about this share of max_tokens, unless told otherwise
+# An answer's latency when not told (`estimate --latency`) and not simulated: a first token after about half a
+# second, then about 50 tokens a second. An assumption, not a provider's figure: it varies by model and load.
+ASSUMED_FIRST_TOKEN_S = 0.5
+ASSUMED_TOKENS_PER_S = 50.0
+ASSUMED = "assumed: set it with --latency"
 
 
 @dataclass
@@ -81,17 +87,35 @@ def cost_range(price: Price, prompt_tokens: int, low_output: int, high_output: i
     return price.cost(prompt_tokens, low_output), price.cost(prompt_tokens, high_output)
 
 
-def limit_seconds(requests: int, tokens: int, rpm: float | None, tpm: float | None) -> dict[str, float]:
-    """The least time each configured limit allows for the job: requests / RPM, tokens / TPM."""
+def limit_seconds(
+    requests: int, tokens: int, rpm: float | None, tpm: float | None, concurrency: int = 0, latency_s: float = 0.0
+) -> dict[str, float]:
+    """The least time each limit allows for the job: requests / RPM, tokens / TPM, and requests x latency /
+    concurrency (no more than `concurrency` requests are out at once, each for `latency_s`)."""
     out = {}
     if rpm:
         out["rpm"] = requests / rpm * 60
     if tpm:
         out["tpm"] = tokens / tpm * 60
+    if concurrency and latency_s > 0:
+        out["concurrency"] = requests * latency_s / concurrency
     return out
 
 
-def estimate_lines(prepared: Prepared, est: Estimate, prices: Prices, share: float) -> list[str]:
+def assumed_latency(prepared: Prepared, typical_output: float) -> tuple[float, str]:
+    """An answer's latency for the estimate, and where it comes from: the simulated provider's median, else an
+    assumption from the typical answer length (ASSUMED_*; `estimate --latency` gives the real one)."""
+    sim = prepared.spec.provider.simulate
+    if sim is not None:
+        return max(sim.latency, 0.01), "simulated"  # a round trip takes some time, even to a simulator at 0
+    if prepared.spec.endpoint == "embeddings" or prepared.spec.provider.mode == "async":  # no answer to wait for
+        return ASSUMED_FIRST_TOKEN_S, ASSUMED
+    return ASSUMED_FIRST_TOKEN_S + typical_output / ASSUMED_TOKENS_PER_S, ASSUMED
+
+
+def estimate_lines(
+    prepared: Prepared, est: Estimate, prices: Prices, share: float, latency_s: float | None = None
+) -> list[str]:
     spec = prepared.spec
     typical, most = est.output_tokens(share), est.max_output_tokens
     lines = [
@@ -126,16 +150,24 @@ def estimate_lines(prepared: Prepared, est: Estimate, prices: Prices, share: flo
         )
         return lines
     tokens = est.prompt_tokens + (most if spec.limits.tpm_accounting == "reserve" else typical)
-    times = limit_seconds(est.requests, tokens, spec.limits.rpm, spec.limits.tpm)
+    slots = spec.limits.concurrency or MAX_CONCURRENCY
+    latency, source = (
+        (latency_s, "given") if latency_s is not None else assumed_latency(prepared, typical / max(1, est.requests))
+    )
+    times = limit_seconds(est.requests, tokens, spec.limits.rpm, spec.limits.tpm, slots, latency)
+    cap = "" if spec.limits.concurrency else "batchrun's cap, "
+    at_most = slots / latency * 60
+    lines.append(f"  concurrency    {slots:,} × {latency:,.1f} s latency ≈ {at_most:,.0f} RPM ({cap}latency {source})")
     if times:
         binding = max(times, key=lambda k: times[k])
-        detail = ", ".join(f"{k.upper()} {v / 60:,.1f} min" for k, v in sorted(times.items()))
-        lines.append(
-            f"  time           at least {duration(times[binding])}: the {binding.upper()} limit binds ({detail})"
+        name = "concurrency" if binding == "concurrency" else binding.upper()
+        detail = ", ".join(
+            f"{'concurrency' if k == 'concurrency' else k.upper()} {duration(v)}" for k, v in sorted(times.items())
         )
-    else:
+        lines.append(f"  time           at least {duration(times[binding])}: the {name} limit binds ({detail})")
+    if not (spec.limits.rpm or spec.limits.tpm):
         lines.append(
-            "  time           no limits.rpm or limits.tpm given: the provider's limits decide (batchrun "
+            "  limits         no limits.rpm or limits.tpm given: the provider's limits may bind first (batchrun "
             "learns them from its 429s)"
         )
     if spec.provider.mode == "async":

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.shards import read_shards
+from ..limits.binding import limit_line
 from ..records import iso_epoch
 from ..spec.pricing import Price, Prices, spent_text
 from ..store.rerun import from_manifest
-from ..store.rundir import BATCHES, MANIFEST, complete_lines, read_json
+from ..store.rundir import BATCHES, MANIFEST, USAGE, complete_lines, read_json
 from ..store.usage import cached, cached_text, outputs, outputs_line
 from .report import read_run
 
@@ -57,6 +58,7 @@ def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[s
         "updated_at": run.updated_at,
         "updated_s_ago": _age(run.updated_at),
         "batches": _batches(path),
+        "bound_by": limit_line(read_json(path / USAGE) or {}),
         "warnings": run.warnings,
         "resume_command": resume_command(path)
         if run.state in ("died", "interrupted", "stopped") and run.rows_pending
@@ -95,6 +97,8 @@ def status_lines(path: Path, prices: Mapping[str, Price] | None = None) -> list[
         lines.append(f"  cache    {hits}")
     if st["updated_s_ago"] is not None:
         lines.append(f"  updated  {_duration(st['updated_s_ago'])} ago")
+    if st["bound_by"]:
+        lines.append(f"  bound by {st['bound_by']}" + (" (so far)" if st["live"] else ""))
     if st["state"] == "stopped" and st["reason"]:
         lines.append(f"  stopped  {st['reason']}")
     batches = st["batches"]

@@ -50,6 +50,7 @@ class Ledger:
             progress,
         )
         self.usage = state.usage
+        progress.usage = self.usage  # the bar's 429 and retry counts are these totals, as the summary's are
         self.started_at, self.t0 = now_iso(), time.monotonic()
         self.rate_samples: deque[tuple[float, int]] = deque([(self.t0, state.done.count)])
         output = self.spec.output

@@ -133,7 +133,9 @@ class RunLoop(RunControl):
         exhausted = False
         while not self.stopping:
             if not self.lane.has_room(self.pool.inflight):
+                start = time.monotonic()
                 await self._sleep()
+                self.pool.members[0].throttle.pace.wait("max_pending", time.monotonic() - start)
                 continue
             if self.ready:
                 row = self.ready.popleft()

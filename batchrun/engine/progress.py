@@ -1,7 +1,9 @@
 """What a run shows while it runs: a tqdm bar on a terminal, a plain line every few seconds in a log.
 
-On a terminal the stats after the bar are fitted to its width (the least useful dropped first), and messages
-are printed above the bar, never glued to its line. Anywhere else (a pipe, a CI log, `nohup`) there is no
+On a terminal the stats after the bar are fitted to its width (`fit`: the least useful dropped first, the failure
+count last of all), and messages are printed above the bar, never glued to its line. The request, retry and 429
+counts are the run's usage totals (every session's, from the final records), the very figures the closing summary
+prints, so the two cannot disagree. Anywhere else (a pipe, a CI log, `nohup`) there is no
 carriage-return bar at all: one line every LINE_EVERY_S.
 """
 
@@ -11,16 +13,34 @@ import contextlib
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, TextIO
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from ..store.usage import Usage
 
 from ..words import plural
 
 LINE_EVERY_S = 10.0
 BAR_MIN = 10  # columns the bar itself keeps, whatever the stats want
 # The stats go inside the brackets, after the time; the bar takes whatever width is left (tqdm sizes it).
-BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:,}/{total:,} [{elapsed}<{remaining}{postfix}]"
 BAR_FIXED = 32  # ": 100%||  [00:00<00:00, ]" and a little slack for longer times
+BAR_TIGHT = 28  # the same, with times of minutes and hours ("1:00:00<00:00") and no slack
+DESC_MIN = 8  # a long job name is cut to this (and "…") before the failure count is dropped
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    """One figure after the bar; the lower `keep`, the longer it stays as the terminal narrows (0: failures)."""
+
+    text: str
+    keep: int
+
+
+# Which stats go first as the terminal narrows: the token count, then the request rate, ..., the failures last.
+KEEP = {"failed": 0, "429s": 1, "retries": 2, "tasks": 3, "repairs": 4, "req/s": 5, "tok": 6}
 
 
 class Progress:
@@ -40,10 +60,12 @@ class Progress:
     ) -> None:
         self.total, self.done, self.desc = total, done, desc
         self.failed = failed  # of the whole run, as the closing summary counts them
+        # this session's attempts (the request rate; a Ray worker's counts for its driver)
         self.retries = 0
         self.repairs = 0  # structured output: answers that did not fit, asked about again
         self.rate_limited = 0
         self.requests = 0
+        self.usage: Usage | None = None  # the run's totals (the ledger's): the 429 and retry counts shown
         self.tokens = 0
         self.tasks: int | None = None  # async mode: tasks submitted and not yet collected; batch mode: rows out
         self.tasks_label = "tasks out"
@@ -87,27 +109,33 @@ class Progress:
     def repaired(self) -> None:
         self.repairs += 1
 
-    def stats(self) -> list[str]:
-        """The figures after the bar, most useful first."""
+    def stats(self) -> list[Stat]:
+        """The figures after the bar, in the order shown; each says how long it stays as the terminal narrows."""
         elapsed = max(1e-6, self.clock() - self._start)
-        parts = [f"{self.failed:,} failed"] if self.failed else []
+        usage = self.usage  # None: a Progress without a ledger (a test's), this session's own counts
+        rate_limited, retries = (
+            (usage.rate_limited, usage.retries) if usage is not None else (self.rate_limited, self.retries)
+        )
+        parts = [Stat(f"{self.failed:,} failed", KEEP["failed"])] if self.failed else []
         if self.tasks is not None:
-            parts.append(f"{self.tasks:,} {self.tasks_label}")
+            parts.append(Stat(f"{self.tasks:,} {self.tasks_label}", KEEP["tasks"]))
         if self.repairs:
-            parts.append(plural(self.repairs, "repair"))
+            parts.append(Stat(plural(self.repairs, "repair"), KEEP["repairs"]))
         parts += [
-            f"{self.requests / elapsed:,.1f} req/s",
-            f"{self.rate_limited:,} 429s",
-            plural(self.retries, "retry", "retries"),
-            f"{_human(self.tokens)} tok",
+            Stat(f"{self.requests / elapsed:,.1f} req/s", KEEP["req/s"]),
+            Stat(f"{rate_limited:,} 429s", KEEP["429s"]),
+            Stat(plural(retries, "retry", "retries"), KEEP["retries"]),
+            Stat(f"{_human(self.tokens)} tok", KEEP["tok"]),
         ]
         return parts
 
     def refresh(self) -> None:
         if self._bar is not None:
             width = shutil.get_terminal_size((80, 24)).columns
-            budget = width - BAR_FIXED - BAR_MIN - len(self.desc) - 2 * len(str(self.total))
-            self._bar.set_postfix_str(fit(self.stats(), budget), refresh=True)
+            desc, postfix = layout(self.stats(), width, self.desc, len(f"{self.total:,}"))
+            if desc != self._bar.desc:
+                self._bar.set_description_str(desc, refresh=False)
+            self._bar.set_postfix_str(postfix, refresh=True)
         elif self.lines and self.clock() - self._last_line >= LINE_EVERY_S:
             self._last_line = self.clock()
             self._print(self.line())
@@ -120,7 +148,7 @@ class Progress:
         eta = f", ~{duration((self.total - self.done) / rate)} to go" if rate > 0 and self.done < self.total else ""
         return (
             f"{self.desc}: {self.done:,}/{plural(self.total, 'row')} ({share:.0%}), {rate:,.1f} rows/s{eta}; "
-            + ", ".join(self.stats())
+            + ", ".join(stat.text for stat in self.stats())
         )
 
     @contextlib.contextmanager
@@ -151,17 +179,34 @@ class Progress:
             print(text, file=self._stream, flush=True)
 
 
-def fit(parts: list[str], budget: int) -> str:
-    """As many of `parts` as fit in `budget` columns, whole, in order: a stat is dropped, never cut mid-word."""
-    shown: list[str] = []
+def fit(stats: Sequence[Stat], budget: int) -> str:
+    """As many of `stats` as fit in `budget` columns, shown in their order. They are dropped by `keep`, the
+    highest first, until the rest fit: a stat is dropped whole, never cut mid-word, and none outlives one that is
+    kept longer (the failures are the last to go)."""
+    chosen: set[int] = set()
     used = 0
-    for part in parts:
-        extra = len(part) + (2 if shown else 0)
+    for i in sorted(range(len(stats)), key=lambda i: stats[i].keep):
+        extra = len(stats[i].text) + (2 if chosen else 0)
         if used + extra > budget:
             break
-        shown.append(part)
+        chosen.add(i)
         used += extra
-    return ", ".join(shown)
+    return ", ".join(stat.text for i, stat in enumerate(stats) if i in chosen)
+
+
+def layout(stats: Sequence[Stat], width: int, desc: str, total_width: int) -> tuple[str, str]:
+    """The bar's description and stats at `width` columns. The bar keeps BAR_MIN columns for the other stats;
+    the failure count may take all but one of them, and then cuts a long job name, before it is dropped."""
+    fixed = BAR_FIXED + 2 * total_width
+    postfix = fit(stats, width - fixed - BAR_MIN - len(desc))
+    failures = [s for s in stats if s.keep == 0]
+    if not failures or failures[0].text in postfix:
+        return desc, postfix
+    tight = BAR_TIGHT + 2 * total_width + 1  # the bar down to one column, times of minutes
+    room = width - tight - len(failures[0].text)
+    if room < len(desc):
+        desc = desc[: max(DESC_MIN, room - 1)] + "…"
+    return desc, fit(failures, width - tight - len(desc))
 
 
 def _is_terminal(stream: TextIO) -> bool:

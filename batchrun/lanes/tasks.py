@@ -123,6 +123,7 @@ class TaskLane:
             "task_id": task.task_id,
             "custom_id": req.custom_id,
             "attempt": task.row.attempts,
+            "rate_limited": task.row.rate_limited,  # its submissions answered 429: the record counts them
             "submitted_at": now_iso(),
             "t": round(task.submitted_at, 3),
         }
@@ -149,7 +150,8 @@ class TaskLane:
                 continue
             entry = held[raw.row]
             member = pool.by_env(entry.get("key_env")) or pool.live[0]
-            task = task_of(Row(request, attempts=int(entry.get("attempt") or 1), member=member))
+            attempts, limited = int(entry.get("attempt") or 1), int(entry.get("rate_limited") or 0)
+            task = task_of(Row(request, attempts=attempts, rate_limited=limited, member=member))
             task.task_id, task.submitted_at = entry["task_id"], float(entry.get("t") or time.time())
             task.resubmitted = list(entry.get("resubmitted") or [])
             self.poller.add(task, delay=0.0)

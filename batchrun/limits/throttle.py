@@ -20,6 +20,7 @@ from ..retry import error_details
 from ..rows.request import Request
 from ..spec.model import Limits
 from ..spec.presets import TpmAccounting
+from .binding import Pace
 from .controllers import HEADROOM, Charge, ConcurrencyController, RateController, TokenAccounting, TokenBucket
 from .hints import RateHints, exhausted_until, named_limit, rate_hints
 
@@ -121,27 +122,39 @@ class Throttle:
         self.rpm: Bucket | None = None
         self.tpm: Bucket | None = Bucket(limits.tpm / 60 * HEADROOM) if limits.tpm else None
         self.paused_until = 0.0
+        self.pace = Pace(rpm_source="given" if limits.rpm else None, tpm_source="given" if limits.tpm else None)
         self._answered_sent_at = -math.inf  # the latest send time of a request the provider answered (not 429)
 
     async def admit(self, request: Request) -> Ticket:
+        pace, start = self.pace, self.clock()
+        pace.began(start)
         await self.gate.enter()
+        pace.wait("concurrency", self.clock() - start)
         charge = await self.take(request)
         now = self.clock()
         self.rates.on_sent(now)
+        pace.admitted(now)
         return Ticket(now, charge, self.gate.inflight)
 
     async def take(self, request: Request) -> Charge | None:
-        """Wait for the request's share of the rate and token limits; returns its TPM charge (None: no TPM)."""
-        wait = self.paused_until - self.clock()
+        """Wait for the request's share of the rate and token limits; returns its TPM charge (None: no TPM).
+        How long each gate held it is kept in `pace`: what bound the run (binding.py)."""
+        pace, start = self.pace, self.clock()
+        wait = self.paused_until - start
         if wait > 0:
             await asyncio.sleep(wait)
+            pace.wait("paused", self.clock() - start)
         self._apply_rate()
         if self.rpm is not None:
+            start = self.clock()
             await self.rpm.take(1)
+            pace.wait("rpm", self.clock() - start)
         charge = None
         if self.tpm is not None:
             charge = self.tokens.charge(request.prompt_tokens, request.max_output)
+            start = self.clock()
             await self.tpm.take(charge.amount)
+            pace.wait("tpm", self.clock() - start)
         return charge
 
     def wait_estimate(self, request: Request) -> float:
@@ -168,6 +181,8 @@ class Throttle:
             return
         now = self.clock()
         status = reply.status
+        if status is not None:
+            self.pace.answer(reply.elapsed, rate_limited=status == 429)
         code = error_details(reply.body)[0] if status == 429 and self.concurrency_codes else None
         if code in self.concurrency_codes:  # too many in flight (Zhipu's 1302): a concurrency limit, not a rate
             first = self.concurrency.ceiling is None
@@ -251,6 +266,8 @@ class Throttle:
                     f"it (set limits.rpm: {per_minute:.0f} to start there next time)"
                 )
                 self.rates.set_ceiling(ceiling)
+                if per_minute < (self.configured.rpm or math.inf):
+                    self.pace.rpm_source = "named"
                 # The 429s still to come for requests already out say nothing the message did not: the limit is
                 # known exactly, and the rate need not measure it.
                 self.rates.reset(self.clock())
@@ -265,6 +282,7 @@ class Throttle:
                 f"(set limits.tpm: {per_minute:.0f} to start there next time)"
             )
             self._apply_hints(RateHints(limit_tokens=per_minute), self.clock())
+            self.pace.tpm_source = "named"
             if self.tpm is not None:
                 self.tpm.drain()
 
@@ -273,11 +291,15 @@ class Throttle:
             ceiling = hints.limit_requests / 60
             if self.configured.rpm:
                 ceiling = min(ceiling, self.configured.rpm / 60)
+            if hints.limit_requests < (self.configured.rpm or math.inf) and self.pace.rpm_source != "named":
+                self.pace.rpm_source = "headers"
             self.rates.set_ceiling(ceiling)
         if hints.limit_tokens:
             per_second = hints.limit_tokens / 60 * HEADROOM
             if self.configured.tpm:
                 per_second = min(per_second, self.configured.tpm / 60 * HEADROOM)
+            if hints.limit_tokens < (self.configured.tpm or math.inf) and self.pace.tpm_source != "named":
+                self.pace.tpm_source = "headers"
             if self.tpm is None:
                 self.tpm = Bucket(per_second)
             elif abs(self.tpm.per_second - per_second) > 1e-6:
@@ -313,6 +335,15 @@ class Throttle:
             "tpm": round(self.tpm.per_second * 60) if self.tpm else None,
             "tpm_accounting": self.tokens.effective,
             "concurrency": self.concurrency.value,
+            "rpm_ceiling": round(self.rates.ceiling * 60, 1) if self.rates.ceiling else None,
+            "concurrency_ceiling": self.concurrency.ceiling,
+            "pace": self.pace.facts(),
+            "given": {
+                "rpm": self.configured.rpm,
+                "tpm": self.configured.tpm,
+                "concurrency": self.configured.concurrency,
+                "max_pending": self.configured.max_pending,
+            },
         }
 
 

@@ -32,7 +32,7 @@ from .rundir import (
     fold_set_aside,
     read_json,
 )
-from .usage import Usage
+from .usage import COUNTERS, Usage
 
 
 @dataclass
@@ -72,16 +72,18 @@ def read_state(run_dir: Path, *, repair: bool = True) -> ResumeState:
     and as many as it counts rows; else they are recounted. Damaged and repeated lines are set aside."""
     state = ResumeState()
     previous = read_json(run_dir / USAGE)
-    trusted = trusted_offsets(run_dir, previous, ROW_COUNTERS)
+    # an older version's totals lack a counter added since (async tasks submitted): recounted, not trusted
+    stale = previous is not None and any(name not in previous for name in COUNTERS)
+    trusted = None if stale else trusted_offsets(run_dir, previous, ROW_COUNTERS)
     checkpoint = (previous or {}).get("checkpoint")
     kept_crc = isinstance(checkpoint, dict) and CRC_KEY in checkpoint
-    covers = trusted or (None if kept_crc else _legacy_covers(run_dir, checkpoint))
+    covers = None if stale else trusted or (None if kept_crc else _legacy_covers(run_dir, checkpoint))
     if covers is not None and previous is not None:
         state.previous = previous
         state.usage = Usage.from_totals(previous)
     elif previous is not None:
         state.previous = {k: previous[k] for k in ("started_at", "active_s") if k in previous}
-        if kept_crc:
+        if kept_crc and not stale:
             state.notes.append(f"{USAGE} did not match the records it counted: recounted from the records")
     reader = RecordReader(run_dir, state.done)
     within = dict.fromkeys(RECORD_FILES, 0)  # whole records inside what usage.json counted

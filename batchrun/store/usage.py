@@ -85,6 +85,7 @@ COUNTERS = (
     "retries",
     "rate_limited",
     "polls",
+    "tasks",
     "prompt_tokens",
     "completion_tokens",
     "total_tokens",
@@ -99,6 +100,7 @@ class Usage:
     retries: int = 0
     rate_limited: int = 0  # attempts answered 429
     polls: int = 0  # async mode: result polls of the rows' tasks
+    tasks: int = 0  # async mode: tasks submitted (a row's task given up on and submitted again counts twice)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
@@ -142,6 +144,8 @@ class Usage:
         self.retries += retries
         self.rate_limited += rate_limited
         self.polls += count(record.get("polls"))
+        resubmitted = record.get("resubmitted")
+        self.tasks += (1 if record.get("task_id") else 0) + (len(resubmitted) if isinstance(resubmitted, list) else 0)
         code = error_code(record)
         if rows and code is not None:
             self.rows_failed += 1
