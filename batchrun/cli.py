@@ -15,10 +15,11 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from . import __version__
+from . import __version__, halt
 from .commands.validate import validate, validation_lines
 from .engine.job import display_path, job_of_run, prepare
-from .errors import BatchrunError, SpecError
+from .engine.progress import Phases
+from .errors import BatchrunError, Interrupted, SpecError
 from .redaction import printable_lines
 from .session import EXIT_INTERRUPTED, RunOutcome, cancel_run, list_provider_models, run_job
 from .sim.command import command as simulate_command
@@ -52,12 +53,28 @@ def _friendly(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except Interrupted as exc:  # a long phase stopped by Ctrl-C or SIGTERM: what it was doing, how to go on
+            _echo(f"batchrun: {exc}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
         except BatchrunError as exc:
             _echo(f"batchrun: error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("batchrun: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _stoppable(fn: F) -> F:
+    """A command that reads the whole input (validate, estimate): its long phases show how far they are (a bar on
+    a terminal, a line now and then in a log), and Ctrl-C or SIGTERM stops them within moments."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        phases = Phases(enabled=True)
+        with halt.watching(phases), contextlib.closing(phases):
+            return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
@@ -190,6 +207,7 @@ def export(run_dir: Path, to: Path, with_input: bool) -> None:
 @main.command(name="validate")
 @click.argument("job", type=click.Path(dir_okay=False))
 @_friendly
+@_stoppable
 def validate_cmd(job: str) -> None:
     """Check JOB's spec and read its whole input, without calling any API."""
     prepared = prepare(load_spec(job))
@@ -263,6 +281,7 @@ def show(run_dir: Path, row_id: str, job: str | None, as_json: bool) -> None:
 )
 @click.option("--prices", type=click.Path(dir_okay=False), help="YAML: model -> {input, output, currency} per 1M.")
 @_friendly
+@_stoppable
 def estimate_cmd(job: str, output_share: float, prices: str | None) -> None:
     """Rows, tokens, cost range and time the limits allow for JOB, without calling any API."""
     from .commands.estimate import estimate, estimate_lines

@@ -7,20 +7,20 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import signal
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import halt
 from .engine.batch import BatchRun
 from .engine.context import RunContext
 from .engine.job import Prepared, api_key, display_path, prepare, provider_key, provider_keys, refuse_plain_http
 from .engine.online import RunLoop
-from .engine.progress import Progress
+from .engine.progress import Phases, Progress
 from .engine.shards import read_shards
-from .errors import BatchrunError, SpecError
+from .errors import BatchrunError, Interrupted, SpecError
 from .providers import make_auth
 from .providers.batches import BatchAPIClient
 from .providers.transport import Http, Network
@@ -124,7 +124,30 @@ async def _run_job(
 ) -> RunOutcome:
     if retry_codes:
         _check_codes(spec.output_dir, retry_codes)
-    prepared = prepare(spec)
+    signals = _Signals(asyncio.get_running_loop())
+    phases = Phases(enabled=progress)
+    with halt.watching(phases, signals), contextlib.closing(phases):
+        try:  # the scan in a worker thread, the event loop free to take a signal
+            prepared = await asyncio.to_thread(prepare, spec)
+        except Interrupted as exc:
+            raise Interrupted(
+                f"{exc}: nothing was sent; `batchrun submit {display_path(spec.spec_path)}` starts again"
+            ) from None
+        phases.close()
+        return await _run_prepared(prepared, keys, fresh, progress, log, retry_codes, limit, signals)
+
+
+async def _run_prepared(
+    prepared: Prepared,
+    keys: list[tuple[str, str | None]],
+    fresh: bool,
+    progress: bool,
+    log: Callable[[str], None],
+    retry_codes: Collection[str] | None,
+    limit: int | None,
+    signals: _Signals,
+) -> RunOutcome:
+    spec = prepared.spec
     checkpoint = Checkpoint(spec.output_dir, secrets=[key for _, key in keys if key])
     pick = None if retry_codes is None else functools.partial(_failure_with_code, frozenset(retry_codes))
     held = prepared.held or prepared.fingerprint  # what the run directory may hold for the run to go on
@@ -135,7 +158,7 @@ async def _run_job(
         secrets = [key for _, key in keys]
         cache = Cache(spec.cache, secrets=secrets, warn=log) if spec.cache.mode != "off" else None
         try:
-            return await _run_opened(prepared, checkpoint, state, keys, progress, log, limit, cache)
+            return await _run_opened(prepared, checkpoint, state, keys, progress, log, limit, cache, signals)
         finally:
             if cache is not None:
                 cache.close()
@@ -171,6 +194,7 @@ async def _run_opened(
     log: Callable[[str], None],
     limit: int | None,
     cache: Cache | None,
+    signals: _Signals,
 ) -> RunOutcome:
     spec = prepared.spec
     total = prepared.scan.rows
@@ -223,13 +247,13 @@ async def _run_opened(
         else:
             runner = BatchRun(ctx) if spec.provider.mode == "batch" else RunLoop(ctx)
         try:
-            await _run_interruptibly(runner)
+            await signals.run(runner)
             if isinstance(runner, BatchRun) and runner.leaves_rows_online and not runner.stopping:
                 left = goal - state.done.count_upto(last_row) if last_row is not None else runner.ledger.pending
                 if left > 0:
                     say(f"sending the {left:,} rows the batches did not finish through the online lane")
                     runner = RunLoop(ctx)  # the same run, its rows left over sent online
-                    await _run_interruptibly(runner)
+                    await signals.run(runner)
         finally:
             progress.close(state.done.count_upto(last_row) if last_row is not None else min(state.done.count, total))
     pending = runner.ledger.pending
@@ -310,23 +334,24 @@ async def cancel_batches(spec: JobSpec, key: str | None) -> list[str]:
     return lines
 
 
-async def _run_interruptibly(runner: BatchRun | RunLoop | RayRun) -> None:
-    """Run with Ctrl-C and SIGTERM handed to the runner (on the main thread: a run in another thread, the Python
-    API in a worker, is stopped by whoever owns the process)."""
-    loop = asyncio.get_running_loop()
-    handled = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
-            before = signal.getsignal(sig)
-            loop.add_signal_handler(sig, runner.interrupt, sig == signal.SIGINT)
-            handled.append((sig, before))
-    try:
+class _Signals:
+    """Ctrl-C and SIGTERM for the whole session (`halt.watching` installs them and sets the stop flag, which stops
+    a long phase: the scan, the id check, a replay from the cache); the runner, once there is one, is told on its
+    event loop, to stop taking rows and let those in flight finish (a second Ctrl-C cancels them). On the main
+    thread only: a run in another thread, the Python API in a worker, is stopped by whoever owns the process."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.runner: BatchRun | RunLoop | RayRun | None = None
+
+    def __call__(self, from_keyboard: bool) -> None:
+        if self.runner is not None:
+            with contextlib.suppress(RuntimeError):  # the event loop is closed: the run is over
+                self.loop.call_soon_threadsafe(self.runner.interrupt, from_keyboard)
+
+    async def run(self, runner: BatchRun | RunLoop | RayRun) -> None:
+        self.runner = runner
         await runner.run()
-    finally:
-        for sig, before in handled:
-            loop.remove_signal_handler(sig)  # this sets the default (a SIGTERM would kill us mid-flush)...
-            if before is not None:  # ...so the handler from before the run is put back (the CLI's: exit 130)
-                signal.signal(sig, before)
 
 
 async def list_provider_models(

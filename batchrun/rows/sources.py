@@ -16,11 +16,13 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from .. import halt
 from ..errors import InputError
 from ..spec.model import InputSpec
 
 PARQUET_BATCH_ROWS = 1024
 HASH_CHUNK = 1 << 20
+SCANNING = "scanning the input"  # the phase, as the progress line and an interrupt name it
 LINES_HINT = 1 << 16  # bytes of whole lines read at a time
 BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark, which some editors put at the start of a file
 # Columns a row may be read through when the spec names none (see request.RequestBuilder).
@@ -359,8 +361,10 @@ def _hash_file(path: Path, upto: int | None) -> tuple[Any, int, Any]:
     """The sha256 of the file as it is, its size, and the sha256 of its first `upto` bytes (None: not asked, or the
     file is not longer)."""
     h, size, prefix = hashlib.sha256(), 0, None
+    total = path.stat().st_size
     with open(path, "rb") as f:
         while chunk := f.read(HASH_CHUNK):
+            halt.step(SCANNING, size, total, "B")
             if upto is not None and prefix is None and size + len(chunk) > upto:
                 prefix = h.copy()
                 prefix.update(chunk[: upto - size])
@@ -371,7 +375,11 @@ def _hash_file(path: Path, upto: int | None) -> tuple[Any, int, Any]:
 
 def _csv_rows(spec: InputSpec) -> int:
     first = table_columns(spec)[:1]
-    return sum(b.num_rows for b in table_batches(spec, first))
+    rows = 0
+    for batch in table_batches(spec, first):
+        halt.step(SCANNING, rows)
+        rows += batch.num_rows
+    return rows
 
 
 def _scan_jsonl(spec: InputSpec, upto: int | None) -> InputScan:
@@ -379,8 +387,10 @@ def _scan_jsonl(spec: InputSpec, upto: int | None) -> InputScan:
     upstream job is writing it) is left for the next run rather than read as a broken row."""
     h, size, rows, count, last = hashlib.sha256(), 0, 0, 0, b""
     prefix: Prefix | None = None
+    total = spec.path.stat().st_size
     with open(spec.path, "rb") as f:
         for lines in _line_batches(f, None):
+            halt.step(SCANNING, size, total, "B")
             if size == 0 and lines[0].startswith(BOM) and lines[0][len(BOM) :].isspace():
                 rows -= 1  # a line holding only the byte order mark is blank once that is dropped
             chunk = b"".join(lines)
