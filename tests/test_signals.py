@@ -6,6 +6,7 @@ progress line (or its first records) before it sends the signal, never for a fix
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import orjson
 import pytest
 
 from batchrun.engine.job import prepare
+from batchrun.engine.progress import PHASE_LINE_S, Phases
 from batchrun.rows.request import Request
 from batchrun.rows.sources import iter_rows
 from batchrun.spec.parse import load_spec
@@ -151,3 +153,31 @@ def test_validate_and_estimate_stop_at_once_with_one_line(
     lines = [line for line in err.splitlines() if line.startswith("batchrun:")]
     assert len(lines) == 1 and lines[0].startswith("batchrun: interrupted"), err
     assert "Traceback" not in err and not any("Traceback" in line for line in said)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_in_a_log_a_big_phase_says_so_as_it_starts_then_every_few_seconds() -> None:
+    log, clock = io.StringIO(), Clock()
+    phases = Phases(enabled=True, stream=log, clock=clock)
+    phases("checking the ids for repeats", 0, 50_000_000, "B")  # big: said at once
+    phases("checking the ids for repeats", 1_000_000, 50_000_000, "B")
+    clock.now += PHASE_LINE_S
+    phases("checking the ids for repeats", 25_000_000, 50_000_000, "B")
+    phases("reading the rows", 0, 2_000, "row")  # small: only if it lasts
+    clock.now += PHASE_LINE_S
+    phases("reading the rows", 1_000, 2_000, "row")
+    assert log.getvalue().splitlines() == [
+        "checking the ids for repeats: 0% (0.0 MB of 50.0 MB)",
+        "checking the ids for repeats: 50% (25.0 MB of 50.0 MB)",
+        "reading the rows: 50% (1,000 rows of 2,000 rows)",
+    ]
+    quiet = io.StringIO()
+    Phases(enabled=False, stream=quiet)("reading the rows", 0, 10**9, "row")
+    assert quiet.getvalue() == ""

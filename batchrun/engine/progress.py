@@ -174,9 +174,8 @@ class Phases:
             if not self.lines:
                 from tqdm import tqdm
 
-                scaled = unit == "B"
                 self._bar = tqdm(
-                    total=total, desc=phase, unit=unit, unit_scale=scaled, unit_divisor=1024 if scaled else 1000,
+                    total=total, desc=phase, unit=unit, unit_scale=True, unit_divisor=1024 if unit == "B" else 1000,
                     leave=False, dynamic_ncols=True, mininterval=0.25, file=self._stream,
                 )  # fmt: skip
             elif (total or 0) >= (BIG_PHASE_BYTES if unit == "B" else BIG_PHASE_ROWS):
@@ -196,7 +195,8 @@ class Phases:
             done_s, total_s = f"{done:,} rows", f"{total or 0:,} rows"
         share = f"{done / total:.0%} " if total else ""
         with contextlib.suppress(OSError):
-            print(f"{phase}: {share}({done_s} of {total_s})" if total else f"{phase}: {done_s}", file=self._stream)
+            text = f"{phase}: {share}({done_s} of {total_s})" if total else f"{phase}: {done_s}"
+            print(text, file=self._stream, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
