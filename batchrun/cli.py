@@ -15,12 +15,13 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from . import __version__
+from . import __version__, halt
 from .commands.validate import validate, validation_lines
-from .engine.job import display_path, job_of_run, prepare
-from .errors import BatchrunError, SpecError
+from .engine.job import job_of_run, prepare
+from .engine.progress import Phases
+from .errors import BatchrunError, Interrupted, SpecError
 from .redaction import printable_lines
-from .session import EXIT_INTERRUPTED, RunOutcome, cancel_run, list_provider_models, run_job
+from .session import EXIT_INTERRUPTED, cancel_run, list_provider_models, run_job, summary_lines
 from .sim.command import command as simulate_command
 from .spec.model import ScaleSpec, default_path
 from .spec.parse import load_spec, schema_text
@@ -28,8 +29,7 @@ from .spec.presets import PRESETS, batch_share, unknown_preset
 from .spec.pricing import Prices, load_prices
 from .store import cache as response_cache
 from .store.rerun import Rerun, from_manifest, session_options
-from .store.rundir import RunDir, RunState
-from .store.usage import Usage, cached_line, outputs, outputs_line
+from .store.rundir import RunDir
 from .words import plural
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -54,12 +54,28 @@ def _friendly(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except Interrupted as exc:  # a long phase stopped by Ctrl-C or SIGTERM: what it was doing, how to go on
+            _echo(f"batchrun: {exc}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
         except BatchrunError as exc:
             _echo(f"batchrun: error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("batchrun: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _stoppable(fn: F) -> F:
+    """A command that reads the whole input (validate, estimate): its long phases show how far they are (a bar on
+    a terminal, a line now and then in a log), and Ctrl-C or SIGTERM stops them within moments."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        phases = Phases(enabled=True)
+        with halt.watching(phases), contextlib.closing(phases):
+            return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
@@ -211,6 +227,7 @@ def export(run_dir: Path, to: Path, with_input: bool) -> None:
 @main.command(name="validate")
 @click.argument("job", type=click.Path(dir_okay=False))
 @_friendly
+@_stoppable
 def validate_cmd(job: str) -> None:
     """Check JOB's spec and read its whole input, without calling any API."""
     prepared = prepare(load_spec(job))
@@ -289,10 +306,10 @@ def show(run_dir: Path, row_id: str, job: str | None, as_json: bool) -> None:
     help="Seconds a request takes (default: assumed from the answer length; see docs/rate-limits.md).",
 )
 @_friendly
+@_stoppable
 def estimate_cmd(job: str, output_share: float, prices: str | None, latency: float | None) -> None:
     """Rows, tokens, cost range and time the limits allow for JOB, without calling any API."""
     from .commands.estimate import estimate, estimate_lines
-    from .spec.pricing import Prices
 
     prepared = prepare(load_spec(job))
     table = Prices(
@@ -437,59 +454,6 @@ def init(provider: str, input_path: Path | None, model: str | None, output: Path
 def schema() -> None:
     """Print the job spec's JSON Schema (docs/job.schema.json holds the same), for editors to check specs against."""
     click.echo(schema_text(), nl=False)
-
-
-def summary_lines(outcome: RunOutcome) -> list[str]:
-    """The closing lines of `batchrun submit`: what happened, where the files are, how to resume."""
-    u, spec = outcome.usage, outcome.spec
-    out = spec.output_dir
-    rel = display_path(out)
-    rate = outcome.rows_this_session / outcome.elapsed_s if outcome.elapsed_s > 0 else 0.0
-    cost = Prices(spec.pricing, batch_share(spec.provider.name)).spent_line(u.models)
-    lines = [
-        f"{spec.name}: {outcome.state.value.replace('_', ' ')}: {u.rows_succeeded:,} succeeded, {u.rows_failed:,} "
-        f"failed, {outcome.rows_pending:,} pending of {plural(outcome.rows_total, 'row')}",
-        f"  {_requests_text(u, spec.provider.mode)}, retries {u.retries:,} (429s {u.rate_limited:,}), "
-        + (f"repairs {u.repairs:,}, " if u.repairs else "")
-        + f"tokens {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion; cost {cost}",
-        f"  this session: {plural(outcome.rows_this_session, 'row')} in {outcome.elapsed_s:,.1f} s "
-        f"({rate:,.1f} rows/s)",
-        f"  results: {rel}/results.jsonl" + (f"   failures: {rel}/failures.jsonl" if u.rows_failed else ""),
-    ]
-    if (shaped := outputs_line(outputs(u.models))) is not None:
-        lines.append(f"  output: {shaped}")
-    if (hits := cached_line(u.models, Prices(spec.pricing), _ask_again(outcome))) is not None:
-        lines.append(f"  cache: {hits}")
-    if u.failures_by_code:
-        codes = ", ".join(f"{c} ×{n}" for c, n in sorted(u.failures_by_code.items(), key=lambda kv: -kv[1])[:5])
-        lines.append(f"  failures by code: {codes}")
-    if outcome.bound_by is not None:
-        lines.append(f"  bound by: {outcome.bound_by}")
-    if outcome.reason and outcome.state is RunState.STOPPED:
-        lines.append(f"  stopped: {outcome.reason}")
-    if outcome.tasks_pending:
-        lines.append(
-            f"  {plural(outcome.tasks_pending, 'submitted task')} still at the provider: resuming polls them "
-            "(tasks.jsonl holds their ids), it does not submit them again"
-        )
-    if outcome.rows_pending:
-        lines.append(f"  resume with: {_resume(outcome).text()}")
-    return lines
-
-
-def _resume(outcome: RunOutcome) -> Rerun:
-    return outcome.rerun or Rerun(outcome.spec.spec_path, outcome.spec.output_dir)
-
-
-def _ask_again(outcome: RunOutcome) -> str:
-    """The way out of answers taken from the response cache: the same run started over without it."""
-    return f"to have the provider answer every row instead: {_resume(outcome).text(fresh=True, no_cache=True)}"
-
-
-def _requests_text(u: Usage, mode: str) -> str:
-    """`requests 43`; in async mode what they were: tasks submitted and the polls of their results."""
-    text = f"requests {u.requests:,}"
-    return text + (f" (tasks submitted {u.tasks:,}, polls {u.polls:,})" if mode == "async" else "")
 
 
 def entry() -> None:

@@ -37,3 +37,10 @@ class CheckpointWriteError(BatchrunError):
     """Writing the run directory failed (disk full, permissions); the run stops cleanly and can resume."""
 
     exit_code = 1
+
+
+class Interrupted(BatchrunError):
+    """Ctrl-C or SIGTERM stopped a long phase (the input's scan, the id check, validate): whatever it had
+    recorded stands, and the same command goes on from there."""
+
+    exit_code = 130

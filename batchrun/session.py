@@ -7,20 +7,20 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import signal
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import halt
 from .engine.batch import BatchRun
 from .engine.context import RunContext
 from .engine.job import Prepared, api_key, display_path, prepare, provider_key, provider_keys, refuse_plain_http
 from .engine.online import RunLoop
-from .engine.progress import Progress
+from .engine.progress import Phases, Progress
 from .engine.shards import read_shards
-from .errors import BatchrunError, SpecError
+from .errors import BatchrunError, Interrupted, SpecError
 from .limits.binding import limit_line
 from .providers import make_auth
 from .providers.batches import BatchAPIClient
@@ -30,14 +30,15 @@ from .redaction import redact, secret_bytes
 from .rows.ids import DUPLICATE_ID
 from .rows.sources import nth_row
 from .spec.model import CacheSpec, JobSpec, ScaleSpec
-from .spec.presets import PRESETS
+from .spec.presets import PRESETS, batch_share
+from .spec.pricing import Prices
 from .spec.simulator import SimulateSpec
 from .store.cache import Cache
 from .store.checkpoint import Checkpoint
 from .store.rerun import Rerun
 from .store.resume import ResumeState
 from .store.rundir import BATCHES, RunDir, RunState, complete_lines
-from .store.usage import Usage
+from .store.usage import Usage, cached_line, outputs, outputs_line
 from .words import plural
 
 if TYPE_CHECKING:
@@ -133,7 +134,29 @@ async def _run_job(
 ) -> RunOutcome:
     if retry_codes:
         _check_codes(spec.output_dir, retry_codes)
-    prepared = prepare(spec)
+    signals = _Signals(asyncio.get_running_loop())
+    phases = Phases(enabled=progress)
+    with halt.watching(phases, signals), contextlib.closing(phases):
+        try:  # the scan in a worker thread, the event loop free to take a signal
+            prepared = await asyncio.to_thread(prepare, spec)
+        except Interrupted as exc:
+            raise Interrupted(f"{exc}: nothing was sent; `{rerun.text()}` starts again") from None
+        phases.close()
+        return await _run_prepared(prepared, keys, fresh, progress, log, retry_codes, limit, signals, rerun)
+
+
+async def _run_prepared(
+    prepared: Prepared,
+    keys: list[tuple[str, str | None]],
+    fresh: bool,
+    progress: bool,
+    log: Callable[[str], None],
+    retry_codes: Collection[str] | None,
+    limit: int | None,
+    signals: _Signals,
+    rerun: Rerun,
+) -> RunOutcome:
+    spec = prepared.spec
     checkpoint = Checkpoint(spec.output_dir, secrets=[key for _, key in keys if key])
     pick = None if retry_codes is None else functools.partial(_failure_with_code, frozenset(retry_codes))
     held = prepared.held or prepared.fingerprint  # what the run directory may hold for the run to go on
@@ -144,7 +167,7 @@ async def _run_job(
         secrets = [key for _, key in keys]
         cache = Cache(spec.cache, secrets=secrets, warn=log) if spec.cache.mode != "off" else None
         try:
-            outcome = await _run_opened(prepared, checkpoint, state, keys, progress, log, limit, cache)
+            outcome = await _run_opened(prepared, checkpoint, state, keys, progress, log, limit, cache, signals)
             if (
                 limit is not None
                 and outcome.state is RunState.STOPPED
@@ -190,6 +213,7 @@ async def _run_opened(
     log: Callable[[str], None],
     limit: int | None,
     cache: Cache | None,
+    signals: _Signals,
 ) -> RunOutcome:
     spec = prepared.spec
     total = prepared.scan.rows
@@ -245,13 +269,13 @@ async def _run_opened(
         else:
             runner = BatchRun(ctx) if spec.provider.mode == "batch" else RunLoop(ctx)
         try:
-            await _run_interruptibly(runner)
+            await signals.run(runner)
             if isinstance(runner, BatchRun) and runner.leaves_rows_online and not runner.stopping:
                 left = goal - state.done.count_upto(last_row) if last_row is not None else runner.ledger.pending
                 if left > 0:
                     say(f"sending the {plural(left, 'row')} the batches did not finish through the online lane")
                     runner = RunLoop(ctx)  # the same run, its rows left over sent online
-                    await _run_interruptibly(runner)
+                    await signals.run(runner)
         finally:
             progress.close(state.done.count_upto(last_row) if last_row is not None else min(state.done.count, total))
     pending = runner.ledger.pending
@@ -333,23 +357,24 @@ async def cancel_batches(spec: JobSpec, key: str | None) -> list[str]:
     return lines
 
 
-async def _run_interruptibly(runner: BatchRun | RunLoop | RayRun) -> None:
-    """Run with Ctrl-C and SIGTERM handed to the runner (on the main thread: a run in another thread, the Python
-    API in a worker, is stopped by whoever owns the process)."""
-    loop = asyncio.get_running_loop()
-    handled = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
-            before = signal.getsignal(sig)
-            loop.add_signal_handler(sig, runner.interrupt, sig == signal.SIGINT)
-            handled.append((sig, before))
-    try:
+class _Signals:
+    """Ctrl-C and SIGTERM for the whole session (`halt.watching` installs them and sets the stop flag, which stops
+    a long phase: the scan, the id check, a replay from the cache); the runner, once there is one, is told on its
+    event loop, to stop taking rows and let those in flight finish (a second Ctrl-C cancels them). On the main
+    thread only: a run in another thread, the Python API in a worker, is stopped by whoever owns the process."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.runner: BatchRun | RunLoop | RayRun | None = None
+
+    def __call__(self, from_keyboard: bool) -> None:
+        if self.runner is not None:
+            with contextlib.suppress(RuntimeError):  # the event loop is closed: the run is over
+                self.loop.call_soon_threadsafe(self.runner.interrupt, from_keyboard)
+
+    async def run(self, runner: BatchRun | RunLoop | RayRun) -> None:
+        self.runner = runner
         await runner.run()
-    finally:
-        for sig, before in handled:
-            loop.remove_signal_handler(sig)  # this sets the default (a SIGTERM would kill us mid-flush)...
-            if before is not None:  # ...so the handler from before the run is put back (the CLI's: exit 130)
-                signal.signal(sig, before)
 
 
 async def list_provider_models(
@@ -377,3 +402,56 @@ async def _provider_url(base_url: str, simulate: SimulateSpec | None) -> AsyncIt
 
     async with serve(simulate) as sim_url:
         yield sim_url
+
+
+def summary_lines(outcome: RunOutcome) -> list[str]:
+    """The closing lines of `batchrun submit`: what happened, where the files are, how to resume."""
+    u, spec = outcome.usage, outcome.spec
+    out = spec.output_dir
+    rel = display_path(out)
+    rate = outcome.rows_this_session / outcome.elapsed_s if outcome.elapsed_s > 0 else 0.0
+    cost = Prices(spec.pricing, batch_share(spec.provider.name)).spent_line(u.models)
+    lines = [
+        f"{spec.name}: {outcome.state.value.replace('_', ' ')}: {u.rows_succeeded:,} succeeded, {u.rows_failed:,} "
+        f"failed, {outcome.rows_pending:,} pending of {plural(outcome.rows_total, 'row')}",
+        f"  {_requests_text(u, spec.provider.mode)}, retries {u.retries:,} (429s {u.rate_limited:,}), "
+        + (f"repairs {u.repairs:,}, " if u.repairs else "")
+        + f"tokens {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion; cost {cost}",
+        f"  this session: {plural(outcome.rows_this_session, 'row')} in {outcome.elapsed_s:,.1f} s "
+        f"({rate:,.1f} rows/s)",
+        f"  results: {rel}/results.jsonl" + (f"   failures: {rel}/failures.jsonl" if u.rows_failed else ""),
+    ]
+    if (shaped := outputs_line(outputs(u.models))) is not None:
+        lines.append(f"  output: {shaped}")
+    if (hits := cached_line(u.models, Prices(spec.pricing), _ask_again(outcome))) is not None:
+        lines.append(f"  cache: {hits}")
+    if u.failures_by_code:
+        codes = ", ".join(f"{c} ×{n}" for c, n in sorted(u.failures_by_code.items(), key=lambda kv: -kv[1])[:5])
+        lines.append(f"  failures by code: {codes}")
+    if outcome.bound_by is not None:
+        lines.append(f"  bound by: {outcome.bound_by}")
+    if outcome.reason and outcome.state is RunState.STOPPED:
+        lines.append(f"  stopped: {outcome.reason}")
+    if outcome.tasks_pending:
+        lines.append(
+            f"  {plural(outcome.tasks_pending, 'submitted task')} still at the provider: resuming polls them "
+            "(tasks.jsonl holds their ids), it does not submit them again"
+        )
+    if outcome.rows_pending:
+        lines.append(f"  resume with: {_resume(outcome).text()}")
+    return lines
+
+
+def _resume(outcome: RunOutcome) -> Rerun:
+    return outcome.rerun or Rerun(outcome.spec.spec_path, outcome.spec.output_dir)
+
+
+def _ask_again(outcome: RunOutcome) -> str:
+    """The way out of answers taken from the response cache: the same run started over without it."""
+    return f"to have the provider answer every row instead: {_resume(outcome).text(fresh=True, no_cache=True)}"
+
+
+def _requests_text(u: Usage, mode: str) -> str:
+    """`requests 43`; in async mode what they were: tasks submitted and the polls of their results."""
+    text = f"requests {u.requests:,}"
+    return text + (f" (tasks submitted {u.tasks:,}, polls {u.polls:,})" if mode == "async" else "")

@@ -60,8 +60,10 @@ def on_pty(args: list[str], columns: int, env: dict[str, str] | None = None) -> 
 
 
 def frames(screen: str) -> list[str]:
-    """The bar's states as drawn, one per carriage return."""
-    return [f for part in screen.split("\n") for f in part.split("\r") if "%|" in f]
+    """The bars' states as drawn, one per carriage return, as wide as they show: the cursor moves that place a
+    second bar (a start-up phase's, under the run's) take no column."""
+    visible = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", screen)
+    return [f for part in visible.split("\n") for f in part.split("\r") if "%|" in f]
 
 
 STATS = [

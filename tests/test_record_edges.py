@@ -267,18 +267,17 @@ def test_a_sigterm_after_the_run_loop_still_stops_cleanly() -> None:
     closes killed the process (exit -15, `make torture`'s SIGTERM storm): the handler from before is put back."""
     import asyncio
 
-    from batchrun.session import _run_interruptibly
+    from batchrun import halt
 
-    class Runner:
-        def interrupt(self, terminal: bool = True) -> None: ...
-
-        async def run(self) -> None: ...
+    async def session() -> None:  # a session's signal handling, as run_job wraps the whole of it
+        with halt.watching(None, lambda from_keyboard: None):
+            await asyncio.sleep(0)
 
     def before(signum: int, frame: object) -> None: ...
 
     previous = signal.signal(signal.SIGTERM, before)
     try:
-        asyncio.run(_run_interruptibly(Runner()))  # type: ignore[arg-type]
+        asyncio.run(session())
         assert signal.getsignal(signal.SIGTERM) is before
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from .. import halt
 from ..engine.job import Prepared, display_path, key_problems
 from ..rows.ids import DUPLICATE_ID, repeated_ids
 from ..rows.request import BadRow, Request, batched
@@ -15,6 +16,7 @@ from ..store.checkpoint import run_dir_problem
 from ..words import plural
 
 MAX_LISTED = 20
+VALIDATING = "reading the rows"  # the phase, as the progress line and an interrupt name it
 
 
 @dataclass
@@ -90,8 +92,11 @@ def _built(prepared: Prepared, report: Validation) -> Iterator[Request | BadRow]
     repeats = repeated_ids(prepared.spec.input)
     repeat = next(repeats, None)
     build = prepared.builder.build
+    total = prepared.scan.rows
     for raw in iter_rows(prepared.spec.input):
         report.rows += 1
+        if report.rows % 4096 == 0:  # Ctrl-C stops here, and the progress line moves
+            halt.step(VALIDATING, report.rows, total)
         if repeat is not None and repeat.row == raw.row:
             report.duplicate_ids += 1
             report._problem(f"{repeat.message()} [{DUPLICATE_ID}]")

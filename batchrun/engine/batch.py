@@ -86,8 +86,9 @@ class BatchRun(RunControl):
     # --- what the session calls ------------------------------------------------------------------------
 
     async def run(self) -> None:
+        if not await self.check_ids():
+            return
         try:
-            self.ledger.refuse_repeated_ids()
             if self.budget is not None:
                 self.budget.price(self.spec.model)  # a model with no price and a budget: exit 2, nothing sent
         except BatchrunError as exc:

@@ -18,7 +18,8 @@ import orjson
 from ..errors import SpecError
 from ..rows.render import NULL_FIELD
 from ..rows.request import BadRow, RequestBuilder
-from ..rows.sources import InputScan, first_row, iter_rows, scan_input
+from ..rows.snapshot import InputScan, scan_input
+from ..rows.sources import first_row, iter_rows
 from ..spec.model import JobSpec, ProviderSpec
 from ..spec.parse import load_spec
 from ..spec.presets import PRESETS

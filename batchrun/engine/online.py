@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
+from .. import halt
 from ..errors import BatchrunError, FatalProviderError
 from ..lanes import Lane, LaneContext, Row
 from ..lanes.online import OnlineLane
@@ -34,7 +35,7 @@ from ..spec.presets import PRESETS
 from ..store.rundir import RunState
 from ..words import plural
 from .context import RunContext
-from .shared import RunControl
+from .shared import FLUSH_EVERY_S, RunControl
 
 STOP_GRACE_S = 5.0
 ENDPOINT_PROOF_ROWS = 8  # rows whose first answers all say the endpoint is wrong: stop the run
@@ -89,8 +90,9 @@ class RunLoop(RunControl):
     # --- the run -------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        if not await self.check_ids():
+            return
         try:
-            self.ledger.refuse_repeated_ids()
             if self.budget is not None:
                 self.budget.price(self.spec.model)  # a model with no price and a budget: exit 2, nothing sent
         except BatchrunError as exc:
@@ -194,9 +196,30 @@ class RunLoop(RunControl):
             raws = itertools.takewhile(lambda raw: raw.row <= last, raws)
         built: Iterator[Request | BadRow] = (build(raw) for raw in raws)
         if self.ledger.cache is not None:  # answers an earlier run paid for are recorded, not asked again
-            cached = self.ledger.from_cache
-            built = (r for r in built if not (isinstance(r, Request) and cached(r)))
+            built = self._replay(built)
         return batched(built, self.spec.limits.batch_size)
+
+    def _replay(self, built: Iterator[Request | BadRow]) -> Iterator[Request | BadRow]:
+        """The rows the response cache cannot answer. Those it can are recorded here, without a turn of the event
+        loop in between (a million of them take a minute): so the stop flag is looked at on each (Ctrl-C stops the
+        replay at once, the rows replayed so far recorded), and the progress line and usage.json kept fresh."""
+        cached, clock = self.ledger.from_cache, time.monotonic
+        last = clock()
+        for hits, r in enumerate(built):
+            if not (isinstance(r, Request) and cached(r)):
+                yield r
+            elif halt.stopped():
+                self.stop(RunState.INTERRUPTED, "interrupted")
+                return
+            elif hits % 1024 == 0 and clock() - last >= FLUSH_EVERY_S:
+                last = clock()
+                self.before_refresh()
+                self.progress.refresh()
+                try:
+                    self.flush(RunState.RUNNING)
+                except BatchrunError as exc:
+                    self.failed(exc)
+                    return
 
     async def _attempt(self, row: Row, ticket: Ticket) -> None:
         row.attempts += 1
@@ -424,9 +447,11 @@ class RunLoop(RunControl):
         self.interrupts += 1
         if self.interrupts == 1:
             again = " (Ctrl-C again to stop at once)" if terminal else ""  # a SIGTERM comes from no keyboard
+            inflight = self.pool.inflight
             self.log(
-                f"stopping: waiting up to {STOP_GRACE_S:.0f} s for {plural(self.pool.inflight, 'request')} in "
-                f"flight{again}"
+                f"stopping: waiting up to {STOP_GRACE_S:.0f} s for {plural(inflight, 'request')} in flight{again}"
+                if inflight
+                else "stopping"  # a start-up phase, a replay from the cache: nothing to wait for
             )
             self.stop(RunState.INTERRUPTED, "interrupted")
         else:

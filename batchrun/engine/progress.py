@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 from ..words import plural
 
 LINE_EVERY_S = 10.0
+PHASE_LINE_S = 5.0  # a long phase's line in a log (the scan, the id check, validate)
+# A phase this big says so in a log as it starts: it may last seconds (smaller ones only every PHASE_LINE_S).
+BIG_PHASE_BYTES, BIG_PHASE_ROWS = 16_000_000, 100_000
 BAR_MIN = 10  # columns the bar itself keeps, whatever the stats want
 # The stats go inside the brackets, after the time; the bar takes whatever width is left (tqdm sizes it).
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:,}/{total:,} [{elapsed}<{remaining}{postfix}]"
@@ -177,6 +180,60 @@ class Progress:
     def _print(self, text: str) -> None:
         with contextlib.suppress(OSError):  # a closed pipe must not stop the run
             print(text, file=self._stream, flush=True)
+
+
+class Phases:
+    """What a long phase before or beside the run shows (the input's scan, the id check, validate's pass): a bar
+    on a terminal, gone when the phase ends; in a log, a line as a big phase starts, then one every
+    PHASE_LINE_S. Fed by `halt.step` (its `report`)."""
+
+    def __init__(self, *, enabled: bool, stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic):
+        self.enabled = enabled
+        self.clock = clock
+        self._stream = stream or sys.stderr
+        self.lines = not _is_terminal(self._stream)
+        self.phase: str | None = None
+        self._bar: Any = None
+        self._last_line = 0.0
+
+    def __call__(self, phase: str, done: int, total: int | None, unit: str) -> None:
+        if not self.enabled:
+            return
+        if phase != self.phase:
+            self.close()
+            self.phase = phase
+            if not self.lines:
+                from tqdm import tqdm
+
+                self._bar = tqdm(
+                    total=total, desc=phase, unit=unit, unit_scale=True, unit_divisor=1024 if unit == "B" else 1000,
+                    leave=False, dynamic_ncols=True, mininterval=0.25, file=self._stream,
+                )  # fmt: skip
+            elif (total or 0) >= (BIG_PHASE_BYTES if unit == "B" else BIG_PHASE_ROWS):
+                self._line(phase, done, total, unit)
+            else:
+                self._last_line = self.clock()
+        if self._bar is not None:
+            self._bar.update(done - self._bar.n)
+        elif self.clock() - self._last_line >= PHASE_LINE_S:
+            self._line(phase, done, total, unit)
+
+    def _line(self, phase: str, done: int, total: int | None, unit: str) -> None:
+        self._last_line = self.clock()
+        if unit == "B":
+            done_s, total_s = f"{done / 1e6:,.1f} MB", f"{(total or 0) / 1e6:,.1f} MB"
+        else:
+            done_s, total_s = f"{done:,} rows", f"{total or 0:,} rows"
+        share = f"{done / total:.0%} " if total else ""
+        with contextlib.suppress(OSError):
+            text = f"{phase}: {share}({done_s} of {total_s})" if total else f"{phase}: {done_s}"
+            print(text, file=self._stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self.phase = None
 
 
 def fit(stats: Sequence[Stat], budget: int) -> str:

@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import BatchrunError
+from ..errors import BatchrunError, Interrupted
 from ..store.rundir import RunState
 from .context import RunContext
 from .ledger import Ledger
@@ -31,6 +31,17 @@ class RunControl:
         self.reason: str | None = None
         self.error: BatchrunError | None = None
         self.crash: Exception | None = None  # an unexpected exception, re-raised once the run is flushed
+
+    async def check_ids(self) -> bool:
+        """The duplicate-id check (before anything is sent), in a worker thread: Ctrl-C stops it within moments,
+        the repeats recorded so far kept, and nothing is sent. False: the run is stopping."""
+        try:
+            await asyncio.to_thread(self.ledger.refuse_repeated_ids)
+        except Interrupted:
+            self.stop(RunState.INTERRUPTED, "interrupted")
+        except BatchrunError as exc:
+            self.failed(exc)
+        return not self.stopping
 
     def stop(self, how: RunState, reason: str) -> None:
         """Stop taking rows, saying why; a STOPPED (an error) outranks an INTERRUPTED, and the first reason stands."""

@@ -31,7 +31,8 @@ from ..engine.job import Prepared
 from ..engine.progress import Progress
 from ..errors import SpecError
 from ..rows.request import RequestBuilder
-from ..rows.sources import InputScan, RawRow
+from ..rows.snapshot import InputScan
+from ..rows.sources import RawRow
 from ..spec.model import JobSpec
 from ..spec.parse import parse_spec
 from ..spec.simulator import SimulateSpec

@@ -106,8 +106,9 @@ class RayRun(RunControl):
         self.interrupts = 0
 
     async def run(self) -> None:
+        if not await self.check_ids():
+            return
         try:
-            self.ledger.refuse_repeated_ids()
             self.started_ray = connect(self.scale)
         except BatchrunError as exc:
             self.failed(exc)

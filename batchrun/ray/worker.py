@@ -25,7 +25,8 @@ from ..engine.online import RunLoop
 from ..engine.progress import Progress
 from ..errors import BatchrunError
 from ..limits.throttle import Throttle
-from ..rows.sources import InputScan, RawRow, Slice, slice_rows
+from ..rows.snapshot import InputScan
+from ..rows.sources import RawRow, Slice, slice_rows
 from ..spec.model import Limits
 from ..store.cache import Cache
 from ..store.checkpoint import Checkpoint

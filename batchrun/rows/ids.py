@@ -18,12 +18,16 @@ from pathlib import Path
 
 import orjson
 
+from .. import halt
+from ..errors import Interrupted
 from ..spec.model import InputSpec
 from .request import ID_FIELDS, BadRow, row_id
 from .sources import input_lines, iter_rows, parquet_id_columns
 from .textin import json_loads
 
 DUPLICATE_ID = "duplicate_id"
+CHECKING = "checking the ids for repeats"  # the phase, as the progress line and an interrupt name it
+STOP_CHECK_OPS = 100_000  # sqlite steps between looks at the stop flag (well under a millisecond)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +49,10 @@ def _ids(spec: InputSpec) -> Iterator[tuple[int, str, int]]:
         names = [f'"{name}"'.encode() for name in ((spec.id_field,) if spec.id_field else ID_FIELDS)]
         first, *others = names
         loads = json_loads(spec.encoding)
-        row = 0
+        row = read = 0
         for lines in input_lines(spec):  # the run's snapshot of the input, as the rows are read
+            halt.step(CHECKING, read, spec.snapshot, "B")
+            read += sum(map(len, lines))
             for line in lines:
                 row += 1
                 if first not in line and not any(name in line for name in others):
@@ -63,6 +69,8 @@ def _ids(spec: InputSpec) -> Iterator[tuple[int, str, int]]:
         return
     columns = parquet_id_columns(spec)
     for raw in iter_rows(spec, columns=columns):
+        if raw.row % 4096 == 0:
+            halt.step(CHECKING, raw.row)
         found = row_id(raw.data or {}, raw.row, spec.id_field)
         if not isinstance(found, BadRow):
             yield hash(found), found, raw.row
@@ -81,14 +89,21 @@ def repeated_ids(spec: InputSpec, workdir: Path | None = None) -> Iterator[Repea
                 "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-512;"  # 512 KiB: memory stays flat
                 "PRAGMA temp_store=FILE; CREATE TABLE ids (h INTEGER, id TEXT, row INTEGER);"
             )
-            db.executemany("INSERT INTO ids VALUES (?, ?, ?)", _ids(spec))
-            found = db.execute(
-                "SELECT id, row FROM ids WHERE h IN (SELECT h FROM ids GROUP BY h HAVING COUNT(*) > 1) ORDER BY row"
-            )
-            first: dict[str, int] = {}
-            for custom_id, row in found:
-                earlier = first.setdefault(custom_id, row)
-                if earlier != row:
-                    yield Repeat(row, custom_id, earlier)
+            # sorting a million ids is long, and all in sqlite: it looks at the stop flag as it goes
+            db.set_progress_handler(halt.stopped, STOP_CHECK_OPS)
+            try:
+                db.executemany("INSERT INTO ids VALUES (?, ?, ?)", _ids(spec))
+                found = db.execute(
+                    "SELECT id, row FROM ids WHERE h IN (SELECT h FROM ids GROUP BY h HAVING COUNT(*) > 1) ORDER BY row"
+                )
+                first: dict[str, int] = {}
+                for custom_id, row in found:
+                    earlier = first.setdefault(custom_id, row)
+                    if earlier != row:
+                        yield Repeat(row, custom_id, earlier)
+            except sqlite3.OperationalError:
+                if halt.stopped():
+                    raise Interrupted(f"interrupted while {CHECKING}") from None
+                raise
     finally:
         os.unlink(name)

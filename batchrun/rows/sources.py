@@ -1,13 +1,13 @@
 """Streaming input readers: JSONL line by line, Parquet by record batches, so memory stays flat in N.
 
 A run reads its input as it was when the run started: `scan_input` says how many bytes that is (the snapshot), and
-every later read of a JSONL or CSV input stops there (`InputSpec.snapshot`), so rows an upstream job appends while
-the run goes are left for the next run, which sees them as the input grown (job.prepare).
+every later read of a JSONL or CSV input stops there (`InputSpec.snapshot`, taken by `snapshot.scan_input`), so
+rows an upstream job appends while the run goes are left for the next run, which sees them as the input grown
+(job.prepare).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -21,7 +21,6 @@ from ..spec.model import InputSpec
 from .textin import arrow_reason, bad_row, first_undecodable, json_loads, open_quote, plain_utf8, why_not_json
 
 PARQUET_BATCH_ROWS = 1024
-HASH_CHUNK = 1 << 20
 LINES_HINT = 1 << 16  # bytes of whole lines read at a time
 BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark, which some editors put at the start of a file
 # Columns a row may be read through when the spec names none (see request.RequestBuilder).
@@ -37,24 +36,7 @@ class RawRow:
     error: str | None = None  # why the row could not be read, for a failure record
 
 
-@dataclass(frozen=True)
-class Prefix:
-    """The first bytes of the input an earlier run read (its snapshot), as they are now."""
-
-    digest: str
-    rows: int
-
-
-@dataclass(frozen=True)
-class InputScan:
-    rows: int
-    digest: str  # sha256 of the snapshot's bytes: part of the run fingerprint
-    size: int = 0  # the snapshot: bytes hashed, where every later read of the run stops
-    held_back: int | None = None  # JSONL: the number of an unfinished last line left out (still being written)
-    prefix: Prefix | None = None  # when asked for: the first `upto` bytes
-
-
-def _open_parquet(path: Path) -> Any:
+def open_parquet(path: Path) -> Any:
     """Open for streaming: one column chunk at a time, decoded page by page (no pre-buffering of whole row
     groups), through the system allocator (arrow's own pools keep what they freed): memory stays flat."""
     import pyarrow as pa  # imported here: it costs ~40 MB of memory that JSONL runs do not need
@@ -139,7 +121,7 @@ def _csv_error(spec: InputSpec, exc: Exception) -> InputError:
     line_safe = plain_utf8(spec.encoding) or "\n".encode(spec.encoding) == b"\n"
     if line_safe and ("invalid UTF8" in message or isinstance(exc, UnicodeError)):
         with open(spec.path, "rb") as f:
-            line, why = first_undecodable(_line_batches(f, spec.snapshot), spec.encoding)
+            line, why = first_undecodable(line_batches(f, spec.snapshot), spec.encoding)
         if line:
             return InputError(f"{spec.path}: line {line}: {why}")
     if plain_utf8(spec.encoding):
@@ -156,7 +138,7 @@ def _csv_error(spec: InputSpec, exc: Exception) -> InputError:
     return InputError(where)
 
 
-def _check_quotes(spec: InputSpec) -> None:
+def check_quotes(spec: InputSpec) -> None:
     """A quoted value that swallows many lines, or runs to the end of the file, is almost always a quote left open
     by mistake: rows merged into one, silently, unless this says so."""
     with _csv_text(spec) as text:
@@ -169,7 +151,7 @@ def table_columns(spec: InputSpec) -> list[str]:
     """The column names of a Parquet or CSV input."""
     if spec.format == "csv":
         return list(_open_csv(spec).schema.names)
-    return list(_open_parquet(spec.path).schema_arrow.names)
+    return list(open_parquet(spec.path).schema_arrow.names)
 
 
 def table_batches(spec: InputSpec, columns: list[str] | None, batch_rows: int = PARQUET_BATCH_ROWS) -> Iterator[Any]:
@@ -183,7 +165,7 @@ def table_batches(spec: InputSpec, columns: list[str] | None, batch_rows: int = 
         except (OSError, UnicodeError, pa.ArrowException) as exc:
             raise _csv_error(spec, exc) from None
         return
-    yield from _open_parquet(spec.path).iter_batches(batch_size=batch_rows, columns=columns, use_threads=False)
+    yield from open_parquet(spec.path).iter_batches(batch_size=batch_rows, columns=columns, use_threads=False)
 
 
 def iter_rows(
@@ -213,7 +195,7 @@ def input_lines(spec: InputSpec, start: int = 0, end: int | None = None) -> Iter
     at a time; a byte order mark before the first line is dropped (it is no part of the JSON)."""
     with open(spec.path, "rb") as f:
         f.seek(start)
-        batches = _line_batches(f, spec.snapshot if end is None else end)
+        batches = line_batches(f, spec.snapshot if end is None else end)
         if start == 0:
             first = next(batches, None)
             if first is None:
@@ -224,7 +206,7 @@ def input_lines(spec: InputSpec, start: int = 0, end: int | None = None) -> Iter
         yield from batches
 
 
-def _line_batches(f: BinaryIO, end: int | None) -> Iterator[list[bytes]]:
+def line_batches(f: BinaryIO, end: int | None) -> Iterator[list[bytes]]:
     """Whole lines from where `f` stands up to byte `end` of the file (None: its end), a list at a time: a loop
     over them costs what a loop over the file would, and bytes appended past `end` are never read."""
     if end is None:
@@ -235,12 +217,12 @@ def _line_batches(f: BinaryIO, end: int | None) -> Iterator[list[bytes]]:
     while left > 0 and (lines := f.readlines(min(left, LINES_HINT))):
         size = sum(map(len, lines))
         if size > left:  # the file grew past the snapshot (which ends at a line end, or where the file ended)
-            lines = _cut(lines, left)
+            lines = cut_lines(lines, left)
         left -= size
         yield lines
 
 
-def _cut(lines: list[bytes], left: int) -> list[bytes]:
+def cut_lines(lines: list[bytes], left: int) -> list[bytes]:
     """The lines within the first `left` bytes of `lines`."""
     kept = []
     for line in lines:
@@ -299,7 +281,7 @@ def slices(spec: InputSpec, rows_per_slice: int) -> list[Slice]:
         )
     cut: list[Slice] = []
     if spec.format == "parquet":
-        meta = _open_parquet(spec.path).metadata
+        meta = open_parquet(spec.path).metadata
         first, groups, count = 1, [], 0
         for g in range(meta.num_row_groups):
             groups.append(g)
@@ -311,7 +293,7 @@ def slices(spec: InputSpec, rows_per_slice: int) -> list[Slice]:
     with open(spec.path, "rb") as f:
         start = offset = rows = 0
         first = lineno = 1
-        for lines in _line_batches(f, spec.snapshot):
+        for lines in line_batches(f, spec.snapshot):
             for line in lines:
                 offset += len(line)
                 if not line.isspace():
@@ -328,7 +310,7 @@ def slices(spec: InputSpec, rows_per_slice: int) -> list[Slice]:
 def slice_rows(spec: InputSpec, part: Slice, skip: Callable[[int], bool] | None = None) -> Iterator[RawRow]:
     """The rows of one slice, numbered as in the whole input."""
     if spec.format == "parquet":
-        parquet = _open_parquet(spec.path)
+        parquet = open_parquet(spec.path)
         columns = parquet_columns(spec, list(parquet.schema_arrow.names))
         batches = parquet.iter_batches(
             batch_size=PARQUET_BATCH_ROWS, row_groups=list(part.groups), columns=columns, use_threads=False
@@ -387,106 +369,3 @@ def first_row(spec: InputSpec) -> dict[str, Any] | None:
         if raw.data is not None:
             return raw.data
     return None
-
-
-def scan_input(spec: InputSpec, upto: int | None = None) -> InputScan:
-    """Count rows and hash the file in one pass (the fingerprint must change when the input does): the bytes hashed
-    are the run's snapshot. `upto` (an earlier run's snapshot): also hash and count the first `upto` bytes, to
-    tell an input that grew from one that changed."""
-    if spec.format == "jsonl":
-        return _scan_jsonl(spec, upto)
-    h, size, prefix, newlines = _hash_file(spec.path, upto)
-    if spec.format == "parquet":  # written whole: it never grows, and is read as it is
-        return InputScan(_open_parquet(spec.path).metadata.num_rows, h.hexdigest(), size)
-    snapshot = spec.model_copy(update={"snapshot": size})
-    rows = _csv_rows(snapshot)
-    if newlines > rows + 1:  # some value holds a newline (or there are blank lines): read it again, line by line
-        _check_quotes(snapshot)
-    found = (
-        Prefix(prefix.hexdigest(), _csv_rows(spec.model_copy(update={"snapshot": upto}))) if prefix and upto else None
-    )
-    return InputScan(rows, h.hexdigest(), size, prefix=found)
-
-
-def _hash_file(path: Path, upto: int | None) -> tuple[Any, int, Any, int]:
-    """The sha256 of the file as it is, its size, the sha256 of its first `upto` bytes (None: not asked, or the
-    file is not longer), and its newline bytes."""
-    h, size, prefix, newlines = hashlib.sha256(), 0, None, 0
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            if upto is not None and prefix is None and size + len(chunk) > upto:
-                prefix = h.copy()
-                prefix.update(chunk[: upto - size])
-            h.update(chunk)
-            size += len(chunk)
-            newlines += chunk.count(b"\n")
-    return h, size, prefix, newlines
-
-
-def _csv_rows(spec: InputSpec) -> int:
-    first = table_columns(spec)[:1]
-    return sum(b.num_rows for b in table_batches(spec, first))
-
-
-def _scan_jsonl(spec: InputSpec, upto: int | None) -> InputScan:
-    """A JSONL input's snapshot: every line there is, but an unfinished last one (no newline, not whole JSON: an
-    upstream job is writing it) is left for the next run rather than read as a broken row."""
-    h, size, rows, count, last = hashlib.sha256(), 0, 0, 0, b""
-    prefix: Prefix | None = None
-    gbk: str | None = None  # a line that is not UTF-8 but reads as GBK: the file needs input.encoding
-    with open(spec.path, "rb") as f:
-        for lines in _line_batches(f, None):
-            if size == 0 and lines[0].startswith(BOM) and lines[0][len(BOM) :].isspace():
-                rows -= 1  # a line holding only the byte order mark is blank once that is dropped
-            chunk = b"".join(lines)
-            if gbk is None and not chunk.isascii() and plain_utf8(spec.encoding) and not _utf8(chunk):
-                line, why = first_undecodable([lines], spec.encoding, gbk_only=True)
-                gbk = f"line {count + line}: {why}" if line else None
-            if upto is not None and prefix is None and size + len(chunk) > upto:
-                prefix = _prefix(h.copy(), lines, upto - size, rows)
-            h.update(chunk)
-            size += len(chunk)
-            rows += len(lines) - sum(map(bytes.isspace, lines))
-            count += len(lines)
-            last = lines[-1]
-    if gbk is not None:
-        raise InputError(f"{spec.path}: {gbk}")
-    if last and not last.endswith(b"\n") and not last.isspace() and not _whole_json(last, count == 1, spec.encoding):
-        size -= len(last)
-        return InputScan(rows - 1, _sha256(spec.path, size), size, count, prefix)
-    return InputScan(rows, h.hexdigest(), size, prefix=prefix)
-
-
-def _prefix(h: Any, lines: list[bytes], left: int, rows: int) -> Prefix:
-    """The digest and rows of the bytes hashed into `h` and the first `left` bytes of `lines`."""
-    for line in _cut(lines, left):
-        h.update(line)
-        rows += not line.isspace()
-    return Prefix(h.hexdigest(), rows)
-
-
-def _sha256(path: Path, size: int) -> str:
-    """The sha256 of a file's first `size` bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while size > 0 and (chunk := f.read(min(HASH_CHUNK, size))):
-            h.update(chunk)
-            size -= len(chunk)
-    return h.hexdigest()
-
-
-def _utf8(chunk: bytes) -> bool:
-    try:
-        chunk.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _whole_json(line: bytes, first: bool, encoding: str) -> bool:
-    loads = json_loads(encoding)
-    try:
-        loads(line.removeprefix(BOM) if first else line)
-    except (orjson.JSONDecodeError, UnicodeDecodeError):
-        return False
-    return True
