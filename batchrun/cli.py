@@ -20,7 +20,6 @@ from .commands.validate import validate, validation_lines
 from .engine.job import job_of_run, prepare
 from .engine.progress import Phases
 from .errors import BatchrunError, Interrupted, SpecError
-from .redaction import printable_lines
 from .session import EXIT_INTERRUPTED, cancel_run, list_provider_models, run_job, summary_lines
 from .sim.command import command as simulate_command
 from .spec.model import ScaleSpec, default_path
@@ -30,7 +29,8 @@ from .spec.pricing import Prices, load_prices
 from .store import cache as response_cache
 from .store.rerun import Rerun, from_manifest, session_options
 from .store.rundir import RunDir
-from .words import plural
+from .text.redaction import printable_lines
+from .text.words import plural
 
 F = TypeVar("F", bound=Callable[..., Any])
 

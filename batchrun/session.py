@@ -26,7 +26,6 @@ from .providers import make_auth
 from .providers.batches import BatchAPIClient
 from .providers.transport import Http, Network
 from .records import error_code
-from .redaction import redact, secret_bytes
 from .rows.ids import DUPLICATE_ID
 from .rows.sources import nth_row
 from .spec.model import CacheSpec, JobSpec, ScaleSpec
@@ -39,7 +38,8 @@ from .store.rerun import Rerun
 from .store.resume import ResumeState
 from .store.rundir import BATCHES, RunDir, RunState, complete_lines
 from .store.usage import Usage, cached_line, outputs, outputs_line
-from .words import plural
+from .text.redaction import redact, secret_bytes
+from .text.words import plural
 
 if TYPE_CHECKING:
     from .ray.driver import RayRun

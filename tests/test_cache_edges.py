@@ -18,10 +18,10 @@ import pytest
 from aiohttp import ClientSession, web
 
 from batchrun.records import response
-from batchrun.redaction import redact
 from batchrun.spec.model import CacheSpec
 from batchrun.store.cache import Cache
 from batchrun.store.checkpoint import Checkpoint
+from batchrun.text.redaction import redact
 
 from .helpers import cli, make_job, read_jsonl, submit
 from .simserver import AppServer, SimServer, ThreadServer

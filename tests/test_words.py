@@ -15,7 +15,7 @@ import batchrun
 from batchrun.errors import SpecError
 from batchrun.spec.parse import parse_spec
 from batchrun.store.rundir import changed_keys
-from batchrun.words import closest, plural
+from batchrun.text.words import closest, plural
 
 from .helpers import cli, make_job, submit, write_jsonl
 from .simserver import SimServer

@@ -10,7 +10,7 @@ from ..engine.progress import duration
 from ..limits.throttle import MAX_CONCURRENCY
 from ..spec.presets import PRESETS
 from ..spec.pricing import Price, Prices
-from ..words import plural
+from ..text.words import plural
 from .validate import ModelLoad, validate
 
 TYPICAL_OUTPUT_SHARE = 0.3  # answers use about this share of max_tokens, unless told otherwise

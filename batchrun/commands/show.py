@@ -15,12 +15,12 @@ import orjson
 from ..engine.job import Prepared
 from ..errors import SpecError
 from ..records import body_of, count
-from ..redaction import printable_lines
 from ..rows.request import BadRow, Request
 from ..rows.sources import iter_rows
 from ..spec.presets import ENDPOINT_URLS
 from ..store.rundir import RESULTS, RunDir
-from ..words import plural
+from ..text.redaction import printable_lines
+from ..text.words import plural
 
 TEXT_KEYS = ("messages", "prompt", "input")
 MAX_SHOWN = 4000  # characters of one text shown; the rest is counted, not printed

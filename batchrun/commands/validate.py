@@ -13,7 +13,7 @@ from ..rows.sources import iter_rows
 from ..spec.model import JobSpec
 from ..store.cache import cache_problem
 from ..store.checkpoint import run_dir_problem
-from ..words import plural
+from ..text.words import plural
 
 MAX_LISTED = 20
 VALIDATING = "reading the rows"  # the phase, as the progress line and an interrupt name it

@@ -28,7 +28,7 @@ from ..rows.request import BadRow, Request
 from ..rows.sources import iter_rows
 from ..spec.presets import PRESETS
 from ..store.rundir import BATCHES, SHARDS, RunState, complete_lines
-from ..words import plural
+from ..text.words import plural
 from .context import RunContext
 from .shards import (
     FINAL_STATUSES,

@@ -25,7 +25,7 @@ from ..spec.parse import load_spec
 from ..spec.presets import PRESETS
 from ..spec.proxies import route
 from ..store.rundir import MANIFEST, RunDir, read_json
-from ..words import plural
+from ..text.words import plural
 
 
 @dataclass(frozen=True)

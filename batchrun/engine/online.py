@@ -33,7 +33,7 @@ from ..rows.request import BadRow, Request, batched
 from ..rows.sources import RawRow, iter_rows
 from ..spec.presets import PRESETS
 from ..store.rundir import RunState
-from ..words import plural
+from ..text.words import plural
 from .context import RunContext
 from .shared import FLUSH_EVERY_S, RunControl
 

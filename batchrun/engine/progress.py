@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 if TYPE_CHECKING:
     from ..store.usage import Usage
 
-from ..words import plural
+from ..text.words import plural
 
 LINE_EVERY_S = 10.0
 PHASE_LINE_S = 5.0  # a long phase's line in a log (the scan, the id check, validate)

@@ -29,7 +29,7 @@ from ..records import Record, now_iso
 from ..retry import Decision, Verdict, classify, error_details
 from ..rows.request import BadRow, Request
 from ..rows.sources import iter_rows
-from ..words import plural
+from ..text.words import plural
 from . import LaneContext, Row
 from .outcome import Answered, BadInput, Deliver, Done, Failed, Held, Outcome, Outcomes, RetryLater
 

@@ -12,7 +12,7 @@ import orjson
 from ..errors import SpecError
 from ..spec.model import JobSpec
 from ..spec.presets import ENDPOINT_URLS, Endpoint
-from ..words import suggestion
+from ..text.words import suggestion
 from .render import INVALID_INPUT, NULL_FIELD, RowProblem, Template, is_null
 from .sources import RawRow
 from .structured import Asking

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NoReturn, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..words import closest
+from ..text.words import closest
 
 if TYPE_CHECKING:
     from .presets import Endpoint, Preset

@@ -19,7 +19,7 @@ from pydantic import ValidationInfo
 from pydantic_core import PydanticCustomError
 
 from ..errors import SpecError
-from ..words import suggestion
+from ..text.words import suggestion
 from .base import LeftOut, Reading, either, fail, fail_at, fail_line, kind, reading
 from .presets import PRESETS, unknown_preset
 from .pricing import parse_prices

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from ..errors import BatchrunError, InputError, SpecError
-from ..words import did_you_mean, suggestion
+from ..text.words import did_you_mean, suggestion
 from .base import Derived, Expect, Internal, Reading, kind, marker, model_of, spec_keys
 from .base import members as members  # sim.command reads annotations with it too
 from .model import JobSpec

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..retry import GENERIC, ErrorTable
-from ..words import suggestion
+from ..text.words import suggestion
 
 Mode = Literal["sync", "stream", "async", "batch"]
 Endpoint = Literal["chat", "completions", "embeddings"]

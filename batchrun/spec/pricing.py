@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import SpecError
-from ..words import suggestion
+from ..text.words import suggestion
 from .yamlfile import load_yaml
 
 

@@ -30,8 +30,8 @@ import orjson
 
 from ..errors import SpecError
 from ..records import Response
-from ..redaction import holds, redact, secret_bytes
 from ..spec.model import CacheSpec
+from ..text.redaction import holds, redact, secret_bytes
 from .durable import unwritable_dir
 
 # New entries are written this many at a time (and at least once a second): a larger transaction costs SQLite

@@ -24,7 +24,7 @@ import orjson
 
 from ..errors import BatchrunError, CheckpointWriteError, RunDirError
 from ..records import Record, encode, now_iso
-from ..redaction import MIN_SECRET_LEN, redact
+from ..text.redaction import MIN_SECRET_LEN, redact
 from .durable import atomic_write, unwritable_dir, write_error
 from .recordfile import CRC_KEY, LINES_KEY
 from .rerun import Rerun

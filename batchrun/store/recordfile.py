@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from ..records import ROW_PREFIX, count, record_row
-from ..words import plural
+from ..text.words import plural
 
 CRC_KEY = "crc32"  # usage.json's checkpoint: {file: size, ..., "crc32": {file: crc}}
 LINES_KEY = "lines"  # and {"lines": {file: count}}

@@ -18,7 +18,7 @@ import orjson
 
 from ..errors import CheckpointWriteError
 from ..records import count, now_iso
-from ..words import plural
+from ..text.words import plural
 from .durable import atomic_write, write_error
 from .recordfile import CRC_KEY, DoneRows, RecordReader, salvage, trusted_offsets, whole
 from .rundir import (
