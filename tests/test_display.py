@@ -161,18 +161,24 @@ def test_a_resumed_async_run_keeps_the_429s_of_its_held_tasks(
     assert out_dir_usage(tmp_path)["rate_limited"] == 2
 
 
-def test_an_older_usage_json_without_the_tasks_counter_is_recounted(tmp_path: Path, sim: SimServer) -> None:
+@pytest.mark.parametrize("polled", [True, False], ids=["async", "sync"])
+def test_an_older_usage_json_without_the_tasks_counter_is_recounted_only_where_tasks_ran(
+    tmp_path: Path, sim: SimServer, polled: bool
+) -> None:
+    """An older version's usage.json has no count of async tasks: one whose run polled is recounted from the
+    records; any other is trusted as it is (a recount reads every record, which a large resume cannot afford)."""
     job = make_job(tmp_path, sim.base_url, n=4)
     assert submit(job, "--limit", "2").exit_code == 0
     usage_path = tmp_path / "runs" / "job" / "usage.json"
     data = orjson.loads(usage_path.read_bytes())
     del data["tasks"]
+    data["polls"] = 1 if polled else 0
     data["requests"] = 999  # an older version's totals would be taken as they are; these are recounted
     usage_path.write_bytes(orjson.dumps(data))
     result = submit(job)
     assert result.exit_code == 0, result.output
     assert "did not match" not in result.output
-    assert out_dir_usage(tmp_path)["requests"] == 4 and out_dir_usage(tmp_path)["tasks"] == 0
+    assert out_dir_usage(tmp_path)["requests"] == (4 if polled else 1001) and out_dir_usage(tmp_path)["tasks"] == 0
 
 
 def test_a_run_held_back_by_concurrency_says_so_in_the_summary_and_status(

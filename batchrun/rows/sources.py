@@ -93,9 +93,11 @@ def _open_csv(spec: InputSpec, columns: list[str] | None = None) -> Any:
 
     encoding = "utf8" if plain_utf8(spec.encoding) else spec.encoding
     parse = pc.ParseOptions(newlines_in_values=True)
+    # use_threads=False: pyarrow 14's threaded reader, with newlines in values, can wait forever on its own pool
+    # (a validate of a multi-line CSV hung there); a streaming reader decodes one block at a time anyway
     try:
         names = pc.open_csv(
-            _csv_source(spec), read_options=pc.ReadOptions(encoding=encoding), parse_options=parse
+            _csv_source(spec), read_options=pc.ReadOptions(encoding=encoding, use_threads=False), parse_options=parse
         ).schema.names
         wanted = names if columns is None else [c for c in names if c in columns]
         convert = pc.ConvertOptions(
@@ -106,7 +108,7 @@ def _open_csv(spec: InputSpec, columns: list[str] | None = None) -> Any:
         )
         return pc.open_csv(
             _csv_source(spec),
-            read_options=pc.ReadOptions(block_size=1 << 20, encoding=encoding),
+            read_options=pc.ReadOptions(block_size=1 << 20, encoding=encoding, use_threads=False),
             parse_options=parse,
             convert_options=convert,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -159,4 +160,5 @@ def bad_row(text: TextIO) -> tuple[int, int, int] | None:
 def arrow_reason(message: str) -> str:
     """pyarrow's message without its prefix, the row text it quotes cut short."""
     message = message.removeprefix("CSV parse error: ").strip()
+    message = re.sub(r"^Row #\d+: ", "", message)  # a serial reader's own count (of physical lines, not rows)
     return message if len(message) <= SHOWN else message[: SHOWN - 3] + "..."

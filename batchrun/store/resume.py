@@ -32,7 +32,7 @@ from .rundir import (
     fold_set_aside,
     read_json,
 )
-from .usage import COUNTERS, Usage
+from .usage import Usage
 
 
 @dataclass
@@ -72,8 +72,9 @@ def read_state(run_dir: Path, *, repair: bool = True) -> ResumeState:
     and as many as it counts rows; else they are recounted. Damaged and repeated lines are set aside."""
     state = ResumeState()
     previous = read_json(run_dir / USAGE)
-    # an older version's totals lack a counter added since (async tasks submitted): recounted, not trusted
-    stale = previous is not None and any(name not in previous for name in COUNTERS)
+    # an older version's totals lack the count of async tasks submitted: only a run that polled can have any, so
+    # only such a run's totals are recounted (a recount reads every record: a 1M-row resume's time, many times over)
+    stale = previous is not None and "tasks" not in previous and bool(previous.get("polls"))
     trusted = None if stale else trusted_offsets(run_dir, previous, ROW_COUNTERS)
     checkpoint = (previous or {}).get("checkpoint")
     kept_crc = isinstance(checkpoint, dict) and CRC_KEY in checkpoint
