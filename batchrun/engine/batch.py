@@ -86,13 +86,7 @@ class BatchRun(RunControl):
     # --- what the session calls ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        if not await self.check_ids():
-            return
-        try:
-            if self.budget is not None:
-                self.budget.price(self.spec.model)  # a model with no price and a budget: exit 2, nothing sent
-        except BatchrunError as exc:
-            self.failed(exc)
+        if not await self.preflight():
             return
         provider = self.spec.provider
         http = Http(4, Network(provider.proxy, provider.ca_bundle, trust_env=provider.simulate is None))

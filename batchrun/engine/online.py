@@ -90,13 +90,7 @@ class RunLoop(RunControl):
     # --- the run -------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        if not await self.check_ids():
-            return
-        try:
-            if self.budget is not None:
-                self.budget.price(self.spec.model)  # a model with no price and a budget: exit 2, nothing sent
-        except BatchrunError as exc:
-            self.failed(exc)
+        if not await self.preflight():
             return
         provider = self.spec.provider
         network = Network(provider.proxy, provider.ca_bundle, trust_env=provider.simulate is None)
@@ -213,12 +207,7 @@ class RunLoop(RunControl):
                 return
             elif hits % 1024 == 0 and clock() - last >= FLUSH_EVERY_S:
                 last = clock()
-                self.before_refresh()
-                self.progress.refresh()
-                try:
-                    self.flush(RunState.RUNNING)
-                except BatchrunError as exc:
-                    self.failed(exc)
+                if not self.refresh_and_flush():
                     return
 
     async def _attempt(self, row: Row, ticket: Ticket) -> None:

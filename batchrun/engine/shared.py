@@ -32,11 +32,14 @@ class RunControl:
         self.error: BatchrunError | None = None
         self.crash: Exception | None = None  # an unexpected exception, re-raised once the run is flushed
 
-    async def check_ids(self) -> bool:
-        """The duplicate-id check (before anything is sent), in a worker thread: Ctrl-C stops it within moments,
-        the repeats recorded so far kept, and nothing is sent. False: the run is stopping."""
+    async def preflight(self) -> bool:
+        """What must hold before anything is sent. The duplicate-id check, in a worker thread: Ctrl-C stops it
+        within moments, the repeats recorded so far kept. With a budget, a price for the model (none: exit 2).
+        False: the run is stopping, nothing sent."""
         try:
             await asyncio.to_thread(self.ledger.refuse_repeated_ids)
+            if self.budget is not None:
+                self.budget.price(self.spec.model)
         except Interrupted:
             self.stop(RunState.INTERRUPTED, "interrupted")
         except BatchrunError as exc:
@@ -90,10 +93,17 @@ class RunControl:
     async def flush_forever(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_EVERY_S)
-            self.before_refresh()
-            self.progress.refresh()
-            try:
-                self.flush(RunState.RUNNING)
-            except BatchrunError as exc:
-                self.failed(exc)
+            if not self.refresh_and_flush():
                 return
+
+    def refresh_and_flush(self) -> bool:
+        """The progress line and usage.json brought up to date while the run goes; False: a write failed and the
+        run is stopping."""
+        self.before_refresh()
+        self.progress.refresh()
+        try:
+            self.flush(RunState.RUNNING)
+        except BatchrunError as exc:
+            self.failed(exc)
+            return False
+        return True

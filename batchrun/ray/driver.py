@@ -106,7 +106,7 @@ class RayRun(RunControl):
         self.interrupts = 0
 
     async def run(self) -> None:
-        if not await self.check_ids():
+        if not await self.preflight():
             return
         try:
             self.started_ray = connect(self.scale)
