@@ -18,6 +18,18 @@ LatencyDist = Literal["lognormal", "uniform", "fixed"]
 Gateway = Literal["none", "litellm", "litellm-key"]
 LATENCY_DISTS: tuple[LatencyDist, ...] = ("lognormal", "uniform", "fixed")
 SIM_GATEWAYS: tuple[Gateway, ...] = ("none", "litellm", "litellm-key")
+# Whose wire shape the simulator answers in: usage fields, error bodies, queueing, batch paths and limits.
+Speaks = Literal["openai", "zhipu", "dashscope", "qianfan", "deepseek", "ark", "moonshot", "siliconflow"]
+SIM_SPEAKS: tuple[Speaks, ...] = (
+    "openai",
+    "zhipu",
+    "dashscope",
+    "qianfan",
+    "deepseek",
+    "ark",
+    "moonshot",
+    "siliconflow",
+)
 
 
 @dataclass(frozen=True)
@@ -120,6 +132,11 @@ class SimulateSpec(SpecModel):
         description="Answer as through a gateway: litellm (LiteLLM's proxy: the provider's headers renamed "
         "llm_provider-*), litellm-key (and rpm/tpm are a LiteLLM virtual key's limits: limit and remaining "
         "headers, no reset).",
+    )
+    speaks: Speaks = Field(
+        "openai",
+        description="Answer in this provider's own shapes (usage fields, error bodies, queueing, batch paths and "
+        "limits), so a job for its preset can be tried with no key.",
     )
     latency_dist: LatencyDist = Field("lognormal", description="How answer times spread around the median.")
     tpm_accounting: Literal["reserve", "actual"] = Field(
