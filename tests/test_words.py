@@ -83,7 +83,7 @@ def test_a_name_misspelt_gets_the_one_meant(tmp_path: Path, given: dict[str, Any
         {"qwerty": 1},
         {"limits": {"speed": 5}},
         {"provider": "x"},
-        {"provider": "deepseek"},  # no preset of its own, and none spelt like it
+        {"provider": "mistral"},  # no preset of its own, and none spelt like it
         {"provider": "anthropic"},
         {"provider": {"name": "simulated", "mode": "fast"}},
         {"endpoint": "/v1/images/generations"},  # a path whose last part is no endpoint: no guess from it

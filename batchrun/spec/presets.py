@@ -207,6 +207,10 @@ PRESETS: dict[str, Preset] = {
             "Huawei ModelArts MaaS",
             endpoints=("chat", "completions"),
         ),
+        Preset("deepseek", "https://api.deepseek.com", "DEEPSEEK_API_KEY", "DeepSeek"),
+        Preset("ark", "https://ark.cn-beijing.volces.com/api/v3", "ARK_API_KEY", "Volcengine Ark (Doubao)"),
+        Preset("moonshot", "https://api.moonshot.cn/v1", "MOONSHOT_API_KEY", "Moonshot Kimi"),
+        Preset("siliconflow", "https://api.siliconflow.cn/v1", "SILICONFLOW_API_KEY", "SiliconFlow"),
         Preset(
             "vllm",
             "http://127.0.0.1:8000/v1",
