@@ -42,6 +42,10 @@ class BatchAPI:
     endpoints: tuple[Endpoint, ...] = ("chat",)
     one_model_per_file: bool = False
     price_share: float = 0.5  # batch price / online price
+    max_line_bytes: int | None = None  # a cap on one request line (DashScope: 6 MB), None: only the file's
+    # a provider prompt-cache hit through the Batch API, as a share of the batch input price (DashScope: 1, no
+    # cache discount in batch); None: the model's cached-input price at price_share, as online
+    cache_hit_share: float | None = None
     source: str = ""  # where the figures come from, and when
     create_extra: tuple[tuple[str, object], ...] = ()  # fields the provider's create call takes beyond OpenAI's
     queue_caps: tuple[tuple[str, int], ...] = ()  # (model, rows) the provider queues at most at once, per model
@@ -272,3 +276,10 @@ def batch_share(provider: str) -> float:
     a provider without a Batch API, or one unknown (a run directory of an older batchrun)."""
     preset = PRESETS.get(provider)
     return preset.batch.price_share if preset is not None and preset.batch is not None else 1.0
+
+
+def batch_cache_share(provider: str) -> float | None:
+    """A prompt-cache hit's price through the provider's Batch API as a share of its batch input price; None: the
+    model's cached-input price at the batch share (`BatchAPI.cache_hit_share`)."""
+    preset = PRESETS.get(provider)
+    return preset.batch.cache_hit_share if preset is not None and preset.batch is not None else None
