@@ -11,7 +11,10 @@ import orjson
 import pytest
 
 from batchrun.errors import SpecError
+from batchrun.limits.throttle import Throttle, Ticket
+from batchrun.providers.transport import Reply
 from batchrun.retry import ErrorTable, Verdict, classify, error_details
+from batchrun.spec.model import Limits
 from batchrun.spec.parse import parse_spec
 from batchrun.spec.presets import PRESETS
 
@@ -276,3 +279,15 @@ def test_preset_keys_are_checked_against_the_preset(tmp_path: Path, provider: An
     with pytest.raises(SpecError) as info:
         spec_of(tmp_path, provider)
     assert said in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_queued_wait_is_not_taken_for_a_slower_provider() -> None:
+    """Answers that waited in DeepSeek's queue took long, but the provider's work did not: concurrency holds."""
+    now = [0.0]
+    throttle = Throttle(Limits(concurrency=100), "auto", log=lambda _: None, clock=lambda: now[0])
+    for i in range(400):
+        now[0] += 0.05
+        queued = 9.9 if i >= 100 else 0.0  # after a while, every answer first waited ~10 s queued
+        reply = Reply(200, {}, {"choices": [{"finish_reason": "stop"}]}, queued + 0.1, queued=queued)
+        throttle.done(Ticket(now[0] - reply.elapsed, None, 60), reply)
+    assert throttle.concurrency.value == 100
