@@ -45,10 +45,10 @@ def records(tmp_path: Path, name: str) -> dict[str, dict[str, Any]]:
 def test_a_request_deepseek_holds_queued_with_keep_alives_is_answered_at_the_first_attempt(
     tmp_path: Path, start_sim: Callable[..., SimServer], mode: str
 ) -> None:
-    # Queued 3 s, a keep-alive every quarter second; the answer must come within timeout_s (1.5 s) of silence,
+    # Queued 4 s, a keep-alive every quarter second; the answer must come within timeout_s (2.5 s) of silence,
     # not of the whole wait: the preset's queue allowance (600 s) is added to the total.
-    server = start_sim(speaks="deepseek", queue_s=3.0)
-    retry = {"max_attempts": 1, "timeout_s": 1.5, "backoff_s": 0, "max_backoff_s": 0}
+    server = start_sim(speaks="deepseek", queue_s=4.0)
+    retry = {"max_attempts": 1, "timeout_s": 2.5, "backoff_s": 0, "max_backoff_s": 0}
     job = preset_job(tmp_path, "deepseek", server, prompts("a", "b"), provider={"mode": mode}, retry=retry, limits={})
     result = submit(job, env=KEYS)
     assert result.exit_code == 0, result.output
