@@ -603,7 +603,7 @@ def bench_cache(work: Path, entries: int, rows: int) -> list[Figure]:
         sent = sim.stats()["requests"] - before
     finally:
         sim.close()
-    cached_rows = again.usage["models"]["sim-small"]["cached_rows"]
+    from_cache = again.usage["models"]["sim-small"]["response_cache_rows"]
     return [
         Figure(
             f"10 response cache of {entries:,} entries: lookup per row (random hits, {hits:,} of {rows:,})",
@@ -620,8 +620,8 @@ def bench_cache(work: Path, entries: int, rows: int) -> list[Figure]:
         Figure(
             f"10 re-run of a {rows:,}-row job from the cache: requests sent, rows cached, rows/s",
             f"0, {rows:,}",
-            f"{sent}, {cached_rows:,}, {again.rows_per_s:,.0f} rows/s ({1000 * again.cpu_s / rows:.3f} ms CPU a row)",
-            sent == 0 and cached_rows == rows,
+            f"{sent}, {from_cache:,}, {again.rows_per_s:,.0f} rows/s ({1000 * again.cpu_s / rows:.3f} ms CPU a row)",
+            sent == 0 and from_cache == rows,
         ),
     ]
 
