@@ -44,7 +44,7 @@ class ModelUsage:
 
 # usage.json before the provider's prompt cache was counted named the response cache's counters so
 OLD_RESPONSE_CACHE_NAMES = {
-    "response_cache_rows": "response_cache_rows",
+    "cached_rows": "response_cache_rows",
     "cached_prompt_tokens": "response_cache_prompt_tokens",
     "cached_completion_tokens": "response_cache_completion_tokens",
 }
@@ -316,10 +316,8 @@ class Usage:
             setattr(usage, name, count(data.get(name)))
         for name, m in (data.get("models") or {}).items():
             usage.models[name] = ModelUsage(**{k: count(m.get(k)) for k in vars(ModelUsage())})
-            if (
-                "response_cache_rows" in m and "response_cache_rows" not in m
-            ):  # an older usage.json: its cached_* counters
-                old = usage.models[name]  # were the response cache's, and the provider's cache was not counted
+            if "cached_rows" in m and "response_cache_rows" not in m:  # an older usage.json: its cached_* were
+                old = usage.models[name]  # the response cache's, and the provider's cache was not counted
                 for before, after in OLD_RESPONSE_CACHE_NAMES.items():
                     setattr(old, after, count(m.get(before)))
                 old.cached_prompt_tokens = 0
