@@ -854,6 +854,13 @@ def bench_operations(work: Path, done: int) -> list[Figure]:
     return figures
 
 
+def reasoning(work: Path, rows: int) -> list[Figure]:
+    """Scenario 13, in its own module (this one is long enough); imported when it runs."""
+    from tools.bench_reasoning import bench_reasoning
+
+    return bench_reasoning(work, rows)
+
+
 def print_table(figures: list[Figure]) -> None:
     width = max(len(f.name) for f in figures)
     tw = max(len(f.target) for f in figures)
@@ -891,6 +898,7 @@ def main(quick: bool, only: str | None) -> None:
         ("12", lambda w: bench_ray_limit(w, 3000 if q else 9000, learned=False)),
         ("12", lambda w: bench_ray_limit(w, 3000 if q else 9000, learned=True)),
         ("12", lambda w: bench_ray_overhead(w, 10_000 if q else 40_000)),
+        ("13", lambda w: reasoning(w, 500 if q else 3000)),
     ]
     numbers = set(only.split(",")) if only else None
     figures: list[Figure] = []

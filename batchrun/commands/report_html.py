@@ -15,9 +15,9 @@ from collections.abc import Callable
 from html import escape
 
 from ..spec.pricing import money
-from ..store.usage import cached_line
+from ..store.usage import cached_line, tokens_of_which
 from .report import RateSeries, Report, percentile
-from .report_text import latency_text, requests_text, throughput_text, tokens_of_which
+from .report_text import latency_text, requests_text, throughput_text
 
 WIDTH, HEIGHT = 720, 260
 LEFT, RIGHT, TOP, BOTTOM = 64, 24, 28, 48  # plot margins: tick labels and axis titles live there

@@ -9,7 +9,7 @@ import io
 from typing import Any
 
 from ..spec.pricing import money
-from ..store.usage import ModelUsage, cached, cached_line, outputs, outputs_line
+from ..store.usage import ModelUsage, cached, cached_line, outputs, outputs_line, tokens_of_which
 from .report import Report
 
 
@@ -29,13 +29,6 @@ def requests_text(report: Report) -> str:
         + (f", polls {u.polls:,}" if u.polls else "")
         + ")"
     )
-
-
-def tokens_of_which(reasoning: int, cached_prompt: int) -> str:
-    """` (reasoning 1,200 of the completion; 3,072 prompt from the provider's cache)`, or "" with neither."""
-    parts = [f"reasoning {reasoning:,} of the completion"] if reasoning else []
-    parts += [f"{cached_prompt:,} prompt from the provider's cache"] if cached_prompt else []
-    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def throughput_text(report: Report) -> str:

@@ -19,6 +19,7 @@ from ..rows.request import BadRow, Request
 from ..rows.sources import iter_rows
 from ..spec.presets import ENDPOINT_URLS
 from ..store.rundir import RESULTS, RunDir
+from ..store.usage import tokens_of_which, usage_counts
 from ..text.redaction import printable_lines
 from ..text.words import plural
 
@@ -166,7 +167,10 @@ def _answer_lines(rec: Mapping[str, Any]) -> list[str]:
         return lines
     given = body.get("usage")
     usage: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
-    tokens = f"{count(usage.get('prompt_tokens')):,} prompt + {count(usage.get('completion_tokens')):,} completion"
+    counts = usage_counts(usage)
+    tokens = f"{counts.prompt:,} prompt + {counts.completion:,} completion" + tokens_of_which(
+        counts.reasoning, counts.cached_prompt
+    )
     for i, choice in enumerate(_choices(body)):
         label = "answer" + (f" {i + 1}" if i else "")
         lines.append(f"{label} (finish_reason {choice.get('finish_reason')}; {tokens} tokens):")

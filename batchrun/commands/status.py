@@ -17,9 +17,8 @@ from ..records import iso_epoch
 from ..spec.pricing import Price, Prices, spent_text
 from ..store.rerun import from_manifest
 from ..store.rundir import BATCHES, MANIFEST, USAGE, complete_lines, read_json
-from ..store.usage import cached, cached_text, outputs, outputs_line
+from ..store.usage import cached, cached_text, outputs, outputs_line, tokens_of_which
 from .report import read_run
-from .report_text import tokens_of_which
 
 
 def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[str, Any]:

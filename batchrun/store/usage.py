@@ -146,6 +146,13 @@ def cached_text(rows: int, saved: Mapping[str, float]) -> str | None:
     return f"{rows:,} rows from the response cache" + (f", which saved {money_saved}" if money_saved else "")
 
 
+def tokens_of_which(reasoning: int, cached_prompt: int) -> str:
+    """` (reasoning 1,200 of the completion; 3,072 prompt from the provider's cache)`, or "" with neither."""
+    parts = [f"reasoning {reasoning:,} of the completion"] if reasoning else []
+    parts += [f"{cached_prompt:,} prompt from the provider's cache"] if cached_prompt else []
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 COUNTERS = (
     "rows_succeeded",
     "rows_failed",
