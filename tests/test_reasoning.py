@@ -176,6 +176,17 @@ def test_openai_thinking_off_is_effort_none() -> None:
             "reasoning.effort is set with reasoning.thinking: false, which asks for no reasoning: leave one out",
         ),
         ("deepseek", {"thinking": "yes"}, "reasoning.thinking must be true, false or auto, got the string 'yes'"),
+        (
+            "deepseek",
+            {"thinking": "enabled"},
+            "reasoning.thinking must be true, false or auto, got the string 'enabled': did you mean true?",
+        ),
+        (
+            "dashscope",
+            {"effort": "low"},
+            "reasoning.effort is not offered by Alibaba DashScope (Qwen) (it takes thinking: true or false; "
+            "budget_tokens: 1 to 1,000,000)",
+        ),
     ],
 )
 def test_what_a_provider_cannot_honour_is_a_spec_error(
@@ -209,10 +220,11 @@ def test_a_param_set_twice_is_a_spec_error(tmp_path: Path) -> None:
     assert '"thinking":{"keep":"all","type":"enabled"}' in shown.stdout, shown.output
 
 
-def builder(tmp_path: Path, provider: str, reasoning: dict[str, Any] | None) -> Request:
+def builder(tmp_path: Path, provider: str | dict[str, Any], reasoning: dict[str, Any] | None) -> Request:
+    where = {"name": provider, "base_url": "http://127.0.0.1:9/v1"} if isinstance(provider, str) else provider
     spec_data: dict[str, Any] = {
         "model": "m",
-        "provider": {"name": provider, "base_url": "http://127.0.0.1:9/v1"},
+        "provider": where,
         "input": "in.jsonl",
         "params": {"max_tokens": 100},
         **({"reasoning": reasoning} if reasoning else {}),
@@ -230,6 +242,9 @@ def test_siliconflow_reserves_the_chain_of_thought_beyond_max_tokens(tmp_path: P
     assert builder(tmp_path, "siliconflow", None).max_output == 100 + DEFAULT_THINKING_RESERVE
     assert builder(tmp_path, "siliconflow", {"thinking": False}).max_output == 100
     assert builder(tmp_path, "dashscope", {"budget_tokens": 2000}).max_output == 100  # within max_tokens there
+    speaking = {"name": "simulated", "simulate": {"speaks": "siliconflow"}}  # the simulator answers so too
+    assert builder(tmp_path, speaking, {"budget_tokens": 2000}).max_output == 2100
+    assert builder(tmp_path, {"name": "simulated"}, {"budget_tokens": 2000}).max_output == 100
 
 
 def test_a_budget_holds_the_chain_of_thought_siliconflow_may_add(

@@ -149,7 +149,8 @@ class RequestBuilder:
             self.params = merged(self.params, said)
         if self.endpoint == "chat":
             thinking, budget = (reasoning.thinking, reasoning.budget_tokens) if reasoning else (None, None)
-            self.reserve = thinking_reserve(name, thinking, budget)
+            simulate = spec.provider.simulate
+            self.reserve = thinking_reserve(name, thinking, budget, simulate.speaks if simulate else None)
         output = spec.output
         self.asking = Asking.of(output, output.ask) if output is not None else None
         # a json_schema response_format is prompt the provider reads (and bills): the TPM estimate counts it

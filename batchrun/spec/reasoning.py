@@ -140,8 +140,11 @@ def reasoning_params(
     return out
 
 
-def thinking_reserve(provider: str, thinking: bool | str | None, budget: int | None) -> int:
-    """Tokens reserved beyond max_tokens for a chain of thought max_tokens does not cap (0 where it does)."""
+def thinking_reserve(provider: str, thinking: bool | str | None, budget: int | None, speaks: str | None = None) -> int:
+    """Tokens reserved beyond max_tokens for a chain of thought max_tokens does not cap (0 where it does); the
+    simulated provider answers as the provider it `speaks` does."""
+    if provider == "simulated" and speaks is not None:
+        provider = speaks
     if not words(provider).max_tokens_excludes_reasoning or thinking is False:
         return 0
     return budget or DEFAULT_THINKING_RESERVE
@@ -198,4 +201,5 @@ def thinking_value(value: Any) -> Any:
     """`reasoning.thinking`: true, false or auto, and nothing else (said in one line, not per type tried)."""
     if value is True or value is False or value == "auto" or value is None:
         return value
-    fail(f"must be true, false or auto, got {kind(value)}")
+    said = {"enabled": "true", "enable": "true", "disabled": "false", "disable": "false"}.get(str(value).lower())
+    fail(f"must be true, false or auto, got {kind(value)}" + (f": did you mean {said}?" if said else ""))
