@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from batchrun.limits.controllers import TokenAccounting
 from batchrun.rows.request import Request, RequestBuilder
 from batchrun.rows.sources import RawRow
 from batchrun.spec.parse import parse_spec
@@ -245,6 +246,17 @@ def test_siliconflow_reserves_the_chain_of_thought_beyond_max_tokens(tmp_path: P
     speaking = {"name": "simulated", "simulate": {"speaks": "siliconflow"}}  # the simulator answers so too
     assert builder(tmp_path, speaking, {"budget_tokens": 2000}).max_output == 2100
     assert builder(tmp_path, {"name": "simulated"}, {"budget_tokens": 2000}).max_output == 100
+
+
+def test_the_tpm_charge_holds_the_chain_of_thought(tmp_path: Path) -> None:
+    """TPM is charged prompt + max_output on admission: with SiliconFlow's reserve in it; settled on the answer's
+    completion tokens, which count the reasoning tokens."""
+    built = builder(tmp_path, "siliconflow", {"budget_tokens": 2000})
+    accounting = TokenAccounting("actual")
+    charge = accounting.charge(built.prompt_tokens, built.max_output)
+    assert charge.amount == built.prompt_tokens + 2100
+    # an answer of 1,500 reasoning + 80 answer tokens: what was held beyond them goes back, nothing more
+    assert accounting.settle(charge, built.prompt_tokens, 1580) == 2100 - 1580
 
 
 def test_a_budget_holds_the_chain_of_thought_siliconflow_may_add(
