@@ -102,6 +102,8 @@ def test_each_provider_is_told_in_its_own_words(
     assert shown.exit_code == 0, shown.output
     params = orjson.loads(next(line for line in shown.stdout.splitlines() if "params:" in line).split("params: ")[1])
     assert params == {"max_tokens": 32, **words}
+    held = "max 160 out, 128 of it held for the chain of thought max_tokens does not cap"
+    assert (held in shown.stdout) == (provider == "siliconflow")  # its max_tokens caps the answer only
     done = submit(job, env=env)
     assert done.exit_code == 0, done.output
     stats = sim.stats()

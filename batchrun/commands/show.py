@@ -17,6 +17,7 @@ from ..errors import SpecError
 from ..records import body_of, count
 from ..rows.request import BadRow, Request
 from ..rows.sources import iter_rows
+from ..rows.tokens import max_output_tokens
 from ..spec.presets import ENDPOINT_URLS
 from ..store.rundir import RESULTS, RunDir
 from ..store.usage import tokens_of_which, usage_counts
@@ -47,10 +48,13 @@ def preview_lines(prepared: Prepared, built: Request | BadRow) -> list[str]:
     path = ENDPOINT_URLS[spec.endpoint]
     url = spec.provider.base_url.rstrip("/") + path if spec.provider.base_url else f"{path} (built-in simulator)"
     head = f"row {built.row}, id {built.custom_id}: POST {url}"
+    body = orjson.loads(built.payload)
+    reserve = built.max_output - max_output_tokens(body)  # SiliconFlow's chain of thought, beyond max_tokens
+    thought = f", {reserve:,} of it held for the chain of thought max_tokens does not cap" if reserve > 0 else ""
     return printable_lines(
         [
-            head + f"  (~{built.prompt_tokens:,} prompt tokens, max {built.max_output:,} out)",
-            *_body_lines(orjson.loads(built.payload)),
+            head + f"  (~{built.prompt_tokens:,} prompt tokens, max {built.max_output:,} out{thought})",
+            *_body_lines(body),
         ]
     )
 
