@@ -37,7 +37,7 @@ from .store.checkpoint import Checkpoint
 from .store.rerun import Rerun
 from .store.resume import ResumeState
 from .store.rundir import BATCHES, RunDir, RunState, complete_lines
-from .store.usage import Usage, cached_line, outputs, outputs_line
+from .store.usage import Usage, cached_line, outputs, outputs_line, tokens_of_which
 from .text.redaction import redact, secret_bytes
 from .text.words import plural
 
@@ -416,7 +416,9 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
         f"failed, {outcome.rows_pending:,} pending of {plural(outcome.rows_total, 'row')}",
         f"  {_requests_text(u, spec.provider.mode)}, retries {u.retries:,} (429s {u.rate_limited:,}), "
         + (f"repairs {u.repairs:,}, " if u.repairs else "")
-        + f"tokens {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion; cost {cost}",
+        + f"tokens {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion"
+        + tokens_of_which(u.reasoning_tokens, u.cached_prompt_tokens)
+        + f"; cost {cost}",
         f"  this session: {plural(outcome.rows_this_session, 'row')} in {outcome.elapsed_s:,.1f} s "
         f"({rate:,.1f} rows/s)",
         f"  results: {rel}/results.jsonl" + (f"   failures: {rel}/failures.jsonl" if u.rows_failed else ""),

@@ -149,7 +149,7 @@ class Report:
     @property
     def rows_asked(self) -> int:
         """Rows done by a request: the rest the response cache answered, in no time."""
-        return max(0, self.usage.rows_succeeded + self.usage.rows_failed - self.usage.cached_rows)
+        return max(0, self.usage.rows_succeeded + self.usage.rows_failed - self.usage.response_cache_rows)
 
     @property
     def rows_per_s(self) -> float | None:

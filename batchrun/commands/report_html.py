@@ -15,7 +15,7 @@ from collections.abc import Callable
 from html import escape
 
 from ..spec.pricing import money
-from ..store.usage import cached_line
+from ..store.usage import cached_line, tokens_of_which
 from .report import RateSeries, Report, percentile
 from .report_text import latency_text, requests_text, throughput_text
 
@@ -47,7 +47,11 @@ def render_html(report: Report) -> str:
             f"{report.rows_total:,}",
         ),
         ("requests", requests_text(report)),
-        ("tokens", f"{u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion"),
+        (
+            "tokens",
+            f"{u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion"
+            + tokens_of_which(u.reasoning_tokens, u.cached_prompt_tokens),
+        ),
         ("throughput", throughput_text(report)),
         ("latency", "   ".join(f"{k} {latency_text(v)}" for k, v in report.latency.items())),
         ("cost", ", ".join(money(v, c) for c, v in sorted(report.totals().items())) or "no priced tokens"),
@@ -60,9 +64,9 @@ def render_html(report: Report) -> str:
         f"<title>batchrun report: {escape(runs)}</title><style>{CSS}</style></head><body>",
         f"<h1>batchrun report</h1><table>{''.join(_row(k, v) for k, v in facts)}</table>",
         "<h2>Rows per second over time</h2>",
-        line_chart(report.series, report.active_s, u.cached_rows),
+        line_chart(report.series, report.active_s, u.response_cache_rows),
         "<h2>Latency</h2>",
-        histogram(report.latencies, cached=u.cached_rows),
+        histogram(report.latencies, cached=u.response_cache_rows),
         "<h2>Cost by model</h2>",
         cost_charts(report),
         _price_notes(report),

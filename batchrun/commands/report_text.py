@@ -9,7 +9,7 @@ import io
 from typing import Any
 
 from ..spec.pricing import money
-from ..store.usage import cached, cached_line, outputs, outputs_line
+from ..store.usage import ModelUsage, cached, cached_line, outputs, outputs_line, tokens_of_which
 from .report import Report
 
 
@@ -33,7 +33,7 @@ def requests_text(report: Report) -> str:
 
 def throughput_text(report: Report) -> str:
     """Rows/s of the rows asked; rows the response cache answered took no time, and are named apart."""
-    rate, cached = report.rows_per_s, report.usage.cached_rows
+    rate, cached = report.rows_per_s, report.usage.response_cache_rows
     text = f"{rate:,.1f} rows/s over {report.active_s:,.1f} s active" if rate else "-"
     if cached:
         text += (
@@ -53,7 +53,8 @@ def report_table(report: Report) -> list[str]:
         f"  rows        {u.rows_succeeded:,} succeeded, {u.rows_failed:,} failed, {report.rows_pending:,} pending "
         f"of {report.rows_total:,}",
         f"  requests    {requests_text(report)}",
-        f"  tokens      {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion = {u.total_tokens:,}",
+        f"  tokens      {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion = {u.total_tokens:,}"
+        + tokens_of_which(u.reasoning_tokens, u.cached_prompt_tokens),
         f"  throughput  {throughput_text(report)}",
         "  latency     " + "   ".join(f"{k} {latency_text(lat[k])}" for k in ("p50", "p90", "p99")),
         f"  lane        {report.lane}"
@@ -138,8 +139,10 @@ def report_json(report: Report) -> dict[str, Any]:
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.total_tokens,
+        "reasoning_tokens": u.reasoning_tokens,
+        "cached_prompt_tokens": u.cached_prompt_tokens,
         "active_s": round(report.active_s, 3),
-        "rows_cached": u.cached_rows,
+        "rows_cached": u.response_cache_rows,
         "rows_per_s": None if report.rows_per_s is None else round(report.rows_per_s, 3),
         "latency_s": report.latency,
         "models": [
@@ -150,6 +153,7 @@ def report_json(report: Report) -> dict[str, Any]:
                 "requests": m.requests,
                 "prompt_tokens": m.prompt_tokens,
                 "completion_tokens": m.completion_tokens,
+                **thought_and_cached(u.models.get(m.model)),
                 "price": None if m.price is None else vars(m.price),
                 "cost": m.cost,
                 "currency": m.price.currency if m.price else None,
@@ -162,6 +166,16 @@ def report_json(report: Report) -> dict[str, Any]:
         "failures_by_code": dict(sorted(u.failures_by_code.items())),
         "cache": dict(zip(("rows", "saved"), cached(u.models, report.prices), strict=True)),
         "keys": {env: dict(k) for env, k in sorted(u.keys.items())},
+    }
+
+
+def thought_and_cached(m: ModelUsage | None) -> dict[str, int]:
+    """A model's reasoning and provider-cached prompt tokens, with their Batch API parts and the completion
+    tokens of answers that reasoned (what a thinking-output price applies to)."""
+    names = ("reasoning_tokens", "cached_prompt_tokens", "thinking_completion_tokens")
+    return {
+        **{name: getattr(m, name) if m else 0 for name in names},
+        **{f"batch_{name}": getattr(m, f"batch_{name}") if m else 0 for name in names},
     }
 
 
@@ -185,6 +199,8 @@ def report_csv(report: Report) -> str:
             "price_source",
             "repairs",
             "rows_cached",
+            "reasoning_tokens",
+            "cached_prompt_tokens",
         ]
     )
     for m in report.models:
@@ -203,9 +219,11 @@ def report_csv(report: Report) -> str:
                 "" if m.cost is None else round(m.cost, 6),
                 "no price" if p is None else p.source,
                 u.models[m.model].repairs if m.model in u.models else 0,
-                u.models[m.model].cached_rows if m.model in u.models else 0,
+                u.models[m.model].response_cache_rows if m.model in u.models else 0,
+                u.models[m.model].reasoning_tokens if m.model in u.models else 0,
+                u.models[m.model].cached_prompt_tokens if m.model in u.models else 0,
             ]
         )
     for currency, amount in sorted(report.totals().items()):
-        writer.writerow(["TOTAL", "", "", "", "", "", "", "", currency, round(amount, 6), "", "", ""])
+        writer.writerow(["TOTAL", "", "", "", "", "", "", "", currency, round(amount, 6), "", "", "", "", ""])
     return out.getvalue()

@@ -17,7 +17,7 @@ from ..records import iso_epoch
 from ..spec.pricing import Price, Prices, spent_text
 from ..store.rerun import from_manifest
 from ..store.rundir import BATCHES, MANIFEST, USAGE, complete_lines, read_json
-from ..store.usage import cached, cached_text, outputs, outputs_line
+from ..store.usage import cached, cached_text, outputs, outputs_line, tokens_of_which
 from .report import read_run
 
 
@@ -28,7 +28,7 @@ def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[s
     u = run.usage
     costs, unpriced = table.spent(u.models)
     live_rate = run.rate if run.live and run.rate else None
-    asked = max(0, run.rows_done - u.cached_rows)
+    asked = max(0, run.rows_done - u.response_cache_rows)
     return {
         "run_dir": str(path),
         "state": run.state,
@@ -50,6 +50,8 @@ def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[s
         "rate_limited": u.rate_limited,
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
+        "reasoning_tokens": u.reasoning_tokens,  # of the completion tokens: the chain of thought
+        "cached_prompt_tokens": u.cached_prompt_tokens,  # of the prompt tokens: the provider's prompt cache's
         "cost": costs,
         "unpriced_models": unpriced,
         "failures_by_code": dict(u.failures_by_code),
@@ -85,7 +87,9 @@ def status_lines(path: Path, prices: Mapping[str, Price] | None = None) -> list[
             f"  rate     {st['average_rows_per_s']:,.1f} rows/s on average over {_duration(st['active_s'])} active"
         )
     lines.append(
-        f"  tokens   {st['prompt_tokens']:,} prompt + {st['completion_tokens']:,} completion; cost so far "
+        f"  tokens   {st['prompt_tokens']:,} prompt + {st['completion_tokens']:,} completion"
+        + tokens_of_which(st["reasoning_tokens"], st["cached_prompt_tokens"])
+        + "; cost so far "
         + spent_text(st["cost"], st["unpriced_models"])
     )
     if st["failures_by_code"]:

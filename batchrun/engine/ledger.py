@@ -182,7 +182,7 @@ class Ledger:
 
     def _recent_rate(self) -> float | None:
         """Rows finished per second over the last RATE_WINDOW_S, for `batchrun status` and its ETA."""
-        now, done = time.monotonic(), self.state.done.count - self.usage.cached_rows  # the cache's take no time
+        now, done = time.monotonic(), self.state.done.count - self.usage.response_cache_rows  # the cache's take no time
         samples = self.rate_samples
         samples.append((now, done))
         while len(samples) > 2 and samples[0][0] < now - RATE_WINDOW_S:

@@ -105,7 +105,7 @@ class SimProvider:
         now = clock()
         self.rng = random.Random(cfg.seed)
         self.admission = Admission(cfg, self.rng, now)
-        self.billing = Billing(self.rng, cfg.invalid_json_rate)
+        self.billing = Billing(self.rng, cfg.invalid_json_rate, cfg.speaks)
         self.responses: Counter[int] = Counter()
         self.requests = self.dropped = 0
         self.first_request_at: float | None = None  # wall-clock time, for start-up measurements
@@ -163,6 +163,9 @@ class SimProvider:
             "billed_twice": sum(1 for n in billing.billed.values() if n > 1),
             "billed_prompt_tokens": billing.billed_prompt_tokens,
             "billed_completion_tokens": billing.billed_completion_tokens,
+            "billed_reasoning_tokens": billing.billed_reasoning_tokens,  # of the completion tokens
+            "billed_cached_prompt_tokens": billing.billed_cached_prompt_tokens,  # of the prompt tokens
+            "reasoning_asked": dict(billing.reasoning_asked),
             "tpm_charged": round(admission.tpm_charged),
             "first_request_at": self.first_request_at,
             "inflight": self.inflight,

@@ -20,6 +20,7 @@ from .base import Count, Derived, Expect, Internal, NonNegative, Positive, Readi
 from .output import OutputSpec
 from .presets import ENDPOINT_ALIASES, MODE_ALIASES, Auth, Endpoint, Mode, TpmAccounting
 from .pricing import Price
+from .reasoning import Effort, reasoning_fits, thinking_value
 from .simulator import SimulateSpec
 
 CacheMode = Literal["read_write", "read", "write", "off"]
@@ -291,6 +292,23 @@ class Limits(SpecModel):
     ] = None
 
 
+class ReasoningSpec(SpecModel):
+    """The spec's `reasoning:` block: whether a reasoning model thinks, how hard and how long, said once and written
+    into each provider's own words (spec/reasoning.py)."""
+
+    thinking: Annotated[
+        bool | Literal["auto"] | None,
+        Field(description="Think before answering: true, false, or auto (the model decides; Ark only)."),
+        BeforeValidator(thinking_value),
+    ] = None
+    effort: Effort | None = Field(
+        None, description="How hard: low, medium, high or max (each provider's nearest; see docs/job-spec.md)."
+    )
+    budget_tokens: Count | None = Field(
+        None, description="The most tokens the chain of thought may take (DashScope, SiliconFlow)."
+    )
+
+
 class RetrySpec(SpecModel):
     """The spec's `retry:` block: how often and how patiently a request is tried."""
 
@@ -379,6 +397,11 @@ class JobSpec(SpecModel):
         Expect(required="is required: a path to a .jsonl, .parquet or .csv file, or a mapping with 'path'"),
         Field(description="The rows (a file's path, or a mapping).", json_schema_extra=checks.or_string),
     ]
+    reasoning: Annotated[
+        ReasoningSpec | None,
+        Field(description="Reasoning models: thinking, effort, budget_tokens, in the provider's own words."),
+        AfterValidator(reasoning_fits),
+    ] = None
     limits: Limits = Field(Limits(), description="How fast to go; what is left out is the preset's.")
     retry: RetrySpec = Field(RetrySpec(), description="How often and how patiently a request is tried.")
     pricing: Annotated[
@@ -438,6 +461,7 @@ class JobSpec(SpecModel):
             "model": self.model,
             "endpoint": self.endpoint,
             "params": dict(self.params),
+            **({"reasoning": vars(self.reasoning)} if self.reasoning else {}),
             "provider": {
                 "name": self.provider.name,
                 "base_url": self.provider.base_url,
