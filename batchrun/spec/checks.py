@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 
 from ..errors import SpecError
 from ..text.words import suggestion
+from . import lanechecks
 from .base import LeftOut, Reading, either, fail, fail_at, fail_line, kind, reading
 from .presets import PRESETS, unknown_preset
 from .pricing import parse_prices
@@ -112,6 +113,7 @@ def provider_fits(provider: Any, info: ValidationInfo) -> Any:
         fail_line(f"provider.mode {provider.mode!r} does not apply to embeddings: leave it as sync")
     if provider.mode == "async" and endpoint != "chat":
         fail_line("provider.mode async submits chat completions only: use endpoint: chat")
+    lanechecks.endpoint_fits(provider.mode, endpoint)
     return provider
 
 
@@ -426,12 +428,6 @@ def budget(value: Any, info: ValidationInfo) -> Any:
     if not out:
         fail("is empty: give a budget per currency, e.g. {CNY: 50}")
     return out
-
-
-def batch_mode(data: Any, spec: Reading) -> Any:
-    if spec.mode != "batch":
-        fail_line("batch: applies to provider.mode: batch only")
-    return data
 
 
 def line_url(value: str | None, info: ValidationInfo) -> str | None:
