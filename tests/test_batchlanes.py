@@ -87,6 +87,10 @@ def test_ark_batch_chat_waits_long_and_keeps_many_in_flight(tmp_path: Path) -> N
     assert (batch_share("ark"), batch_cache_share("ark")) == (0.5, 0.4)
     assert "batch-chat" in PRESETS["ark"].modes and "batch" not in PRESETS["ark"].modes
     assert all("batch-chat" not in p.modes for name, p in PRESETS.items() if name != "ark")
+    example = load_spec(str(Path(__file__).parent.parent / "jobs/ark-batch-chat.yaml"))
+    assert example.provider.mode == "batch-chat" and example.retry.timeout_s == 86_400.0
+    estimated = cli("estimate", str(Path(__file__).parent.parent / "jobs/ark-batch-chat.yaml"))
+    assert "batch chat answers within hours" in estimated.stdout, estimated.output
 
 
 @pytest.mark.parametrize(

@@ -151,6 +151,12 @@ def estimate_lines(
             "rows a batch does not finish go into a new one"
         )
         return lines
+    if spec.provider.mode == "batch-chat":
+        lines.append(
+            f"  time           Ark's: batch chat answers within hours, not seconds; {spec.limits.tpd or 0:,.0f} tokens "
+            "a day per model at most (limits.tpd)"
+        )
+        return lines
     tokens = est.prompt_tokens + (most if spec.limits.tpm_accounting == "reserve" else typical)
     slots = spec.limits.concurrency or MAX_CONCURRENCY
     latency, source = (

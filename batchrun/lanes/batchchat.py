@@ -25,7 +25,8 @@ from .outcome import Failed, Outcomes
 
 DAY_S = 86_400
 BEIJING_S = 8 * 3600  # Ark's day is taken as Beijing's (UTC+8): when its quota resets is not documented
-QUOTA_WORDS = ("tpd", "quota")  # in a 429's code or message: the daily quota, not a rate (Ark's code unverified)
+# in a 429's code or message: the daily quota, not a rate (Ark's code is unverified; its TPM one names "TPM")
+QUOTA_WORDS = ("tpd", "daily", "per day")
 
 
 class DailyQuotaReached(BudgetReached):

@@ -43,8 +43,8 @@ def text(value: Any) -> str:
 
 
 def job_as_written(data: dict[str, Any], spec: Reading) -> dict[str, Any]:
-    """The job's defaults that depend on the file: its name, its run directory, and the limits always read (the
-    preset fills in what they leave out)."""
+    """The job's defaults that depend on the file: its name, its run directory, and the limits and retries always
+    read (the preset and the mode fill in what they leave out)."""
     if spec.rows_given and "input" not in data:
         data["input"] = {}
     if isinstance(data["name"], LeftOut):
@@ -53,6 +53,7 @@ def job_as_written(data: dict[str, Any], spec: Reading) -> dict[str, Any]:
         # Beside the spec, like every other relative path: the same spec run from another folder resumes its run.
         data["output_dir"] = f"runs/{data['name'] if isinstance(data['name'], str) else spec.spec_path.stem}"
     data.setdefault("limits", {})
+    data.setdefault("retry", {})  # its timeout depends on the mode (lanechecks.timeout)
     return data
 
 
