@@ -12,13 +12,14 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
 from batchrun.engine.shards import cut_text, line_problem
 from batchrun.lanes.batchchat import TokensPerDay, beijing_day, quota_refusal
 from batchrun.spec.presets import BATCH_APIS, PRESETS, batch_cache_share, batch_share
 
 from .helpers import cli, make_job, out_dir_usage, read_jsonl, submit
-from .simserver import SimServer
+from .simserver import AppServer, SimServer
 
 FAST = {"poll_s": 0.05, "max_poll_s": 0.2}
 PRICE = {"sim-small": {"input": 2.0, "output": 8.0, "currency": "CNY"}}
@@ -109,6 +110,18 @@ def test_batch_chat_spec_errors_are_one_line(
     result = cli("validate", str(job))
     assert result.exit_code == 2 and message in result.stderr, result.output
     assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_ark_batch_chat_waits_out_429s_beyond_the_rows_attempts(
+    tmp_path: Path, start_sim: Callable[..., SimServer]
+) -> None:
+    sim = start_sim(speaks="ark", batch_chat_latency=0.0)
+    rows = [{"id": "busy", "prompt": "q #sim:429=7 #sim:retry-after=0"}]
+    job = preset_job(tmp_path, sim, "ark", rows, mode="batch-chat", retry={"max_attempts": 3, "backoff_s": 0})
+    result = run(job, "ark")
+    assert result.exit_code == 0, result.output
+    (good,), bad = records(tmp_path)
+    assert not bad and good["attempts"] == 8 and good["rate_limited"] == 7 and good["batch_chat"] is True
 
 
 def test_ark_daily_quota_stops_the_run_with_the_rest_pending(
@@ -365,6 +378,26 @@ def test_each_presets_file_rules() -> None:
     )
     assert cut_text("lines", qianfan, 5000) == "at 5,000 lines, Qianfan's most a file"
     assert cut_text("bytes", dashscope, 1) == "at 500 MB, DashScope's most a file"
+
+
+def test_a_qianfan_upload_refused_for_bos_says_to_activate_it(tmp_path: Path) -> None:
+    async def refuse(request: web.Request) -> web.Response:
+        body = {"error": {"code": "BosNotActivated", "message": "BOS service is not activated for this account"}}
+        return web.json_response(body, status=400)
+
+    app = web.Application()
+    app.router.add_post("/v2/files", refuse)
+    with AppServer(app) as qianfan:
+        job = make_job(
+            tmp_path,
+            qianfan.url + "/v2",
+            n=2,
+            provider={"name": "qianfan", "base_url": qianfan.url + "/v2", "mode": "batch"},
+            batch=FAST,
+        )
+        result = run(job, "qianfan")
+    assert result.exit_code == 1 and "activate BOS (Baidu Object Storage)" in result.output, result.output
+    assert records(tmp_path) == ([], [])
 
 
 def test_a_qianfan_refusal_for_bos_says_to_activate_it() -> None:

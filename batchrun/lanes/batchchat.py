@@ -1,6 +1,7 @@
 """Ark's batch chat (`provider.mode: batch-chat`): ordinary chat requests to `{base}/batch/chat/completions`, each
 answered synchronously but slowly, at the batch price. It is the online lane with another path and its defaults
-(a day's timeout, a thousand in flight: spec/lanechecks.py), records marked `batch_chat` (usage prices them at the
+(a day's timeout, a thousand in flight: spec/lanechecks.py; a 429 is waited out within the timeout rather than
+counted against the row's attempts, as Ark's SDK does), records marked `batch_chat` (usage prices them at the
 batch share), and Ark's daily token quota per model (`limits.tpd`): the run stops before passing it, and a 429
 that says the quota is spent stops it too, rather than asking again all day. Either way the rows left stay
 pending, and the same command goes on once the quota is back.
@@ -17,11 +18,11 @@ from ..limits.throttle import Ticket
 from ..providers.openai import ChatCompletions
 from ..providers.transport import Reply
 from ..records import Record
-from ..retry import error_details
+from ..retry import classify, error_details
 from ..spec.presets import PRESETS
 from . import LaneContext, Row
 from .online import OnlineLane
-from .outcome import Failed, Outcomes
+from .outcome import Failed, Outcomes, RetryLater
 
 DAY_S = 86_400
 BEIJING_S = 8 * 3600  # Ark's day is taken as Beijing's (UTC+8): when its quota resets is not documented
@@ -78,6 +79,9 @@ class BatchChatLane(OnlineLane):
         refused = quota_refusal(reply.status, reply.body)
         if refused is not None:
             return self._stop(f"Ark refused a request for its daily batch quota of {model} ({refused})")
+        if reply.status == 429 and self._waiting(row):  # Ark's queue is full: wait as its SDK does, not fail
+            decision = classify(reply.status, reply.body, reply.headers, reply.error, self.ctx.errors)
+            return (RetryLater(row, decision),)
         outcomes = await super().answer(row, reply, ticket)
         if reply.status == 200 and isinstance(reply.body, dict):
             self.tpd.add(model, reply.body.get("usage"))
@@ -85,6 +89,14 @@ class BatchChatLane(OnlineLane):
             limit = self.tpd.limit or 0
             return [*outcomes, *self._stop(f"limits.tpd: {limit:,.0f} tokens of {model} answered today")]
         return outcomes
+
+    def _waiting(self, row: Row) -> bool:
+        """Whether a row Ark keeps answering 429 is still within its wait (retry.timeout_s from its first 429):
+        Ark's SDK retries a 429 until its read timeout, so a busy hour does not use up the row's attempts."""
+        now = time.monotonic()
+        if not isinstance(row.lane, float):
+            row.lane = now  # when it was first refused
+        return now - row.lane < self.timeout_s
 
     def _stop(self, why: str) -> Outcomes:
         if self.stopped:
