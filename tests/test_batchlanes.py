@@ -423,3 +423,50 @@ def test_line_problem_names_the_row_and_the_limit() -> None:
     assert problem is not None and problem[0] == "last_message_not_user" and "row 4's last message" in problem[1]
     assert line_problem(BATCH_APIS["dashscope"], request, b"x" * (6 * 1024 * 1024 + 1)) is not None
     assert line_problem(BATCH_APIS["openai"], request, b"x" * 100) is None
+
+
+def test_the_simulators_file_rules_are_each_providers() -> None:
+    from batchrun.sim.filerules import RULES, line_refusal, mixed_models, upload_refusal
+
+    mb = 1024 * 1024
+    assert upload_refusal(RULES["moonshot"], 100 * mb + 1, 0) is not None
+    assert upload_refusal(RULES["moonshot"], 100 * mb, 999) is None
+    assert "at most 1000 files" in (upload_refusal(RULES["moonshot"], 10, 1000) or "")
+    assert upload_refusal(RULES["siliconflow"], 1024 * mb + 1, 0) is not None
+    assert upload_refusal(RULES["dashscope"], 500 * mb + 1, 0) is not None and RULES["qianfan"].max_lines == 5_000
+    ends = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    assert line_refusal(RULES["siliconflow"], b"{}", ends) == (
+        "invalid_messages",
+        "the last message of messages must have role user",
+    )
+    assert line_refusal(RULES["openai"], b"x" * (7 * mb), ends) is None
+    lines = [{"body": {"model": "a"}}, {"body": {"model": "b"}}]
+    assert mixed_models(RULES["zhipu"], lines, None) and mixed_models(RULES["openai"], lines, None) is None
+    assert mixed_models(RULES["moonshot"], lines, {"model": "a"}) is None  # replace.model names one for all
+
+
+def test_the_simulator_speaking_qianfan_fails_a_batch_past_5000_lines(start_sim: Callable[..., SimServer]) -> None:
+    sim = start_sim(speaks="qianfan", batch_s=0.0)
+    line = {"method": "POST", "url": "/v2/chat/completions", "body": {"model": "m", "messages": [{"role": "user"}]}}
+    content = b"".join(orjson.dumps({"custom_id": f"c{i}", **line}) + b"\n" for i in range(5001))
+
+    async def go() -> dict[str, Any]:
+        async with aiohttp.ClientSession() as http:
+            form = aiohttp.FormData()
+            form.add_field("purpose", "batch")
+            form.add_field("file", content, filename="in.jsonl")
+            async with http.post(sim.base_url + "/files", data=form) as resp:
+                file_id = (await resp.json())["id"]
+            body = {"input_file_id": file_id, "endpoint": "/v2/chat/completions", "completion_window": "24h"}
+            async with http.post(sim.base_url + "/batches", json=body) as resp:
+                batch_id = (await resp.json())["id"]
+            for _ in range(200):
+                async with http.get(f"{sim.base_url}/batches/{batch_id}") as resp:
+                    batch: dict[str, Any] = await resp.json()
+                if batch["status"] in ("failed", "completed"):
+                    return batch
+                await asyncio.sleep(0.05)
+        raise AssertionError("the batch never ended")
+
+    batch = asyncio.run(go())
+    assert batch["status"] == "failed" and batch["errors"]["data"][0]["code"] == "too_many_lines"
