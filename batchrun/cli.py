@@ -313,7 +313,8 @@ def estimate_cmd(job: str, output_share: float, prices: str | None, latency: flo
 
     prepared = prepare(load_spec(job))
     table = Prices(
-        {**prepared.spec.pricing, **(load_prices(prices) if prices else {})}, batch_share(prepared.spec.provider.name)
+        {**prepared.spec.pricing, **(load_prices(prices) if prices else {})},
+        batch_share(prepared.spec.provider.name, prepared.spec.provider.batch_price_share),
     )
     _echo("\n".join(estimate_lines(prepared, estimate(prepared), table, output_share, latency)))
 

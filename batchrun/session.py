@@ -410,7 +410,7 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
     out = spec.output_dir
     rel = display_path(out)
     rate = outcome.rows_this_session / outcome.elapsed_s if outcome.elapsed_s > 0 else 0.0
-    cost = Prices(spec.pricing, batch_share(spec.provider.name)).spent_line(u.models)
+    cost = Prices(spec.pricing, batch_share(spec.provider.name, spec.provider.batch_price_share)).spent_line(u.models)
     lines = [
         f"{spec.name}: {outcome.state.value.replace('_', ' ')}: {u.rows_succeeded:,} succeeded, {u.rows_failed:,} "
         f"failed, {outcome.rows_pending:,} pending of {plural(outcome.rows_total, 'row')}",

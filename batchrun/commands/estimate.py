@@ -130,23 +130,31 @@ def estimate_lines(
             f"  output tokens  up to {most:,} (max_tokens on every row); ~{typical:,} at a typical {share:.0%} of it"
         )
     api = PRESETS[spec.provider.name].batch
-    if spec.provider.mode == "batch" and api is not None:
+    batched = spec.provider.mode in ("batch", "batch-chat")
+    if batched and api is not None:
         lines += cost_lines(est, prices, share, "cost (batch)", batch=True)
         lines.append(f"  online         {_ranges(cost_ranges(est, prices, share))} for the same rows in mode sync")
     else:
         lines += cost_lines(est, prices, share)
         if api is not None and spec.endpoint in api.endpoints:
             batch = cost_ranges(est, prices, share, batch=True)
+            mode = "batch" if api.files else "batch-chat"
             lines.append(
-                f"  batch          {_ranges(batch)} with provider.mode: batch ({prices.batch_share:.0%} of online, "
+                f"  batch          {_ranges(batch)} with provider.mode: {mode} ({prices.batch_share:.0%} of online, "
                 "answers within 24 h)"
             )
     if spec.limits.max_cost:
-        lines.append(budget_line(spec.limits.max_cost, cost_ranges(est, prices, share, spec.provider.mode == "batch")))
+        lines.append(budget_line(spec.limits.max_cost, cost_ranges(est, prices, share, batched)))
     if spec.provider.mode == "batch":
         lines.append(
             f"  time           the provider's: within the completion window ({spec.batch.completion_window}); "
             "rows a batch does not finish go into a new one"
+        )
+        return lines
+    if spec.provider.mode == "batch-chat":
+        lines.append(
+            f"  time           Ark's: batch chat answers within hours, not seconds; {spec.limits.tpd or 0:,.0f} tokens "
+            "a day per model at most (limits.tpd)"
         )
         return lines
     tokens = est.prompt_tokens + (most if spec.limits.tpm_accounting == "reserve" else typical)

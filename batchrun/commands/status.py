@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..engine.shards import read_shards
+from ..engine.shards import cut_text, read_shards
 from ..limits.binding import limit_line
 from ..records import iso_epoch
 from ..spec.pricing import Price, Prices, spent_text
@@ -113,6 +113,7 @@ def status_lines(path: Path, prices: Mapping[str, Price] | None = None) -> list[
         lines.append(
             f"  batch    shard {shard['shard']}: {shard['batch_id'] or '(not created yet)'} "
             f"{shard['status'] or shard['step']}, {counts}"
+            + (f"; cut {cut_text(shard['cut'], None, shard['lines'])}" if shard["cut"] else "")
         )
     if len(batches) > MAX_BATCHES_SHOWN:
         lines.append(f"  batch    ... and {len(batches) - MAX_BATCHES_SHOWN} earlier shard(s); status --json lists all")
@@ -142,6 +143,7 @@ def _batches(path: Path) -> list[dict[str, Any]]:
             "status": s.status,
             "step": s.next_step,
             "lines": s.lines,
+            "cut": s.cut,  # what closed the shard: lines, bytes, model, end (None: an older run's)
             "completed": s.counts.get("completed", 0),
             "failed": s.counts.get("failed", 0),
         }

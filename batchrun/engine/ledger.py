@@ -56,13 +56,16 @@ class Ledger:
         output = self.spec.output
         self.repairs = Repairs(output, self.spec.params, checkpoint, state.repairs) if output is not None else None
         self.cache = cache
-        budget, prices = self.spec.limits.max_cost, Prices(self.spec.pricing, batch_share(self.spec.provider.name))
+        budget, prices = (
+            self.spec.limits.max_cost,
+            Prices(self.spec.pricing, batch_share(self.spec.provider.name, self.spec.provider.batch_price_share)),
+        )
         self.budget = (
             Budget(
                 budget,
                 prices,
                 lambda: prices.spent(self.usage.models)[0],
-                batch=self.spec.provider.mode == "batch",
+                batch=self.spec.provider.mode in ("batch", "batch-chat"),
                 source=self.spec.called,
             )
             if budget

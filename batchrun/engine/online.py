@@ -20,6 +20,7 @@ from typing import Any
 from .. import halt
 from ..errors import BatchrunError, FatalProviderError
 from ..lanes import Lane, LaneContext, Row
+from ..lanes.batchchat import BatchChatLane
 from ..lanes.online import OnlineLane
 from ..lanes.outcome import Answered, BadInput, Done, Failed, Held, Outcomes, RetryLater, SendAgain
 from ..lanes.tasks import TaskLane
@@ -76,7 +77,8 @@ class RunLoop(RunControl):
             log=log,
             t_wall0=time.time(),
         )
-        self.lane: Lane = TaskLane(lane) if spec.provider.mode == "async" else OnlineLane(lane)
+        lanes: dict[str, Callable[[LaneContext], Lane]] = {"async": TaskLane, "batch-chat": BatchChatLane}
+        self.lane = lanes.get(spec.provider.mode, OnlineLane)(lane)
         self.ready: deque[Row] = deque()  # retries whose backoff is over
         self.backoffs: set[asyncio.TimerHandle] = set()
         self.attempts: set[asyncio.Future[None]] = set()  # attempts on the wire
@@ -429,9 +431,9 @@ class RunLoop(RunControl):
         if self.dispatcher is not None:
             self.dispatcher.cancel()
         if self.stopping is RunState.STOPPED and self.pool.inflight:  # Ctrl-C says so itself
-            self.log(
-                f"stopping: waiting up to {STOP_GRACE_S:.0f} s for {plural(self.pool.inflight, 'request')} in flight"
-            )
+            paid = isinstance(self.error, BudgetReached)  # at a budget or quota: what is in flight is paid for
+            grace = STOP_GRACE_S + (self.spec.retry.timeout_s if paid else 0)
+            self.log(f"stopping: waiting up to {grace:,.0f} s for {plural(self.pool.inflight, 'request')} in flight")
 
     def interrupt(self, terminal: bool = True) -> None:
         """Ctrl-C / SIGTERM: stop taking rows and let in-flight requests finish; a second one cancels them."""

@@ -297,7 +297,7 @@ class RequestBuilder:
         if mode == "stream" and self.endpoint != "embeddings":
             body["stream"] = True
         if body.get("stream") is True:
-            if mode == "batch":
+            if mode in ("batch", "batch-chat"):
                 raise RowProblem("asks for stream: true, which a Batch API cannot do: remove it")
             if mode == "async":
                 raise RowProblem(

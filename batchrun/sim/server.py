@@ -112,7 +112,8 @@ class SimProvider:
         self.tasks_submitted = self.polls = self.max_tasks_running = 0
         self.inflight = 0  # requests being handled: read, waited on, not yet answered (billed when answered)
         self.running: list[float] = []  # due times of tasks still running (a heap)
-        self.batch_desk = BatchDesk(self._batch_answer, self._auth, clock, cfg.batch_s)
+        self.batch_desk = BatchDesk(self._batch_answer, self._auth, clock, cfg.batch_s, speaks=cfg.speaks)
+        self.batch_chats = 0  # requests to Ark's batch-chat path
         # whether clients wait as a 429 asks: when each prompt was last answered 429, and the shortest wait seen
         self.limited_at: dict[bytes, float] = {}
         self._last_key: bytes | None = None
@@ -126,6 +127,7 @@ class SimProvider:
         app.router.add_get("/_sim/stats", self.stats_view)
         app.router.add_post("/{base:.*}/async/chat/completions", self.submit_task)
         app.router.add_get("/{base:.*}/async-result/{task}", self.task_result)
+        app.router.add_post("/{base:.*}/batch/chat/completions", self.batch_chat)
         app.router.add_post("/{base:.*}/chat/completions", self.chat)
         app.router.add_post("/{base:.*}/{kind:completions|embeddings}", self.chat)
         app.router.add_get("/{base:.*}/models", self.models)
@@ -179,6 +181,7 @@ class SimProvider:
             "polls": self.polls,
             "retried_after_429": self.retried_after_429,  # attempts of a prompt whose last attempt was answered 429
             "min_retry_gap_s": round(self.min_retry_gap_s, 3) if self.retried_after_429 else None,
+            "batch_chat_requests": self.batch_chats,
             **self.batch_desk.stats(),
         }
 
@@ -366,6 +369,20 @@ class SimProvider:
 
     def _drawn(self, rate: float) -> bool:
         return rate > 0 and self.rng.random() < rate
+
+    @_counted
+    async def batch_chat(self, request: web.Request) -> web.StreamResponse:
+        """Ark's batch chat (speaks: ark): an ordinary chat answer, slower (`batch_chat_latency`); no other
+        provider has the path."""
+        if self.cfg.speaks != "ark":
+            return self._answer(404, error_body("not_found", "no such path: batch chat is Ark's"))
+        self.batch_chats += 1
+        call = await self._accept(request)
+        if not isinstance(call, Call):
+            return self._refused(call)
+        sleep = call.directives.get("sleep")
+        await self._work(float(sleep) if sleep else self.cfg.batch_chat_latency)
+        return self._answer(200, self._bill(call), {"x-request-id": call.request_id})
 
     @_counted
     async def submit_task(self, request: web.Request) -> web.StreamResponse:

@@ -15,8 +15,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from . import checks, presetkeys
-from .base import Count, Derived, Expect, Internal, NonNegative, Positive, Reading, SpecModel, Text
+from . import checks, lanechecks, presetkeys
+from .base import Count, Derived, Expect, Internal, NonNegative, Positive, Reading, Share, SpecModel, Text
 from .output import OutputSpec
 from .presets import ENDPOINT_ALIASES, MODE_ALIASES, Auth, Endpoint, Mode, TpmAccounting
 from .pricing import Price
@@ -194,10 +194,18 @@ class ProviderSpec(SpecModel):
         Expect(aliases=tuple(MODE_ALIASES.items())),
         Field(
             description="sync: one answer per request; stream: server-sent events; async: submit, then poll; "
-            "batch: the provider's Batch API."
+            "batch: the provider's Batch API; batch-chat: Ark's batch chat (chat requests at the batch price)."
         ),
         AfterValidator(checks.mode),
     ] = "sync"
+    batch_price_share: Annotated[
+        Share | None,
+        Field(
+            description="The Batch API's price as a share of online, where the preset's is unverified (Kimi); "
+            "default the preset's."
+        ),
+        AfterValidator(lanechecks.batch_price_share),
+    ] = None
     auth: Annotated[
         Auth,
         Field(description="bearer: the key as is; jwt: Zhipu's id.secret key signed into a short-lived token."),
@@ -261,9 +269,15 @@ class Limits(SpecModel):
         Derived(),
         Field(
             description="Requests in flight at once, at most; default the preset's (DeepSeek 500, a Kimi "
-            "provider.tier's), else learnt from the provider's answers."
+            "provider.tier's; batch-chat 1000), else learnt from the provider's answers."
         ),
-        BeforeValidator(presetkeys.preset_limit),
+        BeforeValidator(presetkeys.concurrency),
+    ] = None
+    tpd: Annotated[
+        Positive | None,
+        Derived(),
+        Field(description="provider.mode batch-chat: tokens a day per model, at most (Ark's quota; default 10e9)."),
+        BeforeValidator(lanechecks.tpd),
     ] = None
     tpm_accounting: Annotated[
         TpmAccounting,
@@ -313,7 +327,12 @@ class RetrySpec(SpecModel):
     """The spec's `retry:` block: how often and how patiently a request is tried."""
 
     max_attempts: Count = Field(8, description="Tries per row, the first included.")
-    timeout_s: Positive = Field(120.0, description="Seconds to wait for an answer.")
+    timeout_s: Annotated[
+        Positive,
+        Derived(),
+        Field(description="Seconds to wait for an answer; default 120 (batch-chat: 86400, a day)."),
+        BeforeValidator(lanechecks.timeout),
+    ] = 120.0
     queue_s: Annotated[
         NonNegative,
         Derived(),
@@ -354,7 +373,7 @@ class BatchSettings(SpecModel):
 
     @classmethod
     def shorthand(cls, data: Any, spec: Reading) -> Any:
-        return checks.batch_mode(data, spec)
+        return lanechecks.batch_mode(data, spec)
 
 
 class JobSpec(SpecModel):
@@ -467,6 +486,7 @@ class JobSpec(SpecModel):
                 "base_url": self.provider.base_url,
                 "api_key_env": list(self.provider.key_pool) if self.provider.key_pool else self.provider.api_key_env,
                 "mode": self.provider.mode,
+                "batch_price_share": self.provider.batch_price_share,
                 "auth": self.provider.auth,
                 "proxy": self.provider.proxy,
                 "ca_bundle": str(self.provider.ca_bundle) if self.provider.ca_bundle else None,

@@ -194,7 +194,9 @@ class RunDir:
     @property
     def batch_share(self) -> float:
         """The run's provider's Batch API price as a share of its online price (1 without a Batch API)."""
-        return batch_share(str((self.job.get("provider") or {}).get("name")))
+        provider = self.job.get("provider") or {}
+        override = provider.get("batch_price_share")
+        return batch_share(str(provider.get("name")), override if isinstance(override, (int, float)) else None)
 
     @property
     def spec_path(self) -> str | None:

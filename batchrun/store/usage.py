@@ -240,14 +240,15 @@ class Usage:
             model.response_cache_prompt_tokens += counts.prompt
             model.response_cache_completion_tokens += counts.completion
             return
-        batch_price = bool(record.get("batch_id"))
+        batch_price = bool(record.get("batch_id")) or record.get("batch_chat") is True  # Ark's batch chat
         self._tokens(model, body.get("usage") if body is not None else None, batch_price, reasoned(body))
         self._tokens(model, record.get("retried_usage"), batch_price)
         if isinstance(steps, list):  # structured output: answers that did not fit, billed where they came from
             model.repairs += len(steps)
             for step in steps:
                 if isinstance(step, Mapping):
-                    self._tokens(model, step.get("usage"), bool(step.get("batch_id")))
+                    step_batch = bool(step.get("batch_id")) or record.get("batch_chat") is True
+                    self._tokens(model, step.get("usage"), step_batch)
         if rows and "output" in record and code is None:
             if steps:
                 model.outputs_repaired += 1
