@@ -10,7 +10,7 @@ from typing import Any
 
 from ..spec.pricing import money
 from ..store.usage import cached, cached_line, outputs, outputs_line
-from .report import Report
+from .report import Report, provider_cache_text
 
 
 def latency_text(value: float | None) -> str:
@@ -93,8 +93,12 @@ def report_table(report: Report) -> list[str]:
             f"  no price for {', '.join(report.unpriced)}: their cost is unknown, not zero; add them "
             "with --prices FILE or a pricing: block in the job spec"
         )
-    if (hits := cached_line(u.models, report.prices)) is not None:
+    provider = provider_cache_text(report)
+    if (hits := cached_line(u.models, report.prices)) is not None or provider is not None:
         lines.append("")
+    if provider is not None:
+        lines.append(f"  prompt cache {provider}")
+    if hits is not None:
         lines.append(f"  cache       {hits}")
     shaped = [(name, outputs({name: m})) for name, m in sorted(u.models.items())]
     if any(outputs_line(counts) for _, counts in shaped):
@@ -150,8 +154,10 @@ def report_json(report: Report) -> dict[str, Any]:
                 "requests": m.requests,
                 "prompt_tokens": m.prompt_tokens,
                 "completion_tokens": m.completion_tokens,
-                "price": None if m.price is None else vars(m.price),
+                "price": None if m.price is None else m.price.as_dict(),
                 "cost": m.cost,
+                "cached_prompt_tokens": m.cached_prompt_tokens,
+                "provider_cache_saved": m.provider_cache_saved,
                 "currency": m.price.currency if m.price else None,
                 "outputs": outputs({m.model: u.models[m.model]}) if m.model in u.models else None,
             }
@@ -161,6 +167,8 @@ def report_json(report: Report) -> dict[str, Any]:
         "unpriced_models": report.unpriced,
         "failures_by_code": dict(sorted(u.failures_by_code.items())),
         "cache": dict(zip(("rows", "saved"), cached(u.models, report.prices), strict=True)),
+        "cached_prompt_tokens": sum(m.cached_prompt_tokens for m in report.models),
+        "provider_cache_saved": report.provider_cache_saved,
         "keys": {env: dict(k) for env, k in sorted(u.keys.items())},
     }
 
@@ -203,7 +211,7 @@ def report_csv(report: Report) -> str:
                 "" if m.cost is None else round(m.cost, 6),
                 "no price" if p is None else p.source,
                 u.models[m.model].repairs if m.model in u.models else 0,
-                u.models[m.model].cached_rows if m.model in u.models else 0,
+                u.models[m.model].response_cache_rows if m.model in u.models else 0,
             ]
         )
     for currency, amount in sorted(report.totals().items()):

@@ -24,9 +24,9 @@ from .report import read_run
 def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[str, Any]:
     """A run's state and progress for scripts (`status --json`); `status_lines` prints the same facts."""
     run = read_run(path, records=False)
-    table = Prices(run.prices | dict(prices or {}), run.batch_share)
+    table = Prices(run.prices | dict(prices or {}), run.batch_share, run.cache_share)
     u = run.usage
-    costs, unpriced = table.spent(u.models)
+    costs, unpriced = table.spent(u.models, u.slots)
     live_rate = run.rate if run.live and run.rate else None
     asked = max(0, run.rows_done - u.cached_rows)
     return {

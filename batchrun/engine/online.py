@@ -35,6 +35,7 @@ from ..spec.presets import PRESETS
 from ..store.rundir import RunState
 from ..text.words import plural
 from .context import RunContext
+from .schedule import PriceHold
 from .shared import FLUSH_EVERY_S, RunControl
 
 STOP_GRACE_S = 5.0
@@ -86,6 +87,8 @@ class RunLoop(RunControl):
         # Until some answer shows the endpoint is there, answers that say it is not are parked, not acted on: if
         # the first rows all get them, the run stops with every row still pending.
         self.unproven: list[tuple[Row, Reply, Ticket, str]] | None = []
+        # schedule.avoid_peak: no row goes out while the model's price is above its cheapest window's
+        self.schedule = PriceHold(spec, lambda: self.ledger.pending, log) if spec.schedule.avoid_peak else None
 
     # --- the run -------------------------------------------------------------------------------------
 
@@ -151,6 +154,8 @@ class RunLoop(RunControl):
                     return
                 await self._sleep()
                 continue
+            if self.schedule is not None:
+                await self.schedule.until_cheap()  # the row waits in hand (pending: never sent), or is cancelled
             if self.budget is not None and not self._within_budget(row):
                 return
             if not self.pool.live:  # every key refused: the run is stopping

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..records import body_of, count, error_code
-from ..spec.pricing import Prices, money
+from ..spec.pricing import SLOT_FIELDS, SLOT_S, Prices, money
 
 
 @dataclass
@@ -27,9 +28,25 @@ class ModelUsage:
     outputs_invalid: int = 0
     repairs: int = 0  # answers that did not fit and were asked about again (each billed)
     # the response cache: rows answered from it, and the tokens their answers cost when first asked (not again)
-    cached_rows: int = 0
+    response_cache_rows: int = 0
+    response_cache_prompt_tokens: int = 0
+    response_cache_completion_tokens: int = 0
+    # of the tokens, the provider's: reasoning tokens, prompt-cache hits (part of prompt_tokens, at the cached-input
+    # price), and the completion tokens of answers that reasoned (at the thinking price where there is one)
+    reasoning_tokens: int = 0
     cached_prompt_tokens: int = 0
-    cached_completion_tokens: int = 0
+    thinking_completion_tokens: int = 0
+    batch_reasoning_tokens: int = 0
+    batch_cached_prompt_tokens: int = 0
+    batch_thinking_completion_tokens: int = 0
+
+
+# usage.json written before the response cache's counters were renamed (the provider's cache took `cached_*`)
+OLD_NAMES = {
+    "cached_rows": "response_cache_rows",
+    "cached_prompt_tokens": "response_cache_prompt_tokens",
+    "cached_completion_tokens": "response_cache_completion_tokens",
+}
 
 
 KEY_COUNTERS = ("rows_succeeded", "rows_failed", "requests", "prompt_tokens", "completion_tokens")
@@ -55,10 +72,10 @@ def cached(models: Mapping[str, ModelUsage], prices: Prices) -> tuple[int, dict[
     """Rows the response cache answered, and what their answers would have cost asked again (online price)."""
     rows, saved = 0, dict[str, float]()
     for name, m in models.items():
-        rows += m.cached_rows
+        rows += m.response_cache_rows
         price = prices.get(name)
-        if price is not None and m.cached_rows:
-            cost = price.cost(m.cached_prompt_tokens, m.cached_completion_tokens)
+        if price is not None and m.response_cache_rows:
+            cost = price.cost(m.response_cache_prompt_tokens, m.response_cache_completion_tokens)
             saved[price.currency] = saved.get(price.currency, 0.0) + cost
     return rows, saved
 
@@ -105,6 +122,8 @@ class Usage:
     completion_tokens: int = 0
     total_tokens: int = 0
     models: dict[str, ModelUsage] = field(default_factory=dict)
+    # per model, the priced tokens by the quarter hour they were answered in (SLOT_FIELDS), for time-of-day prices
+    slots: dict[str, dict[int, list[int]]] = field(default_factory=dict)
     failures_by_code: dict[str, int] = field(default_factory=dict)
     keys: dict[str, dict[str, int]] = field(default_factory=dict)  # a key pool: per variable, KEY_COUNTERS
 
@@ -116,7 +135,7 @@ class Usage:
     @property
     def cached_rows(self) -> int:
         """Rows the response cache answered: no request, no time of their own."""
-        return sum(m.cached_rows for m in self.models.values())
+        return sum(m.response_cache_rows for m in self.models.values())
 
     def add(self, record: Mapping[str, Any], *, rows: bool = True) -> None:
         """Count one final record (the shape `records` defines; older run directories' records too).
@@ -157,11 +176,12 @@ class Usage:
         body = body_of(record)
         if record.get("cached"):  # paid for in an earlier run: counted apart, and never billed here
             usage = body.get("usage") if body is not None else None
-            model.cached_rows += 1
+            model.response_cache_rows += 1
             if isinstance(usage, Mapping):
-                model.cached_prompt_tokens += count(usage.get("prompt_tokens"))
-                model.cached_completion_tokens += count(usage.get("completion_tokens"))
+                model.response_cache_prompt_tokens += count(usage.get("prompt_tokens"))
+                model.response_cache_completion_tokens += count(usage.get("completion_tokens"))
             return
+        before = priced(model)
         batch_price = bool(record.get("batch_id"))
         self._tokens(model, body.get("usage") if body is not None else None, batch_price)
         self._tokens(model, record.get("retried_usage"), batch_price)
@@ -177,6 +197,17 @@ class Usage:
                 model.outputs_first_try += 1
         elif rows and code == "invalid_output":
             model.outputs_invalid += 1
+        self._slot(str(record.get("model") or "unknown"), record.get("completed_at"), before, priced(model))
+
+    def _slot(self, model: str, completed_at: Any, before: list[int], after: list[int]) -> None:
+        """Add what a record billed to the quarter hour it was answered in (a record without a time: no slot,
+        so it is priced at the plain price)."""
+        at = epoch(completed_at)
+        if at is None or after == before:
+            return
+        slot = self.slots.setdefault(model, {}).setdefault(int(at // SLOT_S), [0] * len(SLOT_FIELDS))
+        for i, (a, b) in enumerate(zip(after, before, strict=True)):
+            slot[i] += a - b
 
     def _per_key(self, env: str, record: Mapping[str, Any], attempts: int, rows: bool) -> None:
         """A key pool's row, counted for the key that answered it (its earlier attempts may have gone out with
@@ -203,9 +234,17 @@ class Usage:
         model.prompt_tokens += prompt
         model.completion_tokens += completion
         model.total_tokens += total
+        cached, reasoning = provider_counts(usage)
+        thinking = completion if reasoning else 0
+        model.reasoning_tokens += reasoning
+        model.cached_prompt_tokens += cached
+        model.thinking_completion_tokens += thinking
         if batch_price:
             model.batch_prompt_tokens += prompt
             model.batch_completion_tokens += completion
+            model.batch_reasoning_tokens += reasoning
+            model.batch_cached_prompt_tokens += cached
+            model.batch_thinking_completion_tokens += thinking
 
     def merge(self, other: Usage) -> None:
         """Add another run's totals to these (a report over several run directories)."""
@@ -215,6 +254,8 @@ class Usage:
             mine = self.models.setdefault(name, ModelUsage())
             for key, value in vars(m).items():
                 setattr(mine, key, getattr(mine, key) + value)
+        for name, slots in other.slots.items():
+            merge_slots(self.slots.setdefault(name, {}), slots)
         for code, n in other.failures_by_code.items():
             self.failures_by_code[code] = self.failures_by_code.get(code, 0) + n
         for env, counts in other.keys.items():
@@ -228,6 +269,7 @@ class Usage:
             "models": {name: vars(m).copy() for name, m in sorted(self.models.items())},
             "failures_by_code": dict(sorted(self.failures_by_code.items())),
             **({"keys": {env: dict(c) for env, c in sorted(self.keys.items())}} if self.keys else {}),
+            **({"slots": slots_json(self.slots)} if self.slots else {}),
         }
 
     @classmethod
@@ -236,12 +278,71 @@ class Usage:
         for name in COUNTERS:
             setattr(usage, name, count(data.get(name)))
         for name, m in (data.get("models") or {}).items():
+            if "response_cache_rows" not in m:  # an older usage.json: its cached_* counters were the response cache's
+                m = {OLD_NAMES.get(k, k): v for k, v in m.items()}
             usage.models[name] = ModelUsage(**{k: count(m.get(k)) for k in vars(ModelUsage())})
+        usage.slots = slots_read(data.get("slots"))
         usage.failures_by_code = {str(k): count(v) for k, v in (data.get("failures_by_code") or {}).items()}
         usage.keys = {
             str(env): {n: count(c.get(n)) for n in KEY_COUNTERS} for env, c in (data.get("keys") or {}).items()
         }
         return usage
+
+
+def provider_counts(usage: Mapping[str, Any]) -> tuple[int, int]:
+    """(prompt-cache hits, reasoning tokens) from a provider's usage object: `prompt_tokens_details.cached_tokens`,
+    DeepSeek's `prompt_cache_hit_tokens`, Kimi's top-level `cached_tokens`; `completion_tokens_details.
+    reasoning_tokens`. A stand-in for the token side's `usage_counts` (its reading wins when both are merged)."""
+    prompt = usage.get("prompt_tokens_details")
+    completion = usage.get("completion_tokens_details")
+    cached = (
+        (count(prompt.get("cached_tokens")) if isinstance(prompt, Mapping) else 0)
+        or count(usage.get("prompt_cache_hit_tokens"))
+        or count(usage.get("cached_tokens"))
+    )
+    reasoning = count(completion.get("reasoning_tokens")) if isinstance(completion, Mapping) else 0
+    return min(cached, count(usage.get("prompt_tokens"))), reasoning
+
+
+def priced(model: ModelUsage) -> list[int]:
+    """The model's counters that pricing reads, in SLOT_FIELDS' order."""
+    return [getattr(model, name) for name in SLOT_FIELDS]
+
+
+def epoch(value: Any) -> float | None:
+    """A record's `completed_at` (ISO 8601, UTC) as epoch seconds; None when it has none or it does not read."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def merge_slots(mine: dict[int, list[int]], other: Mapping[int, list[int]]) -> None:
+    for slot, vector in other.items():
+        into = mine.setdefault(slot, [0] * len(SLOT_FIELDS))
+        for i, n in enumerate(vector[: len(SLOT_FIELDS)]):
+            into[i] += n
+
+
+def slots_json(slots: Mapping[str, Mapping[int, list[int]]]) -> dict[str, dict[str, list[int]]]:
+    """usage.json's `slots`: {model: {quarter hour (epoch s // 900): [SLOT_FIELDS]}}; JSON keys are strings."""
+    return {name: {str(k): list(v) for k, v in sorted(s.items())} for name, s in sorted(slots.items())}
+
+
+def slots_read(data: Any) -> dict[str, dict[int, list[int]]]:
+    out: dict[str, dict[int, list[int]]] = {}
+    if not isinstance(data, Mapping):
+        return out
+    for name, slots in data.items():
+        if isinstance(slots, Mapping):
+            out[str(name)] = {
+                int(k): [count(n) for n in v][: len(SLOT_FIELDS)]
+                for k, v in slots.items()
+                if str(k).lstrip("-").isdigit() and isinstance(v, list)
+            }
+    return out
 
 
 def peak_rss_mb() -> float | None:
