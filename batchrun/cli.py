@@ -325,28 +325,13 @@ def estimate_cmd(job: str, output_share: float, prices: str | None, latency: flo
 @_friendly
 def prices_cmd(model: str | None, job: str | None, provider: str | None, prices: str | None, fmt: str) -> None:
     """What a run would be charged for MODEL (default: every priced model, or the --job's), and from where."""
-    import time
+    from .commands.prices import prices_shown
 
-    from .commands.prices import price_json, price_lines, price_rows
-
-    spec = load_spec(job) if job else None
-    if provider is not None and provider not in PRESETS:
-        raise SpecError(f"--provider {unknown_preset(provider)}")
-    provider = provider or (spec.provider.name if spec is not None else None)
-    now = time.time()
-    rows = price_rows(
-        model or (spec.model if spec is not None else None),
-        job=spec.pricing if spec is not None else None,
-        job_source=f"pricing: in {spec.called}" if spec is not None else "",
-        file=load_prices(prices) if prices else None,
-        file_source=f"--prices {prices}",
-        provider=provider,
-        now=now,
-    )
+    shown = prices_shown(model, job, provider, prices)
     if fmt == "json":
-        click.echo(orjson.dumps(price_json(rows, provider), option=orjson.OPT_INDENT_2).decode())
+        click.echo(orjson.dumps(shown.json(), option=orjson.OPT_INDENT_2).decode())
     else:
-        _echo("\n".join(price_lines(rows, provider, now)))
+        _echo("\n".join(shown.lines()))
 
 
 @main.command()

@@ -4,13 +4,15 @@ thinking output, the provider's Batch API price, time-of-day windows and the pri
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SpecError
-from ..spec.presets import PRESETS, batch_cache_share, batch_share
-from ..spec.pricing import BUILT_IN, Price, Prices
+from ..spec.parse import load_spec
+from ..spec.presets import PRESETS, batch_cache_share, batch_share, unknown_preset
+from ..spec.pricing import BUILT_IN, Price, Prices, load_prices
 from ..spec.windows import local_text, multiplier_at, next_change, window_at
 from ..text.words import closest, did_you_mean
 
@@ -74,6 +76,38 @@ def price_rows(
             )
         )
     return rows
+
+
+@dataclass(frozen=True)
+class Shown:
+    rows: list[PriceRow]
+    provider: str | None
+    now: float
+
+    def lines(self) -> list[str]:
+        return price_lines(self.rows, self.provider, self.now)
+
+    def json(self) -> dict[str, Any]:
+        return price_json(self.rows, self.provider)
+
+
+def prices_shown(model: str | None, job: str | None, provider: str | None, prices: str | None) -> Shown:
+    """`batchrun prices`: the --job's pricing:, provider and model (the options given win), --prices on top."""
+    spec = load_spec(job) if job else None
+    if provider is not None and provider not in PRESETS:
+        raise SpecError(f"--provider {unknown_preset(provider)}")
+    provider = provider or (spec.provider.name if spec is not None else None)
+    now = time.time()
+    rows = price_rows(
+        model or (spec.model if spec is not None else None),
+        job=spec.pricing if spec is not None else None,
+        job_source=f"pricing: in {spec.called}" if spec is not None else "",
+        file=load_prices(prices) if prices else None,
+        file_source=f"--prices {prices}",
+        provider=provider,
+        now=now,
+    )
+    return Shown(rows, provider, now)
 
 
 def _num(value: float | None) -> str:
