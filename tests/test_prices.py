@@ -368,6 +368,9 @@ def test_ctrl_c_while_holding_stops_cleanly(tmp_path: Path, sim: SimServer) -> N
             line = proc.stdout.readline()
             assert line, seen.decode()
             seen += line
+        while "holding  peak price (×2) until" not in (said := cli("status", str(tmp_path / "runs" / "job")).stdout):
+            assert proc.poll() is None, said  # usage.json says so within a second of the hold: look again
+            time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         out = proc.stdout.read().decode()
         assert proc.wait() == 130, out
@@ -411,3 +414,18 @@ def test_batchrun_prices_lists_what_a_run_is_charged_and_from_where(tmp_path: Pa
     assert (file_wins["models"][0]["from"], file_wins["models"][0]["input"]) == (f"--prices {prices}", 5)
     everything = cli("prices").stdout
     assert "deepseek-v4-flash" in everything and "kimi-k2.6" in everything and "window ×2 09:00-12:00" in everything
+
+
+def test_estimate_of_a_job_in_its_peak_says_what_waiting_saves(tmp_path: Path) -> None:
+    now = time.time()
+    peak = {"hours": _span(now - H, now + 2 * H), "zone": "UTC", "multiplier": 2, "name": "peak"}
+    job = make_job(
+        tmp_path,
+        "http://127.0.0.1:9/v1",
+        n=10,
+        pricing={"sim-small": {"input": 1, "output": 2, "currency": "CNY", "windows": [peak]}},
+    )
+    ran = cli("estimate", str(job))
+    assert ran.exit_code == 0, ran.output
+    assert "time of day    sim-small: now ×2, peak:" in ran.stdout
+    assert "cheapest ×1 from " in ran.stdout and "waiting saves" in ran.stdout

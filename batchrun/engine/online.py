@@ -465,4 +465,5 @@ class RunLoop(RunControl):
             "throttle": members[0].throttle.snapshot(),
             **({"key_throttles": keys} if keys else {}),
             **self.lane.totals(),
+            **(self.schedule.facts() if self.schedule is not None else {}),
         }

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from ..spec.model import JobSpec
 from ..spec.pricing import Prices
-from ..spec.windows import Window, hold, next_change
+from ..spec.windows import Hold, Window, hold, next_change
 
 
 class PriceHold:
@@ -25,13 +25,18 @@ class PriceHold:
         self.windows: tuple[Window, ...] = price.windows if price is not None else ()
         self.rows_left, self.log, self.clock = rows_left, log, clock
         self.steady_until = 0.0  # the price stays as cheap as it gets until then: no need to look again
-        self.holding = False
+        self.holding: Hold | None = None  # while the run holds: why, and until when
         if not self.windows:
             self.log(
                 f"schedule.avoid_peak: {spec.model}'s price has no time-of-day windows (see `batchrun prices "
                 f"{spec.model}`): nothing to wait for"
             )
             self.steady_until = float("inf")
+
+    def facts(self) -> dict[str, str]:
+        """For usage.json while the run holds (`batchrun status` says so): why, and until when."""
+        held = self.holding
+        return {} if held is None else {"holding": held.text(self.rows_left(), self.clock()).split("; holding")[0]}
 
     async def until_cheap(self) -> None:
         """Return when a row may go out: at once inside the cheapest window, else once it opens (the wait is
@@ -42,13 +47,13 @@ class PriceHold:
                 return
             held = hold(self.windows, now)
             if held is None:
-                if self.holding:
+                if self.holding is not None:
                     self.log(f"the price is at its cheapest now: going on, {self.rows_left():,} rows left")
-                    self.holding = False
+                    self.holding = None
                 change = next_change(self.windows, now)
                 self.steady_until = change if change is not None else float("inf")
                 return
-            if not self.holding:
+            if self.holding is None:
                 self.log(held.text(self.rows_left(), now))
-                self.holding = True
+            self.holding = held
             await asyncio.sleep(max(0.01, held.until - now))
