@@ -29,7 +29,7 @@ from .records import error_code
 from .rows.ids import DUPLICATE_ID
 from .rows.sources import nth_row
 from .spec.model import CacheSpec, JobSpec, ScaleSpec
-from .spec.presets import PRESETS, batch_share
+from .spec.presets import PRESETS
 from .spec.pricing import Prices
 from .spec.simulator import SimulateSpec
 from .store.cache import Cache
@@ -410,7 +410,7 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
     out = spec.output_dir
     rel = display_path(out)
     rate = outcome.rows_this_session / outcome.elapsed_s if outcome.elapsed_s > 0 else 0.0
-    cost = Prices(spec.pricing, batch_share(spec.provider.name, spec.provider.batch_price_share)).spent_line(u.models)
+    cost = Prices.of(spec.pricing, spec.provider.name, spec.provider.batch_price_share).spent_line(u.models, u.slots)
     lines = [
         f"{spec.name}: {outcome.state.value.replace('_', ' ')}: {u.rows_succeeded:,} succeeded, {u.rows_failed:,} "
         f"failed, {outcome.rows_pending:,} pending of {plural(outcome.rows_total, 'row')}",

@@ -16,7 +16,7 @@ from html import escape
 
 from ..spec.pricing import money
 from ..store.usage import cached_line, tokens_of_which
-from .report import RateSeries, Report, percentile
+from .report import RateSeries, Report, percentile, provider_cache_text
 from .report_text import latency_text, requests_text, throughput_text
 
 WIDTH, HEIGHT = 720, 260
@@ -56,6 +56,8 @@ def render_html(report: Report) -> str:
         ("latency", "   ".join(f"{k} {latency_text(v)}" for k, v in report.latency.items())),
         ("cost", ", ".join(money(v, c) for c, v in sorted(report.totals().items())) or "no priced tokens"),
     ]
+    if (provider := provider_cache_text(report)) is not None:
+        facts.append(("prompt cache", provider))
     if (hits := cached_line(u.models, report.prices)) is not None:
         facts.append(("cache", f"{hits}; not in the charts below: they took no time"))
     parts = [

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..spec.pricing import money
 from ..store.usage import ModelUsage, cached, cached_line, outputs, outputs_line, tokens_of_which
-from .report import Report
+from .report import Report, provider_cache_text
 
 
 def latency_text(value: float | None) -> str:
@@ -94,8 +94,12 @@ def report_table(report: Report) -> list[str]:
             f"  no price for {', '.join(report.unpriced)}: their cost is unknown, not zero; add them "
             "with --prices FILE or a pricing: block in the job spec"
         )
-    if (hits := cached_line(u.models, report.prices)) is not None:
+    provider = provider_cache_text(report)
+    if (hits := cached_line(u.models, report.prices)) is not None or provider is not None:
         lines.append("")
+    if provider is not None:
+        lines.append(f"  prompt cache {provider}")
+    if hits is not None:
         lines.append(f"  cache       {hits}")
     shaped = [(name, outputs({name: m})) for name, m in sorted(u.models.items())]
     if any(outputs_line(counts) for _, counts in shaped):
@@ -154,8 +158,9 @@ def report_json(report: Report) -> dict[str, Any]:
                 "prompt_tokens": m.prompt_tokens,
                 "completion_tokens": m.completion_tokens,
                 **thought_and_cached(u.models.get(m.model)),
-                "price": None if m.price is None else vars(m.price),
+                "price": None if m.price is None else m.price.as_dict(),
                 "cost": m.cost,
+                "provider_cache_saved": m.provider_cache_saved,
                 "currency": m.price.currency if m.price else None,
                 "outputs": outputs({m.model: u.models[m.model]}) if m.model in u.models else None,
             }
@@ -165,6 +170,7 @@ def report_json(report: Report) -> dict[str, Any]:
         "unpriced_models": report.unpriced,
         "failures_by_code": dict(sorted(u.failures_by_code.items())),
         "cache": dict(zip(("rows", "saved"), cached(u.models, report.prices), strict=True)),
+        "provider_cache_saved": report.provider_cache_saved,
         "keys": {env: dict(k) for env, k in sorted(u.keys.items())},
     }
 

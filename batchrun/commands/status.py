@@ -24,9 +24,10 @@ from .report import read_run
 def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[str, Any]:
     """A run's state and progress for scripts (`status --json`); `status_lines` prints the same facts."""
     run = read_run(path, records=False)
-    table = Prices(run.prices | dict(prices or {}), run.batch_share)
+    table = Prices(run.prices | dict(prices or {}), run.batch_share, run.cache_share)
+    saved = read_json(path / USAGE) or {}
     u = run.usage
-    costs, unpriced = table.spent(u.models)
+    costs, unpriced = table.spent(u.models, u.slots)
     live_rate = run.rate if run.live and run.rate else None
     asked = max(0, run.rows_done - u.response_cache_rows)
     return {
@@ -60,7 +61,9 @@ def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[s
         "updated_at": run.updated_at,
         "updated_s_ago": _age(run.updated_at),
         "batches": _batches(path),
-        "bound_by": limit_line(read_json(path / USAGE) or {}),
+        "bound_by": limit_line(saved),
+        # schedule.avoid_peak: the run holds for the cheap window (why, and until when)
+        "holding": saved.get("holding") if run.live and isinstance(saved.get("holding"), str) else None,
         "warnings": run.warnings,
         "resume_command": resume_command(path)
         if run.state in ("died", "interrupted", "stopped") and run.rows_pending
@@ -103,6 +106,8 @@ def status_lines(path: Path, prices: Mapping[str, Price] | None = None) -> list[
         lines.append(f"  updated  {_duration(st['updated_s_ago'])} ago")
     if st["bound_by"]:
         lines.append(f"  bound by {st['bound_by']}" + (" (so far)" if st["live"] else ""))
+    if st["holding"]:
+        lines.append(f"  holding  {st['holding']} (schedule.avoid_peak)")
     if st["state"] == "stopped" and st["reason"]:
         lines.append(f"  stopped  {st['reason']}")
     batches = st["batches"]

@@ -19,7 +19,6 @@ from ..records import NO_OUTPUT, Record, Response, error, now_iso, record, recor
 from ..retry import Decision
 from ..rows.ids import DUPLICATE_ID, repeated_ids
 from ..rows.request import BadRow, Request
-from ..spec.presets import batch_share
 from ..spec.pricing import Prices
 from ..store.cache import Cache
 from ..store.checkpoint import Checkpoint
@@ -56,15 +55,14 @@ class Ledger:
         output = self.spec.output
         self.repairs = Repairs(output, self.spec.params, checkpoint, state.repairs) if output is not None else None
         self.cache = cache
-        budget, prices = (
-            self.spec.limits.max_cost,
-            Prices(self.spec.pricing, batch_share(self.spec.provider.name, self.spec.provider.batch_price_share)),
-        )
+        provider = self.spec.provider
+        budget = self.spec.limits.max_cost
+        prices = Prices.of(self.spec.pricing, provider.name, provider.batch_price_share)
         self.budget = (
             Budget(
                 budget,
                 prices,
-                lambda: prices.spent(self.usage.models)[0],
+                lambda: prices.spent(self.usage.models, self.usage.slots)[0],
                 batch=self.spec.provider.mode in ("batch", "batch-chat"),
                 source=self.spec.called,
             )

@@ -36,6 +36,7 @@ from ..spec.presets import PRESETS
 from ..store.rundir import RunState
 from ..text.words import plural
 from .context import RunContext
+from .schedule import PriceHold
 from .shared import FLUSH_EVERY_S, RunControl
 
 STOP_GRACE_S = 5.0
@@ -88,6 +89,8 @@ class RunLoop(RunControl):
         # Until some answer shows the endpoint is there, answers that say it is not are parked, not acted on: if
         # the first rows all get them, the run stops with every row still pending.
         self.unproven: list[tuple[Row, Reply, Ticket, str]] | None = []
+        # schedule.avoid_peak: no row goes out while the model's price is above its cheapest window's
+        self.schedule = PriceHold(spec, lambda: self.ledger.pending, log) if spec.schedule.avoid_peak else None
 
     # --- the run -------------------------------------------------------------------------------------
 
@@ -153,6 +156,8 @@ class RunLoop(RunControl):
                     return
                 await self._sleep()
                 continue
+            if self.schedule is not None:
+                await self.schedule.until_cheap()  # the row waits in hand (pending: never sent), or is cancelled
             if self.budget is not None and not self._within_budget(row):
                 return
             if not self.pool.live:  # every key refused: the run is stopping
@@ -464,4 +469,5 @@ class RunLoop(RunControl):
             "throttle": members[0].throttle.snapshot(),
             **({"key_throttles": keys} if keys else {}),
             **self.lane.totals(),
+            **(self.schedule.facts() if self.schedule is not None else {}),
         }

@@ -23,7 +23,7 @@ from ..text.words import suggestion
 from . import lanechecks
 from .base import LeftOut, Reading, either, fail, fail_at, fail_line, kind, reading
 from .presets import PRESETS, unknown_preset
-from .pricing import parse_prices
+from .pricing import parse_prices, price_schema
 from .proxies import proxy_problem, without_credentials
 
 PROVIDER_NAMES = list(PRESETS)
@@ -471,16 +471,5 @@ def budget_schema(extra: dict[str, Any]) -> None:
 
 
 def prices_schema(extra: dict[str, Any]) -> None:
-    price = {
-        "type": "object",
-        "properties": {
-            "input": {"type": "number", "minimum": 0, "description": "Per million prompt tokens."},
-            "output": {"type": "number", "minimum": 0, "description": "Per million completion tokens."},
-            "currency": {"type": "string", "minLength": 1, "description": "CNY, USD, ..."},
-            "source": {"type": "string", "description": "Where the price comes from, and when."},
-        },
-        "required": ["input", "output", "currency"],
-        "additionalProperties": False,
-    }
     extra.clear()
-    extra.update(type="object", additionalProperties=price)
+    extra.update(type="object", additionalProperties=price_schema())

@@ -143,6 +143,15 @@ class ScaleSpec(SpecModel):
     slice_rows: Count = Field(10_000, description="Rows per slice (a Parquet row group is never split).")
 
 
+class ScheduleSpec(SpecModel):
+    """`schedule:`: when a run may send, by the model's time-of-day prices (its price table's windows)."""
+
+    avoid_peak: bool = Field(
+        False,
+        description="Send nothing while the model's price is above its cheapest window's; go on by itself inside it.",
+    )
+
+
 class ProviderSpec(SpecModel):
     """The spec's `provider:` block (or just its name): where requests go, with which key, how."""
 
@@ -449,6 +458,9 @@ class JobSpec(SpecModel):
         ),
         BeforeValidator(checks.scale),
     ] = None
+    schedule: ScheduleSpec = Field(
+        ScheduleSpec(), description="When to send: avoid_peak holds the run while the price is above its cheapest."
+    )
     spec_path: Annotated[Path, Internal(), Derived(), BeforeValidator(checks.spec_path)]
     # how messages name a spec not read from a file the user wrote: `batchrun.run(spec)` (parse_spec's origin)
     origin: Annotated[str, Internal()] = ""
@@ -496,7 +508,7 @@ class JobSpec(SpecModel):
             "retry": vars(self.retry),
             "batch": vars(self.batch),
             "output_dir": str(self.output_dir),
-            "pricing": {model: vars(price) for model, price in self.pricing.items()},
+            "pricing": {model: price.as_dict() for model, price in self.pricing.items()},
             **({"output": {**vars(self.output), "schema": dict(self.output.schema)}} if self.output else {}),
             "cache": {"mode": self.cache.mode, "path": str(self.cache.file()), "sampled": self.cache.sampled},
             **({"scale": vars(self.scale)} if self.scale else {}),

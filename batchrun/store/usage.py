@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..records import body_of, count, error_code
-from ..spec.pricing import Prices, money
+from ..records import body_of, count, error_code, iso_epoch
+from ..spec.pricing import SLOT_FIELDS, SLOT_S, Prices, money
 
 
 @dataclass
@@ -184,6 +184,8 @@ class Usage:
     reasoning_tokens: int = 0  # of completion_tokens: the chain of thought
     cached_prompt_tokens: int = 0  # of prompt_tokens: what the provider's prompt cache served
     models: dict[str, ModelUsage] = field(default_factory=dict)
+    # per model, the priced tokens by the quarter hour they were answered in (SLOT_FIELDS), for time-of-day prices
+    slots: dict[str, dict[int, list[int]]] = field(default_factory=dict)
     failures_by_code: dict[str, int] = field(default_factory=dict)
     keys: dict[str, dict[str, int]] = field(default_factory=dict)  # a key pool: per variable, KEY_COUNTERS
 
@@ -240,6 +242,7 @@ class Usage:
             model.response_cache_prompt_tokens += counts.prompt
             model.response_cache_completion_tokens += counts.completion
             return
+        before = priced(model)
         batch_price = bool(record.get("batch_id")) or record.get("batch_chat") is True  # Ark's batch chat
         self._tokens(model, body.get("usage") if body is not None else None, batch_price, reasoned(body))
         self._tokens(model, record.get("retried_usage"), batch_price)
@@ -256,6 +259,16 @@ class Usage:
                 model.outputs_first_try += 1
         elif rows and code == "invalid_output":
             model.outputs_invalid += 1
+        self._slot(str(record.get("model") or "unknown"), record.get("completed_at"), before, priced(model))
+
+    def _slot(self, model: str, completed_at: Any, before: list[int], after: list[int]) -> None:
+        """Add what a record billed to the quarter hour it was answered in (a record without a time: no slot,
+        so it is priced at the plain price)."""
+        if after == before or (at := epoch(completed_at)) is None:
+            return
+        slot = self.slots.setdefault(model, {}).setdefault(int(at // SLOT_S), [0] * len(SLOT_FIELDS))
+        for i, (a, b) in enumerate(zip(after, before, strict=True)):
+            slot[i] += a - b
 
     def _per_key(self, env: str, record: Mapping[str, Any], attempts: int, rows: bool) -> None:
         """A key pool's row, counted for the key that answered it (its earlier attempts may have gone out with
@@ -304,6 +317,8 @@ class Usage:
                 setattr(mine, key, getattr(mine, key) + value)
         for code, n in other.failures_by_code.items():
             self.failures_by_code[code] = self.failures_by_code.get(code, 0) + n
+        for name, slots in other.slots.items():
+            merge_slots(self.slots.setdefault(name, {}), slots)
         for env, counts in other.keys.items():
             mine_key = self.keys.setdefault(env, dict.fromkeys(KEY_COUNTERS, 0))
             for name in KEY_COUNTERS:
@@ -315,6 +330,7 @@ class Usage:
             "models": {name: vars(m).copy() for name, m in sorted(self.models.items())},
             "failures_by_code": dict(sorted(self.failures_by_code.items())),
             **({"keys": {env: dict(c) for env, c in sorted(self.keys.items())}} if self.keys else {}),
+            **({"slots": slots_json(self.slots)} if self.slots else {}),
         }
 
     @classmethod
@@ -329,11 +345,53 @@ class Usage:
                 for before, after in OLD_RESPONSE_CACHE_NAMES.items():
                     setattr(old, after, count(m.get(before)))
                 old.cached_prompt_tokens = 0
+        usage.slots = slots_read(data.get("slots"))
         usage.failures_by_code = {str(k): count(v) for k, v in (data.get("failures_by_code") or {}).items()}
         usage.keys = {
             str(env): {n: count(c.get(n)) for n in KEY_COUNTERS} for env, c in (data.get("keys") or {}).items()
         }
         return usage
+
+
+def priced(model: ModelUsage) -> list[int]:
+    """The model's counters that pricing reads, in SLOT_FIELDS' order."""
+    return [getattr(model, name) for name in SLOT_FIELDS]
+
+
+def epoch(value: Any) -> float | None:
+    """A record's `completed_at` (ISO 8601, UTC) as epoch seconds; None when it has none or it does not read."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return iso_epoch(value)
+    except ValueError:
+        return None
+
+
+def merge_slots(mine: dict[int, list[int]], other: Mapping[int, list[int]]) -> None:
+    for slot, vector in other.items():
+        into = mine.setdefault(slot, [0] * len(SLOT_FIELDS))
+        for i, n in enumerate(vector[: len(SLOT_FIELDS)]):
+            into[i] += n
+
+
+def slots_json(slots: Mapping[str, Mapping[int, list[int]]]) -> dict[str, dict[str, list[int]]]:
+    """usage.json's `slots`: {model: {quarter hour (epoch s // 900): [SLOT_FIELDS]}}; JSON keys are strings."""
+    return {name: {str(k): list(v) for k, v in sorted(s.items())} for name, s in sorted(slots.items())}
+
+
+def slots_read(data: Any) -> dict[str, dict[int, list[int]]]:
+    out: dict[str, dict[int, list[int]]] = {}
+    if not isinstance(data, Mapping):
+        return out
+    for name, slots in data.items():
+        if isinstance(slots, Mapping):
+            out[str(name)] = {
+                int(k): [count(n) for n in v][: len(SLOT_FIELDS)]
+                for k, v in slots.items()
+                if str(k).lstrip("-").isdigit() and isinstance(v, list)
+            }
+    return out
 
 
 def peak_rss_mb() -> float | None:
