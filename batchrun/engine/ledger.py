@@ -64,6 +64,8 @@ class Ledger:
                 prices,
                 lambda: prices.spent(self.usage.models, self.usage.slots)[0],
                 batch=self.spec.provider.mode in ("batch", "batch-chat"),
+                # a job that turns thinking off holds its answers at the plain output price
+                thinking=self.spec.reasoning is None or self.spec.reasoning.thinking is not False,
                 source=self.spec.called,
             )
             if budget
