@@ -26,7 +26,7 @@ from batchrun.errors import SpecError
 from batchrun.limits.budget import worst_cost
 from batchrun.spec.parse import load_spec
 from batchrun.spec.pricing import BUILT_IN, Counts, Price, Prices, parse_prices, tokens_cost
-from batchrun.spec.windows import Window, cheapest, hold, multiplier_at, next_change, parse_windows
+from batchrun.spec.windows import Window, cheapest, hold, local_text, multiplier_at, next_change, parse_windows
 from batchrun.store.usage import Usage
 
 from .helpers import cli, make_job, out_dir_usage, read_jsonl, spawn_submit, submit
@@ -344,8 +344,8 @@ def test_a_run_avoiding_the_peak_waits_for_the_window_and_goes_on_by_itself(tmp_
     until = float(int(time.time()) + 15)
     ran = submit(_peak_job(tmp_path, sim, until))
     assert ran.exit_code == 0, ran.output
-    stamp = dt.datetime.fromtimestamp(until, dt.timezone.utc).strftime("%H:%M:%S")
-    assert f"peak price (×2) until {stamp} UTC, then ×1; holding, 5 rows left" in ran.stderr
+    stamp = local_text(until, "UTC")  # `18:37:05 UTC`, or `18:37 UTC` on a whole minute
+    assert f"peak price (×2) until {stamp}, then ×1; holding, 5 rows left" in ran.stderr
     assert "the price is at its cheapest now: going on, 5 rows left" in ran.stderr
     done = read_jsonl(tmp_path / "runs" / "job" / "results.jsonl")
     assert len(done) == 5
@@ -431,3 +431,8 @@ def test_estimate_of_a_job_in_its_peak_says_what_waiting_saves(tmp_path: Path) -
     assert ran.exit_code == 0, ran.output
     assert "time of day    sim-small: now ×2, peak:" in ran.stdout
     assert "cheapest ×1 from " in ran.stdout and "waiting saves" in ran.stdout
+
+
+def test_a_time_reads_with_seconds_only_when_it_has_them() -> None:
+    assert local_text(utc(2026, 12, 7, 18, 37), "UTC") == "18:37 UTC"
+    assert local_text(utc(2026, 12, 7, 18, 37, 5), "Asia/Shanghai") == "02:37:05 Asia/Shanghai"

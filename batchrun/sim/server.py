@@ -433,7 +433,10 @@ class SimProvider:
         """The answer as server-sent chat.completion.chunk events: role, reasoning, content in pieces,
         finish_reason, then usage (when asked) and [DONE]; `held`: the stream begun while the request was queued."""
         self.responses[200] += 1
-        resp = held or web.StreamResponse(status=200, headers=self._held_headers(True, request_id))
+        # `is not None`, not `or`: a response is a mapping of its own state, empty and so false before aiohttp 3.10
+        resp = (
+            held if held is not None else web.StreamResponse(status=200, headers=self._held_headers(True, request_id))
+        )
         try:
             return await self._send_events(request, resp, answer, include_usage, cut)
         except ConnectionError:  # the client went away (timed out, killed): nothing to tell it

@@ -138,7 +138,7 @@ def job_schema() -> dict[str, Any]:
 def _same_everywhere(node: Any) -> Any:
     """The schema as every pydantic since the floor (2.7) writes it: bounds as written (0, not 0.0), and no
     `additionalProperties: true` (what an object without it allows anyway), a $ref beside a description not
-    wrapped in allOf."""
+    wrapped in allOf, and a literal of one value as `const` alone (older ones add a one-value `enum`)."""
     if isinstance(node, list):
         return [_same_everywhere(v) for v in node]
     if not isinstance(node, dict):
@@ -146,6 +146,8 @@ def _same_everywhere(node: Any) -> Any:
     out = {k: _same_everywhere(v) for k, v in node.items() if not (k == "additionalProperties" and v is True)}
     if "$ref" not in out and len(out.get("allOf", ())) == 1 and set(out["allOf"][0]) == {"$ref"}:
         out = {"$ref": out.pop("allOf")[0]["$ref"], **out}
+    if "const" in out and out.get("enum") == [out["const"]]:
+        del out["enum"]
     for key in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         if isinstance(out.get(key), float) and out[key].is_integer():
             out[key] = int(out[key])
