@@ -87,6 +87,7 @@ class Record(_RecordKeys, total=False):
     api_key_env: str  # a key pool: the variable holding the key that answered (never the key itself)
     cached: bool  # the answer came from the response cache (asked in an earlier run): it cost nothing here
     output: Any  # structured output: the answer's JSON, parsed and valid against the job's schema
+    images: list[dict[str, Any]]  # input.images: each image's {"ref", "bytes", "sha256"} (never its base64)
     repairs: list[dict[str, Any]]  # structured output: answers that did not fit, each {"kind", "path", "message",
     # "usage", "batch_id"?}; billed, so usage counts them
 

@@ -38,6 +38,8 @@ class Validation:
     models: dict[str, ModelLoad] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # the first MAX_LISTED, each naming its row
     problem_count: int = 0
+    image_rows: int = 0  # input.images: rows that carry images
+    images: int = 0
     duplicate_ids: int = 0
     blockers: list[str] = field(default_factory=list)  # what submit would stop at before sending a row
 
@@ -59,6 +61,7 @@ class Validation:
 def validate(prepared: Prepared) -> Validation:
     """Every row built as submit builds it, and every repeated id, each problem named by its row."""
     report = Validation(blockers=blockers(prepared.spec))
+    prepared.builder.check_only()  # images: size and header only
     if prepared.scan.held_back is not None:  # not read (a submit says so too), but a run may never read it either
         report._problem(
             f"line {prepared.scan.held_back}: no newline at its end and not whole JSON: left out as still being written"
@@ -72,6 +75,8 @@ def validate(prepared: Prepared) -> Validation:
             report.requests += 1
             report.prompt_tokens += built.prompt_tokens
             report.max_output_tokens += built.max_output
+            report.image_rows += bool(built.images)
+            report.images += len(built.images)
             load = report.models.setdefault(built.model, ModelLoad())
             load.rows += 1
             load.prompt_tokens += built.prompt_tokens
@@ -135,6 +140,12 @@ def validation_lines(prepared: Prepared, report: Validation) -> list[str]:
         f"  ids: {ids}" + (f", {report.duplicate_ids} duplicated" if report.duplicate_ids else ", all unique"),
         f"  run directory: {display_path(spec.output_dir)}",
     ]
+    if spec.input.images:
+        lines.insert(
+            -1,
+            f"  images: {plural(report.images, 'image')} in {plural(report.image_rows, 'row')}, each checked by its "
+            "size and first 64 KB (format, pixels, bytes, count per request); URLs are not fetched",
+        )
     if (out := spec.output) is not None:
         props = out.schema.get("properties")
         fields = plural(len(props), "property", "properties") if isinstance(props, dict) else "a schema"

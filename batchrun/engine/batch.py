@@ -32,11 +32,13 @@ from ..text.words import plural
 from .context import RunContext
 from .shards import (
     FINAL_STATUSES,
+    LINE_TOO_LARGE,
     ShardIndex,
     ShardState,
     ShardWriter,
     Tries,
     custom_id_row,
+    line_too_large,
     read_shards,
     shard_rows,
 )
@@ -213,6 +215,9 @@ class BatchRun(RunControl):
             if self.budget is not None and not self.budget.reserve(built):
                 self.over_budget = True  # the rest wait: what is out may cost less than its worst case
                 break
+            if (cap := self.api.max_line_bytes) is not None and len(writer.line(built)) > cap:
+                self._fail_row(built, LINE_TOO_LARGE, line_too_large(len(writer.line(built)), cap, built), None)
+                continue
             if not writer.fits(built):
                 self._fail_row(
                     built,
@@ -368,6 +373,7 @@ class BatchRun(RunControl):
         if row is None or ids is None:
             return 0
         custom_id, model, cache_key = ids
+        images = index.images(row) if self.spec.input.images else []
         resp = line.get("response") if isinstance(line.get("response"), dict) else None
         status = resp.get("status_code") if resp else None
         body = resp.get("body") if resp else None
@@ -387,7 +393,7 @@ class BatchRun(RunControl):
                     err["path"] = path
                 output = judged.value if err is None else NO_OUTPUT
             answer = response(200, resp.get("request_id") if resp else None, body)
-            self._commit(row, custom_id, model, answer, err, batch_id=batch_id, output=output)
+            self._commit(row, custom_id, model, answer, err, batch_id=batch_id, output=output, images=images)
             if err is None:
                 self.ledger.remember(cache_key, model, answer, output)
             return 1
@@ -404,6 +410,7 @@ class BatchRun(RunControl):
             resp_rec,
             error(code, message, status if isinstance(status, int) else None, self.tries[row]),
             batch_id=batch_id,
+            images=images,
         )
         return 1
 
@@ -417,15 +424,23 @@ class BatchRun(RunControl):
         *,
         batch_id: str | None = None,
         output: Any = NO_OUTPUT,
+        images: Any = (),
     ) -> None:
         rec = record(row, custom_id, model, resp, err, attempts=max(1, self.tries[row]), output=output)
         if batch_id is not None:
             rec["batch_id"] = batch_id
+        if images:  # each image's reference (never its base64)
+            rec["images"] = list(images)
         self.ledger.commit(rec, failed=err is not None)
 
     def _fail_row(self, request: Request, code: str, message: str, status: int | None) -> None:
         self._commit(
-            request.row, request.custom_id, request.model, None, error(code, message, status, self.tries[request.row])
+            request.row,
+            request.custom_id,
+            request.model,
+            None,
+            error(code, message, status, self.tries[request.row]),
+            images=request.images,
         )
 
     def _id_of(self, reply: Reply, what: str) -> str | None:

@@ -147,6 +147,17 @@ def fingerprint(spec: JobSpec, scan: InputScan) -> dict[str, str]:
         "system": inp.system,
         **({"null": inp.null} if inp.null != "fail" else {}),  # only when not the default, as below
         **({"encoding": inp.encoding} if inp.encoding != "utf-8" else {}),
+        # input.images: which columns, and how they are sent
+        **(
+            {
+                "images": inp.images,
+                "image_detail": inp.image_detail,
+                "fetch_images": inp.fetch_images,
+                "image_max_side": inp.image_max_side,
+            }
+            if inp.images
+            else {}
+        ),
     }
     found = {
         "input": scan.digest,

@@ -65,6 +65,17 @@ class Shard:
         }
 
 
+LINE_TOO_LARGE = "line_too_large"
+
+
+def line_too_large(size: int, cap: int, request: Request) -> str:
+    """Why a row's batch line was not written: over the provider's cap on one line, its images named."""
+    images = ", ".join(f"{i['ref']} ({i['bytes']:,} bytes)" for i in request.images if "bytes" in i)
+    return f"its batch line is {size:,} bytes, over the {cap:,} bytes the provider takes in one line" + (
+        f" (its images: {images}); input.image_max_side scales them down" if images else ""
+    )
+
+
 class ShardWriter:
     """Writes requests as Batch API lines into shard files, starting a new shard before a line would break the
     provider's limits (lines, bytes, one model per file)."""
@@ -109,9 +120,11 @@ class ShardWriter:
         if self._file is None:
             self._open(request.model)
         self._file.write(line)
-        entry = [request.row, request.custom_id, request.model]
-        if request.cache_key is not None:  # so that a harvested answer goes into the response cache
-            entry.append(request.cache_key.hex())
+        entry: list[Any] = [request.row, request.custom_id, request.model]
+        if request.cache_key is not None or request.images:  # so that a harvested answer goes into the response cache
+            entry.append(request.cache_key.hex() if request.cache_key is not None else None)
+        if request.images:  # each image's reference, for its record
+            entry.append(request.images)
         self._rows.write(orjson.dumps(entry) + b"\n")
         self._lines += 1
         self._bytes += len(line)
@@ -178,8 +191,17 @@ class ShardIndex:
         if i == len(self.rows) or self.rows[i] != row:
             return None
         self._f.seek(self.offsets[i])
-        _, custom_id, model, *key = orjson.loads(self._f.readline())
-        return ShardLine(str(custom_id), str(model), bytes.fromhex(key[0]) if key else None)
+        _, custom_id, model, *rest = orjson.loads(self._f.readline())
+        return ShardLine(str(custom_id), str(model), bytes.fromhex(rest[0]) if rest and rest[0] else None)
+
+    def images(self, row: int) -> list[dict[str, Any]]:
+        """input.images: the row's images as its record keeps them (path or URL, bytes, digest)."""
+        i = bisect_left(self.rows, row)
+        if i == len(self.rows) or self.rows[i] != row:
+            return []
+        self._f.seek(self.offsets[i])
+        entry = orjson.loads(self._f.readline())
+        return list(entry[4]) if len(entry) > 4 else []
 
     def close(self) -> None:
         self._f.close()

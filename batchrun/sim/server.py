@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import heapq
 import itertools
@@ -74,6 +75,7 @@ from .answers import (
 )
 from .batches import BatchDesk
 from .billing import Billing, Call, directives_of, max_output, prompt_key, prompt_tokens
+from .images import look
 
 Handler = Callable[["SimProvider", web.Request], Awaitable[web.StreamResponse]]
 
@@ -285,6 +287,11 @@ class SimProvider:
         if (staged := self.admission.staged(directives, attempt, self.clock())) is not None:
             return self._outcome(staged, request)
         tokens = prompt_tokens(kind, body, texts)
+        if kind == "chat":  # its images judged as the provider spoken for judges them, and counted
+            seen = look(self.cfg.speaks, body)
+            if seen.refused is not None:
+                return self._answer(*seen.refused)
+            tokens += seen.tokens
         most = max_output(kind, body, texts)
         limited = self.admission.admit(self._token(request), tokens + most, self.inflight, self.clock())
         if limited is not None:
@@ -314,7 +321,12 @@ class SimProvider:
 
     def _batch_answer(self, kind: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """One line of a batch, answered as the online endpoint answers it (no rate limit: a batch has none)."""
+        seen = look(self.cfg.speaks, body) if kind == "chat" else None
+        if seen is not None and seen.refused is not None:
+            return seen.refused
         call = self.billing.batch_call(kind, body)
+        if isinstance(call, Call) and seen is not None and seen.tokens:
+            call = dataclasses.replace(call, prompt_tokens=call.prompt_tokens + seen.tokens)
         return (200, self._bill(call)) if isinstance(call, Call) else call
 
     @_counted
