@@ -44,6 +44,8 @@ NO_OUTPUT: Any = object()  # a record without structured output (`output` may be
 LATENCY_KEY = b'"latency_s":'
 COMPLETED_KEY = b'"completed_at":"'
 CACHED_KEY = b'"cached":true'
+IMAGES_KEY = b'"images":[{"ref":'  # input.images: written after completed_at, one {"ref": ...} per image
+IMAGE_REF = b'{"ref":'
 
 
 class Response(TypedDict):
@@ -213,6 +215,15 @@ def line_cached(line: bytes) -> bool:
     except orjson.JSONDecodeError:
         return False
     return isinstance(obj, dict) and obj.get("cached") is True
+
+
+def line_images(line: bytes) -> int:
+    """How many images a record line's row carried (0: none), found by key near its end (no full parse): a path
+    inside a JSON string has its quotes escaped, so only batchrun's own key matches."""
+    at = line.rfind(IMAGES_KEY)
+    if at < 0 or at < line.rfind(COMPLETED_KEY):
+        return 0
+    return line.count(IMAGE_REF, at)
 
 
 def error_code(rec: Mapping[str, Any]) -> str | None:

@@ -390,3 +390,17 @@ def test_export_keeps_image_columns_as_given(tmp_path: Path, sim: SimServer) -> 
     assert result.exit_code == 0, result.output
     exported = out.read_bytes()
     assert b"base64" not in exported and b"a.png" in exported
+
+
+def test_report_counts_image_rows_and_images(tmp_path: Path, sim: SimServer) -> None:
+    (tmp_path / "a.png").write_bytes(png(8, 8))
+    rows = [
+        {"id": "one", "q": "a", "photo": "a.png"},
+        {"id": "two", "q": "b", "photo": ["a.png", "a.png"]},
+        {"id": "none", "q": "c", "photo": None},
+    ]
+    assert submit(image_job(tmp_path, sim.base_url, rows)).exit_code == 0
+    run = str(tmp_path / "runs" / "job")
+    assert "images      3 images in 2 rows" in cli("report", run).stdout
+    data = orjson.loads(cli("report", run, "--format", "json").stdout)
+    assert (data["image_rows"], data["images"]) == (2, 3)
