@@ -404,3 +404,30 @@ def test_report_counts_image_rows_and_images(tmp_path: Path, sim: SimServer) -> 
     assert "images      3 images in 2 rows" in cli("report", run).stdout
     data = orjson.loads(cli("report", run, "--format", "json").stdout)
     assert (data["image_rows"], data["images"]) == (2, 3)
+
+
+@pytest.mark.parametrize(
+    ("input_keys", "extra", "message"),
+    [
+        ({"images": ["picture"]}, {}, "input.images names 'picture', but the first row has no field 'picture'"),
+        ({"images": []}, {}, "input.images is an empty list"),
+        ({"image_detail": "low"}, {}, "input.image_detail is set, but input.images names no columns"),
+        ({"images": "photo", "image_limits": {"formats": ["png", "heic"]}}, {}, "has 'heic': expected some of png,"),
+        (
+            {"images": "photo", "fetch_images": True},
+            {"provider": {"name": "simulated", "mode": "batch"}},
+            "input.fetch_images: the batch lane writes its files before sending",
+        ),
+    ],
+)
+def test_image_keys_are_checked_in_one_line(
+    tmp_path: Path, input_keys: dict[str, Any], extra: dict[str, Any], message: str
+) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "q": "x", "photo": "a.png"}])
+    job = make_job(
+        tmp_path, "http://127.0.0.1:9/v1", input={"path": "in.jsonl", "template": "{q}", **input_keys}, **extra
+    )
+    result = cli("validate", str(job))
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
