@@ -431,3 +431,13 @@ def test_image_keys_are_checked_in_one_line(
     assert result.exit_code == 2, result.output
     assert message in result.stderr and "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_estimate_and_validate_count_image_tokens_by_the_providers_rule(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(png(1024, 1024))
+    rows = [{"id": f"r{i}", "q": "x", "photo": "a.png"} for i in range(4)]
+    provider = {"name": "dashscope", "base_url": "http://127.0.0.1:9/v1"}
+    job = image_job(tmp_path, "http://127.0.0.1:9/v1", rows, provider=provider, model="qwen-vl-plus")
+    result = cli("estimate", str(job), env={"DASHSCOPE_API_KEY": "sk-test"})
+    assert result.exit_code == 0, result.output
+    assert "4 images in 4 rows: ~5,476 of the prompt tokens (Qwen's 28-px patches)" in result.stdout  # 4 x 37 x 37

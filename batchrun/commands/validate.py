@@ -40,6 +40,7 @@ class Validation:
     problem_count: int = 0
     image_rows: int = 0  # input.images: rows that carry images
     images: int = 0
+    image_tokens: int = 0  # of prompt_tokens
     duplicate_ids: int = 0
     blockers: list[str] = field(default_factory=list)  # what submit would stop at before sending a row
 
@@ -77,6 +78,7 @@ def validate(prepared: Prepared) -> Validation:
             report.max_output_tokens += built.max_output
             report.image_rows += bool(built.images)
             report.images += len(built.images)
+            report.image_tokens += built.image_tokens
             load = report.models.setdefault(built.model, ModelLoad())
             load.rows += 1
             load.prompt_tokens += built.prompt_tokens
@@ -144,7 +146,7 @@ def validation_lines(prepared: Prepared, report: Validation) -> list[str]:
         lines.insert(
             -1,
             f"  images: {plural(report.images, 'image')} in {plural(report.image_rows, 'row')}, each checked by its "
-            "size and first 64 KB (format, pixels, bytes, count per request); URLs are not fetched",
+            "size and header (format, pixels, bytes, count per request); URLs are not fetched",
         )
     if (out := spec.output) is not None:
         props = out.schema.get("properties")

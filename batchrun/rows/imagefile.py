@@ -6,6 +6,7 @@ of a file are enough (`validate` reads no more on a million-row input); no imagi
 from __future__ import annotations
 
 import struct
+from typing import BinaryIO
 
 from ..spec.images import ImageFormat
 
@@ -19,6 +20,16 @@ MIME: dict[ImageFormat, str] = {
     "tiff": "image/tiff",
 }
 FORMAT_OF_MIME: dict[str, ImageFormat] = {**{v: k for k, v in MIME.items()}, "image/jpg": "jpeg"}
+
+
+def read_head(f: BinaryIO) -> bytes:
+    """The first bytes of an image file, as few as tell its format and size: 4 KB, or up to 64 KB for a JPEG whose
+    frame header sits after a large EXIF block, or a GIF whose frames are counted."""
+    head = f.read(4096)
+    fmt = sniff(head)
+    if (fmt == "jpeg" and _jpeg(head) is None) or fmt == "gif":
+        head += f.read(HEAD_BYTES - len(head))
+    return head
 
 
 def sniff(head: bytes) -> ImageFormat | None:

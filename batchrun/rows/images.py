@@ -4,7 +4,7 @@ base64), checked against the provider's rules (`spec.images`) before anything is
 
 A file is read when its row is built, which is when the row is about to be sent (rows are built one at a time as
 the run takes them), so a million-row job holds only the images in flight. `validate` reads each file's size and
-first 64 KB only (`light`): format, pixels, bytes and count are checked, not the digest.
+header only (`light`: 4 KB, 64 KB for some JPEGs and GIFs): format, pixels, bytes and count are checked, not the digest.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import SpecError
 from ..spec.images import Detail, ImageFormat, ImageRules, image_tokens, rules_for
 from ..spec.model import JobSpec
-from .imagefile import HEAD_BYTES, MIME, dimensions, gif_frames, sniff
+from .imagefile import HEAD_BYTES, MIME, dimensions, gif_frames, read_head, sniff
 from .render import RowProblem
 
 IMAGE_UNREADABLE = "image_unreadable"
@@ -161,7 +161,7 @@ class ImageReader:
             if self.light:
                 size = path.stat().st_size
                 with open(path, "rb") as f:
-                    head = f.read(HEAD_BYTES)
+                    head = read_head(f)
                 ref = self.check(value, head, size, rules, whole=False)
                 return ref, "", ""
             data = path.read_bytes()

@@ -39,6 +39,7 @@ class Request:
     cache_key: bytes | None = None  # the response cache's key of this row's first question (None: not cached)
     images: tuple[dict[str, Any], ...] = ()  # input.images: each image's reference, as its record keeps it
     fetch: tuple[str, ...] = ()  # input.fetch_images: URLs in the payload fetched and put in when it is sent
+    image_tokens: int = 0  # of prompt_tokens, the images' (estimated by the provider's rule)
 
     @property
     def tokens(self) -> int:
@@ -208,7 +209,7 @@ class RequestBuilder:
             )
 
     def check_only(self) -> None:
-        """`validate`: images are checked by their size and first 64 KB (format, pixels, bytes, count), not read in
+        """`validate`: images are checked by their size and first 4 KB (format, pixels, bytes, count), not read in
         full nor encoded, so a million-row input is read in minutes; the requests' image urls are left empty."""
         if self.images is not None:
             self.images.light = True
@@ -274,6 +275,7 @@ class RequestBuilder:
             cache_key=key,
             images=tuple(ref.record() for ref in images.refs),
             fetch=images.fetch,
+            image_tokens=images.tokens,
         )
 
     def _cache_key(self, payload: bytes, body: Mapping[str, Any]) -> bytes | None:

@@ -120,6 +120,15 @@ class ImageLimitsSpec(SpecModel):
         return replace(rules, **given)
 
 
+def rule_text(rules: ImageRules) -> str:
+    """How the rules count an image's tokens, in a few words."""
+    return {
+        "openai_tiles": "OpenAI's 512-px tiles",
+        "openai_patches": f"OpenAI's 32-px patches x {rules.patch_factor:g}",
+        "qwen_patches": "Qwen's 28-px patches",
+    }.get(rules.tokens, f"{rules.tokens_per_image:,} an image: no rule published; input.image_limits.tokens_per_image")
+
+
 # --- image tokens ---------------------------------------------------------------------------------------------
 
 
