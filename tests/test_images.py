@@ -404,6 +404,9 @@ def test_report_counts_image_rows_and_images(tmp_path: Path, sim: SimServer) -> 
     assert "images      3 images in 2 rows" in cli("report", run).stdout
     data = orjson.loads(cli("report", run, "--format", "json").stdout)
     assert (data["image_rows"], data["images"]) == (2, 3)
+    page = tmp_path / "report.html"
+    assert cli("report", run, "--html", str(page)).exit_code == 0
+    assert "<th>images</th><td>3 images in 2 rows</td>" in page.read_text()
 
 
 @pytest.mark.parametrize(
