@@ -444,3 +444,16 @@ def test_estimate_and_validate_count_image_tokens_by_the_providers_rule(tmp_path
     result = cli("estimate", str(job), env={"DASHSCOPE_API_KEY": "sk-test"})
     assert result.exit_code == 0, result.output
     assert "4 images in 4 rows: ~5,476 of the prompt tokens (Qwen's 28-px patches)" in result.stdout  # 4 x 37 x 37
+
+
+def test_rules_are_per_provider_and_model_and_the_spec_overrides_them() -> None:
+    from batchrun.spec.images import ImageLimitsSpec, image_tokens, rules_for
+
+    assert rules_for("zhipu", "glm-4v-plus-0111").max_images == 5 and rules_for("zhipu", "glm-4v-flash").max_images == 1
+    assert rules_for("zhipu", "glm-4.6v").max_images is None  # not published: no guess
+    assert rules_for("openai", "gpt-4.1-mini-2025").tokens == "openai_patches"
+    sf = rules_for("siliconflow", "Qwen/Qwen2.5-VL-72B-Instruct")
+    assert image_tokens(sf, 1024, 1024, "auto") == 256 and image_tokens(sf, 1024, 1024, "high") == 1369
+    assert not rules_for("moonshot", "kimi-k2.5").urls
+    given = ImageLimitsSpec(max_images=2, tokens_per_image=700).over(rules_for("openai", "gpt-4o"))
+    assert given.max_images == 2 and image_tokens(given, 1024, 1024, None) == 700 and given.max_bytes == 20 * 1024**2

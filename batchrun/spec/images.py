@@ -42,6 +42,7 @@ class ImageRules:
     tokens: TokenRule = "per_image"
     tokens_per_image: int = DEFAULT_IMAGE_TOKENS  # the per_image rule's figure, and any image of unknown size
     patch_factor: float = 1.0  # openai_patches: the model's multiplier (gpt-4.1-mini 1.62)
+    auto_is_low: bool = False  # detail auto means low resolution (SiliconFlow), not high
     source: str = "not published: batchrun's defaults"  # where the figures come from
 
 
@@ -70,7 +71,10 @@ TABLE: dict[str, dict[str, ImageRules]] = {
         "glm-4v-flash": replace(_ZHIPU, max_images=1),
     },
     "dashscope": {"": _QWEN, "qwen": _QWEN},
-    "siliconflow": {"": ImageRules(), "qwen": _QWEN, "Qwen": _QWEN},
+    "siliconflow": {  # its model names start with the maker: Qwen/Qwen2.5-VL-72B-Instruct
+        "": ImageRules(),
+        "Qwen/": replace(_QWEN, auto_is_low=True, source="SiliconFlow: " + _QWEN.source + "; detail auto is low"),
+    },
     "moonshot": {"": ImageRules(urls=False, source="Kimi: base64 data URLs only (no http URLs); png, jpeg, webp, gif")},
 }
 
@@ -136,6 +140,8 @@ def image_tokens(rules: ImageRules, width: int | None, height: int | None, detai
     """The tokens one image is estimated at under `rules`."""
     if width is None or height is None or width <= 0 or height <= 0:
         return rules.tokens_per_image
+    if detail == "auto" and rules.auto_is_low:
+        detail = "low"
     if rules.tokens == "openai_tiles":
         return openai_tiles(width, height, detail)
     if rules.tokens == "openai_patches":
