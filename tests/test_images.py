@@ -215,6 +215,10 @@ def test_urls_are_fetched_here_when_asked(tmp_path: Path, start_sim: Callable[..
         assert result.exit_code == 3, result.output
         good, bad = records(tmp_path)
         assert [r["custom_id"] for r in good] == ["cat"] and served == ["cat.png"]
+        cat = png(20, 20)
+        assert good[0]["images"] == [
+            {"ref": f"{server.url}/pics/cat.png", "bytes": len(cat), "sha256": hashlib.sha256(cat).hexdigest()}
+        ]
         assert bad[0]["custom_id"] == "gone" and bad[0]["error"]["code"] == "image_fetch_failed"
         assert f"{server.url}/pics/dog.png" in bad[0]["error"]["message"] and "HTTP 404" in bad[0]["error"]["message"]
 

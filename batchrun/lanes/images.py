@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from typing import Any
 
 import aiohttp
 import orjson
 
 from ..providers.transport import NO_HEADERS, Http, Reply
+from ..records import Record
 from ..rows.images import ImageReader
 from ..rows.render import RowProblem
 from ..rows.request import Request
@@ -21,11 +23,15 @@ from ..rows.request import Request
 FETCH_FAILED = "image_fetch_failed"
 
 
-async def with_fetched(request: Request, http: Http, reader: ImageReader, timeout: float) -> Request | Reply:
-    """`request` with each URL it fetches replaced by the image's data URL; or, when one cannot be had, the Reply
-    of an attempt that got no answer, naming the URL and the reason."""
+async def with_fetched(
+    request: Request, http: Http, reader: ImageReader, timeout: float
+) -> tuple[Request, dict[str, dict[str, Any]]] | Reply:
+    """`request` with each URL it fetches replaced by the image's data URL, and each URL's reference (its bytes and
+    digest, as fetched); or, when one cannot be had, the Reply of an attempt that got no answer, naming the URL and
+    the reason."""
     start = time.monotonic()
     payload = request.payload
+    refs: dict[str, dict[str, Any]] = {}
     for url in request.fetch:
         problem: str | None = None
         try:
@@ -39,16 +45,17 @@ async def with_fetched(request: Request, http: Http, reader: ImageReader, timeou
             problem = str(exc) or type(exc).__name__
         if problem is None:
             try:
-                _, data_url, _ = reader.encoded(url, data, reader.rules(request.model))
+                ref, data_url, _ = reader.encoded(url, data, reader.rules(request.model))
             except RowProblem as exc:
                 problem = str(exc)
             else:
                 quoted = b'"url":' + orjson.dumps(url)
                 payload = payload.replace(quoted, b'"url":' + orjson.dumps(data_url), 1)
+                refs[url] = ref.record()
                 continue
         error = f"{FETCH_FAILED} (image {url!r} could not be fetched: {problem})"
         return Reply(None, NO_HEADERS, None, time.monotonic() - start, error)
-    return replace(request, payload=payload, fetch=())
+    return replace(request, payload=payload, fetch=()), refs
 
 
 class Fetcher:
@@ -56,8 +63,20 @@ class Fetcher:
 
     def __init__(self, reader: ImageReader | None) -> None:
         self.reader = reader
+        self.fetched: dict[int, dict[str, dict[str, Any]]] = {}  # row -> what its last attempt fetched, till recorded
 
     async def ready(self, request: Request, http: Http, timeout: float) -> Request | Reply:
         if not request.fetch or self.reader is None:
             return request
-        return await with_fetched(request, http, self.reader, timeout)
+        got = await with_fetched(request, http, self.reader, timeout)
+        if isinstance(got, Reply):
+            return got
+        sent, refs = got
+        self.fetched[request.row] = refs
+        return sent
+
+    def annotate(self, record: Record) -> None:
+        """A fetched URL's reference in the row's record gains the bytes and digest it was fetched with."""
+        refs = self.fetched.pop(record["row"], None) if self.fetched else None
+        if refs and "images" in record:
+            record["images"] = [refs.get(i["ref"], i) if "bytes" not in i else i for i in record["images"]]

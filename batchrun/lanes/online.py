@@ -90,7 +90,7 @@ class OnlineLane:
         ]
 
     def annotate(self, row: Row, record: Record) -> None:
-        return None
+        self.fetcher.annotate(record)
 
     def totals(self) -> dict[str, Any]:
         return {}

@@ -241,6 +241,7 @@ class TaskLane:
         record["latency_s"] = round(max(0.0, time.time() - task.submitted_at), 3) if task.task_id else 0.0
         if task.resubmitted:
             record["resubmitted"] = task.resubmitted
+        self.fetcher.annotate(record)
 
 
 class Poller:
