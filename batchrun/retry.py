@@ -34,14 +34,25 @@ class Verdict(enum.Enum):
 
 @dataclass(frozen=True)
 class ErrorTable:
-    """A provider's own error codes, sorted by what to do; codes not listed fall back to the HTTP status."""
+    """A provider's own error codes, sorted by what to do; codes not listed fall back to the HTTP status.
+
+    A code may also be a status the provider uses for one thing only, as `http_402` (DeepSeek: no balance): it
+    applies when the body's own code is not in the table (a provider's bodies vary more than its statuses)."""
 
     retry: frozenset[str] = frozenset()
     fail_row: frozenset[str] = frozenset()
     stop: frozenset[str] = frozenset()
-    # Retried too, and they say the provider's limit on requests in flight was hit (Zhipu's 1302): the
-    # Throttle holds concurrency under it instead of braking the rate.
+    # Retried too, and they say the provider's limit on requests in flight was hit (Zhipu's 1302, DeepSeek's
+    # every 429): the Throttle holds concurrency under it instead of braking the rate.
     concurrency: frozenset[str] = frozenset()
+    # (pattern, code): a body with no code of its own whose message matches goes by that code (SiliconFlow's
+    # 429s name the limit hit only in words: "Details: RPD limit reached.")
+    messages: tuple[tuple[str, str], ...] = ()
+    # finish reasons that say the provider cut the answer for its own trouble (DeepSeek's
+    # insufficient_system_resource): retried like a 503, the cut answer's tokens counted as billed
+    retry_finish: frozenset[str] = frozenset()
+    # (code, what to do): said when that code stops the run ("top up at ...", "resume after midnight ...")
+    fixes: tuple[tuple[str, str], ...] = ()
 
     def verdict(self, code: str) -> Verdict | None:
         if code in self.retry or code in self.concurrency:
@@ -51,6 +62,28 @@ class ErrorTable:
         if code in self.stop:
             return Verdict.STOP_RUN
         return None
+
+    def named(self, status: int, code: str | None, message: str) -> tuple[str, Verdict | None]:
+        """The code an error answer goes by and what the table says of it: the body's code, else one its message
+        names (`messages`); when the table knows neither, its status (`http_429`)."""
+        if code is None:
+            code = next((c for pattern, c in self.messages if re.search(pattern, message)), None)
+        if code is not None and (known := self.verdict(code)) is not None:
+            return code, known
+        by_status = f"http_{status}"
+        return code or by_status, self.verdict(by_status)
+
+    def in_flight(self, status: int | None, body: Any) -> str | None:
+        """The code of an answer that says too many requests were in flight (None: it does not)."""
+        if status != 429 or not self.concurrency:
+            return None
+        code = error_details(body)[0]
+        if code in self.concurrency:
+            return code
+        return f"http_{status}" if f"http_{status}" in self.concurrency else None
+
+    def fix(self, code: str) -> str | None:
+        return next((what for known, what in self.fixes if known == code), None)
 
 
 GENERIC = ErrorTable()
@@ -62,6 +95,7 @@ class Decision:
     code: str
     message: str
     retry_after: float | None = None  # seconds the server asked us to wait
+    fix: str | None = None  # what the user does about it, when the provider's table says (a stop)
 
 
 def classify(
@@ -85,19 +119,22 @@ def classify(
             return Decision(table.verdict(code) or Verdict.RETRY, code, message)
         if not body.get("choices") and not body.get("data"):  # data: an embeddings answer
             return Decision(Verdict.RETRY, "empty_response", "HTTP 200 with no choices")
+        finish = first_choice(body).get("finish_reason")
+        if isinstance(finish, str) and finish in table.retry_finish:
+            return Decision(Verdict.RETRY, finish, f"the provider cut the answer short (finish_reason: {finish})")
         filtered = answer_problem(body)
         if filtered is not None:
             return Decision(Verdict.FAIL_ROW, *filtered)
         return Decision(Verdict.OK, "ok", "")
-    code = code or f"http_{status}"
-    known = table.verdict(code)
+    code, known = table.named(status, code, message)
     if known is not None:
         after = retry_after_seconds(headers) if known is Verdict.RETRY else None
-        return Decision(known, code, f"HTTP {status}: {message}", after)
+        fix = table.fix(code) or table.fix(f"http_{status}")
+        return Decision(known, code, f"HTTP {status}: {message}", after, fix)
     if status in RETRY_STATUSES or status >= 500:
         return Decision(Verdict.RETRY, code, f"HTTP {status}: {message}", retry_after_seconds(headers))
     if status in (401, 403):
-        return Decision(Verdict.STOP_RUN, code, f"HTTP {status}: {message}")
+        return Decision(Verdict.STOP_RUN, code, f"HTTP {status}: {message}", fix=table.fix(f"http_{status}"))
     if status == 407:  # every request goes through the same proxy: none will get past it
         return Decision(
             Verdict.STOP_RUN,
@@ -155,20 +192,33 @@ def answer_problem(body: Mapping[str, Any]) -> tuple[str, str] | None:
     flag = body.get("flag")  # ERNIE
     if isinstance(flag, int) and not isinstance(flag, bool) and flag >= ERNIE_HIDDEN_FLAG:
         return f"ernie_flag_{flag}", f"ERNIE marked this answer flag={flag} (not to be shown)"
-    choices = body.get("choices")
-    first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], Mapping) else {}
+    first = first_choice(body)
     finish = first.get("finish_reason")
     filters = body.get("content_filter")  # Zhipu: [{role, level}]
     assistant_filtered = isinstance(filters, list) and any(
         isinstance(f, Mapping) and f.get("role") == "assistant" for f in filters
     )
-    if finish in FILTERED_FINISH or assistant_filtered:
-        return "content_filter", f"the answer was cut by content moderation (finish_reason: {finish})"
+    hit = first.get("moderation_hit_type")  # Ark: what the answer's moderation found (violence, severe_violation)
+    if finish in FILTERED_FINISH or assistant_filtered or hit:
+        why = f"finish_reason: {finish}" + (f", moderation_hit_type: {hit}" if hit else "")
+        return "content_filter", f"the answer was cut by content moderation ({why})"
     return None
 
 
+def first_choice(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    choices = body.get("choices")
+    return choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], Mapping) else {}
+
+
+NO_CODE: tuple[object, ...] = (None, 0, "0", "", 200, "200")
+
+
 def error_details(body: Any) -> tuple[str | None, str]:
-    """(code, message) from the error shapes providers use; code is None when the body holds no error."""
+    """(code, message) from the error shapes providers use; code is None when the body holds no error.
+
+    The shapes: OpenAI's `{"error": {"code" | "type", "message"}}` (DeepSeek, Ark, Kimi, Zhipu, DashScope),
+    Baidu's and ModelArts' `{"error_code", "error_msg"}`, and SiliconFlow's `{"code": 20012, "message", "data"}`
+    (a top-level code beside `data`, never an answer's `choices`)."""
     if isinstance(body, Mapping):
         err = body.get("error")
         if isinstance(err, Mapping):
@@ -178,6 +228,9 @@ def error_details(body: Any) -> tuple[str | None, str]:
             return "error", err[:500]
         if body.get("error_code") not in (None, 0, "0", ""):
             return str(body["error_code"]), str(body.get("error_msg") or body.get("message") or "")[:500]
+        code = body.get("code")
+        if "data" in body and "choices" not in body and code not in NO_CODE and isinstance(code, (int, str)):
+            return str(code), str(body.get("message") or "")[:500]
         return None, str(body.get("message") or "")[:500]
     if isinstance(body, (bytes, str)):
         text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body

@@ -102,7 +102,12 @@ OPTIONS_BEFORE = [
     "--revoked-key",
     "--require-key",
 ]
-OPTIONS_ADDED = ["--speaks"]  # options since the spec model became the options' one source
+OPTIONS_ADDED = [
+    "--speaks",
+    "--queue-s",
+    "--balance",
+    "--resource-cut-rate",
+]  # options since the spec model became the options' one source
 
 
 def test_simulate_lists_every_option_and_one_per_field() -> None:

@@ -412,6 +412,8 @@ class RunLoop(RunControl):
             return
         if self.pool.pooled:
             why = f"the provider refused every key of the pool ({self._retired()}); check them, then resume"
+        elif decision.fix:  # the provider's table says what to do about this code
+            why = f"the provider answered {decision.code} ({decision.message}); {decision.fix}"
         elif key_problem:
             why = f"the provider {what}; check ${self.spec.provider.api_key_env}"
         else:

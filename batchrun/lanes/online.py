@@ -25,6 +25,7 @@ class OnlineLane:
     def __init__(self, ctx: LaneContext) -> None:
         self.ctx = ctx
         self.timeout_s = ctx.spec.retry.timeout_s
+        self.queue_s = ctx.spec.retry.queue_s  # how long the provider may hold a request queued (DeepSeek's)
         self.http: Http | None = None
         auth, endpoint = ctx.pool.members[0].auth, ctx.spec.endpoint
         # Each request streams when its body asks (mode stream, or a line's own "stream": true).
@@ -57,7 +58,7 @@ class OnlineLane:
         sent = await self.fetcher.ready(request, self.http, self.timeout_s)  # input.fetch_images
         if isinstance(sent, Reply):
             return sent
-        return await path.call(self.http, sent, self.timeout_s, auth)
+        return await path.call(self.http, sent, self.timeout_s, auth, self.queue_s)
 
     async def answer(self, row: Row, reply: Reply, ticket: Ticket) -> Outcomes:
         decision = classify(reply.status, reply.body, reply.headers, reply.error, self.ctx.errors)

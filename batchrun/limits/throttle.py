@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..providers.transport import Reply
-from ..retry import error_details
+from ..retry import ErrorTable, error_details
 from ..rows.request import Request
 from ..spec.model import Limits
 from ..spec.presets import TpmAccounting
@@ -112,6 +112,7 @@ class Throttle:
     ) -> None:
         self.configured = limits
         self.concurrency_codes = concurrency_codes
+        self.in_flight = ErrorTable(concurrency=concurrency_codes)  # reads a code, or a status (http_429), as one
         self.log, self.clock = log, clock
         self.rates = RateController(limits.rpm / 60 if limits.rpm else None)
         self.tokens = TokenAccounting(tpm_accounting)
@@ -183,8 +184,8 @@ class Throttle:
         status = reply.status
         if status is not None:
             self.pace.answer(reply.elapsed, rate_limited=status == 429)
-        code = error_details(reply.body)[0] if status == 429 and self.concurrency_codes else None
-        if code in self.concurrency_codes:  # too many in flight (Zhipu's 1302): a concurrency limit, not a rate
+        code = self.in_flight.in_flight(status, reply.body)
+        if code is not None:  # too many in flight (Zhipu's 1302, DeepSeek's 429): a concurrency limit, not a rate
             first = self.concurrency.ceiling is None
             self.concurrency.on_limit(ticket.inflight, now)
             if first:
@@ -209,7 +210,8 @@ class Throttle:
                 self._answered_sent_at = max(self._answered_sent_at, ticket.sent_at)
             self.rates.on_admitted(ticket.sent_at, now)
             if status is not None and status < 500:
-                self.concurrency.on_success(reply.elapsed, self.gate.inflight + 1, now)
+                # the provider's work, not its queue (DeepSeek's keep-alives): a wait there is no slower provider
+                self.concurrency.on_success(reply.elapsed - reply.queued, self.gate.inflight + 1, now)
         if ticket.charge is not None and settle:
             self.settle(ticket.charge, reply, rate_limited=status == 429)
         hints = rate_hints(reply.headers) if status is not None else None

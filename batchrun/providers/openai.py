@@ -40,26 +40,35 @@ class ChatCompletions:
         value = (auth or self.auth)()
         return {**self._headers, "Authorization": value} if value else self._headers
 
-    async def call(self, http: Http, request: Request, timeout: float, auth: Auth | None = None) -> Reply:
-        """One attempt; `auth` is the key pool member's sending it (else the path's own)."""
-        return await fetch_json(http, "POST", self.url, self.headers(auth), timeout, request.payload)
+    async def call(
+        self, http: Http, request: Request, timeout: float, auth: Auth | None = None, queue_s: float = 0.0
+    ) -> Reply:
+        """One attempt; `auth` is the key pool member's sending it (else the path's own); `queue_s`: how long the
+        provider may keep it queued before answering (transport.Http.request)."""
+        return await fetch_json(http, "POST", self.url, self.headers(auth), timeout, request.payload, queue_s)
 
 
 class ChatCompletionsStream(ChatCompletions):
     """Streaming call path: server-sent events, assembled into the ordinary chat.completion shape.
 
     A stream that ends without `[DONE]` or a finish_reason was cut off: it comes back as a transport error
-    (retried), never as a short answer."""
+    (retried), never as a short answer. Comment lines (`: keep-alive`, sent while the provider holds the request
+    queued) are skipped; the time until the last of them before the first event is the Reply's `queued`."""
 
-    async def call(self, http: Http, request: Request, timeout: float, auth: Auth | None = None) -> Reply:
+    async def call(
+        self, http: Http, request: Request, timeout: float, auth: Auth | None = None, queue_s: float = 0.0
+    ) -> Reply:
         start = time.monotonic()
+        queued = 0.0
         try:
-            async with http.request("POST", self.url, self.headers(auth), timeout, request.payload) as resp:
+            async with http.request("POST", self.url, self.headers(auth), timeout, request.payload, queue_s) as resp:
                 if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
                     raw = await resp.read()
                     return Reply(resp.status, resp.headers, parse_body(raw), time.monotonic() - start)
                 stream = StreamAssembler()
                 async for line in resp.content:
+                    if not stream.started and not line.startswith(b"data:"):
+                        queued = time.monotonic() - start  # a keep-alive (or a blank line) before any event
                     if stream.feed(line):
                         break
                 headers = resp.headers
@@ -68,7 +77,7 @@ class ChatCompletionsStream(ChatCompletions):
         elapsed = time.monotonic() - start
         if not stream.complete:
             return Reply(None, NO_HEADERS, None, elapsed, "stream_cut (the stream ended before [DONE])")
-        return Reply(200, headers, stream.body(), elapsed)
+        return Reply(200, headers, stream.body(), elapsed, queued=queued)
 
 
 class StreamAssembler:
@@ -81,6 +90,7 @@ class StreamAssembler:
         self.usage: Any = None
         self.extra: dict[str, Any] = {}  # provider fields outside choices (blocked, flag, content_filter)
         self.done = False
+        self.started = False  # an event has come (what came before it was the provider's queue)
         self.text = False  # a /completions stream: the answer is choices[i].text
 
     @property
@@ -93,6 +103,7 @@ class StreamAssembler:
         if not line.startswith(b"data:"):
             return False
         data = line[5:].strip()
+        self.started = True
         if data == b"[DONE]":
             self.done = True
             return True
@@ -125,6 +136,9 @@ class StreamAssembler:
                 choice.reasoning.append(delta["reasoning_content"])
             if raw.get("finish_reason"):
                 choice.finish_reason = raw["finish_reason"]
+            for key in CHOICE_SAFETY:
+                if raw.get(key) is not None:
+                    choice.safety[key] = raw[key]
         return False
 
     def body(self) -> dict[str, Any]:
@@ -140,22 +154,27 @@ class StreamAssembler:
         return body
 
 
+# a choice's moderation fields beside its delta, kept on the assembled choice as a non-stream answer has them
+CHOICE_SAFETY = ("moderation_hit_type",)  # Ark: violence | severe_violation
+
+
 class _Choice:
-    __slots__ = ("content", "finish_reason", "reasoning", "role")
+    __slots__ = ("content", "finish_reason", "reasoning", "role", "safety")
 
     def __init__(self) -> None:
         self.content: list[str] = []
         self.reasoning: list[str] = []
         self.role = "assistant"
         self.finish_reason: str | None = None
+        self.safety: dict[str, Any] = {}
 
     def shape(self, text: bool) -> dict[str, Any]:
         if text:
-            return {"text": "".join(self.content), "finish_reason": self.finish_reason}
+            return {"text": "".join(self.content), "finish_reason": self.finish_reason, **self.safety}
         message: dict[str, Any] = {"role": self.role, "content": "".join(self.content)}
         if self.reasoning:
             message["reasoning_content"] = "".join(self.reasoning)
-        return {"message": message, "finish_reason": self.finish_reason}
+        return {"message": message, "finish_reason": self.finish_reason, **self.safety}
 
 
 def split_embeddings(body: Any, parts: list[int]) -> list[dict[str, Any]] | None:

@@ -29,6 +29,7 @@ class Reply:
     body: Any  # parsed JSON, or the raw bytes when the body was not JSON
     elapsed: float
     error: str | None = None  # what went wrong on the wire, when status is None
+    queued: float = 0.0  # of elapsed, the time the provider held the request queued (keep-alives) before answering
 
     @property
     def request_id(self) -> str | None:
@@ -107,11 +108,19 @@ class Http:
         return {"headers": headers, "proxy": proxy, "proxy_headers": proxy_headers}
 
     def request(
-        self, method: str, url: str, headers: Mapping[str, str], timeout: float, payload: bytes | None = None
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        timeout: float,
+        payload: bytes | None = None,
+        queue_s: float = 0.0,
     ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
-        sent = self.session.request(
-            method, url, data=payload, timeout=aiohttp.ClientTimeout(total=timeout), **self.proxy_args(url, headers)
-        )
+        """`queue_s`: how long more the provider may hold the request queued, sending keep-alives meanwhile: the
+        total allowed grows by it, and `timeout` also bounds each silence (a keep-alive resets it), so a queue
+        that has gone quiet is still found out in `timeout`."""
+        limit = aiohttp.ClientTimeout(total=timeout + queue_s, sock_read=timeout if queue_s else None)
+        sent = self.session.request(method, url, data=payload, timeout=limit, **self.proxy_args(url, headers))
         return self.proxied(url, sent)
 
     def proxied(
@@ -215,15 +224,36 @@ async def fetch_json(
     headers: Mapping[str, str],
     timeout: float,
     payload: bytes | None = None,
+    queue_s: float = 0.0,
 ) -> Reply:
     start = time.monotonic()
+    queued = 0.0
     try:
-        async with http.request(method, url, headers, timeout, payload) as resp:
-            raw = await resp.read()
+        async with http.request(method, url, headers, timeout, payload, queue_s) as resp:
+            if queue_s:
+                raw, queued = await read_queued(resp.content, start)
+            else:
+                raw = await resp.read()
             status, resp_headers = resp.status, resp.headers
     except NO_ANSWER as exc:
         return no_answer(exc, start)
-    return Reply(status, resp_headers, parse_body(raw), time.monotonic() - start)
+    return Reply(status, resp_headers, parse_body(raw), time.monotonic() - start, queued=queued)
+
+
+async def read_queued(content: aiohttp.StreamReader, start: float) -> tuple[bytes, float]:
+    """A body whose provider may first hold the request queued, sending blank lines to keep the connection open
+    (DeepSeek): the body, and the seconds until the last of those before it (the wait, not the provider's work).
+    JSON allows the leading whitespace, so the body parses as it is."""
+    parts: list[bytes] = []
+    queued, begun = 0.0, False
+    async for chunk in content.iter_any():
+        if not begun:
+            if chunk.strip():
+                begun = True
+            else:
+                queued = time.monotonic() - start
+        parts.append(chunk)
+    return b"".join(parts), queued
 
 
 NO_ANSWER = (asyncio.TimeoutError, aiohttp.ClientError)

@@ -102,6 +102,9 @@ class Admission:
                     else error_body(code, f"simulated {code}")
                 )
                 return Refusal(int(status_text), body)
+        if directives.get("limit"):  # a limit named in words, as SiliconFlow's 429s do (RPD: a per-day one)
+            named = f"Request was rejected due to rate limiting. Details: {directives['limit']} limit reached."
+            return Refusal(429, error_body("rate_limit_exceeded", named))
         if attempt <= int(float(directives.get("legacy") or 0)):
             return Refusal(200, {"error_code": 336501, "error_msg": "Rate limit reached for RPM"})
         if attempt <= int(float(directives.get("drop") or 0)):

@@ -66,6 +66,8 @@ def stream_events(answer: dict[str, Any], include_usage: bool) -> list[dict[str,
                 logprobs = {"logprobs": d.pop("logprobs")} if "logprobs" in d else {}
                 events.append({**head, "choices": [{"index": index, "delta": d, **logprobs, "finish_reason": None}]})
             last = {"index": index, "delta": {}, "finish_reason": choice["finish_reason"]}
+            if "moderation_hit_type" in choice:  # Ark sends it beside the finish_reason
+                last["moderation_hit_type"] = choice["moderation_hit_type"]
         extra = {k: v for k, v in answer.items() if k not in (*head, "object", "choices", "usage")}
         events.append({**head, **extra, "choices": [last]})
     if include_usage:
@@ -211,6 +213,8 @@ def apply_answer_quirks(answer: dict[str, Any], directives: dict[str, str]) -> N
     if "filter" in directives:
         answer["content_filter"] = [{"role": "assistant", "level": 1}]
         choice["finish_reason"] = "sensitive"
+    if directives.get("moderation"):  # Ark: the category its moderation found in the answer
+        choice["moderation_hit_type"], choice["finish_reason"] = directives["moderation"], "content_filter"
     if directives.get("finish"):
         choice["finish_reason"] = directives["finish"]
     if "think" in directives and "message" in choice:

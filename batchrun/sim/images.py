@@ -1,7 +1,8 @@
 """The simulator looks at a request's image parts as the provider it speaks for does: the format from the bytes,
 each image's bytes, the images a request carries, URLs it will not fetch (Kimi), by the same table batchrun checks
 rows against (`spec.images`), so a refusal is what that provider would say, in its own error shape as far as it
-is known. Images it takes are counted as prompt tokens by that provider's rule.
+is known (the server words it as that provider does: `manners.spoken`). Images it takes are counted as prompt
+tokens by that provider's rule.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ _CODES: dict[str, dict[str, str]] = {
     },
     "zhipu": {"format": "1210", "size": "1210", "count": "1210", "url": "1210"},
     "dashscope": {"format": "InvalidParameter", "size": "InvalidParameter", "count": "InvalidParameter"},
+    "moonshot": dict.fromkeys(("format", "size", "count", "url"), "invalid_request_error"),
 }
 _OPENAI_CODES = {"format": "invalid_image_format", "size": "image_too_large", "count": "too_many_images"}
 

@@ -21,6 +21,9 @@ Directives in a prompt reproduce a quirk for that one row, so tests and users ca
     #sim:flag=3         ERNIE safety flag on the answer
     #sim:filter         Zhipu moderation: content_filter [{role: assistant}], finish_reason "sensitive"
     #sim:finish=length  the answer's finish_reason
+    #sim:resource=1     DeepSeek's finish_reason insufficient_system_resource (half an answer, billed), first attempt
+    #sim:moderation=violence  Ark's moderation_hit_type on the answer (finish_reason content_filter)
+    #sim:limit=RPD      a 429 whose message names that limit hit ("Details: RPD limit reached.", SiliconFlow's)
     #sim:think          a thinking model: reasoning_content beside content
     #sim:cut=1          with stream: true, cut the first attempt's stream midway (no [DONE])
     #sim:garbage=1      HTTP 200 whose body is cut-off JSON, first attempt only
@@ -76,6 +79,7 @@ from .answers import (
 from .batches import BatchDesk
 from .billing import Billing, Call, directives_of, max_output, prompt_key, prompt_tokens
 from .images import look
+from .manners import cut_short, hold_queued, insufficient_balance, spoken
 
 Handler = Callable[["SimProvider", web.Request], Awaitable[web.StreamResponse]]
 
@@ -213,6 +217,7 @@ class SimProvider:
     def _answer(
         self, status: int, body: Any, headers: dict[str, str] | None = None, own: dict[str, str] | None = None
     ) -> web.Response:
+        status, body = spoken(self.cfg.speaks, status, body)  # in the words of the provider it speaks as
         self.responses[status] += 1
         return _json(status, body, self._headers(status, headers, own))
 
@@ -261,6 +266,11 @@ class SimProvider:
             self.first_request_at = time.time()
         if (denied := self._auth(request)) is not None:
             return denied
+        billing = self.billing
+        if self.cfg.balance is not None and billing.billed_prompt_tokens + billing.billed_completion_tokens >= (
+            self.cfg.balance
+        ):
+            return self._answer(*insufficient_balance(self.cfg.speaks))
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
@@ -334,17 +344,37 @@ class SimProvider:
         call = await self._accept(request)
         if not isinstance(call, Call):
             return self._refused(call)
-        directives = call.directives
+        directives, stream = call.directives, bool(call.body.get("stream"))
+        held = None  # queued (simulate.queue_s): the answer's head is out, keep-alives follow until inference starts
+        if self.cfg.queue_s > 0:
+            held = web.StreamResponse(status=200, headers=self._held_headers(stream, call.request_id))
+            if not await hold_queued(request, held, self.cfg.queue_s, stream, self.clock):
+                return held
         delay = float(directives["sleep"]) if directives.get("sleep") else self.admission.latency()
         await self._work(delay)
         answer = self._bill(call)
         if call.attempt <= int(float(directives.get("nochoices") or 0)):  # billed, and no answer in it
             answer["choices"] = []
-        if call.body.get("stream"):
+        elif call.attempt <= int(float(directives.get("resource") or 0)) or self._drawn(self.cfg.resource_cut_rate):
+            cut_short(answer)
+        if stream:
             options = call.body.get("stream_options") or {}
             cut = call.attempt <= int(float(directives.get("cut") or 0))
-            return await self._stream(request, answer, bool(options.get("include_usage")), cut, call.request_id)
+            return await self._stream(request, answer, bool(options.get("include_usage")), cut, call.request_id, held)
+        if held is not None:
+            self.responses[200] += 1
+            with contextlib.suppress(ConnectionError):
+                await held.write(orjson.dumps(answer))
+                await held.write_eof()
+            return held
         return self._answer(200, answer, {"x-request-id": call.request_id})
+
+    def _held_headers(self, stream: bool, request_id: str) -> dict[str, str]:
+        kind = "text/event-stream" if stream else "application/json"
+        return {"Content-Type": kind, **(self._headers(200, {"x-request-id": request_id}) or {})}
+
+    def _drawn(self, rate: float) -> bool:
+        return rate > 0 and self.rng.random() < rate
 
     @_counted
     async def submit_task(self, request: web.Request) -> web.StreamResponse:
@@ -384,13 +414,18 @@ class SimProvider:
         return self._answer(200, {**task["answer"], **head, "task_status": "SUCCESS"})
 
     async def _stream(
-        self, request: web.Request, answer: dict[str, Any], include_usage: bool, cut: bool, request_id: str
+        self,
+        request: web.Request,
+        answer: dict[str, Any],
+        include_usage: bool,
+        cut: bool,
+        request_id: str,
+        held: web.StreamResponse | None = None,
     ) -> web.StreamResponse:
         """The answer as server-sent chat.completion.chunk events: role, reasoning, content in pieces,
-        finish_reason, then usage (when asked) and [DONE]."""
+        finish_reason, then usage (when asked) and [DONE]; `held`: the stream begun while the request was queued."""
         self.responses[200] += 1
-        headers = self._headers(200, {"x-request-id": request_id}) or {}
-        resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", **headers})
+        resp = held or web.StreamResponse(status=200, headers=self._held_headers(True, request_id))
         try:
             return await self._send_events(request, resp, answer, include_usage, cut)
         except ConnectionError:  # the client went away (timed out, killed): nothing to tell it
@@ -399,7 +434,8 @@ class SimProvider:
     async def _send_events(
         self, request: web.Request, resp: web.StreamResponse, answer: dict[str, Any], include_usage: bool, cut: bool
     ) -> web.StreamResponse:
-        await resp.prepare(request)
+        if not resp.prepared:
+            await resp.prepare(request)
         events = stream_events(answer, include_usage)
         for i, event in enumerate(events):
             if cut and i == len(events) // 2:

@@ -33,6 +33,7 @@ class Reading:
     spec_path: Path
     rows_given: bool = False  # the rows come from elsewhere (a Ray Dataset): input says only how a row is sent
     preset: Preset | None = None  # set once provider is read
+    tier: str | None = None  # provider.tier: whose limits a job's limits: leaves out
     mode: str = "sync"
     endpoint: Endpoint = "chat"
     params: Mapping[str, Any] | None = None

@@ -51,7 +51,8 @@ def job_as_written(data: dict[str, Any], spec: Reading) -> dict[str, Any]:
     if isinstance(data["output_dir"], LeftOut):
         # Beside the spec, like every other relative path: the same spec run from another folder resumes its run.
         data["output_dir"] = f"runs/{data['name'] if isinstance(data['name'], str) else spec.spec_path.stem}"
-    data.setdefault("limits", {})
+    for section in ("limits", "retry"):
+        data.setdefault(section, {})
     return data
 
 
@@ -272,17 +273,6 @@ def provider_name(name: str, info: ValidationInfo) -> str:
             fail(unknown_preset(name))
         spec.preset = preset
     return name
-
-
-def base_url(value: Any, info: ValidationInfo) -> Any:
-    spec = reading(info)
-    if spec is None:
-        return value
-    preset = spec.preset.base_url if spec.preset is not None else ""
-    value = (preset if isinstance(value, LeftOut) else text(value)).rstrip("/")
-    if value and not value.startswith(("http://", "https://")):
-        fail(f"must start with http:// or https://, got {value!r}")
-    return value
 
 
 def key_envs(value: Any, info: ValidationInfo) -> Any:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from . import checks
+from . import checks, presetkeys
 from .base import Count, Derived, Expect, Internal, NonNegative, Positive, Reading, SpecModel, Text
 from .images import Detail, ImageLimitsSpec, image_columns
 from .output import OutputSpec
@@ -172,11 +172,22 @@ class ProviderSpec(SpecModel):
         Field(description="A provider preset.", json_schema_extra={"enum": checks.PROVIDER_NAMES}),
         AfterValidator(checks.provider_name),
     ]
+    region: Annotated[
+        Text | None,
+        Field(
+            description="Which of the preset's base URLs: china (its default) or international (z.ai, DashScope "
+            "Singapore, BytePlus ModelArk, api.moonshot.ai, api.siliconflow.com); keys of one do not work at the "
+            "other."
+        ),
+        AfterValidator(presetkeys.region),
+    ] = None
     base_url: Annotated[
         str,
         Derived(),
-        Field(description="The API's base URL, e.g. http://127.0.0.1:8000/v1; default the preset's."),
-        BeforeValidator(checks.base_url),
+        Field(
+            description="The API's base URL, e.g. http://127.0.0.1:8000/v1; default the preset's (in provider.region)."
+        ),
+        BeforeValidator(presetkeys.base_url),
     ]
     api_key_env: Annotated[
         str,
@@ -224,6 +235,14 @@ class ProviderSpec(SpecModel):
     allow_insecure_http: bool = Field(
         False, description="Send the key over plain http:// to a host that is not this machine."
     )
+    tier: Annotated[
+        Text | None,
+        Field(
+            description="The account's tier at the provider (moonshot: tier0 to tier5): the limits a job's limits: "
+            "leaves out are that tier's."
+        ),
+        AfterValidator(presetkeys.tier),
+    ] = None
     # whether a missing key is an error (the preset's say)
     key_required: Annotated[bool, Internal(), Derived(), BeforeValidator(checks.key_required)] = True
 
@@ -241,9 +260,30 @@ class ProviderSpec(SpecModel):
 class Limits(SpecModel):
     """The spec's `limits:` block: how fast to go; what it leaves out is the preset's."""
 
-    rpm: Positive | None = Field(None, description="Requests per minute, at most.")
-    tpm: Positive | None = Field(None, description="Tokens per minute, at most (prompt + max_tokens).")
-    concurrency: Count | None = Field(None, description="Requests in flight at once, at most.")
+    rpm: Annotated[
+        Positive | None,
+        Derived(),
+        Field(description="Requests per minute, at most; default the preset's (its provider.tier's), else none."),
+        BeforeValidator(presetkeys.preset_limit),
+    ] = None
+    tpm: Annotated[
+        Positive | None,
+        Derived(),
+        Field(
+            description="Tokens per minute, at most (prompt + max_tokens); default the preset's (its "
+            "provider.tier's), else none."
+        ),
+        BeforeValidator(presetkeys.preset_limit),
+    ] = None
+    concurrency: Annotated[
+        Count | None,
+        Derived(),
+        Field(
+            description="Requests in flight at once, at most; default the preset's (DeepSeek 500, a Kimi "
+            "provider.tier's), else learnt from the provider's answers."
+        ),
+        BeforeValidator(presetkeys.preset_limit),
+    ] = None
     tpm_accounting: Annotated[
         TpmAccounting,
         Derived(),
@@ -276,6 +316,15 @@ class RetrySpec(SpecModel):
 
     max_attempts: Count = Field(8, description="Tries per row, the first included.")
     timeout_s: Positive = Field(120.0, description="Seconds to wait for an answer.")
+    queue_s: Annotated[
+        NonNegative,
+        Derived(),
+        Field(
+            description="Seconds more a provider may hold a request queued, sending keep-alives, before it starts "
+            "answering (DeepSeek's blank lines); default the preset's (deepseek 600, others 0)."
+        ),
+        BeforeValidator(presetkeys.queue_s),
+    ] = 0.0
     backoff_s: NonNegative = Field(1.0, description="The first backoff; it doubles per attempt, with jitter.")
     max_backoff_s: NonNegative = Field(60.0, description="The longest backoff.")
 

@@ -12,6 +12,7 @@ from typing import Literal
 
 from ..retry import GENERIC, ErrorTable
 from ..text.words import suggestion
+from . import errortables as t2026
 
 Mode = Literal["sync", "stream", "async", "batch"]
 Endpoint = Literal["chat", "completions", "embeddings"]
@@ -75,6 +76,11 @@ class Preset:
     batch: BatchAPI | None = None  # the provider's Batch API, where it has one
     # structured output: the strongest way the provider documents to ask for JSON (structured.py)
     ask: AskForm = "instruction"
+    # (region, base URL) where the provider serves more than one (provider.region); the first is base_url's
+    regions: tuple[tuple[str, str], ...] = ()
+    limits: tuple[tuple[str, float], ...] = ()  # limits the job leaves out: (key of limits:, value)
+    tiers: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()  # provider.tier: the limits of each
+    queue_s: float = 0.0  # how long the provider may hold a request queued before answering (retry.queue_s)
 
 
 MB = 1024 * 1024
@@ -156,6 +162,10 @@ ERRORS = {
         fail_row=frozenset({"ModelArts.81011", "ModelArts.4910"}),
         stop=frozenset({"ModelArts.81005"}),
     ),
+    "deepseek": t2026.DEEPSEEK,
+    "ark": t2026.ARK,
+    "moonshot": t2026.MOONSHOT,
+    "siliconflow": t2026.SILICONFLOW,
 }
 
 
@@ -164,6 +174,7 @@ PRESETS: dict[str, Preset] = {
         p,
         errors=ERRORS.get(p.name, GENERIC),
         batch=BATCH_APIS.get(p.name),
+        regions=t2026.REGIONS.get(p.name, ()),
         modes=(*p.modes, "batch") if p.name in BATCH_APIS else p.modes,
     )
     for p in (
@@ -211,9 +222,22 @@ PRESETS: dict[str, Preset] = {
             "Huawei ModelArts MaaS",
             endpoints=("chat", "completions"),
         ),
-        Preset("deepseek", "https://api.deepseek.com", "DEEPSEEK_API_KEY", "DeepSeek"),
+        Preset(
+            "deepseek",
+            "https://api.deepseek.com",
+            "DEEPSEEK_API_KEY",
+            "DeepSeek",
+            limits=t2026.DEEPSEEK_LIMITS,
+            queue_s=t2026.DEEPSEEK_QUEUE_S,
+        ),
         Preset("ark", "https://ark.cn-beijing.volces.com/api/v3", "ARK_API_KEY", "Volcengine Ark (Doubao)"),
-        Preset("moonshot", "https://api.moonshot.cn/v1", "MOONSHOT_API_KEY", "Moonshot Kimi"),
+        Preset(
+            "moonshot",
+            "https://api.moonshot.cn/v1",
+            "MOONSHOT_API_KEY",
+            "Moonshot Kimi",
+            tiers=t2026.MOONSHOT_TIERS,
+        ),
         Preset("siliconflow", "https://api.siliconflow.cn/v1", "SILICONFLOW_API_KEY", "SiliconFlow"),
         Preset(
             "vllm",
@@ -251,6 +275,10 @@ PROVIDER_ALIASES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("sglang", "local"), ("vllm",)),
     **dict.fromkeys(("sim", "simulator", "simulate", "fake", "mock"), ("simulated",)),
     **dict.fromkeys(("gpt", "chatgpt"), ("openai",)),
+    **dict.fromkeys(("doubao", "volcengine", "volcano", "volces", "byteplus", "modelark"), ("ark",)),
+    **dict.fromkeys(("kimi", "moonshotai"), ("moonshot",)),
+    **dict.fromkeys(("silicon", "sf", "siliconcloud"), ("siliconflow",)),
+    **dict.fromkeys(("deepseek-ai", "deepseek_ai"), ("deepseek",)),
 }
 ENDPOINT_ALIASES: dict[str, tuple[str, ...]] = {
     form: (endpoint,)
@@ -283,3 +311,13 @@ def batch_cache_share(provider: str) -> float | None:
     model's cached-input price at the batch share (`BatchAPI.cache_hit_share`)."""
     preset = PRESETS.get(provider)
     return preset.batch.cache_hit_share if preset is not None and preset.batch is not None else None
+
+
+def region_url(preset: Preset, region: str | None) -> str:
+    """The preset's base URL in `region` (None: its first, the base_url)."""
+    return dict(preset.regions).get(region or "", preset.base_url)
+
+
+def preset_limits(preset: Preset, tier: str | None) -> dict[str, float]:
+    """The limits a job of this preset leaves out: its tier's (provider.tier), else the preset's own."""
+    return dict(dict(preset.tiers).get(tier or "", preset.limits))

@@ -138,6 +138,21 @@ class SimulateSpec(SpecModel):
         description="Answer in this provider's own shapes (usage fields, error bodies, queueing, batch paths and "
         "limits), so a job for its preset can be tried with no key.",
     )
+    queue_s: NonNegative = Field(
+        0.0,
+        description="Hold every request queued this long before answering, sending keep-alives meanwhile (blank "
+        "lines; in a stream ': keep-alive' comments), as DeepSeek does under load.",
+    )
+    balance: Count | None = Field(
+        None,
+        description="The account's balance in tokens: once this many are billed, every request is refused as the "
+        "provider refuses an empty account (deepseek: 402 Insufficient Balance).",
+    )
+    resource_cut_rate: Share = Field(
+        0.0,
+        description="Share of answers cut short with finish_reason insufficient_system_resource (DeepSeek's), billed "
+        "all the same.",
+    )
     latency_dist: LatencyDist = Field("lognormal", description="How answer times spread around the median.")
     tpm_accounting: Literal["reserve", "actual"] = Field(
         "reserve",
