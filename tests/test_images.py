@@ -461,3 +461,12 @@ def test_rules_are_per_provider_and_model_and_the_spec_overrides_them() -> None:
     assert not rules_for("moonshot", "kimi-k2.5").urls
     given = ImageLimitsSpec(max_images=2, tokens_per_image=700).over(rules_for("openai", "gpt-4o"))
     assert given.max_images == 2 and image_tokens(given, 1024, 1024, None) == 700 and given.max_bytes == 20 * 1024**2
+
+
+def test_a_job_whose_only_image_is_missing_says_where_paths_are_read_from(tmp_path: Path, sim: SimServer) -> None:
+    result = submit(image_job(tmp_path, sim.base_url, [{"id": "r", "q": "a", "photo": "pics/gone.png"}]))
+    assert result.exit_code == 2
+    assert "no row can become a request: its one row fail the same way (image 'pics/gone.png': no such file" in (
+        result.stderr
+    )
+    assert "a relative image path is read from the input file's folder" in result.stderr

@@ -77,6 +77,7 @@ _HINTS = {
     "missing_id": "name the field that holds each row's id with input.id_field",
     "invalid_id": "name the field that holds each row's id with input.id_field",
     NULL_FIELD: "",  # the reason says what to do
+    "image_unreadable": "a relative image path is read from the input file's folder (docs/images.md)",
 }
 SNAPSHOT_KEY = "input_bytes"  # the fingerprint's record of the snapshot's size, beside its digest ("input")
 
