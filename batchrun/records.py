@@ -19,7 +19,8 @@ OpenAI Batch API output line, so other tools read it as they read a batch output
   and `repairs` (the answers before it that did not fit, and their usage). `error` adds `status` and `attempts`
   to OpenAI's pair, and `path` for `invalid_output`; `api_key_env` with a key pool (the variable, never the
   key); `cached: true` when the answer came from the response cache (its usage is what it cost when first
-  asked; usage.json does not count it again).
+  asked; usage.json does not count it again); `images` (input.images: each image's `{"ref", "bytes", "sha256"}`,
+  never its base64), written after `completed_at`.
 
 The bytes, which readers of a million-row run rely on without parsing whole lines:
 - every line starts with `{"row":N,`: resuming reads row numbers from that prefix alone;
