@@ -21,6 +21,19 @@ from ..rows.render import RowProblem
 from ..rows.request import Request
 
 FETCH_FAILED = "image_fetch_failed"
+MAX_FETCH_BYTES = 64 * 1024 * 1024  # more than any provider takes in one image: a larger answer is not read on
+
+
+async def _body(resp: aiohttp.ClientResponse) -> bytes | None:
+    """The answer's bytes, or None once they pass MAX_FETCH_BYTES (the rest is not read)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(1024 * 1024):
+        size += len(chunk)
+        if size > MAX_FETCH_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def with_fetched(
@@ -36,9 +49,12 @@ async def with_fetched(
         problem: str | None = None
         try:
             async with http.request("GET", url, {}, timeout) as resp:
-                data = await resp.read()
                 if resp.status != 200:
                     problem = f"HTTP {resp.status}"
+                elif (got := await _body(resp)) is None:
+                    problem = f"more than {MAX_FETCH_BYTES:,} bytes"
+                else:
+                    data = got
         except asyncio.TimeoutError:
             problem = f"no answer in {timeout:g} s"
         except aiohttp.ClientError as exc:
