@@ -132,6 +132,7 @@ def test_a_path_becomes_a_data_url_and_the_record_keeps_its_reference(tmp_path: 
     text_only = by_id["none"]["response"]["body"]["usage"]["prompt_tokens"]
     assert by_id["r0"]["response"]["body"]["usage"]["prompt_tokens"] >= text_only + 85
     assert by_id["two"]["response"]["body"]["usage"]["prompt_tokens"] > 170
+    assert sim.stats()["images"] == 5  # three rows of one, one of two, and none for the row without
     # records stay small: a 30 KB picture leaves no base64 behind
     results = (tmp_path / "runs" / "job" / "results.jsonl").read_bytes()
     assert b"base64" not in results and len(results) / 5 < 2_000
@@ -169,6 +170,7 @@ def test_zhipu_takes_bare_base64_when_set_and_the_others_refuse_it(
     result = submit(job, "--fresh", "--no-cache")
     _, bad = records(tmp_path)
     assert result.exit_code == 3 and bad[0]["error"]["code"] == "invalid_image_format"
+    assert openai.stats()["images_refused"] == 1
 
 
 def test_a_url_passes_through_and_a_data_url_is_checked(tmp_path: Path, sim: SimServer) -> None:

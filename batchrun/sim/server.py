@@ -110,6 +110,7 @@ class SimProvider:
         self.billing = Billing(self.rng, cfg.invalid_json_rate)
         self.responses: Counter[int] = Counter()
         self.requests = self.dropped = 0
+        self.images = self.images_refused = 0  # image parts that passed the checks, and requests refused for one
         self.first_request_at: float | None = None  # wall-clock time, for start-up measurements
         self.tasks_submitted = self.polls = self.max_tasks_running = 0
         self.inflight = 0  # requests being handled: read, waited on, not yet answered (billed when answered)
@@ -176,6 +177,8 @@ class SimProvider:
             "tasks_running": self._tasks_running(self.clock()),
             "max_tasks_running": self.max_tasks_running,
             "polls": self.polls,
+            "images": self.images,
+            "images_refused": self.images_refused,
             "retried_after_429": self.retried_after_429,  # attempts of a prompt whose last attempt was answered 429
             "min_retry_gap_s": round(self.min_retry_gap_s, 3) if self.retried_after_429 else None,
             **self.batch_desk.stats(),
@@ -300,8 +303,10 @@ class SimProvider:
         if kind == "chat":  # its images judged as the provider spoken for judges them, and counted
             seen = look(self.cfg.speaks, body)
             if seen.refused is not None:
+                self.images_refused += 1
                 return self._answer(*seen.refused)
             tokens += seen.tokens
+            self.images += seen.images
         most = max_output(kind, body, texts)
         limited = self.admission.admit(self._token(request), tokens + most, self.inflight, self.clock())
         if limited is not None:
