@@ -472,3 +472,25 @@ def test_a_job_whose_only_image_is_missing_says_where_paths_are_read_from(tmp_pa
         result.stderr
     )
     assert "a relative image path is read from the input file's folder" in result.stderr
+
+
+def test_a_rows_image_values_are_read_from_lists_arrays_and_structs(tmp_path: Path) -> None:
+    import numpy as np
+
+    from batchrun.rows.images import ImageReader
+    from batchrun.spec.parse import parse_spec
+
+    write_jsonl(tmp_path / "in.jsonl", [{"q": "x", "a": "a.png", "b": None}])
+    spec = parse_spec(
+        {"input": {"path": "in.jsonl", "template": "{q}", "images": ["a", "b"]}, "model": "m", "provider": "simulated"},
+        spec_path=tmp_path / "job.yaml",
+        source="job.yaml",
+    )
+    reader = ImageReader(spec)
+    row = {"a": np.array(["x.png", "y.png"], dtype=object), "b": {"bytes": b"\x89PNG", "path": "z.png"}}
+    assert list(reader.values(row)) == [
+        ("a[0]", "x.png"),
+        ("a[1]", "y.png"),
+        ("b", {"bytes": b"\x89PNG", "path": "z.png"}),
+    ]
+    assert list(reader.values({"a": "", "b": []})) == []

@@ -93,7 +93,10 @@ class ImageReader:
     def values(self, data: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
         """(where, value) of each image the row names, in column order; nulls and empty strings are no image."""
         for column in self.columns:
-            value = data.get(column)
+            value: Any = data.get(column)
+            tolist = getattr(value, "tolist", None)
+            if tolist is not None and not isinstance(value, (bytes, bytearray)):  # numpy, from Ray Data
+                value = tolist()
             items = value if isinstance(value, (list, tuple)) else [value]
             for i, item in enumerate(items):
                 if item is None or item == "":
