@@ -494,3 +494,25 @@ def test_a_rows_image_values_are_read_from_lists_arrays_and_structs(tmp_path: Pa
         ("b", {"bytes": b"\x89PNG", "path": "z.png"}),
     ]
     assert list(reader.values({"a": "", "b": []})) == []
+
+
+def test_a_built_row_holds_its_images_digest_and_reads_the_file_as_it_is_sent(tmp_path: Path) -> None:
+    """A row waiting to be sent (or retried) holds no base64: its file is read in as it goes out, and a file that
+    changed since its row was read is not sent as if it were the one recorded."""
+    from batchrun.engine.job import prepare
+    from batchrun.rows.request import BadRow, Request
+    from batchrun.rows.sources import iter_rows
+    from batchrun.spec.parse import load_spec
+
+    (tmp_path / "a.png").write_bytes(png(40, 40, pad=5_000))
+    job = image_job(tmp_path, "http://127.0.0.1:9/v1", [{"id": "r", "q": "what?", "photo": "a.png"}])
+    prepared = prepare(load_spec(job))
+    (raw,) = list(iter_rows(prepared.spec.input))
+    built = prepared.builder.build(raw)
+    assert isinstance(built, Request) and b"base64" not in built.payload and len(built.payload) < 500
+    sent = prepared.builder.ready(built)
+    assert isinstance(sent, Request) and b'"url":"data:image/png;base64,' in sent.payload and not sent.files
+    (tmp_path / "a.png").write_bytes(png(41, 40))
+    changed = prepared.builder.ready(built)
+    assert isinstance(changed, BadRow) and changed.code == "image_changed"
+    assert "image 'a.png' changed after its row was read" in changed.message

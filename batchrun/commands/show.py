@@ -15,7 +15,7 @@ import orjson
 from ..engine.job import Prepared
 from ..errors import SpecError
 from ..records import body_of, count
-from ..rows.request import BadRow, Request
+from ..rows.request import BadRow, Request, RequestBuilder
 from ..rows.sources import iter_rows
 from ..spec.presets import ENDPOINT_URLS
 from ..store.rundir import RESULTS, RunDir
@@ -27,8 +27,13 @@ MAX_SHOWN = 4000  # characters of one text shown; the rest is counted, not print
 
 
 def first_requests(prepared: Prepared, n: int) -> list[Request | BadRow]:
-    build = prepared.builder.build
-    return [build(raw) for raw in islice(iter_rows(prepared.spec.input), n)]
+    builder = prepared.builder
+    return [_ready(builder, builder.build(raw)) for raw in islice(iter_rows(prepared.spec.input), n)]
+
+
+def _ready(builder: RequestBuilder, built: Request | BadRow) -> Request | BadRow:
+    """The request exactly as it is sent (local images read in)."""
+    return builder.ready(built) if isinstance(built, Request) else built
 
 
 def batch_line(prepared: Prepared, built: Request) -> dict[str, Any]:
@@ -140,7 +145,7 @@ def find_request(prepared: Prepared, custom_id: str, row: int | None) -> Request
     for raw in iter_rows(prepared.spec.input, skip=skip):
         built = build(raw)
         if built.custom_id == custom_id:
-            return built
+            return _ready(prepared.builder, built)
     return None
 
 

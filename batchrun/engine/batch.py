@@ -215,6 +215,12 @@ class BatchRun(RunControl):
             if self.budget is not None and not self.budget.reserve(built):
                 self.over_budget = True  # the rest wait: what is out may cost less than its worst case
                 break
+            if built.files:  # its local images read in now, as its line is written
+                sent = self.ctx.prepared.builder.ready(built)
+                if isinstance(sent, BadRow):
+                    self._fail_row(built, sent.code, sent.message, None)
+                    continue
+                built = sent
             if (cap := self.api.max_line_bytes) is not None and len(writer.line(built)) > cap:
                 self._fail_row(built, LINE_TOO_LARGE, line_too_large(len(writer.line(built)), cap, built), None)
                 continue

@@ -78,11 +78,21 @@ class Fetcher:
     """What a lane calls before sending a request: the images it fetches put in (nothing to do for most jobs)."""
 
     def __init__(self, reader: ImageReader | None) -> None:
-        self.reader = reader
+        self.reader = reader  # None: the job has no images
         self.fetched: dict[int, dict[str, dict[str, Any]]] = {}  # row -> what its last attempt fetched, till recorded
 
     async def ready(self, request: Request, http: Http, timeout: float) -> Request | Reply:
-        if not request.fetch or self.reader is None:
+        """The request as it is sent: local files read in, URLs fetched; or the Reply of an attempt that failed,
+        naming the image and why."""
+        if self.reader is None:
+            return request
+        if request.files:
+            try:
+                payload = self.reader.put_files(request.payload, request.files, request.model)
+            except RowProblem as exc:
+                return Reply(None, NO_HEADERS, None, 0.0, f"{exc.code} ({exc})")
+            request = replace(request, payload=payload, files=())
+        if not request.fetch:
             return request
         got = await with_fetched(request, http, self.reader, timeout)
         if isinstance(got, Reply):

@@ -33,7 +33,7 @@ class OnlineLane:
             ChatCompletions(ctx.base_url, auth, endpoint),
             ChatCompletionsStream(ctx.base_url, auth, endpoint),
         )
-        self.fetcher = Fetcher(ImageReader(ctx.spec) if ctx.spec.input.fetch_images else None)
+        self.fetcher = Fetcher(ImageReader(ctx.spec) if ctx.spec.input.images else None)
 
     def begin(self, http: Http) -> Outcomes:
         self.http = http

@@ -68,7 +68,7 @@ class TaskLane:
         self.http: Http | None = None
         self.deliver: Deliver | None = None
         self.path = AsyncCompletions(ctx.base_url, ctx.pool.members[0].auth)
-        self.fetcher = Fetcher(ImageReader(ctx.spec) if ctx.spec.input.fetch_images else None)
+        self.fetcher = Fetcher(ImageReader(ctx.spec) if ctx.spec.input.images else None)
         self.poller = Poller(self._poll, self._on_poll, ctx.spec.limits.poll_rps)
         self.max_pending = ctx.spec.limits.max_pending
         self.polls_answered = 0  # polls that found their task: proof the poll URL is right

@@ -2,9 +2,11 @@
 provider fetches) and what the records keep (a reference: the path or URL, its bytes and sha256 digest; never its
 base64), checked against the provider's rules (`spec.images`) before anything is sent.
 
-A file is read when its row is built, which is when the row is about to be sent (rows are built one at a time as
-the run takes them), so a million-row job holds only the images in flight. `validate` reads each file's size and
-header only (`light`: 4 KB, 64 KB for some JPEGs and GIFs): format, pixels, bytes and count are checked, not the digest.
+A local file is read when its row is built (rows are built one at a time as the run takes them) for its digest and
+limits, and read again as its request is sent (`put_files`), when the base64 is made: a row waiting to be sent or
+retried holds its images' digests, so a million-row job holds only the base64 of the requests on the wire.
+`validate` reads each file's size and header only (`light`: 4 KB, 64 KB for some JPEGs and GIFs): format, pixels,
+bytes and count are checked, not the digest.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..errors import SpecError
 from ..spec.images import Detail, ImageFormat, ImageRules, image_tokens, rules_for
 from ..spec.model import JobSpec
@@ -27,6 +31,7 @@ from .render import RowProblem
 IMAGE_UNREADABLE = "image_unreadable"
 IMAGE_LIMIT = "image_over_limit"
 IMAGE_FORMAT = "image_format"
+IMAGE_CHANGED = "image_changed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +64,7 @@ class RowImages:
     keys: tuple[str, ...]  # what the response cache's key reads for each: its digest (or its URL)
     fetch: tuple[str, ...]  # URLs fetched here when the row is sent (input.fetch_images)
     tokens: int  # estimated
+    files: tuple[tuple[str, str, str], ...] = ()  # (its key in the request, path, name) of files read when sent
 
 
 class ImageReader:
@@ -110,6 +116,7 @@ class ImageReader:
         urls: list[str] = []
         keys: list[str] = []
         fetch: list[str] = []
+        files: list[tuple[str, str, str]] = []
         tokens = total = 0
         for where, value in self.values(data):
             if len(refs) == rules.max_images:
@@ -119,7 +126,9 @@ class ImageReader:
                     "(input.image_limits.max_images)",
                     IMAGE_LIMIT,
                 )
-            ref, url, key = self._one(where, value, rules)
+            ref, url, key, path = self._one(where, value, rules)
+            if path is not None:
+                files.append((key, path, ref.ref))
             if ref.size is None and url.startswith(("http://", "https://")) and self.fetch:
                 fetch.append(url)
             refs.append(ref)
@@ -135,13 +144,16 @@ class ImageReader:
                 )
         if not refs:
             return None
-        return RowImages(tuple(refs), tuple(urls), tuple(keys), tuple(fetch), tokens)
+        return RowImages(tuple(refs), tuple(urls), tuple(keys), tuple(fetch), tokens, tuple(files))
 
-    def _one(self, where: str, value: Any, rules: ImageRules) -> tuple[ImageRef, str, str]:
+    def _one(self, where: str, value: Any, rules: ImageRules) -> tuple[ImageRef, str, str, str | None]:
+        """The image's reference, its url in the request, its key in the cache's, and for a local file its path:
+        a file's bytes are put in when its row is sent (`put_files`), so a row waiting to be sent or retried holds
+        its digest, not its base64."""
         if isinstance(value, Mapping) and ("bytes" in value or "path" in value):  # a Hugging Face image struct
             value = value.get("bytes") or value.get("path")
         if isinstance(value, (bytes, bytearray, memoryview)):
-            return self._bytes(where, bytes(value), rules)
+            return (*self._bytes(where, bytes(value), rules), None)
         if not isinstance(value, str):
             raise RowProblem(
                 f"{where!r} holds {type(value).__name__}, not an image path, URL or bytes", IMAGE_UNREADABLE
@@ -152,12 +164,12 @@ class ImageReader:
                     f"image {value!r} is a URL, which {self.provider} does not fetch: set input.fetch_images: true",
                     IMAGE_LIMIT,
                 )
-            return ImageRef(value), value, value
+            return ImageRef(value), value, value, None
         if value.startswith("data:"):
-            return self._data_url(value, rules)
+            return (*self._data_url(value, rules), None)
         return self._file(value, rules)
 
-    def _file(self, value: str, rules: ImageRules) -> tuple[ImageRef, str, str]:
+    def _file(self, value: str, rules: ImageRules) -> tuple[ImageRef, str, str, str | None]:
         path = Path(value).expanduser()
         path = path if path.is_absolute() else self.folder / path
         try:
@@ -166,13 +178,36 @@ class ImageReader:
                 with open(path, "rb") as f:
                     head = read_head(f)
                 ref = self.check(value, head, size, rules, whole=False)
-                return ref, "", ""
+                return ref, "", "", None
             data = path.read_bytes()
         except FileNotFoundError:
             raise RowProblem(f"image {value!r}: no such file ({path})", IMAGE_UNREADABLE) from None
         except OSError as exc:
             raise RowProblem(f"image {value!r} cannot be read: {exc.strerror or exc}", IMAGE_UNREADABLE) from None
-        return self.encoded(value, data, rules)
+        ref = self.check(value, data, len(data), rules, whole=True)
+        key = f"sha256:{ref.sha256}" + (f";max_side={self.max_side}" if ref.shrink else "")
+        return ref, key, key, str(path)
+
+    def put_files(self, payload: bytes, files: tuple[tuple[str, str, str], ...], model: str) -> bytes:
+        """`payload` with each local file's bytes put in place of its key, as its data URL: read now, as its row
+        is sent. A file that changed since its row was read (another digest) is a RowProblem, not sent as it is."""
+        rules = self.rules(model)
+        for key, path, name in files:
+            try:
+                data = Path(path).read_bytes()
+            except OSError as exc:
+                raise RowProblem(
+                    f"image {name!r} cannot be read as its row is sent: {exc.strerror or exc}", IMAGE_UNREADABLE
+                ) from None
+            ref, url, _ = self.encoded(name, data, rules)
+            if not key.startswith(f"sha256:{ref.sha256}"):
+                raise RowProblem(
+                    f"image {name!r} changed after its row was read (its sha256 is not the one recorded): "
+                    "batchrun retry-failed sends the row again as the file is now",
+                    IMAGE_CHANGED,
+                )
+            payload = payload.replace(b'"url":' + orjson.dumps(key), b'"url":' + orjson.dumps(url))
+        return payload
 
     def _bytes(self, where: str, data: bytes, rules: ImageRules) -> tuple[ImageRef, str, str]:
         if self.light:

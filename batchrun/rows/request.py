@@ -40,6 +40,7 @@ class Request:
     images: tuple[dict[str, Any], ...] = ()  # input.images: each image's reference, as its record keeps it
     fetch: tuple[str, ...] = ()  # input.fetch_images: URLs in the payload fetched and put in when it is sent
     image_tokens: int = 0  # of prompt_tokens, the images' (estimated by the provider's rule)
+    files: tuple[tuple[str, str, str], ...] = ()  # local image files put into the payload as it is sent (`ready`)
 
     @property
     def tokens(self) -> int:
@@ -214,6 +215,16 @@ class RequestBuilder:
         if self.images is not None:
             self.images.light = True
 
+    def ready(self, request: Request) -> Request | BadRow:
+        """The request as it is sent: its local image files read in (built, it holds each one's digest)."""
+        if not request.files or self.images is None:
+            return request
+        try:
+            payload = self.images.put_files(request.payload, request.files, request.model)
+        except RowProblem as exc:
+            return BadRow(request.row, request.custom_id, exc.code, f"row {request.row}: {exc}")
+        return replace(request, payload=payload, files=())
+
     def build(self, raw: RawRow) -> Request | BadRow:
         if raw.data is None:
             return BadRow(raw.row, str(raw.row), INVALID_INPUT, raw.error or f"row {raw.row}: unreadable")
@@ -276,6 +287,7 @@ class RequestBuilder:
             images=tuple(ref.record() for ref in images.refs),
             fetch=images.fetch,
             image_tokens=images.tokens,
+            files=images.files,
         )
 
     def _cache_key(self, payload: bytes, body: Mapping[str, Any]) -> bytes | None:
