@@ -24,7 +24,7 @@ from .session import EXIT_INTERRUPTED, cancel_run, list_provider_models, run_job
 from .sim.command import command as simulate_command
 from .spec.model import ScaleSpec, default_path
 from .spec.parse import load_spec, schema_text
-from .spec.presets import PRESETS, batch_share, unknown_preset
+from .spec.presets import PRESETS, unknown_preset
 from .spec.pricing import Prices, load_prices
 from .store import cache as response_cache
 from .store.rerun import Rerun, from_manifest, session_options
@@ -312,10 +312,30 @@ def estimate_cmd(job: str, output_share: float, prices: str | None, latency: flo
     from .commands.estimate import estimate, estimate_lines
 
     prepared = prepare(load_spec(job))
-    table = Prices(
-        {**prepared.spec.pricing, **(load_prices(prices) if prices else {})}, batch_share(prepared.spec.provider.name)
+    table = Prices.of(
+        {**prepared.spec.pricing, **(load_prices(prices) if prices else {})},
+        prepared.spec.provider.name,
+        prepared.spec.provider.batch_price_share,
     )
     _echo("\n".join(estimate_lines(prepared, estimate(prepared), table, output_share, latency)))
+
+
+@main.command(name="prices")
+@click.argument("model", required=False)
+@click.option("--job", type=click.Path(dir_okay=False), help="A job spec: its pricing: block, provider and model.")
+@click.option("--provider", metavar="NAME", help="Show the batch price at this provider's share.")
+@click.option("--prices", type=click.Path(dir_okay=False), help="YAML: model -> {input, output, currency} per 1M.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_friendly
+def prices_cmd(model: str | None, job: str | None, provider: str | None, prices: str | None, fmt: str) -> None:
+    """What a run would be charged for MODEL (default: every priced model, or the --job's), and from where."""
+    from .commands.prices import prices_shown
+
+    shown = prices_shown(model, job, provider, prices)
+    if fmt == "json":
+        click.echo(orjson.dumps(shown.json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        _echo("\n".join(shown.lines()))
 
 
 @main.command()

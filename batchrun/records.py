@@ -85,6 +85,7 @@ class Record(_RecordKeys, total=False):
     retried_usage: dict[str, int]  # tokens the provider billed for this row's answers that were retried
     task_id: str | None
     batch_id: str  # the batch lane: the provider's batch this row's answer came from
+    batch_chat: bool  # Ark's batch chat answered it, at the batch price
     polls: int
     resubmitted: list[dict[str, Any]]  # async tasks given up on: {"task_id", "reason", "message", "polls"}
     api_key_env: str  # a key pool: the variable holding the key that answered (never the key itself)

@@ -29,7 +29,7 @@ from .records import error_code
 from .rows.ids import DUPLICATE_ID
 from .rows.sources import nth_row
 from .spec.model import CacheSpec, JobSpec, ScaleSpec
-from .spec.presets import PRESETS, batch_share
+from .spec.presets import PRESETS
 from .spec.pricing import Prices
 from .spec.simulator import SimulateSpec
 from .store.cache import Cache
@@ -37,7 +37,7 @@ from .store.checkpoint import Checkpoint
 from .store.rerun import Rerun
 from .store.resume import ResumeState
 from .store.rundir import BATCHES, RunDir, RunState, complete_lines
-from .store.usage import Usage, cached_line, outputs, outputs_line
+from .store.usage import Usage, cached_line, outputs, outputs_line, tokens_of_which
 from .text.redaction import redact, secret_bytes
 from .text.words import plural
 
@@ -410,13 +410,15 @@ def summary_lines(outcome: RunOutcome) -> list[str]:
     out = spec.output_dir
     rel = display_path(out)
     rate = outcome.rows_this_session / outcome.elapsed_s if outcome.elapsed_s > 0 else 0.0
-    cost = Prices(spec.pricing, batch_share(spec.provider.name)).spent_line(u.models)
+    cost = Prices.of(spec.pricing, spec.provider.name, spec.provider.batch_price_share).spent_line(u.models, u.slots)
     lines = [
         f"{spec.name}: {outcome.state.value.replace('_', ' ')}: {u.rows_succeeded:,} succeeded, {u.rows_failed:,} "
         f"failed, {outcome.rows_pending:,} pending of {plural(outcome.rows_total, 'row')}",
         f"  {_requests_text(u, spec.provider.mode)}, retries {u.retries:,} (429s {u.rate_limited:,}), "
         + (f"repairs {u.repairs:,}, " if u.repairs else "")
-        + f"tokens {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion; cost {cost}",
+        + f"tokens {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion"
+        + tokens_of_which(u.reasoning_tokens, u.cached_prompt_tokens)
+        + f"; cost {cost}",
         f"  this session: {plural(outcome.rows_this_session, 'row')} in {outcome.elapsed_s:,.1f} s "
         f"({rate:,.1f} rows/s)",
         f"  results: {rel}/results.jsonl" + (f"   failures: {rel}/failures.jsonl" if u.rows_failed else ""),

@@ -49,8 +49,8 @@ def test_a_rerun_sends_nothing_and_costs_nothing(tmp_path: Path, start_sim: Call
     totals = usage(tmp_path)
     assert (totals["requests"], totals["prompt_tokens"], totals["completion_tokens"]) == (0, 0, 0)
     model = totals["models"]["sim-small"]
-    assert model["cached_rows"] == 12
-    assert model["cached_completion_tokens"] == sum(
+    assert model["response_cache_rows"] == 12  # renamed from cached_rows: cached_* now count the provider's cache
+    assert model["response_cache_completion_tokens"] == sum(
         r["response"]["body"]["usage"]["completion_tokens"] for r in first.values()
     )
     assert "12 rows from the response cache, which saved" in again.output

@@ -256,8 +256,11 @@ def test_the_batch_lane_carries_images_and_names_a_line_over_the_cap(
     assert good[0]["custom_id"] == "s" and good[0]["images"][0]["ref"] == "small.png" and good[0]["batch_id"]
     assert good[0]["response"]["body"]["usage"]["prompt_tokens"] > 85
     assert bad[0]["custom_id"] == "b" and bad[0]["error"]["code"] == "line_too_large"
-    assert "over the 20,000 bytes" in bad[0]["error"]["message"] and "big.png (30," in bad[0]["error"]["message"]
+    assert "limit of 20,000 bytes" in bad[0]["error"]["message"] and "big.png (30," in bad[0]["error"]["message"]
     assert bad[0]["images"][0]["ref"] == "big.png"
+    checked = cli("validate", str(job))  # reads no image in full, yet knows the line's size
+    assert "row 2's batch line is" in checked.stdout and "[line_too_large]" in checked.stdout
+    assert "row 1's batch line" not in checked.stdout
 
 
 # --- limits, before anything is sent -----------------------------------------------------------------------------

@@ -107,6 +107,7 @@ OPTIONS_ADDED = [
     "--queue-s",
     "--balance",
     "--resource-cut-rate",
+    "--batch-chat-latency",
 ]  # options since the spec model became the options' one source
 
 

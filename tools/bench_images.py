@@ -1,4 +1,4 @@
-"""`make bench` scenario 13: a 100,000-row image job (each row a path to one of 1,000 PNG files of ~20 KB):
+"""`make bench` scenario 14: a 100,000-row image job (each row a path to one of 1,000 PNG files of ~20 KB):
 peak memory (files are read when their row is sent, so it must stay flat), rows/s, and results.jsonl bytes per row
 (records keep each image's path, bytes and digest, never its base64)."""
 
@@ -64,16 +64,16 @@ def bench_images(work: Path, rows: int) -> list[Figure]:
     done = int(run.usage["rows_succeeded"])
     return [
         Figure(
-            f"13 images, {rows:,} rows of one ~20 KB PNG each: peak RSS",
+            f"14 images, {rows:,} rows of one ~20 KB PNG each: peak RSS",
             "<= 150 MB",
             f"{run.peak_rss_mb:.1f} MB",
             run.peak_rss_mb <= 150,
         ),
         Figure(
-            f"13 images: rows/s ({done:,} succeeded)",
+            f"14 images: rows/s ({done:,} succeeded)",
             "",
             f"{run.rows_per_s:,.0f} rows/s, {1000 * run.cpu_s / max(1, done):.2f} ms CPU per row",
             None,
         ),
-        Figure("13 images: results.jsonl bytes per row", "<= 1,000", f"{per_row:,.0f} bytes", per_row <= 1000),
+        Figure("14 images: results.jsonl bytes per row", "<= 1,000", f"{per_row:,.0f} bytes", per_row <= 1000),
     ]

@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from ..store.usage import usage_counts
+
 OUTPUT_COLUMNS = (
     "row",
     "custom_id",
@@ -23,6 +25,8 @@ OUTPUT_COLUMNS = (
     "prompt_tokens",
     "completion_tokens",
     "total_tokens",
+    "reasoning_tokens",
+    "cached_prompt_tokens",
     "error_code",
     "error_message",
     "attempts",
@@ -62,6 +66,7 @@ def flatten(row: int, record: Mapping[str, Any] | None, shape: Shape = Shape()) 
     usage = body.get("usage")
     if type(usage) is not dict:
         usage = _EMPTY
+    counts = usage_counts(usage)
     choices = body.get("choices")
     choice = choices[0] if type(choices) is list and choices and type(choices[0]) is dict else _EMPTY
     message = choice.get("message")
@@ -81,6 +86,9 @@ def flatten(row: int, record: Mapping[str, Any] | None, shape: Shape = Shape()) 
         "prompt_tokens": _count(usage.get("prompt_tokens")),
         "completion_tokens": _count(usage.get("completion_tokens")),
         "total_tokens": _count(usage.get("total_tokens")),
+        # of those: the chain of thought, and the prompt the provider's cache served (None: no usage)
+        "reasoning_tokens": counts.reasoning if usage else None,
+        "cached_prompt_tokens": counts.cached_prompt if usage else None,
         "error_code": error.get("code") if type(error) is dict else None,
         "error_message": error.get("message") if type(error) is dict else None,
         "attempts": record.get("attempts"),
@@ -213,6 +221,8 @@ def column_types() -> dict[str, Any]:
         "prompt_tokens": pa.int64(),
         "completion_tokens": pa.int64(),
         "total_tokens": pa.int64(),
+        "reasoning_tokens": pa.int64(),
+        "cached_prompt_tokens": pa.int64(),
         "error_code": pa.string(),
         "error_message": pa.string(),
         "attempts": pa.int64(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -11,6 +12,7 @@ from ..limits.throttle import MAX_CONCURRENCY
 from ..spec.images import rule_text
 from ..spec.presets import PRESETS
 from ..spec.pricing import Price, Prices
+from ..spec.windows import cheapest, local_text, multiplier_at, window_at
 from ..text.words import plural
 from .validate import ModelLoad, validate
 
@@ -116,8 +118,41 @@ def assumed_latency(prepared: Prepared, typical_output: float) -> tuple[float, s
     return ASSUMED_FIRST_TOKEN_S + typical_output / ASSUMED_TOKENS_PER_S, ASSUMED
 
 
+def window_lines(est: Estimate, prices: Prices, share: float, now: float, batch: bool = False) -> list[str]:
+    """For each model whose price has time-of-day windows: what the rows cost sent now, and in the cheapest window
+    (when it opens), so the saving from waiting is plain (`schedule: {avoid_peak: true}` waits by itself)."""
+    lines = []
+    for model, load in sorted(est.models.items()):
+        price = prices.batch(model) if batch else prices.get(model)
+        if price is None or not price.windows:
+            continue
+        low, high = cost_range(price, load.prompt_tokens, round(load.max_output_tokens * share), load.max_output_tokens)
+        times, (best, opens) = multiplier_at(price.windows, now), cheapest(price.windows, now)
+        window = window_at(price.windows, now)
+        named = f", {window.name}" if window is not None and window.name else ""
+        cur = price.currency
+        lines.append(
+            f"  time of day    {model}: now ×{times:g}{named}: {low * times:,.4f} to {high * times:,.4f} {cur}"
+        )
+        if best >= times:
+            lines.append("                 now is the cheapest time within a week: nothing to gain by waiting")
+            continue
+        zone = (window_at(price.windows, opens) or window or price.windows[0]).zone
+        lines.append(
+            f"                 cheapest ×{best:g} from {local_text(opens, zone, now)} (in {duration(opens - now)}): "
+            f"{low * best:,.4f} to {high * best:,.4f} {cur}; waiting saves {low * (times - best):,.4f} to "
+            f"{high * (times - best):,.4f} {cur} (schedule: {{avoid_peak: true}} waits by itself)"
+        )
+    return lines
+
+
 def estimate_lines(
-    prepared: Prepared, est: Estimate, prices: Prices, share: float, latency_s: float | None = None
+    prepared: Prepared,
+    est: Estimate,
+    prices: Prices,
+    share: float,
+    latency_s: float | None = None,
+    now: float | None = None,
 ) -> list[str]:
     spec = prepared.spec
     typical, most = est.output_tokens(share), est.max_output_tokens
@@ -140,23 +175,32 @@ def estimate_lines(
             f"  output tokens  up to {most:,} (max_tokens on every row); ~{typical:,} at a typical {share:.0%} of it"
         )
     api = PRESETS[spec.provider.name].batch
-    if spec.provider.mode == "batch" and api is not None:
+    batched = spec.provider.mode in ("batch", "batch-chat")
+    if batched and api is not None:
         lines += cost_lines(est, prices, share, "cost (batch)", batch=True)
         lines.append(f"  online         {_ranges(cost_ranges(est, prices, share))} for the same rows in mode sync")
     else:
         lines += cost_lines(est, prices, share)
         if api is not None and spec.endpoint in api.endpoints:
             batch = cost_ranges(est, prices, share, batch=True)
+            mode = "batch" if api.files else "batch-chat"
             lines.append(
-                f"  batch          {_ranges(batch)} with provider.mode: batch ({prices.batch_share:.0%} of online, "
+                f"  batch          {_ranges(batch)} with provider.mode: {mode} ({prices.batch_share:.0%} of online, "
                 "answers within 24 h)"
             )
+    lines += window_lines(est, prices, share, time.time() if now is None else now, spec.provider.mode == "batch")
     if spec.limits.max_cost:
-        lines.append(budget_line(spec.limits.max_cost, cost_ranges(est, prices, share, spec.provider.mode == "batch")))
+        lines.append(budget_line(spec.limits.max_cost, cost_ranges(est, prices, share, batched)))
     if spec.provider.mode == "batch":
         lines.append(
             f"  time           the provider's: within the completion window ({spec.batch.completion_window}); "
             "rows a batch does not finish go into a new one"
+        )
+        return lines
+    if spec.provider.mode == "batch-chat":
+        lines.append(
+            f"  time           Ark's: batch chat answers within hours, not seconds; {spec.limits.tpd or 0:,.0f} tokens "
+            "a day per model at most (limits.tpd)"
         )
         return lines
     tokens = est.prompt_tokens + (most if spec.limits.tpm_accounting == "reserve" else typical)

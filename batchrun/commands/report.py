@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..records import line_cached, line_images, line_timing
-from ..spec.pricing import Price, Prices, parse_prices
+from ..spec.pricing import Price, Prices, money, parse_prices
 from ..store.rundir import MANIFEST, RECORD_FILES, RunDir, fold_set_aside
 from ..store.usage import Usage
 
@@ -40,6 +40,7 @@ class RunData:
     prices: dict[str, Price]  # the job's own pricing block
     reason: str | None = None  # why the run stopped early, as its manifest says
     batch_share: float = 1.0  # the provider's Batch API price as a share of its online price
+    cache_share: float | None = None  # a prompt-cache hit through it, as a share of its input (None: cached price)
     # Of rows answered by a request (a row the response cache answered took no time: neither is kept for it)
     latencies: Counter[float] = field(default_factory=Counter)  # exact: records round them to 0.1 ms
     completed: list[array[float]] = field(default_factory=list)  # epoch seconds, one array per record file
@@ -76,6 +77,7 @@ def read_run(path: Path, *, records: bool = True) -> RunData:
         parse_prices(run.job.get("pricing") or {}, f"{run.path}/{MANIFEST}", "job.pricing."),
         run.manifest.get("reason") if isinstance(run.manifest.get("reason"), str) else None,
         run.batch_share,
+        run.batch_cache_share,
     )
     completed: dict[str, array[float]] = {name: array("d") for name in RECORD_FILES}
     for entry in run.entries(from_covered=not records):
@@ -112,6 +114,8 @@ class ModelCost:
     price: Price | None  # online
     cost: float | None  # tokens a Batch API answered at its price, the rest at `price`
     online_cost: float | None  # the same tokens at the online price
+    cached_prompt_tokens: int = 0  # the provider's prompt-cache hits, of prompt_tokens
+    provider_cache_saved: float | None = None  # what those hits saved against the input price
 
 
 @dataclass
@@ -138,6 +142,16 @@ class Report:
         return out
 
     @property
+    def provider_cache_saved(self) -> dict[str, float]:
+        """What the provider's prompt cache saved (its hits at the input price less at the cached-input price), per
+        currency: apart from what batchrun's own response cache saved (rows it answered were never asked)."""
+        out: dict[str, float] = {}
+        for m in self.models:
+            if m.price is not None and m.provider_cache_saved:
+                out[m.price.currency] = out.get(m.price.currency, 0.0) + m.provider_cache_saved
+        return out
+
+    @property
     def lane(self) -> str:
         total = self.usage.prompt_tokens + self.usage.completion_tokens
         if not self.batch_tokens:
@@ -159,7 +173,7 @@ class Report:
     @property
     def rows_asked(self) -> int:
         """Rows done by a request: the rest the response cache answered, in no time."""
-        return max(0, self.usage.rows_succeeded + self.usage.rows_failed - self.usage.cached_rows)
+        return max(0, self.usage.rows_succeeded + self.usage.rows_failed - self.usage.response_cache_rows)
 
     @property
     def rows_per_s(self) -> float | None:
@@ -180,6 +194,17 @@ class Report:
         return [m.model for m in self.models if m.price is None and (m.prompt_tokens or m.completion_tokens)]
 
 
+def provider_cache_text(report: Report) -> str | None:
+    """`12,000 of 50,000 prompt tokens hit the provider's prompt cache, which saved 0.0123 CNY` (None: no hits)."""
+    hits = sum(m.cached_prompt_tokens for m in report.models)
+    if not hits:
+        return None
+    saved = ", ".join(money(v, c) for c, v in sorted(report.provider_cache_saved.items()))
+    return f"{hits:,} of {report.usage.prompt_tokens:,} prompt tokens hit the provider's prompt cache" + (
+        f", which saved {saved}" if saved else " (no cached-input price: charged at the input price)"
+    )
+
+
 def build_report(paths: Iterable[Path], prices: Mapping[str, Price] | None = None) -> Report:
     """Read and sum run directories; `prices` (from --prices) win over each job's pricing block."""
     runs = [read_run(p) for p in paths]
@@ -187,7 +212,8 @@ def build_report(paths: Iterable[Path], prices: Mapping[str, Price] | None = Non
     for run in runs:
         usage.merge(run.usage)
     share = min((run.batch_share for run in runs), default=1.0)  # one provider's, whenever a report is of one
-    table = Prices({k: v for run in runs for k, v in run.prices.items()} | dict(prices or {}), share)
+    cache_share = next((run.cache_share for run in runs), None)
+    table = Prices({k: v for run in runs for k, v in run.prices.items()} | dict(prices or {}), share, cache_share)
     online = Prices(table.table, 1.0)
     models = [
         ModelCost(
@@ -198,8 +224,10 @@ def build_report(paths: Iterable[Path], prices: Mapping[str, Price] | None = Non
             m.prompt_tokens,
             m.completion_tokens,
             table.get(name),
-            table.cost(name, m),
-            online.cost(name, m),
+            table.cost(name, m, usage.slots.get(name)),
+            online.cost(name, m, usage.slots.get(name)),
+            m.cached_prompt_tokens,
+            table.cache_saved(name, m, usage.slots.get(name)) if m.cached_prompt_tokens else None,
         )
         for name, m in sorted(usage.models.items())
     ]

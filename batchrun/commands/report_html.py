@@ -15,8 +15,8 @@ from collections.abc import Callable
 from html import escape
 
 from ..spec.pricing import money
-from ..store.usage import cached_line
-from .report import RateSeries, Report, percentile
+from ..store.usage import cached_line, tokens_of_which
+from .report import RateSeries, Report, percentile, provider_cache_text
 from .report_text import images_text, latency_text, requests_text, throughput_text
 
 WIDTH, HEIGHT = 720, 260
@@ -47,11 +47,17 @@ def render_html(report: Report) -> str:
             f"{report.rows_total:,}",
         ),
         ("requests", requests_text(report)),
-        ("tokens", f"{u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion"),
+        (
+            "tokens",
+            f"{u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion"
+            + tokens_of_which(u.reasoning_tokens, u.cached_prompt_tokens),
+        ),
         ("throughput", throughput_text(report)),
         ("latency", "   ".join(f"{k} {latency_text(v)}" for k, v in report.latency.items())),
         ("cost", ", ".join(money(v, c) for c, v in sorted(report.totals().items())) or "no priced tokens"),
     ]
+    if (provider := provider_cache_text(report)) is not None:
+        facts.append(("prompt cache", provider))
     if (hits := cached_line(u.models, report.prices)) is not None:
         facts.append(("cache", f"{hits}; not in the charts below: they took no time"))
     if report.images[1]:
@@ -62,9 +68,9 @@ def render_html(report: Report) -> str:
         f"<title>batchrun report: {escape(runs)}</title><style>{CSS}</style></head><body>",
         f"<h1>batchrun report</h1><table>{''.join(_row(k, v) for k, v in facts)}</table>",
         "<h2>Rows per second over time</h2>",
-        line_chart(report.series, report.active_s, u.cached_rows),
+        line_chart(report.series, report.active_s, u.response_cache_rows),
         "<h2>Latency</h2>",
-        histogram(report.latencies, cached=u.cached_rows),
+        histogram(report.latencies, cached=u.response_cache_rows),
         "<h2>Cost by model</h2>",
         cost_charts(report),
         _price_notes(report),

@@ -9,8 +9,8 @@ import io
 from typing import Any
 
 from ..spec.pricing import money
-from ..store.usage import cached, cached_line, outputs, outputs_line
-from .report import Report
+from ..store.usage import ModelUsage, cached, cached_line, outputs, outputs_line, tokens_of_which
+from .report import Report, provider_cache_text
 
 
 def latency_text(value: float | None) -> str:
@@ -33,7 +33,7 @@ def requests_text(report: Report) -> str:
 
 def throughput_text(report: Report) -> str:
     """Rows/s of the rows asked; rows the response cache answered took no time, and are named apart."""
-    rate, cached = report.rows_per_s, report.usage.cached_rows
+    rate, cached = report.rows_per_s, report.usage.response_cache_rows
     text = f"{rate:,.1f} rows/s over {report.active_s:,.1f} s active" if rate else "-"
     if cached:
         text += (
@@ -58,7 +58,8 @@ def report_table(report: Report) -> list[str]:
         f"  rows        {u.rows_succeeded:,} succeeded, {u.rows_failed:,} failed, {report.rows_pending:,} pending "
         f"of {report.rows_total:,}",
         f"  requests    {requests_text(report)}",
-        f"  tokens      {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion = {u.total_tokens:,}",
+        f"  tokens      {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion = {u.total_tokens:,}"
+        + tokens_of_which(u.reasoning_tokens, u.cached_prompt_tokens),
         *([f"  images      {images_text(report)}"] if report.images[1] else []),
         f"  throughput  {throughput_text(report)}",
         "  latency     " + "   ".join(f"{k} {latency_text(lat[k])}" for k in ("p50", "p90", "p99")),
@@ -99,8 +100,12 @@ def report_table(report: Report) -> list[str]:
             f"  no price for {', '.join(report.unpriced)}: their cost is unknown, not zero; add them "
             "with --prices FILE or a pricing: block in the job spec"
         )
-    if (hits := cached_line(u.models, report.prices)) is not None:
+    provider = provider_cache_text(report)
+    if (hits := cached_line(u.models, report.prices)) is not None or provider is not None:
         lines.append("")
+    if provider is not None:
+        lines.append(f"  prompt cache {provider}")
+    if hits is not None:
         lines.append(f"  cache       {hits}")
     shaped = [(name, outputs({name: m})) for name, m in sorted(u.models.items())]
     if any(outputs_line(counts) for _, counts in shaped):
@@ -144,8 +149,10 @@ def report_json(report: Report) -> dict[str, Any]:
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.total_tokens,
+        "reasoning_tokens": u.reasoning_tokens,
+        "cached_prompt_tokens": u.cached_prompt_tokens,
         "active_s": round(report.active_s, 3),
-        "rows_cached": u.cached_rows,
+        "rows_cached": u.response_cache_rows,
         "image_rows": report.images[0],
         "images": report.images[1],
         "rows_per_s": None if report.rows_per_s is None else round(report.rows_per_s, 3),
@@ -158,8 +165,10 @@ def report_json(report: Report) -> dict[str, Any]:
                 "requests": m.requests,
                 "prompt_tokens": m.prompt_tokens,
                 "completion_tokens": m.completion_tokens,
-                "price": None if m.price is None else vars(m.price),
+                **thought_and_cached(u.models.get(m.model)),
+                "price": None if m.price is None else m.price.as_dict(),
                 "cost": m.cost,
+                "provider_cache_saved": m.provider_cache_saved,
                 "currency": m.price.currency if m.price else None,
                 "outputs": outputs({m.model: u.models[m.model]}) if m.model in u.models else None,
             }
@@ -169,7 +178,18 @@ def report_json(report: Report) -> dict[str, Any]:
         "unpriced_models": report.unpriced,
         "failures_by_code": dict(sorted(u.failures_by_code.items())),
         "cache": dict(zip(("rows", "saved"), cached(u.models, report.prices), strict=True)),
+        "provider_cache_saved": report.provider_cache_saved,
         "keys": {env: dict(k) for env, k in sorted(u.keys.items())},
+    }
+
+
+def thought_and_cached(m: ModelUsage | None) -> dict[str, int]:
+    """A model's reasoning and provider-cached prompt tokens, with their Batch API parts and the completion
+    tokens of answers that reasoned (what a thinking-output price applies to)."""
+    names = ("reasoning_tokens", "cached_prompt_tokens", "thinking_completion_tokens")
+    return {
+        **{name: getattr(m, name) if m else 0 for name in names},
+        **{f"batch_{name}": getattr(m, f"batch_{name}") if m else 0 for name in names},
     }
 
 
@@ -193,6 +213,8 @@ def report_csv(report: Report) -> str:
             "price_source",
             "repairs",
             "rows_cached",
+            "reasoning_tokens",
+            "cached_prompt_tokens",
         ]
     )
     for m in report.models:
@@ -211,9 +233,11 @@ def report_csv(report: Report) -> str:
                 "" if m.cost is None else round(m.cost, 6),
                 "no price" if p is None else p.source,
                 u.models[m.model].repairs if m.model in u.models else 0,
-                u.models[m.model].cached_rows if m.model in u.models else 0,
+                u.models[m.model].response_cache_rows if m.model in u.models else 0,
+                u.models[m.model].reasoning_tokens if m.model in u.models else 0,
+                u.models[m.model].cached_prompt_tokens if m.model in u.models else 0,
             ]
         )
     for currency, amount in sorted(report.totals().items()):
-        writer.writerow(["TOTAL", "", "", "", "", "", "", "", currency, round(amount, 6), "", "", ""])
+        writer.writerow(["TOTAL", "", "", "", "", "", "", "", currency, round(amount, 6), "", "", "", "", ""])
     return out.getvalue()

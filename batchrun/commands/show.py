@@ -17,8 +17,10 @@ from ..errors import SpecError
 from ..records import body_of, count
 from ..rows.request import BadRow, Request, RequestBuilder
 from ..rows.sources import iter_rows
+from ..rows.tokens import max_output_tokens
 from ..spec.presets import ENDPOINT_URLS
 from ..store.rundir import RESULTS, RunDir
+from ..store.usage import tokens_of_which, usage_counts
 from ..text.redaction import printable_lines
 from ..text.words import plural
 
@@ -51,10 +53,13 @@ def preview_lines(prepared: Prepared, built: Request | BadRow) -> list[str]:
     path = ENDPOINT_URLS[spec.endpoint]
     url = spec.provider.base_url.rstrip("/") + path if spec.provider.base_url else f"{path} (built-in simulator)"
     head = f"row {built.row}, id {built.custom_id}: POST {url}"
+    body = orjson.loads(built.payload)
+    reserve = built.max_output - max_output_tokens(body)  # SiliconFlow's chain of thought, beyond max_tokens
+    thought = f", {reserve:,} of it held for the chain of thought max_tokens does not cap" if reserve > 0 else ""
     return printable_lines(
         [
-            head + f"  (~{built.prompt_tokens:,} prompt tokens, max {built.max_output:,} out)",
-            *_body_lines(orjson.loads(built.payload)),
+            head + f"  (~{built.prompt_tokens:,} prompt tokens, max {built.max_output:,} out{thought})",
+            *_body_lines(body),
         ]
     )
 
@@ -199,7 +204,10 @@ def _answer_lines(rec: Mapping[str, Any]) -> list[str]:
         return lines
     given = body.get("usage")
     usage: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
-    tokens = f"{count(usage.get('prompt_tokens')):,} prompt + {count(usage.get('completion_tokens')):,} completion"
+    counts = usage_counts(usage)
+    tokens = f"{counts.prompt:,} prompt + {counts.completion:,} completion" + tokens_of_which(
+        counts.reasoning, counts.cached_prompt
+    )
     for i, choice in enumerate(_choices(body)):
         label = "answer" + (f" {i + 1}" if i else "")
         lines.append(f"{label} (finish_reason {choice.get('finish_reason')}; {tokens} tokens):")

@@ -11,24 +11,25 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..engine.shards import read_shards
+from ..engine.shards import cut_text, read_shards
 from ..limits.binding import limit_line
 from ..records import iso_epoch
 from ..spec.pricing import Price, Prices, spent_text
 from ..store.rerun import from_manifest
 from ..store.rundir import BATCHES, MANIFEST, USAGE, complete_lines, read_json
-from ..store.usage import cached, cached_text, outputs, outputs_line
+from ..store.usage import cached, cached_text, outputs, outputs_line, tokens_of_which
 from .report import read_run
 
 
 def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[str, Any]:
     """A run's state and progress for scripts (`status --json`); `status_lines` prints the same facts."""
     run = read_run(path, records=False)
-    table = Prices(run.prices | dict(prices or {}), run.batch_share)
+    table = Prices(run.prices | dict(prices or {}), run.batch_share, run.cache_share)
+    saved = read_json(path / USAGE) or {}
     u = run.usage
-    costs, unpriced = table.spent(u.models)
+    costs, unpriced = table.spent(u.models, u.slots)
     live_rate = run.rate if run.live and run.rate else None
-    asked = max(0, run.rows_done - u.cached_rows)
+    asked = max(0, run.rows_done - u.response_cache_rows)
     return {
         "run_dir": str(path),
         "state": run.state,
@@ -50,6 +51,8 @@ def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[s
         "rate_limited": u.rate_limited,
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
+        "reasoning_tokens": u.reasoning_tokens,  # of the completion tokens: the chain of thought
+        "cached_prompt_tokens": u.cached_prompt_tokens,  # of the prompt tokens: the provider's prompt cache's
         "cost": costs,
         "unpriced_models": unpriced,
         "failures_by_code": dict(u.failures_by_code),
@@ -58,7 +61,9 @@ def status_json(path: Path, prices: Mapping[str, Price] | None = None) -> dict[s
         "updated_at": run.updated_at,
         "updated_s_ago": _age(run.updated_at),
         "batches": _batches(path),
-        "bound_by": limit_line(read_json(path / USAGE) or {}),
+        "bound_by": limit_line(saved),
+        # schedule.avoid_peak: the run holds for the cheap window (why, and until when)
+        "holding": saved.get("holding") if run.live and isinstance(saved.get("holding"), str) else None,
         "warnings": run.warnings,
         "resume_command": resume_command(path)
         if run.state in ("died", "interrupted", "stopped") and run.rows_pending
@@ -85,7 +90,9 @@ def status_lines(path: Path, prices: Mapping[str, Price] | None = None) -> list[
             f"  rate     {st['average_rows_per_s']:,.1f} rows/s on average over {_duration(st['active_s'])} active"
         )
     lines.append(
-        f"  tokens   {st['prompt_tokens']:,} prompt + {st['completion_tokens']:,} completion; cost so far "
+        f"  tokens   {st['prompt_tokens']:,} prompt + {st['completion_tokens']:,} completion"
+        + tokens_of_which(st["reasoning_tokens"], st["cached_prompt_tokens"])
+        + "; cost so far "
         + spent_text(st["cost"], st["unpriced_models"])
     )
     if st["failures_by_code"]:
@@ -99,6 +106,8 @@ def status_lines(path: Path, prices: Mapping[str, Price] | None = None) -> list[
         lines.append(f"  updated  {_duration(st['updated_s_ago'])} ago")
     if st["bound_by"]:
         lines.append(f"  bound by {st['bound_by']}" + (" (so far)" if st["live"] else ""))
+    if st["holding"]:
+        lines.append(f"  holding  {st['holding']} (schedule.avoid_peak)")
     if st["state"] == "stopped" and st["reason"]:
         lines.append(f"  stopped  {st['reason']}")
     batches = st["batches"]
@@ -109,6 +118,7 @@ def status_lines(path: Path, prices: Mapping[str, Price] | None = None) -> list[
         lines.append(
             f"  batch    shard {shard['shard']}: {shard['batch_id'] or '(not created yet)'} "
             f"{shard['status'] or shard['step']}, {counts}"
+            + (f"; cut {cut_text(shard['cut'], None, shard['lines'])}" if shard["cut"] else "")
         )
     if len(batches) > MAX_BATCHES_SHOWN:
         lines.append(f"  batch    ... and {len(batches) - MAX_BATCHES_SHOWN} earlier shard(s); status --json lists all")
@@ -138,6 +148,7 @@ def _batches(path: Path) -> list[dict[str, Any]]:
             "status": s.status,
             "step": s.next_step,
             "lines": s.lines,
+            "cut": s.cut,  # what closed the shard: lines, bytes, model, end (None: an older run's)
             "completed": s.counts.get("completed", 0),
             "failed": s.counts.get("failed", 0),
         }

@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 
 from .. import halt
 from ..engine.job import Prepared, display_path, key_problems
+from ..engine.shards import line_problem, shard_line
 from ..rows.ids import DUPLICATE_ID, repeated_ids
 from ..rows.request import BadRow, Request, batched
 from ..rows.sources import iter_rows
 from ..spec.model import JobSpec
+from ..spec.presets import PRESETS
 from ..store.cache import cache_problem
 from ..store.checkpoint import run_dir_problem
 from ..text.words import plural
@@ -63,6 +65,9 @@ def validate(prepared: Prepared) -> Validation:
     """Every row built as submit builds it, and every repeated id, each problem named by its row."""
     report = Validation(blockers=blockers(prepared.spec))
     prepared.builder.check_only()  # images: size and header only
+    spec = prepared.spec
+    api = PRESETS[spec.provider.name].batch if spec.provider.mode == "batch" else None
+    url = (spec.batch.line_url or (api.line_url(spec.endpoint) if api else "")).encode()
     if prepared.scan.held_back is not None:  # not read (a submit says so too), but a run may never read it either
         report._problem(
             f"line {prepared.scan.held_back}: no newline at its end and not whole JSON: left out as still being written"
@@ -73,6 +78,9 @@ def validate(prepared: Prepared) -> Validation:
             continue
         report.sent += 1
         for built in sent.parts or (sent,):
+            if api is not None and (problem := line_problem(api, built, _line(built, url))) is not None:
+                report._problem(f"{problem[1]} [{problem[0]}]")  # the batch lane records it as failed
+                continue
             report.requests += 1
             report.prompt_tokens += built.prompt_tokens
             report.max_output_tokens += built.max_output
@@ -84,6 +92,14 @@ def validate(prepared: Prepared) -> Validation:
             load.prompt_tokens += built.prompt_tokens
             load.max_output_tokens += built.max_output
     return report
+
+
+def _line(built: Request, url: bytes) -> bytes:
+    """The row's batch line, as long as it will be: validate reads no image in full, so each local image's base64
+    (4 bytes per 3, and its `data:` prefix) is stood in for by as many spaces."""
+    line = shard_line(built, url)
+    base64 = sum(4 * -(-int(i["bytes"]) // 3) + 24 for i in built.images if "bytes" in i)
+    return line + b" " * base64 if base64 else line
 
 
 def blockers(spec: JobSpec) -> list[str]:

@@ -29,16 +29,16 @@ from ..rows.sources import iter_rows
 from ..spec.presets import PRESETS
 from ..store.rundir import BATCHES, SHARDS, RunState, complete_lines
 from ..text.words import plural
+from .batchrules import check_file_room, refusal_hint
 from .context import RunContext
 from .shards import (
     FINAL_STATUSES,
-    LINE_TOO_LARGE,
     ShardIndex,
     ShardState,
     ShardWriter,
     Tries,
     custom_id_row,
-    line_too_large,
+    cut_text,
     read_shards,
     shard_rows,
 )
@@ -204,6 +204,15 @@ class BatchRun(RunControl):
                 continue
             if self.past_deadline or (self.online_after and self.tries[built.row]):
                 continue  # left pending: the online lane takes it once the batches are done
+            if built.files:  # its local images read in now, as its line is written
+                sent = self.ctx.prepared.builder.ready(built)
+                if isinstance(sent, BadRow):
+                    self._fail_row(built, sent.code, sent.message, None)
+                    continue
+                built = sent
+            if (problem := writer.problem(built)) is not None:  # fits no file of the provider's: say why
+                self._fail_row(built, *problem, None)
+                continue
             if self.tries[built.row] >= limit:
                 self._fail_row(built, NOT_FINISHED, f"no batch finished this row in {limit} shards", None)
                 continue
@@ -215,23 +224,6 @@ class BatchRun(RunControl):
             if self.budget is not None and not self.budget.reserve(built):
                 self.over_budget = True  # the rest wait: what is out may cost less than its worst case
                 break
-            if built.files:  # its local images read in now, as its line is written
-                sent = self.ctx.prepared.builder.ready(built)
-                if isinstance(sent, BadRow):
-                    self._fail_row(built, sent.code, sent.message, None)
-                    continue
-                built = sent
-            if (cap := self.api.max_line_bytes) is not None and len(writer.line(built)) > cap:
-                self._fail_row(built, LINE_TOO_LARGE, line_too_large(len(writer.line(built)), cap, built), None)
-                continue
-            if not writer.fits(built):
-                self._fail_row(
-                    built,
-                    "too_large_for_batch",
-                    f"the request is larger than {self.api.max_bytes:,} bytes, the most a batch file may hold",
-                    None,
-                )
-                continue
             if (closed := writer.add(built)) is not None:
                 written.append(closed)
             self.tries.add(built.row)
@@ -239,10 +231,15 @@ class BatchRun(RunControl):
             written.append(last)
         for shard in written:
             state = ShardState(shard.index, str(shard.path.relative_to(self.checkpoint.path)), shard.lines)
-            self._event(state, "written", path=state.path, lines=shard.lines, bytes=shard.bytes)
+            state.cut = shard.cut
+            self._event(state, "written", path=state.path, lines=shard.lines, bytes=shard.bytes, cut=shard.cut)
             self.shards[shard.index] = state
         if written:
-            self.log(f"wrote {plural(sum(s.lines for s in written), 'row')} into {plural(len(written), 'batch file')}")
+            cuts = sorted({cut_text(s.cut, self.api, s.lines) for s in written[:-1]})
+            why = f" (cut {'; '.join(cuts)})" if cuts else ""
+            self.log(
+                f"wrote {plural(sum(s.lines for s in written), 'row')} into {plural(len(written), 'batch file')}{why}"
+            )
         return bool(written)
 
     def _rows_path(self, shard: ShardState) -> Path:
@@ -271,6 +268,8 @@ class BatchRun(RunControl):
     # --- one step of a shard ------------------------------------------------------------------------------
 
     async def _upload(self, shard: ShardState) -> None:
+        if self.api.max_files is not None:  # Kimi holds 1,000 batch files per organisation: count them first
+            check_file_room(self.api, await self.client.count_files("batch"), self.base_url)
         reply = await self.client.upload(self.checkpoint.path / shard.path)
         file_id = self._id_of(reply, "upload of " + shard.path)
         if file_id is not None:
@@ -288,8 +287,11 @@ class BatchRun(RunControl):
                 self.log(f"shard {shard.index}: found its batch {found}, created before the run was stopped")
                 return
         metadata = {"batchrun_job": self.spec.name, "shard": str(shard.index)}
+        extra = dict(self.api.create_extra)
+        if self.api.replace_model:  # SiliconFlow: the create call names the file's one model
+            extra["replace"] = {"model": next(shard_rows(self._rows_path(shard)))[2]}
         reply = await self.client.create(
-            shard.file_id, self.line_url, self.spec.batch.completion_window, metadata, dict(self.api.create_extra)
+            shard.file_id, self.line_url, self.spec.batch.completion_window, metadata, extra
         )
         batch_id = self._id_of(reply, f"creating the batch of shard {shard.index}")
         if batch_id is not None:
@@ -478,8 +480,8 @@ class BatchRun(RunControl):
         if reply.status in REFUSED and what.startswith(("upload", "creating")):
             code, message = error_details(reply.body)
             raise FatalProviderError(
-                f"{what}: HTTP {reply.status} ({code}: {message}): the provider refuses it as it is, and asking again "
-                "would not change that; nothing was recorded, so the same command resumes once it is fixed"
+                f"{what}: HTTP {reply.status} ({code}: {message}): {refusal_hint(self.api, code, message)}; nothing "
+                "was recorded, so the same command resumes once it is fixed"
             )
         detail = reply.error or f"HTTP {reply.status}: {error_details(reply.body)[1]}"
         self.log(f"{what}: {detail}; trying again at the next poll")

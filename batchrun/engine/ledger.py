@@ -19,7 +19,6 @@ from ..records import NO_OUTPUT, Record, Response, error, now_iso, record, recor
 from ..retry import Decision
 from ..rows.ids import DUPLICATE_ID, repeated_ids
 from ..rows.request import BadRow, Request
-from ..spec.presets import batch_share
 from ..spec.pricing import Prices
 from ..store.cache import Cache
 from ..store.checkpoint import Checkpoint
@@ -56,13 +55,17 @@ class Ledger:
         output = self.spec.output
         self.repairs = Repairs(output, self.spec.params, checkpoint, state.repairs) if output is not None else None
         self.cache = cache
-        budget, prices = self.spec.limits.max_cost, Prices(self.spec.pricing, batch_share(self.spec.provider.name))
+        provider = self.spec.provider
+        budget = self.spec.limits.max_cost
+        prices = Prices.of(self.spec.pricing, provider.name, provider.batch_price_share)
         self.budget = (
             Budget(
                 budget,
                 prices,
-                lambda: prices.spent(self.usage.models)[0],
-                batch=self.spec.provider.mode == "batch",
+                lambda: prices.spent(self.usage.models, self.usage.slots)[0],
+                batch=self.spec.provider.mode in ("batch", "batch-chat"),
+                # a job that turns thinking off holds its answers at the plain output price
+                thinking=self.spec.reasoning is None or self.spec.reasoning.thinking is not False,
                 source=self.spec.called,
             )
             if budget
@@ -186,7 +189,7 @@ class Ledger:
 
     def _recent_rate(self) -> float | None:
         """Rows finished per second over the last RATE_WINDOW_S, for `batchrun status` and its ETA."""
-        now, done = time.monotonic(), self.state.done.count - self.usage.cached_rows  # the cache's take no time
+        now, done = time.monotonic(), self.state.done.count - self.usage.response_cache_rows  # the cache's take no time
         samples = self.rate_samples
         samples.append((now, done))
         while len(samples) > 2 and samples[0][0] < now - RATE_WINDOW_S:

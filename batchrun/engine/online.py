@@ -20,6 +20,7 @@ from typing import Any
 from .. import halt
 from ..errors import BatchrunError, FatalProviderError
 from ..lanes import Lane, LaneContext, Row
+from ..lanes.batchchat import BatchChatLane
 from ..lanes.online import OnlineLane
 from ..lanes.outcome import Answered, BadInput, Done, Failed, Held, Outcomes, RetryLater, SendAgain
 from ..lanes.tasks import TaskLane
@@ -35,6 +36,7 @@ from ..spec.presets import PRESETS
 from ..store.rundir import RunState
 from ..text.words import plural
 from .context import RunContext
+from .schedule import PriceHold
 from .shared import FLUSH_EVERY_S, RunControl
 
 STOP_GRACE_S = 5.0
@@ -76,7 +78,8 @@ class RunLoop(RunControl):
             log=log,
             t_wall0=time.time(),
         )
-        self.lane: Lane = TaskLane(lane) if spec.provider.mode == "async" else OnlineLane(lane)
+        lanes: dict[str, Callable[[LaneContext], Lane]] = {"async": TaskLane, "batch-chat": BatchChatLane}
+        self.lane = lanes.get(spec.provider.mode, OnlineLane)(lane)
         self.ready: deque[Row] = deque()  # retries whose backoff is over
         self.backoffs: set[asyncio.TimerHandle] = set()
         self.attempts: set[asyncio.Future[None]] = set()  # attempts on the wire
@@ -86,6 +89,8 @@ class RunLoop(RunControl):
         # Until some answer shows the endpoint is there, answers that say it is not are parked, not acted on: if
         # the first rows all get them, the run stops with every row still pending.
         self.unproven: list[tuple[Row, Reply, Ticket, str]] | None = []
+        # schedule.avoid_peak: no row goes out while the model's price is above its cheapest window's
+        self.schedule = PriceHold(spec, lambda: self.ledger.pending, log) if spec.schedule.avoid_peak else None
 
     # --- the run -------------------------------------------------------------------------------------
 
@@ -151,6 +156,8 @@ class RunLoop(RunControl):
                     return
                 await self._sleep()
                 continue
+            if self.schedule is not None:
+                await self.schedule.until_cheap()  # the row waits in hand (pending: never sent), or is cancelled
             if self.budget is not None and not self._within_budget(row):
                 return
             if not self.pool.live:  # every key refused: the run is stopping
@@ -429,9 +436,9 @@ class RunLoop(RunControl):
         if self.dispatcher is not None:
             self.dispatcher.cancel()
         if self.stopping is RunState.STOPPED and self.pool.inflight:  # Ctrl-C says so itself
-            self.log(
-                f"stopping: waiting up to {STOP_GRACE_S:.0f} s for {plural(self.pool.inflight, 'request')} in flight"
-            )
+            paid = isinstance(self.error, BudgetReached)  # at a budget or quota: what is in flight is paid for
+            grace = STOP_GRACE_S + (self.spec.retry.timeout_s if paid else 0)
+            self.log(f"stopping: waiting up to {grace:,.0f} s for {plural(self.pool.inflight, 'request')} in flight")
 
     def interrupt(self, terminal: bool = True) -> None:
         """Ctrl-C / SIGTERM: stop taking rows and let in-flight requests finish; a second one cancels them."""
@@ -462,4 +469,5 @@ class RunLoop(RunControl):
             "throttle": members[0].throttle.snapshot(),
             **({"key_throttles": keys} if keys else {}),
             **self.lane.totals(),
+            **(self.schedule.facts() if self.schedule is not None else {}),
         }

@@ -8,15 +8,17 @@ however many rows a shard holds.
 
 `batches.jsonl` is append-only, one event a line, fsynced before the run waits on what it says:
 
-    {"shard": 3, "event": "written", "path": "shards/shard-00003.jsonl", "lines": 50000, "bytes": 81234567}
+    {"shard": 3, "event": "written", "path": "shards/shard-00003.jsonl", "lines": 50000, "bytes": 81234567,
+     "cut": "lines"}
     {"shard": 3, "event": "uploaded", "file_id": "file-abc"}
     {"shard": 3, "event": "created", "batch_id": "batch_xyz"}
     {"shard": 3, "event": "polled", "status": "in_progress", "completed": 1200, "failed": 3}
     {"shard": 3, "event": "harvested", "status": "expired", "recorded": 30000, "resend": 20000}
     {"shard": 3, "event": "deleted"}
 
-A kill between any two of them leaves a state `next_step` resumes from: a file whose id reached the disk is never
-uploaded again, and a batch whose id reached the disk is never created again.
+`cut` says what closed the shard: the provider's most `lines` or `bytes` a file, a `model` change (one model per
+file), or `end` (the rows ran out). A kill between any two of them leaves a state `next_step` resumes from: a file
+whose id reached the disk is never uploaded again, and a batch whose id reached the disk is never created again.
 """
 
 from __future__ import annotations
@@ -35,6 +37,62 @@ from ..rows.request import Request
 from ..spec.presets import BatchAPI, Endpoint
 
 FINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+CUTS = {
+    "lines": "at the most lines a file holds",
+    "bytes": "at the most bytes a file holds",
+    "model": "at a model change (one model per file)",
+    "end": "where the rows ran out",
+}
+
+
+def cut_text(cut: str, api: BatchAPI | None, lines: int) -> str:
+    """Why a shard ends where it does, for the log and `status`: `at 5,000 lines, Qianfan's most a file`."""
+    title = api.title if api is not None else "the provider"
+    if cut == "lines":
+        return f"at {lines:,} lines, {title}'s most a file"
+    if cut == "bytes" and api is not None:
+        return f"at {api.max_bytes / 1024 / 1024:,.0f} MB, {title}'s most a file"
+    return CUTS.get(cut, cut)
+
+
+def line_problem(api: BatchAPI, request: Request, line: bytes) -> tuple[str, str] | None:
+    """Why a row's line cannot go into any of the provider's batch files, as (code, message), or None: found
+    before upload, so the row gets a failure record naming the rule and the rest go through."""
+    if api.max_line_bytes is not None and len(line) > api.max_line_bytes:
+        return (
+            "line_too_large",
+            f"row {request.row}'s batch line is {len(line):,} bytes, over {api.title}'s limit of "
+            f"{api.max_line_bytes:,} bytes ({api.max_line_bytes / 1024 / 1024:g} MB) a line" + _images_named(request),
+        )
+    if len(line) > api.max_bytes:
+        return (
+            "too_large_for_batch",
+            f"the request is larger than {api.max_bytes:,} bytes, the most a batch file may hold",
+        )
+    if api.ends_with_user:
+        last = last_role(request.payload)
+        if last != "user":
+            return (
+                "last_message_not_user",
+                f"{api.title}'s Batch API takes only requests whose messages end with a user message; row "
+                f"{request.row}'s last message is {last!r}",
+            )
+    return None
+
+
+def _images_named(request: Request) -> str:
+    """input.images: the images that make a line large, and what scales them down."""
+    named = ", ".join(f"{i['ref']} ({i['bytes']:,} bytes)" for i in request.images if "bytes" in i)
+    return f" (its images: {named}; input.image_max_side scales them down)" if named else ""
+
+
+def last_role(payload: bytes) -> str | None:
+    """The role of a chat body's last message (None: no messages)."""
+    body = orjson.loads(payload)
+    messages = body.get("messages") if isinstance(body, dict) else None
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    role = last.get("role") if isinstance(last, dict) else None
+    return str(role) if role is not None else None
 
 
 def row_custom_id(row: int) -> str:
@@ -47,6 +105,19 @@ def custom_id_row(custom_id: str) -> int | None:
     return int(number) if head == "row" and number.isdigit() else None
 
 
+def shard_line(request: Request, url: bytes) -> bytes:
+    """The request as a line of a Batch API input file."""
+    return (
+        b'{"custom_id":"'
+        + row_custom_id(request.row).encode()
+        + b'","method":"POST","url":"'
+        + url
+        + b'","body":'
+        + request.payload
+        + b"}\n"
+    )
+
+
 @dataclass(frozen=True)
 class Shard:
     index: int
@@ -54,6 +125,7 @@ class Shard:
     rows_path: Path  # its sidecar: [row, custom_id, model] per line, in the file's order
     lines: int
     bytes: int
+    cut: str = "end"  # what closed it (CUTS)
 
     def event(self, root: Path) -> dict[str, Any]:
         return {
@@ -62,18 +134,8 @@ class Shard:
             "path": str(self.path.relative_to(root)),
             "lines": self.lines,
             "bytes": self.bytes,
+            "cut": self.cut,
         }
-
-
-LINE_TOO_LARGE = "line_too_large"
-
-
-def line_too_large(size: int, cap: int, request: Request) -> str:
-    """Why a row's batch line was not written: over the provider's cap on one line, its images named."""
-    images = ", ".join(f"{i['ref']} ({i['bytes']:,} bytes)" for i in request.images if "bytes" in i)
-    return f"its batch line is {size:,} bytes, over the {cap:,} bytes the provider takes in one line" + (
-        f" (its images: {images}); input.image_max_side scales them down" if images else ""
-    )
 
 
 class ShardWriter:
@@ -93,30 +155,32 @@ class ShardWriter:
         self._model: str | None = None
 
     def line(self, request: Request) -> bytes:
-        return (
-            b'{"custom_id":"'
-            + row_custom_id(request.row).encode()
-            + b'","method":"POST","url":"'
-            + self.url
-            + b'","body":'
-            + request.payload
-            + b"}\n"
-        )
+        return shard_line(request, self.url)
 
     def fits(self, request: Request) -> bool:
         """Whether the request fits in a shard at all (a line larger than a whole file never will)."""
         return len(self.line(request)) <= self.api.max_bytes
 
+    def problem(self, request: Request) -> tuple[str, str] | None:
+        """Why the request fits in no shard (its line too large, a rule of the provider's broken), or None."""
+        return line_problem(self.api, request, self.line(request))
+
     def add(self, request: Request) -> Shard | None:
         """Write one request; returns the shard it closed to make room, if it closed one."""
         line = self.line(request)
         closed = None
-        if self._file is not None and (
-            self._lines + 1 > self.max_lines
-            or self._bytes + len(line) > self.api.max_bytes
-            or (self.api.one_model_per_file and request.model != self._model)
-        ):
-            closed = self.close()
+        if self._file is not None:
+            cut = (
+                "lines"
+                if self._lines + 1 > self.max_lines
+                else "bytes"
+                if self._bytes + len(line) > self.api.max_bytes
+                else "model"
+                if self.api.one_model_per_file and request.model != self._model
+                else None
+            )
+            if cut is not None:
+                closed = self.close(cut)
         if self._file is None:
             self._open(request.model)
         self._file.write(line)
@@ -130,15 +194,16 @@ class ShardWriter:
         self._bytes += len(line)
         return closed
 
-    def close(self) -> Shard | None:
-        """Finish the shard being written: both files on disk (fsynced) before anyone is told of it."""
+    def close(self, cut: str = "end") -> Shard | None:
+        """Finish the shard being written (`cut`: why there): both files on disk (fsynced) before anyone is told
+        of it."""
         if self._file is None:
             return None
         for f in (self._file, self._rows):
             f.flush()
             os.fsync(f.fileno())
             f.close()
-        shard = Shard(self.index, Path(self._file.name), Path(self._rows.name), self._lines, self._bytes)
+        shard = Shard(self.index, Path(self._file.name), Path(self._rows.name), self._lines, self._bytes, cut)
         self._file = self._rows = None
         return shard
 
@@ -224,6 +289,7 @@ class ShardState:
     index: int
     path: str = ""
     lines: int = 0
+    cut: str | None = None  # what closed the shard (CUTS); None in an older run's events
     file_id: str | None = None
     batch_id: str | None = None
     status: str | None = None  # the batch's last known status
@@ -262,6 +328,7 @@ def read_shards(lines: Iterable[bytes]) -> dict[int, ShardState]:
         kind = event.get("event")
         if kind == "written":
             state.path, state.lines = str(event.get("path") or ""), int(event.get("lines") or 0)
+            state.cut = str(event["cut"]) if isinstance(event.get("cut"), str) else None
         elif kind == "uploaded":
             state.file_id = event.get("file_id")
         elif kind == "created":

@@ -40,6 +40,11 @@ class RunControl:
             await asyncio.to_thread(self.ledger.refuse_repeated_ids)
             if self.budget is not None:
                 self.budget.price(self.spec.model)
+            if self.spec.schedule.avoid_peak and self.spec.provider.mode == "batch":
+                self.log(
+                    "schedule.avoid_peak holds online runs only: a Batch API answers in its own time, so this run "
+                    "is not held"
+                )
         except Interrupted:
             self.stop(RunState.INTERRUPTED, "interrupted")
         except BatchrunError as exc:

@@ -10,11 +10,21 @@ lets what is in flight finish, and stops (exit 1) saying what was spent and how 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 
 from ..errors import BatchrunError, SpecError
 from ..rows.request import Request
 from ..spec.pricing import Price, Prices, money
+from ..spec.windows import multiplier_at
+
+
+def worst_cost(price: Price, prompt_tokens: int, max_output: int, thinking: bool, at: float) -> float:
+    """A request's worst case: every prompt token a cache miss, `max_output` answer tokens at the thinking price
+    where answers may reason (and it is the dearer), all at the multiplier of the window it goes out in."""
+    output = max_output if thinking and price.thinking_output is not None else 0
+    cost = price.cost(prompt_tokens, max_output, 0, output if price.worst_output > price.output else 0)
+    return cost * multiplier_at(price.windows, at)
 
 
 class BudgetReached(BatchrunError):
@@ -32,8 +42,13 @@ class Budget:
         *,
         batch: bool = False,
         source: str = "job.yaml",
+        thinking: bool = True,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """`thinking`: answers may reason (then an answer's tokens are held at the thinking price, where the price
+        has one and it is the higher); `clock`: now, for the time-of-day window a request goes out in."""
         self.limits, self.prices, self.spent, self.batch, self.source = limits, prices, spent, batch, source
+        self.thinking, self.clock = thinking, clock
         self.held: dict[int, tuple[str, float]] = {}  # row -> (currency, reserved)
         self.reserved: dict[str, float] = {}
 
@@ -55,7 +70,7 @@ class Budget:
 
     def worst(self, request: Request) -> tuple[str, float]:
         price = self.price(request.model)
-        return price.currency, price.cost(request.prompt_tokens, request.max_output)
+        return price.currency, worst_cost(price, request.prompt_tokens, request.max_output, self.thinking, self.clock())
 
     def reserve(self, request: Request) -> bool:
         """Hold the request's worst case against the budget; False (nothing held) when it does not fit."""

@@ -78,6 +78,23 @@ class BatchAPIClient:
                 return None
         return None
 
+    async def count_files(self, purpose: str, pages: int = 100) -> int | None:
+        """How many files of this purpose the provider holds (`GET /files`, a page of up to 10,000 at a time while
+        it says there are more), or None: it did not answer with a list."""
+        held, after = 0, None
+        for _ in range(pages):
+            query = f"?purpose={purpose}&limit=10000" + (f"&after={after}" if after else "")
+            reply = await fetch_json(self.http, "GET", f"{self.base}/files{query}", self.headers(), self.timeout)
+            body = reply.body if reply.status == 200 and isinstance(reply.body, dict) else None
+            data = body.get("data") if body is not None else None
+            if body is None or not isinstance(data, list):
+                return None
+            held += sum(1 for f in data if isinstance(f, dict) and f.get("purpose", purpose) == purpose)
+            after = data[-1].get("id") if data and isinstance(data[-1], dict) else None
+            if not (body.get("has_more") and isinstance(after, str)):
+                break
+        return held
+
     async def retrieve(self, batch_id: str) -> Reply:
         return await fetch_json(self.http, "GET", f"{self.base}/batches/{batch_id}", self.headers(), self.timeout)
 

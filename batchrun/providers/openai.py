@@ -31,8 +31,10 @@ class ChatCompletions:
 
     `auth` gives the Authorization header's value at each call (a JWT is re-signed now and then)."""
 
-    def __init__(self, base_url: str, auth: Callable[[], str | None], endpoint: Endpoint = "chat") -> None:
-        self.url = base_url.rstrip("/") + ENDPOINT_URLS[endpoint]
+    def __init__(
+        self, base_url: str, auth: Callable[[], str | None], endpoint: Endpoint = "chat", path: str | None = None
+    ) -> None:
+        self.url = base_url.rstrip("/") + (path or ENDPOINT_URLS[endpoint])  # path: Ark's /batch/chat/completions
         self.auth = auth
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
 

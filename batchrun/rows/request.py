@@ -12,6 +12,7 @@ import orjson
 from ..errors import SpecError
 from ..spec.model import JobSpec
 from ..spec.presets import ENDPOINT_URLS, Endpoint
+from ..spec.reasoning import merged, reasoning_params, thinking_reserve
 from ..text.words import suggestion
 from .images import ImageReader, RowImages, with_images
 from .render import INVALID_INPUT, NULL_FIELD, RowProblem, Template, is_null
@@ -62,11 +63,12 @@ def with_body(request: Request, before: dict[str, Any], body: dict[str, Any]) ->
     """The same row's chat request with another body (a repair step: `before` with messages added or max_tokens
     changed); the prompt estimate grows by the messages added."""
     added = estimate_messages(body["messages"]) - estimate_messages(before["messages"])
+    reserve = request.max_output - max_output_tokens(before)  # a chain of thought's, beyond max_tokens
     return replace(
         request,
         payload=orjson.dumps(body),
         prompt_tokens=request.prompt_tokens + added,
-        max_output=max_output_tokens(body),
+        max_output=max_output_tokens(body) + max(0, reserve),
     )
 
 
@@ -145,6 +147,15 @@ class RequestBuilder:
         self.endpoint = spec.endpoint
         self.id_field = spec.input.id_field
         self.params = dict(spec.params)
+        self.reserve = 0  # tokens beyond max_tokens a chain of thought may take (max_tokens does not cap it)
+        reasoning, name = spec.reasoning, spec.provider.name
+        if reasoning is not None and self.endpoint == "chat":
+            said = reasoning_params(name, reasoning.thinking, reasoning.effort, reasoning.budget_tokens)
+            self.params = merged(self.params, said)
+        if self.endpoint == "chat":
+            thinking, budget = (reasoning.thinking, reasoning.budget_tokens) if reasoning else (None, None)
+            simulate = spec.provider.simulate
+            self.reserve = thinking_reserve(name, thinking, budget, simulate.speaks if simulate else None)
         output = spec.output
         self.asking = Asking.of(output, output.ask) if output is not None else None
         # a json_schema response_format is prompt the provider reads (and bills): the TPM estimate counts it
@@ -248,9 +259,8 @@ class RequestBuilder:
                 return self._with_images(row, custom_id, model, body, tokens, images)
             payload = orjson.dumps(body)
             key = self._cache_key(payload, body)
-            return Request(
-                row, custom_id, model, payload, tokens, max_output_tokens(body), stream=stream, cache_key=key
-            )
+            most = max_output_tokens(body) + self.reserve
+            return Request(row, custom_id, model, payload, tokens, most, stream=stream, cache_key=key)
         text = body.pop("input")
         alike = orjson.dumps(body, option=orjson.OPT_SORT_KEYS) if isinstance(text, str) else None
         body["input"] = text
@@ -351,7 +361,7 @@ class RequestBuilder:
         if mode == "stream" and self.endpoint != "embeddings":
             body["stream"] = True
         if body.get("stream") is True:
-            if mode == "batch":
+            if mode in ("batch", "batch-chat"):
                 raise RowProblem("asks for stream: true, which a Batch API cannot do: remove it")
             if mode == "async":
                 raise RowProblem(

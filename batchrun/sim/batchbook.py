@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from .answers import DIRECTIVE, error_body, prompt_texts
+from .filerules import RULES, FileRules, line_refusal, mixed_models
 
 # (kind, body) -> (status, answer body): one request answered as the online endpoint would, and billed
 Answer = Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]]]
@@ -79,14 +80,16 @@ class SimBatch:
     error_file_id: str | None = None
     finished_at: int | None = None
     auto_delete: bool = False  # Zhipu's auto_delete_input_file: the input file goes when the batch ends
+    replace_model: str | None = None  # SiliconFlow's replace.model: every line is answered by this model
 
 
 class BatchBook:
     """Every file and batch the simulator holds, for as long as it runs, and the counts the stats show."""
 
-    def __init__(self, answer: Answer, batch_s: float, max_lines: int = 50_000) -> None:
+    def __init__(self, answer: Answer, batch_s: float, max_lines: int = 50_000, speaks: str = "openai") -> None:
         self.answer = answer
-        self.batch_s, self.max_lines = batch_s, max_lines
+        self.rules: FileRules = RULES.get(speaks, FileRules())  # the file rules of the provider it speaks as
+        self.batch_s, self.max_lines = batch_s, self.rules.max_lines or max_lines
         self.files: dict[str, SimFile] = {}
         self.batches: dict[str, SimBatch] = {}
         self._ids = itertools.count(1)
@@ -136,6 +139,9 @@ class BatchBook:
             expire,
         )
         batch.auto_delete = body.get("auto_delete_input_file") is True
+        replace = body.get("replace")
+        if isinstance(replace, dict) and isinstance(replace.get("model"), str):
+            batch.replace_model = replace["model"]
         if tokens:
             batch.errors = [{"code": "token_limit_exceeded", "line": None, "message": "Enqueued token limit reached"}]
         self.creates += 1
@@ -163,9 +169,14 @@ class BatchBook:
             batch.cancel_at, batch.cancelling_at = now, int(time.time())
             batch.status = "cancelling"
 
-    def read(self, content: bytes, endpoint: str) -> Reading:
+    def held(self) -> int:
+        """Batch-purpose files held now (Kimi refuses an upload past 1,000)."""
+        return sum(1 for f in self.files.values() if f.purpose == "batch")
+
+    def read(self, content: bytes, endpoint: str, replace: Any = None) -> Reading:
         """The file's requests, its validation errors, the share after which it expires, and whether its
-        enqueued tokens are refused."""
+        enqueued tokens are refused; by the rules of the provider the simulator speaks as (`replace`: the create
+        call's `replace`, SiliconFlow's)."""
         lines: list[dict[str, Any]] = []
         errors: list[dict[str, Any]] = []
         seen: set[str] = set()
@@ -189,6 +200,8 @@ class BatchBook:
                 problem = ("mismatched_url", f"url {line.get('url')!r} is not the batch's endpoint {endpoint!r}")
             elif not isinstance(line.get("body"), dict):
                 problem = ("missing_body", "body must be an object")
+            else:
+                problem = line_refusal(self.rules, raw, line["body"])
             text = orjson.dumps(line.get("body")).decode() if isinstance(line, dict) else ""
             directives = dict(DIRECTIVE.findall(text))
             if "batch-invalid" in directives:
@@ -207,6 +220,8 @@ class BatchBook:
             lines.append(line)
         if len(lines) + len(errors) > self.max_lines:
             errors.insert(0, {"code": "too_many_lines", "line": None, "message": f"at most {self.max_lines} lines"})
+        if (mixed := mixed_models(self.rules, lines, replace)) is not None:
+            errors.insert(0, {"code": "mixed_models", "line": None, "message": mixed})
         return lines, errors, expire, tokens
 
     def _validate_s(self) -> float:
@@ -249,7 +264,7 @@ class BatchBook:
 
     def _answer_line(self, batch: SimBatch, line: dict[str, Any]) -> None:
         kind = next(k for tail, k in KINDS.items() if batch.endpoint.endswith(tail))
-        body = line["body"]
+        body = line["body"] if batch.replace_model is None else {**line["body"], "model": batch.replace_model}
         if prompt_texts(kind, body) is None:
             status, answer = 400, error_body("invalid_request_error", "the body lacks what the endpoint needs")
         else:

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from .answers import error_body
 from .batchbook import KINDS, Answer, BatchBook
+from .filerules import upload_refusal
 
 Auth = Callable[[web.Request], web.Response | None]
 
@@ -33,10 +34,16 @@ class BatchDesk:
     """The Batch API's routes: each maps an HTTP request to the book of files and batches (`batchbook`)."""
 
     def __init__(
-        self, answer: Answer, auth: Auth, clock: Callable[[], float], batch_s: float, max_lines: int = 50_000
+        self,
+        answer: Answer,
+        auth: Auth,
+        clock: Callable[[], float],
+        batch_s: float,
+        max_lines: int = 50_000,
+        speaks: str = "openai",
     ) -> None:
         self.auth, self.clock = auth, clock
-        self.book = BatchBook(answer, batch_s, max_lines)
+        self.book = BatchBook(answer, batch_s, max_lines, speaks)
 
     def routes(self, app: web.Application) -> None:
         add = app.router
@@ -69,7 +76,10 @@ class BatchDesk:
             return _error(400, "invalid_request_error", "multipart field 'file' is required")
         if purpose != "batch":
             return _error(400, "invalid_request_error", f"purpose must be 'batch', got {purpose!r}")
-        return _ok(self.book.upload(upload.filename, upload.file.read()).describe())
+        content = upload.file.read()
+        if (refused := upload_refusal(self.book.rules, len(content), self.book.held())) is not None:
+            return _error(400, "invalid_request_error", refused)
+        return _ok(self.book.upload(upload.filename, content).describe())
 
     async def list_files(self, request: web.Request) -> web.Response:
         """`GET /files?purpose=&limit=&after=&order=`: a page of files as OpenAI's SDK pages them (and Zhipu's
@@ -122,7 +132,7 @@ class BatchDesk:
         endpoint = str(body.get("endpoint") or "")
         if not any(endpoint.endswith(tail) for tail in KINDS):
             return _error(400, "invalid_request_error", f"unsupported endpoint {endpoint!r}")
-        reading = self.book.read(source.content, endpoint)
+        reading = self.book.read(source.content, endpoint, body.get("replace"))
         batch = self.book.create(source, endpoint, body, reading, self.clock())
         return _ok(self.book.describe(batch, self.clock()))
 

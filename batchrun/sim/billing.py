@@ -27,6 +27,7 @@ from .answers import (
     prompt_texts,
     structured_content,
 )
+from .thinking import PromptCache, add_thinking, reasoning_words, report_cached
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +67,15 @@ def max_output(kind: str, body: dict[str, Any], texts: list[str]) -> int:
 class Billing:
     """Each prompt's attempts, the answers it got, and the tokens billed for them."""
 
-    def __init__(self, rng: random.Random, invalid_json_rate: float = 0.0) -> None:
-        self.rng, self.invalid_json_rate = rng, invalid_json_rate
+    def __init__(self, rng: random.Random, invalid_json_rate: float = 0.0, speaks: str = "openai") -> None:
+        self.rng, self.invalid_json_rate, self.speaks = rng, invalid_json_rate, speaks
         self.attempts: Counter[bytes] = Counter()
         self.billed: Counter[bytes] = Counter()
         self.billed_prompt_tokens = self.billed_completion_tokens = 0
+        # of those: chains of thought (billed as output), and prompt tokens the prompt cache served
+        self.billed_reasoning_tokens = self.billed_cached_prompt_tokens = 0
+        self.prompt_cache = PromptCache()
+        self.reasoning_asked: Counter[str] = Counter()  # the reasoning controls requests carried, `key=value`
         self.structured: Counter[str] = Counter()  # JSON asked for, repairs seen, answers spoilt, by kind
         self.max_tokens_asked: Counter[str] = Counter()  # of requests asking for JSON
 
@@ -94,6 +99,11 @@ class Billing:
                 self._structure(answer, call)
                 call_tools(answer, call.body, call.key)  # a function the request makes the model call
                 add_logprobs(answer, call.body, call.key)  # of the content as it ends up
+                self.reasoning_asked.update(reasoning_words(call.body))
+                self.billed_reasoning_tokens += add_thinking(answer, call.body, call.key, self.speaks)
+            hits = self.prompt_cache.hits(call.kind, call.body, answer["usage"]["prompt_tokens"])
+            report_cached(answer["usage"], hits, self.speaks)
+            self.billed_cached_prompt_tokens += hits
         self.billed[call.key] += 1
         self.billed_prompt_tokens += answer["usage"]["prompt_tokens"]
         self.billed_completion_tokens += answer["usage"].get("completion_tokens", 0)

@@ -107,7 +107,7 @@ class SimProvider:
         now = clock()
         self.rng = random.Random(cfg.seed)
         self.admission = Admission(cfg, self.rng, now)
-        self.billing = Billing(self.rng, cfg.invalid_json_rate)
+        self.billing = Billing(self.rng, cfg.invalid_json_rate, cfg.speaks)
         self.responses: Counter[int] = Counter()
         self.requests = self.dropped = 0
         self.images = self.images_refused = 0  # image parts that passed the checks, and requests refused for one
@@ -115,7 +115,8 @@ class SimProvider:
         self.tasks_submitted = self.polls = self.max_tasks_running = 0
         self.inflight = 0  # requests being handled: read, waited on, not yet answered (billed when answered)
         self.running: list[float] = []  # due times of tasks still running (a heap)
-        self.batch_desk = BatchDesk(self._batch_answer, self._auth, clock, cfg.batch_s)
+        self.batch_desk = BatchDesk(self._batch_answer, self._auth, clock, cfg.batch_s, speaks=cfg.speaks)
+        self.batch_chats = 0  # requests to Ark's batch-chat path
         # whether clients wait as a 429 asks: when each prompt was last answered 429, and the shortest wait seen
         self.limited_at: dict[bytes, float] = {}
         self._last_key: bytes | None = None
@@ -129,6 +130,7 @@ class SimProvider:
         app.router.add_get("/_sim/stats", self.stats_view)
         app.router.add_post("/{base:.*}/async/chat/completions", self.submit_task)
         app.router.add_get("/{base:.*}/async-result/{task}", self.task_result)
+        app.router.add_post("/{base:.*}/batch/chat/completions", self.batch_chat)
         app.router.add_post("/{base:.*}/chat/completions", self.chat)
         app.router.add_post("/{base:.*}/{kind:completions|embeddings}", self.chat)
         app.router.add_get("/{base:.*}/models", self.models)
@@ -166,6 +168,9 @@ class SimProvider:
             "billed_twice": sum(1 for n in billing.billed.values() if n > 1),
             "billed_prompt_tokens": billing.billed_prompt_tokens,
             "billed_completion_tokens": billing.billed_completion_tokens,
+            "billed_reasoning_tokens": billing.billed_reasoning_tokens,  # of the completion tokens
+            "billed_cached_prompt_tokens": billing.billed_cached_prompt_tokens,  # of the prompt tokens
+            "reasoning_asked": dict(billing.reasoning_asked),
             "tpm_charged": round(admission.tpm_charged),
             "first_request_at": self.first_request_at,
             "inflight": self.inflight,
@@ -181,6 +186,7 @@ class SimProvider:
             "images_refused": self.images_refused,
             "retried_after_429": self.retried_after_429,  # attempts of a prompt whose last attempt was answered 429
             "min_retry_gap_s": round(self.min_retry_gap_s, 3) if self.retried_after_429 else None,
+            "batch_chat_requests": self.batch_chats,
             **self.batch_desk.stats(),
         }
 
@@ -380,6 +386,20 @@ class SimProvider:
 
     def _drawn(self, rate: float) -> bool:
         return rate > 0 and self.rng.random() < rate
+
+    @_counted
+    async def batch_chat(self, request: web.Request) -> web.StreamResponse:
+        """Ark's batch chat (speaks: ark): an ordinary chat answer, slower (`batch_chat_latency`); no other
+        provider has the path."""
+        if self.cfg.speaks != "ark":
+            return self._answer(404, error_body("not_found", "no such path: batch chat is Ark's"))
+        self.batch_chats += 1
+        call = await self._accept(request)
+        if not isinstance(call, Call):
+            return self._refused(call)
+        sleep = call.directives.get("sleep")
+        await self._work(float(sleep) if sleep else self.cfg.batch_chat_latency)
+        return self._answer(200, self._bill(call), {"x-request-id": call.request_id})
 
     @_counted
     async def submit_task(self, request: web.Request) -> web.StreamResponse:

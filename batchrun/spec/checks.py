@@ -20,9 +20,10 @@ from pydantic_core import PydanticCustomError
 
 from ..errors import SpecError
 from ..text.words import suggestion
+from . import lanechecks
 from .base import LeftOut, Reading, either, fail, fail_at, fail_line, kind, reading
 from .presets import PRESETS, unknown_preset
-from .pricing import parse_prices
+from .pricing import parse_prices, price_schema
 from .proxies import proxy_problem, without_credentials
 
 PROVIDER_NAMES = list(PRESETS)
@@ -42,8 +43,8 @@ def text(value: Any) -> str:
 
 
 def job_as_written(data: dict[str, Any], spec: Reading) -> dict[str, Any]:
-    """The job's defaults that depend on the file: its name, its run directory, and the limits always read (the
-    preset fills in what they leave out)."""
+    """The job's defaults that depend on the file: its name, its run directory, and the limits and retries always
+    read (the preset and the mode fill in what they leave out)."""
     if spec.rows_given and "input" not in data:
         data["input"] = {}
     if isinstance(data["name"], LeftOut):
@@ -51,8 +52,8 @@ def job_as_written(data: dict[str, Any], spec: Reading) -> dict[str, Any]:
     if isinstance(data["output_dir"], LeftOut):
         # Beside the spec, like every other relative path: the same spec run from another folder resumes its run.
         data["output_dir"] = f"runs/{data['name'] if isinstance(data['name'], str) else spec.spec_path.stem}"
-    for section in ("limits", "retry"):
-        data.setdefault(section, {})
+    data.setdefault("limits", {})
+    data.setdefault("retry", {})  # its timeout depends on the mode (lanechecks.timeout)
     return data
 
 
@@ -113,6 +114,7 @@ def provider_fits(provider: Any, info: ValidationInfo) -> Any:
         fail_line(f"provider.mode {provider.mode!r} does not apply to embeddings: leave it as sync")
     if provider.mode == "async" and endpoint != "chat":
         fail_line("provider.mode async submits chat completions only: use endpoint: chat")
+    lanechecks.endpoint_fits(provider.mode, endpoint)
     return provider
 
 
@@ -418,12 +420,6 @@ def budget(value: Any, info: ValidationInfo) -> Any:
     return out
 
 
-def batch_mode(data: Any, spec: Reading) -> Any:
-    if spec.mode != "batch":
-        fail_line("batch: applies to provider.mode: batch only")
-    return data
-
-
 def line_url(value: str | None, info: ValidationInfo) -> str | None:
     if value is not None and reading(info) is not None and not value.startswith("/"):
         fail(f"must be a path such as /v1/chat/ds-test, got {value!r}")
@@ -475,16 +471,5 @@ def budget_schema(extra: dict[str, Any]) -> None:
 
 
 def prices_schema(extra: dict[str, Any]) -> None:
-    price = {
-        "type": "object",
-        "properties": {
-            "input": {"type": "number", "minimum": 0, "description": "Per million prompt tokens."},
-            "output": {"type": "number", "minimum": 0, "description": "Per million completion tokens."},
-            "currency": {"type": "string", "minLength": 1, "description": "CNY, USD, ..."},
-            "source": {"type": "string", "description": "Where the price comes from, and when."},
-        },
-        "required": ["input", "output", "currency"],
-        "additionalProperties": False,
-    }
     extra.clear()
-    extra.update(type="object", additionalProperties=price)
+    extra.update(type="object", additionalProperties=price_schema())

@@ -15,12 +15,13 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from . import checks, presetkeys
-from .base import Count, Derived, Expect, Internal, NonNegative, Positive, Reading, SpecModel, Text
+from . import checks, lanechecks, presetkeys
+from .base import Count, Derived, Expect, Internal, NonNegative, Positive, Reading, Share, SpecModel, Text
 from .images import Detail, ImageLimitsSpec, image_columns
 from .output import OutputSpec
 from .presets import ENDPOINT_ALIASES, MODE_ALIASES, Auth, Endpoint, Mode, TpmAccounting
 from .pricing import Price
+from .reasoning import Effort, reasoning_fits, thinking_value
 from .simulator import SimulateSpec
 
 CacheMode = Literal["read_write", "read", "write", "off"]
@@ -162,6 +163,15 @@ class ScaleSpec(SpecModel):
     slice_rows: Count = Field(10_000, description="Rows per slice (a Parquet row group is never split).")
 
 
+class ScheduleSpec(SpecModel):
+    """`schedule:`: when a run may send, by the model's time-of-day prices (its price table's windows)."""
+
+    avoid_peak: bool = Field(
+        False,
+        description="Send nothing while the model's price is above its cheapest window's; go on by itself inside it.",
+    )
+
+
 class ProviderSpec(SpecModel):
     """The spec's `provider:` block (or just its name): where requests go, with which key, how."""
 
@@ -213,10 +223,18 @@ class ProviderSpec(SpecModel):
         Expect(aliases=tuple(MODE_ALIASES.items())),
         Field(
             description="sync: one answer per request; stream: server-sent events; async: submit, then poll; "
-            "batch: the provider's Batch API."
+            "batch: the provider's Batch API; batch-chat: Ark's batch chat (chat requests at the batch price)."
         ),
         AfterValidator(checks.mode),
     ] = "sync"
+    batch_price_share: Annotated[
+        Share | None,
+        Field(
+            description="The Batch API's price as a share of online, where the preset's is unverified (Kimi); "
+            "default the preset's."
+        ),
+        AfterValidator(lanechecks.batch_price_share),
+    ] = None
     auth: Annotated[
         Auth,
         Field(description="bearer: the key as is; jwt: Zhipu's id.secret key signed into a short-lived token."),
@@ -280,9 +298,15 @@ class Limits(SpecModel):
         Derived(),
         Field(
             description="Requests in flight at once, at most; default the preset's (DeepSeek 500, a Kimi "
-            "provider.tier's), else learnt from the provider's answers."
+            "provider.tier's; batch-chat 1000), else learnt from the provider's answers."
         ),
-        BeforeValidator(presetkeys.preset_limit),
+        BeforeValidator(presetkeys.concurrency),
+    ] = None
+    tpd: Annotated[
+        Positive | None,
+        Derived(),
+        Field(description="provider.mode batch-chat: tokens a day per model, at most (Ark's quota; default 10e9)."),
+        BeforeValidator(lanechecks.tpd),
     ] = None
     tpm_accounting: Annotated[
         TpmAccounting,
@@ -311,11 +335,33 @@ class Limits(SpecModel):
     ] = None
 
 
+class ReasoningSpec(SpecModel):
+    """The spec's `reasoning:` block: whether a reasoning model thinks, how hard and how long, said once and written
+    into each provider's own words (spec/reasoning.py)."""
+
+    thinking: Annotated[
+        bool | Literal["auto"] | None,
+        Field(description="Think before answering: true, false, or auto (the model decides; Ark only)."),
+        BeforeValidator(thinking_value),
+    ] = None
+    effort: Effort | None = Field(
+        None, description="How hard: low, medium, high or max (each provider's nearest; see docs/job-spec.md)."
+    )
+    budget_tokens: Count | None = Field(
+        None, description="The most tokens the chain of thought may take (DashScope, SiliconFlow)."
+    )
+
+
 class RetrySpec(SpecModel):
     """The spec's `retry:` block: how often and how patiently a request is tried."""
 
     max_attempts: Count = Field(8, description="Tries per row, the first included.")
-    timeout_s: Positive = Field(120.0, description="Seconds to wait for an answer.")
+    timeout_s: Annotated[
+        Positive,
+        Derived(),
+        Field(description="Seconds to wait for an answer; default 120 (batch-chat: 86400, a day)."),
+        BeforeValidator(lanechecks.timeout),
+    ] = 120.0
     queue_s: Annotated[
         NonNegative,
         Derived(),
@@ -356,7 +402,7 @@ class BatchSettings(SpecModel):
 
     @classmethod
     def shorthand(cls, data: Any, spec: Reading) -> Any:
-        return checks.batch_mode(data, spec)
+        return lanechecks.batch_mode(data, spec)
 
 
 class JobSpec(SpecModel):
@@ -399,6 +445,11 @@ class JobSpec(SpecModel):
         Expect(required="is required: a path to a .jsonl, .parquet or .csv file, or a mapping with 'path'"),
         Field(description="The rows (a file's path, or a mapping).", json_schema_extra=checks.or_string),
     ]
+    reasoning: Annotated[
+        ReasoningSpec | None,
+        Field(description="Reasoning models: thinking, effort, budget_tokens, in the provider's own words."),
+        AfterValidator(reasoning_fits),
+    ] = None
     limits: Limits = Field(Limits(), description="How fast to go; what is left out is the preset's.")
     retry: RetrySpec = Field(RetrySpec(), description="How often and how patiently a request is tried.")
     pricing: Annotated[
@@ -427,6 +478,9 @@ class JobSpec(SpecModel):
         ),
         BeforeValidator(checks.scale),
     ] = None
+    schedule: ScheduleSpec = Field(
+        ScheduleSpec(), description="When to send: avoid_peak holds the run while the price is above its cheapest."
+    )
     spec_path: Annotated[Path, Internal(), Derived(), BeforeValidator(checks.spec_path)]
     # how messages name a spec not read from a file the user wrote: `batchrun.run(spec)` (parse_spec's origin)
     origin: Annotated[str, Internal()] = ""
@@ -460,11 +514,13 @@ class JobSpec(SpecModel):
             "model": self.model,
             "endpoint": self.endpoint,
             "params": dict(self.params),
+            **({"reasoning": vars(self.reasoning)} if self.reasoning else {}),
             "provider": {
                 "name": self.provider.name,
                 "base_url": self.provider.base_url,
                 "api_key_env": list(self.provider.key_pool) if self.provider.key_pool else self.provider.api_key_env,
                 "mode": self.provider.mode,
+                "batch_price_share": self.provider.batch_price_share,
                 "auth": self.provider.auth,
                 "proxy": self.provider.proxy,
                 "ca_bundle": str(self.provider.ca_bundle) if self.provider.ca_bundle else None,
@@ -474,7 +530,7 @@ class JobSpec(SpecModel):
             "retry": vars(self.retry),
             "batch": vars(self.batch),
             "output_dir": str(self.output_dir),
-            "pricing": {model: vars(price) for model, price in self.pricing.items()},
+            "pricing": {model: price.as_dict() for model, price in self.pricing.items()},
             **({"output": {**vars(self.output), "schema": dict(self.output.schema)}} if self.output else {}),
             "cache": {"mode": self.cache.mode, "path": str(self.cache.file()), "sampled": self.cache.sampled},
             **({"scale": vars(self.scale)} if self.scale else {}),

@@ -13,6 +13,7 @@ from ..text.words import suggestion
 from .base import LeftOut, fail, reading
 from .checks import text
 from .errortables import REGION_ALIASES
+from .lanechecks import BATCH_CHAT, BATCH_CHAT_CONCURRENCY
 from .presets import preset_limits, region_url
 
 
@@ -71,6 +72,14 @@ def preset_limit(value: Any, info: ValidationInfo) -> Any:
     if found is None:
         return None
     return int(found) if info.field_name == "concurrency" else float(found)
+
+
+def concurrency(value: Any, info: ValidationInfo) -> Any:
+    """`limits.concurrency` left out: Ark's batch chat keeps many in flight (lanechecks), else as `preset_limit`."""
+    spec = reading(info)
+    if spec is not None and isinstance(value, LeftOut) and spec.mode == BATCH_CHAT:
+        return BATCH_CHAT_CONCURRENCY
+    return preset_limit(value, info)
 
 
 def queue_s(value: Any, info: ValidationInfo) -> Any:

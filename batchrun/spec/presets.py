@@ -14,12 +14,12 @@ from ..retry import GENERIC, ErrorTable
 from ..text.words import suggestion
 from . import errortables as t2026
 
-Mode = Literal["sync", "stream", "async", "batch"]
+Mode = Literal["sync", "stream", "async", "batch", "batch-chat"]
 Endpoint = Literal["chat", "completions", "embeddings"]
 TpmAccounting = Literal["auto", "reserve", "actual"]
 Auth = Literal["bearer", "jwt"]
 AskForm = Literal["json_schema", "json_object", "instruction"]  # how a job with `output:` asks for JSON
-MODES: tuple[Mode, ...] = ("sync", "stream", "async", "batch")
+MODES: tuple[Mode, ...] = ("sync", "stream", "async", "batch", "batch-chat")
 ENDPOINTS: tuple[Endpoint, ...] = ("chat", "completions", "embeddings")
 TPM_ACCOUNTING: tuple[TpmAccounting, ...] = ("auto", "reserve", "actual")
 AUTHS: tuple[Auth, ...] = ("bearer", "jwt")
@@ -34,7 +34,8 @@ ENDPOINT_URLS: dict[Endpoint, str] = {
 @dataclass(frozen=True)
 class BatchAPI:
     """A provider's Batch API (the OpenAI shape: upload a JSONL file, create a batch, poll, download), with the
-    limits a shard file must keep, checked before upload rather than found out from a rejection."""
+    limits a shard file must keep, checked before upload rather than found out from a rejection; or its batch-chat
+    path (Ark: ordinary chat requests answered slowly at the batch price), or both."""
 
     line_prefix: str  # what a line's `url` starts with: "/v1" + "/chat/completions"
     max_lines: int = 50_000
@@ -50,6 +51,15 @@ class BatchAPI:
     source: str = ""  # where the figures come from, and when
     create_extra: tuple[tuple[str, object], ...] = ()  # fields the provider's create call takes beyond OpenAI's
     queue_caps: tuple[tuple[str, int], ...] = ()  # (model, rows) the provider queues at most at once, per model
+    files: bool = True  # the files-and-batches API (`provider.mode: batch`)
+    chat_path: str | None = None  # the batch-chat path under the base URL (`provider.mode: batch-chat`)
+    max_files: int | None = None  # batch-purpose files the provider holds per organisation (Kimi: 1,000)
+    replace_model: bool = False  # the create call names the file's model: `replace: {"model": ...}` (SiliconFlow)
+    ends_with_user: bool = False  # a line's messages must end with a user message (SiliconFlow)
+    price_unverified: bool = False  # price_share is a guess until the provider documents it (docs say so)
+    # (word, what to do) for a refused upload or create whose code or message holds the word
+    refusal_hints: tuple[tuple[str, str], ...] = ()
+    title: str = "the provider"  # how messages name it
 
     def line_url(self, endpoint: Endpoint) -> str:
         return self.line_prefix + ENDPOINT_URLS[endpoint]
@@ -84,12 +94,14 @@ class Preset:
 
 
 MB = 1024 * 1024
+GB = 1024 * MB
 BATCH_APIS: dict[str, BatchAPI] = {
     "openai": BatchAPI(
         "/v1",
         max_bytes=200 * MB,
         endpoints=("chat", "completions", "embeddings"),
-        source="OpenAI Batch API guide (50,000 requests, 200 MB per file; 50 % off), 2025",
+        title="OpenAI",
+        source="OpenAI Batch API (50,000 requests, 200 MB per file; 50 % off): openai-python, 2026-08",
     ),
     "zhipu": BatchAPI(
         "/v4",
@@ -99,25 +111,76 @@ BATCH_APIS: dict[str, BatchAPI] = {
         one_model_per_file=True,
         create_extra=(("auto_delete_input_file", True),),
         queue_caps=(("glm-4-plus", 2_000_000),),
-        source="bigmodel.cn Batch API (50,000 lines, 100 MB, embeddings 10,000; one model per file; 50 % off), 2025",
+        title="Zhipu",
+        source="bigmodel.cn Batch API (50,000 lines, 100 MB, embeddings 10,000; one model per file; 50 % off), 2025/26",
     ),
     "dashscope": BatchAPI(
         "/v1",
-        max_bytes=100 * MB,  # the documents say 100 MB in one place and 500 MB in another: the smaller
+        max_bytes=500 * MB,
+        max_line_bytes=6 * MB,
         endpoints=("chat", "embeddings"),
-        source="Aliyun Model Studio batch inference (50,000 lines, 100-500 MB; 50 % off), 2025",
+        one_model_per_file=True,
+        cache_hit_share=1.0,  # batch calls get no context-cache discount
+        title="DashScope",
+        source="Model Studio batch inference (50,000 requests, 500 MB a file, 6 MB a line, one model per file; "
+        "50 %, no cache discount), 2026",
     ),
     "qianfan": BatchAPI(
         "/v2",
+        max_lines=5_000,
+        max_bytes=1 * GB,
         price_share=0.4,
-        source="Qianfan batch inference (priced at 40 % of online, per the batch-lane issue; limits unverified)",
+        refusal_hints=(
+            (
+                "bos",
+                "activate BOS (Baidu Object Storage) for this account in the Baidu Cloud console: Qianfan's "
+                "Batch API keeps its files there",
+            ),
+        ),
+        title="Qianfan",
+        source="Qianfan batch inference (5,000 requests and 1 GB a file; 40 % of online; BOS must be activated), 2026",
     ),
     "genstudio": BatchAPI(
-        "/v1", max_bytes=200 * MB, source="Infini-AI GenStudio batch API (50,000 lines, 200 MB; 50 % off), 2025"
+        "/v1",
+        max_bytes=200 * MB,
+        title="GenStudio",
+        source="Infini-AI GenStudio batch API (50,000 lines, 200 MB; 50 % off), 2025",
+    ),
+    "ark": BatchAPI(
+        "/v3",
+        files=False,  # Ark's file-based batch jobs need TOS object storage and signed calls: not built
+        chat_path="/batch/chat/completions",
+        cache_hit_share=0.4,  # a cache hit is a further 60 % off the batch input price
+        title="Ark",
+        source="Volcengine Ark batch chat (50 %; a cache hit 40 % of the batch input price; 10B tokens a day per "
+        "model): volcengine.com/docs/82379/1399519, 2025-06",
+    ),
+    "moonshot": BatchAPI(
+        "/v1",
+        max_bytes=100 * MB,
+        one_model_per_file=True,
+        max_files=1_000,
+        price_share=1.0,  # unverified: no saving is assumed until Kimi documents one (provider.batch_price_share)
+        price_unverified=True,
+        title="Kimi",
+        source="Kimi Batch API guide (100 MB a file, one model per file, 1,000 batch files per organisation; "
+        "price share unverified), 2026",
+    ),
+    "siliconflow": BatchAPI(
+        "/v1",
+        max_lines=5_000,
+        max_bytes=1 * GB,
+        one_model_per_file=True,
+        replace_model=True,
+        ends_with_user=True,
+        title="SiliconFlow",
+        source="SiliconFlow batch guide (5,000 lines and 1 GB a file, messages end with user, replace.model; "
+        "50 %), 2026",
     ),
     "simulated": BatchAPI(
         "/v1",
         endpoints=("chat", "completions", "embeddings"),
+        title="the simulator",
         source="batchrun's simulated provider (the OpenAI shape and limits)",
     ),
 }
@@ -169,13 +232,20 @@ ERRORS = {
 }
 
 
+def batch_modes(api: BatchAPI | None) -> tuple[Mode, ...]:
+    """The modes a provider's Batch API adds: `batch` (files and batches), `batch-chat` (Ark's path)."""
+    if api is None:
+        return ()
+    return (*(("batch",) if api.files else ()), *(("batch-chat",) if api.chat_path else ()))
+
+
 PRESETS: dict[str, Preset] = {
     p.name: dataclasses.replace(
         p,
         errors=ERRORS.get(p.name, GENERIC),
         batch=BATCH_APIS.get(p.name),
         regions=t2026.REGIONS.get(p.name, ()),
-        modes=(*p.modes, "batch") if p.name in BATCH_APIS else p.modes,
+        modes=(*p.modes, *batch_modes(BATCH_APIS.get(p.name))),
     )
     for p in (
         Preset(
@@ -299,9 +369,12 @@ def unknown_preset(name: str) -> str:
     return f"must be one of {', '.join(PRESETS)}, got {name!r}{suggestion(name, PRESETS, PROVIDER_ALIASES)}"
 
 
-def batch_share(provider: str) -> float:
-    """The provider's Batch API price as a share of its online price (answers with a batch_id cost this); 1 for
-    a provider without a Batch API, or one unknown (a run directory of an older batchrun)."""
+def batch_share(provider: str, override: float | None = None) -> float:
+    """The provider's Batch API price as a share of its online price (answers with a batch_id, or from Ark's
+    batch chat, cost this); `override`: the job's `provider.batch_price_share`, where the preset's is a guess. 1
+    for a provider without a Batch API, or one unknown (a run directory of an older batchrun)."""
+    if override is not None:
+        return override
     preset = PRESETS.get(provider)
     return preset.batch.price_share if preset is not None and preset.batch is not None else 1.0
 

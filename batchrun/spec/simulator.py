@@ -176,6 +176,9 @@ class SimulateSpec(SpecModel):
     batch_s: NonNegative = Field(
         3.0, description="How long a Batch API batch (POST /batches) runs once its file is validated."
     )
+    batch_chat_latency: NonNegative = Field(
+        1.0, description="speaks: ark: seconds Ark's batch chat (POST /batch/chat/completions) takes to answer."
+    )
     key_rpm: Annotated[
         tuple[tuple[str, float], ...],
         Flag(metavar="VAR=RPM", multiple=True, parse=_key_rpm_option, pairs=True),

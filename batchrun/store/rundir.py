@@ -22,7 +22,7 @@ import orjson
 
 from ..errors import RunDirError
 from ..spec.model import InputSpec
-from ..spec.presets import batch_share
+from ..spec.presets import batch_cache_share, batch_share
 from .recordfile import LINES_KEY, Entry, RecordReader, trusted_offsets
 
 RESULTS = "results.jsonl"
@@ -194,7 +194,14 @@ class RunDir:
     @property
     def batch_share(self) -> float:
         """The run's provider's Batch API price as a share of its online price (1 without a Batch API)."""
-        return batch_share(str((self.job.get("provider") or {}).get("name")))
+        provider = self.job.get("provider") or {}
+        override = provider.get("batch_price_share")
+        return batch_share(str(provider.get("name")), override if isinstance(override, (int, float)) else None)
+
+    @property
+    def batch_cache_share(self) -> float | None:
+        """A prompt-cache hit through the run's provider's Batch API, as a share of its batch input price."""
+        return batch_cache_share(str((self.job.get("provider") or {}).get("name")))
 
     @property
     def spec_path(self) -> str | None:

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..records import body_of, count, error_code
-from ..spec.pricing import Prices, money
+from ..records import body_of, count, error_code, iso_epoch
+from ..spec.pricing import SLOT_FIELDS, SLOT_S, Prices, money
 
 
 @dataclass
@@ -18,18 +18,86 @@ class ModelUsage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    # of those: the chain of thought (completion_tokens_details.reasoning_tokens, billed as output), the prompt the
+    # PROVIDER's prompt cache served (its own price), and the completion tokens of answers that reasoned (a provider
+    # such as DashScope prices all of a thinking answer's output at its thinking price)
+    reasoning_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    thinking_completion_tokens: int = 0
     # of those tokens, what came back from a provider's Batch API (records with a batch_id): the batch price
     batch_prompt_tokens: int = 0
     batch_completion_tokens: int = 0
+    batch_reasoning_tokens: int = 0
+    batch_cached_prompt_tokens: int = 0
+    batch_thinking_completion_tokens: int = 0
     # structured output: rows whose first answer fit the schema, rows that fit after repairs, rows that never did
     outputs_first_try: int = 0
     outputs_repaired: int = 0
     outputs_invalid: int = 0
     repairs: int = 0  # answers that did not fit and were asked about again (each billed)
-    # the response cache: rows answered from it, and the tokens their answers cost when first asked (not again)
-    cached_rows: int = 0
-    cached_prompt_tokens: int = 0
-    cached_completion_tokens: int = 0
+    # batchrun's own response cache: rows answered from it, and the tokens their answers cost when first asked
+    # (not again); not the provider's prompt cache (cached_prompt_tokens)
+    response_cache_rows: int = 0
+    response_cache_prompt_tokens: int = 0
+    response_cache_completion_tokens: int = 0
+
+
+# usage.json before the provider's prompt cache was counted named the response cache's counters so
+OLD_RESPONSE_CACHE_NAMES = {
+    "cached_rows": "response_cache_rows",
+    "cached_prompt_tokens": "response_cache_prompt_tokens",
+    "cached_completion_tokens": "response_cache_completion_tokens",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """One usage object's tokens; reasoning and cached_prompt are parts of completion and prompt."""
+
+    prompt: int = 0
+    completion: int = 0
+    total: int = 0
+    reasoning: int = 0
+    cached_prompt: int = 0
+
+
+def usage_counts(usage: Any) -> Counts:
+    """A provider's usage object read the same way wherever it is counted: the chain of thought from
+    `completion_tokens_details.reasoning_tokens`; prompt-cache hits from `prompt_tokens_details.cached_tokens`
+    (OpenAI, Zhipu, DashScope, Ark), DeepSeek's `prompt_cache_hit_tokens` or Kimi's top-level `cached_tokens`
+    (Kimi sends two of them, alike: the first found counts, never their sum)."""
+    if not isinstance(usage, Mapping):
+        return Counts()
+    prompt = count(usage.get("prompt_tokens"))
+    completion = count(usage.get("completion_tokens"))
+    total = count(usage.get("total_tokens")) or prompt + completion
+    details = usage.get("completion_tokens_details")
+    reasoning = count(details.get("reasoning_tokens")) if isinstance(details, Mapping) else 0
+    prompt_details = usage.get("prompt_tokens_details")
+    cached = next(
+        (
+            count(v)
+            for v in (
+                prompt_details.get("cached_tokens") if isinstance(prompt_details, Mapping) else None,
+                usage.get("prompt_cache_hit_tokens"),
+                usage.get("cached_tokens"),
+            )
+            if isinstance(v, int) and not isinstance(v, bool)
+        ),
+        0,
+    )
+    return Counts(prompt, completion, total, min(reasoning, completion), min(cached, prompt))
+
+
+def reasoned(body: Mapping[str, Any] | None) -> bool:
+    """The answer carries a chain of thought (`reasoning_content`), whether or not its usage counts it."""
+    choices = body.get("choices") if body is not None else None
+    for choice in choices if isinstance(choices, list) else ():
+        message = choice.get("message") if isinstance(choice, Mapping) else None
+        thought = message.get("reasoning_content") if isinstance(message, Mapping) else None
+        if isinstance(thought, str) and thought.strip():
+            return True
+    return False
 
 
 KEY_COUNTERS = ("rows_succeeded", "rows_failed", "requests", "prompt_tokens", "completion_tokens")
@@ -55,10 +123,10 @@ def cached(models: Mapping[str, ModelUsage], prices: Prices) -> tuple[int, dict[
     """Rows the response cache answered, and what their answers would have cost asked again (online price)."""
     rows, saved = 0, dict[str, float]()
     for name, m in models.items():
-        rows += m.cached_rows
+        rows += m.response_cache_rows
         price = prices.get(name)
-        if price is not None and m.cached_rows:
-            cost = price.cost(m.cached_prompt_tokens, m.cached_completion_tokens)
+        if price is not None and m.response_cache_rows:
+            cost = price.cost(m.response_cache_prompt_tokens, m.response_cache_completion_tokens)
             saved[price.currency] = saved.get(price.currency, 0.0) + cost
     return rows, saved
 
@@ -78,6 +146,13 @@ def cached_text(rows: int, saved: Mapping[str, float]) -> str | None:
     return f"{rows:,} rows from the response cache" + (f", which saved {money_saved}" if money_saved else "")
 
 
+def tokens_of_which(reasoning: int, cached_prompt: int) -> str:
+    """` (reasoning 1,200 of the completion; 3,072 prompt from the provider's cache)`, or "" with neither."""
+    parts = [f"reasoning {reasoning:,} of the completion"] if reasoning else []
+    parts += [f"{cached_prompt:,} prompt from the provider's cache"] if cached_prompt else []
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 COUNTERS = (
     "rows_succeeded",
     "rows_failed",
@@ -89,6 +164,8 @@ COUNTERS = (
     "prompt_tokens",
     "completion_tokens",
     "total_tokens",
+    "reasoning_tokens",
+    "cached_prompt_tokens",
 )
 
 
@@ -104,7 +181,11 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    reasoning_tokens: int = 0  # of completion_tokens: the chain of thought
+    cached_prompt_tokens: int = 0  # of prompt_tokens: what the provider's prompt cache served
     models: dict[str, ModelUsage] = field(default_factory=dict)
+    # per model, the priced tokens by the quarter hour they were answered in (SLOT_FIELDS), for time-of-day prices
+    slots: dict[str, dict[int, list[int]]] = field(default_factory=dict)
     failures_by_code: dict[str, int] = field(default_factory=dict)
     keys: dict[str, dict[str, int]] = field(default_factory=dict)  # a key pool: per variable, KEY_COUNTERS
 
@@ -114,9 +195,9 @@ class Usage:
         return sum(m.repairs for m in self.models.values())
 
     @property
-    def cached_rows(self) -> int:
+    def response_cache_rows(self) -> int:
         """Rows the response cache answered: no request, no time of their own."""
-        return sum(m.cached_rows for m in self.models.values())
+        return sum(m.response_cache_rows for m in self.models.values())
 
     def add(self, record: Mapping[str, Any], *, rows: bool = True) -> None:
         """Count one final record (the shape `records` defines; older run directories' records too).
@@ -156,20 +237,21 @@ class Usage:
             model.rows_succeeded += 1
         body = body_of(record)
         if record.get("cached"):  # paid for in an earlier run: counted apart, and never billed here
-            usage = body.get("usage") if body is not None else None
-            model.cached_rows += 1
-            if isinstance(usage, Mapping):
-                model.cached_prompt_tokens += count(usage.get("prompt_tokens"))
-                model.cached_completion_tokens += count(usage.get("completion_tokens"))
+            counts = usage_counts(body.get("usage") if body is not None else None)
+            model.response_cache_rows += 1
+            model.response_cache_prompt_tokens += counts.prompt
+            model.response_cache_completion_tokens += counts.completion
             return
-        batch_price = bool(record.get("batch_id"))
-        self._tokens(model, body.get("usage") if body is not None else None, batch_price)
+        before = priced(model)
+        batch_price = bool(record.get("batch_id")) or record.get("batch_chat") is True  # Ark's batch chat
+        self._tokens(model, body.get("usage") if body is not None else None, batch_price, reasoned(body))
         self._tokens(model, record.get("retried_usage"), batch_price)
         if isinstance(steps, list):  # structured output: answers that did not fit, billed where they came from
             model.repairs += len(steps)
             for step in steps:
                 if isinstance(step, Mapping):
-                    self._tokens(model, step.get("usage"), bool(step.get("batch_id")))
+                    step_batch = bool(step.get("batch_id")) or record.get("batch_chat") is True
+                    self._tokens(model, step.get("usage"), step_batch)
         if rows and "output" in record and code is None:
             if steps:
                 model.outputs_repaired += 1
@@ -177,6 +259,16 @@ class Usage:
                 model.outputs_first_try += 1
         elif rows and code == "invalid_output":
             model.outputs_invalid += 1
+        self._slot(str(record.get("model") or "unknown"), record.get("completed_at"), before, priced(model))
+
+    def _slot(self, model: str, completed_at: Any, before: list[int], after: list[int]) -> None:
+        """Add what a record billed to the quarter hour it was answered in (a record without a time: no slot,
+        so it is priced at the plain price)."""
+        if after == before or (at := epoch(completed_at)) is None:
+            return
+        slot = self.slots.setdefault(model, {}).setdefault(int(at // SLOT_S), [0] * len(SLOT_FIELDS))
+        for i, (a, b) in enumerate(zip(after, before, strict=True)):
+            slot[i] += a - b
 
     def _per_key(self, env: str, record: Mapping[str, Any], attempts: int, rows: bool) -> None:
         """A key pool's row, counted for the key that answered it (its earlier attempts may have gone out with
@@ -191,21 +283,29 @@ class Usage:
             counts["prompt_tokens"] += count(usage.get("prompt_tokens"))
             counts["completion_tokens"] += count(usage.get("completion_tokens"))
 
-    def _tokens(self, model: ModelUsage, usage: Any, batch_price: bool) -> None:
+    def _tokens(self, model: ModelUsage, usage: Any, batch_price: bool, thought: bool = False) -> None:
+        """Count one answer's usage; `thought`: its body carried a chain of thought its usage may not count."""
         if not isinstance(usage, Mapping):
             return
-        prompt = count(usage.get("prompt_tokens"))
-        completion = count(usage.get("completion_tokens"))
-        total = count(usage.get("total_tokens")) or prompt + completion
-        self.prompt_tokens += prompt
-        self.completion_tokens += completion
-        self.total_tokens += total
-        model.prompt_tokens += prompt
-        model.completion_tokens += completion
-        model.total_tokens += total
+        c = usage_counts(usage)
+        thinking = c.completion if c.reasoning or thought else 0
+        self.prompt_tokens += c.prompt
+        self.completion_tokens += c.completion
+        self.total_tokens += c.total
+        self.reasoning_tokens += c.reasoning
+        self.cached_prompt_tokens += c.cached_prompt
+        model.prompt_tokens += c.prompt
+        model.completion_tokens += c.completion
+        model.total_tokens += c.total
+        model.reasoning_tokens += c.reasoning
+        model.cached_prompt_tokens += c.cached_prompt
+        model.thinking_completion_tokens += thinking
         if batch_price:
-            model.batch_prompt_tokens += prompt
-            model.batch_completion_tokens += completion
+            model.batch_prompt_tokens += c.prompt
+            model.batch_completion_tokens += c.completion
+            model.batch_reasoning_tokens += c.reasoning
+            model.batch_cached_prompt_tokens += c.cached_prompt
+            model.batch_thinking_completion_tokens += thinking
 
     def merge(self, other: Usage) -> None:
         """Add another run's totals to these (a report over several run directories)."""
@@ -217,6 +317,8 @@ class Usage:
                 setattr(mine, key, getattr(mine, key) + value)
         for code, n in other.failures_by_code.items():
             self.failures_by_code[code] = self.failures_by_code.get(code, 0) + n
+        for name, slots in other.slots.items():
+            merge_slots(self.slots.setdefault(name, {}), slots)
         for env, counts in other.keys.items():
             mine_key = self.keys.setdefault(env, dict.fromkeys(KEY_COUNTERS, 0))
             for name in KEY_COUNTERS:
@@ -228,6 +330,7 @@ class Usage:
             "models": {name: vars(m).copy() for name, m in sorted(self.models.items())},
             "failures_by_code": dict(sorted(self.failures_by_code.items())),
             **({"keys": {env: dict(c) for env, c in sorted(self.keys.items())}} if self.keys else {}),
+            **({"slots": slots_json(self.slots)} if self.slots else {}),
         }
 
     @classmethod
@@ -237,11 +340,58 @@ class Usage:
             setattr(usage, name, count(data.get(name)))
         for name, m in (data.get("models") or {}).items():
             usage.models[name] = ModelUsage(**{k: count(m.get(k)) for k in vars(ModelUsage())})
+            if "cached_rows" in m and "response_cache_rows" not in m:  # an older usage.json: its cached_* were
+                old = usage.models[name]  # the response cache's, and the provider's cache was not counted
+                for before, after in OLD_RESPONSE_CACHE_NAMES.items():
+                    setattr(old, after, count(m.get(before)))
+                old.cached_prompt_tokens = 0
+        usage.slots = slots_read(data.get("slots"))
         usage.failures_by_code = {str(k): count(v) for k, v in (data.get("failures_by_code") or {}).items()}
         usage.keys = {
             str(env): {n: count(c.get(n)) for n in KEY_COUNTERS} for env, c in (data.get("keys") or {}).items()
         }
         return usage
+
+
+def priced(model: ModelUsage) -> list[int]:
+    """The model's counters that pricing reads, in SLOT_FIELDS' order."""
+    return [getattr(model, name) for name in SLOT_FIELDS]
+
+
+def epoch(value: Any) -> float | None:
+    """A record's `completed_at` (ISO 8601, UTC) as epoch seconds; None when it has none or it does not read."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return iso_epoch(value)
+    except ValueError:
+        return None
+
+
+def merge_slots(mine: dict[int, list[int]], other: Mapping[int, list[int]]) -> None:
+    for slot, vector in other.items():
+        into = mine.setdefault(slot, [0] * len(SLOT_FIELDS))
+        for i, n in enumerate(vector[: len(SLOT_FIELDS)]):
+            into[i] += n
+
+
+def slots_json(slots: Mapping[str, Mapping[int, list[int]]]) -> dict[str, dict[str, list[int]]]:
+    """usage.json's `slots`: {model: {quarter hour (epoch s // 900): [SLOT_FIELDS]}}; JSON keys are strings."""
+    return {name: {str(k): list(v) for k, v in sorted(s.items())} for name, s in sorted(slots.items())}
+
+
+def slots_read(data: Any) -> dict[str, dict[int, list[int]]]:
+    out: dict[str, dict[int, list[int]]] = {}
+    if not isinstance(data, Mapping):
+        return out
+    for name, slots in data.items():
+        if isinstance(slots, Mapping):
+            out[str(name)] = {
+                int(k): [count(n) for n in v][: len(SLOT_FIELDS)]
+                for k, v in slots.items()
+                if str(k).lstrip("-").isdigit() and isinstance(v, list)
+            }
+    return out
 
 
 def peak_rss_mb() -> float | None:
