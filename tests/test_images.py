@@ -519,3 +519,16 @@ def test_a_built_row_holds_its_images_digest_and_reads_the_file_as_it_is_sent(tm
     changed = prepared.builder.ready(built)
     assert isinstance(changed, BadRow) and changed.code == "image_changed"
     assert "image 'a.png' changed after its row was read" in changed.message
+
+
+def test_arks_batch_chat_lane_carries_images(tmp_path: Path, start_sim: Callable[..., SimServer]) -> None:
+    sim = start_sim(speaks="ark", batch_chat_latency=0.01)
+    (tmp_path / "a.png").write_bytes(png(32, 32))
+    rows = [{"id": f"r{i}", "q": f"q{i}", "photo": "a.png"} for i in range(3)]
+    provider = {"name": "ark", "base_url": sim.base_url, "mode": "batch-chat"}
+    job = image_job(tmp_path, sim.base_url, rows, provider=provider, model="doubao-seed-1.6-vision")
+    result = submit(job, env={"ARK_API_KEY": "sk-test"})
+    assert result.exit_code == 0, result.output
+    good, _ = records(tmp_path)
+    assert len(good) == 3 and all(r["batch_chat"] is True and r["images"][0]["ref"] == "a.png" for r in good)
+    assert sim.stats()["images"] == 3 and sim.stats()["batch_chat_requests"] == 3
