@@ -19,7 +19,8 @@ OpenAI Batch API output line, so other tools read it as they read a batch output
   and `repairs` (the answers before it that did not fit, and their usage). `error` adds `status` and `attempts`
   to OpenAI's pair, and `path` for `invalid_output`; `api_key_env` with a key pool (the variable, never the
   key); `cached: true` when the answer came from the response cache (its usage is what it cost when first
-  asked; usage.json does not count it again).
+  asked; usage.json does not count it again); `images` (input.images: each image's `{"ref", "bytes", "sha256"}`,
+  never its base64), written after `completed_at`.
 
 The bytes, which readers of a million-row run rely on without parsing whole lines:
 - every line starts with `{"row":N,`: resuming reads row numbers from that prefix alone;
@@ -44,6 +45,8 @@ NO_OUTPUT: Any = object()  # a record without structured output (`output` may be
 LATENCY_KEY = b'"latency_s":'
 COMPLETED_KEY = b'"completed_at":"'
 CACHED_KEY = b'"cached":true'
+IMAGES_KEY = b'"images":[{"ref":'  # input.images: written after completed_at, one {"ref": ...} per image
+IMAGE_REF = b'{"ref":'
 
 
 class Response(TypedDict):
@@ -88,6 +91,7 @@ class Record(_RecordKeys, total=False):
     api_key_env: str  # a key pool: the variable holding the key that answered (never the key itself)
     cached: bool  # the answer came from the response cache (asked in an earlier run): it cost nothing here
     output: Any  # structured output: the answer's JSON, parsed and valid against the job's schema
+    images: list[dict[str, Any]]  # input.images: each image's {"ref", "bytes", "sha256"} (never its base64)
     repairs: list[dict[str, Any]]  # structured output: answers that did not fit, each {"kind", "path", "message",
     # "usage", "batch_id"?}; billed, so usage counts them
 
@@ -213,6 +217,15 @@ def line_cached(line: bytes) -> bool:
     except orjson.JSONDecodeError:
         return False
     return isinstance(obj, dict) and obj.get("cached") is True
+
+
+def line_images(line: bytes) -> int:
+    """How many images a record line's row carried (0: none), found by key near its end (no full parse): a path
+    inside a JSON string has its quotes escaped, so only batchrun's own key matches."""
+    at = line.rfind(IMAGES_KEY)
+    if at < 0 or at < line.rfind(COMPLETED_KEY):
+        return 0
+    return line.count(IMAGE_REF, at)
 
 
 def error_code(rec: Mapping[str, Any]) -> str | None:

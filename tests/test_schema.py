@@ -71,7 +71,9 @@ def test_the_schema_says_what_the_parser_says(tmp_path: Path) -> None:
 def test_internal_fields_are_refused_in_a_spec_and_named_as_unknown(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "in.jsonl", [{"prompt": "x"}])
     data = {"input": {"path": "in.jsonl", "snapshot": 3}, "model": "m", "provider": "simulated"}
-    with pytest.raises(Exception, match=r"unknown key 'input.snapshot' \(allowed here: encoding, format, id_field, "):
+    with pytest.raises(
+        Exception, match=r"unknown key 'input.snapshot' \(allowed here: encoding, fetch_images, format, "
+    ):
         parse_spec(data, spec_path=tmp_path / "job.yaml", source="job.yaml")
 
 

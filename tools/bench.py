@@ -875,6 +875,8 @@ def print_table(figures: list[Figure]) -> None:
 @click.option("--quick", is_flag=True, help="Smaller runs, under a minute in all.")
 @click.option("--only", help="Run only the scenarios whose number is listed, e.g. 1,3.")
 def main(quick: bool, only: str | None) -> None:
+    from .bench_images import bench_images  # its own module: it reads this one's helpers
+
     q = quick
     scenarios: list[tuple[str, Callable[[Path], list[Figure]]]] = [
         ("1", lambda w: bench_configured_rpm(w, 600 if q else 3000)),
@@ -899,6 +901,7 @@ def main(quick: bool, only: str | None) -> None:
         ("12", lambda w: bench_ray_limit(w, 3000 if q else 9000, learned=True)),
         ("12", lambda w: bench_ray_overhead(w, 10_000 if q else 40_000)),
         ("13", lambda w: reasoning(w, 500 if q else 3000)),
+        ("14", lambda w: bench_images(w, 10_000 if q else 100_000)),
     ]
     numbers = set(only.split(",")) if only else None
     figures: list[Figure] = []

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from ..engine.job import Prepared, display_path
 from ..engine.progress import duration
 from ..limits.throttle import MAX_CONCURRENCY
+from ..spec.images import rule_text
 from ..spec.presets import PRESETS
 from ..spec.pricing import Price, Prices
 from ..spec.windows import cheapest, local_text, multiplier_at, window_at
@@ -31,6 +32,7 @@ class Estimate:
     prompt_tokens: int
     max_output_tokens: int  # every answer as long as max_tokens allows
     models: dict[str, ModelLoad] = field(default_factory=dict)  # each model's share, priced at its own price
+    images: tuple[int, int, int] = (0, 0, 0)  # input.images: rows with images, images, their estimated tokens
 
     def output_tokens(self, share: float) -> int:
         return round(self.max_output_tokens * share)
@@ -46,6 +48,7 @@ def estimate(prepared: Prepared) -> Estimate:
         checked.prompt_tokens,
         checked.max_output_tokens,
         checked.models,
+        (checked.image_rows, checked.images, checked.image_tokens),
     )
 
 
@@ -160,6 +163,13 @@ def estimate_lines(
         f"  prompt tokens  ~{est.prompt_tokens:,} (estimated without a tokenizer: about 1 per CJK character, "
         "1 per 4 other characters)",
     ]
+    if est.images[1] and prepared.builder.images is not None:
+        rows, images, tokens = est.images
+        rules = prepared.builder.images.rules(spec.model)
+        lines.append(
+            f"  images         {plural(images, 'image')} in {plural(rows, 'row')}: ~{tokens:,} of the prompt tokens "
+            f"({rule_text(rules)})"
+        )
     if spec.endpoint != "embeddings":
         lines.append(
             f"  output tokens  up to {most:,} (max_tokens on every row); ~{typical:,} at a typical {share:.0%} of it"

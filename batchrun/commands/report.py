@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..records import line_cached, line_timing
+from ..records import line_cached, line_images, line_timing
 from ..spec.pricing import Price, Prices, money, parse_prices
 from ..store.rundir import MANIFEST, RECORD_FILES, RunDir, fold_set_aside
 from ..store.usage import Usage
@@ -45,6 +45,8 @@ class RunData:
     latencies: Counter[float] = field(default_factory=Counter)  # exact: records round them to 0.1 ms
     completed: list[array[float]] = field(default_factory=list)  # epoch seconds, one array per record file
     warnings: list[str] = field(default_factory=list)  # damaged or repeated record lines, which count for nothing
+    image_rows: int = 0  # input.images: rows that carried images, and how many they carried
+    images: int = 0
 
     @property
     def rows_done(self) -> int:
@@ -85,6 +87,9 @@ def read_run(path: Path, *, records: bool = True) -> RunData:
                 data.latencies[latency] += 1
             if done_at is not None:
                 completed[entry.name].append(done_at)
+        if records and (pictures := line_images(entry.line)):
+            data.image_rows += 1
+            data.images += pictures
         if entry.record is not None:  # past what usage.json counts (or all of it, when it is not trusted)
             usage.add(entry.record)
     for times in completed.values():
@@ -159,6 +164,11 @@ class Report:
     @property
     def rows_pending(self) -> int:
         return max(0, self.rows_total - self.usage.rows_succeeded - self.usage.rows_failed)
+
+    @property
+    def images(self) -> tuple[int, int]:
+        """(rows with images, images) of the rows recorded (input.images)."""
+        return sum(r.image_rows for r in self.runs), sum(r.images for r in self.runs)
 
     @property
     def rows_asked(self) -> int:

@@ -17,7 +17,7 @@ from html import escape
 from ..spec.pricing import money
 from ..store.usage import cached_line, tokens_of_which
 from .report import RateSeries, Report, percentile, provider_cache_text
-from .report_text import latency_text, requests_text, throughput_text
+from .report_text import images_text, latency_text, requests_text, throughput_text
 
 WIDTH, HEIGHT = 720, 260
 LEFT, RIGHT, TOP, BOTTOM = 64, 24, 28, 48  # plot margins: tick labels and axis titles live there
@@ -60,6 +60,8 @@ def render_html(report: Report) -> str:
         facts.append(("prompt cache", provider))
     if (hits := cached_line(u.models, report.prices)) is not None:
         facts.append(("cache", f"{hits}; not in the charts below: they took no time"))
+    if report.images[1]:
+        facts.append(("images", images_text(report)))
     parts = [
         '<!DOCTYPE html>\n<html xmlns="http://www.w3.org/1999/xhtml" lang="en"><head><meta charset="utf-8"/>',
         '<meta name="viewport" content="width=device-width, initial-scale=1"/>',

@@ -44,6 +44,11 @@ def throughput_text(report: Report) -> str:
     return text
 
 
+def images_text(report: Report) -> str:
+    rows, images = report.images
+    return f"{images:,} image{'s' if images != 1 else ''} in {rows:,} row{'s' if rows != 1 else ''}"
+
+
 def report_table(report: Report) -> list[str]:
     u = report.usage
     names = ", ".join(f"{r.path} ({r.state})" for r in report.runs)
@@ -55,6 +60,7 @@ def report_table(report: Report) -> list[str]:
         f"  requests    {requests_text(report)}",
         f"  tokens      {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion = {u.total_tokens:,}"
         + tokens_of_which(u.reasoning_tokens, u.cached_prompt_tokens),
+        *([f"  images      {images_text(report)}"] if report.images[1] else []),
         f"  throughput  {throughput_text(report)}",
         "  latency     " + "   ".join(f"{k} {latency_text(lat[k])}" for k in ("p50", "p90", "p99")),
         f"  lane        {report.lane}"
@@ -147,6 +153,8 @@ def report_json(report: Report) -> dict[str, Any]:
         "cached_prompt_tokens": u.cached_prompt_tokens,
         "active_s": round(report.active_s, 3),
         "rows_cached": u.response_cache_rows,
+        "image_rows": report.images[0],
+        "images": report.images[1],
         "rows_per_s": None if report.rows_per_s is None else round(report.rows_per_s, 3),
         "latency_s": report.latency,
         "models": [

@@ -15,7 +15,7 @@ import orjson
 from ..engine.job import Prepared
 from ..errors import SpecError
 from ..records import body_of, count
-from ..rows.request import BadRow, Request
+from ..rows.request import BadRow, Request, RequestBuilder
 from ..rows.sources import iter_rows
 from ..rows.tokens import max_output_tokens
 from ..spec.presets import ENDPOINT_URLS
@@ -29,8 +29,13 @@ MAX_SHOWN = 4000  # characters of one text shown; the rest is counted, not print
 
 
 def first_requests(prepared: Prepared, n: int) -> list[Request | BadRow]:
-    build = prepared.builder.build
-    return [build(raw) for raw in islice(iter_rows(prepared.spec.input), n)]
+    builder = prepared.builder
+    return [_ready(builder, builder.build(raw)) for raw in islice(iter_rows(prepared.spec.input), n)]
+
+
+def _ready(builder: RequestBuilder, built: Request | BadRow) -> Request | BadRow:
+    """The request exactly as it is sent (local images read in)."""
+    return builder.ready(built) if isinstance(built, Request) else built
 
 
 def batch_line(prepared: Prepared, built: Request) -> dict[str, Any]:
@@ -77,13 +82,39 @@ def _body_lines(body: Mapping[str, Any]) -> list[str]:
 
 def _text_lines(label: str, content: Any, message: Mapping[str, Any]) -> list[str]:
     if isinstance(content, list) and all(isinstance(p, Mapping) for p in content):
-        content = "\n".join(str(p.get("text", f"[{p.get('type')}]")) for p in content)
+        content = "\n".join(_part(p) for p in content)
     if not isinstance(content, str):
         content = orjson.dumps(content).decode() if content is not None else ""
     extra = {k: v for k, v in message.items() if k not in ("role", "content")}
     if extra:
         content += ("\n" if content else "") + orjson.dumps(extra).decode()
     return [f"  {label}:"] + [f"    {line}" for line in _split(_clip(content))]
+
+
+def _part(part: Mapping[str, Any]) -> str:
+    """A content part as a line: its text, or an image as its kind and size (a data URL's base64 is not printed)."""
+    if part.get("type") != "image_url":
+        return str(part.get("text", f"[{part.get('type')}]"))
+    image = part.get("image_url")
+    url = str(image.get("url", "")) if isinstance(image, Mapping) else str(image)
+    detail = image.get("detail") if isinstance(image, Mapping) else None
+    if not url.startswith(("http://", "https://")):
+        head, _, data = url.rpartition(",")
+        url = f"{head or 'base64'},… ({len(data) * 3 // 4 - data[-2:].count('='):,} bytes)"
+    return f"[image {url}" + (f", detail {detail}]" if detail else "]")
+
+
+def _image_lines(built: Request, rec: Mapping[str, Any] | None) -> list[str]:
+    """The request's images as the record keeps them; a warning for one whose bytes differ from the run's."""
+    lines = ["images:"]
+    kept = {i.get("ref"): i.get("sha256") for i in rec.get("images") or () if isinstance(i, Mapping)} if rec else {}
+    for image in built.images:
+        size = f"{image['bytes']:,} bytes, sha256 {image['sha256'][:12]}…" if "sha256" in image else "fetched by URL"
+        lines.append(f"  {image['ref']} ({size})")
+        was = kept.get(image["ref"])
+        if was and "sha256" in image and was != image["sha256"]:
+            lines.append("    warning: this image changed after the run: the request above is not the one sent")
+    return lines
 
 
 def _clip(text: str) -> str:
@@ -119,7 +150,7 @@ def find_request(prepared: Prepared, custom_id: str, row: int | None) -> Request
     for raw in iter_rows(prepared.spec.input, skip=skip):
         built = build(raw)
         if built.custom_id == custom_id:
-            return built
+            return _ready(prepared.builder, built)
     return None
 
 
@@ -140,6 +171,8 @@ def show_lines(run: RunDir, prepared: Prepared, custom_id: str) -> list[str]:
     if isinstance(built, Request):
         lines.append("request (rebuilt from the input):")
         lines += _body_lines(orjson.loads(built.payload))
+        if built.images:
+            lines += _image_lines(built, rec)
     elif isinstance(built, BadRow):
         lines.append(f"request: none, the row cannot be sent: {built.message}")
     if rec is not None:

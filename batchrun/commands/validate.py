@@ -40,6 +40,9 @@ class Validation:
     models: dict[str, ModelLoad] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # the first MAX_LISTED, each naming its row
     problem_count: int = 0
+    image_rows: int = 0  # input.images: rows that carry images
+    images: int = 0
+    image_tokens: int = 0  # of prompt_tokens
     duplicate_ids: int = 0
     blockers: list[str] = field(default_factory=list)  # what submit would stop at before sending a row
 
@@ -61,6 +64,7 @@ class Validation:
 def validate(prepared: Prepared) -> Validation:
     """Every row built as submit builds it, and every repeated id, each problem named by its row."""
     report = Validation(blockers=blockers(prepared.spec))
+    prepared.builder.check_only()  # images: size and header only
     spec = prepared.spec
     api = PRESETS[spec.provider.name].batch if spec.provider.mode == "batch" else None
     url = (spec.batch.line_url or (api.line_url(spec.endpoint) if api else "")).encode()
@@ -74,17 +78,28 @@ def validate(prepared: Prepared) -> Validation:
             continue
         report.sent += 1
         for built in sent.parts or (sent,):
-            if api is not None and (problem := line_problem(api, built, shard_line(built, url))) is not None:
+            if api is not None and (problem := line_problem(api, built, _line(built, url))) is not None:
                 report._problem(f"{problem[1]} [{problem[0]}]")  # the batch lane records it as failed
                 continue
             report.requests += 1
             report.prompt_tokens += built.prompt_tokens
             report.max_output_tokens += built.max_output
+            report.image_rows += bool(built.images)
+            report.images += len(built.images)
+            report.image_tokens += built.image_tokens
             load = report.models.setdefault(built.model, ModelLoad())
             load.rows += 1
             load.prompt_tokens += built.prompt_tokens
             load.max_output_tokens += built.max_output
     return report
+
+
+def _line(built: Request, url: bytes) -> bytes:
+    """The row's batch line, as long as it will be: validate reads no image in full, so each local image's base64
+    (4 bytes per 3, and its `data:` prefix) is stood in for by as many spaces."""
+    line = shard_line(built, url)
+    base64 = sum(4 * -(-int(i["bytes"]) // 3) + 24 for i in built.images if "bytes" in i)
+    return line + b" " * base64 if base64 else line
 
 
 def blockers(spec: JobSpec) -> list[str]:
@@ -143,6 +158,12 @@ def validation_lines(prepared: Prepared, report: Validation) -> list[str]:
         f"  ids: {ids}" + (f", {report.duplicate_ids} duplicated" if report.duplicate_ids else ", all unique"),
         f"  run directory: {display_path(spec.output_dir)}",
     ]
+    if spec.input.images:
+        lines.insert(
+            -1,
+            f"  images: {plural(report.images, 'image')} in {plural(report.image_rows, 'row')}, each checked by its "
+            "size and header (format, pixels, bytes, count per request); URLs are not fetched",
+        )
     if (out := spec.output) is not None:
         props = out.schema.get("properties")
         fields = plural(len(props), "property", "properties") if isinstance(props, dict) else "a schema"

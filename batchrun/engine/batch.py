@@ -204,6 +204,12 @@ class BatchRun(RunControl):
                 continue
             if self.past_deadline or (self.online_after and self.tries[built.row]):
                 continue  # left pending: the online lane takes it once the batches are done
+            if built.files:  # its local images read in now, as its line is written
+                sent = self.ctx.prepared.builder.ready(built)
+                if isinstance(sent, BadRow):
+                    self._fail_row(built, sent.code, sent.message, None)
+                    continue
+                built = sent
             if (problem := writer.problem(built)) is not None:  # fits no file of the provider's: say why
                 self._fail_row(built, *problem, None)
                 continue
@@ -375,6 +381,7 @@ class BatchRun(RunControl):
         if row is None or ids is None:
             return 0
         custom_id, model, cache_key = ids
+        images = index.images(row) if self.spec.input.images else []
         resp = line.get("response") if isinstance(line.get("response"), dict) else None
         status = resp.get("status_code") if resp else None
         body = resp.get("body") if resp else None
@@ -394,7 +401,7 @@ class BatchRun(RunControl):
                     err["path"] = path
                 output = judged.value if err is None else NO_OUTPUT
             answer = response(200, resp.get("request_id") if resp else None, body)
-            self._commit(row, custom_id, model, answer, err, batch_id=batch_id, output=output)
+            self._commit(row, custom_id, model, answer, err, batch_id=batch_id, output=output, images=images)
             if err is None:
                 self.ledger.remember(cache_key, model, answer, output)
             return 1
@@ -411,6 +418,7 @@ class BatchRun(RunControl):
             resp_rec,
             error(code, message, status if isinstance(status, int) else None, self.tries[row]),
             batch_id=batch_id,
+            images=images,
         )
         return 1
 
@@ -424,15 +432,23 @@ class BatchRun(RunControl):
         *,
         batch_id: str | None = None,
         output: Any = NO_OUTPUT,
+        images: Any = (),
     ) -> None:
         rec = record(row, custom_id, model, resp, err, attempts=max(1, self.tries[row]), output=output)
         if batch_id is not None:
             rec["batch_id"] = batch_id
+        if images:  # each image's reference (never its base64)
+            rec["images"] = list(images)
         self.ledger.commit(rec, failed=err is not None)
 
     def _fail_row(self, request: Request, code: str, message: str, status: int | None) -> None:
         self._commit(
-            request.row, request.custom_id, request.model, None, error(code, message, status, self.tries[request.row])
+            request.row,
+            request.custom_id,
+            request.model,
+            None,
+            error(code, message, status, self.tries[request.row]),
+            images=request.images,
         )
 
     def _id_of(self, reply: Reply, what: str) -> str | None:

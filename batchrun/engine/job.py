@@ -77,6 +77,7 @@ _HINTS = {
     "missing_id": "name the field that holds each row's id with input.id_field",
     "invalid_id": "name the field that holds each row's id with input.id_field",
     NULL_FIELD: "",  # the reason says what to do
+    "image_unreadable": "a relative image path is read from the input file's folder (docs/images.md)",
 }
 SNAPSHOT_KEY = "input_bytes"  # the fingerprint's record of the snapshot's size, beside its digest ("input")
 
@@ -147,6 +148,17 @@ def fingerprint(spec: JobSpec, scan: InputScan) -> dict[str, str]:
         "system": inp.system,
         **({"null": inp.null} if inp.null != "fail" else {}),  # only when not the default, as below
         **({"encoding": inp.encoding} if inp.encoding != "utf-8" else {}),
+        # input.images: which columns, and how they are sent
+        **(
+            {
+                "images": inp.images,
+                "image_detail": inp.image_detail,
+                "fetch_images": inp.fetch_images,
+                "image_max_side": inp.image_max_side,
+            }
+            if inp.images
+            else {}
+        ),
     }
     found = {
         "input": scan.digest,

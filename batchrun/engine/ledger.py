@@ -104,6 +104,8 @@ class Ledger:
         )
         if batch is not None:
             rec["batch"] = batch
+        if req.images:  # each image's path or URL, bytes and digest: never its base64
+            rec["images"] = list(req.images)
         if decision is None and resp is not None:
             self.remember(req.cache_key, req.model, resp, output)
         if row.member is not None and self.spec.provider.key_pool:
@@ -125,6 +127,8 @@ class Ledger:
         output = hit.output if hit.has_output else NO_OUTPUT
         rec = record(request.row, request.custom_id, request.model, hit.response, None, attempts=0, output=output)
         rec["cached"] = True
+        if request.images:
+            rec["images"] = list(request.images)
         self.commit(rec, failed=False)
         return True
 

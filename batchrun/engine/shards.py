@@ -62,7 +62,7 @@ def line_problem(api: BatchAPI, request: Request, line: bytes) -> tuple[str, str
         return (
             "line_too_large",
             f"row {request.row}'s batch line is {len(line):,} bytes, over {api.title}'s limit of "
-            f"{api.max_line_bytes:,} bytes ({api.max_line_bytes / 1024 / 1024:g} MB) a line",
+            f"{api.max_line_bytes:,} bytes ({api.max_line_bytes / 1024 / 1024:g} MB) a line" + _images_named(request),
         )
     if len(line) > api.max_bytes:
         return (
@@ -78,6 +78,12 @@ def line_problem(api: BatchAPI, request: Request, line: bytes) -> tuple[str, str
                 f"{request.row}'s last message is {last!r}",
             )
     return None
+
+
+def _images_named(request: Request) -> str:
+    """input.images: the images that make a line large, and what scales them down."""
+    named = ", ".join(f"{i['ref']} ({i['bytes']:,} bytes)" for i in request.images if "bytes" in i)
+    return f" (its images: {named}; input.image_max_side scales them down)" if named else ""
 
 
 def last_role(payload: bytes) -> str | None:
@@ -178,9 +184,11 @@ class ShardWriter:
         if self._file is None:
             self._open(request.model)
         self._file.write(line)
-        entry = [request.row, request.custom_id, request.model]
-        if request.cache_key is not None:  # so that a harvested answer goes into the response cache
-            entry.append(request.cache_key.hex())
+        entry: list[Any] = [request.row, request.custom_id, request.model]
+        if request.cache_key is not None or request.images:  # so that a harvested answer goes into the response cache
+            entry.append(request.cache_key.hex() if request.cache_key is not None else None)
+        if request.images:  # each image's reference, for its record
+            entry.append(request.images)
         self._rows.write(orjson.dumps(entry) + b"\n")
         self._lines += 1
         self._bytes += len(line)
@@ -248,8 +256,17 @@ class ShardIndex:
         if i == len(self.rows) or self.rows[i] != row:
             return None
         self._f.seek(self.offsets[i])
-        _, custom_id, model, *key = orjson.loads(self._f.readline())
-        return ShardLine(str(custom_id), str(model), bytes.fromhex(key[0]) if key else None)
+        _, custom_id, model, *rest = orjson.loads(self._f.readline())
+        return ShardLine(str(custom_id), str(model), bytes.fromhex(rest[0]) if rest and rest[0] else None)
+
+    def images(self, row: int) -> list[dict[str, Any]]:
+        """input.images: the row's images as its record keeps them (path or URL, bytes, digest)."""
+        i = bisect_left(self.rows, row)
+        if i == len(self.rows) or self.rows[i] != row:
+            return []
+        self._f.seek(self.offsets[i])
+        entry = orjson.loads(self._f.readline())
+        return list(entry[4]) if len(entry) > 4 else []
 
     def close(self) -> None:
         self._f.close()

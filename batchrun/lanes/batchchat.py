@@ -113,3 +113,4 @@ class BatchChatLane(OnlineLane):
 
     def annotate(self, row: Row, record: Record) -> None:
         record["batch_chat"] = True  # answered at the batch price (usage counts it in batch_*)
+        super().annotate(row, record)  # a fetched image's bytes and digest

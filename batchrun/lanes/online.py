@@ -12,8 +12,10 @@ from ..providers.openai import ChatCompletions, ChatCompletionsStream, split_emb
 from ..providers.transport import Http, Reply
 from ..records import Record
 from ..retry import Decision, Verdict, classify
+from ..rows.images import ImageReader
 from ..rows.request import Request
 from . import LaneContext, Row
+from .images import Fetcher
 from .outcome import Answered, Deliver, Done, Outcomes, SendAgain
 
 
@@ -31,6 +33,7 @@ class OnlineLane:
             ChatCompletions(ctx.base_url, auth, endpoint),
             ChatCompletionsStream(ctx.base_url, auth, endpoint),
         )
+        self.fetcher = Fetcher(ImageReader(ctx.spec) if ctx.spec.input.images else None)
 
     def begin(self, http: Http) -> Outcomes:
         self.http = http
@@ -52,7 +55,10 @@ class OnlineLane:
     async def call(self, request: Request, auth: Callable[[], str | None]) -> Reply:
         assert self.http is not None, "the run has not begun"
         path = self.stream if request.stream else self.plain
-        return await path.call(self.http, request, self.timeout_s, auth, self.queue_s)
+        sent = await self.fetcher.ready(request, self.http, self.timeout_s)  # input.fetch_images
+        if isinstance(sent, Reply):
+            return sent
+        return await path.call(self.http, sent, self.timeout_s, auth, self.queue_s)
 
     async def answer(self, row: Row, reply: Reply, ticket: Ticket) -> Outcomes:
         decision = classify(reply.status, reply.body, reply.headers, reply.error, self.ctx.errors)
@@ -85,7 +91,7 @@ class OnlineLane:
         ]
 
     def annotate(self, row: Row, record: Record) -> None:
-        return None
+        self.fetcher.annotate(record)
 
     def totals(self) -> dict[str, Any]:
         return {}

@@ -27,10 +27,12 @@ from ..providers.transport import Http, Reply
 from ..providers.zhipu import EXPIRED, AsyncCompletions, TaskAction, judge_task, poll_delay, task_id
 from ..records import Record, now_iso
 from ..retry import Decision, Verdict, classify, error_details
+from ..rows.images import ImageReader
 from ..rows.request import BadRow, Request
 from ..rows.sources import iter_rows
 from ..text.words import plural
 from . import LaneContext, Row
+from .images import Fetcher
 from .outcome import Answered, BadInput, Deliver, Done, Failed, Held, Outcome, Outcomes, RetryLater
 
 MAX_POLLS_IN_FLIGHT = 64
@@ -66,6 +68,7 @@ class TaskLane:
         self.http: Http | None = None
         self.deliver: Deliver | None = None
         self.path = AsyncCompletions(ctx.base_url, ctx.pool.members[0].auth)
+        self.fetcher = Fetcher(ImageReader(ctx.spec) if ctx.spec.input.images else None)
         self.poller = Poller(self._poll, self._on_poll, ctx.spec.limits.poll_rps)
         self.max_pending = ctx.spec.limits.max_pending
         self.polls_answered = 0  # polls that found their task: proof the poll URL is right
@@ -96,7 +99,10 @@ class TaskLane:
 
     async def call(self, request: Request, auth: Callable[[], str | None]) -> Reply:
         assert self.http is not None, "the run has not begun"
-        return await self.path.call(self.http, request, self.timeout_s, auth)
+        sent = await self.fetcher.ready(request, self.http, self.timeout_s)  # input.fetch_images
+        if isinstance(sent, Reply):
+            return sent
+        return await self.path.call(self.http, sent, self.timeout_s, auth)
 
     async def answer(self, row: Row, reply: Reply, ticket: Ticket) -> Outcomes:
         decision = self._classify_submission(reply)
@@ -235,6 +241,7 @@ class TaskLane:
         record["latency_s"] = round(max(0.0, time.time() - task.submitted_at), 3) if task.task_id else 0.0
         if task.resubmitted:
             record["resubmitted"] = task.resubmitted
+        self.fetcher.annotate(record)
 
 
 class Poller:

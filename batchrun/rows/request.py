@@ -14,6 +14,7 @@ from ..spec.model import JobSpec
 from ..spec.presets import ENDPOINT_URLS, Endpoint
 from ..spec.reasoning import merged, reasoning_params, thinking_reserve
 from ..text.words import suggestion
+from .images import ImageReader, RowImages, with_images
 from .render import INVALID_INPUT, NULL_FIELD, RowProblem, Template, is_null
 from .sources import RawRow
 from .structured import Asking
@@ -37,6 +38,10 @@ class Request:
     parts: tuple[Request, ...] = ()
     stream: bool = False  # the body asks for server-sent events (mode stream, or a line's own "stream": true)
     cache_key: bytes | None = None  # the response cache's key of this row's first question (None: not cached)
+    images: tuple[dict[str, Any], ...] = ()  # input.images: each image's reference, as its record keeps it
+    fetch: tuple[str, ...] = ()  # input.fetch_images: URLs in the payload fetched and put in when it is sent
+    image_tokens: int = 0  # of prompt_tokens, the images' (estimated by the provider's rule)
+    files: tuple[tuple[str, str, str], ...] = ()  # local image files put into the payload as it is sent (`ready`)
 
     @property
     def tokens(self) -> int:
@@ -161,6 +166,7 @@ class RequestBuilder:
         self.cache_sampled = cache.sampled
         inp = spec.input
         self.template = Template(inp.template, inp.null) if inp.template is not None else None
+        self.images = ImageReader(spec) if inp.images else None
         if first is not None:
             self._preflight(first)
 
@@ -180,6 +186,22 @@ class RequestBuilder:
                     f"{source}: input.template names {{{name}}}, but the first row has no field "
                     f"{name!r} {_has(first, name)}"
                 )
+        for name in inp.images or ():
+            if name not in first:
+                raise SpecError(
+                    f"{source}: input.images names {name!r}, but the first row has no field {name!r} "
+                    f"{_has(first, name)}"
+                )
+        unused = [k for k in ("image_detail", "fetch_images", "image_max_side", "image_limits") if getattr(inp, k)]
+        if unused and not inp.images:
+            raise SpecError(f"{source}: input.{unused[0]} is set, but input.images names no columns: name them")
+        if inp.fetch_images and self.spec.provider.mode == "batch":
+            raise SpecError(
+                f"{source}: input.fetch_images: the batch lane writes its files before sending, and fetches no "
+                "images; use provider.mode: sync, or leave fetch_images out"
+            )
+        if inp.images and self.endpoint != "chat":
+            raise SpecError(f"{source}: input.images: endpoint {self.endpoint} takes text; images need endpoint: chat")
         for key, value in (("messages_field", inp.messages_field), ("system", inp.system)):
             if self.endpoint != "chat" and value is not None:
                 raise SpecError(
@@ -198,6 +220,22 @@ class RequestBuilder:
                 "input.template or input.prompt_field" + (" or input.messages_field" if self.endpoint == "chat" else "")
             )
 
+    def check_only(self) -> None:
+        """`validate`: images are checked by their size and first 4 KB (format, pixels, bytes, count), not read in
+        full nor encoded, so a million-row input is read in minutes; the requests' image urls are left empty."""
+        if self.images is not None:
+            self.images.light = True
+
+    def ready(self, request: Request) -> Request | BadRow:
+        """The request as it is sent: its local image files read in (built, it holds each one's digest)."""
+        if not request.files or self.images is None:
+            return request
+        try:
+            payload = self.images.put_files(request.payload, request.files, request.model)
+        except RowProblem as exc:
+            return BadRow(request.row, request.custom_id, exc.code, f"row {request.row}: {exc}")
+        return replace(request, payload=payload, files=())
+
     def build(self, raw: RawRow) -> Request | BadRow:
         if raw.data is None:
             return BadRow(raw.row, str(raw.row), INVALID_INPUT, raw.error or f"row {raw.row}: unreadable")
@@ -207,15 +245,18 @@ class RequestBuilder:
             return custom_id
         try:
             body = self._body(data)
+            model = str(body.get("model") or self.spec.model)
+            images = self.images.read(data, model) if self.images is not None else None
         except RowProblem as exc:
             return BadRow(row, custom_id, exc.code, f"row {row}: {exc}")
-        model = str(body.get("model") or self.spec.model)
         if self.endpoint != "embeddings":
             prompt = body["messages"] if self.endpoint == "chat" else body["prompt"]
             tokens = estimate_messages(prompt) if self.endpoint == "chat" else estimate_input(prompt)
             if self.format is not None and body.get("response_format") is self.format:
                 tokens += self.format_tokens
             stream = body.get("stream") is True
+            if images is not None:
+                return self._with_images(row, custom_id, model, body, tokens, images)
             payload = orjson.dumps(body)
             key = self._cache_key(payload, body)
             most = max_output_tokens(body) + self.reserve
@@ -234,6 +275,29 @@ class RequestBuilder:
             text if isinstance(text, str) else None,
             alike,
             cache_key=self._cache_key(payload, body),
+        )
+
+    def _with_images(
+        self, row: int, custom_id: str, model: str, body: dict[str, Any], tokens: int, images: RowImages
+    ) -> Request:
+        """The row's request with its images in its last user message. The cache key reads each image's digest
+        in place of its bytes: the same picture under another path is a hit, a changed file is not."""
+        assert self.images is not None
+        key = self._cache_key(orjson.dumps(with_images(body, images.keys, self.images.detail)), body)
+        payload = orjson.dumps(with_images(body, images.urls, self.images.detail))
+        return Request(
+            row,
+            custom_id,
+            model,
+            payload,
+            tokens + images.tokens,
+            max_output_tokens(body),
+            stream=body.get("stream") is True,
+            cache_key=key,
+            images=tuple(ref.record() for ref in images.refs),
+            fetch=images.fetch,
+            image_tokens=images.tokens,
+            files=images.files,
         )
 
     def _cache_key(self, payload: bytes, body: Mapping[str, Any]) -> bytes | None:

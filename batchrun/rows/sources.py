@@ -324,7 +324,7 @@ def slice_rows(spec: InputSpec, part: Slice, skip: Callable[[int], bool] | None 
 
 def parquet_columns(spec: InputSpec, available: list[str]) -> list[str]:
     """Only the columns the requests are built from: a wide table costs no more than a narrow one."""
-    named = [spec.id_field, spec.messages_field, spec.prompt_field, *spec.template_fields]
+    named = [spec.id_field, spec.messages_field, spec.prompt_field, *spec.template_fields, *(spec.images or ())]
     wanted = [c for c in named if c]
     if spec.id_field is None:  # each row's own custom_id or id, as the ids check reads them
         wanted += ["custom_id", "id"]

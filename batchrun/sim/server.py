@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import heapq
 import itertools
@@ -77,6 +78,7 @@ from .answers import (
 )
 from .batches import BatchDesk
 from .billing import Billing, Call, directives_of, max_output, prompt_key, prompt_tokens
+from .images import look
 from .manners import cut_short, hold_queued, insufficient_balance, spoken
 
 Handler = Callable[["SimProvider", web.Request], Awaitable[web.StreamResponse]]
@@ -108,6 +110,7 @@ class SimProvider:
         self.billing = Billing(self.rng, cfg.invalid_json_rate, cfg.speaks)
         self.responses: Counter[int] = Counter()
         self.requests = self.dropped = 0
+        self.images = self.images_refused = 0  # image parts that passed the checks, and requests refused for one
         self.first_request_at: float | None = None  # wall-clock time, for start-up measurements
         self.tasks_submitted = self.polls = self.max_tasks_running = 0
         self.inflight = 0  # requests being handled: read, waited on, not yet answered (billed when answered)
@@ -179,6 +182,8 @@ class SimProvider:
             "tasks_running": self._tasks_running(self.clock()),
             "max_tasks_running": self.max_tasks_running,
             "polls": self.polls,
+            "images": self.images,
+            "images_refused": self.images_refused,
             "retried_after_429": self.retried_after_429,  # attempts of a prompt whose last attempt was answered 429
             "min_retry_gap_s": round(self.min_retry_gap_s, 3) if self.retried_after_429 else None,
             "batch_chat_requests": self.batch_chats,
@@ -301,6 +306,13 @@ class SimProvider:
         if (staged := self.admission.staged(directives, attempt, self.clock())) is not None:
             return self._outcome(staged, request)
         tokens = prompt_tokens(kind, body, texts)
+        if kind == "chat":  # its images judged as the provider spoken for judges them, and counted
+            seen = look(self.cfg.speaks, body)
+            if seen.refused is not None:
+                self.images_refused += 1
+                return self._answer(*seen.refused)
+            tokens += seen.tokens
+            self.images += seen.images
         most = max_output(kind, body, texts)
         limited = self.admission.admit(self._token(request), tokens + most, self.inflight, self.clock())
         if limited is not None:
@@ -330,7 +342,12 @@ class SimProvider:
 
     def _batch_answer(self, kind: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """One line of a batch, answered as the online endpoint answers it (no rate limit: a batch has none)."""
+        seen = look(self.cfg.speaks, body) if kind == "chat" else None
+        if seen is not None and seen.refused is not None:
+            return seen.refused
         call = self.billing.batch_call(kind, body)
+        if isinstance(call, Call) and seen is not None and seen.tokens:
+            call = dataclasses.replace(call, prompt_tokens=call.prompt_tokens + seen.tokens)
         return (200, self._bill(call)) if isinstance(call, Call) else call
 
     @_counted

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 
 from . import checks, lanechecks, presetkeys
 from .base import Count, Derived, Expect, Internal, NonNegative, Positive, Reading, Share, SpecModel, Text
+from .images import Detail, ImageLimitsSpec, image_columns
 from .output import OutputSpec
 from .presets import ENDPOINT_ALIASES, MODE_ALIASES, Auth, Endpoint, Mode, TpmAccounting
 from .pricing import Price
@@ -114,6 +115,25 @@ class InputSpec(SpecModel):
     max_value_lines: Count = Field(
         20,
         description="CSV: the most lines one quoted value may span; more is taken as a quote left open by mistake.",
+    )
+    images: Annotated[
+        list[Text] | None,
+        Field(
+            description="Columns holding each row's images (a column may hold a list): a path (relative to the "
+            "input's folder), an http(s) URL, a data: URL, or bytes (Parquet).",
+            json_schema_extra={"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        ),
+        BeforeValidator(image_columns),
+    ] = None
+    image_detail: Detail | None = Field(None, description="The image parts' detail: auto, low or high.")
+    fetch_images: bool = Field(
+        False, description="Fetch http(s) image URLs here and send their bytes (the provider cannot reach them)."
+    )
+    image_max_side: Count | None = Field(
+        None, description="Scale larger images down to this many pixels on their longest side (needs Pillow)."
+    )
+    image_limits: ImageLimitsSpec | None = Field(
+        None, description="The provider's image limits, where batchrun's table lacks or mistakes them."
     )
     # The bytes of the file a run reads, set by job.prepare from its scan, so that rows appended while the run goes
     # wait for the next one (None: the whole file).
@@ -487,7 +507,9 @@ class JobSpec(SpecModel):
             "name": self.name,
             "spec": str(self.spec_path),
             "input": {
-                k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.input).items() if k != "snapshot"
+                k: (str(v) if isinstance(v, Path) else v.model_dump() if isinstance(v, SpecModel) else v)
+                for k, v in vars(self.input).items()
+                if k != "snapshot"
             },
             "model": self.model,
             "endpoint": self.endpoint,
