@@ -22,7 +22,8 @@ from .engine.progress import Phases
 from .errors import BatchrunError, Interrupted, SpecError
 from .session import EXIT_INTERRUPTED, cancel_run, list_provider_models, run_job, summary_lines
 from .sim.command import command as simulate_command
-from .spec.model import ScaleSpec, default_path
+from .spec.cachespec import default_path
+from .spec.model import ScaleSpec
 from .spec.parse import load_spec, schema_text
 from .spec.presets import PRESETS, unknown_preset
 from .spec.pricing import Prices, load_prices

@@ -28,7 +28,8 @@ from .providers.transport import Http, Network
 from .records import error_code
 from .rows.ids import DUPLICATE_ID
 from .rows.sources import nth_row
-from .spec.model import CacheSpec, JobSpec, ScaleSpec
+from .spec.cachespec import CacheSpec
+from .spec.model import JobSpec, ScaleSpec
 from .spec.presets import PRESETS
 from .spec.pricing import Prices
 from .spec.simulator import SimulateSpec

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from batchrun.errors import SpecError
-from batchrun.spec.model import default_path
+from batchrun.spec.cachespec import default_path
 from batchrun.store.cache import parse_age
 
 from .helpers import cli, make_job, read_jsonl, spawn_submit, submit

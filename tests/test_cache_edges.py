@@ -18,7 +18,7 @@ import pytest
 from aiohttp import ClientSession, web
 
 from batchrun.records import response
-from batchrun.spec.model import CacheSpec
+from batchrun.spec.cachespec import CacheSpec
 from batchrun.store.cache import Cache
 from batchrun.store.checkpoint import Checkpoint
 from batchrun.text.redaction import redact

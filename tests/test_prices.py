@@ -25,7 +25,7 @@ from batchrun.engine.schedule import PriceHold
 from batchrun.errors import SpecError
 from batchrun.limits.budget import worst_cost
 from batchrun.spec.parse import load_spec
-from batchrun.spec.pricing import BUILT_IN, Counts, Price, Prices, parse_prices, tokens_cost
+from batchrun.spec.pricing import BUILT_IN, Price, Prices, SlotTokens, parse_prices, tokens_cost
 from batchrun.spec.windows import Window, cheapest, hold, local_text, multiplier_at, next_change, parse_windows
 from batchrun.store.usage import Usage
 
@@ -59,7 +59,7 @@ def test_cached_and_thinking_tokens_are_priced_apart() -> None:
 
 def test_batch_prices_keep_each_providers_cache_rule() -> None:
     price = Price(1, 2, "CNY", "s", cached_input=0.2, thinking_output=8)
-    tokens = Counts(
+    tokens = SlotTokens(
         prompt_tokens=1_000_000,
         completion_tokens=0,
         cached_prompt_tokens=1_000_000,
@@ -74,7 +74,7 @@ def test_batch_prices_keep_each_providers_cache_rule() -> None:
     assert tokens_cost(price, price.scaled(0.5, 0.4), tokens) == pytest.approx(0.2)
     assert price.scaled(0.5).thinking_output == 4  # the thinking price is halved like the rest
     # half online, half through the Batch API, with the thinking price on the answers that reasoned
-    mixed = Counts(2_000_000, 200_000, 0, 200_000, 1_000_000, 100_000, 0, 100_000)
+    mixed = SlotTokens(2_000_000, 200_000, 0, 200_000, 1_000_000, 100_000, 0, 100_000)
     assert tokens_cost(price, price.scaled(0.5), mixed) == pytest.approx((1 + 0.8) + (0.5 + 0.4))
     assert tokens_cost(price, price.scaled(0.5), mixed, hits=False) == tokens_cost(price, price.scaled(0.5), mixed)
 

@@ -556,7 +556,7 @@ def bench_cache(work: Path, entries: int, rows: int) -> list[Figure]:
     import hashlib
     import random
 
-    from batchrun.spec.model import CacheSpec
+    from batchrun.spec.cachespec import CacheSpec
     from batchrun.store.cache import Cache
     from batchrun.store.cache import stats as cache_stats
 

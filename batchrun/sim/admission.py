@@ -69,6 +69,10 @@ class Admission:
         self.revoked = {_env_key(env) for env in cfg.revoked}
         self.by_key: Counter[str] = Counter()  # answers by key (its variable's name) and status: "VAR 200"
 
+    def stats(self) -> dict[str, Any]:
+        """What it charged and made up, for /_sim/stats."""
+        return {"tpm_charged": round(self.tpm_charged), "injected": dict(self.injected), "by_key": dict(self.by_key)}
+
     def auth(self, token: str, now_ms: int) -> Refusal | None:
         """With a key configured, accept it as a bearer token, or (an `id.secret` key) a Zhipu JWT signed with it.
         A revoked key (simulate.revoked) is refused whatever is configured."""

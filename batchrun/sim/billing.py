@@ -79,6 +79,21 @@ class Billing:
         self.structured: Counter[str] = Counter()  # JSON asked for, repairs seen, answers spoilt, by kind
         self.max_tokens_asked: Counter[str] = Counter()  # of requests asking for JSON
 
+    def stats(self) -> dict[str, Any]:
+        """What it billed, for /_sim/stats: tests check a run's totals against these."""
+        return {
+            "billed_requests": sum(self.billed.values()),
+            "billed_prompts": len(self.billed),
+            "billed_twice": sum(1 for n in self.billed.values() if n > 1),
+            "billed_prompt_tokens": self.billed_prompt_tokens,
+            "billed_completion_tokens": self.billed_completion_tokens,
+            "billed_reasoning_tokens": self.billed_reasoning_tokens,  # of the completion tokens
+            "billed_cached_prompt_tokens": self.billed_cached_prompt_tokens,  # of the prompt tokens
+            "reasoning_asked": dict(self.reasoning_asked),
+            "structured": dict(self.structured),
+            "max_tokens_asked": dict(self.max_tokens_asked),
+        }
+
     def attempt(self, key: bytes) -> int:
         """Count one more attempt of a prompt; which it is (1 for the first)."""
         self.attempts[key] += 1

@@ -158,26 +158,14 @@ class SimProvider:
         return self._taken_ids.get(id(request)) or f"sim-api-{next(self._other_ids)}"
 
     def stats(self) -> dict[str, Any]:
-        billing, admission = self.billing, self.admission
         return {
             "requests": self.requests,
             "responses": {str(k): v for k, v in sorted(self.responses.items())},
             "dropped": self.dropped,
-            "billed_requests": sum(billing.billed.values()),
-            "billed_prompts": len(billing.billed),
-            "billed_twice": sum(1 for n in billing.billed.values() if n > 1),
-            "billed_prompt_tokens": billing.billed_prompt_tokens,
-            "billed_completion_tokens": billing.billed_completion_tokens,
-            "billed_reasoning_tokens": billing.billed_reasoning_tokens,  # of the completion tokens
-            "billed_cached_prompt_tokens": billing.billed_cached_prompt_tokens,  # of the prompt tokens
-            "reasoning_asked": dict(billing.reasoning_asked),
-            "tpm_charged": round(admission.tpm_charged),
+            **self.billing.stats(),
+            **self.admission.stats(),
             "first_request_at": self.first_request_at,
             "inflight": self.inflight,
-            "injected": dict(admission.injected),
-            "structured": dict(billing.structured),
-            "by_key": dict(admission.by_key),
-            "max_tokens_asked": dict(billing.max_tokens_asked),
             "tasks_submitted": self.tasks_submitted,
             "tasks_running": self._tasks_running(self.clock()),
             "max_tasks_running": self.max_tasks_running,

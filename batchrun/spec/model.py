@@ -8,7 +8,6 @@ mistakes the one reported first is the one it always was.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -17,6 +16,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 
 from . import checks, lanechecks, presetkeys
 from .base import Count, Derived, Expect, Internal, NonNegative, Positive, Reading, Share, SpecModel, Text
+from .cachespec import CacheSpec
 from .images import Detail, ImageLimitsSpec, image_columns
 from .output import OutputSpec
 from .presets import ENDPOINT_ALIASES, MODE_ALIASES, Auth, Endpoint, Mode, TpmAccounting
@@ -24,9 +24,6 @@ from .pricing import Price
 from .reasoning import Effort, reasoning_fits, thinking_value
 from .simulator import SimulateSpec
 
-CacheMode = Literal["read_write", "read", "write", "off"]
-CACHE_MODES: tuple[CacheMode, ...] = ("read_write", "read", "write", "off")
-FILE_NAME = "cache.sqlite3"
 InputFormat = Literal["jsonl", "parquet", "csv"]
 # Request parameters a spec may set at the top by mistake: the error points to params.
 REQUEST_PARAMS = (
@@ -34,48 +31,6 @@ REQUEST_PARAMS = (
     *("presence_penalty", "frequency_penalty", "response_format", "tools", "tool_choice"),
 )
 template_fields = checks.template_fields  # the fields a template names: rows/render reads them from here
-
-
-def default_path() -> Path:
-    """`$XDG_CACHE_HOME/batchrun/cache.sqlite3` (`~/.cache/...` when it is not set)."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "batchrun" / FILE_NAME
-
-
-class CacheSpec(SpecModel):
-    """The spec's `cache:` block: the response cache shared across runs (`cache: off` turns it off)."""
-
-    path: Annotated[
-        Path | None,
-        Field(description="The cache file; default $XDG_CACHE_HOME/batchrun/cache.sqlite3."),
-        BeforeValidator(checks.cache_path),
-    ] = None
-    mode: CacheMode = Field("read_write", description="read_write, read (never write), write (never read), or off.")
-    sampled: bool = Field(True, description="Cache answers sampled with temperature > 0 (or no temperature) too.")
-
-    @classmethod
-    def shorthand(cls, data: Any, spec: Reading) -> Any:
-        """YAML reads a bare `off` as false: `cache: false` is off, `cache: true` the default, `cache: read` a mode."""
-        if data is True:
-            return {}
-        if data is False:
-            return {"mode": "off"}
-        if isinstance(data, str):
-            return {"mode": data}
-        if isinstance(data, Mapping) and data.get("mode") is False:
-            return {**data, "mode": "off"}
-        return data
-
-    @property
-    def reads(self) -> bool:
-        return self.mode in ("read_write", "read")
-
-    @property
-    def writes(self) -> bool:
-        return self.mode in ("read_write", "write")
-
-    def file(self) -> Path:
-        return self.path or default_path()
 
 
 class InputSpec(SpecModel):

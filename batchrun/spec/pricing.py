@@ -197,7 +197,7 @@ Slots = Mapping[int, Sequence[int]]  # quarter hour (epoch seconds // SLOT_S) ->
 
 
 @dataclass
-class Counts:
+class SlotTokens:
     """Token counts that price like a model's usage: one time slot's."""
 
     prompt_tokens: int = 0
@@ -210,7 +210,7 @@ class Counts:
     batch_thinking_completion_tokens: int = 0
 
     @classmethod
-    def of(cls, vector: Sequence[int]) -> Counts:
+    def of(cls, vector: Sequence[int]) -> SlotTokens:
         return cls(*vector[: len(SLOT_FIELDS)])
 
 
@@ -268,7 +268,7 @@ class Prices:
             for slot, vector in slots.items():
                 times = multiplier_at(price.windows, slot * SLOT_S)
                 if times != 1.0:
-                    total += (times - 1.0) * tokens_cost(price, batch, Counts.of(vector), hits=hits)
+                    total += (times - 1.0) * tokens_cost(price, batch, SlotTokens.of(vector), hits=hits)
         return total
 
     def cache_saved(self, model: str, tokens: Tokens, slots: Slots | None = None) -> float | None:

@@ -30,7 +30,7 @@ import orjson
 
 from ..errors import SpecError
 from ..records import Response
-from ..spec.model import CacheSpec
+from ..spec.cachespec import CacheSpec
 from ..text.redaction import holds, redact, secret_bytes
 from .durable import unwritable_dir
 
