@@ -269,7 +269,7 @@ class ImageReader:
                 "input.image_limits.formats)",
                 IMAGE_FORMAT,
             )
-        dims = dimensions(fmt, head)
+        dims = dimensions(head)
         width, height = dims if dims is not None else (None, None)
         if fmt == "gif" and not rules.animated_gif and gif_frames(head) > 1:  # validate: frames in the first 64 KB
             raise RowProblem(f"image {name!r} is an animated GIF, which {self.provider} does not take", IMAGE_FORMAT)
