@@ -24,6 +24,7 @@ from aiohttp import web
 from PIL import Image
 
 from batchrun.rows.imagefile import dimensions, gif_frames, read_head, sniff
+from batchrun.rows.images import downscale
 from batchrun.spec import presets
 from batchrun.spec.images import openai_patches, openai_tiles, qwen_patches
 
@@ -392,6 +393,16 @@ def test_large_images_are_scaled_down_when_asked(tmp_path: Path, sim: SimServer)
     # 300 x 150 under OpenAI's rule is one 512-px tile: 85 + 170; the full picture would be 6 tiles
     assert good[0]["response"]["body"]["usage"]["prompt_tokens"] < 85 + 170 * 2 + 50
     assert good[0]["images"][0]["bytes"] == (tmp_path / "big.jpg").stat().st_size  # the file's own, as given
+
+
+def test_a_photo_stored_sideways_is_scaled_down_upright() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: stored 40 x 20, shown 20 x 40
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 20), "grey").save(buffer, format="JPEG", exif=exif.tobytes())
+    data, fmt = downscale(buffer.getvalue(), "jpeg", 30)
+    with Image.open(io.BytesIO(data)) as sent:
+        assert (fmt, sent.size) == ("jpeg", (15, 30))
 
 
 def test_downscaling_without_pillow_says_how_to_install_it(
