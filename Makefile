@@ -58,7 +58,7 @@ test-floors:
 	$(FLOORS)/bin/python -m pip install --quiet --upgrade pip
 	$(PYTHON) tools/floors.py > $(FLOORS)/constraints.txt
 	$(FLOORS)/bin/python -m pip install --quiet -c $(FLOORS)/constraints.txt -e '.[dev,ray]'
-	$(FLOORS)/bin/python -m pip list --format=freeze | grep -iE '^(aiohttp|aiolimiter|orjson|click|tqdm|pyarrow|pyyaml|numpy|jsonschema.rs|pydantic|ray)=='
+	$(FLOORS)/bin/python -m pip list --format=freeze | grep -iE '^(aiohttp|aiolimiter|orjson|click|tqdm|pyarrow|pyyaml|numpy|jsonschema.rs|pydantic|imagesize|ray)=='
 	$(FLOORS)/bin/python -m pytest
 
 clean:

@@ -23,7 +23,8 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from batchrun.rows.imagefile import dimensions, gif_frames, sniff
+from batchrun.rows.imagefile import dimensions, gif_frames, read_head, sniff
+from batchrun.rows.images import downscale
 from batchrun.spec import presets
 from batchrun.spec.images import openai_patches, openai_tiles, qwen_patches
 
@@ -95,9 +96,28 @@ def test_format_and_size_come_from_the_bytes_not_the_name(tmp_path: Path) -> Non
         ("chart.webp", "webp", (80, 80)),
     ):
         head = (SAMPLES / name).read_bytes()
-        assert sniff(head) == fmt and dimensions(fmt, head) == size
+        assert sniff(head) == fmt and dimensions(head) == size
     assert sniff(b"%PDF-1.7") is None and sniff(gif(1)) == "gif"
     assert gif_frames(gif(1)) == 1 and gif_frames(gif(3)) == 2  # counted up to the second: an animation
+
+
+def test_a_jpeg_stored_sideways_has_its_upright_size(tmp_path: Path) -> None:
+    """EXIF orientation 6 (turn 90 degrees to show): 40 x 20 stored, shown 20 x 40, as the provider sees it."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 20), "grey").save(buffer, format="JPEG", exif=exif.tobytes())
+    (tmp_path / "side.jpg").write_bytes(buffer.getvalue())
+    with (tmp_path / "side.jpg").open("rb") as f:
+        head = read_head(f)
+    assert sniff(head) == "jpeg" and dimensions(head) == (20, 40)
+    # a frame header after 8 KB of EXIF is past the first 4 KB: read_head reads on to find it
+    exif[0x010E] = "x" * 8000  # ImageDescription
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 20), "grey").save(buffer, format="JPEG", exif=exif.tobytes())
+    assert dimensions(buffer.getvalue()[:4096]) is None
+    buffer.seek(0)
+    assert dimensions(read_head(buffer)) == (20, 40)
 
 
 def test_token_rules_follow_the_providers_documents() -> None:
@@ -373,6 +393,16 @@ def test_large_images_are_scaled_down_when_asked(tmp_path: Path, sim: SimServer)
     # 300 x 150 under OpenAI's rule is one 512-px tile: 85 + 170; the full picture would be 6 tiles
     assert good[0]["response"]["body"]["usage"]["prompt_tokens"] < 85 + 170 * 2 + 50
     assert good[0]["images"][0]["bytes"] == (tmp_path / "big.jpg").stat().st_size  # the file's own, as given
+
+
+def test_a_photo_stored_sideways_is_scaled_down_upright() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: stored 40 x 20, shown 20 x 40
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 20), "grey").save(buffer, format="JPEG", exif=exif.tobytes())
+    data, fmt = downscale(buffer.getvalue(), "jpeg", 30)
+    with Image.open(io.BytesIO(data)) as sent:
+        assert (fmt, sent.size) == ("jpeg", (15, 30))
 
 
 def test_downscaling_without_pillow_says_how_to_install_it(

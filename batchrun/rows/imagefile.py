@@ -1,12 +1,14 @@
 """What an image file is, read from its own bytes: its format from the magic number at its start (never its name),
-its width and height from its header, and whether a GIF is animated. Pure functions of bytes, so the first few KB
-of a file are enough (`validate` reads no more on a million-row input); no imaging library needed.
+its width and height from its header (read by the `imagesize` package), and whether a GIF is animated. Pure
+functions of bytes, so the first few KB of a file are enough (`validate` reads no more on a million-row input).
 """
 
 from __future__ import annotations
 
-import struct
+import io
 from typing import BinaryIO
+
+import imagesize
 
 from ..spec.images import ImageFormat
 
@@ -27,7 +29,7 @@ def read_head(f: BinaryIO) -> bytes:
     frame header sits after a large EXIF block, or a GIF whose frames are counted."""
     head = f.read(4096)
     fmt = sniff(head)
-    if (fmt == "jpeg" and _jpeg(head) is None) or fmt == "gif":
+    if (fmt == "jpeg" and dimensions(head) is None) or fmt == "gif":
         head += f.read(HEAD_BYTES - len(head))
     return head
 
@@ -49,69 +51,20 @@ def sniff(head: bytes) -> ImageFormat | None:
     return None
 
 
-def dimensions(fmt: ImageFormat, head: bytes) -> tuple[int, int] | None:
-    """(width, height) from the header, or None when the header is not where it should be (the per-image token
-    default then stands)."""
-    try:
-        if fmt == "png" and head[12:16] == b"IHDR":
-            w, h = struct.unpack(">II", head[16:24])
-            return w, h
-        if fmt == "gif":
-            w, h = struct.unpack("<HH", head[6:10])
-            return w, h
-        if fmt == "bmp":
-            w, h = struct.unpack("<ii", head[18:26])
-            return w, abs(h)
-        if fmt == "webp":
-            return _webp(head)
-        if fmt == "jpeg":
-            return _jpeg(head)
-    except struct.error:
+def dimensions(head: bytes) -> tuple[int, int] | None:
+    """(width, height) as the image is shown, or None when its header is not in `head` (the per-image token default
+    then stands). The `imagesize` package reads the header (EXIF orientation included: a JPEG stored sideways gives
+    its upright size, as a viewer and the provider see it); it gets a BytesIO, never a path, so only `head` is read."""
+    width, height = imagesize.get(io.BytesIO(head))  # (-1, -1) when the header is cut short or not understood
+    if not isinstance(width, int) or not isinstance(height, int) or width <= 0 or height <= 0:
         return None
-    return None
-
-
-def _webp(head: bytes) -> tuple[int, int] | None:
-    chunk = head[12:16]
-    if chunk == b"VP8X":
-        w = int.from_bytes(head[24:27], "little") + 1
-        h = int.from_bytes(head[27:30], "little") + 1
-        return w, h
-    if chunk == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":
-        w, h = struct.unpack("<HH", head[26:30])
-        return w & 0x3FFF, h & 0x3FFF
-    if chunk == b"VP8L" and head[20:21] == b"\x2f":
-        bits = int.from_bytes(head[21:25], "little")
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    return None
-
-
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def _jpeg(head: bytes) -> tuple[int, int] | None:
-    """The frame header's size: the segments are walked from the start (each says its length) to the first SOF."""
-    at = 2
-    while at + 4 <= len(head):
-        if head[at] != 0xFF:
-            return None
-        marker = head[at + 1]
-        if marker == 0xFF:  # fill byte
-            at += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            at += 2
-            continue
-        (length,) = struct.unpack(">H", head[at + 2 : at + 4])
-        if marker in _SOF:
-            h, w = struct.unpack(">HH", head[at + 5 : at + 9])
-            return w, h
-        at += 2 + length
-    return None
+    return width, height
 
 
 def gif_frames(data: bytes, stop: int = 2) -> int:
-    """How many frames a GIF holds (counted up to `stop`): more than one is an animation."""
+    """How many frames a GIF holds (counted up to `stop`): more than one is an animation. Counted here because
+    `imagesize` reads sizes only, not frames (and Pillow, an optional extra, would decode far more than a walk of
+    the blocks needs)."""
     try:
         at = 13
         flags = data[10]

@@ -269,7 +269,7 @@ class ImageReader:
                 "input.image_limits.formats)",
                 IMAGE_FORMAT,
             )
-        dims = dimensions(fmt, head)
+        dims = dimensions(head)
         width, height = dims if dims is not None else (None, None)
         if fmt == "gif" and not rules.animated_gif and gif_frames(head) > 1:  # validate: frames in the first 64 KB
             raise RowProblem(f"image {name!r} is an animated GIF, which {self.provider} does not take", IMAGE_FORMAT)
@@ -312,9 +312,13 @@ def pillow(what: str) -> Any:
 
 
 def downscale(data: bytes, fmt: ImageFormat, max_side: int) -> tuple[bytes, ImageFormat]:
-    """The image scaled to `max_side` on its longest side, in its own format (a GIF as PNG)."""
+    """The image scaled to `max_side` on its longest side, in its own format (a GIF as PNG), turned upright first:
+    the copy sent keeps no EXIF, so a photo stored sideways would otherwise go sideways."""
     image_module = pillow("input.image_max_side")
-    with image_module.open(io.BytesIO(data)) as image:
+    from PIL import ImageOps
+
+    with image_module.open(io.BytesIO(data)) as stored:
+        image = ImageOps.exif_transpose(stored)
         image.thumbnail((max_side, max_side))
         out_fmt: ImageFormat = "png" if fmt in ("gif", "bmp", "tiff") else fmt
         if out_fmt == "jpeg" and image.mode not in ("RGB", "L"):

@@ -99,7 +99,7 @@ def _one(speaks: str, rules: ImageRules, url: str, i: int) -> tuple[int | None, 
         return _refuse(speaks, "format", f"image {i}: animated GIFs are not supported")
     if rules.max_bytes is not None and len(data) > rules.max_bytes:
         return _refuse(speaks, "size", f"image {i}: {len(data)} bytes, over the {rules.max_bytes} allowed")
-    dims = dimensions(fmt, data[:65536])
+    dims = dimensions(data[:65536])
     if dims is not None and rules.max_pixels is not None and dims[0] * dims[1] > rules.max_pixels:
         return _refuse(speaks, "size", f"image {i}: {dims[0]}x{dims[1]} pixels, over the {rules.max_pixels} allowed")
     return dims if dims is not None else (None, None)
