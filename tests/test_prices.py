@@ -27,7 +27,7 @@ from batchrun.limits.budget import worst_cost
 from batchrun.spec.parse import load_spec
 from batchrun.spec.pricing import BUILT_IN, Price, Prices, SlotTokens, parse_prices, tokens_cost
 from batchrun.spec.windows import Window, cheapest, hold, local_text, multiplier_at, next_change, parse_windows
-from batchrun.store.usage import Usage
+from batchrun.store.usage import Usage, quarter_of
 
 from .helpers import cli, make_job, out_dir_usage, read_jsonl, spawn_submit, submit
 from .simserver import AppServer, SimServer
@@ -436,3 +436,13 @@ def test_estimate_of_a_job_in_its_peak_says_what_waiting_saves(tmp_path: Path) -
 def test_a_time_reads_with_seconds_only_when_it_has_them() -> None:
     assert local_text(utc(2026, 12, 7, 18, 37), "UTC") == "18:37 UTC"
     assert local_text(utc(2026, 12, 7, 18, 37, 5), "Asia/Shanghai") == "02:37:05 Asia/Shanghai"
+
+
+def test_a_records_quarter_hour_is_the_same_read_by_its_minute_or_whole() -> None:
+    """A run's records are put in their quarter hour by the minute they name (read once per minute); a time in
+    another form is read whole, and one that does not read has no quarter."""
+    quarter = int(utc(2026, 12, 7, 19, 45) // 900)
+    assert quarter_of("2026-12-07T19:59:59.999Z") == quarter_of("2026-12-07T19:45:00.000Z") == quarter
+    assert quarter_of("2026-12-07T19:44:59.999Z") == quarter - 1
+    assert quarter_of("2026-12-08T03:50:00+08:00") == quarter  # the same instant, read whole
+    assert quarter_of("not a time") is None and quarter_of(None) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,26 +67,20 @@ def usage_counts(usage: Any) -> Counts:
     `completion_tokens_details.reasoning_tokens`; prompt-cache hits from `prompt_tokens_details.cached_tokens`
     (OpenAI, Zhipu, DashScope, Ark), DeepSeek's `prompt_cache_hit_tokens` or Kimi's top-level `cached_tokens`
     (Kimi sends two of them, alike: the first found counts, never their sum)."""
-    if not isinstance(usage, Mapping):
+    if not isinstance(usage, dict):
         return Counts()
     prompt = count(usage.get("prompt_tokens"))
     completion = count(usage.get("completion_tokens"))
     total = count(usage.get("total_tokens")) or prompt + completion
     details = usage.get("completion_tokens_details")
-    reasoning = count(details.get("reasoning_tokens")) if isinstance(details, Mapping) else 0
+    reasoning = count(details.get("reasoning_tokens")) if isinstance(details, dict) else 0
     prompt_details = usage.get("prompt_tokens_details")
-    cached = next(
-        (
-            count(v)
-            for v in (
-                prompt_details.get("cached_tokens") if isinstance(prompt_details, Mapping) else None,
-                usage.get("prompt_cache_hit_tokens"),
-                usage.get("cached_tokens"),
-            )
-            if isinstance(v, int) and not isinstance(v, bool)
-        ),
-        0,
-    )
+    hit = prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else None
+    if not isinstance(hit, int) or isinstance(hit, bool):  # DeepSeek's name, else Kimi's top-level one
+        hit = usage.get("prompt_cache_hit_tokens")
+        if not isinstance(hit, int) or isinstance(hit, bool):
+            hit = usage.get("cached_tokens")
+    cached = count(hit)
     return Counts(prompt, completion, total, min(reasoning, completion), min(cached, prompt))
 
 
@@ -93,8 +88,8 @@ def reasoned(body: Mapping[str, Any] | None) -> bool:
     """The answer carries a chain of thought (`reasoning_content`), whether or not its usage counts it."""
     choices = body.get("choices") if body is not None else None
     for choice in choices if isinstance(choices, list) else ():
-        message = choice.get("message") if isinstance(choice, Mapping) else None
-        thought = message.get("reasoning_content") if isinstance(message, Mapping) else None
+        message = choice.get("message") if isinstance(choice, dict) else None
+        thought = message.get("reasoning_content") if isinstance(message, dict) else None
         if isinstance(thought, str) and thought.strip():
             return True
     return False
@@ -205,14 +200,14 @@ class Usage:
         `rows=False` counts only what was billed: a failure record that retry-failed set aside, whose row is
         counted again by its new record."""
         batch = record.get("batch")  # rows that shared one request: its attempts are counted once
-        shared = isinstance(batch, Mapping) and bool(batch.get("index"))
+        shared = isinstance(batch, dict) and bool(batch.get("index"))
         attempts = 0 if shared else count(record.get("attempts"))
         rate_limited = 0 if shared else count(record.get("rate_limited"))
         steps = record.get("repairs")  # structured output: requests after an answer that did not fit the schema
         # A row's requests: its first, one per repair, and the rest retries (after a transient error or a 429).
         retries = max(0, attempts - 1 - (len(steps) if isinstance(steps, list) else 0))
         split = record.get("shared_request")  # the failed request this row shared before it was sent alone
-        if isinstance(split, Mapping):
+        if isinstance(split, dict):
             attempts += count(split.get("attempts"))
             retries += count(split.get("attempts"))
             rate_limited += count(split.get("rate_limited"))
@@ -249,7 +244,7 @@ class Usage:
         if isinstance(steps, list):  # structured output: answers that did not fit, billed where they came from
             model.repairs += len(steps)
             for step in steps:
-                if isinstance(step, Mapping):
+                if isinstance(step, dict):
                     step_batch = bool(step.get("batch_id")) or record.get("batch_chat") is True
                     self._tokens(model, step.get("usage"), step_batch)
         if rows and "output" in record and code is None:
@@ -261,14 +256,13 @@ class Usage:
             model.outputs_invalid += 1
         self._slot(str(record.get("model") or "unknown"), record.get("completed_at"), before, priced(model))
 
-    def _slot(self, model: str, completed_at: Any, before: list[int], after: list[int]) -> None:
+    def _slot(self, model: str, completed_at: Any, before: tuple[int, ...], after: tuple[int, ...]) -> None:
         """Add what a record billed to the quarter hour it was answered in (a record without a time: no slot,
         so it is priced at the plain price)."""
-        if after == before or (at := epoch(completed_at)) is None:
+        if after == before or (quarter := quarter_of(completed_at)) is None:
             return
-        slot = self.slots.setdefault(model, {}).setdefault(int(at // SLOT_S), [0] * len(SLOT_FIELDS))
-        for i, (a, b) in enumerate(zip(after, before, strict=True)):
-            slot[i] += a - b
+        slot = self.slots.setdefault(model, {}).setdefault(quarter, [0] * len(SLOT_FIELDS))
+        slot[:] = [n + a - b for n, a, b in zip(slot, after, before, strict=True)]
 
     def _per_key(self, env: str, record: Mapping[str, Any], attempts: int, rows: bool) -> None:
         """A key pool's row, counted for the key that answered it (its earlier attempts may have gone out with
@@ -279,13 +273,13 @@ class Usage:
         counts["requests"] += attempts
         body = body_of(record)
         usage = body.get("usage") if body is not None else None
-        if isinstance(usage, Mapping):
+        if isinstance(usage, dict):
             counts["prompt_tokens"] += count(usage.get("prompt_tokens"))
             counts["completion_tokens"] += count(usage.get("completion_tokens"))
 
     def _tokens(self, model: ModelUsage, usage: Any, batch_price: bool, thought: bool = False) -> None:
         """Count one answer's usage; `thought`: its body carried a chain of thought its usage may not count."""
-        if not isinstance(usage, Mapping):
+        if not isinstance(usage, dict):
             return
         c = usage_counts(usage)
         thinking = c.completion if c.reasoning or thought else 0
@@ -353,9 +347,32 @@ class Usage:
         return usage
 
 
-def priced(model: ModelUsage) -> list[int]:
+_PRICED = operator.attrgetter(*SLOT_FIELDS)
+
+
+def priced(model: ModelUsage) -> tuple[int, ...]:
     """The model's counters that pricing reads, in SLOT_FIELDS' order."""
-    return [getattr(model, name) for name in SLOT_FIELDS]
+    return _PRICED(model)
+
+
+_QUARTERS: dict[str, int] = {}  # "2026-12-07T19:43" -> its quarter hour: a run's records share a few minutes
+
+
+def quarter_of(completed_at: Any) -> int | None:
+    """The quarter hour (epoch seconds // SLOT_S) a record was answered in: read once per minute for the times
+    `now_iso` writes (UTC, `Z`), since a quarter hour is whole minutes; any other time read whole."""
+    if isinstance(completed_at, str) and len(completed_at) > 17 and completed_at[16] == ":" and completed_at[-1] == "Z":
+        minute = completed_at[:16]
+        if (quarter := _QUARTERS.get(minute)) is None:
+            at = epoch(minute + ":00Z")
+            if at is None:
+                return None
+            if len(_QUARTERS) > 100_000:
+                _QUARTERS.clear()
+            quarter = _QUARTERS[minute] = int(at // SLOT_S)
+        return quarter
+    at = epoch(completed_at)
+    return None if at is None else int(at // SLOT_S)
 
 
 def epoch(value: Any) -> float | None:
@@ -382,10 +399,10 @@ def slots_json(slots: Mapping[str, Mapping[int, list[int]]]) -> dict[str, dict[s
 
 def slots_read(data: Any) -> dict[str, dict[int, list[int]]]:
     out: dict[str, dict[int, list[int]]] = {}
-    if not isinstance(data, Mapping):
+    if not isinstance(data, dict):
         return out
     for name, slots in data.items():
-        if isinstance(slots, Mapping):
+        if isinstance(slots, dict):
             out[str(name)] = {
                 int(k): [count(n) for n in v][: len(SLOT_FIELDS)]
                 for k, v in slots.items()
