@@ -14,10 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,120 +26,19 @@ import yaml
 from batchrun.records import iso_epoch
 from batchrun.rows.tokens import estimate_messages
 
-PY = [sys.executable, "-m", "batchrun.cli"]
-PROVIDER_LIKE = ["--latency", "0.3", "--error-rate", "0.02"]  # median latency and 2 % HTTP 500, as hosted APIs
-
-
-@dataclass
-class Figure:
-    name: str
-    target: str
-    value: str
-    ok: bool | None  # None: a figure with no target
-
-
-@dataclass
-class ClientRun:
-    usage: dict[str, Any]
-    stats: dict[str, Any]
-    peak_rss_mb: float  # the run's own VmHWM, from usage.json
-    cpu_s: float
-
-    @property
-    def rows_per_s(self) -> float:
-        return float(self.usage["rows_succeeded"]) / max(float(self.usage["active_s"]), 1e-9)
-
-    @property
-    def share_429(self) -> float:
-        return float(self.stats["responses"].get("429", 0)) / max(float(self.stats["requests"]), 1.0)
-
-
-class Simulator:
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [*PY, "simulate", "--port", "0", *args], stdout=subprocess.PIPE, text=True, env=env
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "simulated provider at " not in line:
-            self.proc.kill()
-            raise RuntimeError(f"the simulated provider did not start: {line!r}")
-        self.url = line.split("simulated provider at ", 1)[1].split()[0]
-
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(self.url.rsplit("/v1", 1)[0] + "/_sim/stats", timeout=10) as resp:
-            data: dict[str, Any] = orjson.loads(resp.read())
-        return data
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-def write_prompts(path: Path, n: int, make: Callable[[int], str]) -> Path:
-    with open(path, "wb") as f:
-        for i in range(n):
-            f.write(orjson.dumps({"id": f"r{i}", "prompt": make(i)}) + b"\n")
-    return path
-
-
-def write_parquet(path: Path, n: int) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    with pq.ParquetWriter(path, pa.schema([("id", pa.string()), ("prompt", pa.string())])) as writer:
-        for start in range(0, n, 100_000):
-            ids = [f"r{i}" for i in range(start, min(n, start + 100_000))]
-            writer.write_table(pa.table({"id": ids, "prompt": [f"Summarise item {i[1:]} in five words." for i in ids]}))
-    return path
-
-
-def short_prompt(i: int) -> str:
-    return f"Summarise item {i} in five words: the quick brown fox, 快速的棕色狐狸 {i}."
-
-
-def long_prompt(i: int) -> str:  # about 1000 tokens
-    return f"Document {i}. " + ("The committee reviewed the quarterly figures and noted steady growth. " * 57)
-
-
-def run_client(
-    workdir: Path,
-    sim: Simulator,
-    input_path: Path,
-    *,
-    limits: dict[str, Any] | None = None,
-    max_tokens: int = 16,
-    name: str = "bench",
-    mode: str = "sync",
-    extra: dict[str, Any] | None = None,
-    args: tuple[str, ...] = (),
-) -> ClientRun:
-    spec = {
-        "name": name,
-        "input": str(input_path),
-        "model": "sim-small",
-        "params": {"max_tokens": max_tokens},
-        "provider": {"name": "simulated", "base_url": sim.url, "mode": mode},
-        "output_dir": str(workdir / "runs" / name),
-        "retry": {"max_attempts": 10, "timeout_s": 30, "backoff_s": 0.25, "max_backoff_s": 5},
-    }
-    if limits:
-        spec["limits"] = limits
-    spec.update(extra or {})
-    job = workdir / f"{name}.yaml"
-    job.write_text(yaml.safe_dump(spec))
-    proc = subprocess.Popen(
-        [*PY, "submit", str(job), "--no-progress", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    assert proc.stdout is not None
-    output = proc.stdout.read().decode()
-    _, status, rusage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode not in (0, 3):
-        raise RuntimeError(f"batchrun submit exited {proc.returncode}:\n{output}")
-    usage = orjson.loads((workdir / "runs" / name / "usage.json").read_bytes())
-    # The client's own VmHWM: rusage's maxrss would carry over this process's peak from before the fork.
-    return ClientRun(usage, sim.stats(), float(usage["peak_rss_mb"]), rusage.ru_utime + rusage.ru_stime)
+from .bench_images import bench_images
+from .bench_kit import (
+    PROVIDER_LIKE,
+    PY,
+    Figure,
+    Simulator,
+    long_prompt,
+    run_client,
+    short_prompt,
+    write_parquet,
+    write_prompts,
+)
+from .bench_reasoning import bench_reasoning
 
 
 def pct(x: float) -> str:
@@ -854,13 +751,6 @@ def bench_operations(work: Path, done: int) -> list[Figure]:
     return figures
 
 
-def reasoning(work: Path, rows: int) -> list[Figure]:
-    """Scenario 13, in its own module (this one is long enough); imported when it runs."""
-    from tools.bench_reasoning import bench_reasoning
-
-    return bench_reasoning(work, rows)
-
-
 def print_table(figures: list[Figure]) -> None:
     width = max(len(f.name) for f in figures)
     tw = max(len(f.target) for f in figures)
@@ -875,7 +765,6 @@ def print_table(figures: list[Figure]) -> None:
 @click.option("--quick", is_flag=True, help="Smaller runs, under a minute in all.")
 @click.option("--only", help="Run only the scenarios whose number is listed, e.g. 1,3.")
 def main(quick: bool, only: str | None) -> None:
-    from .bench_images import bench_images  # its own module: it reads this one's helpers
 
     q = quick
     scenarios: list[tuple[str, Callable[[Path], list[Figure]]]] = [
@@ -900,7 +789,7 @@ def main(quick: bool, only: str | None) -> None:
         ("12", lambda w: bench_ray_limit(w, 3000 if q else 9000, learned=False)),
         ("12", lambda w: bench_ray_limit(w, 3000 if q else 9000, learned=True)),
         ("12", lambda w: bench_ray_overhead(w, 10_000 if q else 40_000)),
-        ("13", lambda w: reasoning(w, 500 if q else 3000)),
+        ("13", lambda w: bench_reasoning(w, 500 if q else 3000)),
         ("14", lambda w: bench_images(w, 10_000 if q else 100_000)),
     ]
     numbers = set(only.split(",")) if only else None

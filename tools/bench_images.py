@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from .bench import Figure, Simulator, run_client
+from .bench_kit import Figure, Simulator, run_client
 
 DISTINCT = 1_000  # files: rows cycle through them (each row's file is read when it is sent, as if it were new)
 PAD = 20_000  # bytes of each file beyond its pixels: base64 held too long would show at once in the peak memory

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from batchrun.spec.pricing import Prices
 from batchrun.store.usage import ModelUsage
-from tools.bench import PROVIDER_LIKE, Figure, Simulator, run_client, short_prompt, write_prompts
+
+from .bench_kit import PROVIDER_LIKE, Figure, Simulator, run_client, short_prompt, write_prompts
 
 SYSTEM = "You are a careful analyst. Read the question, weigh the evidence, and answer in one sentence. " * 8
 

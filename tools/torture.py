@@ -29,7 +29,8 @@ import yaml
 from batchrun.rows.structured import Checker
 from batchrun.spec.output import OutputSpec
 from batchrun.store.rundir import FAILURES, REPAIRS, RESULTS, TASKS
-from tools.bench import BENCH_SCHEMA, PY, write_prompts
+from tools.bench import BENCH_SCHEMA
+from tools.bench_kit import PY, write_prompts
 from tools.torture_files import disk_frees_in_grace, torn_lines
 from tools.torture_kit import (
     CONCURRENCY,

@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 
 from batchrun.store.rundir import FAILURES, RESULTS
-from tools.bench import PY, write_prompts
+from tools.bench_kit import PY, write_prompts
 from tools.torture_kit import KEY_ENV, Outcome, finish, job_spec, prompt, provider, start_submit
 
 

@@ -18,7 +18,7 @@ import yaml
 
 from batchrun.store.rundir import FAILURES, RESULTS, USAGE
 from batchrun.store.usage import COUNTERS, Usage
-from tools.bench import PY, Simulator
+from tools.bench_kit import PY, Simulator
 
 KEY_ENV = "BATCHRUN_SIM_API_KEY"
 CONCURRENCY = 32
